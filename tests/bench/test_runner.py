@@ -1,0 +1,157 @@
+"""The runner against live HTTP servers: accuracy comes from what the server answered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.benchmark import LoadConfig, benchmark, run_workload
+from bench.cli import main
+from bench.client import chat_url
+from bench.report import format_table, write_html, write_json
+from bench.stats import summarize
+from bench.workloads import WorkloadConfig
+from tests.bench.fake_openai import FakeOpenAI, serving
+
+GEMMA = "google/gemma-2b-it"
+PHI = "microsoft/Phi-3-mini-4k-instruct"
+BOTH = [("gemma-0", GEMMA), ("phi-0", PHI)]
+
+
+def test_any_base_url_form_reaches_chat_completions() -> None:
+    assert chat_url("http://h:1") == "http://h:1/v1/chat/completions"
+    assert chat_url("http://h:1/v1/") == "http://h:1/v1/chat/completions"
+    assert chat_url("http://h:1/v1/chat/completions") == "http://h:1/v1/chat/completions"
+
+
+async def test_a_server_that_answers_with_the_wrong_model_scores_zero_accuracy_despite_success() -> None:
+    async with serving(FakeOpenAI([("phi-0", PHI)], answer_any_model=True)) as fake:
+        run = await run_workload(
+            fake.url, WorkloadConfig(models=[GEMMA], requests=6), LoadConfig(concurrency=3), progress=False
+        )
+    s = summarize(run).overall
+    assert s.success_rate == 1.0
+    assert s.accuracy == 0.0
+    assert s.misrouted == 6
+    assert s.pods == {"phi-0": 6}
+
+
+async def test_round_robin_over_single_model_pods_misroutes_and_no_retry_hides_it() -> None:
+    async with serving(FakeOpenAI(BOTH)) as fake:
+        run = await run_workload(
+            fake.url, WorkloadConfig(models=[GEMMA], requests=10), LoadConfig(concurrency=1), progress=False
+        )
+    s = summarize(run).overall
+    assert s.accuracy == 0.5
+    assert s.success_rate == 0.5
+    assert s.attempts_per_request == 1.0
+    assert s.statuses == {"200": 5, "404": 5}
+
+
+async def test_the_old_retry_workaround_reaches_full_accuracy_at_the_cost_of_extra_attempts() -> None:
+    async with serving(FakeOpenAI(BOTH)) as fake:
+        run = await run_workload(
+            fake.url,
+            WorkloadConfig(models=[PHI], requests=10),
+            LoadConfig(concurrency=1, retries=3),
+            progress=False,
+        )
+    s = summarize(run).overall
+    assert s.accuracy == 1.0
+    assert s.first_attempt_accuracy == 0.0  # round robin starts on gemma-0 for every odd call
+    assert s.attempts_per_request == 2.0
+    assert s.retried_requests == 10
+
+
+async def test_streaming_records_time_to_first_token_inter_token_gaps_and_usage() -> None:
+    async with serving(FakeOpenAI([("gemma-0", GEMMA)], tokens=4)) as fake:
+        run = await run_workload(
+            fake.url,
+            WorkloadConfig(models=[GEMMA], requests=4),
+            LoadConfig(rate=200.0, stream=True),
+            progress=False,
+        )
+    s = summarize(run).overall
+    assert s.accuracy == 1.0
+    assert s.ttft.count == 4
+    assert s.itl.count == 4 * 3
+    assert s.output_tokens == 16
+    assert all(r.e2e is not None and r.ttft is not None and r.ttft <= r.e2e for r in run.results)
+
+
+async def test_an_unreachable_target_is_a_failure_not_a_crash(unused_tcp_port: int) -> None:
+    run = await run_workload(
+        f"http://127.0.0.1:{unused_tcp_port}",
+        WorkloadConfig(models=[GEMMA], requests=2),
+        LoadConfig(concurrency=2, timeout=2.0),
+        progress=False,
+    )
+    s = summarize(run).overall
+    assert s.success_rate == 0.0
+    assert s.statuses == {"error": 2}
+
+
+async def test_a_baseline_replays_the_same_requests_and_is_compared(tmp_path: Path) -> None:
+    async with serving(FakeOpenAI([("gemma-0", GEMMA)])) as good, serving(FakeOpenAI(BOTH)) as round_robin:
+        report = await benchmark(
+            good.url,
+            WorkloadConfig(models=[GEMMA], requests=8),
+            LoadConfig(concurrency=2),
+            baseline=round_robin.url,
+            label="gateway",
+            baseline_label="round-robin",
+            progress=False,
+        )
+    [comparison] = report.comparisons
+    assert comparison.accuracy == 2.0
+    assert (comparison.misrouted_target, comparison.misrouted_baseline) == (0, 4)
+    gateway, rr = report.runs
+    assert [r.index for r in gateway.results] == [r.index for r in rr.results]
+    table = format_table(report.summaries())
+    assert "round-robin" in table
+    assert "50.0%" in table
+
+    data = json.loads(write_json(report, tmp_path / "r.json").read_text())
+    assert [r["label"] for r in data["runs"]] == ["gateway", "round-robin"]
+    assert data["comparisons"][0]["accuracy"] == 2.0
+    assert len(data["requests"]["round-robin"]) == 8
+    page = write_html(report, tmp_path / "r.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3
+    assert "<table>" in page
+    assert "gateway vs round-robin" in page
+
+
+async def test_the_command_line_prints_the_table_and_writes_both_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with serving(FakeOpenAI([("gemma-0", GEMMA)])) as fake:
+        argv = [
+            "--url",
+            fake.url,
+            "--models",
+            GEMMA,
+            "--requests",
+            "5",
+            "--concurrency",
+            "2",
+            "--stream",
+            "--json",
+            str(tmp_path / "out.json"),
+            "--html",
+            str(tmp_path / "out.html"),
+            "--no-progress",
+        ]
+        code = await asyncio.to_thread(main, argv)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "100.0%" in out
+    assert (tmp_path / "out.json").exists()
+    assert (tmp_path / "out.html").exists()
+
+
+def test_the_command_line_rejects_bad_settings_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", "http://x", "--models", "a,a", "--concurrency", "1"]) == 2
+    assert "distinct" in capsys.readouterr().err
