@@ -1,0 +1,21 @@
+"""Envoy ext_proc servers: the Endpoint Picker (``picker``) and the Body-Based Router (``bbr``).
+
+``stream`` drives the ``ExternalProcessor/Process`` stream both share; ``messages``, ``errors``,
+``body``, ``models`` and ``response`` are the small pieces it is built from; ``server`` serves it.
+"""
+
+from epp.extproc.bbr import BodyBasedRouter
+from epp.extproc.errors import RequestError
+from epp.extproc.picker import EndpointPicker
+from epp.extproc.server import BoundPorts, ExtProcServer
+from epp.extproc.stream import Exchange, ExtProcServicer
+
+__all__ = [
+    "BodyBasedRouter",
+    "BoundPorts",
+    "EndpointPicker",
+    "Exchange",
+    "ExtProcServer",
+    "ExtProcServicer",
+    "RequestError",
+]

@@ -1,0 +1,84 @@
+"""The Body-Based Router servicer: copies the body's ``model`` into routing headers.
+
+Sets ``x-gateway-model-name`` and ``x-gateway-base-model-name`` (a LoRA adapter resolves to its
+base model) and clears the route cache so Envoy routes on them. Given the served models it is the
+gateway's front door: a request without a model is a 400, an unknown model a 404 listing the served
+ones, and ``GET /v1/models`` is answered with that list. Without it, it behaves as upstream BBR:
+a request without a model passes through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
+
+from epp.extproc.body import parse_body
+from epp.extproc.errors import RequestError, missing_model, unknown_model
+from epp.extproc.messages import CONTINUE_REQUEST_HEADERS, header_option, route_request_headers
+from epp.extproc.models import MODELS_PATH, ModelList
+from epp.extproc.stream import Exchange, ExtProcServicer
+from epp.telemetry import Telemetry
+
+MODEL_HEADER = "x-gateway-model-name"
+BASE_MODEL_HEADER = "x-gateway-base-model-name"
+
+
+class BodyBasedRouter(ExtProcServicer):
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        *,
+        served_models: Sequence[str] | None = None,
+        adapters: Mapping[str, str] | None = None,
+    ) -> None:
+        self._telemetry = telemetry
+        self._adapters = dict(adapters or {})
+        self._served: frozenset[str] | None = None
+        self._listed: list[str] = []
+        if served_models is not None:
+            self._listed = sorted(set(served_models))
+            self._served = frozenset(self._listed)
+        listed = self._listed
+        self._models = ModelList(lambda: listed)
+
+    def base_model(self, model: str) -> str:
+        return self._adapters.get(model, model)
+
+    def decide(self, exchange: Exchange) -> ProcessingResponse:
+        front_door = self._served is not None
+        if exchange.body is None:
+            if front_door and exchange.method == "GET" and exchange.path == MODELS_PATH:
+                exchange.outcome = "models"
+                return self._models.response(None)
+            if front_door:
+                raise RequestError(
+                    400,
+                    f"{exchange.method} {exchange.path} has no body; send a JSON body with a 'model'.",
+                    None,
+                    "no_body",
+                )
+            exchange.outcome = "passthrough"
+            return CONTINUE_REQUEST_HEADERS
+        parsed = parse_body(exchange.body)
+        model = parsed.model
+        if model is None:
+            if front_door:
+                raise missing_model()
+            exchange.outcome = "passthrough"
+            return CONTINUE_REQUEST_HEADERS
+        exchange.model = model
+        if self._served is not None and model not in self._served:
+            raise unknown_model(model, self._listed)
+        exchange.outcome = "routed"
+        return route_request_headers(
+            (
+                header_option(MODEL_HEADER, model),
+                header_option(BASE_MODEL_HEADER, self.base_model(model)),
+                header_option("content-length", str(len(exchange.body))),
+            )
+        )
+
+    def finish(self, exchange: Exchange) -> None:
+        known = self._served is None or exchange.model in self._served
+        self._telemetry.request(exchange.model if known else "", exchange.outcome)

@@ -1,0 +1,128 @@
+"""Builders for the ext_proc messages both servers send back to Envoy.
+
+Header values go out in ``raw_value`` only: Envoy sends values in ``raw_value`` and rejects a
+mutation that sets both ``value`` and ``raw_value``. Messages that never change are built once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    BodyMutation,
+    BodyResponse,
+    CommonResponse,
+    HeaderMutation,
+    HeadersResponse,
+    HttpHeaders,
+    ImmediateResponse,
+    ProcessingResponse,
+    StreamedBodyResponse,
+    TrailersResponse,
+)
+from envoy.type.v3.http_status_pb2 import HttpStatus
+from google.protobuf.struct_pb2 import Struct, Value
+
+# Envoy's gRPC message limit is 64 KiB by default; upstream EPPs stream the body back in
+# chunks of at most this size to leave room for the envelope.
+MAX_BODY_CHUNK = 62_000
+
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+DESTINATION_METADATA_NAMESPACE = "envoy.lb"
+SUBSET_HINT_NAMESPACE = "envoy.lb.subset_hint"
+SUBSET_HINT_KEY = "x-gateway-destination-endpoint-subset"
+
+_OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+# Answers that carry nothing: "continue unchanged".
+CONTINUE_REQUEST_HEADERS = ProcessingResponse(request_headers=HeadersResponse())
+CONTINUE_RESPONSE_HEADERS = ProcessingResponse(response_headers=HeadersResponse())
+CONTINUE_REQUEST_BODY = ProcessingResponse(request_body=BodyResponse())
+CONTINUE_RESPONSE_BODY = ProcessingResponse(response_body=BodyResponse())
+CONTINUE_REQUEST_TRAILERS = ProcessingResponse(request_trailers=TrailersResponse())
+CONTINUE_RESPONSE_TRAILERS = ProcessingResponse(response_trailers=TrailersResponse())
+EMPTY_RESPONSE_BODY_END = ProcessingResponse(
+    response_body=BodyResponse(
+        response=CommonResponse(
+            body_mutation=BodyMutation(streamed_response=StreamedBodyResponse(body=b"", end_of_stream=True))
+        )
+    )
+)
+
+
+def header_option(name: str, value: str) -> HeaderValueOption:
+    """Set (overwrite or add) header ``name`` to ``value``, written in ``raw_value`` only."""
+    return HeaderValueOption(header=HeaderValue(key=name, raw_value=value.encode()), append_action=_OVERWRITE)
+
+
+def headers_to_dict(headers: HttpHeaders) -> dict[str, str]:
+    """Header map of an ext_proc message, names lower-cased, values from ``raw_value`` (or ``value``)."""
+    result: dict[str, str] = {}
+    for header in headers.headers.headers:
+        raw = header.raw_value
+        result[header.key.lower()] = raw.decode("utf-8", "replace") if raw else header.value
+    return result
+
+
+def route_request_headers(
+    options: Iterable[HeaderValueOption], metadata: Struct | None = None
+) -> ProcessingResponse:
+    """The answer to request headers: set ``options``, clear the route cache, optional dynamic metadata."""
+    response = ProcessingResponse(
+        request_headers=HeadersResponse(
+            response=CommonResponse(
+                header_mutation=HeaderMutation(set_headers=options), clear_route_cache=True
+            )
+        )
+    )
+    if metadata is not None:
+        response.dynamic_metadata.CopyFrom(metadata)
+    return response
+
+
+def destination_metadata(address: str) -> Struct:
+    """Dynamic metadata ``envoy.lb: {x-gateway-destination-endpoint: address}``."""
+    inner = Struct(fields={DESTINATION_HEADER: Value(string_value=address)})
+    return Struct(fields={DESTINATION_METADATA_NAMESPACE: Value(struct_value=inner)})
+
+
+def _streamed(body: bytes, end_of_stream: bool, *, request: bool) -> ProcessingResponse:
+    mutation = BodyMutation(streamed_response=StreamedBodyResponse(body=body, end_of_stream=end_of_stream))
+    body_response = BodyResponse(response=CommonResponse(body_mutation=mutation))
+    if request:
+        return ProcessingResponse(request_body=body_response)
+    return ProcessingResponse(response_body=body_response)
+
+
+def request_body_chunks(body: bytes, *, end_of_stream: bool = True) -> Iterator[ProcessingResponse]:
+    """The request body streamed back to Envoy in chunks of at most ``MAX_BODY_CHUNK`` bytes.
+
+    The last chunk carries ``end_of_stream`` (unless trailers follow); an empty body is one empty chunk.
+    """
+    size = len(body)
+    if size <= MAX_BODY_CHUNK:
+        yield _streamed(body, end_of_stream, request=True)
+        return
+    view = memoryview(body)
+    for start in range(0, size, MAX_BODY_CHUNK):
+        stop = start + MAX_BODY_CHUNK
+        yield _streamed(bytes(view[start:stop]), end_of_stream and stop >= size, request=True)
+
+
+def response_body_chunk(body: bytes, end_of_stream: bool) -> ProcessingResponse:
+    """One response body chunk echoed back unchanged (full-duplex response mode)."""
+    if not body and end_of_stream:
+        return EMPTY_RESPONSE_BODY_END
+    return _streamed(body, end_of_stream, request=False)
+
+
+def immediate(status: int, body: bytes, content_type: str = "application/json") -> ProcessingResponse:
+    """An ImmediateResponse: Envoy answers the client with ``status`` and ``body`` itself."""
+    return ProcessingResponse(
+        immediate_response=ImmediateResponse(
+            status=HttpStatus(code=status),
+            headers=HeaderMutation(set_headers=[header_option("content-type", content_type)]),
+            body=body,
+        )
+    )

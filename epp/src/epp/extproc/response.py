@@ -1,0 +1,109 @@
+"""Following a response through Envoy: its status, whether it streams, and the token usage it reports.
+
+Non-streaming responses carry ``usage`` in their JSON body; streaming ones (``text/event-stream``)
+carry it in the last data event when the client asked for ``stream_options.include_usage``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+# Response bodies larger than this are passed through without being kept for usage parsing.
+MAX_KEPT_BODY = 1 << 20
+# For SSE only the tail matters: the usage event is the last data event before [DONE].
+SSE_TAIL = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ResponseTracker:
+    """Accumulates what is needed from a response's headers and body chunks."""
+
+    __slots__ = ("_chunks", "_kept", "_tail", "status", "streaming")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.streaming = False
+        self._chunks: list[bytes] = []
+        self._kept = 0
+        self._tail = b""
+
+    def on_headers(self, headers: dict[str, str]) -> None:
+        try:
+            self.status = int(headers.get(":status", "0"))
+        except ValueError:
+            self.status = 0
+        self.streaming = headers.get("content-type", "").startswith("text/event-stream")
+
+    def on_body(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if self.streaming:
+            tail = self._tail + chunk
+            self._tail = tail[-SSE_TAIL:]
+            return
+        if self._kept + len(chunk) <= MAX_KEPT_BODY:
+            self._chunks.append(chunk)
+            self._kept += len(chunk)
+        else:
+            self._kept = MAX_KEPT_BODY + 1
+            self._chunks.clear()
+
+    def body_json(self) -> object | None:
+        """The non-streaming body as JSON, when it was kept and parses."""
+        if self.streaming or not self._chunks or self._kept > MAX_KEPT_BODY:
+            return None
+        try:
+            document: object = json.loads(b"".join(self._chunks))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return document
+
+    def usage(self) -> Usage | None:
+        if self.streaming:
+            return _usage_from_sse(self._tail)
+        document = self.body_json()
+        return _usage_from(document.get("usage") if isinstance(document, dict) else None)
+
+    def model_not_found(self) -> bool:
+        """A backend 404 saying the model does not exist (vLLM's answer to a model it does not serve)."""
+        if self.status != 404:
+            return False
+        document = self.body_json()
+        if not isinstance(document, dict):
+            return False
+        error = document.get("error")
+        if isinstance(error, dict):
+            text = f"{error.get('message', '')} {error.get('type', '')} {error.get('code', '')}"
+        else:
+            text = str(document.get("message", ""))
+        return "model" in text.lower()
+
+
+def _usage_from(value: object) -> Usage | None:
+    if not isinstance(value, dict):
+        return None
+    prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        return Usage(prompt, completion)
+    return None
+
+
+def _usage_from_sse(tail: bytes) -> Usage | None:
+    for line in reversed(tail.split(b"\n")):
+        line = line.strip()
+        if not line.startswith(b"data:") or b'"usage"' not in line:
+            continue
+        try:
+            event = json.loads(line[5:])
+        except (ValueError, UnicodeDecodeError):
+            continue
+        usage = _usage_from(event.get("usage") if isinstance(event, dict) else None)
+        if usage is not None:
+            return usage
+    return None

@@ -1,0 +1,69 @@
+"""The gRPC servers of one EPP or BBR: ext_proc on the gRPC port, health on the health port.
+
+The health service is also served on the gRPC port, so a proxy can health-check the ext_proc
+cluster itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from epp.extproc.stream import ExtProcServicer
+from epp.health import Health
+
+_OPTIONS = [
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_concurrent_streams", 10_000),
+    ("grpc.max_receive_message_length", 8 << 20),
+    ("grpc.max_send_message_length", 8 << 20),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BoundPorts:
+    grpc: int
+    health: int
+
+
+class ExtProcServer:
+    """Serves ``servicer`` and ``health``; ``start`` binds (port 0 = any free port) and returns the ports."""
+
+    def __init__(self, servicer: ExtProcServicer, health: Health, *, bind: str, grpc_port: int,
+                 health_port: int) -> None:
+        self.servicer = servicer
+        self.health = health
+        self._bind = bind
+        self._grpc_port = grpc_port
+        self._health_port = health_port
+        self._servers: list[grpc.aio.Server] = []
+
+    async def start(self) -> BoundPorts:
+        main = grpc.aio.server(options=_OPTIONS)
+        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(self.servicer, main)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, main)
+        grpc_port = main.add_insecure_port(f"{_host(self._bind)}:{self._grpc_port}")
+        health_server = grpc.aio.server(options=_OPTIONS)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, health_server)
+        health_port = health_server.add_insecure_port(f"{_host(self._bind)}:{self._health_port}")
+        if grpc_port == 0 or health_port == 0:
+            raise OSError(f"cannot bind {self._bind}:{self._grpc_port} / {self._bind}:{self._health_port}")
+        await self.health.start()
+        await main.start()
+        await health_server.start()
+        self._servers = [main, health_server]
+        return BoundPorts(grpc_port, health_port)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Report NOT_SERVING, let in-flight streams finish for up to ``grace`` seconds, then stop."""
+        await self.health.shutdown()
+        servers, self._servers = self._servers, []
+        for server in servers:
+            await server.stop(grace)
+
+
+def _host(bind: str) -> str:
+    return f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind

@@ -1,0 +1,203 @@
+"""The ext_proc ``Process`` stream, shared by the EPP and the BBR.
+
+One gRPC stream carries one HTTP request. The request body arrives in FULL_DUPLEX_STREAMED mode:
+chunks are buffered until ``end_of_stream`` (or the request trailers), then the servicer's
+``decide`` answers the request headers — routing headers, or an ImmediateResponse error — and the
+body is streamed back unchanged. Response headers, body chunks and trailers are echoed while a
+``ResponseTracker`` follows them. ``finish`` runs exactly once per stream: when the response ends,
+when the request is refused, or when Envoy or the client cancels the stream.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
+from google.protobuf.struct_pb2 import Struct
+
+from epp.extproc.errors import RequestError
+from epp.extproc.messages import (
+    CONTINUE_REQUEST_TRAILERS,
+    CONTINUE_RESPONSE_BODY,
+    CONTINUE_RESPONSE_HEADERS,
+    CONTINUE_RESPONSE_TRAILERS,
+    headers_to_dict,
+    request_body_chunks,
+    response_body_chunk,
+)
+from epp.extproc.response import ResponseTracker
+
+_log = logging.getLogger("epp.extproc")
+
+_FULL_DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
+_NONE = ProcessingMode.NONE
+
+
+class Exchange:
+    """Everything one stream knows about its HTTP request and response."""
+
+    __slots__ = (
+        "body",
+        "decided",
+        "endpoint_address",
+        "finished",
+        "headers",
+        "metadata",
+        "model",
+        "outcome",
+        "request_id",
+        "response",
+        "started",
+        "state",
+    )
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.metadata: Mapping[str, Struct] | None = None
+        self.body: bytes | None = None
+        self.request_id = ""
+        self.model = ""
+        # Short outcome for metrics: "routed", or the RequestError reason.
+        self.outcome = "cancelled"
+        self.endpoint_address = ""
+        self.decided = False
+        self.finished = False
+        self.started = time.monotonic()
+        self.response = ResponseTracker()
+        # Servicer-specific state (the EPP keeps the picked Endpoint here).
+        self.state: object = None
+
+    @property
+    def path(self) -> str:
+        return self.headers.get(":path", "").split("?", 1)[0]
+
+    @property
+    def method(self) -> str:
+        return self.headers.get(":method", "")
+
+
+class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc.ABC):  # type: ignore[misc]
+    """Drives the stream; subclasses decide where a request goes and what happens when it ends."""
+
+    @abc.abstractmethod
+    def decide(self, exchange: Exchange) -> ProcessingResponse:
+        """Answer the request headers once the whole request is known (``exchange.body`` is None when
+        the request has no body). Raise ``RequestError`` to refuse it."""
+
+    @abc.abstractmethod
+    def finish(self, exchange: Exchange) -> None:
+        """The stream is over (response done, refused, or cancelled); called exactly once."""
+
+    def _decide(self, exchange: Exchange) -> tuple[ProcessingResponse, bool]:
+        exchange.decided = True
+        try:
+            return self.decide(exchange), True
+        except RequestError as error:
+            exchange.outcome = error.reason
+            _log.info(
+                "request refused",
+                extra={"request_id": exchange.request_id, "status": error.status, "reason": error.reason,
+                       "model": exchange.model or None},
+            )
+            return error.response(), False
+
+    def _finish(self, exchange: Exchange) -> None:
+        if exchange.finished:
+            return
+        exchange.finished = True
+        try:
+            self.finish(exchange)
+        except Exception:
+            _log.exception("finishing a request failed", extra={"request_id": exchange.request_id})
+
+    async def Process(
+        self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ProcessingResponse]:
+        exchange = Exchange()
+        parts: list[bytes] = []
+        request_full_duplex = True
+        response_full_duplex = True
+        try:
+            async for request in request_iterator:
+                kind = request.WhichOneof("request")
+                if kind == "request_body":
+                    message = request.request_body
+                    parts.append(message.body)
+                    if not message.end_of_stream:
+                        continue
+                    exchange.body = parts[0] if len(parts) == 1 else b"".join(parts)
+                    parts = []
+                    answer, routed = self._decide(exchange)
+                    if not routed:
+                        self._finish(exchange)
+                        yield answer
+                        return
+                    yield answer
+                    for chunk in request_body_chunks(exchange.body):
+                        yield chunk
+                elif kind == "response_body":
+                    message = request.response_body
+                    exchange.response.on_body(message.body)
+                    if message.end_of_stream:
+                        self._finish(exchange)
+                    if response_full_duplex:
+                        yield response_body_chunk(message.body, message.end_of_stream)
+                    else:
+                        yield CONTINUE_RESPONSE_BODY
+                elif kind == "request_headers":
+                    if request.HasField("protocol_config"):
+                        config = request.protocol_config
+                        request_full_duplex = config.request_body_mode in (_FULL_DUPLEX, _NONE)
+                        response_full_duplex = config.response_body_mode == _FULL_DUPLEX
+                    headers = request.request_headers
+                    exchange.headers = headers_to_dict(headers)
+                    exchange.request_id = exchange.headers.get("x-request-id", "")
+                    if request.HasField("metadata_context"):
+                        exchange.metadata = request.metadata_context.filter_metadata
+                    if headers.end_of_stream or request.protocol_config.request_body_mode == _NONE:
+                        answer, routed = self._decide(exchange)
+                        if not routed:
+                            self._finish(exchange)
+                            yield answer
+                            return
+                        yield answer
+                    elif not request_full_duplex:
+                        error = RequestError(
+                            500,
+                            "Gateway misconfiguration: the ext_proc filter must send request bodies "
+                            "in FULL_DUPLEX_STREAMED mode.",
+                            reason="misconfigured",
+                        )
+                        exchange.outcome = error.reason
+                        self._finish(exchange)
+                        yield error.response()
+                        return
+                elif kind == "request_trailers":
+                    if not exchange.decided:
+                        exchange.body = b"".join(parts)
+                        parts = []
+                        answer, routed = self._decide(exchange)
+                        if not routed:
+                            self._finish(exchange)
+                            yield answer
+                            return
+                        yield answer
+                        for chunk in request_body_chunks(exchange.body, end_of_stream=False):
+                            yield chunk
+                    yield CONTINUE_REQUEST_TRAILERS
+                elif kind == "response_headers":
+                    exchange.response.on_headers(headers_to_dict(request.response_headers))
+                    if request.response_headers.end_of_stream:
+                        self._finish(exchange)
+                    yield CONTINUE_RESPONSE_HEADERS
+                elif kind == "response_trailers":
+                    self._finish(exchange)
+                    yield CONTINUE_RESPONSE_TRAILERS
+        finally:
+            self._finish(exchange)

@@ -1,0 +1,138 @@
+"""Prometheus metrics and structured JSON logs for the EPP and the BBR.
+
+Each server owns a ``Telemetry`` with its own registry (so several servers can share a process in
+tests). Per-endpoint gauges are read from the datastore when Prometheus scrapes, costing the
+request path nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from epp.datastore import Datastore
+
+_SCHEDULING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+
+class _EndpointCollector(Collector):
+    """Per-endpoint gauges, read from the datastore at scrape time."""
+
+    def __init__(self, datastore: Datastore) -> None:
+        self._datastore = datastore
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["endpoint", "name"]
+        in_flight = GaugeMetricFamily("epp_endpoint_in_flight_requests", "Requests this EPP routed to the "
+                                      "endpoint whose responses have not finished.", labels=labels)
+        waiting = GaugeMetricFamily("epp_endpoint_waiting_requests", "vllm:num_requests_waiting at the last "
+                                    "scrape.", labels=labels)
+        running = GaugeMetricFamily("epp_endpoint_running_requests", "vllm:num_requests_running at the last "
+                                    "scrape.", labels=labels)
+        kv = GaugeMetricFamily("epp_endpoint_kv_cache_usage_ratio",
+                               "KV-cache usage (0-1) at the last scrape.", labels=labels)
+        age = GaugeMetricFamily("epp_endpoint_metrics_age_seconds", "Seconds since the last successful "
+                                "metrics scrape (+Inf when never scraped).", labels=labels)
+        models = GaugeMetricFamily("epp_endpoint_models", "Models the endpoint serves (0 until probed).",
+                                   labels=labels)
+        now = time.monotonic()
+        for endpoint in list(self._datastore):
+            values = [endpoint.address, endpoint.name]
+            in_flight.add_metric(values, endpoint.in_flight)
+            waiting.add_metric(values, endpoint.metrics.waiting)
+            running.add_metric(values, endpoint.metrics.running)
+            kv.add_metric(values, endpoint.metrics.kv_cache_usage)
+            age.add_metric(values, endpoint.metrics.age(now))
+            models.add_metric(values, len(endpoint.models))
+        yield from (in_flight, waiting, running, kv, age, models)
+
+
+class Telemetry:
+    """The metrics of one EPP or BBR."""
+
+    def __init__(self, component: str, datastore: Datastore | None = None) -> None:
+        self.component = component
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            f"{component}_requests",
+            "Requests by model and outcome (routed, models, passthrough, or the refusal reason).",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.scheduling_seconds = Histogram(
+            f"{component}_scheduling_duration_seconds",
+            "Time to pick an endpoint for one request.",
+            buckets=_SCHEDULING_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens_total = Counter(
+            f"{component}_tokens", "Tokens reported in responses' usage.", ["model", "kind"],
+            registry=self.registry,
+        )
+        self.discovery_errors = Counter(
+            f"{component}_discovery_errors",
+            "Failed discovery operations by kind (watch, models, metrics).",
+            ["kind"],
+            registry=self.registry,
+        )
+        if datastore is not None:
+            self.registry.register(_EndpointCollector(datastore))
+        self._server: WSGIServer | None = None
+
+    def request(self, model: str, outcome: str) -> None:
+        self.requests.labels(model or "none", outcome).inc()
+
+    def tokens(self, model: str, prompt: int, completion: int) -> None:
+        self.tokens_total.labels(model, "prompt").inc(prompt)
+        self.tokens_total.labels(model, "completion").inc(completion)
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` on ``host:port`` (a background thread); returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
+
+    _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in self._STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str) -> None:
+    """Structured JSON logs on stderr at ``level`` (debug shows every pick and its scores)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

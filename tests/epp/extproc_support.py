@@ -1,0 +1,179 @@
+"""A scripted Envoy for protocol tests: drives one ext_proc stream over a real gRPC channel."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import grpc
+from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue, Metadata
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    HttpTrailers,
+    ProcessingRequest,
+    ProcessingResponse,
+    ProtocolConfiguration,
+)
+from epp.datastore import Datastore, Endpoint
+from epp.extproc import ExtProcServer, ExtProcServicer
+from epp.health import Health
+from epp.scheduling.types import LLMRequest, SchedulingResult
+from google.protobuf.struct_pb2 import ListValue, Struct, Value
+
+FULL_DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
+
+
+class LeastBusyScheduler:
+    """A stand-in scheduler: the serving endpoint (within the subset) with the fewest in-flight requests."""
+
+    def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
+        serving = [e for e in candidates if e.serves(request.model)]
+        if not serving:
+            return SchedulingResult(endpoint=None, rejected_by="model")
+        if request.subset is not None:
+            serving = [e for e in serving if e.address in request.subset]
+            if not serving:
+                return SchedulingResult(endpoint=None, rejected_by="subset")
+        best = min(serving, key=lambda e: e.in_flight)
+        return SchedulingResult(endpoint=best, endpoints=(best,))
+
+
+def pool(*endpoints: tuple[str, int, Sequence[str]]) -> Datastore:
+    """A synced datastore whose endpoints' models are known."""
+    datastore = Datastore()
+    for ip, port, models in endpoints:
+        endpoint = datastore.upsert(Endpoint(name=f"pod-{port}", ip=ip, port=port))
+        datastore.set_models(endpoint.address, frozenset(models), {})
+    datastore.synced = True
+    return datastore
+
+
+@asynccontextmanager
+async def serving(
+    servicer: ExtProcServicer,
+) -> AsyncIterator[external_processor_pb2_grpc.ExternalProcessorStub]:
+    server = ExtProcServer(servicer, Health(), bind="127.0.0.1", grpc_port=0, health_port=0)
+    ports = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+            yield external_processor_pb2_grpc.ExternalProcessorStub(channel)
+    finally:
+        await server.stop(0)
+
+
+def header_map(headers: Mapping[str, str]) -> HeaderMap:
+    return HeaderMap(headers=[HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()])
+
+
+def subset_hint(addresses: Sequence[str]) -> Metadata:
+    values = ListValue(values=[Value(string_value=a) for a in addresses])
+    inner = Struct(fields={"x-gateway-destination-endpoint-subset": Value(list_value=values)})
+    return Metadata(filter_metadata={"envoy.lb.subset_hint": inner})
+
+
+@dataclass
+class Outcome:
+    """What the processor answered for one request."""
+
+    responses: list[ProcessingResponse] = field(default_factory=list)
+
+    @property
+    def immediate(self) -> ProcessingResponse | None:
+        found = [r for r in self.responses if r.HasField("immediate_response")]
+        return found[0] if found else None
+
+    def error(self) -> tuple[int, dict[str, object]]:
+        assert self.immediate is not None, f"expected an ImmediateResponse, got {self.responses}"
+        response = self.immediate.immediate_response
+        return response.status.code, json.loads(response.body)
+
+    @property
+    def set_headers(self) -> dict[str, str]:
+        headers = self.responses[0].request_headers.response.header_mutation.set_headers
+        for option in headers:
+            assert option.header.value == "", "header mutations must use raw_value only"
+        return {o.header.key: o.header.raw_value.decode() for o in headers}
+
+    @property
+    def body_chunks(self) -> list[tuple[bytes, bool]]:
+        return [
+            (r.request_body.response.body_mutation.streamed_response.body,
+             r.request_body.response.body_mutation.streamed_response.end_of_stream)
+            for r in self.responses if r.HasField("request_body")
+        ]
+
+
+class EnvoyStream:
+    """One HTTP request as Envoy's ext_proc filter would present it (FULL_DUPLEX_STREAMED)."""
+
+    def __init__(self, stub: external_processor_pb2_grpc.ExternalProcessorStub) -> None:
+        self.call = stub.Process()
+
+    async def send_request(
+        self,
+        body: bytes | None,
+        *,
+        method: str = "POST",
+        path: str = "/v1/completions",
+        headers: Mapping[str, str] | None = None,
+        metadata: Metadata | None = None,
+        chunk_size: int = 16_384,
+        trailers: bool = False,
+    ) -> Outcome:
+        all_headers = {":method": method, ":path": path, ":authority": "gateway", "x-request-id": "req-1"}
+        if body is not None:
+            all_headers["content-length"] = str(len(body))
+            all_headers["content-type"] = "application/json"
+        all_headers.update(headers or {})
+        first = ProcessingRequest(
+            request_headers=HttpHeaders(headers=header_map(all_headers), end_of_stream=body is None),
+            protocol_config=ProtocolConfiguration(
+                request_body_mode=FULL_DUPLEX, response_body_mode=FULL_DUPLEX
+            ),
+        )
+        if metadata is not None:
+            first.metadata_context.CopyFrom(metadata)
+        await self.call.write(first)
+        if body is not None:
+            pieces = [body[i:i + chunk_size] for i in range(0, len(body), chunk_size)] or [b""]
+            for index, piece in enumerate(pieces):
+                last = index == len(pieces) - 1 and not trailers
+                message = ProcessingRequest(request_body=HttpBody(body=piece, end_of_stream=last))
+                await self.call.write(message)
+            if trailers:
+                await self.call.write(ProcessingRequest(request_trailers=HttpTrailers()))
+        outcome = Outcome()
+        first_answer = await self.call.read()
+        outcome.responses.append(first_answer)
+        if first_answer.HasField("immediate_response") or body is None:
+            return outcome
+        echoed = 0
+        while echoed < len(body) or (len(body) == 0 and not outcome.body_chunks):
+            answer = await self.call.read()
+            outcome.responses.append(answer)
+            echoed += len(answer.request_body.response.body_mutation.streamed_response.body)
+        if trailers:
+            outcome.responses.append(await self.call.read())
+        return outcome
+
+    async def send_response(
+        self, status: int, body: bytes, *, content_type: str = "application/json", chunk_size: int = 16_384
+    ) -> list[ProcessingResponse]:
+        headers = {":status": str(status), "content-type": content_type}
+        await self.call.write(ProcessingRequest(response_headers=HttpHeaders(headers=header_map(headers))))
+        answers = [await self.call.read()]
+        pieces = [body[i:i + chunk_size] for i in range(0, len(body), chunk_size)] or [b""]
+        for index, piece in enumerate(pieces):
+            last = index == len(pieces) - 1
+            await self.call.write(ProcessingRequest(response_body=HttpBody(body=piece, end_of_stream=last)))
+            answers.append(await self.call.read())
+        await self.call.done_writing()
+        return answers
+
+    def cancel(self) -> None:
+        self.call.cancel()

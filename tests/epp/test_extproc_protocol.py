@@ -1,0 +1,279 @@
+"""The EPP's ext_proc protocol over a real gRPC channel, with a scripted Envoy on the other end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import pytest
+from epp.datastore import Datastore
+from epp.extproc import EndpointPicker
+from epp.telemetry import Telemetry
+
+from tests.epp.extproc_support import EnvoyStream, LeastBusyScheduler, pool, serving, subset_hint
+
+GEMMA = "google/gemma-2b-it"
+PHI = "microsoft/Phi-3-mini-4k-instruct"
+
+
+def gemma_and_phi() -> Datastore:
+    return pool(("10.0.0.1", 8000, [GEMMA]), ("10.0.0.2", 8000, [PHI]), ("10.0.0.3", 8000, [PHI]))
+
+
+def picker(datastore: Datastore) -> EndpointPicker:
+    return EndpointPicker(datastore, LeastBusyScheduler(), Telemetry("epp", datastore))
+
+
+def completion(model: str, prompt: str = "Hello") -> bytes:
+    return json.dumps({"model": model, "prompt": prompt, "max_tokens": 8}).encode()
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait (at most 5 s) for a server-side effect that follows the stream's end."""
+    async with asyncio.timeout(5):
+        while not condition():  # noqa: ASYNC110 - polling state owned by the server's tasks
+            await asyncio.sleep(0.005)
+
+
+async def test_a_gemma_request_is_routed_to_the_gemma_pod_with_headers_metadata_and_its_body() -> None:
+    datastore = gemma_and_phi()
+    async with serving(picker(datastore)) as stub:
+        stream = EnvoyStream(stub)
+        body = completion(GEMMA)
+        outcome = await stream.send_request(body)
+
+        first = outcome.responses[0]
+        assert first.request_headers.response.clear_route_cache
+        assert outcome.set_headers == {"x-gateway-destination-endpoint": "10.0.0.1:8000",
+                                       "content-length": str(len(body))}
+        lb = first.dynamic_metadata.fields["envoy.lb"].struct_value.fields
+        assert lb["x-gateway-destination-endpoint"].string_value == "10.0.0.1:8000"
+        assert outcome.body_chunks == [(body, True)]
+        assert datastore.get("10.0.0.1:8000").in_flight == 1  # type: ignore[union-attr]
+
+        await stream.send_response(200, b'{"usage": {"prompt_tokens": 3, "completion_tokens": 8}}')
+        assert datastore.get("10.0.0.1:8000").in_flight == 0  # type: ignore[union-attr]
+
+
+async def test_a_large_body_is_streamed_back_in_chunks_of_at_most_62000_bytes() -> None:
+    datastore = gemma_and_phi()
+    async with serving(picker(datastore)) as stub:
+        body = completion(PHI, "x" * 200_000)
+        outcome = await EnvoyStream(stub).send_request(body, chunk_size=50_000)
+
+        chunks = outcome.body_chunks
+        assert len(chunks) == 4
+        assert all(len(chunk) <= 62_000 for chunk, _ in chunks)
+        assert b"".join(chunk for chunk, _ in chunks) == body
+        assert [end for _, end in chunks] == [False, False, False, True]
+        assert outcome.set_headers["content-length"] == str(len(body))
+
+
+async def test_a_request_whose_body_ends_with_trailers_is_routed_and_echoed() -> None:
+    datastore = gemma_and_phi()
+    async with serving(picker(datastore)) as stub:
+        body = completion(GEMMA)
+        outcome = await EnvoyStream(stub).send_request(body, trailers=True)
+
+        assert outcome.set_headers["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+        assert b"".join(chunk for chunk, _ in outcome.body_chunks) == body
+        assert outcome.responses[-1].HasField("request_trailers")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error_type", "param", "says"),
+    [
+        (b"{not json", 400, "invalid_request_error", None, "not valid JSON"),
+        (b'["a list"]', 400, "invalid_request_error", None, "must be a JSON object"),
+        (b'{"prompt": "no model"}', 400, "invalid_request_error", "model", "no 'model' field"),
+        (b'{"model": 7}', 400, "invalid_request_error", "model", "non-empty string"),
+        (completion("meta/llama-70b"), 404, "not_found_error", "model", f"{GEMMA}, {PHI}"),
+    ],
+    ids=["malformed-json", "not-an-object", "no-model", "model-not-a-string", "unknown-model"],
+)
+async def test_a_bad_request_gets_an_openai_style_json_error(
+    body: bytes, status: int, error_type: str, param: str | None, says: str
+) -> None:
+    datastore = gemma_and_phi()
+    async with serving(picker(datastore)) as stub:
+        code, document = (await EnvoyStream(stub).send_request(body)).error()
+
+    assert code == status
+    error = document["error"]
+    assert isinstance(error, dict)
+    assert error["type"] == error_type
+    assert error["param"] == param
+    assert error["code"] == status
+    assert says in error["message"]
+    assert all(endpoint.in_flight == 0 for endpoint in datastore)
+
+
+async def test_a_subset_hint_that_matches_no_endpoint_is_a_503() -> None:
+    datastore = pool(("10.0.0.1", 8000, [GEMMA]))
+    async with serving(picker(datastore)) as stub:
+        hint = subset_hint(["10.0.0.9:8000"])
+        code, document = (await EnvoyStream(stub).send_request(completion(GEMMA), metadata=hint)).error()
+
+    assert code == 503
+    assert "subset" in document["error"]["message"]  # type: ignore[index]
+
+
+async def test_the_subset_hint_limits_the_pick_to_its_endpoints() -> None:
+    datastore = gemma_and_phi()
+    async with serving(picker(datastore)) as stub:
+        for _ in range(3):
+            stream = EnvoyStream(stub)
+            outcome = await stream.send_request(completion(PHI), metadata=subset_hint(["10.0.0.3:8000"]))
+            assert outcome.set_headers["x-gateway-destination-endpoint"] == "10.0.0.3:8000"
+
+
+async def test_an_empty_subset_hint_is_a_503() -> None:
+    async with serving(picker(gemma_and_phi())) as stub:
+        outcome = await EnvoyStream(stub).send_request(completion(PHI), metadata=subset_hint([]))
+        code, document = outcome.error()
+
+    assert code == 503
+    assert document["error"]["type"] == "service_unavailable"  # type: ignore[index]
+
+
+async def test_no_ready_endpoint_for_a_known_model_is_a_503() -> None:
+    class NobodyScheduler(LeastBusyScheduler):
+        def schedule(self, request, candidates):  # type: ignore[no-untyped-def]
+            result = super().schedule(request, [])
+            return result
+
+    datastore = gemma_and_phi()
+    servicer = EndpointPicker(datastore, NobodyScheduler(), Telemetry("epp", datastore))
+    async with serving(servicer) as stub:
+        code, document = (await EnvoyStream(stub).send_request(completion(GEMMA))).error()
+
+    assert code == 503
+    assert GEMMA in document["error"]["message"]  # type: ignore[index]
+
+
+async def test_a_saturated_pool_sheds_with_429_only_when_shedding_is_configured() -> None:
+    class AlwaysSaturated:
+        def saturated(self, endpoints, now):  # type: ignore[no-untyped-def]
+            return True
+
+    datastore = gemma_and_phi()
+    telemetry = Telemetry("epp", datastore)
+    shedding = EndpointPicker(datastore, LeastBusyScheduler(), telemetry, saturation=AlwaysSaturated(),
+                              shed_on_saturation=True)
+    async with serving(shedding) as stub:
+        code, document = (await EnvoyStream(stub).send_request(completion(GEMMA))).error()
+    assert code == 429
+    assert document["error"]["code"] == 429  # type: ignore[index]
+
+    tolerant = EndpointPicker(datastore, LeastBusyScheduler(), telemetry, saturation=AlwaysSaturated())
+    async with serving(tolerant) as stub:
+        outcome = await EnvoyStream(stub).send_request(completion(GEMMA))
+    assert outcome.immediate is None
+
+
+async def test_get_v1_models_lists_every_served_model_identically_on_every_call() -> None:
+    async with serving(picker(gemma_and_phi())) as stub:
+        bodies = []
+        for _ in range(3):
+            outcome = await EnvoyStream(stub).send_request(None, method="GET", path="/v1/models?x=1")
+            response = outcome.immediate.immediate_response  # type: ignore[union-attr]
+            assert response.status.code == 200
+            bodies.append(response.body)
+
+    assert bodies[0] == bodies[1] == bodies[2]
+    document = json.loads(bodies[0])
+    assert document["object"] == "list"
+    assert [m["id"] for m in document["data"]] == [GEMMA, PHI]
+
+
+async def test_a_get_without_body_elsewhere_is_a_400() -> None:
+    async with serving(picker(gemma_and_phi())) as stub:
+        code, _ = (await EnvoyStream(stub).send_request(None, method="GET", path="/v1/other")).error()
+    assert code == 400
+
+
+async def test_in_flight_returns_to_zero_after_a_backend_error() -> None:
+    datastore = gemma_and_phi()
+    async with serving(picker(datastore)) as stub:
+        stream = EnvoyStream(stub)
+        await stream.send_request(completion(GEMMA))
+        await stream.send_response(500, b'{"error": {"message": "boom"}}')
+    assert datastore.get("10.0.0.1:8000").in_flight == 0  # type: ignore[union-attr]
+
+
+async def test_in_flight_returns_to_zero_when_envoy_cancels_the_stream() -> None:
+    datastore = gemma_and_phi()
+    gemma = datastore.get("10.0.0.1:8000")
+    assert gemma is not None
+    async with serving(picker(datastore)) as stub:
+        stream = EnvoyStream(stub)
+        await stream.send_request(completion(GEMMA))
+        assert gemma.in_flight == 1
+        stream.cancel()
+        await eventually(lambda: gemma.in_flight == 0)
+
+
+async def test_in_flight_spreads_and_returns_to_zero_under_concurrent_streams() -> None:
+    datastore = gemma_and_phi()
+    async with serving(picker(datastore)) as stub:
+        streams = [EnvoyStream(stub) for _ in range(6)]
+        outcomes = await asyncio.gather(*(s.send_request(completion(PHI)) for s in streams))
+        picked = [o.set_headers["x-gateway-destination-endpoint"] for o in outcomes]
+        assert sorted(picked) == ["10.0.0.2:8000"] * 3 + ["10.0.0.3:8000"] * 3
+        await asyncio.gather(*(s.send_response(200, b"{}") for s in streams))
+    assert [e.in_flight for e in datastore] == [0, 0, 0]
+
+
+async def test_a_streamed_response_is_echoed_and_its_usage_counted() -> None:
+    datastore = gemma_and_phi()
+    telemetry = Telemetry("epp", datastore)
+    servicer = EndpointPicker(datastore, LeastBusyScheduler(), telemetry)
+    sse = (
+        b'data: {"choices": [{"text": "hi"}]}\n\n'
+        b'data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    async with serving(servicer) as stub:
+        stream = EnvoyStream(stub)
+        await stream.send_request(completion(GEMMA))
+        answers = await stream.send_response(200, sse, content_type="text/event-stream", chunk_size=40)
+
+    echoed = b"".join(a.response_body.response.body_mutation.streamed_response.body for a in answers[1:])
+    assert echoed == sse
+    assert answers[-1].response_body.response.body_mutation.streamed_response.end_of_stream
+    tokens = telemetry.registry.get_sample_value("epp_tokens_total", {"model": GEMMA, "kind": "completion"})
+    assert tokens == 2
+
+
+async def test_a_backend_that_stopped_serving_the_model_gets_its_models_refreshed() -> None:
+    refreshed: list[str] = []
+
+    class Refresher:
+        def refresh(self, address: str) -> None:
+            refreshed.append(address)
+
+    datastore = gemma_and_phi()
+    telemetry = Telemetry("epp", datastore)
+    servicer = EndpointPicker(datastore, LeastBusyScheduler(), telemetry, refresher=Refresher())
+    async with serving(servicer) as stub:
+        stream = EnvoyStream(stub)
+        await stream.send_request(completion(GEMMA))
+        await stream.send_response(
+            404, b'{"error": {"message": "The model `google/gemma-2b-it` does not exist.", "code": 404}}'
+        )
+    assert refreshed == ["10.0.0.1:8000"]
+
+
+async def test_requests_are_counted_by_model_and_outcome() -> None:
+    datastore = gemma_and_phi()
+    telemetry = Telemetry("epp", datastore)
+    async with serving(EndpointPicker(datastore, LeastBusyScheduler(), telemetry)) as stub:
+        stream = EnvoyStream(stub)
+        await stream.send_request(completion(GEMMA))
+        await stream.send_response(200, b"{}")
+        await EnvoyStream(stub).send_request(completion("nope"))
+
+    sample = telemetry.registry.get_sample_value
+    assert sample("epp_requests_total", {"model": GEMMA, "outcome": "routed"}) == 1
+    assert sample("epp_requests_total", {"model": "none", "outcome": "unknown_model"}) == 1
