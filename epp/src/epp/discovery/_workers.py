@@ -1,0 +1,78 @@
+"""One background task per endpoint, started when the endpoint appears and cancelled when it goes.
+
+The model prober and the metrics scraper both follow the datastore's membership this way, so a
+slow or dead endpoint only ever delays its own task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from epp.datastore import Datastore, Endpoint
+
+log = logging.getLogger(__name__)
+
+Worker = Callable[[Endpoint], Coroutine[Any, Any, None]]
+
+
+class EndpointWorkers:
+    """Runs ``worker(endpoint)`` as a task for every endpoint in the datastore while started."""
+
+    def __init__(self, datastore: Datastore, worker: Worker, name: str) -> None:
+        self._datastore = datastore
+        self._worker = worker
+        self._name = name
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running = False
+        self._subscribed = False
+
+    def start(self) -> None:
+        """Follow the datastore: spawn for every current endpoint and for each one added later."""
+        if self._running:
+            return
+        self._running = True
+        if not self._subscribed:
+            self._datastore.subscribe(self._on_change)
+            self._subscribed = True
+        for endpoint in list(self._datastore):
+            self._spawn(endpoint)
+
+    async def stop(self) -> None:
+        """Cancel every task and wait for them to finish."""
+        self._running = False
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._tasks
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def _on_change(self, address: str, endpoint: Endpoint | None) -> None:
+        if not self._running:
+            return
+        if endpoint is None:
+            task = self._tasks.pop(address, None)
+            if task is not None:
+                task.cancel()
+        elif address not in self._tasks:
+            self._spawn(endpoint)
+
+    def _spawn(self, endpoint: Endpoint) -> None:
+        address = endpoint.address
+        task = asyncio.get_running_loop().create_task(self._worker(endpoint), name=f"{self._name}:{address}")
+        self._tasks[address] = task
+        task.add_done_callback(lambda done: self._finished(address, done))
+
+    def _finished(self, address: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(address) is task:
+            del self._tasks[address]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s task for %s crashed", self._name, address, exc_info=task.exception())

@@ -1,0 +1,106 @@
+"""Scrape every endpoint's own ``/metrics`` on a fixed interval (default 50 ms).
+
+Each endpoint has its own scrape loop, so all are scraped concurrently and a slow one only delays
+itself. A successful scrape replaces ``Endpoint.metrics`` with a fresh :class:`Metrics`; a failed
+one leaves the previous object in place, so ``Endpoint.metrics.age()`` grows and the scheduler's
+saturation detector sees the endpoint as stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from epp.datastore import Datastore, Endpoint
+from epp.discovery._workers import EndpointWorkers
+from epp.discovery.models import endpoint_url
+from epp.discovery.vllm_metrics import MetricsParseError, parse_vllm_metrics
+
+log = logging.getLogger(__name__)
+
+ErrorCallback = Callable[[str], None]
+
+
+class MetricsScraper:
+    """Keeps ``Endpoint.metrics`` of every endpoint in the datastore fresh."""
+
+    name = "metrics"
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        session: aiohttp.ClientSession,
+        interval: float = 0.05,
+        timeout: float = 1.0,
+        *,
+        on_error: ErrorCallback | None = None,
+    ) -> None:
+        if interval <= 0 or timeout <= 0:
+            raise ValueError("interval and timeout must be positive")
+        self._datastore = datastore
+        self._session = session
+        self._interval = interval
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._on_error = on_error
+        self._failing: set[str] = set()
+        self._workers = EndpointWorkers(datastore, self._follow, "metrics-scraper")
+        self.errors = 0
+        self.scrapes = 0
+
+    async def run(self) -> None:
+        """Scrape every endpoint (present and future) until cancelled."""
+        self._workers.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self._workers.stop()
+            self._failing.clear()
+
+    async def scrape(self, endpoint: Endpoint) -> bool:
+        """One scrape; on success replace ``endpoint.metrics``. True when it succeeded."""
+        self.scrapes += 1
+        try:
+            async with self._session.get(
+                endpoint_url(endpoint, "/metrics"), timeout=self._timeout
+            ) as response:
+                if response.status != 200:
+                    raise MetricsParseError(f"HTTP {response.status}")
+                text = await response.text()
+            metrics = parse_vllm_metrics(text, time.monotonic())
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self.errors += 1
+            if self._on_error is not None:
+                self._on_error(self.name)
+            if endpoint.address not in self._failing:
+                self._failing.add(endpoint.address)
+                log.warning(
+                    "metrics scrape of %s (%s) failing: %s; its metrics go stale",
+                    endpoint.address,
+                    endpoint.name,
+                    str(exc) or type(exc).__name__,
+                )
+            return False
+        if endpoint.address in self._failing:
+            self._failing.discard(endpoint.address)
+            log.info("metrics scrape of %s (%s) recovered", endpoint.address, endpoint.name)
+        endpoint.metrics = metrics
+        return True
+
+    async def _follow(self, endpoint: Endpoint) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        try:
+            while True:
+                await self.scrape(endpoint)
+                due += self._interval
+                delay = due - loop.time()
+                if delay < 0:  # fell behind (slow endpoint): don't burst to catch up
+                    due = loop.time()
+                    delay = 0.0
+                await asyncio.sleep(delay)
+        finally:
+            self._failing.discard(endpoint.address)
