@@ -1,0 +1,96 @@
+"""The plugin interfaces a scheduling profile is assembled from.
+
+A profile runs its filters in order, then its scorers (each returns one score per endpoint, clamped
+to [0, 1] and weighted by the profile), then its picker. A profile handler decides which profiles run
+and which result is primary. Plugins may additionally implement ``PostPick`` (learn from the pick,
+e.g. the prefix-cache index) and ``EndpointStateful`` (drop state for an endpoint that left the pool).
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from epp.datastore import Endpoint
+from epp.scheduling.types import CycleState, LLMRequest
+
+
+@dataclass(slots=True)
+class Handle:
+    """What plugin factories get besides their parameters: shared services such as the RNG."""
+
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class Plugin(ABC):
+    """A named instance of a plugin type."""
+
+    type_name: ClassVar[str]
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class Filter(Plugin):
+    @abstractmethod
+    def filter(self, state: CycleState, request: LLMRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
+        """The endpoints that remain eligible, in their original order."""
+
+
+class Scorer(Plugin):
+    @abstractmethod
+    def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
+        """One score per endpoint, aligned with ``endpoints``; the profile clamps them to [0, 1]."""
+
+
+class Picker(Plugin):
+    @abstractmethod
+    def pick(self, endpoints: Sequence[Endpoint], scores: Sequence[float]) -> list[Endpoint]:
+        """The chosen endpoints, best first (never empty when ``endpoints`` is not)."""
+
+
+class PostPick(ABC):
+    """Implemented by plugins that learn from the endpoint their profile picked."""
+
+    @abstractmethod
+    def post_pick(self, state: CycleState, request: LLMRequest, endpoint: Endpoint) -> None: ...
+
+
+class EndpointStateful(ABC):
+    """Implemented by plugins that keep per-endpoint state."""
+
+    @abstractmethod
+    def forget(self, address: str) -> None:
+        """Drop everything known about the endpoint at ``address`` (it left the pool)."""
+
+
+@dataclass(slots=True)
+class ProfileOutcome:
+    """What one profile run produced."""
+
+    picks: list[Endpoint]
+    scores: dict[str, dict[str, float]]
+    rejected_by: str | None = None
+
+
+class ProfileHandler(Plugin):
+    """Chooses which profiles run for a request, and which profile's pick is the answer."""
+
+    @abstractmethod
+    def pick_profiles(
+        self, request: LLMRequest, profiles: Sequence[str], done: Mapping[str, ProfileOutcome]
+    ) -> Sequence[str]:
+        """Profiles to run next, given those already run (``done``); empty when finished."""
+
+    @abstractmethod
+    def primary(self, request: LLMRequest, done: Mapping[str, ProfileOutcome]) -> str:
+        """The profile whose pick the request is sent to."""
+
+    def validate_profiles(self, profiles: Sequence[str]) -> None:
+        """Raise ValueError when this handler cannot work with these profiles."""

@@ -1,0 +1,1 @@
+"""The built-in plugins, one per module, grouped by kind; ``epp.scheduling.registry`` lists them."""

@@ -1,0 +1,1 @@
+"""Pickers: choose the endpoint(s) from the weighted scores."""

@@ -1,0 +1,1 @@
+"""Profile handlers: decide which scheduling profiles run and whose pick is the answer."""

@@ -1,0 +1,33 @@
+"""active-request-scorer: fewer requests in flight from this EPP score higher (llm-d semantics).
+
+Reads ``Endpoint.in_flight``, which the request path keeps exact. With ``most`` the largest count
+among the candidates, an endpoint with ``n`` in flight scores ``(most - n) / most``; idle endpoints
+(and everyone, when all are idle) score 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from epp.datastore import Endpoint
+from epp.scheduling.factory import NoParameters, PluginType
+from epp.scheduling.framework import Handle, Scorer
+from epp.scheduling.types import CycleState, LLMRequest
+
+
+class ActiveRequestScorer(Scorer):
+    type_name = "active-request-scorer"
+
+    def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
+        counts = [e.in_flight for e in endpoints]
+        most = max(counts)
+        if most <= 0:
+            return [1.0] * len(counts)
+        return [(most - n) / most for n in counts]
+
+
+def _build(name: str, parameters: NoParameters, handle: Handle) -> ActiveRequestScorer:
+    return ActiveRequestScorer(name)
+
+
+PLUGIN_TYPES = (PluginType("active-request-scorer", ActiveRequestScorer, NoParameters, _build),)

@@ -1,0 +1,68 @@
+"""SchedulingProfile: one filter → score → pick pipeline, assembled once from the config.
+
+Every run starts with two implicit filters: the model filter (only endpoints serving the requested
+model, as a base model or a LoRA adapter) and, when the proxy sent one, the subset hint. Then the
+profile's filters in order, then ``sum(weight * clamp(score, 0, 1))`` over its scorers, then its picker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from epp.datastore import Endpoint
+from epp.scheduling.framework import Filter, Picker, PostPick, ProfileOutcome, Scorer
+from epp.scheduling.types import CycleState, LLMRequest
+
+MODEL_FILTER = "model"
+SUBSET_FILTER = "subset"
+
+
+class SchedulingProfile:
+    def __init__(
+        self,
+        name: str,
+        filters: Sequence[Filter],
+        scorers: Sequence[tuple[Scorer, float]],
+        picker: Picker,
+    ) -> None:
+        self.name = name
+        self.filters = tuple(filters)
+        self.scorers = tuple(scorers)
+        self.picker = picker
+        plugins: list[object] = [*self.filters, *(s for s, _ in self.scorers), picker]
+        self.post_pick = tuple(p for p in plugins if isinstance(p, PostPick))
+
+    def run(self, state: CycleState, request: LLMRequest, candidates: Sequence[Endpoint]) -> ProfileOutcome:
+        model = request.model
+        endpoints = [e for e in candidates if e.serves(model)]
+        if not endpoints:
+            return ProfileOutcome([], {}, MODEL_FILTER)
+        subset = request.subset
+        if subset is not None:
+            endpoints = [e for e in endpoints if e.address in subset]
+            if not endpoints:
+                return ProfileOutcome([], {}, SUBSET_FILTER)
+        for plugin in self.filters:
+            endpoints = plugin.filter(state, request, endpoints)
+            if not endpoints:
+                return ProfileOutcome([], {}, plugin.name)
+
+        count = len(endpoints)
+        totals = [0.0] * count
+        per_scorer: list[tuple[str, list[float]]] = []
+        for scorer, weight in self.scorers:
+            raw = scorer.score(state, request, endpoints)
+            weighted = [0.0] * count
+            for i in range(count):
+                score = raw[i]
+                # Clamp to [0, 1]; NaN fails both comparisons and counts as 0.
+                value = weight * (1.0 if score >= 1.0 else score if score > 0.0 else 0.0)
+                weighted[i] = value
+                totals[i] += value
+            per_scorer.append((scorer.name, weighted))
+
+        picks = self.picker.pick(endpoints, totals)
+        scores = {
+            e.address: {name: weighted[i] for name, weighted in per_scorer} for i, e in enumerate(endpoints)
+        }
+        return ProfileOutcome(picks, scores)

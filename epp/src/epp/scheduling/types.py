@@ -1,0 +1,44 @@
+"""What the scheduler is asked (LLMRequest) and what it answers (SchedulingResult)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from epp.datastore import Endpoint
+
+# Per-request scratch space shared by the plugins of one scheduling cycle, keyed by plugin name
+# (e.g. the prefix-cache scorer keeps the prompt's block hashes there for its post-pick hook).
+CycleState = dict[str, object]
+
+
+@dataclass(slots=True, frozen=True)
+class LLMRequest:
+    """One inference request, as the scheduler sees it."""
+
+    request_id: str
+    # The model the client asked for (a base model or a LoRA adapter id).
+    model: str
+    # Text used for prefix-cache affinity (the prompt, or the chat messages flattened).
+    prompt: str = ""
+    # Request headers, names lower-cased.
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # The proxy's subset hint: only these ``ip:port`` may be picked; None means no restriction.
+    subset: frozenset[str] | None = None
+
+
+@dataclass(slots=True)
+class SchedulingResult:
+    """The pick for one request."""
+
+    # The chosen endpoint, or None when no candidate serves the model or every one was filtered out.
+    endpoint: Endpoint | None
+    # Ranked picks (``endpoint`` first); more than one only with a picker's ``maxNumOfEndpoints`` > 1.
+    endpoints: tuple[Endpoint, ...] = ()
+    # ``{address: {scorer name: weighted score}}`` for every endpoint that reached scoring.
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The scheduling profile whose pick this is.
+    profile: str = ""
+    # When ``endpoint`` is None: the stage that left no candidate — "model" (none serves the model),
+    # "subset" (none is in the subset hint) or the name of the filter plugin that removed the rest.
+    rejected_by: str | None = None
