@@ -250,8 +250,9 @@ async def test_a_backend_that_stopped_serving_the_model_gets_its_models_refreshe
     refreshed: list[str] = []
 
     class Refresher:
-        def refresh(self, address: str) -> None:
+        def request_refresh(self, address: str) -> bool:
             refreshed.append(address)
+            return True
 
     datastore = gemma_and_phi()
     telemetry = Telemetry("epp", datastore)

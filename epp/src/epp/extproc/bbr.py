@@ -4,7 +4,7 @@ Sets ``x-gateway-model-name`` and ``x-gateway-base-model-name`` (a LoRA adapter 
 base model) and clears the route cache so Envoy routes on them. Given the served models it is the
 gateway's front door: a request without a model is a 400, an unknown model a 404 listing the served
 ones, and ``GET /v1/models`` is answered with that list. Without it, it behaves as upstream BBR:
-a request without a model passes through untouched.
+a request without a model passes through untouched. Requests without a body always pass through.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 
 from epp.extproc.body import parse_body
-from epp.extproc.errors import RequestError, missing_model, unknown_model
+from epp.extproc.errors import missing_model, unknown_model
 from epp.extproc.messages import CONTINUE_REQUEST_HEADERS, header_option, route_request_headers
 from epp.extproc.models import MODELS_PATH, ModelList
 from epp.extproc.stream import Exchange, ExtProcServicer
@@ -51,13 +51,7 @@ class BodyBasedRouter(ExtProcServicer):
             if front_door and exchange.method == "GET" and exchange.path == MODELS_PATH:
                 exchange.outcome = "models"
                 return self._models.response(None)
-            if front_door:
-                raise RequestError(
-                    400,
-                    f"{exchange.method} {exchange.path} has no body; send a JSON body with a 'model'.",
-                    None,
-                    "no_body",
-                )
+            # Nothing to route on: the proxy's routes decide (a routing miss is the proxy's 404).
             exchange.outcome = "passthrough"
             return CONTINUE_REQUEST_HEADERS
         parsed = parse_body(exchange.body)

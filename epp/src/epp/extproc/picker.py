@@ -41,7 +41,7 @@ class SaturationDetector(Protocol):
 
 
 class ModelRefresher(Protocol):
-    def refresh(self, address: str) -> None:
+    def request_refresh(self, address: str) -> bool:
         """Re-read the models of endpoint ``address`` soon (never blocks)."""
 
 
@@ -165,7 +165,7 @@ class EndpointPicker(ExtProcServicer):
                     extra={"request_id": exchange.request_id, "endpoint": pick.endpoint.address,
                            "model": exchange.model},
                 )
-                self._refresher.refresh(pick.endpoint.address)
+                self._refresher.request_refresh(pick.endpoint.address)
             usage = response.usage()
             if usage is not None:
                 self._telemetry.tokens(exchange.model, usage.prompt_tokens, usage.completion_tokens)

