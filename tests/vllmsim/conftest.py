@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 GEMMA = "google/gemma-2b-it"
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 PHI = "microsoft/Phi-3-mini-4k-instruct"
 
 
@@ -19,26 +20,26 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def scrape(client: aiohttp.ClientSession, url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+async def scrape(client: aiohttp.ClientSession, url: str) -> Samples:
     """Every sample of ``url``/metrics keyed by (sample name, label set)."""
     async with client.get(f"{url}/metrics") as response:
         assert response.status == 200
         text = await response.text()
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return samples
 
 
-def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+def value(samples: Samples, name: str, **labels: str) -> float:
     """The single sample named ``name`` whose labels include ``labels``."""
     matches = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
     assert len(matches) == 1, f"{name}{labels}: {len(matches)} samples"
     return matches[0]
 
 
-def labels_of(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str) -> dict[str, str]:
+def labels_of(samples: Samples, name: str) -> dict[str, str]:
     matches = [dict(ls) for (n, ls) in samples if n == name]
     assert len(matches) == 1, f"{name}: {len(matches)} samples"
     return matches[0]

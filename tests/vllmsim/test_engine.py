@@ -43,8 +43,11 @@ async def test_requests_beyond_max_num_seqs_wait_in_arrival_order() -> None:
         assert [s.request_id for s in engine.waiting] == ["c", "d"]
     await asyncio.gather(*waiters)
     assert order == ["c", "d"]
-    assert third.waited and fourth.waited and not first.waited
-    assert not engine.running and not engine.waiting
+    assert third.waited
+    assert fourth.waited
+    assert not first.waited
+    assert not engine.running
+    assert not engine.waiting
 
 
 async def test_a_cancelled_waiter_leaves_the_queue_and_frees_nothing_it_never_held() -> None:
@@ -69,7 +72,8 @@ async def test_a_request_waits_for_kv_blocks_even_when_a_slot_is_free() -> None:
         assert engine.pool.usage() == pytest.approx(0.75)
         waiter = asyncio.create_task(engine.serve(seq(engine, "b", big, 40)).__aenter__())
         await asyncio.sleep(0)
-        assert len(engine.waiting) == 1 and len(engine.running) == 1
+        assert len(engine.waiting) == 1
+        assert len(engine.running) == 1
     await waiter
     assert [s.request_id for s in engine.running] == ["b"]
 
@@ -108,7 +112,9 @@ def test_released_blocks_are_evicted_least_recently_used_first_and_held_blocks_n
         pool.acquire(hashes, 0)
     pool.release(old, 0)
     pool.release(recent, 0)
-    assert pool.used == 1 and pool.free == 3 and pool.cached == 4
+    assert pool.used == 1
+    assert pool.free == 3
+    assert pool.cached == 4
     pool.acquire([5, 6], 0)  # needs two blocks: evicts the oldest released ones
     assert pool.cached_prefix([1, 2]) == 0
     assert pool.cached_prefix([3]) == 1
@@ -119,7 +125,8 @@ def test_released_blocks_are_evicted_least_recently_used_first_and_held_blocks_n
 def test_block_hashes_chain_so_equal_blocks_after_different_prefixes_differ() -> None:
     a = block_hashes("A" * 64 + "B" * 64, 64)
     b = block_hashes("C" * 64 + "B" * 64, 64)
-    assert len(a) == 2 and a[1] != b[1]
+    assert len(a) == 2
+    assert a[1] != b[1]
     assert block_hashes("A" * 63, 64) == []
 
 
