@@ -15,6 +15,7 @@ from bench.report import format_table, write_html, write_json
 from bench.stats import summarize
 from bench.workloads import WorkloadConfig
 from tests.bench.fake_openai import FakeOpenAI, serving
+from vllmsim import SimConfig, running
 
 GEMMA = "google/gemma-2b-it"
 PHI = "microsoft/Phi-3-mini-4k-instruct"
@@ -155,3 +156,26 @@ async def test_the_command_line_prints_the_table_and_writes_both_reports(
 def test_the_command_line_rejects_bad_settings_by_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--url", "http://x", "--models", "a,a", "--concurrency", "1"]) == 2
     assert "distinct" in capsys.readouterr().err
+
+
+async def test_the_runner_measures_a_real_simulator_streaming_and_not() -> None:
+    config = SimConfig(models=[GEMMA], pod_name="gemma-0", time_scale=0.05)
+    async with running(config) as sim:
+        workload = WorkloadConfig(models=[GEMMA], requests=6, max_tokens=8)
+        streamed = await run_workload(
+            sim.url, workload, LoadConfig(concurrency=3, stream=True), progress=False
+        )
+        plain = await run_workload(sim.url, workload, LoadConfig(concurrency=3), progress=False)
+        wrong = await run_workload(
+            sim.url, WorkloadConfig(models=[PHI], requests=2), LoadConfig(concurrency=1), progress=False
+        )
+    for run in (streamed, plain):
+        s = summarize(run).overall
+        assert s.accuracy == 1.0
+        assert s.pods == {"gemma-0": 6}
+        assert s.output_tokens == 6 * 8
+    assert summarize(streamed).overall.ttft.count == 6
+    assert summarize(streamed).overall.itl.count == 6 * 7
+    unknown = summarize(wrong).overall
+    assert unknown.statuses == {"404": 2}
+    assert unknown.misrouted == 2

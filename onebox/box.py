@@ -1,0 +1,309 @@
+"""``OneBox``: a topology's whole data plane on 127.0.0.1, as an async context manager.
+
+Start order, each step waiting for readiness before the next:
+1. one simulated vLLM server per replica (``python -m vllmsim``; ready on ``GET /health``);
+2. per-model-pools mode: one EPP per pool (static endpoints file) and the BBR with every served
+   model; unified-pool mode: one EPP over every pod (ready on gRPC health ``readiness``);
+3. Envoy with the matching gateway configuration (ready on admin ``/ready``), plus, if asked, a
+   second Envoy that round-robins over the same pods (what a plain Kubernetes Service does);
+4. one request per model through the gateway, answered by that model.
+
+Leaving the context (or ``stop()``) stops every child and removes the working directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import httpx
+import yaml
+
+from onebox import envoy
+from onebox.ports import free_port
+from onebox.probes import grpc_serving, http_ok
+from onebox.supervisor import Child, ChildDied, Supervisor
+from onebox.topology import ModelSpec, Topology
+
+Mode = Literal["per-model-pools", "unified-pool"]
+MODES: tuple[str, ...] = get_args(Mode)
+HOST = "127.0.0.1"
+
+
+class GatewayNotServing(RuntimeError):
+    """Every process is up, but a model is not answered correctly through the gateway."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    """One simulated vLLM replica."""
+
+    name: str
+    model: str  # served model name
+    pool: str
+    port: int
+    pid: int
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ExtProcServer:
+    """A running EPP or BBR: its ext_proc gRPC port plus health and metrics ports."""
+
+    name: str
+    grpc_port: int
+    health_port: int
+    metrics_port: int
+    pid: int
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{HOST}:{self.grpc_port}"
+
+
+def _executable(name: str) -> str:
+    """A console script of this environment (next to the interpreter), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name!r} not found beside {sys.executable} nor on PATH; run `make venv`")
+    return found
+
+
+class OneBox:
+    """Start with ``async with OneBox(topology) as box:``; then ``box.gateway_url``, ``box.pods``."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        mode: Mode = "per-model-pools",
+        port: int | None = None,
+        time_scale: float = 1.0,
+        round_robin: bool = False,
+        epp_profile: str | None = None,
+        log_dir: Path | None = None,
+        startup_timeout: float = 60.0,
+        log_level: str = "warning",
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+        if time_scale < 0:
+            raise ValueError(f"time_scale must be >= 0, got {time_scale}")
+        self.topology = topology
+        self.mode: Mode = mode
+        self.time_scale = time_scale
+        self.with_round_robin = round_robin
+        self.epp_profile = epp_profile
+        self.startup_timeout = startup_timeout
+        self.log_level = log_level
+        self.supervisor = Supervisor(log_dir=log_dir)
+        self.pods: list[Pod] = []
+        self.epps: dict[str, ExtProcServer] = {}  # pool name (or "unified") -> its EPP
+        self.bbr: ExtProcServer | None = None
+        self.gateway_port = port if port is not None else free_port()
+        self.round_robin_port: int | None = None
+        self._workdir: Path | None = None
+
+    # -- public surface -------------------------------------------------------------------
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{HOST}:{self.gateway_port}"
+
+    @property
+    def round_robin_url(self) -> str:
+        if self.round_robin_port is None:
+            raise RuntimeError("this box was started without round_robin=True")
+        return f"http://{HOST}:{self.round_robin_port}"
+
+    @property
+    def children(self) -> list[Child]:
+        return list(self.supervisor.children)
+
+    @property
+    def failure(self) -> ChildDied | None:
+        return self.supervisor.failure
+
+    async def wait_for_failure(self) -> ChildDied:
+        """Block until some child dies unexpectedly; return what happened."""
+        await self.supervisor.failed.wait()
+        assert self.supervisor.failure is not None
+        return self.supervisor.failure
+
+    async def __aenter__(self) -> OneBox:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._workdir = Path(tempfile.mkdtemp(prefix="onebox-"))
+        try:
+            await self._start_pods()
+            await self._start_ext_proc_servers()
+            await self._start_gateways()
+            await self._check_every_model_is_served()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        await self.supervisor.stop()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    # -- steps ----------------------------------------------------------------------------
+    async def _ready(self, child: Child, probe_url_or_address: str, kind: Literal["http", "grpc"]) -> None:
+        probe = http_ok(probe_url_or_address) if kind == "http" else grpc_serving(probe_url_or_address)
+        await self.supervisor.wait_ready(child, probe, within=self.startup_timeout)
+
+    async def _start_pods(self) -> None:
+        started: list[tuple[Child, ModelSpec, str, int]] = []
+        for spec in self.topology.models:
+            for i in range(spec.replicas):
+                name, port = f"{spec.name}-{i}", free_port()
+                argv = [
+                    sys.executable, "-m", "vllmsim", "--host", HOST, "--port", str(port),
+                    "--model", spec.served_name, "--pod-name", name, "--time-scale", str(self.time_scale),
+                    *spec.sim.flags(),
+                ]  # fmt: skip
+                started.append((await self.supervisor.start(name, argv), spec, name, port))
+        await asyncio.gather(
+            *(self._ready(c, f"http://{HOST}:{port}/health", "http") for c, _, _, port in started)
+        )
+        self.pods = [
+            Pod(name, spec.served_name, spec.pool_name, port, c.pid) for c, spec, name, port in started
+        ]
+
+    def _endpoints_file(self, name: str, pods: list[Pod]) -> Path:
+        assert self._workdir is not None
+        path = self._workdir / f"{name}-endpoints.yaml"
+        endpoints = [
+            {"name": p.name, "address": HOST, "port": p.port, "labels": {"pool": p.pool}} for p in pods
+        ]
+        path.write_text(yaml.safe_dump({"endpoints": endpoints}, sort_keys=False))
+        return path
+
+    async def _start_ext_proc(self, name: str, command: str, args: list[str]) -> tuple[Child, ExtProcServer]:
+        grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
+        argv = [
+            _executable(command), "--grpc-port", str(grpc_port), "--health-port", str(health_port),
+            "--metrics-port", str(metrics_port), "--bind", HOST, "--log-level", self.log_level, *args,
+        ]  # fmt: skip
+        child = await self.supervisor.start(name, argv)
+        return child, ExtProcServer(name, grpc_port, health_port, metrics_port, child.pid)
+
+    async def _start_ext_proc_servers(self) -> None:
+        profile = ["--profile", self.epp_profile] if self.epp_profile else []
+        starting: list[tuple[str | None, Child, ExtProcServer]] = []
+        if self.mode == "unified-pool":
+            endpoints = self._endpoints_file("unified", self.pods)
+            child, server = await self._start_ext_proc(
+                "epp", "epp", ["--endpoints-file", str(endpoints), *profile]
+            )
+            starting.append(("unified", child, server))
+        else:
+            for pool in self.topology.pools():
+                pods = [p for p in self.pods if p.pool == pool]
+                endpoints = self._endpoints_file(pool, pods)
+                child, server = await self._start_ext_proc(
+                    f"epp-{pool}", "epp", ["--endpoints-file", str(endpoints), *profile]
+                )
+                starting.append((pool, child, server))
+            adapters = [f"{a}={b}" for m in self.topology.models for a, b in m.sim.loras.items()]
+            bbr_args = ["--served-models", ",".join(self.topology.served_names)]
+            for adapter in adapters:
+                bbr_args += ["--adapter", adapter]
+            child, server = await self._start_ext_proc("bbr", "bbr", bbr_args)
+            starting.append((None, child, server))
+        await asyncio.gather(
+            *(self._ready(child, f"{HOST}:{server.health_port}", "grpc") for _, child, server in starting)
+        )
+        for pool_name, _, server in starting:
+            if pool_name is None:
+                self.bbr = server
+            else:
+                self.epps[pool_name] = server
+
+    async def _start_gateways(self) -> None:
+        admin = free_port()
+        gateways = [await self._start_envoy("envoy", self._gateway_config(admin), admin)]
+        if self.with_round_robin:
+            self.round_robin_port, admin = free_port(), free_port()
+            config = envoy.round_robin_config(
+                [p.address for p in self.pods], host=HOST, port=self.round_robin_port, admin_port=admin
+            )
+            gateways.append(await self._start_envoy("envoy-round-robin", config, admin))
+        await asyncio.gather(
+            *(self._ready(child, f"http://{HOST}:{a}/ready", "http") for child, a in gateways)
+        )
+
+    def _gateway_config(self, admin_port: int) -> dict[str, Any]:
+        if self.mode == "unified-pool":
+            return envoy.unified_gateway_config(
+                epp=self.epps["unified"].grpc_address,
+                host=HOST,
+                port=self.gateway_port,
+                admin_port=admin_port,
+            )
+        assert self.bbr is not None
+        pools = [
+            envoy.PoolRoute(
+                name=pool, models=tuple(m.served_name for m in models), epp=self.epps[pool].grpc_address
+            )
+            for pool, models in self.topology.pools().items()
+        ]
+        return envoy.gateway_config(
+            bbr=self.bbr.grpc_address, pools=pools, host=HOST, port=self.gateway_port, admin_port=admin_port
+        )
+
+    async def _start_envoy(self, name: str, config: dict[str, Any], admin_port: int) -> tuple[Child, int]:
+        assert self._workdir is not None
+        path = self._workdir / f"{name}.yaml"
+        path.write_text(envoy.render(config))
+        argv = [
+            str(envoy.envoy_binary()), "--config-path", str(path), "--concurrency", "1",
+            "--log-level", self.log_level,
+            "--disable-hot-restart",
+        ]  # fmt: skip
+        return await self.supervisor.start(name, argv), admin_port
+
+    async def _check_every_model_is_served(self) -> None:
+        """One tiny request per model through the gateway; retried until the startup deadline."""
+        deadline = time.monotonic() + self.startup_timeout
+        async with httpx.AsyncClient(base_url=self.gateway_url, timeout=10.0) as client:
+            for model in self.topology.served_names:
+                body = {"model": model, "messages": [{"role": "user", "content": "ready?"}], "max_tokens": 1}
+                while True:
+                    if self.supervisor.failure is not None:
+                        raise self.supervisor.failure
+                    answered: tuple[int, str | None]
+                    try:
+                        response = await client.post("/v1/chat/completions", json=body)
+                        answered = response.status_code, response.json().get("model")
+                    except (httpx.HTTPError, ValueError) as exc:
+                        answered = (0, f"{type(exc).__name__}: {exc}")
+                    if answered == (200, model):
+                        break
+                    if time.monotonic() > deadline:
+                        raise GatewayNotServing(
+                            f"{model} is not served through {self.gateway_url}: last answer {answered}"
+                        )
+                    await asyncio.sleep(0.1)

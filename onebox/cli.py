@@ -1,0 +1,118 @@
+"""``python -m onebox run|demo``: the data plane on 127.0.0.1 until interrupted, or the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+from bench.stats import summarize
+from onebox.box import MODES, GatewayNotServing, OneBox
+from onebox.demo import DemoSettings, run_demo
+from onebox.supervisor import ChildDied
+from onebox.topology import PRESETS, TopologyError, load_preset, load_topology
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m onebox", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start the data plane and keep it up until SIGINT/SIGTERM")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", choices=PRESETS)
+    source.add_argument("--topology", type=Path, help="topology YAML file")
+    run.add_argument("--mode", choices=MODES, default="per-model-pools")
+    run.add_argument("--port", type=int, help="gateway port (default: a free one)")
+    run.add_argument("--time-scale", type=float, default=1.0, help="simulator delay multiplier (0 = instant)")
+    run.add_argument("--round-robin", action="store_true", help="also a round-robin Envoy over the same pods")
+    run.add_argument("--epp-profile", help="EPP scheduling profile (default: the EPP's default)")
+    run.add_argument("--log-dir", type=Path, help="write each child's output to DIR/<name>.log")
+    run.add_argument("--log-level", default="warning", help="log level of the EPPs, BBR and Envoy")
+    run.add_argument("--startup-timeout", type=float, default=60.0)
+
+    demo = sub.add_parser("demo", help="gpu preset: benchmark the gateway and round robin, write reports")
+    demo.add_argument("--quick", action="store_true", help="fewer requests (CI)")
+    demo.add_argument("--mode", choices=MODES, default="per-model-pools")
+    demo.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    demo.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    try:
+        topology = load_preset(args.preset) if args.preset else load_topology(args.topology)
+    except TopologyError as exc:
+        print(f"onebox: {exc}", file=sys.stderr)
+        return 2
+    box = OneBox(
+        topology,
+        mode=args.mode,
+        port=args.port,
+        time_scale=args.time_scale,
+        round_robin=args.round_robin,
+        epp_profile=args.epp_profile,
+        log_dir=args.log_dir,
+        log_level=args.log_level,
+        startup_timeout=args.startup_timeout,
+    )
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted.set)
+
+    starting = asyncio.create_task(box.start())
+    interrupt = asyncio.create_task(interrupted.wait())
+    await asyncio.wait([starting, interrupt], return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # interrupted while starting: start() stops what it started
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ChildDied, GatewayNotServing):
+            await starting
+        return 130
+    try:
+        starting.result()
+    except (ChildDied, GatewayNotServing, FileNotFoundError) as exc:
+        interrupt.cancel()
+        print(f"onebox: failed to start: {exc}", file=sys.stderr)
+        return 1
+
+    for pod in box.pods:
+        print(f"pod {pod.name} {pod.model} {pod.url}", file=sys.stderr)
+    if args.round_robin:
+        print(f"round-robin {box.round_robin_url}", flush=True)
+    print(f"gateway {box.gateway_url}", flush=True)
+
+    died = asyncio.create_task(box.wait_for_failure())
+    await asyncio.wait([interrupt, died], return_when=asyncio.FIRST_COMPLETED)
+    await box.stop()
+    for task in (interrupt, died):
+        task.cancel()
+    if box.failure is not None:
+        print(f"onebox: {box.failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    try:
+        report, _, _ = await run_demo(
+            settings, args.reports_dir, mode=args.mode, progress=not args.no_progress
+        )
+    except (ChildDied, GatewayNotServing) as exc:
+        print(f"onebox demo: {exc}", file=sys.stderr)
+        return 1
+    gateway_runs = [summarize(run) for run in report.runs if run.label.startswith("gateway")]
+    short = [s.label for s in gateway_runs if s.overall.accuracy < 1.0 or s.overall.success_rate < 1.0]
+    if short:
+        print(f"below the bar (100% accuracy and success through the gateway): {', '.join(short)}")
+        return 1
+    print("bar met: every gateway request reached a pod serving its model, with no retry")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return asyncio.run(_run(args) if args.command == "run" else _demo(args))

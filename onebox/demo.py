@@ -1,0 +1,133 @@
+"""``python -m onebox demo``: the gpu preset, the field's benchmark, and the round-robin contrast.
+
+1. 50 random mixed-model requests through the gateway;
+2. per model, 100 requests at concurrency 10 through the gateway;
+3. the same mixed traffic through Envoy round-robin over the same pods (a plain Service), once
+   as is and once with the old client-side retry workaround;
+then the table, the ratios against round robin, and the JSON + HTML reports under ``reports/``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.benchmark import LoadConfig, run_workload
+from bench.client import RunResult
+from bench.report import Report, format_comparison, format_table, write_html, write_json
+from bench.stats import compare, summarize
+from bench.workloads import WorkloadConfig
+from onebox.box import Mode, OneBox
+from onebox.topology import load_preset
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sized so the whole demo (startup included) stays well under two minutes on two cores."""
+
+    mixed_requests: int = 50
+    per_model_requests: int = 100
+    concurrency: int = 10
+    max_tokens: int = 32
+    # Simulated delays x0.1: a 32-token answer takes ~45 ms instead of ~450 ms, so the run is
+    # bounded by the proxies' CPU, not by sleeping. Routing does not depend on it.
+    time_scale: float = 0.1
+    retries: int = 3
+    seed: int = 42
+
+    @classmethod
+    def quick(cls) -> DemoSettings:
+        return cls(mixed_requests=20, per_model_requests=20, concurrency=5)
+
+
+async def run_demo(
+    settings: DemoSettings,
+    reports_dir: Path,
+    *,
+    mode: Mode = "per-model-pools",
+    progress: bool = True,
+    out: Callable[[str], None] = print,
+) -> tuple[Report, Path, Path]:
+    """Run the demo and write its reports; returns the report and the JSON and HTML paths."""
+    topology = load_preset("gpu")
+    models = topology.served_names
+    short = {m.served_name: m.name for m in topology.models}
+    stream = LoadConfig(concurrency=settings.concurrency, stream=True)
+    mixed = WorkloadConfig(
+        models=models, requests=settings.mixed_requests, max_tokens=settings.max_tokens, seed=settings.seed
+    )
+    out(
+        f"demo: gpu preset ({', '.join(models)}), {mode}; simulator time-scale {settings.time_scale}, "
+        f"max_tokens {settings.max_tokens}, streaming, concurrency {settings.concurrency}"
+    )
+    started = time.monotonic()
+    async with OneBox(topology, mode=mode, time_scale=settings.time_scale, round_robin=True) as box:
+        out(
+            f"gateway {box.gateway_url}  round-robin {box.round_robin_url}  "
+            f"(ready in {time.monotonic() - started:.1f} s)"
+        )
+        for pod in box.pods:
+            out(f"  pod {pod.name}: {pod.model} at {pod.url}")
+        runs: list[RunResult] = [
+            await run_workload(box.gateway_url, mixed, stream, label="gateway", progress=progress)
+        ]
+        for model in models:
+            per_model = WorkloadConfig(
+                models=[model],
+                requests=settings.per_model_requests,
+                max_tokens=settings.max_tokens,
+                seed=settings.seed,
+            )
+            runs.append(
+                await run_workload(
+                    box.gateway_url, per_model, stream, label=f"gateway/{short[model]}", progress=progress
+                )
+            )
+        runs.append(
+            await run_workload(box.round_robin_url, mixed, stream, label="round-robin", progress=progress)
+        )
+        retrying = stream.model_copy(update={"retries": settings.retries})
+        runs.append(
+            await run_workload(
+                box.round_robin_url, mixed, retrying, label="round-robin+retries", progress=progress
+            )
+        )
+    gateway, rr, rr_retries = summarize(runs[0]), summarize(runs[-2]), summarize(runs[-1])
+    report = Report(
+        title="One-box demo: model-aware gateway vs round robin",
+        settings={
+            "preset": "gpu",
+            "mode": mode,
+            "models": models,
+            "pods": [{"name": p.name, "model": p.model, "address": p.address} for p in box.pods],
+            **asdict(settings),
+        },
+        runs=runs,
+        comparisons=[
+            compare(gateway.overall, rr.overall, "gateway", "round-robin"),
+            compare(gateway.overall, rr_retries.overall, "gateway", "round-robin+retries"),
+        ],
+        notes=[
+            f"{settings.mixed_requests} random mixed-model requests, "
+            f"then {settings.per_model_requests} per model, "
+            f"concurrency {settings.concurrency}, streaming, max_tokens {settings.max_tokens}",
+            f"simulator time-scale {settings.time_scale} (every simulated delay multiplied by it)",
+            "round-robin: Envoy round robin over the same pods, blind to models, like a Kubernetes Service",
+            f"round-robin+retries: the old client workaround, "
+            f"up to {settings.retries} resends on 404 / wrong model",
+        ],
+    )
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    json_path = write_json(report, reports_dir / f"demo-{stamp}.json")
+    html_path = write_html(report, reports_dir / f"demo-{stamp}.html")
+    out("")
+    out(format_table(report.summaries()))
+    out("")
+    for comparison in report.comparisons:
+        out(format_comparison(comparison))
+    out(f"\nreports: {json_path}  {html_path}")
+    out(f"demo took {time.monotonic() - started:.1f} s")
+    return report, json_path, html_path

@@ -1,0 +1,136 @@
+"""The one box's topology: which models run, how many simulated replicas each, in which pool.
+
+Loaded from YAML and validated with pydantic; the presets live in ``onebox/presets/``::
+
+    name: gpu
+    models:
+      - name: gemma                      # short id: pod names gemma-0, gemma-1, ...
+        served_name: google/gemma-2b-it  # what clients send in "model"
+        replicas: 1
+        pool: gemma                      # InferencePool (one EPP each); default: the name
+        sim: {max_num_seqs: 16}          # simulator options (python -m vllmsim flags)
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PRESETS = ("gpu", "tpu", "scaleout")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class TopologyError(ValueError):
+    """A topology file that cannot be used, with the reason."""
+
+
+class SimOptions(BaseModel):
+    """Per-model simulator settings; each maps to the ``python -m vllmsim`` flag of the same name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    itl_ms: float | None = Field(default=None, ge=0)
+    itl_sd_ms: float | None = Field(default=None, ge=0)
+    prefill_overhead_ms: float | None = Field(default=None, ge=0)
+    per_token_us: float | None = Field(default=None, ge=0)
+    time_factor_under_load: float | None = Field(default=None, ge=1.0)
+    kv_cache_blocks: int | None = Field(default=None, ge=1)
+    block_size: int | None = Field(default=None, ge=1)
+    failure_rate: float | None = Field(default=None, ge=0, le=1)
+    failure_kind: Literal[429, 503] | None = None
+    startup_delay: float | None = Field(default=None, ge=0)
+    seed: int | None = None
+    loras: dict[str, str] = Field(default_factory=dict, description="LoRA adapter -> base served name")
+
+    def flags(self) -> list[str]:
+        """The simulator flags for the options that are set."""
+        out: list[str] = []
+        for field, value in self.model_dump(exclude={"loras"}, exclude_none=True).items():
+            out += [f"--{field.replace('_', '-')}", str(value)]
+        for adapter, base in self.loras.items():
+            out += ["--lora", f"{adapter}={base}"]
+        return out
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="short id (a DNS label): pod names are <name>-<i>")
+    served_name: str = Field(min_length=1, description="the model name clients send")
+    replicas: int = Field(default=1, ge=1, le=16)
+    pool: str | None = Field(default=None, description="InferencePool name; default: the name")
+    sim: SimOptions = Field(default_factory=SimOptions)
+
+    @model_validator(mode="after")
+    def _labels(self) -> ModelSpec:
+        for what, value in (("name", self.name), ("pool", self.pool_name)):
+            if not _DNS_LABEL.match(value):
+                raise ValueError(f"model {what} {value!r} must be a DNS label (a-z, 0-9, '-')")
+        return self
+
+    @property
+    def pool_name(self) -> str:
+        return self.pool or self.name
+
+
+class Topology(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "custom"
+    models: list[ModelSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Topology:
+        for what, values in (
+            ("name", [m.name for m in self.models]),
+            ("served_name", [m.served_name for m in self.models]),
+        ):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"model {what} repeated: {', '.join(repeated)}")
+        return self
+
+    @property
+    def served_names(self) -> list[str]:
+        return [m.served_name for m in self.models]
+
+    def pools(self) -> dict[str, list[ModelSpec]]:
+        """Pool name -> its models, in topology order."""
+        pools: dict[str, list[ModelSpec]] = {}
+        for m in self.models:
+            pools.setdefault(m.pool_name, []).append(m)
+        return pools
+
+
+def parse_topology(text: str, source: str = "<string>") -> Topology:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise TopologyError(f"{source}: expected a mapping with 'models', got {type(data).__name__}")
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as exc:
+        raise TopologyError(f"{source}: invalid topology:\n{exc}") from exc
+
+
+def load_topology(path: Path) -> Topology:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TopologyError(f"cannot read topology {path}: {exc}") from exc
+    return parse_topology(text, str(path))
+
+
+def load_preset(name: str) -> Topology:
+    if name not in PRESETS:
+        raise TopologyError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    text = resources.files("onebox").joinpath("presets", f"{name}.yaml").read_text()
+    return parse_topology(text, f"preset {name}")

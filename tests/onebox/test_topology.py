@@ -1,0 +1,69 @@
+"""Topologies: the presets, and bad files rejected with the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from onebox.topology import PRESETS, SimOptions, TopologyError, load_preset, load_topology, parse_topology
+
+
+def test_the_gpu_preset_serves_gemma_and_phi3_in_a_pool_each() -> None:
+    gpu = load_preset("gpu")
+    assert gpu.served_names == ["google/gemma-2b-it", "microsoft/Phi-3-mini-4k-instruct"]
+    assert {pool: [m.replicas for m in ms] for pool, ms in gpu.pools().items()} == {"gemma": [1], "phi3": [1]}
+
+
+def test_the_tpu_preset_serves_qwen_and_phi3() -> None:
+    assert load_preset("tpu").served_names == ["Qwen/Qwen2.5-3B-Instruct", "microsoft/Phi-3-mini-4k-instruct"]
+
+
+def test_the_scaleout_preset_is_one_model_on_four_replicas() -> None:
+    [model] = load_preset("scaleout").models
+    assert model.replicas == 4
+
+
+def test_every_preset_loads() -> None:
+    assert [load_preset(p).name for p in PRESETS] == list(PRESETS)
+
+
+def test_models_may_share_a_pool() -> None:
+    topology = parse_topology(
+        "models:\n"
+        "  - {name: a, served_name: org/a, pool: shared}\n"
+        "  - {name: b, served_name: org/b, pool: shared, replicas: 2}\n"
+    )
+    assert list(topology.pools()) == ["shared"]
+
+
+def test_simulator_options_become_simulator_flags() -> None:
+    options = SimOptions(max_num_seqs=4, itl_ms=5.0, failure_kind=429, loras={"sql-lora": "org/a"})
+    assert options.flags() == [
+        "--max-num-seqs", "4", "--itl-ms", "5.0", "--failure-kind", "429", "--lora", "sql-lora=org/a",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("models: []", "at least 1"),
+        ("- a\n- b", "expected a mapping"),
+        ("models: [{name: a, served_name: x}, {name: a, served_name: y}]", "model name repeated: a"),
+        ("models: [{name: a, served_name: x}, {name: b, served_name: x}]", "served_name repeated: x"),
+        ("models: [{name: Gemma_2, served_name: x}]", "DNS label"),
+        ("models: [{name: a, served_name: x, replicas: 0}]", "replicas"),
+        ("models: [{name: a, served_name: x, sim: {max_num_seqs: 4, warp: 9}}]", "warp"),
+        ("models: [{name: a, served_name: x}", "not valid YAML"),
+    ],
+)
+def test_a_bad_topology_is_rejected_with_the_reason(text: str, reason: str) -> None:
+    with pytest.raises(TopologyError, match=reason):
+        parse_topology(text)
+
+
+def test_unknown_presets_and_missing_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(TopologyError, match="unknown preset 'h100'"):
+        load_preset("h100")
+    with pytest.raises(TopologyError, match="cannot read topology"):
+        load_topology(tmp_path / "nope.yaml")
