@@ -131,8 +131,9 @@ def parse_endpoint_list(spec: str) -> list[StaticEndpoint]:
             error = exc.errors()[0]
             field = ".".join(str(part) for part in error["loc"])
             raise EndpointsFileError(f"{where} field {field!r}: {error['msg']}") from None
+        if any(e.endpoint_address == endpoint.endpoint_address for e in endpoints):
+            raise EndpointsFileError(f"{where}: {endpoint.endpoint_address} is listed twice")
         endpoints.append(endpoint)
-    _check_unique(endpoints, "--endpoints")
     return endpoints
 
 

@@ -9,9 +9,10 @@ LoRA adapters are the union of each series' newest sample.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from epp.datastore import Metrics
 
@@ -52,6 +53,10 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
+# The *_info label sets repeat scrape after scrape; parse each distinct one once.
+_labels_of = functools.lru_cache(maxsize=256)(parse_labels)
+
+
 def _samples(text: str, name: str) -> Iterator[tuple[str, float]]:
     """``(labels_text, value)`` of every sample of ``name``; ``text`` must start with a newline."""
     needle = "\n" + name
@@ -84,7 +89,7 @@ def _samples(text: str, name: str) -> Iterator[tuple[str, float]]:
         position = text.find(needle, position)
 
 
-def _int_label(labels: dict[str, str], key: str, metric: str) -> int | None:
+def _int_label(labels: Mapping[str, str], key: str, metric: str) -> int | None:
     raw = labels.get(key)
     if raw is None or raw in ("", "None"):
         return None
@@ -126,9 +131,10 @@ def parse_vllm_metrics(text: str, now: float) -> Metrics:
         if usage is not None:
             break
 
-    newest_lora: dict[str, tuple[float, dict[str, str]]] = {}
+    newest_lora: dict[str, tuple[float, Mapping[str, str]]] = {}
+    labels: Mapping[str, str]
     for label_text, value in _samples(text, LORA_INFO):
-        labels = parse_labels(label_text)
+        labels = _labels_of(label_text)
         series = labels.get("model_name", "") + "\0" + labels.get("engine", "")
         current = newest_lora.get(series)
         if current is None or value > current[0]:
@@ -144,7 +150,7 @@ def parse_vllm_metrics(text: str, now: float) -> Metrics:
     block_size: int | None = None
     num_gpu_blocks = 0
     for label_text, _ in _samples(text, CACHE_CONFIG_INFO):
-        labels = parse_labels(label_text)
+        labels = _labels_of(label_text)
         if block_size is None:
             block_size = _int_label(labels, "block_size", CACHE_CONFIG_INFO)
         num_gpu_blocks += _int_label(labels, "num_gpu_blocks", CACHE_CONFIG_INFO) or 0

@@ -1,0 +1,123 @@
+"""The metrics scraper keeps every endpoint's load fresh, and lets it go stale when scrapes fail."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from epp.datastore import Datastore, Endpoint
+from epp.discovery import MetricsScraper
+
+from .support import eventually, serve
+
+PAGE = """\
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{{engine="0",model_name="google/gemma-2b-it"}} {waiting}
+vllm:num_requests_running{{engine="0",model_name="google/gemma-2b-it"}} {running}
+vllm:kv_cache_usage_perc{{engine="0",model_name="google/gemma-2b-it"}} {kv}
+"""
+
+
+def closed_port() -> int:
+    """A port nothing listens on: bound for a moment, then released (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@dataclass
+class FakeVllm:
+    waiting: int = 0
+    running: int = 0
+    kv: float = 0.0
+    status: int = 200
+    calls: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        if self.status != 200:
+            return web.Response(status=self.status, text="unavailable")
+        body = PAGE.format(waiting=self.waiting, running=self.running, kv=self.kv)
+        return web.Response(text=body, content_type="text/plain")
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self.handle)
+        return app
+
+
+@asynccontextmanager
+async def scraping(datastore: Datastore, interval: float = 0.02) -> AsyncIterator[MetricsScraper]:
+    async with aiohttp.ClientSession() as session:
+        scraper = MetricsScraper(datastore, session, interval=interval, timeout=1.0)
+        task = asyncio.create_task(scraper.run())
+        try:
+            yield scraper
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_every_endpoint_is_scraped_and_follows_its_load() -> None:
+    busy, idle = FakeVllm(waiting=4, running=16, kv=0.8), FakeVllm()
+    datastore = Datastore()
+    async with serve(busy.app()) as busy_port, serve(idle.app()) as idle_port, scraping(datastore):
+        await asyncio.sleep(0)
+        a = datastore.upsert(Endpoint(name="busy", ip="127.0.0.1", port=busy_port))
+        b = datastore.upsert(Endpoint(name="idle", ip="127.0.0.1", port=idle_port))
+        await eventually(lambda: a.metrics.updated_at > 0 and b.metrics.updated_at > 0, what="first scrapes")
+        assert (a.metrics.waiting, a.metrics.running, a.metrics.kv_cache_usage) == (4, 16, 0.8)
+        assert (b.metrics.waiting, b.metrics.running) == (0, 0)
+        idle.waiting = 9
+        await eventually(lambda: b.metrics.waiting == 9, what="the new queue length")
+        assert a.metrics.age() < float("inf")
+
+
+async def test_a_failing_scrape_keeps_the_old_metrics_which_then_go_stale() -> None:
+    server = FakeVllm(waiting=2)
+    datastore = Datastore()
+    async with serve(server.app()) as port, scraping(datastore) as scraper:
+        await asyncio.sleep(0)
+        endpoint = datastore.upsert(Endpoint(name="gemma-0", ip="127.0.0.1", port=port))
+        await eventually(lambda: endpoint.metrics.updated_at > 0, what="a scrape")
+        server.status = 503
+        errors = scraper.errors
+        await eventually(lambda: scraper.errors >= errors + 3, what="failed scrapes")
+        last = endpoint.metrics
+        await eventually(lambda: scraper.errors >= errors + 5, what="more failed scrapes")
+        assert endpoint.metrics is last
+        assert endpoint.metrics.waiting == 2
+        now = last.updated_at + 1.0
+        assert endpoint.metrics.age(now) == 1.0
+        server.status = 200
+        await eventually(lambda: endpoint.metrics is not last, what="recovery")
+
+
+async def test_an_endpoint_that_was_never_scraped_is_infinitely_stale() -> None:
+    datastore = Datastore()
+    async with scraping(datastore) as scraper:
+        await asyncio.sleep(0)
+        endpoint = datastore.upsert(Endpoint(name="gone", ip="127.0.0.1", port=closed_port()))
+        await eventually(lambda: scraper.errors >= 2, what="refused scrapes")
+        assert endpoint.metrics.age() == float("inf")
+
+
+async def test_a_removed_endpoint_is_no_longer_scraped() -> None:
+    server = FakeVllm()
+    datastore = Datastore()
+    async with serve(server.app()) as port, scraping(datastore):
+        await asyncio.sleep(0)
+        endpoint = datastore.upsert(Endpoint(name="gemma-0", ip="127.0.0.1", port=port))
+        await eventually(lambda: server.calls >= 2, what="scrapes")
+        datastore.remove(endpoint.address)
+        await asyncio.sleep(0.05)
+        calls = server.calls
+        await asyncio.sleep(0.1)
+        assert server.calls == calls
