@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import jsonschema
 import pytest
 
 from policy import rules
@@ -327,3 +330,17 @@ def test_every_rule_has_a_unique_name_and_a_description_the_pack_can_register() 
 
     assert len(names) == len(set(names)) == 5
     assert all(name.replace("-", "").isalnum() and description for name, description in every_rule)
+
+
+SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "schemas"
+
+
+@pytest.mark.skipif(not SCHEMAS.is_dir(), reason="../shared/schemas is not beside the project")
+def test_the_pool_and_health_check_objects_these_tests_use_are_valid_custom_resources() -> None:
+    checks = [
+        ("inference.networking.k8s.io/inferencepool_v1.json", inference_pool("gemma", namespace="llm")),
+        ("networking.gke.io/healthcheckpolicy_v1.json", health_check_policy("gemma", namespace="llm")),
+    ]
+    for schema_file, resource in checks:
+        schema = json.loads((SCHEMAS / schema_file).read_text())
+        jsonschema.validate(resource, schema)
