@@ -41,7 +41,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def build_app(sim: Simulator) -> web.Application:
-    app = web.Application(middlewares=[_errors_and_readiness], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[_errors_and_readiness], client_max_size=8 * 1024 * 1024)
     app[_SIM] = sim
     app.on_response_prepare.append(_identity_headers)
     app.router.add_get("/health", _health)

@@ -147,11 +147,7 @@ class Sequence:
     generated: int = 0
     ttft_model_s: float = 0.0  # computed time to first token, unscaled, excluding queueing
     itl_model_s: list[float] = field(default_factory=list)  # computed inter-token latencies, unscaled
-    admitted: asyncio.Future[None] | None = None
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.hashes) + self.anonymous_blocks
+    admitted: asyncio.Future[None] | None = None  # set while it waits in the queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +161,7 @@ class RequestRecord:
     completion_tokens: int
     waited: bool
     ttft_model_s: float
-    itl_model_s: tuple[float, ...]
+    itl_model_mean_s: float  # mean computed inter-token latency, unscaled (0 with one token)
 
 
 class Engine:
@@ -268,7 +264,7 @@ class Engine:
                 completion_tokens=seq.generated,
                 waited=seq.waited,
                 ttft_model_s=seq.ttft_model_s,
-                itl_model_s=tuple(seq.itl_model_s),
+                itl_model_mean_s=sum(seq.itl_model_s) / len(seq.itl_model_s) if seq.itl_model_s else 0.0,
             )
         )
 
