@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -187,8 +188,19 @@ class _Readiness:
         _log.info("ready", extra={"endpoints": len(self._datastore), "models": models})
 
 
-async def serve_epp(settings: EppSettings, stop: asyncio.Event) -> None:
-    """Run the EPP until ``stop`` is set."""
+@dataclass(frozen=True, slots=True)
+class ServingPorts:
+    """The ports a server bound (useful when the settings asked for port 0)."""
+
+    grpc: int
+    health: int
+    metrics: int
+
+
+async def serve_epp(
+    settings: EppSettings, stop: asyncio.Event, bound: asyncio.Future[ServingPorts] | None = None
+) -> None:
+    """Run the EPP until ``stop`` is set; ``bound`` gets the ports once serving."""
     config = _scheduler_config(settings)
     scheduler = Scheduler.from_config(config)
     detector = SaturationDetector.from_config(config)
@@ -227,17 +239,19 @@ async def serve_epp(settings: EppSettings, stop: asyncio.Event) -> None:
         datastore.subscribe(on_endpoint)
         server = ExtProcServer(picker, health, bind=settings.bind, grpc_port=settings.grpc_port,
                                health_port=settings.health_port)
-        await _serve(server, telemetry, settings, stop, _Readiness(datastore, health).run())
+        await _serve(server, telemetry, settings, stop, _Readiness(datastore, health).run(), bound)
 
 
-async def serve_bbr(settings: BbrSettings, stop: asyncio.Event) -> None:
-    """Run the BBR until ``stop`` is set."""
+async def serve_bbr(
+    settings: BbrSettings, stop: asyncio.Event, bound: asyncio.Future[ServingPorts] | None = None
+) -> None:
+    """Run the BBR until ``stop`` is set; ``bound`` gets the ports once serving."""
     telemetry = Telemetry("bbr")
     router = BodyBasedRouter(telemetry, served_models=settings.served_models, adapters=settings.adapters)
     health = Health()
     server = ExtProcServer(router, health, bind=settings.bind, grpc_port=settings.grpc_port,
                            health_port=settings.health_port)
-    await _serve(server, telemetry, settings, stop, health.set_ready(True))
+    await _serve(server, telemetry, settings, stop, health.set_ready(True), bound)
 
 
 async def _serve(
@@ -246,6 +260,7 @@ async def _serve(
     settings: ServerSettings,
     stop: asyncio.Event,
     readiness: Coroutine[Any, Any, None],
+    bound: asyncio.Future[ServingPorts] | None,
 ) -> None:
     ports = await server.start()
     metrics_port = telemetry.serve(settings.bind, settings.metrics_port)
@@ -253,6 +268,8 @@ async def _serve(
         "serving", extra={"grpc_port": ports.grpc, "health_port": ports.health, "metrics_port": metrics_port}
     )
     ready = asyncio.ensure_future(readiness)
+    if bound is not None and not bound.done():
+        bound.set_result(ServingPorts(ports.grpc, ports.health, metrics_port))
     try:
         await stop.wait()
     finally:
