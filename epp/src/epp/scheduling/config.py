@@ -168,28 +168,29 @@ def check(config: EndpointPickerConfig) -> None:
             raise ConfigError(f"{where}: more than one picker ({', '.join(map(repr, pickers))})")
 
 
-def parse_config(text: str, source: str = "<config>") -> EndpointPickerConfig:
-    """Parse and check an EndpointPickerConfig from YAML (or JSON) text."""
+def parse_config(text: str, source: str | None = None) -> EndpointPickerConfig:
+    """Parse and check an EndpointPickerConfig from YAML (or JSON) text.
+
+    ``source`` (a file name, say) prefixes error messages when given.
+    """
+    prefix = f"{source}: " if source else ""
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{prefix}not valid YAML: {exc}") from None
     if not isinstance(document, dict):
-        raise ConfigError(
-            f"{source}: expected a mapping with apiVersion, kind, plugins and schedulingProfiles"
-        )
+        raise ConfigError(f"{prefix}expected a mapping with apiVersion, kind, plugins and schedulingProfiles")
     try:
         config = EndpointPickerConfig.model_validate(document)
     except ValidationError as exc:
         accepted = [f.alias or key for key, f in EndpointPickerConfig.model_fields.items()]
         problems = describe(exc, accepted=accepted)
-        raise ConfigError(
-            f"{source}: " + "; ".join(f"field {field!r}: {message}" for field, message in problems)
-        ) from None
+        details = "; ".join(f"field {field!r}: {message}" for field, message in problems)
+        raise ConfigError(prefix + details) from None
     try:
         check(config)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{prefix}{exc}") from None
     return config
 
 
