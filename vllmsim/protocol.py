@@ -32,7 +32,7 @@ _WORDS = (
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
     """vLLM's OpenAI-style error object: ``{"error": {"message", "type", "param", "code"}}``."""
-    err_type = _ERROR_TYPES.get(status, "InternalServerError")
+    err_type = _ERROR_TYPES.get(status, "BadRequestError" if status < 500 else "InternalServerError")
     return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
 
 
