@@ -201,3 +201,19 @@ def test_load_config_reads_a_file_and_prefixes_errors_with_its_path(tmp_path):
 def test_load_config_of_a_missing_file_says_so(tmp_path):
     with pytest.raises(ConfigError, match=r"cannot read config file '.*missing\.yaml': No such file"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_plugin_referenced_twice_in_a_profile_is_rejected():
+    text = HEADER + "plugins: [{name: prefix, type: prefix-cache-scorer}]\n"
+    text += "schedulingProfiles: [{name: default, plugins: [{pluginRef: prefix}, {pluginRef: prefix}]}]\n"
+    assert error_of(text) == "scheduling profile 'default': pluginRef 'prefix': referenced more than once"
+
+
+def test_two_profiles_with_one_name_are_rejected():
+    text = HEADER + "plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: a}, {name: a}]\n"
+    assert error_of(text) == "scheduling profile 'a': name used by more than one profile"
+
+
+def test_parameters_must_be_a_mapping():
+    text = HEADER + "plugins: [{name: prefix, type: prefix-cache-scorer, parameters: [64]}]\n" + PROFILE
+    assert error_of(text) == "field 'plugins[0].parameters': input should be a valid dictionary"

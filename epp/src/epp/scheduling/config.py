@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from epp.scheduling.errors import ConfigError, describe
-from epp.scheduling.framework import Filter, Handle, Picker, ProfileHandler, Scorer
+from epp.scheduling.framework import Filter, Handle, Picker, Plugin, ProfileHandler, Scorer
 from epp.scheduling.params import Duration, Fraction, NonNegativeFloat, NonNegativeInt
 from epp.scheduling.registry import PLUGIN_TYPES
 
@@ -103,7 +103,15 @@ class EndpointPickerConfig(BaseModel):
 
 def check(config: EndpointPickerConfig) -> None:
     """Raise ConfigError unless every plugin exists with valid parameters and every profile is sound."""
-    kinds: dict[str, type] = {}
+    kinds = _check_plugins(config)
+    _check_profile_handler(config, kinds)
+    for profile in config.scheduling_profiles:
+        _check_profile(profile, kinds)
+
+
+def _check_plugins(config: EndpointPickerConfig) -> dict[str, type[Plugin]]:
+    """Every plugin's type and parameters; returns the plugin classes by plugin name."""
+    kinds: dict[str, type[Plugin]] = {}
     for spec in config.plugins:
         name = spec.plugin_name
         if name in kinds:
@@ -116,56 +124,63 @@ def check(config: EndpointPickerConfig) -> None:
             )
         plugin_type.validate(name, spec.parameters)
         kinds[name] = plugin_type.plugin
+    return kinds
 
-    handlers = [name for name, cls in kinds.items() if issubclass(cls, ProfileHandler)]
-    if len(handlers) > 1:
-        names = ", ".join(map(repr, handlers))
-        raise ConfigError(f"plugins {names}: only one profile handler may be configured")
+
+def _check_profile_handler(config: EndpointPickerConfig, kinds: dict[str, type[Plugin]]) -> None:
+    """At most one profile handler, able to run the configured profiles (unique names)."""
     profile_names = [p.name for p in config.scheduling_profiles]
-    if len(set(profile_names)) != len(profile_names):
-        duplicate = next(n for n in profile_names if profile_names.count(n) > 1)
-        raise ConfigError(f"scheduling profile {duplicate!r}: name used by more than one profile")
-    if handlers:
-        spec = next(s for s in config.plugins if s.plugin_name == handlers[0])
-        handler = PLUGIN_TYPES[spec.type].create(handlers[0], spec.parameters, Handle())
+    duplicates = sorted({n for n in profile_names if profile_names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"scheduling profile {duplicates[0]!r}: name used by more than one profile")
+    handlers = [spec for spec in config.plugins if issubclass(kinds[spec.plugin_name], ProfileHandler)]
+    if len(handlers) > 1:
+        names = ", ".join(repr(spec.plugin_name) for spec in handlers)
+        raise ConfigError(f"plugins {names}: only one profile handler may be configured")
+    if not handlers:
+        if len(profile_names) != 1:
+            raise ConfigError(
+                f"schedulingProfiles: {len(profile_names)} profiles need a profile handler plugin that runs "
+                f"several; {DEFAULT_PROFILE_HANDLER} (the default) runs exactly one"
+            )
+        return
+    spec = handlers[0]
+    handler = PLUGIN_TYPES[spec.type].create(spec.plugin_name, spec.parameters, Handle())
+    if isinstance(handler, ProfileHandler):
         try:
-            if isinstance(handler, ProfileHandler):
-                handler.validate_profiles(profile_names)
+            handler.validate_profiles(profile_names)
         except ValueError as exc:
-            raise ConfigError(f"plugin {handlers[0]!r}: {exc}") from None
-    elif len(profile_names) != 1:
-        raise ConfigError(
-            f"schedulingProfiles: {len(profile_names)} profiles need a profile handler plugin that runs "
-            f"several; {DEFAULT_PROFILE_HANDLER} (the default) runs exactly one"
-        )
+            raise ConfigError(f"plugin {spec.plugin_name!r}: {exc}") from None
 
-    for profile in config.scheduling_profiles:
-        where = f"scheduling profile {profile.name!r}"
-        seen: set[str] = set()
-        pickers: list[str] = []
-        for ref in profile.plugins:
-            name = ref.plugin_ref
-            cls = kinds.get(name)
-            if cls is None:
-                raise ConfigError(
-                    f"{where}: pluginRef {name!r}: no plugin has this name (plugins: {', '.join(kinds)})"
-                )
-            if name in seen:
-                raise ConfigError(f"{where}: pluginRef {name!r}: referenced more than once")
-            seen.add(name)
-            if issubclass(cls, ProfileHandler):
-                raise ConfigError(
-                    f"{where}: pluginRef {name!r}: a profile handler is configured at the top level, "
-                    "not inside a scheduling profile"
-                )
-            if not issubclass(cls, Filter | Scorer | Picker):
-                raise ConfigError(f"{where}: pluginRef {name!r}: not a filter, scorer or picker")
-            if ref.weight is not None and not issubclass(cls, Scorer):
-                raise ConfigError(f"{where}: pluginRef {name!r}: field 'weight': only scorers take a weight")
-            if issubclass(cls, Picker):
-                pickers.append(name)
-        if len(pickers) > 1:
-            raise ConfigError(f"{where}: more than one picker ({', '.join(map(repr, pickers))})")
+
+def _check_profile(profile: SchedulingProfileSpec, kinds: dict[str, type[Plugin]]) -> None:
+    """Known plugins, each once, filters/scorers/pickers only, weights on scorers, one picker at most."""
+    where = f"scheduling profile {profile.name!r}"
+    seen: set[str] = set()
+    pickers: list[str] = []
+    for ref in profile.plugins:
+        name = ref.plugin_ref
+        cls = kinds.get(name)
+        if cls is None:
+            raise ConfigError(
+                f"{where}: pluginRef {name!r}: no plugin has this name (plugins: {', '.join(kinds)})"
+            )
+        if name in seen:
+            raise ConfigError(f"{where}: pluginRef {name!r}: referenced more than once")
+        seen.add(name)
+        if issubclass(cls, ProfileHandler):
+            raise ConfigError(
+                f"{where}: pluginRef {name!r}: a profile handler is configured at the top level, "
+                "not inside a scheduling profile"
+            )
+        if not issubclass(cls, Filter | Scorer | Picker):
+            raise ConfigError(f"{where}: pluginRef {name!r}: not a filter, scorer or picker")
+        if ref.weight is not None and not issubclass(cls, Scorer):
+            raise ConfigError(f"{where}: pluginRef {name!r}: field 'weight': only scorers take a weight")
+        if issubclass(cls, Picker):
+            pickers.append(name)
+    if len(pickers) > 1:
+        raise ConfigError(f"{where}: more than one picker ({', '.join(map(repr, pickers))})")
 
 
 def parse_config(text: str, source: str | None = None) -> EndpointPickerConfig:

@@ -8,6 +8,7 @@ profile's filters in order, then ``sum(weight * clamp(score, 0, 1))`` over its s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import add
 
 from epp.datastore import Endpoint
 from epp.scheduling.framework import Filter, Picker, PostPick, ProfileOutcome, Scorer
@@ -47,18 +48,15 @@ class SchedulingProfile:
             if not endpoints:
                 return ProfileOutcome([], {}, plugin.name)
 
-        count = len(endpoints)
-        totals = [0.0] * count
+        totals = [0.0] * len(endpoints)
         per_scorer: list[tuple[str, list[float]]] = []
         for scorer, weight in self.scorers:
-            raw = scorer.score(state, request, endpoints)
-            weighted = [0.0] * count
-            for i in range(count):
-                score = raw[i]
-                # Clamp to [0, 1]; NaN fails both comparisons and counts as 0.
-                value = weight * (1.0 if score >= 1.0 else score if score > 0.0 else 0.0)
-                weighted[i] = value
-                totals[i] += value
+            # Clamp to [0, 1] (NaN fails both comparisons and counts as 0), then weigh.
+            weighted = [
+                weight * (1.0 if s >= 1.0 else s if s > 0.0 else 0.0)
+                for s in scorer.score(state, request, endpoints)
+            ]
+            totals = list(map(add, totals, weighted))
             per_scorer.append((scorer.name, weighted))
 
         picks = self.picker.pick(endpoints, totals)
