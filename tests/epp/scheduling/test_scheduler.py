@@ -208,3 +208,16 @@ def test_the_same_seed_makes_the_same_picks():
 
     assert picks(42) == picks(42)
     assert len({e.name for e in picks(42) if e is not None}) > 1
+
+
+def test_a_nan_score_counts_as_zero():
+    pick = scheduler(
+        """
+plugins: [{type: kv-cache-utilization-scorer}]
+schedulingProfiles: [{name: default, plugins: [{pluginRef: kv-cache-utilization-scorer}]}]
+"""
+    )
+    broken, fine = endpoint("broken-metrics", kv=float("nan")), endpoint("fine", kv=0.9)
+    result = pick.schedule(request(), [broken, fine])
+    assert result.scores[broken.address] == {"kv-cache-utilization-scorer": 0.0}
+    assert result.endpoint is fine
