@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
+import pytest
 from aiohttp import web
 from epp.datastore import Datastore, Endpoint
 from epp.discovery import MetricsScraper
@@ -95,7 +96,7 @@ async def test_a_failing_scrape_keeps_the_old_metrics_which_then_go_stale() -> N
         assert endpoint.metrics is last
         assert endpoint.metrics.waiting == 2
         now = last.updated_at + 1.0
-        assert endpoint.metrics.age(now) == 1.0
+        assert endpoint.metrics.age(now) == pytest.approx(1.0)
         server.status = 200
         await eventually(lambda: endpoint.metrics is not last, what="recovery")
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -121,15 +123,20 @@ def pod_endpoints(pod: Pod, ports: list[int]) -> list[Endpoint]:
 
 
 class _Backoff:
+    """Delays between retries: doubling from ``first`` up to ``cap`` while failures keep coming,
+    back to ``first`` once a failure comes after ``cap`` seconds or more without one."""
+
     def __init__(self, first: float, cap: float) -> None:
         self._first = first
         self._cap = cap
         self._next = first
-
-    def reset(self) -> None:
-        self._next = self._first
+        self._last_failure = -math.inf
 
     async def sleep(self) -> None:
+        now = time.monotonic()
+        if now - self._last_failure >= self._cap:
+            self._next = self._first
+        self._last_failure = now
         delay = self._next
         self._next = min(self._next * 2, self._cap)
         await asyncio.sleep(delay)
@@ -198,7 +205,6 @@ class KubernetesDiscovery:
                 pool = await client.get(InferencePool, self.pool_name, namespace=self.namespace)
                 self._set_pool(client, pool)
                 version = pool.metadata.resourceVersion if pool.metadata is not None else None
-                backoff.reset()
                 async for event, changed in client.watch(
                     InferencePool,
                     namespace=self.namespace,
@@ -265,7 +271,6 @@ class KubernetesDiscovery:
                 pods = [pod async for pod in listing]
                 self._reconcile(pods, spec.ports)
                 self._datastore.synced = True
-                backoff.reset()
                 async for event, pod in client.watch(
                     Pod,
                     namespace=self.namespace,

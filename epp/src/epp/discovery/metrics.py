@@ -69,7 +69,7 @@ class MetricsScraper:
             ) as response:
                 if response.status != 200:
                     raise MetricsParseError(f"HTTP {response.status}")
-                text = await response.text()
+                text = await response.text(encoding="utf-8", errors="replace")
             metrics = parse_vllm_metrics(text, time.monotonic())
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self.errors += 1
