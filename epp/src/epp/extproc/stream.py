@@ -118,13 +118,18 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
 
     async def Process(
         self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[ProcessingResponse]:
+    ) -> None:
         exchange = Exchange()
         parts: list[bytes] = []
         request_full_duplex = True
         response_full_duplex = True
         try:
-            async for request in request_iterator:
+            read = context.read
+            write = context.write
+            while True:
+                request = await read()
+                if request is grpc.aio.EOF:
+                    return
                 kind = request.WhichOneof("request")
                 if kind == "request_body":
                     message = request.request_body
@@ -136,20 +141,20 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                     answer, routed = self._decide(exchange)
                     if not routed:
                         self._finish(exchange)
-                        yield answer
+                        await write(answer)
                         return
-                    yield answer
+                    await write(answer)
                     for chunk in request_body_chunks(exchange.body):
-                        yield chunk
+                        await write(chunk)
                 elif kind == "response_body":
                     message = request.response_body
                     exchange.response.on_body(message.body)
                     if message.end_of_stream:
                         self._finish(exchange)
                     if response_full_duplex:
-                        yield response_body_chunk(message.body, message.end_of_stream)
+                        await write(response_body_chunk(message.body, message.end_of_stream))
                     else:
-                        yield CONTINUE_RESPONSE_BODY
+                        await write(CONTINUE_RESPONSE_BODY)
                 elif kind == "request_headers":
                     if request.HasField("protocol_config"):
                         config = request.protocol_config
@@ -164,9 +169,9 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                         answer, routed = self._decide(exchange)
                         if not routed:
                             self._finish(exchange)
-                            yield answer
+                            await write(answer)
                             return
-                        yield answer
+                        await write(answer)
                     elif not request_full_duplex:
                         error = RequestError(
                             500,
@@ -176,7 +181,7 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                         )
                         exchange.outcome = error.reason
                         self._finish(exchange)
-                        yield error.response()
+                        await write(error.response())
                         return
                 elif kind == "request_trailers":
                     if not exchange.decided:
@@ -185,19 +190,19 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                         answer, routed = self._decide(exchange)
                         if not routed:
                             self._finish(exchange)
-                            yield answer
+                            await write(answer)
                             return
-                        yield answer
+                        await write(answer)
                         for chunk in request_body_chunks(exchange.body, end_of_stream=False):
-                            yield chunk
-                    yield CONTINUE_REQUEST_TRAILERS
+                            await write(chunk)
+                    await write(CONTINUE_REQUEST_TRAILERS)
                 elif kind == "response_headers":
                     exchange.response.on_headers(headers_to_dict(request.response_headers))
                     if request.response_headers.end_of_stream:
                         self._finish(exchange)
-                    yield CONTINUE_RESPONSE_HEADERS
+                    await write(CONTINUE_RESPONSE_HEADERS)
                 elif kind == "response_trailers":
                     self._finish(exchange)
-                    yield CONTINUE_RESPONSE_TRAILERS
+                    await write(CONTINUE_RESPONSE_TRAILERS)
         finally:
             self._finish(exchange)

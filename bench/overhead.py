@@ -1,0 +1,370 @@
+"""``python -m bench.overhead``: what Envoy + EPP adds over Envoy alone, and how many requests/s it takes.
+
+Both paths hit the same cheap backend (a minimal HTTP/1.1 server in its own process that answers
+like vLLM, instantly):
+
+- baseline: Envoy alone, ORIGINAL_DST on ``x-gateway-destination-endpoint`` set by the client;
+- gateway: Envoy + the EPP (``epp`` command, its own process), the unified-pool configuration.
+
+Added latency = gateway percentile - baseline percentile, at concurrency 1 and 8 with 1 KB and
+100 KB bodies; then sustained requests/s through the gateway at concurrency 8. The load generator
+is a raw asyncio HTTP/1.1 client on keep-alive connections (no HTTP library), so it costs the two
+cores as little as possible. Figures are printed as a table; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from onebox.envoy import EnvoyProcess, passthrough_config, unified_gateway_config
+
+MODEL = "bench/echo-model"
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+
+# ---------------------------------------------------------------------------------------------
+# The backend: a vLLM look-alike that answers at once.
+# ---------------------------------------------------------------------------------------------
+
+_COMPLETION = json.dumps(
+    {
+        "id": "cmpl-bench",
+        "object": "text_completion",
+        "model": MODEL,
+        "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+).encode()
+_MODELS = json.dumps(
+    {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]}
+).encode()
+_METRICS = (
+    b"vllm:num_requests_waiting 0\nvllm:num_requests_running 0\nvllm:kv_cache_usage_perc 0\n"
+)
+
+
+def _http_response(body: bytes, content_type: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: " + content_type + b"\r\ncontent-length: "
+        + str(len(body)).encode() + b"\r\nx-inference-pod: bench-0\r\n\r\n" + body
+    )
+
+
+_RESPONSES = {
+    b"/v1/models": _http_response(_MODELS, b"application/json"),
+    b"/metrics": _http_response(_METRICS, b"text/plain; version=0.0.4"),
+}
+_DEFAULT_RESPONSE = _http_response(_COMPLETION, b"application/json")
+
+
+class _BackendProtocol(asyncio.Protocol):
+    """HTTP/1.1 keep-alive: reads a request (headers + content-length body), answers from a table."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self._buffer[:end]).lower()
+            length = 0
+            marker = head.find(b"content-length:")
+            if marker >= 0:
+                stop = head.find(b"\r\n", marker)
+                length = int(head[marker + 15 : stop if stop >= 0 else None])
+            total = end + 4 + length
+            if len(self._buffer) < total:
+                return
+            path = head.split(b" ", 2)[1]
+            del self._buffer[:total]
+            assert self._transport is not None
+            self._transport.write(_RESPONSES.get(path, _DEFAULT_RESPONSE))
+
+
+async def _serve_backend() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_BackendProtocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    print(port, flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+# ---------------------------------------------------------------------------------------------
+# The load generator.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Client:
+    """One keep-alive HTTP/1.1 connection sending a fixed request and reading whole responses."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def connect(cls, port: int) -> _Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, request: bytes) -> int:
+        self._writer.write(request)
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        lower = head.lower()
+        marker = lower.find(b"content-length:")
+        if marker >= 0:
+            await self._reader.readexactly(int(lower[marker + 15 : lower.find(b"\r\n", marker)]))
+        elif b"transfer-encoding: chunked" in lower:
+            while True:
+                size = int((await self._reader.readuntil(b"\r\n")).strip(), 16)
+                await self._reader.readexactly(size + 2)
+                if size == 0:
+                    break
+        return status
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def completion_request(port: int, destination: str, body_size: int) -> bytes:
+    """A POST /v1/completions whose JSON body is ``body_size`` bytes."""
+    skeleton = {"model": MODEL, "prompt": "", "max_tokens": 1}
+    padding = body_size - len(json.dumps(skeleton))
+    body = json.dumps({**skeleton, "prompt": "x" * max(padding, 0)}).encode()
+    return (
+        f"POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
+        f"{DESTINATION_HEADER}: {destination}\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def run_load(port: int, request: bytes, concurrency: int, total: int) -> tuple[list[float], float]:
+    """``total`` requests over ``concurrency`` connections: per-request latencies (s) and wall time."""
+    clients = [await _Client.connect(port) for _ in range(concurrency)]
+    latencies: list[float] = []
+    remaining = total
+
+    async def worker(client: _Client) -> None:
+        nonlocal remaining
+        clock = time.perf_counter
+        while remaining > 0:
+            remaining -= 1
+            started = clock()
+            status = await client.send(request)
+            latencies.append(clock() - started)
+            if status != 200:
+                raise RuntimeError(f"request failed with HTTP {status}")
+
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(c) for c in clients))
+    finally:
+        for client in clients:
+            client.close()
+    return latencies, time.perf_counter() - started
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration.
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _backend() -> AsyncIterator[int]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.overhead", "--serve-backend", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 20)
+        yield int(line)
+    finally:
+        await _terminate(process)
+
+
+@contextlib.asynccontextmanager
+async def _epp(backend_port: int, profile: str) -> AsyncIterator[int]:
+    command = Path(sys.executable).with_name("epp")
+    process = await asyncio.create_subprocess_exec(
+        str(command), "--bind", "127.0.0.1", "--grpc-port", "0", "--health-port", "0", "--metrics-port", "0",
+        "--endpoints", f"127.0.0.1:{backend_port}", "--profile", profile, "--log-level", "info",
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    drain: asyncio.Task[None] | None = None
+    try:
+        assert process.stderr is not None
+        ports: dict[str, int] = {}
+        async with asyncio.timeout(30):
+            while not ports:
+                line = await process.stderr.readline()
+                if not line:
+                    raise RuntimeError("the EPP exited before serving")
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    if entry.get("message") == "serving":
+                        ports = {"grpc": entry["grpc_port"], "health": entry["health_port"]}
+        drain = asyncio.create_task(_drain(process.stderr))
+        await _wait_serving(ports["health"])
+        yield ports["grpc"]
+    finally:
+        await _terminate(process)
+        if drain is not None:
+            drain.cancel()
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+async def _wait_serving(health_port: int) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        async with asyncio.timeout(30):
+            while True:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service="readiness"))
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                await asyncio.sleep(0.1)
+
+
+async def _terminate(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    concurrency: int
+    body_size: int
+    requests: int
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    case: Case
+    baseline_p50: float
+    baseline_p99: float
+    gateway_p50: float
+    gateway_p99: float
+
+
+async def _measure(port: int, request: bytes, case: Case) -> list[float]:
+    await run_load(port, request, case.concurrency, max(50, case.requests // 10))  # warm-up
+    latencies, _ = await run_load(port, request, case.concurrency, case.requests)
+    return latencies
+
+
+async def benchmark(cases: Sequence[Case], throughput_seconds: float, profile: str) -> None:
+    async with _backend() as backend_port, _epp(backend_port, profile) as epp_port:
+        destination = f"127.0.0.1:{backend_port}"
+        async with (
+            EnvoyProcess(passthrough_config()) as baseline,
+            EnvoyProcess(unified_gateway_config(epp=f"127.0.0.1:{epp_port}")) as gateway,
+        ):
+            results: list[CaseResult] = []
+            for case in cases:
+                base_request = completion_request(baseline.port, destination, case.body_size)
+                base = await _measure(baseline.port, base_request, case)
+                gateway_request = completion_request(gateway.port, destination, case.body_size)
+                gate = await _measure(gateway.port, gateway_request, case)
+                results.append(
+                    CaseResult(
+                        case,
+                        statistics.median(base),
+                        percentile(base, 0.99),
+                        statistics.median(gate),
+                        percentile(gate, 0.99),
+                    )
+                )
+            request = completion_request(gateway.port, destination, 1024)
+            await run_load(gateway.port, request, 8, 500)
+            count, elapsed = 0, 0.0
+            deadline = time.perf_counter() + throughput_seconds
+            while time.perf_counter() < deadline:
+                latencies, seconds = await run_load(gateway.port, request, 8, 2000)
+                count += len(latencies)
+                elapsed += seconds
+            base_latencies, base_seconds = await run_load(
+                baseline.port, completion_request(baseline.port, destination, 1024), 8, 4000
+            )
+    _print(results, count / elapsed, len(base_latencies) / base_seconds, profile)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.3f}"
+
+
+def _print(results: Sequence[CaseResult], gateway_rps: float, baseline_rps: float, profile: str) -> None:
+    print(f"Envoy + EPP (profile {profile}) vs Envoy alone; latencies in ms; {os.cpu_count()} CPUs")
+    print(
+        f"{'conc':>4} {'body':>6} {'n':>6} | {'base p50':>8} {'base p99':>8} | {'gw p50':>8} {'gw p99':>8} | "
+        f"{'+p50':>8} {'+p99':>8}"
+    )
+    for r in results:
+        size = f"{r.case.body_size // 1024}KB"
+        print(
+            f"{r.case.concurrency:>4} {size:>6} {r.case.requests:>6} | "
+            f"{_ms(r.baseline_p50)} {_ms(r.baseline_p99)} | "
+            f"{_ms(r.gateway_p50)} {_ms(r.gateway_p99)} | {_ms(r.gateway_p50 - r.baseline_p50)} "
+            f"{_ms(r.gateway_p99 - r.baseline_p99)}"
+        )
+    print(
+        f"sustained, concurrency 8, 1KB: Envoy + EPP {gateway_rps:,.0f} req/s; "
+        f"Envoy alone {baseline_rps:,.0f} req/s"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="measured requests per case and path")
+    parser.add_argument("--throughput-seconds", type=float, default=5.0)
+    parser.add_argument("--profile", default="default", help="the EPP's scheduling profile")
+    parser.add_argument("--serve-backend", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_backend:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve_backend())
+        return 0
+    cases = [
+        Case(concurrency, size, args.requests if size <= 1024 else max(200, args.requests // 4))
+        for concurrency in (1, 8)
+        for size in (1024, 100 * 1024)
+    ]
+    asyncio.run(benchmark(cases, args.throughput_seconds, args.profile))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
