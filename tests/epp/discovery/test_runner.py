@@ -11,6 +11,7 @@ from epp.datastore import Datastore
 from epp.discovery import (
     DiscoveryRunner,
     EndpointsFileError,
+    KubernetesConfigError,
     KubernetesDiscovery,
     StaticDiscovery,
     build_source,
@@ -79,10 +80,30 @@ async def test_a_source_that_cannot_start_is_reported_as_the_runners_failure() -
         assert "no cluster configuration" in str(runner.failure)
 
 
-def test_the_pool_name_selects_kubernetes_discovery_in_the_given_namespace() -> None:
+async def test_the_pool_name_selects_kubernetes_discovery_in_the_given_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'http://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     source = build_source(Datastore(), pool_name="gemma", pool_namespace="llm")
     assert isinstance(source, KubernetesDiscovery)
     assert (source.namespace, source.pool_name) == ("llm", "gemma")
+    await source._client.close()
+
+
+def test_without_any_kubernetes_configuration_the_pool_name_fails_at_startup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(KubernetesConfigError, match="no Kubernetes configuration"):
+        build_source(Datastore(), pool_name="gemma", pool_namespace="llm")
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,13 @@ from typing import Protocol
 import aiohttp
 
 from epp.datastore import Datastore
-from epp.discovery.kubernetes import InferencePool, KubernetesDiscovery, PoolSpecError, default_namespace
+from epp.discovery.kubernetes import (
+    InferencePool,
+    KubernetesConfigError,
+    KubernetesDiscovery,
+    PoolSpecError,
+    default_namespace,
+)
 from epp.discovery.metrics import MetricsScraper
 from epp.discovery.models import ModelListError, ModelProber, parse_model_list
 from epp.discovery.static import (
@@ -49,6 +55,7 @@ __all__ = [
     "EndpointSource",
     "EndpointsFileError",
     "InferencePool",
+    "KubernetesConfigError",
     "KubernetesDiscovery",
     "MetricsParseError",
     "MetricsScraper",
@@ -90,7 +97,8 @@ def build_source(
 ) -> EndpointSource:
     """The endpoint source for the ``epp`` flags: exactly one of pool_name, endpoints_file, endpoints.
 
-    Raises ``ValueError`` (``EndpointsFileError`` for a bad list or file) naming what is wrong.
+    Raises ``ValueError`` naming what is wrong: ``EndpointsFileError`` for a bad list or file,
+    ``KubernetesConfigError`` when --pool-name is given but no Kubernetes configuration is found.
     """
     given = [
         flag

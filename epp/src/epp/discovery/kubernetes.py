@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from lightkube import AsyncClient
+from lightkube import AsyncClient, ConfigError
 from lightkube.core.client import LabelSelector
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Pod
@@ -78,6 +78,21 @@ class PoolSpec(BaseModel):
 
     def key(self) -> tuple[tuple[tuple[str, str], ...], tuple[int, ...]]:
         return tuple(sorted(self.selector.matchLabels.items())), tuple(self.ports)
+
+
+class KubernetesConfigError(ValueError):
+    """No usable Kubernetes client configuration (neither in-cluster nor a kubeconfig)."""
+
+
+def client_from_environment(namespace: str) -> AsyncClient:
+    """A lightkube client from the in-cluster service account, else ``$KUBECONFIG`` / ``~/.kube/config``."""
+    try:
+        return AsyncClient(namespace=namespace)
+    except ConfigError as exc:
+        raise KubernetesConfigError(
+            "no Kubernetes configuration: not in a cluster (no service account token) and no kubeconfig "
+            f"(KUBECONFIG or ~/.kube/config): {exc}"
+        ) from None
 
 
 class PoolSpecError(ValueError):
@@ -146,8 +161,9 @@ class KubernetesDiscovery:
     """Feeds the InferencePool's ready Pods into the datastore.
 
     ``client`` is a lightkube ``AsyncClient``; without one, a client is built from the environment
-    (in-cluster service account, else ``$KUBECONFIG``) when :meth:`run` starts, and closed when it
-    ends. ``errors`` counts API and watch failures (also reported through ``on_error``).
+    (in-cluster service account, else ``$KUBECONFIG``) right away, so a missing configuration fails
+    at startup with :class:`KubernetesConfigError`; that client is closed when :meth:`run` ends.
+    ``errors`` counts API and watch failures (also reported through ``on_error``).
     """
 
     name = "kubernetes"
@@ -168,7 +184,8 @@ class KubernetesDiscovery:
         self._datastore = datastore
         self.namespace = namespace or default_namespace()
         self.pool_name = pool_name
-        self._client = client
+        self._own_client = client is None
+        self._client = client if client is not None else client_from_environment(self.namespace)
         self._on_error = on_error
         self._backoff_first = backoff_first
         self._backoff_cap = backoff_cap
@@ -182,14 +199,12 @@ class KubernetesDiscovery:
 
     async def run(self) -> None:
         """Follow the pool and its Pods until cancelled."""
-        own_client = self._client is None
-        client = self._client if self._client is not None else AsyncClient(namespace=self.namespace)
         try:
-            await self._follow_pool(client)
+            await self._follow_pool(self._client)
         finally:
             await self._stop_pods()
-            if own_client:
-                await client.close()
+            if self._own_client:
+                await self._client.close()
 
     def _error(self, what: str, exc: BaseException) -> None:
         self.errors += 1
