@@ -37,8 +37,8 @@ class Report:
         return [summarize(run) for run in self.runs]
 
 
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+def _ms(seconds: float | None, decimals: int = 0) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.{decimals}f}"
 
 
 def _pct(fraction: float) -> str:
@@ -77,7 +77,7 @@ def _row(label: str, model: str, s: Summary) -> list[str]:
         f"{s.requests_per_s:.1f}",
         f"{s.output_tokens_per_s:.0f}",
         f"{_ms(s.ttft.p50)}/{_ms(s.ttft.p95)}/{_ms(s.ttft.p99)}",
-        _ms(s.itl.p50),
+        _ms(s.itl.p50, 1),
         f"{_ms(s.e2e.p50)}/{_ms(s.e2e.p95)}/{_ms(s.e2e.p99)}",
     ]
 

@@ -1,12 +1,13 @@
 """``OneBox``: a topology's whole data plane on 127.0.0.1, as an async context manager.
 
-Start order, each step waiting for readiness before the next:
-1. one simulated vLLM server per replica (``python -m vllmsim``; ready on ``GET /health``);
-2. per-model-pools mode: one EPP per pool (static endpoints file) and the BBR with every served
-   model; unified-pool mode: one EPP over every pod (ready on gRPC health ``readiness``);
-3. Envoy with the matching gateway configuration (ready on admin ``/ready``), plus, if asked, a
-   second Envoy that round-robins over the same pods (what a plain Kubernetes Service does);
-4. one request per model through the gateway, answered by that model.
+Start order (every child is waited for with its own readiness probe):
+1. one simulated vLLM server per replica (``python -m vllmsim``; ``GET /health``), and in
+   per-model-pools mode the BBR with every served model (gRPC health ``readiness``);
+2. once every pod answers: one EPP per pool (per-model-pools) or one EPP over every pod
+   (unified-pool), each with a static endpoints file (gRPC health ``readiness``), and Envoy with
+   the matching gateway configuration (admin ``/ready``), plus, if asked, a second Envoy that
+   round-robins over the same pods, as a plain Kubernetes Service would;
+3. one request per model through the gateway, which must be answered by that model.
 
 Leaving the context (or ``stop()``) stops every child and removes the working directory.
 """
@@ -27,9 +28,9 @@ import yaml
 
 from onebox import envoy
 from onebox.ports import free_port
-from onebox.probes import grpc_serving, http_ok
+from onebox.probes import Probe, grpc_serving, http_ok
 from onebox.supervisor import Child, ChildDied, Supervisor
-from onebox.topology import ModelSpec, Topology
+from onebox.topology import Topology
 
 Mode = Literal["per-model-pools", "unified-pool"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -155,9 +156,15 @@ class OneBox:
     async def start(self) -> None:
         self._workdir = Path(tempfile.mkdtemp(prefix="onebox-"))
         try:
-            await self._start_pods()
-            await self._start_ext_proc_servers()
-            await self._start_gateways()
+            # The BBR needs nothing else, so it starts alongside the simulators; the EPPs start
+            # once every pod answers, so their first probe finds every pod; Envoy's clusters are
+            # static, so it starts alongside the EPPs.
+            pods = await self._spawn_pods()
+            bbr = [await self._spawn_bbr()] if self.mode == "per-model-pools" else []
+            await self._wait_ready(pods)
+            epps = await self._spawn_epps()
+            gateways = await self._spawn_gateways()
+            await self._wait_ready([*bbr, *epps, *gateways])
             await self._check_every_model_is_served()
         except BaseException:
             await self.stop()
@@ -170,12 +177,16 @@ class OneBox:
             self._workdir = None
 
     # -- steps ----------------------------------------------------------------------------
-    async def _ready(self, child: Child, probe_url_or_address: str, kind: Literal["http", "grpc"]) -> None:
-        probe = http_ok(probe_url_or_address) if kind == "http" else grpc_serving(probe_url_or_address)
-        await self.supervisor.wait_ready(child, probe, within=self.startup_timeout)
+    async def _wait_ready(self, starting: list[tuple[Child, Probe]]) -> None:
+        await asyncio.gather(
+            *(
+                self.supervisor.wait_ready(child, probe, within=self.startup_timeout)
+                for child, probe in starting
+            )
+        )
 
-    async def _start_pods(self) -> None:
-        started: list[tuple[Child, ModelSpec, str, int]] = []
+    async def _spawn_pods(self) -> list[tuple[Child, Probe]]:
+        starting = []
         for spec in self.topology.models:
             for i in range(spec.replicas):
                 name, port = f"{spec.name}-{i}", free_port()
@@ -184,13 +195,27 @@ class OneBox:
                     "--model", spec.served_name, "--pod-name", name, "--time-scale", str(self.time_scale),
                     *spec.sim.flags(),
                 ]  # fmt: skip
-                started.append((await self.supervisor.start(name, argv), spec, name, port))
-        await asyncio.gather(
-            *(self._ready(c, f"http://{HOST}:{port}/health", "http") for c, _, _, port in started)
-        )
-        self.pods = [
-            Pod(name, spec.served_name, spec.pool_name, port, c.pid) for c, spec, name, port in started
-        ]
+                child = await self.supervisor.start(name, argv)
+                self.pods.append(Pod(name, spec.served_name, spec.pool_name, port, child.pid))
+                starting.append((child, http_ok(f"http://{HOST}:{port}/health")))
+        return starting
+
+    async def _spawn_ext_proc(self, name: str, command: str, args: list[str]) -> tuple[Child, ExtProcServer]:
+        grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
+        argv = [
+            _executable(command), "--grpc-port", str(grpc_port), "--health-port", str(health_port),
+            "--metrics-port", str(metrics_port), "--bind", HOST, "--log-level", self.log_level, *args,
+        ]  # fmt: skip
+        child = await self.supervisor.start(name, argv)
+        return child, ExtProcServer(name, grpc_port, health_port, metrics_port, child.pid)
+
+    async def _spawn_bbr(self) -> tuple[Child, Probe]:
+        args = ["--served-models", ",".join(self.topology.served_names)]
+        for model in self.topology.models:
+            for adapter, base in model.sim.loras.items():
+                args += ["--adapter", f"{adapter}={base}"]
+        child, self.bbr = await self._spawn_ext_proc("bbr", "bbr", args)
+        return child, grpc_serving(f"{HOST}:{self.bbr.health_port}")
 
     def _endpoints_file(self, name: str, pods: list[Pod]) -> Path:
         assert self._workdir is not None
@@ -201,59 +226,35 @@ class OneBox:
         path.write_text(yaml.safe_dump({"endpoints": endpoints}, sort_keys=False))
         return path
 
-    async def _start_ext_proc(self, name: str, command: str, args: list[str]) -> tuple[Child, ExtProcServer]:
-        grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
-        argv = [
-            _executable(command), "--grpc-port", str(grpc_port), "--health-port", str(health_port),
-            "--metrics-port", str(metrics_port), "--bind", HOST, "--log-level", self.log_level, *args,
-        ]  # fmt: skip
-        child = await self.supervisor.start(name, argv)
-        return child, ExtProcServer(name, grpc_port, health_port, metrics_port, child.pid)
-
-    async def _start_ext_proc_servers(self) -> None:
+    async def _spawn_epps(self) -> list[tuple[Child, Probe]]:
         profile = ["--profile", self.epp_profile] if self.epp_profile else []
-        starting: list[tuple[str | None, Child, ExtProcServer]] = []
         if self.mode == "unified-pool":
-            endpoints = self._endpoints_file("unified", self.pods)
-            child, server = await self._start_ext_proc(
-                "epp", "epp", ["--endpoints-file", str(endpoints), *profile]
-            )
-            starting.append(("unified", child, server))
+            pools = {"unified": ("epp", self.pods)}
         else:
-            for pool in self.topology.pools():
-                pods = [p for p in self.pods if p.pool == pool]
-                endpoints = self._endpoints_file(pool, pods)
-                child, server = await self._start_ext_proc(
-                    f"epp-{pool}", "epp", ["--endpoints-file", str(endpoints), *profile]
-                )
-                starting.append((pool, child, server))
-            adapters = [f"{a}={b}" for m in self.topology.models for a, b in m.sim.loras.items()]
-            bbr_args = ["--served-models", ",".join(self.topology.served_names)]
-            for adapter in adapters:
-                bbr_args += ["--adapter", adapter]
-            child, server = await self._start_ext_proc("bbr", "bbr", bbr_args)
-            starting.append((None, child, server))
-        await asyncio.gather(
-            *(self._ready(child, f"{HOST}:{server.health_port}", "grpc") for _, child, server in starting)
-        )
-        for pool_name, _, server in starting:
-            if pool_name is None:
-                self.bbr = server
-            else:
-                self.epps[pool_name] = server
+            pools = {
+                pool: (f"epp-{pool}", [p for p in self.pods if p.pool == pool])
+                for pool in self.topology.pools()
+            }
+        starting = []
+        for pool, (name, pods) in pools.items():
+            endpoints = self._endpoints_file(pool, pods)
+            child, server = await self._spawn_ext_proc(
+                name, "epp", ["--endpoints-file", str(endpoints), *profile]
+            )
+            self.epps[pool] = server
+            starting.append((child, grpc_serving(f"{HOST}:{server.health_port}")))
+        return starting
 
-    async def _start_gateways(self) -> None:
+    async def _spawn_gateways(self) -> list[tuple[Child, Probe]]:
         admin = free_port()
-        gateways = [await self._start_envoy("envoy", self._gateway_config(admin), admin)]
+        starting = [await self._spawn_envoy("envoy", self._gateway_config(admin), admin)]
         if self.with_round_robin:
             self.round_robin_port, admin = free_port(), free_port()
             config = envoy.round_robin_config(
                 [p.address for p in self.pods], host=HOST, port=self.round_robin_port, admin_port=admin
             )
-            gateways.append(await self._start_envoy("envoy-round-robin", config, admin))
-        await asyncio.gather(
-            *(self._ready(child, f"http://{HOST}:{a}/ready", "http") for child, a in gateways)
-        )
+            starting.append(await self._spawn_envoy("envoy-round-robin", config, admin))
+        return starting
 
     def _gateway_config(self, admin_port: int) -> dict[str, Any]:
         if self.mode == "unified-pool":
@@ -274,16 +275,16 @@ class OneBox:
             bbr=self.bbr.grpc_address, pools=pools, host=HOST, port=self.gateway_port, admin_port=admin_port
         )
 
-    async def _start_envoy(self, name: str, config: dict[str, Any], admin_port: int) -> tuple[Child, int]:
+    async def _spawn_envoy(self, name: str, config: dict[str, Any], admin_port: int) -> tuple[Child, Probe]:
         assert self._workdir is not None
         path = self._workdir / f"{name}.yaml"
         path.write_text(envoy.render(config))
         argv = [
             str(envoy.envoy_binary()), "--config-path", str(path), "--concurrency", "1",
-            "--log-level", self.log_level,
-            "--disable-hot-restart",
+            "--log-level", self.log_level, "--disable-hot-restart",
         ]  # fmt: skip
-        return await self.supervisor.start(name, argv), admin_port
+        child = await self.supervisor.start(name, argv)
+        return child, http_ok(f"http://{HOST}:{admin_port}/ready")
 
     async def _check_every_model_is_served(self) -> None:
         """One tiny request per model through the gateway; retried until the startup deadline."""

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from bench.stats import summarize
 from onebox.box import MODES, GatewayNotServing, OneBox
-from onebox.demo import DemoSettings, run_demo
 from onebox.supervisor import ChildDied
 from onebox.topology import PRESETS, TopologyError, load_preset, load_topology
 
@@ -96,6 +95,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
+    from onebox.demo import DemoSettings, run_demo  # pulls in matplotlib: only when needed
+
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     try:
         report, _, _ = await run_demo(

@@ -1,0 +1,89 @@
+"""The one box end to end: real Envoy, BBR, EPPs and simulators on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from onebox.box import OneBox
+from onebox.topology import load_preset
+
+pytestmark = pytest.mark.envoy
+
+GEMMA = "google/gemma-2b-it"
+PHI = "microsoft/Phi-3-mini-4k-instruct"
+
+
+def chat(model: str | None, max_tokens: int = 2) -> dict[str, object]:
+    body: dict[str, object] = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": max_tokens}
+    if model is not None:
+        body["model"] = model
+    return body
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def gpu_box() -> AsyncIterator[OneBox]:
+    async with OneBox(load_preset("gpu"), time_scale=0, round_robin=True) as box:
+        yield box
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def gateway(gpu_box: OneBox) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gpu_box.gateway_url, timeout=10) as client:
+        yield client
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_phi3_request_never_reaches_the_gemma_pod(gateway: httpx.AsyncClient) -> None:
+    answers = await asyncio.gather(*(gateway.post("/v1/chat/completions", json=chat(PHI)) for _ in range(12)))
+    assert {(a.status_code, a.json()["model"], a.headers["x-inference-pod"]) for a in answers} == {
+        (200, PHI, "phi3-0")
+    }
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_gateway_lists_every_model_of_the_topology(gateway: httpx.AsyncClient) -> None:
+    listed = (await gateway.get("/v1/models")).json()
+    assert sorted(m["id"] for m in listed["data"]) == sorted([GEMMA, PHI])
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_gateway_refuses_bad_requests_like_an_openai_server(gateway: httpx.AsyncClient) -> None:
+    missing = await gateway.post("/v1/chat/completions", json=chat(None))
+    unknown = await gateway.post("/v1/chat/completions", json=chat("meta/llama-9000"))
+    malformed = await gateway.post("/v1/chat/completions", content=b"{not json")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (400, 400)
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, 404)
+    assert (malformed.status_code, malformed.json()["error"]["code"]) == (400, 400)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_round_robin_over_the_same_pods_sends_half_the_requests_to_the_wrong_model(
+    gpu_box: OneBox,
+) -> None:
+    async with httpx.AsyncClient(base_url=gpu_box.round_robin_url, timeout=10) as client:
+        answers = [(await client.post("/v1/chat/completions", json=chat(GEMMA))) for _ in range(10)]
+    assert sorted(a.status_code for a in answers) == [200] * 5 + [404] * 5
+    assert {a.headers["x-inference-pod"] for a in answers} == {"gemma-0", "phi3-0"}
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_box_names_its_pods_and_children(gpu_box: OneBox) -> None:
+    assert [(p.name, p.model) for p in gpu_box.pods] == [("gemma-0", GEMMA), ("phi3-0", PHI)]
+    assert [c.name for c in gpu_box.children] == [
+        "gemma-0", "phi3-0", "bbr", "epp-gemma", "epp-phi3", "envoy", "envoy-round-robin",
+    ]  # fmt: skip
+    assert all(c.running for c in gpu_box.children)
+
+
+async def test_the_unified_pool_serves_every_model_through_one_epp() -> None:
+    async with OneBox(load_preset("gpu"), mode="unified-pool", time_scale=0) as box:
+        assert [c.name for c in box.children] == ["gemma-0", "phi3-0", "epp", "envoy"]
+        async with httpx.AsyncClient(base_url=box.gateway_url, timeout=10) as client:
+            for model, pod in ((GEMMA, "gemma-0"), (PHI, "phi3-0")):
+                answers = [await client.post("/v1/chat/completions", json=chat(model)) for _ in range(4)]
+                assert {(a.status_code, a.headers["x-inference-pod"]) for a in answers} == {(200, pod)}
