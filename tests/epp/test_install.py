@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,9 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=120)
     build = tmp_path_factory.mktemp("epp-src")
     # Install from a copy so the build leaves nothing (build/, egg-info) in the source tree.
-    subprocess.run(["cp", "-r", str(EPP_DIR / "pyproject.toml"), str(EPP_DIR / "src"), str(build)], check=True)
+    shutil.copy(EPP_DIR / "pyproject.toml", build)
+    skip = shutil.ignore_patterns("*.egg-info", "__pycache__")
+    shutil.copytree(EPP_DIR / "src", build / "src", ignore=skip)
     subprocess.run(
         # As the Dockerfile does, except that pip's download cache is kept between test runs.
         [str(root / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", str(build)],

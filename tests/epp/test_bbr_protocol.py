@@ -1,0 +1,100 @@
+"""The BBR's ext_proc protocol over a real gRPC channel."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from epp.extproc import BodyBasedRouter
+from epp.telemetry import Telemetry
+
+from tests.epp.extproc_support import EnvoyStream, serving
+
+GEMMA = "google/gemma-2b-it"
+ADAPTER = "gemma-sql-lora"
+
+
+def front_door() -> BodyBasedRouter:
+    return BodyBasedRouter(Telemetry("bbr"), served_models=[GEMMA, ADAPTER], adapters={ADAPTER: GEMMA})
+
+
+def upstream_like() -> BodyBasedRouter:
+    return BodyBasedRouter(Telemetry("bbr"), adapters={ADAPTER: GEMMA})
+
+
+async def test_the_model_and_its_base_model_become_routing_headers() -> None:
+    async with serving(front_door()) as stub:
+        body = json.dumps({"model": GEMMA, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        outcome = await EnvoyStream(stub).send_request(body, path="/v1/chat/completions")
+
+    assert outcome.responses[0].request_headers.response.clear_route_cache
+    assert outcome.set_headers == {
+        "x-gateway-model-name": GEMMA,
+        "x-gateway-base-model-name": GEMMA,
+        "content-length": str(len(body)),
+    }
+    assert outcome.body_chunks == [(body, True)]
+
+
+async def test_a_lora_adapter_routes_on_its_base_model() -> None:
+    async with serving(front_door()) as stub:
+        outcome = await EnvoyStream(stub).send_request(json.dumps({"model": ADAPTER, "prompt": "x"}).encode())
+
+    assert outcome.set_headers["x-gateway-model-name"] == ADAPTER
+    assert outcome.set_headers["x-gateway-base-model-name"] == GEMMA
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b"{oops", 400, "not valid JSON"),
+        (b'{"prompt": "x"}', 400, "no 'model' field"),
+        (b'{"model": "meta/llama"}', 404, f"Models served: {ADAPTER}, {GEMMA}"),
+    ],
+    ids=["malformed-json", "no-model", "unknown-model"],
+)
+async def test_the_front_door_refuses_bad_requests_with_openai_style_errors(
+    body: bytes, status: int, says: str
+) -> None:
+    async with serving(front_door()) as stub:
+        code, document = (await EnvoyStream(stub).send_request(body)).error()
+
+    assert code == status
+    error = document["error"]
+    assert isinstance(error, dict)
+    assert error["code"] == status
+    assert says in error["message"]
+
+
+async def test_the_front_door_answers_get_v1_models_with_the_served_models() -> None:
+    async with serving(front_door()) as stub:
+        outcome = await EnvoyStream(stub).send_request(None, method="GET", path="/v1/models")
+
+    response = outcome.immediate.immediate_response  # type: ignore[union-attr]
+    assert response.status.code == 200
+    assert [m["id"] for m in json.loads(response.body)["data"]] == sorted([GEMMA, ADAPTER])
+
+
+async def test_without_served_models_a_request_without_model_passes_untouched() -> None:
+    async with serving(upstream_like()) as stub:
+        body = b'{"prompt": "no model here"}'
+        outcome = await EnvoyStream(stub).send_request(body)
+
+    assert outcome.immediate is None
+    assert not outcome.responses[0].request_headers.response.HasField("header_mutation")
+    assert outcome.body_chunks == [(body, True)]
+
+
+async def test_without_served_models_any_model_is_routed_and_malformed_json_is_still_a_400() -> None:
+    async with serving(upstream_like()) as stub:
+        outcome = await EnvoyStream(stub).send_request(b'{"model": "anything"}')
+        assert outcome.set_headers["x-gateway-base-model-name"] == "anything"
+        code, _ = (await EnvoyStream(stub).send_request(b"not json")).error()
+    assert code == 400
+
+
+async def test_a_bodyless_request_passes_through_for_the_proxy_to_route() -> None:
+    async with serving(front_door()) as stub:
+        outcome = await EnvoyStream(stub).send_request(None, method="GET", path="/health")
+    assert outcome.immediate is None
+    assert outcome.responses[0].HasField("request_headers")
