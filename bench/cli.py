@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from bench.benchmark import LoadConfig, benchmark
-from bench.report import format_comparison, format_table, write_html, write_json
+from bench.report import format_comparison, format_pods, format_table, write_html, write_json
 from bench.workloads import Workload, WorkloadConfig
 
 
@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     report = asyncio.run(
         benchmark(args.url, workload, load, baseline=args.baseline, progress=not args.no_progress)
     )
-    print(format_table(report.summaries()))
+    summaries = report.summaries()
+    print(format_table(summaries))
+    print(format_pods(summaries))
     for comparison in report.comparisons:
         print(format_comparison(comparison))
     if args.json:

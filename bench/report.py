@@ -101,6 +101,15 @@ def format_table(summaries: list[RunSummary]) -> str:
     return "\n".join(lines)
 
 
+def format_pods(summaries: list[RunSummary]) -> str:
+    """Which pods answered each run (``x-inference-pod``), e.g. how a scaled-out pool was spread."""
+    lines = []
+    for summary in summaries:
+        spread = ", ".join(f"{pod} {count}" for pod, count in summary.overall.pods.items()) or "none"
+        lines.append(f"{summary.label}: answered by {spread}")
+    return "\n".join(lines)
+
+
 def format_comparison(c: Comparison) -> str:
     return (
         f"{c.target} vs {c.baseline}: accuracy {_x(c.accuracy)}, success {_x(c.success_rate)}, "
@@ -176,7 +185,7 @@ def _cdf_plot(report: Report, attr: str, title: str) -> str | None:
     ax.set_ylabel("fraction of requests")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return _png(fig)
 
 
@@ -215,7 +224,7 @@ def _timeline_plot(report: Report) -> str:
     ax.set_ylabel("E2E ms")
     ax.set_title("Every request over time")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return _png(fig)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.benchmark import LoadConfig, run_workload
 from bench.client import RunResult
-from bench.report import Report, format_comparison, format_table, write_html, write_json
+from bench.report import Report, format_comparison, format_pods, format_table, write_html, write_json
 from bench.stats import compare, summarize
 from bench.workloads import WorkloadConfig
 from onebox.box import Mode, OneBox
@@ -124,7 +124,9 @@ async def run_demo(
     json_path = write_json(report, reports_dir / f"demo-{stamp}.json")
     html_path = write_html(report, reports_dir / f"demo-{stamp}.html")
     out("")
-    out(format_table(report.summaries()))
+    summaries = report.summaries()
+    out(format_table(summaries))
+    out(format_pods(summaries))
     out("")
     for comparison in report.comparisons:
         out(format_comparison(comparison))

@@ -149,6 +149,7 @@ async def test_the_command_line_prints_the_table_and_writes_both_reports(
     out = capsys.readouterr().out
     assert code == 0
     assert "100.0%" in out
+    assert "target: answered by gemma-0 5" in out
     assert (tmp_path / "out.json").exists()
     assert (tmp_path / "out.html").exists()
 
