@@ -154,6 +154,8 @@ class OneBox:
         await self.stop()
 
     async def start(self) -> None:
+        if self.supervisor.children:
+            raise RuntimeError("a OneBox starts once; make a new one")
         self._workdir = Path(tempfile.mkdtemp(prefix="onebox-"))
         try:
             # The BBR needs nothing else, so it starts alongside the simulators; the EPPs start

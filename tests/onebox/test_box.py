@@ -11,6 +11,7 @@ import pytest_asyncio
 
 from onebox.box import OneBox
 from onebox.topology import load_preset
+from tests.onebox.procs import alive
 
 pytestmark = pytest.mark.envoy
 
@@ -80,10 +81,13 @@ async def test_the_box_names_its_pods_and_children(gpu_box: OneBox) -> None:
     assert all(c.running for c in gpu_box.children)
 
 
-async def test_the_unified_pool_serves_every_model_through_one_epp() -> None:
+async def test_the_unified_pool_serves_every_model_through_one_epp_and_stops_cleanly() -> None:
     async with OneBox(load_preset("gpu"), mode="unified-pool", time_scale=0) as box:
         assert [c.name for c in box.children] == ["gemma-0", "phi3-0", "epp", "envoy"]
+        pids = [c.pid for c in box.children]
         async with httpx.AsyncClient(base_url=box.gateway_url, timeout=10) as client:
             for model, pod in ((GEMMA, "gemma-0"), (PHI, "phi3-0")):
                 answers = [await client.post("/v1/chat/completions", json=chat(model)) for _ in range(4)]
                 assert {(a.status_code, a.headers["x-inference-pod"]) for a in answers} == {(200, pod)}
+    assert box.failure is None
+    assert not any(alive(pid) for pid in pids)
