@@ -32,6 +32,18 @@ class Attempt:
     pod: str | None = None
     error: str | None = None
 
+    @property
+    def answered(self) -> bool:
+        """A 2xx answer that arrived whole (a stream that broke off or sent an error is not)."""
+        return self.status is not None and 200 <= self.status < 300 and self.error is None
+
+    @property
+    def outcome(self) -> str:
+        """The status as a label: "200", "404", "200+error" (broken stream), "no answer"."""
+        if self.status is None:
+            return "no answer"
+        return f"{self.status}+error" if self.error and 200 <= self.status < 300 else str(self.status)
+
 
 @dataclass(slots=True)
 class RequestResult:
@@ -53,8 +65,8 @@ class RequestResult:
 
     @property
     def ok(self) -> bool:
-        """The last attempt got a 2xx answer."""
-        return self.final.status is not None and 200 <= self.final.status < 300
+        """The last attempt got a whole 2xx answer."""
+        return self.final.answered
 
     @property
     def correct(self) -> bool:
@@ -69,7 +81,7 @@ class RequestResult:
     @property
     def first_attempt_correct(self) -> bool:
         first = self.attempts[0]
-        return first.status is not None and 200 <= first.status < 300 and first.model == self.requested_model
+        return first.answered and first.model == self.requested_model
 
 
 @dataclass(slots=True)
@@ -98,7 +110,7 @@ def wrong_model(attempt: Attempt, requested: str) -> bool:
     """The attempt reached a server without ``requested``: a 404, or an answer from another model."""
     if attempt.status == 404:
         return True
-    return attempt.status is not None and 200 <= attempt.status < 300 and attempt.model != requested
+    return attempt.answered and attempt.model != requested
 
 
 def _error_message(payload: bytes) -> str:

@@ -67,7 +67,7 @@ class Summary(BaseModel):
     itl: Distribution
     e2e: Distribution
     pods: dict[str, int]  # x-inference-pod of final answers -> count
-    statuses: dict[str, int]  # final status ("error" when no HTTP answer) -> count
+    statuses: dict[str, int]  # final outcome ("200", "404", "200+error", "no answer") -> count
 
 
 class RunSummary(BaseModel):
@@ -106,7 +106,7 @@ def summarize_results(results: Sequence[RequestResult], duration: float) -> Summ
         itl=Distribution.of([gap for r in ok for gap in r.itl]),
         e2e=Distribution.of([r.e2e for r in ok if r.e2e is not None]),
         pods=dict(sorted(Counter(r.final.pod for r in results if r.final.pod).items())),
-        statuses=dict(sorted(Counter(str(r.final.status or "error") for r in results).items())),
+        statuses=dict(sorted(Counter(r.final.outcome for r in results).items())),
     )
 
 

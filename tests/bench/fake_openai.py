@@ -19,6 +19,7 @@ class FakeOpenAI:
     pods: list[tuple[str, str]]  # (pod name, model)
     answer_any_model: bool = False
     tokens: int = 3
+    break_stream: bool = False  # send an error event after the first token
     calls: list[str] = field(default_factory=list)
     url: str = ""
 
@@ -55,6 +56,10 @@ class FakeOpenAI:
         for _ in range(self.tokens):
             chunk = {"model": served, "choices": [{"index": 0, "delta": {"content": "ok "}}]}
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if self.break_stream:
+                broken = {"error": {"message": "engine died", "type": "internal_error", "code": 500}}
+                await response.write(f"data: {json.dumps(broken)}\n\n".encode())
+                return response
         await response.write(
             f"data: {json.dumps({'model': served, 'choices': [], 'usage': usage})}\n\n".encode()
         )

@@ -83,6 +83,22 @@ async def test_streaming_records_time_to_first_token_inter_token_gaps_and_usage(
     assert all(r.e2e is not None and r.ttft is not None and r.ttft <= r.e2e for r in run.results)
 
 
+async def test_a_stream_that_breaks_off_with_an_error_is_a_failure() -> None:
+    async with serving(FakeOpenAI([("gemma-0", GEMMA)], break_stream=True)) as fake:
+        run = await run_workload(
+            fake.url,
+            WorkloadConfig(models=[GEMMA], requests=3),
+            LoadConfig(concurrency=1, stream=True),
+            progress=False,
+        )
+    s = summarize(run).overall
+    assert s.success_rate == 0.0
+    assert s.accuracy == 0.0
+    assert s.misrouted == 0
+    assert s.statuses == {"200+error": 3}
+    assert run.results[0].final.error == "engine died"
+
+
 async def test_an_unreachable_target_is_a_failure_not_a_crash(unused_tcp_port: int) -> None:
     run = await run_workload(
         f"http://127.0.0.1:{unused_tcp_port}",
@@ -92,7 +108,7 @@ async def test_an_unreachable_target_is_a_failure_not_a_crash(unused_tcp_port: i
     )
     s = summarize(run).overall
     assert s.success_rate == 0.0
-    assert s.statuses == {"error": 2}
+    assert s.statuses == {"no answer": 2}
 
 
 async def test_a_baseline_replays_the_same_requests_and_is_compared(tmp_path: Path) -> None:

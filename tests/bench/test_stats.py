@@ -50,7 +50,7 @@ def test_accuracy_counts_only_answers_from_the_requested_model() -> None:
     assert s.misrouted == 2
     assert s.requests_per_s == 1.0  # two successes over two seconds
     assert s.output_tokens == 20
-    assert s.statuses == {"200": 2, "404": 1, "error": 1}
+    assert s.statuses == {"200": 2, "404": 1, "no answer": 1}
     assert s.pods == {"gemma-0": 1, "phi-0": 2}
 
 
