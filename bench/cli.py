@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="opt-in client-side retry (the old workaround): resend up to N times when the answer "
         "names another model or is a 404 (default 0)",
     )
-    p.add_argument("--timeout", type=float, default=60.0, help="per-attempt timeout, seconds")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds an attempt may wait for the connection or the next bytes before it fails",
+    )
     p.add_argument("--baseline", help="second URL to run the same workload against (e.g. round robin)")
     p.add_argument("--json", type=Path, help="write the JSON report here")
     p.add_argument("--html", type=Path, help="write the HTML report (with plots) here")

@@ -179,7 +179,9 @@ class Runner:
         try:
             payload = response.json()
         except ValueError:
-            return Attempt(response.status_code, pod=pod, error="response is not JSON")
+            payload = None
+        if not isinstance(payload, dict):
+            return Attempt(response.status_code, pod=pod, error="response is not a JSON object")
         usage = payload.get("usage") or {}
         result.output_tokens = int(usage.get("completion_tokens", 0))
         result.prompt_tokens = int(usage.get("prompt_tokens", 0))
