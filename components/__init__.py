@@ -1,0 +1,15 @@
+"""The Pulumi program's building blocks: one ComponentResource per concern, one module each.
+
+- ``config``: typed stack config (pydantic), validated before anything is registered
+- ``network``: VPC, node subnet, proxy-only subnet
+- ``cluster``: GKE cluster, node pools, Kubernetes provider
+- ``registry``: Artifact Registry + the EPP/BBR image build
+- ``namespace``: namespace (restricted Pod Security) + Hugging Face token Secret
+- ``model_server``: per-model vLLM Deployment + Service
+- ``inference_extension``: InferencePool CRD; per pool the InferencePool and its EPP
+- ``bbr``: Body-Based Router + its GCPRoutingExtension and health check
+- ``gateway``: Gateway, HTTPRoutes, GCPBackendPolicies
+- ``health``: HealthCheckPolicy per InferencePool
+- ``platform``: composes all of the above
+- ``podspec``: shared labels, security contexts, resources
+"""

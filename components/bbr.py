@@ -1,0 +1,191 @@
+"""Body-Based Router: reads ``model`` from the request body and sets ``X-Gateway-Base-Model-Name``.
+
+Per-model-pools mode only. A Deployment and Service of our image in BBR mode, attached to the
+Gateway by a GCPRoutingExtension (request body sent ``FullDuplexStreamed``), and health-checked by
+the load balancer over gRPC (grpc.health.v1, service ``readiness``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.config import BbrSettings
+from components.podspec import (
+    EPP_IMAGE_UID,
+    container_security_context,
+    empty_dir,
+    grpc_probe,
+    labels,
+    pod_security_context,
+    resources,
+)
+
+BBR_NAME = "body-based-router"
+BBR_GRPC_PORT = 9004
+BBR_HEALTH_PORT = 9005
+METRICS_PORT = 9090
+EXTENSION_TIMEOUT = "1s"
+
+
+@dataclass(frozen=True)
+class BodyBasedRouterArgs:
+    namespace: str
+    namespace_ref: pulumi.Input[str]
+    served_models: list[str]
+    settings: BbrSettings
+    image_ref: pulumi.Input[str]
+    image: pulumi.Resource
+    gateway_name: str
+    gateway: pulumi.Resource
+    provider: k8s.Provider
+
+
+class BodyBasedRouter(pulumi.ComponentResource):
+    """BBR Deployment + Service, its GCPRoutingExtension on the Gateway, and its gRPC health check."""
+
+    deployment: k8s.apps.v1.Deployment
+    service: k8s.core.v1.Service
+    extension: k8s.apiextensions.CustomResource
+
+    def __init__(
+        self, name: str, args: BodyBasedRouterArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("gke-llm-gateway:index:BodyBasedRouter", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        bbr_labels = labels("bbr", BBR_NAME)
+        selector = {"app.kubernetes.io/name": "bbr", "app.kubernetes.io/instance": BBR_NAME}
+        metadata: dict[str, Any] = {"name": BBR_NAME, "namespace": args.namespace_ref, "labels": bbr_labels}
+
+        self.deployment = k8s.apps.v1.Deployment(
+            BBR_NAME,
+            metadata=metadata,
+            spec={
+                "replicas": args.settings.replicas,
+                "selector": {"matchLabels": selector},
+                "template": {
+                    "metadata": {"labels": bbr_labels},
+                    "spec": {
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security_context(EPP_IMAGE_UID),
+                        "containers": [
+                            {
+                                "name": "bbr",
+                                "image": args.image_ref,
+                                "command": ["bbr"],
+                                "args": [
+                                    "--grpc-port",
+                                    str(BBR_GRPC_PORT),
+                                    "--health-port",
+                                    str(BBR_HEALTH_PORT),
+                                    "--metrics-port",
+                                    str(METRICS_PORT),
+                                    "--served-models",
+                                    ",".join(args.served_models),
+                                    "--bind",
+                                    "0.0.0.0",
+                                ],
+                                "ports": [
+                                    {"name": "grpc", "containerPort": BBR_GRPC_PORT, "protocol": "TCP"},
+                                    {
+                                        "name": "grpc-health",
+                                        "containerPort": BBR_HEALTH_PORT,
+                                        "protocol": "TCP",
+                                    },
+                                    {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+                                ],
+                                "livenessProbe": grpc_probe(BBR_HEALTH_PORT, "liveness"),
+                                "readinessProbe": grpc_probe(BBR_HEALTH_PORT, "readiness", period=2),
+                                "resources": resources(args.settings.resources),
+                                "securityContext": container_security_context(),
+                                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                            }
+                        ],
+                        "volumes": [empty_dir("tmp", "64Mi")],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.image]),
+        )
+        self.service = k8s.core.v1.Service(
+            BBR_NAME,
+            metadata=metadata,
+            spec={
+                "type": "ClusterIP",
+                "selector": selector,
+                "ports": [
+                    {
+                        "name": "grpc",
+                        "port": BBR_GRPC_PORT,
+                        "targetPort": "grpc",
+                        "protocol": "TCP",
+                        "appProtocol": "HTTP2",
+                    },
+                    {
+                        "name": "grpc-health",
+                        "port": BBR_HEALTH_PORT,
+                        "targetPort": "grpc-health",
+                        "protocol": "TCP",
+                    },
+                ],
+            },
+            opts=child,
+        )
+        self.extension = k8s.apiextensions.CustomResource(
+            BBR_NAME,
+            api_version="networking.gke.io/v1",
+            kind="GCPRoutingExtension",
+            metadata=metadata,
+            spec={
+                "targetRefs": [
+                    {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": args.gateway_name}
+                ],
+                "extensionChains": [
+                    {
+                        "name": "body-based-routing",
+                        "extensions": [
+                            {
+                                "name": "bbr",
+                                "authority": f"{BBR_NAME}.{args.namespace}.svc",
+                                "timeout": EXTENSION_TIMEOUT,
+                                "supportedEvents": ["RequestHeaders", "RequestBody", "RequestTrailers"],
+                                "requestBodySendMode": "FullDuplexStreamed",
+                                "backendRef": {
+                                    "group": "",
+                                    "kind": "Service",
+                                    "name": BBR_NAME,
+                                    "port": BBR_GRPC_PORT,
+                                },
+                            }
+                        ],
+                    }
+                ],
+            },
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=args.provider, depends_on=[self.service, args.gateway]
+            ),
+        )
+        k8s.apiextensions.CustomResource(
+            f"{BBR_NAME}-health",
+            api_version="networking.gke.io/v1",
+            kind="HealthCheckPolicy",
+            metadata={"name": f"{BBR_NAME}-health", "namespace": args.namespace_ref, "labels": bbr_labels},
+            spec={
+                "targetRef": {"group": "", "kind": "Service", "name": BBR_NAME},
+                "default": {
+                    "config": {
+                        "type": "GRPC",
+                        "grpcHealthCheck": {
+                            "portSpecification": "USE_FIXED_PORT",
+                            "port": BBR_HEALTH_PORT,
+                            "grpcServiceName": "readiness",
+                        },
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[self.service]),
+        )
+        self.register_outputs({"service": BBR_NAME, "servedModels": args.served_models})

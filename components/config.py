@@ -1,0 +1,328 @@
+"""Typed stack configuration: the `gke-llm-gateway:platform` object of `Pulumi.<stack>.yaml`.
+
+Everything the program builds is decided here, and every rule a reviewer would check by hand is a
+validator, so a bad stack file fails before a single resource is registered, with an error that
+names the offending field (for example ``platform.models[1].accelerator: ...``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+CONFIG_KEY = "platform"
+"""Name of the structured config object (``gke-llm-gateway:platform``)."""
+
+HF_TOKEN_KEY = "hfToken"
+"""Name of the secret config value holding the Hugging Face token (``pulumi config set --secret``)."""
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """What the cluster and the pods need to know about one accelerator type."""
+
+    family: Literal["gpu", "tpu"]
+    resource: str
+    """Extended resource the container requests (``nvidia.com/gpu`` / ``google.com/tpu``)."""
+    node_selector_key: str
+    """Node label GKE sets on nodes of this accelerator."""
+
+
+ACCELERATORS: Mapping[str, Accelerator] = {
+    "nvidia-tesla-t4": Accelerator("gpu", "nvidia.com/gpu", "cloud.google.com/gke-accelerator"),
+    "nvidia-l4": Accelerator("gpu", "nvidia.com/gpu", "cloud.google.com/gke-accelerator"),
+    "nvidia-tesla-a100": Accelerator("gpu", "nvidia.com/gpu", "cloud.google.com/gke-accelerator"),
+    "nvidia-h100-80gb": Accelerator("gpu", "nvidia.com/gpu", "cloud.google.com/gke-accelerator"),
+    "tpu-v5-lite-podslice": Accelerator("tpu", "google.com/tpu", "cloud.google.com/gke-tpu-accelerator"),
+    "tpu-v6e-slice": Accelerator("tpu", "google.com/tpu", "cloud.google.com/gke-tpu-accelerator"),
+}
+"""Accelerators this program knows how to schedule onto (GKE's accelerator label values)."""
+
+AcceleratorName = Literal[
+    "nvidia-tesla-t4",
+    "nvidia-l4",
+    "nvidia-tesla-a100",
+    "nvidia-h100-80gb",
+    "tpu-v5-lite-podslice",
+    "tpu-v6e-slice",
+]
+
+SchedulingProfile = Literal["default", "proxy-performance", "proxy-performance-by-backend"]
+
+DNS_LABEL = r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"
+"""Short Kubernetes-safe names: they are prefixed/suffixed to build object names (max 63)."""
+
+HEADER_VALUE = re.compile(r"^[\x21-\x7e]{1,256}$")
+"""A served model name travels in ``X-Gateway-Base-Model-Name``: visible ASCII, no spaces."""
+
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
+
+
+class _Model(BaseModel):
+    """Strict base: camelCase keys in YAML, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class Resources(_Model):
+    """Requests = limits for CPU, memory and scratch disk (a Guaranteed-like, predictable pod)."""
+
+    cpu: Annotated[str, Field(pattern=QUANTITY)] = "500m"
+    memory: Annotated[str, Field(pattern=QUANTITY)] = "512Mi"
+    ephemeral_storage: Annotated[str, Field(pattern=QUANTITY)] = "1Gi"
+
+
+class Network(_Model):
+    """VPC ranges: nodes, pods, services, and the proxy-only subnet of the regional load balancer."""
+
+    node_cidr: str = "10.10.0.0/20"
+    pod_cidr: str = "10.20.0.0/14"
+    service_cidr: str = "10.30.0.0/20"
+    proxy_only_cidr: str = "10.129.0.0/23"
+
+    @field_validator("node_cidr", "pod_cidr", "service_cidr", "proxy_only_cidr")
+    @classmethod
+    def _is_cidr(cls, value: str) -> str:
+        try:
+            ipaddress.IPv4Network(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IPv4 CIDR range ({exc})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> Network:
+        ranges = {
+            "nodeCidr": self.node_cidr,
+            "podCidr": self.pod_cidr,
+            "serviceCidr": self.service_cidr,
+            "proxyOnlyCidr": self.proxy_only_cidr,
+        }
+        items = list(ranges.items())
+        for i, (name_a, a) in enumerate(items):
+            for name_b, b in items[i + 1 :]:
+                if ipaddress.IPv4Network(a).overlaps(ipaddress.IPv4Network(b)):
+                    raise ValueError(f"{name_a} {a} overlaps {name_b} {b}")
+        return self
+
+
+class NodePool(_Model):
+    """One GKE node pool. ``minNodes: 0`` lets the autoscaler scale it to zero."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL)]
+    machine_type: str
+    accelerator: AcceleratorName | None = None
+    accelerator_count: Annotated[int, Field(ge=1)] = 1
+    tpu_topology: Annotated[str | None, Field(pattern=r"^[0-9]+x[0-9]+(x[0-9]+)?$")] = None
+    min_nodes: Annotated[int, Field(ge=0)] = 0
+    max_nodes: Annotated[int, Field(ge=1)] = 1
+    initial_nodes: Annotated[int, Field(ge=0)] = 1
+    spot: bool = False
+    disk_size_gb: Annotated[int, Field(ge=20)] = 100
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NodePool:
+        if self.min_nodes > self.max_nodes:
+            raise ValueError(f"minNodes ({self.min_nodes}) is greater than maxNodes ({self.max_nodes})")
+        if not self.min_nodes <= self.initial_nodes <= self.max_nodes:
+            raise ValueError(
+                f"initialNodes ({self.initial_nodes}) must lie within minNodes..maxNodes "
+                f"({self.min_nodes}..{self.max_nodes})"
+            )
+        family = ACCELERATORS[self.accelerator].family if self.accelerator else None
+        if family == "tpu" and self.tpu_topology is None:
+            raise ValueError(f"a {self.accelerator} pool needs tpuTopology (e.g. 1x1)")
+        if family != "tpu" and self.tpu_topology is not None:
+            raise ValueError("tpuTopology is only meaningful for a TPU accelerator")
+        if family == "tpu" and not self.machine_type.startswith("ct"):
+            raise ValueError(f"machineType {self.machine_type!r} is not a TPU machine type (ct*)")
+        return self
+
+    @property
+    def family(self) -> Literal["cpu", "gpu", "tpu"]:
+        return ACCELERATORS[self.accelerator].family if self.accelerator else "cpu"
+
+
+class ModelSpec(_Model):
+    """One model served by vLLM, its pool and its hardware."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL)]
+    """Short Kubernetes name (labels, object names); the served name goes in headers instead."""
+    served_name: str
+    """The name clients send in the request's ``model`` field (and BBR puts in the header)."""
+    hugging_face_id: str
+    image: Annotated[str, Field(min_length=1)]
+    args: list[str] = Field(default_factory=list)
+    replicas: Annotated[int, Field(ge=0)] = 1
+    accelerator: AcceleratorName
+    accelerator_count: Annotated[int, Field(ge=1)] = 1
+    resources: Resources = Resources(cpu="3", memory="12Gi", ephemeral_storage="20Gi")
+    shm_size: Annotated[str, Field(pattern=QUANTITY)] = "2Gi"
+
+    @field_validator("served_name")
+    @classmethod
+    def _header_safe(cls, value: str) -> str:
+        if not HEADER_VALUE.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid HTTP header value for X-Gateway-Base-Model-Name "
+                "(1-256 visible ASCII characters, no spaces or control characters)"
+            )
+        return value
+
+    @field_validator("hugging_face_id")
+    @classmethod
+    def _hf_id(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value):
+            raise ValueError(f"{value!r} is not a Hugging Face model id of the form owner/name")
+        return value
+
+
+class EppSettings(_Model):
+    """The Endpoint Picker of each pool: scheduling profile (or a full config) and its size."""
+
+    profile: SchedulingProfile = "default"
+    config: dict[str, Any] | None = None
+    """A complete EndpointPickerConfig; when set it replaces the profile."""
+    failure_mode: Literal["FailOpen", "FailClose"] = "FailClose"
+    replicas: Annotated[int, Field(ge=1)] = 1
+    resources: Resources = Resources(cpu="500m", memory="512Mi", ephemeral_storage="256Mi")
+
+    @field_validator("config")
+    @classmethod
+    def _endpoint_picker_config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        if value.get("kind") != "EndpointPickerConfig":
+            raise ValueError(f"kind must be EndpointPickerConfig, got {value.get('kind')!r}")
+        if not isinstance(value.get("plugins"), list) or not value["plugins"]:
+            raise ValueError("an EndpointPickerConfig needs a non-empty plugins list")
+        return value
+
+
+class BbrSettings(_Model):
+    """The Body-Based Router (per-model-pools mode only)."""
+
+    replicas: Annotated[int, Field(ge=1)] = 1
+    resources: Resources = Resources(cpu="250m", memory="256Mi", ephemeral_storage="256Mi")
+
+
+class GatewaySettings(_Model):
+    """The regional external Application Load Balancer in front of every model."""
+
+    request_timeout_sec: Annotated[int, Field(ge=1, le=86400)] = 600
+    network_tier: Literal["STANDARD", "PREMIUM"] = "STANDARD"
+
+
+class PlatformConfig(_Model):
+    """The whole stack: where it runs, its node pools, its models and how requests are routed."""
+
+    project: Annotated[str, Field(pattern=r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")]
+    region: Annotated[str, Field(pattern=r"^[a-z]+-[a-z]+[0-9]+$")]
+    zone: Annotated[str, Field(pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")]
+    cluster_name: Annotated[str, Field(pattern=DNS_LABEL)]
+    namespace: Annotated[str, Field(pattern=DNS_LABEL)] = "llm-gateway"
+    release_channel: Literal["RAPID", "REGULAR", "STABLE"] = "REGULAR"
+    deletion_protection: bool = True
+    artifact_repository: Annotated[str, Field(pattern=DNS_LABEL)] = "llm-gateway"
+    network: Network = Network()
+    node_pools: Annotated[list[NodePool], Field(min_length=1)]
+    models: Annotated[list[ModelSpec], Field(min_length=1)]
+    routing_mode: Literal["per-model-pools", "unified-pool"] = "per-model-pools"
+    epp: EppSettings = EppSettings()
+    bbr: BbrSettings = BbrSettings()
+    gateway: GatewaySettings = GatewaySettings()
+
+    @model_validator(mode="after")
+    def _coherent(self) -> PlatformConfig:
+        if not self.zone.startswith(self.region + "-"):
+            raise _FieldError(("zone",), f"{self.zone!r} is not a zone of region {self.region!r}")
+        _unique(self.node_pools, "name", "nodePools")
+        _unique(self.models, "name", "models")
+        _unique(self.models, "served_name", "models", alias="servedName")
+        if not any(pool.accelerator is None for pool in self.node_pools):
+            raise _FieldError(("nodePools",), "needs a CPU pool (no accelerator) for the gateway workloads")
+        offered = {pool.accelerator: pool for pool in self.node_pools if pool.accelerator}
+        for index, model in enumerate(self.models):
+            pool = offered.get(model.accelerator)
+            if pool is None:
+                available = ", ".join(f"{p.name}: {a}" for a, p in offered.items()) or "none"
+                raise _FieldError(
+                    ("models", index, "accelerator"),
+                    f"{model.accelerator} is not provided by any node pool of this stack "
+                    f"(accelerator pools: {available})",
+                )
+            if model.accelerator_count > pool.accelerator_count:
+                raise _FieldError(
+                    ("models", index, "acceleratorCount"),
+                    f"{model.accelerator_count} exceeds the {pool.accelerator_count} "
+                    f"{model.accelerator} per node of pool {pool.name}",
+                )
+        return self
+
+    def pool_for(self, model: ModelSpec) -> NodePool:
+        """The node pool a model's pods land on (the one offering its accelerator)."""
+        return next(pool for pool in self.node_pools if pool.accelerator == model.accelerator)
+
+
+class _FieldError(ValueError):
+    """A cross-field rule broken at a known path below ``platform``."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+class ConfigError(ValueError):
+    """The stack's config is invalid; ``errors`` lists ``platform.<path>: <problem>`` lines."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("invalid stack config:\n  " + "\n  ".join(errors))
+        self.errors = errors
+
+
+def _unique(items: list[Any], attribute: str, field: str, alias: str | None = None) -> None:
+    seen: dict[Any, int] = {}
+    for index, item in enumerate(items):
+        value = getattr(item, attribute)
+        if value in seen:
+            raise _FieldError(
+                (field, index, alias or attribute),
+                f"{value!r} is already used by {field}[{seen[value]}]",
+            )
+        seen[value] = index
+
+
+def _path(parts: tuple[str | int, ...]) -> str:
+    text = CONFIG_KEY
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text
+
+
+def parse_platform_config(raw: object) -> PlatformConfig:
+    """Validate the raw config object; raise :class:`ConfigError` naming every bad field."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"{CONFIG_KEY}: expected an object, got {type(raw).__name__}"])
+    try:
+        return PlatformConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors: list[str] = []
+        for error in exc.errors():
+            location = tuple(error["loc"])
+            cause = error.get("ctx", {}).get("error")
+            if isinstance(cause, _FieldError):
+                errors.append(f"{_path(location + cause.path)}: {cause.message}")
+                continue
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown field (check the spelling; fields are camelCase)"
+            elif error["type"] == "literal_error":
+                message = f"{error['input']!r} is not allowed; {message.lower()}"
+            errors.append(f"{_path(location)}: {message}")
+        raise ConfigError(errors) from None

@@ -1,0 +1,247 @@
+"""Inference extension: the InferencePool CRD, and per pool its InferencePool and Endpoint Picker.
+
+The CRD (``inference.networking.k8s.io/v1``, Gateway API Inference Extension v1.5.0, vendored
+from the upstream release in ``manifests/``) is installed once, and every InferencePool depends on
+it explicitly. Each pool gets its own EPP: a Deployment of our image (digest-pinned, and an
+explicit dependency on the image build), a gRPC Service on 9002, a ServiceAccount whose Role can
+only get/list/watch pods and inferencepools, and a ConfigMap holding its EndpointPickerConfig.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+from components.config import EppSettings
+from components.podspec import (
+    EPP_IMAGE_UID,
+    container_security_context,
+    empty_dir,
+    grpc_probe,
+    labels,
+    pod_security_context,
+    resources,
+)
+
+CRD_MANIFEST = Path(__file__).parent / "manifests" / "inferencepool-crd-v1.5.0.yaml"
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "epp" / "src" / "epp" / "profiles"
+"""The EPP's shipped scheduling profiles (read at program time, so the ConfigMap is what the EPP knows)."""
+
+INFERENCE_GROUP = "inference.networking.k8s.io"
+INFERENCE_API_VERSION = f"{INFERENCE_GROUP}/v1"
+MODEL_PORT = 8000
+EPP_GRPC_PORT = 9002
+EPP_HEALTH_PORT = 9003
+METRICS_PORT = 9090
+CONFIG_MOUNT = "/config"
+CONFIG_FILE = "epp.yaml"
+
+
+def endpoint_picker_config(settings: EppSettings) -> str:
+    """The EndpointPickerConfig YAML for ``settings``: the user's full config, else the named profile."""
+    if settings.config is not None:
+        return yaml.safe_dump(settings.config, sort_keys=False)
+    path = PROFILES_DIR / f"{settings.profile}.yaml"
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"scheduling profile {settings.profile!r} not found at {path}; "
+            "the EPP ships its profiles in epp/src/epp/profiles/"
+        ) from None
+
+
+class InferencePoolCrd(pulumi.ComponentResource):
+    """The InferencePool CustomResourceDefinition, from the vendored upstream release manifest."""
+
+    crd: k8s.apiextensions.v1.CustomResourceDefinition
+
+    def __init__(self, name: str, provider: k8s.Provider, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("gke-llm-gateway:index:InferencePoolCrd", name, None, opts)
+        manifest = yaml.safe_load(CRD_MANIFEST.read_text(encoding="utf-8"))
+        if manifest.get("kind") != "CustomResourceDefinition":
+            raise ValueError(f"{CRD_MANIFEST} is not a CustomResourceDefinition")
+        self.crd = k8s.apiextensions.v1.CustomResourceDefinition(
+            manifest["metadata"]["name"],
+            metadata=manifest["metadata"],
+            spec=manifest["spec"],
+            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+        )
+        self.register_outputs({"crd": manifest["metadata"]["name"]})
+
+
+@dataclass(frozen=True)
+class InferencePoolArgs:
+    pool_name: str
+    namespace: str
+    namespace_ref: pulumi.Input[str]
+    selector: dict[str, str]
+    """Labels of the model-server pods this pool (and its EPP) picks from."""
+    epp: EppSettings
+    image_ref: pulumi.Input[str]
+    image: pulumi.Resource
+    crd: pulumi.Resource
+    provider: k8s.Provider
+
+
+class InferencePool(pulumi.ComponentResource):
+    """One InferencePool and the Endpoint Picker that schedules its requests."""
+
+    pool: k8s.apiextensions.CustomResource
+    pool_name: str
+    epp_service_name: str
+    deployment: k8s.apps.v1.Deployment
+
+    def __init__(
+        self, name: str, args: InferencePoolArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("gke-llm-gateway:index:InferencePool", name, None, opts)
+        self.pool_name = args.pool_name
+        epp_name = f"{args.pool_name}-epp"
+        self.epp_service_name = epp_name
+        epp_labels = labels("epp", epp_name)
+        epp_selector = {"app.kubernetes.io/name": "epp", "app.kubernetes.io/instance": epp_name}
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+
+        def meta(object_name: str) -> dict[str, Any]:
+            return {"name": object_name, "namespace": args.namespace_ref, "labels": epp_labels}
+
+        self.pool = k8s.apiextensions.CustomResource(
+            args.pool_name,
+            api_version=INFERENCE_API_VERSION,
+            kind="InferencePool",
+            metadata={
+                "name": args.pool_name,
+                "namespace": args.namespace_ref,
+                "labels": labels("inferencepool", args.pool_name),
+            },
+            spec={
+                "selector": {"matchLabels": args.selector},
+                "targetPorts": [{"number": MODEL_PORT}],
+                "endpointPickerRef": {
+                    "group": "",
+                    "kind": "Service",
+                    "name": epp_name,
+                    "port": {"number": EPP_GRPC_PORT},
+                    "failureMode": args.epp.failure_mode,
+                },
+            },
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.crd]),
+        )
+
+        service_account = k8s.core.v1.ServiceAccount(
+            epp_name, metadata=meta(epp_name), automount_service_account_token=True, opts=child
+        )
+        role = k8s.rbac.v1.Role(
+            epp_name,
+            metadata=meta(epp_name),
+            rules=[
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                {
+                    "apiGroups": [INFERENCE_GROUP],
+                    "resources": ["inferencepools"],
+                    "verbs": ["get", "list", "watch"],
+                },
+            ],
+            opts=child,
+        )
+        k8s.rbac.v1.RoleBinding(
+            epp_name,
+            metadata=meta(epp_name),
+            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role.metadata.name},
+            subjects=[
+                {"kind": "ServiceAccount", "name": service_account.metadata.name, "namespace": args.namespace}
+            ],
+            opts=child,
+        )
+        config_map = k8s.core.v1.ConfigMap(
+            f"{epp_name}-config",
+            metadata=meta(f"{epp_name}-config"),
+            data={CONFIG_FILE: endpoint_picker_config(args.epp)},
+            opts=child,
+        )
+        self.deployment = k8s.apps.v1.Deployment(
+            epp_name,
+            metadata=meta(epp_name),
+            spec={
+                "replicas": args.epp.replicas,
+                "selector": {"matchLabels": epp_selector},
+                "template": {
+                    "metadata": {"labels": epp_labels},
+                    "spec": {
+                        "serviceAccountName": service_account.metadata.name,
+                        "securityContext": pod_security_context(EPP_IMAGE_UID),
+                        "terminationGracePeriodSeconds": 30,
+                        "containers": [
+                            {
+                                "name": "epp",
+                                "image": args.image_ref,
+                                "args": [
+                                    "--pool-name",
+                                    args.pool_name,
+                                    "--pool-namespace",
+                                    args.namespace,
+                                    "--config-file",
+                                    f"{CONFIG_MOUNT}/{CONFIG_FILE}",
+                                    "--grpc-port",
+                                    str(EPP_GRPC_PORT),
+                                    "--health-port",
+                                    str(EPP_HEALTH_PORT),
+                                    "--metrics-port",
+                                    str(METRICS_PORT),
+                                    "--bind",
+                                    "0.0.0.0",
+                                ],
+                                "ports": [
+                                    {"name": "grpc", "containerPort": EPP_GRPC_PORT, "protocol": "TCP"},
+                                    {
+                                        "name": "grpc-health",
+                                        "containerPort": EPP_HEALTH_PORT,
+                                        "protocol": "TCP",
+                                    },
+                                    {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+                                ],
+                                "livenessProbe": grpc_probe(EPP_HEALTH_PORT, "liveness"),
+                                "readinessProbe": grpc_probe(EPP_HEALTH_PORT, "readiness", period=2),
+                                "resources": resources(args.epp.resources),
+                                "securityContext": container_security_context(),
+                                "volumeMounts": [
+                                    {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+                                    {"name": "tmp", "mountPath": "/tmp"},
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "config", "configMap": {"name": config_map.metadata.name}},
+                            empty_dir("tmp", "64Mi"),
+                        ],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.image]),
+        )
+        k8s.core.v1.Service(
+            epp_name,
+            metadata=meta(epp_name),
+            spec={
+                "type": "ClusterIP",
+                "selector": epp_selector,
+                "ports": [
+                    {
+                        "name": "grpc-ext-proc",
+                        "port": EPP_GRPC_PORT,
+                        "targetPort": "grpc",
+                        "protocol": "TCP",
+                        "appProtocol": "http2",
+                    },
+                    {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+                ],
+            },
+            opts=child,
+        )
+        self.register_outputs({"pool": args.pool_name, "endpointPicker": epp_name})

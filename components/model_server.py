@@ -1,0 +1,173 @@
+"""Model servers: per model, a vLLM Deployment on its accelerator and a Service in front of it.
+
+GPU models request ``nvidia.com/gpu`` and select nodes by ``cloud.google.com/gke-accelerator``;
+TPU models request ``google.com/tpu`` and select ``cloud.google.com/gke-tpu-accelerator`` plus
+``cloud.google.com/gke-tpu-topology``. The startup probe allows 90 x 30 s for the model download
+and compilation before liveness takes over. vLLM runs non-root on a read-only root filesystem:
+every path it writes (Hugging Face cache, home, /tmp, /dev/shm) is an emptyDir.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.config import ACCELERATORS, ModelSpec, NodePool
+from components.namespace import HF_TOKEN_SECRET_KEY
+from components.podspec import (
+    MODEL_LABEL,
+    SERVING_LABEL,
+    container_security_context,
+    empty_dir,
+    labels,
+    pod_security_context,
+    resources,
+)
+
+VLLM_PORT = 8000
+VLLM_UID = 1000
+STARTUP_PERIOD_SECONDS = 30
+STARTUP_FAILURES = 90
+"""Up to 45 minutes to download the weights and warm up before the pod is killed."""
+
+
+@dataclass(frozen=True)
+class ModelServerArgs:
+    model: ModelSpec
+    node_pool: NodePool
+    namespace: pulumi.Input[str]
+    hf_secret_name: str | None
+    provider: k8s.Provider
+
+
+def pod_labels(model: ModelSpec) -> dict[str, str]:
+    """Labels of a model's pods: simple values only (the served name, with its slash, is not one)."""
+    return labels("vllm", model.name, {MODEL_LABEL: model.name, SERVING_LABEL: "vllm"})
+
+
+def _node_placement(model: ModelSpec, pool: NodePool) -> tuple[dict[str, str], list[dict[str, str]]]:
+    accelerator = ACCELERATORS[model.accelerator]
+    selector = {accelerator.node_selector_key: model.accelerator}
+    if accelerator.family == "tpu" and pool.tpu_topology:
+        selector["cloud.google.com/gke-tpu-topology"] = pool.tpu_topology
+    tolerations = [{"key": accelerator.resource, "operator": "Exists", "effect": "NoSchedule"}]
+    return selector, tolerations
+
+
+def _container(model: ModelSpec, hf_secret_name: str | None) -> dict[str, Any]:
+    accelerator = ACCELERATORS[model.accelerator]
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/home/vllm"},
+        {"name": "HF_HOME", "value": "/data/huggingface"},
+        {"name": "XDG_CACHE_HOME", "value": "/data/cache"},
+        {"name": "VLLM_CACHE_ROOT", "value": "/data/cache/vllm"},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "DO_NOT_TRACK", "value": "1"},
+    ]
+    if hf_secret_name is not None:
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": hf_secret_name, "key": HF_TOKEN_SECRET_KEY}},
+            }
+        )
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    return {
+        "name": "vllm",
+        "image": model.image,
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "args": [
+            "--model",
+            model.hugging_face_id,
+            "--served-model-name",
+            model.served_name,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(VLLM_PORT),
+            *model.args,
+        ],
+        "ports": [{"name": "http", "containerPort": VLLM_PORT, "protocol": "TCP"}],
+        "env": env,
+        "resources": resources(model.resources, {accelerator.resource: str(model.accelerator_count)}),
+        "securityContext": container_security_context(),
+        "startupProbe": health
+        | {
+            "periodSeconds": STARTUP_PERIOD_SECONDS,
+            "failureThreshold": STARTUP_FAILURES,
+            "timeoutSeconds": 5,
+        },
+        "livenessProbe": health | {"periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 5},
+        "readinessProbe": health | {"periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 5},
+        "volumeMounts": [
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "model-cache", "mountPath": "/data"},
+            {"name": "home", "mountPath": "/home/vllm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+
+
+class ModelServer(pulumi.ComponentResource):
+    """One model: its vLLM Deployment and Service."""
+
+    deployment: k8s.apps.v1.Deployment
+    service: k8s.core.v1.Service
+    selector: dict[str, str]
+
+    def __init__(self, name: str, args: ModelServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("gke-llm-gateway:index:ModelServer", name, None, opts)
+        model = args.model
+        object_name = f"vllm-{model.name}"
+        self.selector = {MODEL_LABEL: model.name, SERVING_LABEL: "vllm"}
+        node_selector, tolerations = _node_placement(model, args.node_pool)
+        metadata = {"name": object_name, "namespace": args.namespace, "labels": pod_labels(model)}
+
+        self.deployment = k8s.apps.v1.Deployment(
+            object_name,
+            metadata=metadata,
+            spec={
+                "replicas": model.replicas,
+                "selector": {"matchLabels": self.selector},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": {
+                    "metadata": {
+                        "labels": pod_labels(model),
+                        "annotations": {"llm-gateway.dev/served-model-name": model.served_name},
+                    },
+                    "spec": {
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security_context(VLLM_UID),
+                        "nodeSelector": node_selector,
+                        "tolerations": tolerations,
+                        "terminationGracePeriodSeconds": 60,
+                        "containers": [_container(model, args.hf_secret_name)],
+                        "volumes": [
+                            empty_dir("dshm", model.shm_size, memory=True),
+                            empty_dir("model-cache", model.resources.ephemeral_storage),
+                            empty_dir("home", "1Gi"),
+                            empty_dir("tmp", "4Gi"),
+                        ],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                provider=args.provider,
+                custom_timeouts=pulumi.CustomTimeouts(create="60m", update="60m"),
+            ),
+        )
+        self.service = k8s.core.v1.Service(
+            object_name,
+            metadata=metadata,
+            spec={
+                "type": "ClusterIP",
+                "selector": self.selector,
+                "ports": [{"name": "http", "port": VLLM_PORT, "targetPort": "http", "protocol": "TCP"}],
+            },
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider),
+        )
+        self.register_outputs({"deployment": object_name, "service": object_name})

@@ -1,0 +1,83 @@
+"""Network: the VPC, the node subnet (with pod and service ranges) and the proxy-only subnet.
+
+``gke-l7-regional-external-managed`` Gateways are Envoy-based regional load balancers; they need a
+proxy-only subnet (``purpose=REGIONAL_MANAGED_PROXY``, ``role=ACTIVE``) in the cluster's region and
+VPC before the Gateway is created.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+from components.config import Network as NetworkConfig
+
+POD_RANGE = "pods"
+SERVICE_RANGE = "services"
+
+
+@dataclass(frozen=True)
+class NetworkArgs:
+    project: str
+    region: str
+    name: str
+    ranges: NetworkConfig
+
+
+class Network(pulumi.ComponentResource):
+    """VPC + node subnet + proxy-only subnet of one stack."""
+
+    vpc: gcp.compute.Network
+    subnet: gcp.compute.Subnetwork
+    proxy_only_subnet: gcp.compute.Subnetwork
+
+    def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("gke-llm-gateway:index:Network", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        self.vpc = gcp.compute.Network(
+            f"{name}-vpc",
+            name=f"{args.name}-vpc",
+            project=args.project,
+            auto_create_subnetworks=False,
+            routing_mode="REGIONAL",
+            opts=child,
+        )
+        self.subnet = gcp.compute.Subnetwork(
+            f"{name}-nodes",
+            name=f"{args.name}-nodes",
+            project=args.project,
+            region=args.region,
+            network=self.vpc.id,
+            ip_cidr_range=args.ranges.node_cidr,
+            private_ip_google_access=True,
+            secondary_ip_ranges=[
+                gcp.compute.SubnetworkSecondaryIpRangeArgs(
+                    range_name=POD_RANGE, ip_cidr_range=args.ranges.pod_cidr
+                ),
+                gcp.compute.SubnetworkSecondaryIpRangeArgs(
+                    range_name=SERVICE_RANGE, ip_cidr_range=args.ranges.service_cidr
+                ),
+            ],
+            opts=child,
+        )
+        self.proxy_only_subnet = gcp.compute.Subnetwork(
+            f"{name}-proxy-only",
+            name=f"{args.name}-proxy-only",
+            project=args.project,
+            region=args.region,
+            network=self.vpc.id,
+            ip_cidr_range=args.ranges.proxy_only_cidr,
+            purpose="REGIONAL_MANAGED_PROXY",
+            role="ACTIVE",
+            opts=child,
+        )
+        self.register_outputs(
+            {
+                "vpc": self.vpc.id,
+                "subnet": self.subnet.id,
+                "proxyOnlySubnet": self.proxy_only_subnet.id,
+            }
+        )

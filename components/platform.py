@@ -1,0 +1,190 @@
+"""Platform: composes every concern of one stack, from the VPC to the per-model routes.
+
+Order of the explicit dependencies the engine must honour: proxy-only subnet -> Gateway;
+image -> EPP and BBR Deployments; InferencePool CRD -> every InferencePool -> its
+HealthCheckPolicy (and its HTTPRoute and GCPBackendPolicy).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+
+from components.bbr import BodyBasedRouter, BodyBasedRouterArgs
+from components.cluster import Cluster, ClusterArgs
+from components.config import ModelSpec, PlatformConfig
+from components.gateway import Gateway, GatewayArgs, Route
+from components.health import PoolHealthCheck, PoolHealthCheckArgs
+from components.inference_extension import InferencePool, InferencePoolArgs, InferencePoolCrd
+from components.model_server import ModelServer, ModelServerArgs
+from components.namespace import Namespace, NamespaceArgs
+from components.network import Network, NetworkArgs
+from components.podspec import SERVING_LABEL
+from components.registry import Registry, RegistryArgs
+
+UNIFIED_POOL = "all-models-pool"
+
+
+@dataclass(frozen=True)
+class PlatformArgs:
+    config: PlatformConfig
+    hf_token: pulumi.Output[str] | None = None
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What a client needs to call one model."""
+
+    served_name: str
+    pool: str
+
+
+def pool_name(model: ModelSpec) -> str:
+    return f"{model.name}-pool"
+
+
+def curl_command(address: str, served_name: str) -> str:
+    """A ready-to-paste chat completion request for ``served_name`` through the Gateway."""
+    body = json.dumps(
+        {
+            "model": served_name,
+            "messages": [{"role": "user", "content": "Say hello in one sentence."}],
+            "max_tokens": 64,
+        }
+    )
+    return f"curl -sS http://{address}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'"
+
+
+class Platform(pulumi.ComponentResource):
+    """The whole multi-model serving platform of one stack."""
+
+    network: Network
+    cluster: Cluster
+    registry: Registry
+    gateway: Gateway
+    served_models: list[ServedModel]
+    gateway_address: pulumi.Output[str]
+    curls: pulumi.Output[dict[str, str]]
+    image_ref: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+
+    def __init__(self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("gke-llm-gateway:index:Platform", name, None, opts)
+        cfg = args.config
+        child = pulumi.ResourceOptions(parent=self)
+
+        self.network = Network(
+            "network",
+            NetworkArgs(project=cfg.project, region=cfg.region, name=cfg.cluster_name, ranges=cfg.network),
+            opts=child,
+        )
+        self.cluster = Cluster("cluster", ClusterArgs(config=cfg, network=self.network), opts=child)
+        provider = self.cluster.provider
+        self.registry = Registry(
+            "registry",
+            RegistryArgs(project=cfg.project, region=cfg.region, repository=cfg.artifact_repository),
+            opts=child,
+        )
+        namespace = Namespace(
+            "namespace",
+            NamespaceArgs(name=cfg.namespace, hf_token=args.hf_token, provider=provider),
+            opts=child,
+        )
+        for model in cfg.models:
+            ModelServer(
+                model.name,
+                ModelServerArgs(
+                    model=model,
+                    node_pool=cfg.pool_for(model),
+                    namespace=namespace.ref,
+                    hf_secret_name=namespace.hf_secret_name,
+                    provider=provider,
+                ),
+                opts=child,
+            )
+
+        crd = InferencePoolCrd("inference-pool-crd", provider, opts=child)
+        self.gateway = Gateway(
+            "gateway",
+            GatewayArgs(
+                project=cfg.project,
+                region=cfg.region,
+                cluster_name=cfg.cluster_name,
+                namespace_ref=namespace.ref,
+                settings=cfg.gateway,
+                proxy_only_subnet=self.network.proxy_only_subnet,
+                provider=provider,
+            ),
+            opts=child,
+        )
+
+        routes: list[tuple[Route, dict[str, str]]]
+        if cfg.routing_mode == "per-model-pools":
+            routes = [
+                (Route(pool_name(model), model.served_name), {"llm-gateway.dev/model": model.name})
+                for model in cfg.models
+            ]
+            self.served_models = [ServedModel(model.served_name, pool_name(model)) for model in cfg.models]
+        else:
+            routes = [(Route(UNIFIED_POOL, None), {SERVING_LABEL: "vllm"})]
+            self.served_models = [ServedModel(model.served_name, UNIFIED_POOL) for model in cfg.models]
+
+        for route, selector in routes:
+            pool = InferencePool(
+                route.pool_name,
+                InferencePoolArgs(
+                    pool_name=route.pool_name,
+                    namespace=cfg.namespace,
+                    namespace_ref=namespace.ref,
+                    selector=selector,
+                    epp=cfg.epp,
+                    image_ref=self.registry.image_ref,
+                    image=self.registry.image,
+                    crd=crd.crd,
+                    provider=provider,
+                ),
+                opts=child,
+            )
+            PoolHealthCheck(
+                route.pool_name,
+                PoolHealthCheckArgs(
+                    pool_name=route.pool_name, pool=pool.pool, namespace_ref=namespace.ref, provider=provider
+                ),
+                opts=child,
+            )
+            self.gateway.route(route, pool.pool)
+
+        if cfg.routing_mode == "per-model-pools":
+            BodyBasedRouter(
+                "bbr",
+                BodyBasedRouterArgs(
+                    namespace=cfg.namespace,
+                    namespace_ref=namespace.ref,
+                    served_models=[model.served_name for model in cfg.models],
+                    settings=cfg.bbr,
+                    image_ref=self.registry.image_ref,
+                    image=self.registry.image,
+                    gateway_name=self.gateway.name,
+                    gateway=self.gateway.gateway,
+                    provider=provider,
+                ),
+                opts=child,
+            )
+
+        self.gateway_address = self.gateway.ip_address
+        served = [model.served_name for model in self.served_models]
+        self.curls = self.gateway_address.apply(
+            lambda address: {name: curl_command(address, name) for name in served}
+        )
+        self.image_ref = self.registry.image_ref
+        self.kubeconfig = self.cluster.kubeconfig
+        self.register_outputs(
+            {
+                "gatewayAddress": self.gateway_address,
+                "servedModels": self.curls,
+                "imageRef": self.image_ref,
+                "kubeconfig": self.kubeconfig,
+            }
+        )

@@ -1,0 +1,343 @@
+"""Run the Pulumi program against mocks and record every resource it registers.
+
+No Pulumi CLI, no plugins, no cloud: :func:`render_stack` reads ``Pulumi.<stack>.yaml`` from the
+repository root, runs ``__main__.py`` under :func:`pulumi.runtime.set_mocks` (``preview=False``, so
+every output resolves) and records each ``RegisterResource`` request the program sends -- type,
+name, parent, dependencies, resolved inputs -- through a :class:`MockMonitor` subclass (the
+``Mocks.new_resource`` hook sees neither parents nor dependencies). Each run gets a fresh
+``contextvars`` context and event loop, so Pulumi's ambient state never leaks from one run to the
+next and several runs work in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import copy
+import hashlib
+import json
+import runpy
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi.runtime
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+from pulumi.runtime.stack import run_pulumi_func
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROGRAM = REPO_ROOT / "__main__.py"
+PLATFORM_KEY = "platform"
+SECRET_SIG = rpc._special_secret_sig
+SIG_KEY = rpc._special_sig_key
+
+
+@dataclass(frozen=True)
+class RegisteredResource:
+    """One ``RegisterResource`` request, as the engine would have received it."""
+
+    type: str
+    """Type token, e.g. ``kubernetes:apps/v1:Deployment`` or ``gke-llm-gateway:index:Platform``."""
+    name: str
+    urn: str
+    props: dict[str, Any]
+    """Resolved inputs as plain Python (camelCase wire names, secrets unwrapped)."""
+    parent: str | None
+    """URN of the parent resource (the stack's URN for top-level resources)."""
+    dependencies: list[str]
+    """URNs this resource is ordered after: its ``depends_on`` plus the resources its inputs come from."""
+    custom: bool
+    """True for a provider-managed resource, False for a ComponentResource."""
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+    """Per input property, the URNs its value came from (the implicit part of ``dependencies``)."""
+    secret_paths: tuple[str, ...] = ()
+    """Dotted paths of the inputs that were Pulumi secrets, e.g. ``stringData.token``."""
+    provider: str | None = None
+    """Provider reference (``urn::id``) the resource was registered with, if explicit."""
+
+
+@dataclass(frozen=True)
+class StackRun:
+    """The result of one mocked run of a stack."""
+
+    stack: str
+    resources: list[RegisteredResource]
+    outputs: dict[str, Any]
+    """Stack outputs (``pulumi.export``), resolved."""
+    secret_outputs: frozenset[str]
+    """Names of the outputs that are secrets."""
+    error: BaseException | None = None
+    """What the program raised (for example a config error), when ``check=False``."""
+
+
+def load_stack_config(stack: str, root: Path = REPO_ROOT) -> tuple[str, dict[str, Any]]:
+    """The project name and the config map of ``Pulumi.<stack>.yaml`` (keys fully qualified)."""
+    project_file = root / "Pulumi.yaml"
+    stack_file = root / f"Pulumi.{stack}.yaml"
+    if not stack_file.is_file():
+        available = sorted(
+            p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in root.glob("Pulumi.*.yaml")
+        )
+        raise FileNotFoundError(f"no stack file {stack_file.name} in {root} (stacks: {', '.join(available)})")
+    project = str(yaml.safe_load(project_file.read_text(encoding="utf-8"))["name"])
+    document = yaml.safe_load(stack_file.read_text(encoding="utf-8")) or {}
+    config: dict[str, Any] = {}
+    for key, value in (document.get("config") or {}).items():
+        qualified = key if ":" in key else f"{project}:{key}"
+        if isinstance(value, Mapping) and set(value) == {"secure"}:
+            continue  # encrypted with the stack's key; a mocked run cannot decrypt it
+        config[qualified] = value
+    return project, config
+
+
+def _deep_merge(base: Any, override: Any) -> Any:
+    if isinstance(base, Mapping) and isinstance(override, Mapping):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _deep_merge(base[key], value) if key in base else copy.deepcopy(value)
+        return merged
+    return copy.deepcopy(override)
+
+
+def _config_value(value: Any) -> str:
+    """Pulumi hands structured config to the program as JSON text."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _plain(value: Any, path: str, secrets: list[str]) -> Any:
+    """Deserialized RPC value -> plain Python, recording where secrets were."""
+    if isinstance(value, dict):
+        if value.get(SIG_KEY) == SECRET_SIG:
+            secrets.append(path)
+            return _plain(value.get("value"), path, secrets)
+        return {key: _plain(item, f"{path}.{key}" if path else key, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item, f"{path}[{index}]", secrets) for index, item in enumerate(value)]
+    if isinstance(value, pulumi.Resource):
+        return f"<resource {type(value).__name__}>"
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # the wire format (protobuf Struct) carries every number as a double
+    return value
+
+
+class PlatformMocks(pulumi_mocks.Mocks):
+    """Cloud-side values the program reads back: IDs, endpoints, addresses, image digests."""
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        inputs = dict(args.inputs)
+        outputs = dict(inputs)
+        token = args.typ
+        if token == "gcp:container/cluster:Cluster":
+            outputs["endpoint"] = "203.0.113.10"
+            outputs["masterAuth"] = {"clusterCaCertificate": "bW9jay1jbHVzdGVyLWNh"}
+            location = f"projects/{inputs.get('project')}/locations/{inputs.get('location')}"
+            return f"{location}/clusters/{inputs.get('name')}", outputs
+        if token == "gcp:compute/address:Address":
+            outputs["address"] = "203.0.113.20"
+        elif token == "gcp:serviceaccount/account:Account":
+            outputs["email"] = f"{inputs.get('accountId')}@{inputs.get('project')}.iam.gserviceaccount.com"
+        elif token == "docker-build:index:Image":
+            digest = "sha256:" + hashlib.sha256(args.name.encode()).hexdigest()
+            tags = inputs.get("tags") or [f"mock.local/{args.name}:latest"]
+            outputs["digest"] = digest
+            outputs["ref"] = f"{tags[0]}@{digest}"
+        return f"{args.name}-id", outputs
+
+    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        if args.token == "gcp:organizations/getClientConfig:getClientConfig":
+            return {
+                "accessToken": "mock-access-token",
+                "project": "mock-project",
+                "region": "mock-region",
+                "zone": "mock-zone",
+                "id": "mock",
+            }, []
+        return {}, []
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """A mock monitor that also keeps each RegisterResource request, in arrival order."""
+
+    def __init__(self, mocks: pulumi_mocks.Mocks) -> None:
+        super().__init__(mocks)
+        self.recorded: list[RegisteredResource] = []
+        self._lock = threading.Lock()
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        if request.type != "pulumi:pulumi:Stack":
+            secrets: list[str] = []
+            props = _plain(rpc.deserialize_properties(request.object), "", secrets)
+            record = RegisteredResource(
+                type=request.type,
+                name=request.name,
+                urn=response.urn,
+                props=props,
+                parent=request.parent or None,
+                dependencies=list(request.dependencies),
+                custom=bool(request.custom),
+                property_dependencies={
+                    key: list(deps.urns) for key, deps in request.propertyDependencies.items()
+                },
+                secret_paths=tuple(secrets),
+                provider=request.provider or None,
+            )
+            with self._lock:
+                self.recorded.append(record)
+        return response
+
+
+async def _resolve_outputs(outputs: Mapping[str, Any]) -> tuple[dict[str, Any], frozenset[str]]:
+    values: dict[str, Any] = {}
+    secret: set[str] = set()
+    for name, value in outputs.items():
+        output = pulumi.Output.from_input(value)
+        values[name] = await output.future()
+        if await output.is_secret():
+            secret.add(name)
+    return values, frozenset(secret)
+
+
+def _run(
+    stack: str, config: dict[str, str], secret_keys: list[str], project: str
+) -> tuple[RecordingMonitor, dict[str, Any], frozenset[str], BaseException | None]:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    monitor = RecordingMonitor(PlatformMocks())
+    outputs: dict[str, Any] = {}
+    secret_outputs: frozenset[str] = frozenset()
+    error: BaseException | None = None
+    try:
+        pulumi.runtime.set_mocks(monitor.mocks, project=project, stack=stack, preview=False, monitor=monitor)
+        pulumi.runtime.set_all_config(config, secret_keys)
+
+        async def program() -> None:
+            nonlocal outputs, secret_outputs
+            runpy.run_path(str(PROGRAM), run_name="__main__")
+            root = pulumi.runtime.get_root_resource()
+            exported = getattr(root, "outputs", {}) if root is not None else {}
+            outputs, secret_outputs = await _resolve_outputs(exported)
+
+        try:
+            loop.run_until_complete(run_pulumi_func(program))
+        except Exception as exc:  # the program's own failure, reported to the caller
+            error = exc
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+        asyncio.set_event_loop(None)
+    return monitor, outputs, secret_outputs, error
+
+
+def render_stack(
+    stack: str,
+    config_overrides: Mapping[str, Any] | None = None,
+    *,
+    secrets: Mapping[str, str] | None = None,
+    check: bool = True,
+) -> StackRun:
+    """Run the program for ``stack`` against mocks.
+
+    ``config_overrides`` is deep-merged into the ``platform`` config object (lists replace lists);
+    ``secrets`` sets secret config values by key (``{"hfToken": "hf_..."}``). With ``check`` the
+    program's error is raised; otherwise it is returned in :attr:`StackRun.error`.
+    """
+    project, config = load_stack_config(stack)
+    platform_key = f"{project}:{PLATFORM_KEY}"
+    if config_overrides:
+        config[platform_key] = _deep_merge(config.get(platform_key, {}), config_overrides)
+    secret_keys: list[str] = []
+    for key, value in (secrets or {}).items():
+        qualified = key if ":" in key else f"{project}:{key}"
+        config[qualified] = value
+        secret_keys.append(qualified)
+    wire_config = {key: _config_value(value) for key, value in config.items()}
+
+    context = contextvars.Context()
+    monitor, outputs, secret_outputs, error = context.run(_run, stack, wire_config, secret_keys, project)
+    if error is not None and check:
+        raise error
+    return StackRun(
+        stack=stack,
+        resources=list(monitor.recorded),
+        outputs=outputs,
+        secret_outputs=secret_outputs,
+        error=error,
+    )
+
+
+def run_stack(
+    stack: str,
+    config_overrides: Mapping[str, Any] | None = None,
+    *,
+    secrets: Mapping[str, str] | None = None,
+) -> list[RegisteredResource]:
+    """Every resource the program registers for ``stack`` (raises what the program raises)."""
+    return render_stack(stack, config_overrides, secrets=secrets).resources
+
+
+_KIND_ORDER = (
+    "Namespace",
+    "CustomResourceDefinition",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "Secret",
+    "ConfigMap",
+    "Service",
+    "Deployment",
+)
+
+
+def _masked(value: Any, path: str, secret_paths: set[str]) -> Any:
+    if path in secret_paths:
+        return "[secret]"
+    if isinstance(value, dict):
+        return {
+            key: _masked(item, f"{path}.{key}" if path else key, secret_paths) for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_masked(item, f"{path}[{index}]", secret_paths) for index, item in enumerate(value)]
+    return value
+
+
+def _sorted(value: Any) -> Any:
+    """A deep copy with mapping keys sorted (the wire format does not keep the program's order)."""
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(item) for item in value]
+    return value
+
+
+def kubernetes_objects(
+    resources: list[RegisteredResource], *, mask_secrets: bool = False
+) -> list[dict[str, Any]]:
+    """The manifests (apiVersion, kind, metadata, ...) of every Kubernetes object, in apply order.
+
+    With ``mask_secrets`` every input that was a Pulumi secret reads ``[secret]``.
+    """
+    objects: list[dict[str, Any]] = []
+    for resource in resources:
+        if not resource.custom or not resource.type.startswith("kubernetes:"):
+            continue
+        props = _masked(resource.props, "", set(resource.secret_paths)) if mask_secrets else resource.props
+        if "apiVersion" not in props or "kind" not in props:
+            continue
+        first = [key for key in ("apiVersion", "kind", "metadata", "spec") if key in props]
+        manifest = {key: _sorted(props[key]) for key in first}
+        manifest.update({key: _sorted(props[key]) for key in sorted(props) if key not in manifest})
+        objects.append(manifest)
+
+    def order(manifest: dict[str, Any]) -> tuple[int, str, str, str]:
+        kind = str(manifest["kind"])
+        rank = _KIND_ORDER.index(kind) if kind in _KIND_ORDER else len(_KIND_ORDER)
+        metadata = manifest.get("metadata") or {}
+        return rank, kind, str(metadata.get("namespace", "")), str(metadata.get("name", ""))
+
+    return sorted(objects, key=order)
