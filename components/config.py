@@ -61,6 +61,9 @@ DNS_LABEL = r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"
 HEADER_VALUE = re.compile(r"^[\x21-\x7e]{1,256}$")
 """A served model name travels in ``X-Gateway-Base-Model-Name``: visible ASCII, no spaces."""
 
+PINNED_IMAGE = re.compile(r"^[^\s@]+@sha256:[0-9a-f]{64}$")
+"""``name[:tag]@sha256:<digest>``: what runs is what was reviewed, whatever happens to the tag."""
+
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 
 
@@ -171,6 +174,16 @@ class ModelSpec(_Model):
             raise ValueError(
                 f"{value!r} is not a valid HTTP header value for X-Gateway-Base-Model-Name "
                 "(1-256 visible ASCII characters, no spaces or control characters)"
+            )
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if not PINNED_IMAGE.match(value):
+            raise ValueError(
+                f"{value!r} is not pinned by digest; use name[:tag]@sha256:<64 hex digits> "
+                "(docker buildx imagetools inspect <name:tag> prints the digest)"
             )
         return value
 
