@@ -1,0 +1,134 @@
+"""Every object the program would apply is valid: custom resources against the CRD schemas in
+``../shared/schemas``, core objects against the upstream Kubernetes OpenAPI (kubernetes-validate)."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+
+from render import StackRun, kubernetes_objects
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+SCHEMAS = SHARED / "schemas"
+KUBERNETES_VERSION = "1.34.0"
+CORE_GROUPS = {"", "apps", "rbac.authorization.k8s.io", "apiextensions.k8s.io"}
+
+needs_shared = pytest.mark.skipif(
+    not SCHEMAS.is_dir(), reason=f"the shared CRD schemas are not at {SCHEMAS} (../shared beside the repo)"
+)
+
+
+def _group_version(api_version: str) -> tuple[str, str]:
+    group, _, version = api_version.rpartition("/")
+    return group, version
+
+
+def _strict(schema: Any) -> Any:
+    """The schema with unknown fields rejected wherever it lists the known ones.
+
+    The API server silently prunes unknown fields of a structural CRD schema; a unit test should
+    instead fail on them, since a pruned field is a typo that never takes effect.
+    """
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {key: _strict(value) for key, value in schema.items()}
+    if (
+        schema.get("type") == "object"
+        and "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        strict["additionalProperties"] = False
+    return strict
+
+
+@cache
+def _schema(group: str, kind: str, version: str) -> dict[str, Any]:
+    path = SCHEMAS / group / f"{kind.lower()}_{version}.json"
+    assert path.is_file(), f"no schema for {group}/{version} {kind} at {path}"
+    schema: dict[str, Any] = _strict(json.loads(path.read_text(encoding="utf-8")))
+    return schema
+
+
+def _schema_errors(manifest: dict[str, Any]) -> list[str]:
+    group, version = _group_version(manifest["apiVersion"])
+    schema = _schema(group, manifest["kind"], version)
+    validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft4Validator)
+    return sorted(
+        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+        for error in validator_class(schema).iter_errors(manifest)
+    )
+
+
+def _custom_resources(run: StackRun) -> list[dict[str, Any]]:
+    return [
+        o for o in kubernetes_objects(run.resources) if _group_version(o["apiVersion"])[0] not in CORE_GROUPS
+    ]
+
+
+def _core_objects(run: StackRun) -> list[dict[str, Any]]:
+    return [o for o in kubernetes_objects(run.resources) if _group_version(o["apiVersion"])[0] in CORE_GROUPS]
+
+
+@needs_shared
+def test_every_custom_resource_matches_its_crd_schema(stack_run: StackRun) -> None:
+    custom = _custom_resources(stack_run)
+    kinds = {o["kind"] for o in custom}
+
+    assert kinds == {
+        "InferencePool",
+        "HealthCheckPolicy",
+        "GCPBackendPolicy",
+        "GCPRoutingExtension",
+        "Gateway",
+        "HTTPRoute",
+    }
+    for manifest in custom:
+        assert _schema_errors(manifest) == [], f"{manifest['kind']} {manifest['metadata']['name']}"
+
+
+@needs_shared
+def test_a_misspelt_field_in_a_custom_resource_would_fail_validation(gpu: StackRun) -> None:
+    [pool, *_] = [o for o in _custom_resources(gpu) if o["kind"] == "InferencePool"]
+    pool["spec"]["targetPort"] = pool["spec"].pop("targetPorts")
+
+    assert any("targetPort" in error for error in _schema_errors(pool))
+
+
+@needs_shared
+def test_every_inference_pool_names_its_picker_port_as_the_crd_rule_requires(stack_run: StackRun) -> None:
+    pools = [o for o in _custom_resources(stack_run) if o["kind"] == "InferencePool"]
+
+    assert pools
+    for pool in pools:
+        ref = pool["spec"]["endpointPickerRef"]
+        assert ref.get("kind", "Service") != "Service" or "port" in ref
+
+
+def test_every_core_object_is_valid_kubernetes(stack_run: StackRun) -> None:
+    core = _core_objects(stack_run)
+
+    assert {o["kind"] for o in core} >= {
+        "Namespace",
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    }
+    for manifest in core:
+        try:
+            kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(
+                f"{manifest['kind']} {manifest['metadata']['name']}: {error.message} at {list(error.path)}"
+            )
