@@ -23,7 +23,9 @@ RULE_NAMES = [rule.name for rule in rules.RESOURCE_RULES] + [rule.name for rule 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 CLUSTER = "gcp:container/cluster:Cluster"
 POOL = "kubernetes:inference.networking.k8s.io/v1:InferencePool"
-DESCRIPTIONS = {rule.name: rule.description for rule in (*rules.RESOURCE_RULES, *rules.STACK_RULES)}
+DESCRIPTIONS = {rule.name: rule.description for rule in rules.RESOURCE_RULES} | {
+    rule.name: rule.description for rule in rules.STACK_RULES
+}
 
 
 @pytest.fixture(scope="module")
