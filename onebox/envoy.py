@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import yaml
@@ -49,6 +49,9 @@ _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProt
 _BBR_FILTER = "envoy.filters.http.ext_proc.bbr"
 _EPP_FILTER = "envoy.filters.http.ext_proc.epp"
 _ORIGINAL_DST = "original-destination"
+
+# How the EPP sees responses (see _epp_processing_mode).
+ResponseMode = Literal["streamed", "full-duplex"]
 
 _NOT_FOUND = json.dumps(
     {
@@ -118,30 +121,40 @@ def _grpc_service(cluster: str) -> dict[str, Any]:
     return {"envoy_grpc": {"cluster_name": cluster}, "timeout": "30s"}
 
 
-def _epp_processing_mode() -> dict[str, str]:
-    """What the EPP needs: the whole request (full duplex, so trailers too) and the response."""
-    return {
+def _epp_processing_mode(response: ResponseMode | None) -> dict[str, str]:
+    """The whole request, full duplex (which needs the trailers too), and the response as asked.
+
+    ``streamed``: response headers, then the body only when the processor asks for it (it does for
+    SSE streams and errors, through a mode override). ``full-duplex``: every response chunk.
+    ``None``: no response processing (the BBR).
+    """
+    mode = {
         "request_header_mode": "SEND",
         "request_body_mode": "FULL_DUPLEX_STREAMED",
         "request_trailer_mode": "SEND",
-        "response_header_mode": "SEND",
-        "response_body_mode": "FULL_DUPLEX_STREAMED",
-        "response_trailer_mode": "SEND",
+        "response_header_mode": "SKIP",
+        "response_body_mode": "NONE",
+        "response_trailer_mode": "SKIP",
     }
+    if response == "streamed":
+        mode.update(response_header_mode="SEND", response_body_mode="STREAMED")
+    elif response == "full-duplex":
+        mode.update(response_header_mode="SEND", response_body_mode="FULL_DUPLEX_STREAMED",
+                    response_trailer_mode="SEND")
+    return mode
 
 
-def _ext_proc_filter(name: str, cluster: str, *, response: bool) -> dict[str, Any]:
-    mode = _epp_processing_mode()
-    if not response:
-        mode.update(response_header_mode="SKIP", response_body_mode="NONE", response_trailer_mode="SKIP")
+def _ext_proc_filter(name: str, cluster: str, *, response: ResponseMode | None) -> dict[str, Any]:
+    mode = _epp_processing_mode(response)
     config: dict[str, Any] = {
         "@type": _EXT_PROC,
         "grpc_service": _grpc_service(cluster),
         "failure_mode_allow": False,
         "message_timeout": "10s",
         "processing_mode": mode,
+        "allow_mode_override": response == "streamed",
     }
-    if response:
+    if response is not None:
         config["metadata_options"] = {
             "forwarding_namespaces": {"untyped": [SUBSET_HINT_NAMESPACE]},
             "receiving_namespaces": {"untyped": ["envoy.lb"]},
@@ -233,7 +246,13 @@ def _to_pod_route() -> dict[str, Any]:
 
 
 def gateway_config(
-    *, bbr: str, pools: Sequence[PoolRoute], host: str = "127.0.0.1", port: int = 0, admin_port: int = 0
+    *,
+    bbr: str,
+    pools: Sequence[PoolRoute],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    admin_port: int = 0,
+    response_mode: ResponseMode = "streamed",
 ) -> dict[str, Any]:
     """The gateway with per-model pools: BBR → route on the base model → that pool's EPP → the pod.
 
@@ -268,8 +287,8 @@ def gateway_config(
             )
     routes.append(_not_found_route())
     filters = [
-        _ext_proc_filter(_BBR_FILTER, "bbr", response=False),
-        _ext_proc_filter(_EPP_FILTER, f"epp-{pools[0].name}", response=True),
+        _ext_proc_filter(_BBR_FILTER, "bbr", response=None),
+        _ext_proc_filter(_EPP_FILTER, f"epp-{pools[0].name}", response=response_mode),
     ]
     clusters = [
         _static_cluster("bbr", [bbr], grpc=True),
@@ -280,11 +299,16 @@ def gateway_config(
 
 
 def unified_gateway_config(
-    *, epp: str, host: str = "127.0.0.1", port: int = 0, admin_port: int = 0
+    *,
+    epp: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    admin_port: int = 0,
+    response_mode: ResponseMode = "streamed",
 ) -> dict[str, Any]:
     """The gateway with one pool for every model: one EPP picks among all pods (no BBR needed)."""
     routes = [{"name": "pool", "match": {"prefix": "/v1/"}, "route": _to_pod_route()}, _not_found_route()]
-    filters = [_ext_proc_filter(_EPP_FILTER, "epp", response=True)]
+    filters = [_ext_proc_filter(_EPP_FILTER, "epp", response=response_mode)]
     clusters = [_static_cluster("epp", [epp], grpc=True), _original_dst_cluster(DESTINATION_HEADER)]
     return _bootstrap(_listener(routes, filters, host, port), clusters, admin_port)
 

@@ -111,8 +111,11 @@ class Outcome:
 class EnvoyStream:
     """One HTTP request as Envoy's ext_proc filter would present it (FULL_DUPLEX_STREAMED)."""
 
-    def __init__(self, stub: external_processor_pb2_grpc.ExternalProcessorStub) -> None:
+    def __init__(
+        self, stub: external_processor_pb2_grpc.ExternalProcessorStub, *, response_mode: int = FULL_DUPLEX
+    ) -> None:
         self.call = stub.Process()
+        self.response_mode = response_mode
 
     async def send_request(
         self,
@@ -133,7 +136,7 @@ class EnvoyStream:
         first = ProcessingRequest(
             request_headers=HttpHeaders(headers=header_map(all_headers), end_of_stream=body is None),
             protocol_config=ProtocolConfiguration(
-                request_body_mode=FULL_DUPLEX, response_body_mode=FULL_DUPLEX
+                request_body_mode=FULL_DUPLEX, response_body_mode=self.response_mode
             ),
         )
         if metadata is not None:
@@ -161,12 +164,18 @@ class EnvoyStream:
             outcome.responses.append(await self.call.read())
         return outcome
 
+    async def send_response_headers(
+        self, status: int, *, content_type: str = "application/json"
+    ) -> ProcessingResponse:
+        headers = {":status": str(status), "content-type": content_type}
+        await self.call.write(ProcessingRequest(response_headers=HttpHeaders(headers=header_map(headers))))
+        answer: ProcessingResponse = await self.call.read()
+        return answer
+
     async def send_response(
         self, status: int, body: bytes, *, content_type: str = "application/json", chunk_size: int = 16_384
     ) -> list[ProcessingResponse]:
-        headers = {":status": str(status), "content-type": content_type}
-        await self.call.write(ProcessingRequest(response_headers=HttpHeaders(headers=header_map(headers))))
-        answers = [await self.call.read()]
+        answers = [await self.send_response_headers(status, content_type=content_type)]
         pieces = [body[i:i + chunk_size] for i in range(0, len(body), chunk_size)] or [b""]
         for index, piece in enumerate(pieces):
             last = index == len(pieces) - 1

@@ -7,6 +7,8 @@ import json
 from collections.abc import Callable
 
 import pytest
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingRequest
 from epp.datastore import Datastore
 from epp.extproc import EndpointPicker
 from epp.telemetry import Telemetry
@@ -278,3 +280,60 @@ async def test_requests_are_counted_by_model_and_outcome() -> None:
     sample = telemetry.registry.get_sample_value
     assert sample("epp_requests_total", {"model": GEMMA, "outcome": "routed"}) == 1
     assert sample("epp_requests_total", {"model": "none", "outcome": "unknown_model"}) == 1
+
+
+async def test_in_streamed_response_mode_a_complete_answer_ends_the_request_at_its_headers() -> None:
+    datastore = gemma_and_phi()
+    gemma = datastore.get("10.0.0.1:8000")
+    assert gemma is not None
+    async with serving(picker(datastore)) as stub:
+        stream = EnvoyStream(stub, response_mode=ProcessingMode.STREAMED)
+        await stream.send_request(completion(GEMMA))
+        assert gemma.in_flight == 1
+        answer = await stream.send_response_headers(200)
+
+    assert answer.HasField("response_headers")
+    assert answer.mode_override.response_body_mode == ProcessingMode.NONE
+    assert gemma.in_flight == 0
+
+
+async def test_in_streamed_response_mode_an_sse_stream_is_followed_to_its_end() -> None:
+    datastore = gemma_and_phi()
+    gemma = datastore.get("10.0.0.1:8000")
+    assert gemma is not None
+    async with serving(picker(datastore)) as stub:
+        stream = EnvoyStream(stub, response_mode=ProcessingMode.STREAMED)
+        await stream.send_request(completion(GEMMA))
+        answer = await stream.send_response_headers(200, content_type="text/event-stream")
+        assert not answer.HasField("mode_override")
+        assert gemma.in_flight == 1
+        await stream.call.write(ProcessingRequest(response_body=HttpBody(body=b"data: {}\n\n")))
+        assert (await stream.call.read()).HasField("response_body")
+        assert gemma.in_flight == 1
+        await stream.call.write(ProcessingRequest(response_body=HttpBody(body=b"data: [DONE]\n\n",
+                                                                         end_of_stream=True)))
+        assert (await stream.call.read()).HasField("response_body")
+    assert gemma.in_flight == 0
+
+
+async def test_in_streamed_response_mode_an_error_body_is_buffered_and_read() -> None:
+    refreshed: list[str] = []
+
+    class Refresher:
+        def request_refresh(self, address: str) -> bool:
+            refreshed.append(address)
+            return True
+
+    datastore = gemma_and_phi()
+    telemetry = Telemetry("epp", datastore)
+    servicer = EndpointPicker(datastore, LeastBusyScheduler(), telemetry, refresher=Refresher())
+    async with serving(servicer) as stub:
+        stream = EnvoyStream(stub, response_mode=ProcessingMode.STREAMED)
+        await stream.send_request(completion(GEMMA))
+        answer = await stream.send_response_headers(404)
+        assert answer.mode_override.response_body_mode == ProcessingMode.BUFFERED
+        body = b'{"error": {"message": "The model `google/gemma-2b-it` does not exist."}}'
+        await stream.call.write(ProcessingRequest(response_body=HttpBody(body=body, end_of_stream=True)))
+        await stream.call.read()
+    assert refreshed == ["10.0.0.1:8000"]
+    assert datastore.get("10.0.0.1:8000").in_flight == 0  # type: ignore[union-attr]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     BodyMutation,
     BodyResponse,
@@ -42,6 +43,20 @@ CONTINUE_REQUEST_BODY = ProcessingResponse(request_body=BodyResponse())
 CONTINUE_RESPONSE_BODY = ProcessingResponse(response_body=BodyResponse())
 CONTINUE_REQUEST_TRAILERS = ProcessingResponse(request_trailers=TrailersResponse())
 CONTINUE_RESPONSE_TRAILERS = ProcessingResponse(response_trailers=TrailersResponse())
+# Mode overrides answering response headers (honoured when the filter allows mode overrides and the
+# response body mode is not FULL_DUPLEX_STREAMED).
+CONTINUE_RESPONSE_HEADERS_SKIP_BODY = ProcessingResponse(
+    response_headers=HeadersResponse(),
+    mode_override=ProcessingMode(
+        response_body_mode=ProcessingMode.NONE, response_trailer_mode=ProcessingMode.SKIP
+    ),
+)
+CONTINUE_RESPONSE_HEADERS_BUFFER_BODY = ProcessingResponse(
+    response_headers=HeadersResponse(),
+    mode_override=ProcessingMode(
+        response_body_mode=ProcessingMode.BUFFERED, response_trailer_mode=ProcessingMode.SKIP
+    ),
+)
 EMPTY_RESPONSE_BODY_END = ProcessingResponse(
     response_body=BodyResponse(
         response=CommonResponse(

@@ -26,6 +26,8 @@ from epp.extproc.messages import (
     CONTINUE_REQUEST_TRAILERS,
     CONTINUE_RESPONSE_BODY,
     CONTINUE_RESPONSE_HEADERS,
+    CONTINUE_RESPONSE_HEADERS_BUFFER_BODY,
+    CONTINUE_RESPONSE_HEADERS_SKIP_BODY,
     CONTINUE_RESPONSE_TRAILERS,
     headers_to_dict,
     request_body_chunks,
@@ -122,7 +124,7 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
         exchange = Exchange()
         parts: list[bytes] = []
         request_full_duplex = True
-        response_full_duplex = True
+        response_mode = _FULL_DUPLEX
         try:
             read = context.read
             write = context.write
@@ -151,7 +153,7 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                     exchange.response.on_body(message.body)
                     if message.end_of_stream:
                         self._finish(exchange)
-                    if response_full_duplex:
+                    if response_mode == _FULL_DUPLEX:
                         await write(response_body_chunk(message.body, message.end_of_stream))
                     else:
                         await write(CONTINUE_RESPONSE_BODY)
@@ -159,7 +161,7 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                     if request.HasField("protocol_config"):
                         config = request.protocol_config
                         request_full_duplex = config.request_body_mode in (_FULL_DUPLEX, _NONE)
-                        response_full_duplex = config.response_body_mode == _FULL_DUPLEX
+                        response_mode = config.response_body_mode
                     headers = request.request_headers
                     exchange.headers = headers_to_dict(headers)
                     exchange.request_id = exchange.headers.get("x-request-id", "")
@@ -197,10 +199,21 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                             await write(chunk)
                     await write(CONTINUE_REQUEST_TRAILERS)
                 elif kind == "response_headers":
-                    exchange.response.on_headers(headers_to_dict(request.response_headers))
+                    response = exchange.response
+                    response.on_headers(headers_to_dict(request.response_headers))
                     if request.response_headers.end_of_stream:
                         self._finish(exchange)
-                    await write(CONTINUE_RESPONSE_HEADERS)
+                        await write(CONTINUE_RESPONSE_HEADERS)
+                    elif response_mode == _FULL_DUPLEX or response.streaming:
+                        await write(CONTINUE_RESPONSE_HEADERS)
+                    elif response.status >= 400:
+                        # Errors are rare and their body tells why (e.g. model not found): read it whole.
+                        await write(CONTINUE_RESPONSE_HEADERS_BUFFER_BODY)
+                    else:
+                        # A complete non-streaming answer: its body is not needed, and once Envoy has
+                        # it the request is as good as done.
+                        self._finish(exchange)
+                        await write(CONTINUE_RESPONSE_HEADERS_SKIP_BODY)
                 elif kind == "response_trailers":
                     self._finish(exchange)
                     await write(CONTINUE_RESPONSE_TRAILERS)
