@@ -29,7 +29,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from onebox.envoy import EnvoyProcess, passthrough_config, unified_gateway_config
+from onebox.envoy import EnvoyProcess, ResponseMode, passthrough_config, unified_gateway_config
 
 MODEL = "bench/echo-model"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
@@ -286,12 +286,16 @@ async def _measure(port: int, request: bytes, case: Case) -> list[float]:
     return latencies
 
 
-async def benchmark(cases: Sequence[Case], throughput_seconds: float, profile: str) -> None:
+async def benchmark(
+    cases: Sequence[Case], throughput_seconds: float, profile: str, response_mode: ResponseMode
+) -> None:
     async with _backend() as backend_port, _epp(backend_port, profile) as epp_port:
         destination = f"127.0.0.1:{backend_port}"
         async with (
             EnvoyProcess(passthrough_config()) as baseline,
-            EnvoyProcess(unified_gateway_config(epp=f"127.0.0.1:{epp_port}")) as gateway,
+            EnvoyProcess(
+                unified_gateway_config(epp=f"127.0.0.1:{epp_port}", response_mode=response_mode)
+            ) as gateway,
         ):
             results: list[CaseResult] = []
             for case in cases:
@@ -319,7 +323,8 @@ async def benchmark(cases: Sequence[Case], throughput_seconds: float, profile: s
             base_latencies, base_seconds = await run_load(
                 baseline.port, completion_request(baseline.port, destination, 1024), 8, 4000
             )
-    _print(results, count / elapsed, len(base_latencies) / base_seconds, profile)
+    label = f"profile {profile}, responses {response_mode}"
+    _print(results, count / elapsed, len(base_latencies) / base_seconds, label)
 
 
 def _ms(seconds: float) -> str:
@@ -327,7 +332,7 @@ def _ms(seconds: float) -> str:
 
 
 def _print(results: Sequence[CaseResult], gateway_rps: float, baseline_rps: float, profile: str) -> None:
-    print(f"Envoy + EPP (profile {profile}) vs Envoy alone; latencies in ms; {os.cpu_count()} CPUs")
+    print(f"Envoy + EPP ({profile}) vs Envoy alone; latencies in ms; {os.cpu_count()} CPUs")
     print(
         f"{'conc':>4} {'body':>6} {'n':>6} | {'base p50':>8} {'base p99':>8} | {'gw p50':>8} {'gw p99':>8} | "
         f"{'+p50':>8} {'+p99':>8}"
@@ -351,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per case and path")
     parser.add_argument("--throughput-seconds", type=float, default=5.0)
     parser.add_argument("--profile", default="default", help="the EPP's scheduling profile")
+    parser.add_argument("--response-mode", choices=["streamed", "full-duplex"], default="streamed",
+                        help="how Envoy shows responses to the EPP (see onebox.envoy)")
     parser.add_argument("--serve-backend", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_backend:
@@ -362,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for concurrency in (1, 8)
         for size in (1024, 100 * 1024)
     ]
-    asyncio.run(benchmark(cases, args.throughput_seconds, args.profile))
+    asyncio.run(benchmark(cases, args.throughput_seconds, args.profile, args.response_mode))
     return 0
 
 
