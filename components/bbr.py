@@ -8,7 +8,6 @@ the load balancer over gRPC (grpc.health.v1, service ``readiness``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -16,6 +15,8 @@ import pulumi_kubernetes as k8s
 from components.config import BbrSettings
 from components.podspec import (
     EPP_IMAGE_UID,
+    Fields,
+    command_line,
     container_security_context,
     empty_dir,
     grpc_probe,
@@ -58,80 +59,79 @@ class BodyBasedRouter(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
         bbr_labels = labels("bbr", BBR_NAME)
         selector = {"app.kubernetes.io/name": "bbr", "app.kubernetes.io/instance": BBR_NAME}
-        metadata: dict[str, Any] = {"name": BBR_NAME, "namespace": args.namespace_ref, "labels": bbr_labels}
+        metadata: Fields = {"name": BBR_NAME, "namespace": args.namespace_ref, "labels": bbr_labels}
 
+        deployment_spec: Fields = {
+            "replicas": args.settings.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": bbr_labels},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security_context(EPP_IMAGE_UID),
+                    "containers": [
+                        {
+                            "name": "bbr",
+                            "image": args.image_ref,
+                            "command": ["bbr"],
+                            "args": command_line(
+                                {
+                                    "--grpc-port": BBR_GRPC_PORT,
+                                    "--health-port": BBR_HEALTH_PORT,
+                                    "--metrics-port": METRICS_PORT,
+                                    "--served-models": ",".join(args.served_models),
+                                    "--bind": "0.0.0.0",
+                                }
+                            ),
+                            "ports": [
+                                {"name": "grpc", "containerPort": BBR_GRPC_PORT, "protocol": "TCP"},
+                                {
+                                    "name": "grpc-health",
+                                    "containerPort": BBR_HEALTH_PORT,
+                                    "protocol": "TCP",
+                                },
+                                {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+                            ],
+                            "livenessProbe": grpc_probe(BBR_HEALTH_PORT, "liveness"),
+                            "readinessProbe": grpc_probe(BBR_HEALTH_PORT, "readiness", period=2),
+                            "resources": resources(args.settings.resources),
+                            "securityContext": container_security_context(),
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                        }
+                    ],
+                    "volumes": [empty_dir("tmp", "64Mi")],
+                },
+            },
+        }
         self.deployment = k8s.apps.v1.Deployment(
             BBR_NAME,
             metadata=metadata,
-            spec={
-                "replicas": args.settings.replicas,
-                "selector": {"matchLabels": selector},
-                "template": {
-                    "metadata": {"labels": bbr_labels},
-                    "spec": {
-                        "automountServiceAccountToken": False,
-                        "securityContext": pod_security_context(EPP_IMAGE_UID),
-                        "containers": [
-                            {
-                                "name": "bbr",
-                                "image": args.image_ref,
-                                "command": ["bbr"],
-                                "args": [
-                                    "--grpc-port",
-                                    str(BBR_GRPC_PORT),
-                                    "--health-port",
-                                    str(BBR_HEALTH_PORT),
-                                    "--metrics-port",
-                                    str(METRICS_PORT),
-                                    "--served-models",
-                                    ",".join(args.served_models),
-                                    "--bind",
-                                    "0.0.0.0",
-                                ],
-                                "ports": [
-                                    {"name": "grpc", "containerPort": BBR_GRPC_PORT, "protocol": "TCP"},
-                                    {
-                                        "name": "grpc-health",
-                                        "containerPort": BBR_HEALTH_PORT,
-                                        "protocol": "TCP",
-                                    },
-                                    {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
-                                ],
-                                "livenessProbe": grpc_probe(BBR_HEALTH_PORT, "liveness"),
-                                "readinessProbe": grpc_probe(BBR_HEALTH_PORT, "readiness", period=2),
-                                "resources": resources(args.settings.resources),
-                                "securityContext": container_security_context(),
-                                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                            }
-                        ],
-                        "volumes": [empty_dir("tmp", "64Mi")],
-                    },
-                },
-            },
+            spec=deployment_spec,
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.image]),
         )
+        service_spec: Fields = {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [
+                {
+                    "name": "grpc",
+                    "port": BBR_GRPC_PORT,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "HTTP2",
+                },
+                {
+                    "name": "grpc-health",
+                    "port": BBR_HEALTH_PORT,
+                    "targetPort": "grpc-health",
+                    "protocol": "TCP",
+                },
+            ],
+        }
         self.service = k8s.core.v1.Service(
             BBR_NAME,
             metadata=metadata,
-            spec={
-                "type": "ClusterIP",
-                "selector": selector,
-                "ports": [
-                    {
-                        "name": "grpc",
-                        "port": BBR_GRPC_PORT,
-                        "targetPort": "grpc",
-                        "protocol": "TCP",
-                        "appProtocol": "HTTP2",
-                    },
-                    {
-                        "name": "grpc-health",
-                        "port": BBR_HEALTH_PORT,
-                        "targetPort": "grpc-health",
-                        "protocol": "TCP",
-                    },
-                ],
-            },
+            spec=service_spec,
             opts=child,
         )
         self.extension = k8s.apiextensions.CustomResource(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -20,6 +19,8 @@ import yaml
 from components.config import EppSettings
 from components.podspec import (
     EPP_IMAGE_UID,
+    Fields,
+    command_line,
     container_security_context,
     empty_dir,
     grpc_probe,
@@ -108,7 +109,7 @@ class InferencePool(pulumi.ComponentResource):
         epp_selector = {"app.kubernetes.io/name": "epp", "app.kubernetes.io/instance": epp_name}
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
 
-        def meta(object_name: str) -> dict[str, Any]:
+        def meta(object_name: str) -> Fields:
             return {"name": object_name, "namespace": args.namespace_ref, "labels": epp_labels}
 
         self.pool = k8s.apiextensions.CustomResource(
@@ -137,26 +138,33 @@ class InferencePool(pulumi.ComponentResource):
         service_account = k8s.core.v1.ServiceAccount(
             epp_name, metadata=meta(epp_name), automount_service_account_token=True, opts=child
         )
+        rules: Fields = [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {
+                "apiGroups": [INFERENCE_GROUP],
+                "resources": ["inferencepools"],
+                "verbs": ["get", "list", "watch"],
+            },
+        ]
         role = k8s.rbac.v1.Role(
             epp_name,
             metadata=meta(epp_name),
-            rules=[
-                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-                {
-                    "apiGroups": [INFERENCE_GROUP],
-                    "resources": ["inferencepools"],
-                    "verbs": ["get", "list", "watch"],
-                },
-            ],
+            rules=rules,
             opts=child,
         )
+        role_ref: Fields = {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role.metadata.name,
+        }
+        subjects: Fields = [
+            {"kind": "ServiceAccount", "name": service_account.metadata.name, "namespace": args.namespace}
+        ]
         k8s.rbac.v1.RoleBinding(
             epp_name,
             metadata=meta(epp_name),
-            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role.metadata.name},
-            subjects=[
-                {"kind": "ServiceAccount", "name": service_account.metadata.name, "namespace": args.namespace}
-            ],
+            role_ref=role_ref,
+            subjects=subjects,
             opts=child,
         )
         config_map = k8s.core.v1.ConfigMap(
@@ -165,83 +173,80 @@ class InferencePool(pulumi.ComponentResource):
             data={CONFIG_FILE: endpoint_picker_config(args.epp)},
             opts=child,
         )
+        deployment_spec: Fields = {
+            "replicas": args.epp.replicas,
+            "selector": {"matchLabels": epp_selector},
+            "template": {
+                "metadata": {"labels": epp_labels},
+                "spec": {
+                    "serviceAccountName": service_account.metadata.name,
+                    "securityContext": pod_security_context(EPP_IMAGE_UID),
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [
+                        {
+                            "name": "epp",
+                            "image": args.image_ref,
+                            "args": command_line(
+                                {
+                                    "--pool-name": args.pool_name,
+                                    "--pool-namespace": args.namespace,
+                                    "--config-file": f"{CONFIG_MOUNT}/{CONFIG_FILE}",
+                                    "--grpc-port": EPP_GRPC_PORT,
+                                    "--health-port": EPP_HEALTH_PORT,
+                                    "--metrics-port": METRICS_PORT,
+                                    "--bind": "0.0.0.0",
+                                }
+                            ),
+                            "ports": [
+                                {"name": "grpc", "containerPort": EPP_GRPC_PORT, "protocol": "TCP"},
+                                {
+                                    "name": "grpc-health",
+                                    "containerPort": EPP_HEALTH_PORT,
+                                    "protocol": "TCP",
+                                },
+                                {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+                            ],
+                            "livenessProbe": grpc_probe(EPP_HEALTH_PORT, "liveness"),
+                            "readinessProbe": grpc_probe(EPP_HEALTH_PORT, "readiness", period=2),
+                            "resources": resources(args.epp.resources),
+                            "securityContext": container_security_context(),
+                            "volumeMounts": [
+                                {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": config_map.metadata.name}},
+                        empty_dir("tmp", "64Mi"),
+                    ],
+                },
+            },
+        }
         self.deployment = k8s.apps.v1.Deployment(
             epp_name,
             metadata=meta(epp_name),
-            spec={
-                "replicas": args.epp.replicas,
-                "selector": {"matchLabels": epp_selector},
-                "template": {
-                    "metadata": {"labels": epp_labels},
-                    "spec": {
-                        "serviceAccountName": service_account.metadata.name,
-                        "securityContext": pod_security_context(EPP_IMAGE_UID),
-                        "terminationGracePeriodSeconds": 30,
-                        "containers": [
-                            {
-                                "name": "epp",
-                                "image": args.image_ref,
-                                "args": [
-                                    "--pool-name",
-                                    args.pool_name,
-                                    "--pool-namespace",
-                                    args.namespace,
-                                    "--config-file",
-                                    f"{CONFIG_MOUNT}/{CONFIG_FILE}",
-                                    "--grpc-port",
-                                    str(EPP_GRPC_PORT),
-                                    "--health-port",
-                                    str(EPP_HEALTH_PORT),
-                                    "--metrics-port",
-                                    str(METRICS_PORT),
-                                    "--bind",
-                                    "0.0.0.0",
-                                ],
-                                "ports": [
-                                    {"name": "grpc", "containerPort": EPP_GRPC_PORT, "protocol": "TCP"},
-                                    {
-                                        "name": "grpc-health",
-                                        "containerPort": EPP_HEALTH_PORT,
-                                        "protocol": "TCP",
-                                    },
-                                    {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
-                                ],
-                                "livenessProbe": grpc_probe(EPP_HEALTH_PORT, "liveness"),
-                                "readinessProbe": grpc_probe(EPP_HEALTH_PORT, "readiness", period=2),
-                                "resources": resources(args.epp.resources),
-                                "securityContext": container_security_context(),
-                                "volumeMounts": [
-                                    {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
-                                    {"name": "tmp", "mountPath": "/tmp"},
-                                ],
-                            }
-                        ],
-                        "volumes": [
-                            {"name": "config", "configMap": {"name": config_map.metadata.name}},
-                            empty_dir("tmp", "64Mi"),
-                        ],
-                    },
-                },
-            },
+            spec=deployment_spec,
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.image]),
         )
+        service_spec: Fields = {
+            "type": "ClusterIP",
+            "selector": epp_selector,
+            "ports": [
+                {
+                    "name": "grpc-ext-proc",
+                    "port": EPP_GRPC_PORT,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "http2",
+                },
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        }
         k8s.core.v1.Service(
             epp_name,
             metadata=meta(epp_name),
-            spec={
-                "type": "ClusterIP",
-                "selector": epp_selector,
-                "ports": [
-                    {
-                        "name": "grpc-ext-proc",
-                        "port": EPP_GRPC_PORT,
-                        "targetPort": "grpc",
-                        "protocol": "TCP",
-                        "appProtocol": "http2",
-                    },
-                    {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
-                ],
-            },
+            spec=service_spec,
             opts=child,
         )
         self.register_outputs({"pool": args.pool_name, "endpointPicker": epp_name})

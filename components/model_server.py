@@ -20,6 +20,7 @@ from components.namespace import HF_TOKEN_SECRET_KEY
 from components.podspec import (
     MODEL_LABEL,
     SERVING_LABEL,
+    Fields,
     container_security_context,
     empty_dir,
     labels,
@@ -50,7 +51,7 @@ def pod_labels(model: ModelSpec) -> dict[str, str]:
 
 def _node_placement(model: ModelSpec, pool: NodePool) -> tuple[dict[str, str], list[dict[str, str]]]:
     accelerator = ACCELERATORS[model.accelerator]
-    selector = {accelerator.node_selector_key: model.accelerator}
+    selector: dict[str, str] = {accelerator.node_selector_key: str(model.accelerator)}
     if accelerator.family == "tpu" and pool.tpu_topology:
         selector["cloud.google.com/gke-tpu-topology"] = pool.tpu_topology
     tolerations = [{"key": accelerator.resource, "operator": "Exists", "effect": "NoSchedule"}]
@@ -124,50 +125,52 @@ class ModelServer(pulumi.ComponentResource):
         object_name = f"vllm-{model.name}"
         self.selector = {MODEL_LABEL: model.name, SERVING_LABEL: "vllm"}
         node_selector, tolerations = _node_placement(model, args.node_pool)
-        metadata = {"name": object_name, "namespace": args.namespace, "labels": pod_labels(model)}
+        metadata: Fields = {"name": object_name, "namespace": args.namespace, "labels": pod_labels(model)}
 
+        deployment_spec: Fields = {
+            "replicas": model.replicas,
+            "selector": {"matchLabels": self.selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels(model),
+                    "annotations": {"llm-gateway.dev/served-model-name": model.served_name},
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security_context(VLLM_UID),
+                    "nodeSelector": node_selector,
+                    "tolerations": tolerations,
+                    "terminationGracePeriodSeconds": 60,
+                    "containers": [_container(model, args.hf_secret_name)],
+                    "volumes": [
+                        empty_dir("dshm", model.shm_size, memory=True),
+                        empty_dir("model-cache", model.resources.ephemeral_storage),
+                        empty_dir("home", "1Gi"),
+                        empty_dir("tmp", "4Gi"),
+                    ],
+                },
+            },
+        }
         self.deployment = k8s.apps.v1.Deployment(
             object_name,
             metadata=metadata,
-            spec={
-                "replicas": model.replicas,
-                "selector": {"matchLabels": self.selector},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-                "template": {
-                    "metadata": {
-                        "labels": pod_labels(model),
-                        "annotations": {"llm-gateway.dev/served-model-name": model.served_name},
-                    },
-                    "spec": {
-                        "automountServiceAccountToken": False,
-                        "securityContext": pod_security_context(VLLM_UID),
-                        "nodeSelector": node_selector,
-                        "tolerations": tolerations,
-                        "terminationGracePeriodSeconds": 60,
-                        "containers": [_container(model, args.hf_secret_name)],
-                        "volumes": [
-                            empty_dir("dshm", model.shm_size, memory=True),
-                            empty_dir("model-cache", model.resources.ephemeral_storage),
-                            empty_dir("home", "1Gi"),
-                            empty_dir("tmp", "4Gi"),
-                        ],
-                    },
-                },
-            },
+            spec=deployment_spec,
             opts=pulumi.ResourceOptions(
                 parent=self,
                 provider=args.provider,
                 custom_timeouts=pulumi.CustomTimeouts(create="60m", update="60m"),
             ),
         )
+        service_spec: Fields = {
+            "type": "ClusterIP",
+            "selector": self.selector,
+            "ports": [{"name": "http", "port": VLLM_PORT, "targetPort": "http", "protocol": "TCP"}],
+        }
         self.service = k8s.core.v1.Service(
             object_name,
             metadata=metadata,
-            spec={
-                "type": "ClusterIP",
-                "selector": self.selector,
-                "ports": [{"name": "http", "port": VLLM_PORT, "targetPort": "http", "protocol": "TCP"}],
-            },
+            spec=service_spec,
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider),
         )
         self.register_outputs({"deployment": object_name, "service": object_name})

@@ -26,7 +26,7 @@ class NamespaceArgs:
 
 def _as_secret(value: pulumi.Output[str]) -> pulumi.Output[str]:
     """Keep the token secret whatever marked it (or forgot to)."""
-    secret: pulumi.Output[str] = pulumi.Output.secret(value)  # type: ignore[arg-type]
+    secret: pulumi.Output[str] = pulumi.Output.secret(value)
     return secret
 
 

@@ -7,9 +7,13 @@ no privilege escalation and the RuntimeDefault seccomp profile (the namespace en
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 from components.config import Resources
+
+Fields: TypeAlias = Any
+"""Kubernetes fields as plain camelCase dicts (what pulumi-kubernetes sends as-is). Typed ``Any``
+because the SDK's TypedDicts cannot describe values that mix plain data and Outputs."""
 
 PART_OF = "gke-llm-gateway"
 MODEL_LABEL = "llm-gateway.dev/model"
@@ -31,7 +35,7 @@ def labels(component: str, instance: str, extra: dict[str, str] | None = None) -
     return {**base, **(extra or {})}
 
 
-def pod_security_context(uid: int) -> dict[str, Any]:
+def pod_security_context(uid: int) -> Fields:
     """Pod-level: a fixed non-root user and group, RuntimeDefault seccomp."""
     return {
         "runAsNonRoot": True,
@@ -42,7 +46,7 @@ def pod_security_context(uid: int) -> dict[str, Any]:
     }
 
 
-def container_security_context() -> dict[str, Any]:
+def container_security_context() -> Fields:
     """Container-level: nothing writable but mounted volumes, no capabilities, no escalation."""
     return {
         "runAsNonRoot": True,
@@ -54,7 +58,7 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def resources(spec: Resources, extended: dict[str, str] | None = None) -> dict[str, Any]:
+def resources(spec: Resources, extended: dict[str, str] | None = None) -> Fields:
     """Requests equal to limits (predictable placement and no noisy neighbours), plus accelerators."""
     amounts = {
         "cpu": spec.cpu,
@@ -65,7 +69,7 @@ def resources(spec: Resources, extended: dict[str, str] | None = None) -> dict[s
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def empty_dir(name: str, size_limit: str | None = None, memory: bool = False) -> dict[str, Any]:
+def empty_dir(name: str, size_limit: str | None = None, memory: bool = False) -> Fields:
     """A scratch volume (``memory=True`` for a tmpfs such as ``/dev/shm``)."""
     source: dict[str, Any] = {}
     if memory:
@@ -75,7 +79,7 @@ def empty_dir(name: str, size_limit: str | None = None, memory: bool = False) ->
     return {"name": name, "emptyDir": source}
 
 
-def grpc_probe(port: int, service: str, period: int = 10, failures: int = 3) -> dict[str, Any]:
+def grpc_probe(port: int, service: str, period: int = 10, failures: int = 3) -> Fields:
     """A Kubernetes-native gRPC health probe (grpc.health.v1) for ``service``."""
     return {
         "grpc": {"port": port, "service": service},
@@ -83,3 +87,8 @@ def grpc_probe(port: int, service: str, period: int = 10, failures: int = 3) -> 
         "failureThreshold": failures,
         "timeoutSeconds": 2,
     }
+
+
+def command_line(options: dict[str, object]) -> list[str]:
+    """``{"--grpc-port": 9002}`` -> ``["--grpc-port", "9002"]`` (flags in the order given)."""
+    return [part for flag, value in options.items() for part in (flag, str(value))]
