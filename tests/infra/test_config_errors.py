@@ -73,11 +73,11 @@ CASES = {
         {
             "nodePools": [
                 _platform("tpu")["nodePools"][0],
-                {**_platform("tpu")["nodePools"][1], "minNodes": 3},
+                {**_platform("tpu")["nodePools"][1], "minNodes": 4},
             ]
         },
         "platform.nodePools[1]",
-        "minNodes (3) is greater than maxNodes (2)",
+        "minNodes (4) is greater than maxNodes (3)",
     ),
 }
 
