@@ -6,6 +6,12 @@ chunks are buffered until ``end_of_stream`` (or the request trailers), then the 
 body is streamed back unchanged. Response headers, body chunks and trailers are echoed while a
 ``ResponseTracker`` follows them. ``finish`` runs exactly once per stream: when the response ends,
 when the request is refused, or when Envoy or the client cancels the stream.
+
+Once nothing more is to be seen (a complete answer whose body Envoy need not show, or the end of the
+response) the servicer returns at once: the gRPC stream closes with OK, which ext_proc takes as
+"no further processing" and lets the rest of the response through untouched. Waiting for Envoy to
+close the stream instead would cost a response-body message and its reply (Envoy still sends a body
+it had already queued when a mode override turns body processing off) and one more read.
 """
 
 from __future__ import annotations
@@ -157,6 +163,8 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                         await write(response_body_chunk(message.body, message.end_of_stream))
                     else:
                         await write(CONTINUE_RESPONSE_BODY)
+                    if message.end_of_stream:
+                        return
                 elif kind == "request_headers":
                     if request.HasField("protocol_config"):
                         config = request.protocol_config
@@ -204,6 +212,7 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                     if request.response_headers.end_of_stream:
                         self._finish(exchange)
                         await write(CONTINUE_RESPONSE_HEADERS)
+                        return
                     elif response_mode == _FULL_DUPLEX or response.streaming:
                         await write(CONTINUE_RESPONSE_HEADERS)
                     elif response.status >= 400:
@@ -214,8 +223,10 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                         # it the request is as good as done.
                         self._finish(exchange)
                         await write(CONTINUE_RESPONSE_HEADERS_SKIP_BODY)
+                        return
                 elif kind == "response_trailers":
                     self._finish(exchange)
                     await write(CONTINUE_RESPONSE_TRAILERS)
+                    return
         finally:
             self._finish(exchange)
