@@ -7,9 +7,11 @@ like vLLM, instantly):
 - gateway: Envoy + the EPP (``epp`` command, its own process), the unified-pool configuration.
 
 Added latency = gateway percentile - baseline percentile, at concurrency 1 and 8 with 1 KB and
-100 KB bodies; then sustained requests/s through the gateway at concurrency 8. The load generator
-is a raw asyncio HTTP/1.1 client on keep-alive connections (no HTTP library), so it costs the two
-cores as little as possible. Figures are printed as a table; nothing is asserted.
+100 KB bodies; then sustained requests/s through the gateway at concurrency 8, and the CPU time the
+EPP and Envoy spend per request. The load generator is ``wrk`` (one C thread) when it is on PATH,
+else a raw asyncio HTTP/1.1 client on keep-alive connections; on a 2-core machine a Python load
+generator takes a good share of the CPU the EPP needs, so prefer wrk. The table says which was
+used. Figures are printed; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -147,11 +151,16 @@ class _Client:
         self._writer.close()
 
 
-def completion_request(port: int, destination: str, body_size: int) -> bytes:
-    """A POST /v1/completions whose JSON body is ``body_size`` bytes."""
+def completion_body(body_size: int) -> bytes:
+    """A /v1/completions JSON body of ``body_size`` bytes."""
     skeleton = {"model": MODEL, "prompt": "", "max_tokens": 1}
     padding = body_size - len(json.dumps(skeleton))
-    body = json.dumps({**skeleton, "prompt": "x" * max(padding, 0)}).encode()
+    return json.dumps({**skeleton, "prompt": "x" * max(padding, 0)}).encode()
+
+
+def completion_request(port: int, destination: str, body_size: int) -> bytes:
+    """A POST /v1/completions whose JSON body is ``body_size`` bytes."""
+    body = completion_body(body_size)
     return (
         f"POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
         f"{DESTINATION_HEADER}: {destination}\r\ncontent-length: {len(body)}\r\n\r\n"
@@ -189,6 +198,95 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    requests: int
+    seconds: float
+    p50: float
+    p99: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+class PythonLoad:
+    """The asyncio client: a fixed number of requests per run."""
+
+    name = "python asyncio client"
+
+    async def run(self, port: int, destination: str, case: Case) -> LoadResult:
+        request = completion_request(port, destination, case.body_size)
+        await run_load(port, request, case.concurrency, max(50, case.requests // 10))  # warm-up
+        latencies, seconds = await run_load(port, request, case.concurrency, case.requests)
+        return LoadResult(len(latencies), seconds, statistics.median(latencies), percentile(latencies, 0.99))
+
+
+# wrk's Lua hooks: a fixed POST, and a summary line of JSON at the end (latencies in microseconds).
+_WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+wrk.headers["%(header)s"] = "%(destination)s"
+local f = io.open("%(body)s", "rb")
+wrk.body = f:read("*a")
+f:close()
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %%d, "micros": %%d, "p50": %%d, "p99": %%d, "failed": %%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
+
+class WrkLoad:
+    """wrk with one thread; each run lasts a fixed time (whole seconds)."""
+
+    name = "wrk"
+
+    def __init__(self, binary: str, seconds_per_run: float) -> None:
+        self._binary = binary
+        self._seconds = seconds_per_run
+
+    async def run(self, port: int, destination: str, case: Case) -> LoadResult:
+        await self.timed(port, case.body_size, destination, case.concurrency, 1.0)  # warm-up
+        return await self.timed(port, case.body_size, destination, case.concurrency, self._seconds)
+
+    async def timed(
+        self, port: int, body_size: int, destination: str, concurrency: int, seconds: float
+    ) -> LoadResult:
+        with tempfile.TemporaryDirectory(prefix="overhead-wrk-") as directory:
+            body_path = Path(directory) / "body.json"
+            body_path.write_bytes(completion_body(body_size))
+            script = Path(directory) / "post.lua"
+            script.write_text(
+                _WRK_SCRIPT % {"header": DESTINATION_HEADER, "destination": destination, "body": body_path}
+            )
+            process = await asyncio.create_subprocess_exec(
+                self._binary, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "-s", str(script),
+                f"http://127.0.0.1:{port}/v1/completions",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await process.communicate()
+        lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+        if process.returncode != 0 or not lines:
+            raise RuntimeError(f"wrk failed ({process.returncode}): {err.decode().strip() or out.decode()}")
+        summary = json.loads(lines[-1])
+        if summary["failed"]:
+            raise RuntimeError(f"wrk saw {summary['failed']} failed requests out of {summary['requests']}")
+        micros = 1e-6
+        return LoadResult(
+            summary["requests"], summary["micros"] * micros, summary["p50"] * micros, summary["p99"] * micros
+        )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # ---------------------------------------------------------------------------------------------
 # Orchestration.
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +306,8 @@ async def _backend() -> AsyncIterator[int]:
 
 
 @contextlib.asynccontextmanager
-async def _epp(backend_port: int, profile: str) -> AsyncIterator[int]:
+async def _epp(backend_port: int, profile: str) -> AsyncIterator[tuple[int, int]]:
+    """The ``epp`` command against the backend: yields its gRPC port and its process id."""
     command = Path(sys.executable).with_name("epp")
     process = await asyncio.create_subprocess_exec(
         str(command), "--bind", "127.0.0.1", "--grpc-port", "0", "--health-port", "0", "--metrics-port", "0",
@@ -231,7 +330,7 @@ async def _epp(backend_port: int, profile: str) -> AsyncIterator[int]:
                         ports = {"grpc": entry["grpc_port"], "health": entry["health_port"]}
         drain = asyncio.create_task(_drain(process.stderr))
         await _wait_serving(ports["health"])
-        yield ports["grpc"]
+        yield ports["grpc"], process.pid
     finally:
         await _terminate(process)
         if drain is not None:
@@ -274,22 +373,38 @@ class Case:
 @dataclass(frozen=True, slots=True)
 class CaseResult:
     case: Case
-    baseline_p50: float
-    baseline_p99: float
-    gateway_p50: float
-    gateway_p99: float
+    baseline: LoadResult
+    gateway: LoadResult
 
 
-async def _measure(port: int, request: bytes, case: Case) -> list[float]:
-    await run_load(port, request, case.concurrency, max(50, case.requests // 10))  # warm-up
-    latencies, _ = await run_load(port, request, case.concurrency, case.requests)
-    return latencies
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    gateway: LoadResult
+    baseline: LoadResult
+    epp_cpu: float  # seconds per request
+    envoy_cpu: float
+
+
+async def _sustained(load: PythonLoad | WrkLoad, port: int, destination: str, seconds: float) -> LoadResult:
+    if isinstance(load, WrkLoad):
+        return await load.timed(port, 1024, destination, 8, seconds)
+    request = completion_request(port, destination, 1024)
+    await run_load(port, request, 8, 500)
+    count, elapsed, every = 0, 0.0, []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        latencies, spent = await run_load(port, request, 8, 2000)
+        count += len(latencies)
+        elapsed += spent
+        every += latencies
+    return LoadResult(count, elapsed, statistics.median(every), percentile(every, 0.99))
 
 
 async def benchmark(
-    cases: Sequence[Case], throughput_seconds: float, profile: str, response_mode: ResponseMode
+    cases: Sequence[Case], throughput_seconds: float, profile: str, response_mode: ResponseMode,
+    load: PythonLoad | WrkLoad,
 ) -> None:
-    async with _backend() as backend_port, _epp(backend_port, profile) as epp_port:
+    async with _backend() as backend_port, _epp(backend_port, profile) as (epp_port, epp_pid):
         destination = f"127.0.0.1:{backend_port}"
         async with (
             EnvoyProcess(passthrough_config()) as baseline,
@@ -299,77 +414,79 @@ async def benchmark(
         ):
             results: list[CaseResult] = []
             for case in cases:
-                base_request = completion_request(baseline.port, destination, case.body_size)
-                base = await _measure(baseline.port, base_request, case)
-                gateway_request = completion_request(gateway.port, destination, case.body_size)
-                gate = await _measure(gateway.port, gateway_request, case)
-                results.append(
-                    CaseResult(
-                        case,
-                        statistics.median(base),
-                        percentile(base, 0.99),
-                        statistics.median(gate),
-                        percentile(gate, 0.99),
-                    )
-                )
-            request = completion_request(gateway.port, destination, 1024)
-            await run_load(gateway.port, request, 8, 500)
-            count, elapsed = 0, 0.0
-            deadline = time.perf_counter() + throughput_seconds
-            while time.perf_counter() < deadline:
-                latencies, seconds = await run_load(gateway.port, request, 8, 2000)
-                count += len(latencies)
-                elapsed += seconds
-            base_latencies, base_seconds = await run_load(
-                baseline.port, completion_request(baseline.port, destination, 1024), 8, 4000
-            )
-    label = f"profile {profile}, responses {response_mode}"
-    _print(results, count / elapsed, len(base_latencies) / base_seconds, label)
+                base = await load.run(baseline.port, destination, case)
+                gate = await load.run(gateway.port, destination, case)
+                results.append(CaseResult(case, base, gate))
+            await _sustained(load, gateway.port, destination, 1.0)  # warm-up
+            cpu_before = _cpu_seconds(epp_pid), _cpu_seconds(gateway.pid)
+            sustained = await _sustained(load, gateway.port, destination, throughput_seconds)
+            cpu_after = _cpu_seconds(epp_pid), _cpu_seconds(gateway.pid)
+            base_sustained = await _sustained(load, baseline.port, destination, min(throughput_seconds, 3.0))
+    throughput = Throughput(
+        sustained,
+        base_sustained,
+        (cpu_after[0] - cpu_before[0]) / sustained.requests,
+        (cpu_after[1] - cpu_before[1]) / sustained.requests,
+    )
+    _print(results, throughput, f"profile {profile}, responses {response_mode}, load: {load.name}")
 
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:8.3f}"
 
 
-def _print(results: Sequence[CaseResult], gateway_rps: float, baseline_rps: float, profile: str) -> None:
-    print(f"Envoy + EPP ({profile}) vs Envoy alone; latencies in ms; {os.cpu_count()} CPUs")
+def _print(results: Sequence[CaseResult], throughput: Throughput, label: str) -> None:
+    print(f"Envoy + EPP ({label}) vs Envoy alone; latencies in ms; {os.cpu_count()} CPUs")
     print(
         f"{'conc':>4} {'body':>6} {'n':>6} | {'base p50':>8} {'base p99':>8} | {'gw p50':>8} {'gw p99':>8} | "
         f"{'+p50':>8} {'+p99':>8}"
     )
     for r in results:
         size = f"{r.case.body_size // 1024}KB"
+        base, gate = r.baseline, r.gateway
         print(
-            f"{r.case.concurrency:>4} {size:>6} {r.case.requests:>6} | "
-            f"{_ms(r.baseline_p50)} {_ms(r.baseline_p99)} | "
-            f"{_ms(r.gateway_p50)} {_ms(r.gateway_p99)} | {_ms(r.gateway_p50 - r.baseline_p50)} "
-            f"{_ms(r.gateway_p99 - r.baseline_p99)}"
+            f"{r.case.concurrency:>4} {size:>6} {gate.requests:>6} | {_ms(base.p50)} {_ms(base.p99)} | "
+            f"{_ms(gate.p50)} {_ms(gate.p99)} | {_ms(gate.p50 - base.p50)} {_ms(gate.p99 - base.p99)}"
         )
     print(
-        f"sustained, concurrency 8, 1KB: Envoy + EPP {gateway_rps:,.0f} req/s; "
-        f"Envoy alone {baseline_rps:,.0f} req/s"
+        f"sustained, concurrency 8, 1KB: Envoy + EPP {throughput.gateway.rate:,.0f} req/s; "
+        f"Envoy alone {throughput.baseline.rate:,.0f} req/s"
+    )
+    print(
+        f"CPU per request while sustained: EPP {throughput.epp_cpu * 1000:.3f} ms, "
+        f"Envoy {throughput.envoy_cpu * 1000:.3f} ms"
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=2000, help="measured requests per case and path")
+    parser.add_argument("--requests", type=int, default=2000,
+                        help="measured requests per case and path (python client)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds per case and path (wrk)")
     parser.add_argument("--throughput-seconds", type=float, default=5.0)
     parser.add_argument("--profile", default="default", help="the EPP's scheduling profile")
     parser.add_argument("--response-mode", choices=["streamed", "full-duplex"], default="streamed",
                         help="how Envoy shows responses to the EPP (see onebox.envoy)")
+    parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto",
+                        help="load generator: wrk when on PATH (auto), or the asyncio client")
     parser.add_argument("--serve-backend", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_backend:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve_backend())
         return 0
+    wrk = shutil.which("wrk")
+    if args.load == "wrk" and wrk is None:
+        parser.error("--load wrk: no wrk on PATH (apt-get install wrk)")
+    load: PythonLoad | WrkLoad = (
+        WrkLoad(wrk, args.seconds) if wrk is not None and args.load != "python" else PythonLoad()
+    )
     cases = [
         Case(concurrency, size, args.requests if size <= 1024 else max(200, args.requests // 4))
         for concurrency in (1, 8)
         for size in (1024, 100 * 1024)
     ]
-    asyncio.run(benchmark(cases, args.throughput_seconds, args.profile, args.response_mode))
+    asyncio.run(benchmark(cases, args.throughput_seconds, args.profile, args.response_mode, load))
     return 0
 
 

@@ -388,6 +388,13 @@ class EnvoyProcess:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def pid(self) -> int:
+        """The Envoy process id (to read its CPU time, say)."""
+        if self._process is None:
+            raise EnvoyError("Envoy is not running")
+        return self._process.pid
+
+    @property
     def log_path(self) -> Path:
         if self._directory is None:
             raise EnvoyError("Envoy is not running")
