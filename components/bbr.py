@@ -16,13 +16,10 @@ from components.config import BbrSettings
 from components.podspec import (
     EPP_IMAGE_UID,
     Fields,
-    command_line,
-    container_security_context,
-    empty_dir,
-    grpc_probe,
+    ext_proc_container,
+    ext_proc_tmp_volume,
     labels,
     pod_security_context,
-    resources,
 )
 
 BBR_NAME = "body-based-router"
@@ -70,36 +67,23 @@ class BodyBasedRouter(pulumi.ComponentResource):
                     "automountServiceAccountToken": False,
                     "securityContext": pod_security_context(EPP_IMAGE_UID),
                     "containers": [
-                        {
-                            "name": "bbr",
-                            "image": args.image_ref,
-                            "command": ["bbr"],
-                            "args": command_line(
-                                {
-                                    "--grpc-port": BBR_GRPC_PORT,
-                                    "--health-port": BBR_HEALTH_PORT,
-                                    "--metrics-port": METRICS_PORT,
-                                    "--served-models": ",".join(args.served_models),
-                                    "--bind": "0.0.0.0",
-                                }
-                            ),
-                            "ports": [
-                                {"name": "grpc", "containerPort": BBR_GRPC_PORT, "protocol": "TCP"},
-                                {
-                                    "name": "grpc-health",
-                                    "containerPort": BBR_HEALTH_PORT,
-                                    "protocol": "TCP",
-                                },
-                                {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
-                            ],
-                            "livenessProbe": grpc_probe(BBR_HEALTH_PORT, "liveness"),
-                            "readinessProbe": grpc_probe(BBR_HEALTH_PORT, "readiness", period=2),
-                            "resources": resources(args.settings.resources),
-                            "securityContext": container_security_context(),
-                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                        }
+                        ext_proc_container(
+                            "bbr",
+                            args.image_ref,
+                            {
+                                "--grpc-port": BBR_GRPC_PORT,
+                                "--health-port": BBR_HEALTH_PORT,
+                                "--metrics-port": METRICS_PORT,
+                                "--served-models": ",".join(args.served_models),
+                            },
+                            grpc_port=BBR_GRPC_PORT,
+                            health_port=BBR_HEALTH_PORT,
+                            metrics_port=METRICS_PORT,
+                            spec=args.settings.resources,
+                            command=["bbr"],
+                        )
                     ],
-                    "volumes": [empty_dir("tmp", "64Mi")],
+                    "volumes": [ext_proc_tmp_volume()],
                 },
             },
         }

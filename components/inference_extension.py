@@ -20,13 +20,10 @@ from components.config import EppSettings
 from components.podspec import (
     EPP_IMAGE_UID,
     Fields,
-    command_line,
-    container_security_context,
-    empty_dir,
-    grpc_probe,
+    ext_proc_container,
+    ext_proc_tmp_volume,
     labels,
     pod_security_context,
-    resources,
 )
 
 CRD_MANIFEST = Path(__file__).parent / "manifests" / "inferencepool-crd-v1.5.0.yaml"
@@ -183,42 +180,27 @@ class InferencePool(pulumi.ComponentResource):
                     "securityContext": pod_security_context(EPP_IMAGE_UID),
                     "terminationGracePeriodSeconds": 30,
                     "containers": [
-                        {
-                            "name": "epp",
-                            "image": args.image_ref,
-                            "args": command_line(
-                                {
-                                    "--pool-name": args.pool_name,
-                                    "--pool-namespace": args.namespace,
-                                    "--config-file": f"{CONFIG_MOUNT}/{CONFIG_FILE}",
-                                    "--grpc-port": EPP_GRPC_PORT,
-                                    "--health-port": EPP_HEALTH_PORT,
-                                    "--metrics-port": METRICS_PORT,
-                                    "--bind": "0.0.0.0",
-                                }
-                            ),
-                            "ports": [
-                                {"name": "grpc", "containerPort": EPP_GRPC_PORT, "protocol": "TCP"},
-                                {
-                                    "name": "grpc-health",
-                                    "containerPort": EPP_HEALTH_PORT,
-                                    "protocol": "TCP",
-                                },
-                                {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
-                            ],
-                            "livenessProbe": grpc_probe(EPP_HEALTH_PORT, "liveness"),
-                            "readinessProbe": grpc_probe(EPP_HEALTH_PORT, "readiness", period=2),
-                            "resources": resources(args.epp.resources),
-                            "securityContext": container_security_context(),
-                            "volumeMounts": [
-                                {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
-                                {"name": "tmp", "mountPath": "/tmp"},
-                            ],
-                        }
+                        ext_proc_container(
+                            "epp",
+                            args.image_ref,
+                            {
+                                "--pool-name": args.pool_name,
+                                "--pool-namespace": args.namespace,
+                                "--config-file": f"{CONFIG_MOUNT}/{CONFIG_FILE}",
+                                "--grpc-port": EPP_GRPC_PORT,
+                                "--health-port": EPP_HEALTH_PORT,
+                                "--metrics-port": METRICS_PORT,
+                            },
+                            grpc_port=EPP_GRPC_PORT,
+                            health_port=EPP_HEALTH_PORT,
+                            metrics_port=METRICS_PORT,
+                            spec=args.epp.resources,
+                            mounts=[{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}],
+                        )
                     ],
                     "volumes": [
                         {"name": "config", "configMap": {"name": config_map.metadata.name}},
-                        empty_dir("tmp", "64Mi"),
+                        ext_proc_tmp_volume(),
                     ],
                 },
             },

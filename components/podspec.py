@@ -92,3 +92,45 @@ def grpc_probe(port: int, service: str, period: int = 10, failures: int = 3) -> 
 def command_line(options: dict[str, object]) -> list[str]:
     """``{"--grpc-port": 9002}`` -> ``["--grpc-port", "9002"]`` (flags in the order given)."""
     return [part for flag, value in options.items() for part in (flag, str(value))]
+
+
+def ext_proc_container(
+    name: str,
+    image: Fields,
+    options: dict[str, object],
+    *,
+    grpc_port: int,
+    health_port: int,
+    metrics_port: int,
+    spec: Resources,
+    command: list[str] | None = None,
+    mounts: list[Fields] | None = None,
+) -> Fields:
+    """A container of our ext_proc image (EPP or BBR): its ports, gRPC probes, hardening and ``/tmp``.
+
+    ``options`` are the command-line flags, in order (``--bind 0.0.0.0`` is appended so the servers
+    listen on the pod's address); ``mounts`` come before the ``/tmp`` scratch mount, which needs the
+    pod to have the ``tmp`` volume of :func:`ext_proc_tmp_volume`.
+    """
+    container: dict[str, Any] = {"name": name, "image": image}
+    if command is not None:
+        container["command"] = command
+    container |= {
+        "args": command_line({**options, "--bind": "0.0.0.0"}),
+        "ports": [
+            {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"},
+            {"name": "grpc-health", "containerPort": health_port, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"},
+        ],
+        "livenessProbe": grpc_probe(health_port, "liveness"),
+        "readinessProbe": grpc_probe(health_port, "readiness", period=2),
+        "resources": resources(spec),
+        "securityContext": container_security_context(),
+        "volumeMounts": [*(mounts or []), {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    return container
+
+
+def ext_proc_tmp_volume() -> Fields:
+    """The ``tmp`` scratch volume an :func:`ext_proc_container` mounts at ``/tmp``."""
+    return empty_dir("tmp", "64Mi")
