@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 from epp.datastore import Endpoint
-from epp.scheduling.factory import PluginType
-from epp.scheduling.framework import Handle, Picker
-from epp.scheduling.plugins.pickers.parameters import PickerParameters
+from epp.scheduling.plugins.pickers.base import RankingPicker
 
 
-class MaxScorePicker(Picker):
+class MaxScorePicker(RankingPicker):
     type_name = "max-score-picker"
-
-    def __init__(self, name: str, rng: random.Random, max_num_of_endpoints: int = 1) -> None:
-        super().__init__(name)
-        self._rng = rng
-        self.max_num_of_endpoints = max_num_of_endpoints
 
     def pick(self, endpoints: Sequence[Endpoint], scores: Sequence[float]) -> list[Endpoint]:
         if not endpoints:
@@ -40,8 +32,4 @@ class MaxScorePicker(Picker):
         return [endpoints[i] for i in order[: self.max_num_of_endpoints]]
 
 
-def _build(name: str, parameters: PickerParameters, handle: Handle) -> MaxScorePicker:
-    return MaxScorePicker(name, handle.rng, parameters.max_num_of_endpoints)
-
-
-PLUGIN_TYPES = (PluginType("max-score-picker", MaxScorePicker, PickerParameters, _build),)
+PLUGIN_TYPES = (MaxScorePicker.plugin_type(),)

@@ -7,22 +7,14 @@ uniform. With ``maxNumOfEndpoints`` > 1 the ranking is a weighted sample without
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 from epp.datastore import Endpoint
-from epp.scheduling.factory import PluginType
-from epp.scheduling.framework import Handle, Picker
-from epp.scheduling.plugins.pickers.parameters import PickerParameters
+from epp.scheduling.plugins.pickers.base import RankingPicker
 
 
-class WeightedRandomPicker(Picker):
+class WeightedRandomPicker(RankingPicker):
     type_name = "weighted-random-picker"
-
-    def __init__(self, name: str, rng: random.Random, max_num_of_endpoints: int = 1) -> None:
-        super().__init__(name)
-        self._rng = rng
-        self.max_num_of_endpoints = max_num_of_endpoints
 
     def pick(self, endpoints: Sequence[Endpoint], scores: Sequence[float]) -> list[Endpoint]:
         if not endpoints:
@@ -46,8 +38,4 @@ class WeightedRandomPicker(Picker):
         return [endpoints[i] for i in order[: self.max_num_of_endpoints]]
 
 
-def _build(name: str, parameters: PickerParameters, handle: Handle) -> WeightedRandomPicker:
-    return WeightedRandomPicker(name, handle.rng, parameters.max_num_of_endpoints)
-
-
-PLUGIN_TYPES = (PluginType("weighted-random-picker", WeightedRandomPicker, PickerParameters, _build),)
+PLUGIN_TYPES = (WeightedRandomPicker.plugin_type(),)
