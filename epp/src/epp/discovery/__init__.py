@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -32,6 +31,7 @@ from typing import Protocol
 import aiohttp
 
 from epp.datastore import Datastore
+from epp.discovery._workers import ErrorCallback
 from epp.discovery.kubernetes import (
     InferencePool,
     KubernetesConfigError,
@@ -73,8 +73,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ErrorCallback = Callable[[str], None]
 
 
 class EndpointSource(Protocol):

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,9 @@ from lightkube.resources.core_v1 import Pod
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from epp.datastore import Datastore, Endpoint
+from epp.discovery._workers import ErrorCallback
 
 log = logging.getLogger(__name__)
-
-ErrorCallback = Callable[[str], None]
 
 InferencePool = create_namespaced_resource(
     group="inference.networking.k8s.io", version="v1", kind="InferencePool", plural="inferencepools"

@@ -11,21 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 import aiohttp
 
 from epp.datastore import Datastore, Endpoint
-from epp.discovery._workers import EndpointWorkers
-from epp.discovery.models import endpoint_url
+from epp.discovery._workers import POLL_ERRORS, EndpointPoller, ErrorCallback
 from epp.discovery.vllm_metrics import MetricsParseError, parse_vllm_metrics
 
 log = logging.getLogger(__name__)
 
-ErrorCallback = Callable[[str], None]
 
-
-class MetricsScraper:
+class MetricsScraper(EndpointPoller):
     """Keeps ``Endpoint.metrics`` of every endpoint in the datastore fresh."""
 
     name = "metrics"
@@ -41,40 +37,25 @@ class MetricsScraper:
     ) -> None:
         if interval <= 0 or timeout <= 0:
             raise ValueError("interval and timeout must be positive")
-        self._datastore = datastore
-        self._session = session
-        self._interval = interval
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._on_error = on_error
+        super().__init__(datastore, session, interval, timeout, on_error, "metrics-scraper")
         self._failing: set[str] = set()
-        self._workers = EndpointWorkers(datastore, self._follow, "metrics-scraper")
-        self.errors = 0
         self.scrapes = 0
 
     async def run(self) -> None:
         """Scrape every endpoint (present and future) until cancelled."""
-        self._workers.start()
         try:
-            await asyncio.Event().wait()
+            await super().run()
         finally:
-            await self._workers.stop()
             self._failing.clear()
 
     async def scrape(self, endpoint: Endpoint) -> bool:
         """One scrape; on success replace ``endpoint.metrics``. True when it succeeded."""
         self.scrapes += 1
         try:
-            async with self._session.get(
-                endpoint_url(endpoint, "/metrics"), timeout=self._timeout
-            ) as response:
-                if response.status != 200:
-                    raise MetricsParseError(f"HTTP {response.status}")
-                text = await response.text(encoding="utf-8", errors="replace")
+            text = await self._get(endpoint, "/metrics", _read_text, MetricsParseError)
             metrics = parse_vllm_metrics(text, time.monotonic())
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            self.errors += 1
-            if self._on_error is not None:
-                self._on_error(self.name)
+        except POLL_ERRORS as exc:
+            self._count_error()
             if endpoint.address not in self._failing:
                 self._failing.add(endpoint.address)
                 log.warning(
@@ -104,3 +85,7 @@ class MetricsScraper:
                 await asyncio.sleep(delay)
         finally:
             self._failing.discard(endpoint.address)
+
+
+async def _read_text(response: aiohttp.ClientResponse) -> str:
+    return await response.text(encoding="utf-8", errors="replace")

@@ -12,27 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
 from epp.datastore import Datastore, Endpoint
-from epp.discovery._workers import EndpointWorkers
+from epp.discovery._workers import POLL_ERRORS, EndpointPoller, ErrorCallback
 
 log = logging.getLogger(__name__)
-
-ErrorCallback = Callable[[str], None]
 
 
 class ModelListError(ValueError):
     """An answer from ``/v1/models`` that is not an OpenAI-style model list."""
-
-
-def endpoint_url(endpoint: Endpoint, path: str) -> str:
-    """``http://ip:port/path`` of the endpoint itself (IPv6 addresses bracketed)."""
-    host = f"[{endpoint.ip}]" if ":" in endpoint.ip else endpoint.ip
-    return f"http://{host}:{endpoint.port}{path}"
 
 
 def parse_model_list(body: Any) -> tuple[frozenset[str], dict[str, str]]:
@@ -57,7 +48,7 @@ def parse_model_list(body: Any) -> tuple[frozenset[str], dict[str, str]]:
     return frozenset(models), parents
 
 
-class ModelProber:
+class ModelProber(EndpointPoller):
     """Keeps ``Endpoint.models`` / ``lora_parents`` of every endpoint in the datastore current."""
 
     name = "models"
@@ -74,24 +65,10 @@ class ModelProber:
     ) -> None:
         if interval <= 0 or timeout <= 0 or first_retry <= 0:
             raise ValueError("interval, timeout and first_retry must be positive")
-        self._datastore = datastore
-        self._session = session
-        self._interval = interval
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        super().__init__(datastore, session, interval, timeout, on_error, "model-prober")
         self._first_retry = min(first_retry, interval)
-        self._on_error = on_error
         self._refresh: dict[str, asyncio.Event] = {}
-        self._workers = EndpointWorkers(datastore, self._follow, "model-prober")
-        self.errors = 0
         self.probes = 0
-
-    async def run(self) -> None:
-        """Probe every endpoint (present and future) until cancelled."""
-        self._workers.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self._workers.stop()
 
     def request_refresh(self, address: str) -> bool:
         """Ask the endpoint ``ip:port`` for its models again now (coalesced with any probe under way).
@@ -108,17 +85,10 @@ class ModelProber:
         """One ``/v1/models`` round trip; on success store the models. True when it succeeded."""
         self.probes += 1
         try:
-            async with self._session.get(
-                endpoint_url(endpoint, "/v1/models"), timeout=self._timeout
-            ) as response:
-                if response.status != 200:
-                    raise ModelListError(f"HTTP {response.status}")
-                body = await response.json(content_type=None)
+            body = await self._get(endpoint, "/v1/models", _read_json, ModelListError)
             models, parents = parse_model_list(body)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            self.errors += 1
-            if self._on_error is not None:
-                self._on_error(self.name)
+        except POLL_ERRORS as exc:
+            self._count_error()
             known = "keeping its last known models" if endpoint.models_known else "it stays unroutable"
             log.warning(
                 "model probe of %s (%s) failed: %s; %s",
@@ -154,3 +124,7 @@ class ModelProber:
         finally:
             if self._refresh.get(address) is refresh:
                 del self._refresh[address]
+
+
+async def _read_json(response: aiohttp.ClientResponse) -> Any:
+    return await response.json(content_type=None)

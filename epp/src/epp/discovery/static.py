@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from epp.datastore import Datastore, Endpoint
+from epp.discovery._workers import ErrorCallback
 
 log = logging.getLogger(__name__)
-
-ErrorCallback = Callable[[str], None]
 
 
 class EndpointsFileError(ValueError):
