@@ -15,7 +15,7 @@ from lightkube.config.kubeconfig import KubeConfig
 from lightkube.config.models import Cluster, User
 
 from .fake_kube import FakeKube, pod, pool
-from .support import eventually, serve
+from .support import eventually, running, serve
 
 NAMESPACE = "llm"
 SELECTOR = {"app": "vllm"}
@@ -30,12 +30,10 @@ async def discovering(kube: FakeKube, datastore: Datastore) -> AsyncIterator[Kub
         )
         client = AsyncClient(config=config, trust_env=False)
         discovery = KubernetesDiscovery(datastore, NAMESPACE, "gemma", client, backoff_first=0.02)
-        task = asyncio.create_task(discovery.run())
         try:
-            yield discovery
+            async with running(discovery):
+                yield discovery
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             await client.close()
 
 

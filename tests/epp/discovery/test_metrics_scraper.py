@@ -14,7 +14,7 @@ from aiohttp import web
 from epp.datastore import Datastore, Endpoint
 from epp.discovery import MetricsScraper
 
-from .support import eventually, serve
+from .support import eventually, one_route_app, pod_appears, running, serve
 
 PAGE = """\
 # HELP vllm:num_requests_waiting Number of requests waiting to be processed.
@@ -49,29 +49,22 @@ class FakeVllm:
         return web.Response(text=body, content_type="text/plain")
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/metrics", self.handle)
-        return app
+        return one_route_app("/metrics", self.handle)
 
 
 @asynccontextmanager
 async def scraping(datastore: Datastore, interval: float = 0.02) -> AsyncIterator[MetricsScraper]:
     async with aiohttp.ClientSession() as session:
         scraper = MetricsScraper(datastore, session, interval=interval, timeout=1.0)
-        task = asyncio.create_task(scraper.run())
-        try:
+        async with running(scraper):
             yield scraper
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_every_endpoint_is_scraped_and_follows_its_load() -> None:
     busy, idle = FakeVllm(waiting=4, running=16, kv=0.8), FakeVllm()
     datastore = Datastore()
     async with serve(busy.app()) as busy_port, serve(idle.app()) as idle_port, scraping(datastore):
-        await asyncio.sleep(0)
-        a = datastore.upsert(Endpoint(name="busy", ip="127.0.0.1", port=busy_port))
+        a = await pod_appears(datastore, busy_port, "busy")
         b = datastore.upsert(Endpoint(name="idle", ip="127.0.0.1", port=idle_port))
         await eventually(lambda: a.metrics.updated_at > 0 and b.metrics.updated_at > 0, what="first scrapes")
         assert (a.metrics.waiting, a.metrics.running, a.metrics.kv_cache_usage) == (4, 16, 0.8)
@@ -85,8 +78,7 @@ async def test_a_failing_scrape_keeps_the_old_metrics_which_then_go_stale() -> N
     server = FakeVllm(waiting=2)
     datastore = Datastore()
     async with serve(server.app()) as port, scraping(datastore) as scraper:
-        await asyncio.sleep(0)
-        endpoint = datastore.upsert(Endpoint(name="gemma-0", ip="127.0.0.1", port=port))
+        endpoint = await pod_appears(datastore, port)
         await eventually(lambda: endpoint.metrics.updated_at > 0, what="a scrape")
         server.status = 503
         errors = scraper.errors
@@ -104,8 +96,7 @@ async def test_a_failing_scrape_keeps_the_old_metrics_which_then_go_stale() -> N
 async def test_an_endpoint_that_was_never_scraped_is_infinitely_stale() -> None:
     datastore = Datastore()
     async with scraping(datastore) as scraper:
-        await asyncio.sleep(0)
-        endpoint = datastore.upsert(Endpoint(name="gone", ip="127.0.0.1", port=closed_port()))
+        endpoint = await pod_appears(datastore, closed_port(), "gone")
         await eventually(lambda: scraper.errors >= 2, what="refused scrapes")
         assert endpoint.metrics.age() == float("inf")
 
@@ -114,8 +105,7 @@ async def test_a_removed_endpoint_is_no_longer_scraped() -> None:
     server = FakeVllm()
     datastore = Datastore()
     async with serve(server.app()) as port, scraping(datastore):
-        await asyncio.sleep(0)
-        endpoint = datastore.upsert(Endpoint(name="gemma-0", ip="127.0.0.1", port=port))
+        endpoint = await pod_appears(datastore, port)
         await eventually(lambda: server.calls >= 2, what="scrapes")
         datastore.remove(endpoint.address)
         await asyncio.sleep(0.05)

@@ -14,7 +14,7 @@ from aiohttp import web
 from epp.datastore import Datastore, Endpoint
 from epp.discovery import ModelListError, ModelProber, parse_model_list
 
-from .support import eventually, serve
+from .support import eventually, one_route_app, pod_appears, running, serve
 
 GEMMA = "google/gemma-2b-it"
 
@@ -57,9 +57,7 @@ class FakeServer:
             self.in_flight -= 1
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/v1/models", self.handle)
-        return app
+        return one_route_app("/v1/models", self.handle)
 
 
 @asynccontextmanager
@@ -68,12 +66,15 @@ async def prober_for(
 ) -> AsyncIterator[ModelProber]:
     async with aiohttp.ClientSession() as session:
         prober = ModelProber(datastore, session, interval=interval, timeout=probe_timeout, first_retry=0.02)
-        task = asyncio.create_task(prober.run())
-        try:
+        async with running(prober):
             yield prober
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+
+
+async def probed_pod(datastore: Datastore, port: int) -> Endpoint:
+    """A pod that appears and whose first probe has answered."""
+    endpoint = await pod_appears(datastore, port)
+    await eventually(lambda: endpoint.models_known, what="the first probe")
+    return endpoint
 
 
 def test_lora_adapters_are_listed_with_their_base_model() -> None:
@@ -104,8 +105,7 @@ async def test_a_new_pod_becomes_routable_as_soon_as_its_models_are_known() -> N
     server = FakeServer(models=[model_entry(GEMMA), model_entry("sql-lora", GEMMA)])
     datastore = Datastore()
     async with serve(server.app()) as port, prober_for(datastore):
-        await asyncio.sleep(0)
-        endpoint = datastore.upsert(Endpoint(name="gemma-0", ip="127.0.0.1", port=port))
+        endpoint = await pod_appears(datastore, port)
         assert datastore.routable() == []
         await eventually(lambda: endpoint.models_known, what="the first probe")
         assert datastore.routable() == [endpoint]
@@ -128,9 +128,7 @@ async def test_a_failed_probe_keeps_the_last_known_models() -> None:
     server = FakeServer()
     datastore = Datastore()
     async with serve(server.app()) as port, prober_for(datastore) as prober:
-        await asyncio.sleep(0)
-        endpoint = datastore.upsert(Endpoint(name="gemma-0", ip="127.0.0.1", port=port))
-        await eventually(lambda: endpoint.models_known, what="the first probe")
+        endpoint = await probed_pod(datastore, port)
         server.status = 503
         assert prober.request_refresh(endpoint.address)
         await eventually(lambda: prober.errors == 1, what="the failed probe")
@@ -142,8 +140,7 @@ async def test_a_pod_that_never_answered_stays_unroutable_and_is_retried_until_i
     server = FakeServer(status=503)
     datastore = Datastore()
     async with serve(server.app()) as port, prober_for(datastore) as prober:
-        await asyncio.sleep(0)
-        endpoint = datastore.upsert(Endpoint(name="gemma-0", ip="127.0.0.1", port=port))
+        endpoint = await pod_appears(datastore, port)
         await eventually(lambda: prober.errors >= 2, what="repeated failed probes")
         assert datastore.routable() == []
         server.status = 200
@@ -155,9 +152,7 @@ async def test_a_model_not_found_answer_refreshes_the_models_on_demand() -> None
     server = FakeServer()
     datastore = Datastore()
     async with serve(server.app()) as port, prober_for(datastore) as prober:
-        await asyncio.sleep(0)
-        endpoint = datastore.upsert(Endpoint(name="gemma-0", ip="127.0.0.1", port=port))
-        await eventually(lambda: endpoint.models_known, what="the first probe")
+        endpoint = await probed_pod(datastore, port)
         server.models = [model_entry(GEMMA), model_entry("new-lora", GEMMA)]
         version = datastore.version
         assert prober.request_refresh(endpoint.address)
@@ -170,8 +165,7 @@ async def test_refreshes_during_a_slow_probe_never_run_two_probes_of_one_endpoin
     server = FakeServer(delay=0.1)
     datastore = Datastore()
     async with serve(server.app()) as port, prober_for(datastore) as prober:
-        await asyncio.sleep(0)
-        endpoint = datastore.upsert(Endpoint(name="gemma-0", ip="127.0.0.1", port=port))
+        endpoint = await pod_appears(datastore, port)
         await eventually(lambda: server.in_flight == 1, what="the first probe to start")
         for _ in range(5):
             prober.request_refresh(endpoint.address)
@@ -185,8 +179,7 @@ async def test_the_models_are_asked_again_every_interval() -> None:
     server = FakeServer()
     datastore = Datastore()
     async with serve(server.app()) as port, prober_for(datastore, interval=0.05):
-        await asyncio.sleep(0)
-        datastore.upsert(Endpoint(name="gemma-0", ip="127.0.0.1", port=port))
+        await pod_appears(datastore, port)
         await eventually(lambda: server.calls >= 3, what="periodic probes")
 
 
@@ -194,8 +187,7 @@ async def test_a_removed_pod_is_no_longer_probed_and_its_probe_is_cancelled() ->
     server = FakeServer(delay=5.0)
     datastore = Datastore()
     async with serve(server.app()) as port, prober_for(datastore) as prober:
-        await asyncio.sleep(0)
-        endpoint = datastore.upsert(Endpoint(name="gemma-0", ip="127.0.0.1", port=port))
+        endpoint = await pod_appears(datastore, port)
         await eventually(lambda: server.in_flight == 1, what="the probe to start")
         datastore.remove(endpoint.address)
         await eventually(lambda: server.in_flight == 0, what="the probe to be cancelled")
@@ -207,7 +199,6 @@ async def test_a_probe_that_answers_slower_than_the_timeout_counts_as_failed() -
     server = FakeServer(delay=1.0)
     datastore = Datastore()
     async with serve(server.app()) as port, prober_for(datastore, probe_timeout=0.05) as prober:
-        await asyncio.sleep(0)
-        endpoint = datastore.upsert(Endpoint(name="gemma-0", ip="127.0.0.1", port=port))
+        endpoint = await pod_appears(datastore, port)
         await eventually(lambda: prober.errors >= 1, what="the timeout")
         assert not endpoint.models_known

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from epp.datastore import Datastore
 from epp.discovery import EndpointsFileError, StaticDiscovery, parse_endpoint_list, parse_endpoints_yaml
 
-from .support import eventually
+from .support import eventually, running
 
 TWO_PODS = """\
 endpoints:
   - {name: gemma-0, address: 127.0.0.1, port: 8001, labels: {app: gemma}}
   - {name: phi-0, address: 127.0.0.1, port: 8002, labels: {app: phi}}
 """
-
-
-@asynccontextmanager
-async def running(discovery: StaticDiscovery) -> AsyncIterator[None]:
-    task = asyncio.create_task(discovery.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def addresses(datastore: Datastore) -> set[str]:
