@@ -17,7 +17,7 @@ import pulumi_kubernetes as k8s
 
 from components.config import GatewaySettings
 from components.inference_extension import INFERENCE_GROUP
-from components.podspec import labels
+from components.podspec import object_meta
 
 GATEWAY_NAME = "llm-gateway"
 GATEWAY_CLASS = "gke-l7-regional-external-managed"
@@ -69,11 +69,7 @@ class Gateway(pulumi.ComponentResource):
             GATEWAY_NAME,
             api_version="gateway.networking.k8s.io/v1",
             kind="Gateway",
-            metadata={
-                "name": GATEWAY_NAME,
-                "namespace": args.namespace_ref,
-                "labels": labels("gateway", GATEWAY_NAME),
-            },
+            metadata=object_meta(GATEWAY_NAME, args.namespace_ref, "gateway", GATEWAY_NAME),
             spec={
                 "gatewayClassName": GATEWAY_CLASS,
                 "addresses": [{"type": "NamedAddress", "value": self.address.name}],
@@ -100,15 +96,12 @@ class Gateway(pulumi.ComponentResource):
         if route.served_name is not None:
             match["headers"] = [{"type": "Exact", "name": MODEL_HEADER, "value": route.served_name}]
         child = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[pool])
+        route_name, policy_name = f"{route.pool_name}-route", f"{route.pool_name}-backend"
         http_route = k8s.apiextensions.CustomResource(
-            f"{route.pool_name}-route",
+            route_name,
             api_version="gateway.networking.k8s.io/v1",
             kind="HTTPRoute",
-            metadata={
-                "name": f"{route.pool_name}-route",
-                "namespace": args.namespace_ref,
-                "labels": labels("httproute", route.pool_name),
-            },
+            metadata=object_meta(route_name, args.namespace_ref, "httproute", route.pool_name),
             spec={
                 "parentRefs": [
                     {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": GATEWAY_NAME}
@@ -118,14 +111,10 @@ class Gateway(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[pool, self.gateway]),
         )
         k8s.apiextensions.CustomResource(
-            f"{route.pool_name}-backend",
+            policy_name,
             api_version="networking.gke.io/v1",
             kind="GCPBackendPolicy",
-            metadata={
-                "name": f"{route.pool_name}-backend",
-                "namespace": args.namespace_ref,
-                "labels": labels("gcpbackendpolicy", route.pool_name),
-            },
+            metadata=object_meta(policy_name, args.namespace_ref, "gcpbackendpolicy", route.pool_name),
             spec={
                 "targetRef": backend,
                 "default": {

@@ -12,7 +12,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.inference_extension import INFERENCE_GROUP, MODEL_PORT
-from components.podspec import labels
+from components.podspec import object_meta
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,7 @@ class PoolHealthCheck(pulumi.ComponentResource):
             policy_name,
             api_version="networking.gke.io/v1",
             kind="HealthCheckPolicy",
-            metadata={
-                "name": policy_name,
-                "namespace": args.namespace_ref,
-                "labels": labels("healthcheckpolicy", args.pool_name),
-            },
+            metadata=object_meta(policy_name, args.namespace_ref, "healthcheckpolicy", args.pool_name),
             spec={
                 "targetRef": {"group": INFERENCE_GROUP, "kind": "InferencePool", "name": args.pool_name},
                 "default": {

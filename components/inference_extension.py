@@ -23,6 +23,7 @@ from components.podspec import (
     ext_proc_container,
     ext_proc_tmp_volume,
     labels,
+    object_meta,
     pod_security_context,
 )
 
@@ -113,11 +114,7 @@ class InferencePool(pulumi.ComponentResource):
             args.pool_name,
             api_version=INFERENCE_API_VERSION,
             kind="InferencePool",
-            metadata={
-                "name": args.pool_name,
-                "namespace": args.namespace_ref,
-                "labels": labels("inferencepool", args.pool_name),
-            },
+            metadata=object_meta(args.pool_name, args.namespace_ref, "inferencepool", args.pool_name),
             spec={
                 "selector": {"matchLabels": args.selector},
                 "targetPorts": [{"number": MODEL_PORT}],

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.podspec import labels
+from components.podspec import labels, object_meta
 
 HF_TOKEN_SECRET_KEY = "token"
 
@@ -61,11 +61,7 @@ class Namespace(pulumi.ComponentResource):
             self.hf_secret_name = "hf-token"
             k8s.core.v1.Secret(
                 f"{args.name}-hf-token",
-                metadata={
-                    "name": self.hf_secret_name,
-                    "namespace": self.ref,
-                    "labels": labels("hf-token", args.name),
-                },
+                metadata=object_meta(self.hf_secret_name, self.ref, "hf-token", args.name),
                 type="Opaque",
                 string_data={HF_TOKEN_SECRET_KEY: _as_secret(args.hf_token)},
                 opts=child,

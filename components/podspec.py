@@ -35,6 +35,11 @@ def labels(component: str, instance: str, extra: dict[str, str] | None = None) -
     return {**base, **(extra or {})}
 
 
+def object_meta(name: str, namespace: Fields, component: str, instance: str) -> Fields:
+    """Metadata of a namespaced object: its name, its namespace and :func:`labels`."""
+    return {"name": name, "namespace": namespace, "labels": labels(component, instance)}
+
+
 def pod_security_context(uid: int) -> Fields:
     """Pod-level: a fixed non-root user and group, RuntimeDefault seccomp."""
     return {
