@@ -8,6 +8,7 @@ VPC before the Gateway is created.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_gcp as gcp
@@ -45,13 +46,23 @@ class Network(pulumi.ComponentResource):
             routing_mode="REGIONAL",
             opts=child,
         )
-        self.subnet = gcp.compute.Subnetwork(
-            f"{name}-nodes",
-            name=f"{args.name}-nodes",
-            project=args.project,
-            region=args.region,
-            network=self.vpc.id,
-            ip_cidr_range=args.ranges.node_cidr,
+
+        def subnetwork(suffix: str, cidr: str, **role: Any) -> gcp.compute.Subnetwork:
+            """A subnetwork ``<stack>-<suffix>`` of this VPC in the stack's region; ``role`` is the rest."""
+            return gcp.compute.Subnetwork(
+                f"{name}-{suffix}",
+                name=f"{args.name}-{suffix}",
+                project=args.project,
+                region=args.region,
+                network=self.vpc.id,
+                ip_cidr_range=cidr,
+                opts=child,
+                **role,
+            )
+
+        self.subnet = subnetwork(
+            "nodes",
+            args.ranges.node_cidr,
             private_ip_google_access=True,
             secondary_ip_ranges=[
                 gcp.compute.SubnetworkSecondaryIpRangeArgs(
@@ -61,18 +72,12 @@ class Network(pulumi.ComponentResource):
                     range_name=SERVICE_RANGE, ip_cidr_range=args.ranges.service_cidr
                 ),
             ],
-            opts=child,
         )
-        self.proxy_only_subnet = gcp.compute.Subnetwork(
-            f"{name}-proxy-only",
-            name=f"{args.name}-proxy-only",
-            project=args.project,
-            region=args.region,
-            network=self.vpc.id,
-            ip_cidr_range=args.ranges.proxy_only_cidr,
+        self.proxy_only_subnet = subnetwork(
+            "proxy-only",
+            args.ranges.proxy_only_cidr,
             purpose="REGIONAL_MANAGED_PROXY",
             role="ACTIVE",
-            opts=child,
         )
         self.register_outputs(
             {
