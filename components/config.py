@@ -64,6 +64,9 @@ HEADER_VALUE = re.compile(r"^[\x21-\x7e]{1,256}$")
 PINNED_IMAGE = re.compile(r"^[^\s@]+@sha256:[0-9a-f]{64}$")
 """``name[:tag]@sha256:<digest>``: what runs is what was reviewed, whatever happens to the tag."""
 
+HUGGING_FACE_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+\Z")
+"""``owner/name`` of a model on the Hugging Face Hub."""
+
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 
 
@@ -170,29 +173,27 @@ class ModelSpec(_Model):
     @field_validator("served_name")
     @classmethod
     def _header_safe(cls, value: str) -> str:
-        if not HEADER_VALUE.match(value):
-            raise ValueError(
-                f"{value!r} is not a valid HTTP header value for X-Gateway-Base-Model-Name "
-                "(1-256 visible ASCII characters, no spaces or control characters)"
-            )
-        return value
+        return _matching(
+            HEADER_VALUE,
+            value,
+            "is not a valid HTTP header value for X-Gateway-Base-Model-Name "
+            "(1-256 visible ASCII characters, no spaces or control characters)",
+        )
 
     @field_validator("image")
     @classmethod
     def _pinned(cls, value: str) -> str:
-        if not PINNED_IMAGE.match(value):
-            raise ValueError(
-                f"{value!r} is not pinned by digest; use name[:tag]@sha256:<64 hex digits> "
-                "(docker buildx imagetools inspect <name:tag> prints the digest)"
-            )
-        return value
+        return _matching(
+            PINNED_IMAGE,
+            value,
+            "is not pinned by digest; use name[:tag]@sha256:<64 hex digits> "
+            "(docker buildx imagetools inspect <name:tag> prints the digest)",
+        )
 
     @field_validator("hugging_face_id")
     @classmethod
     def _hf_id(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value):
-            raise ValueError(f"{value!r} is not a Hugging Face model id of the form owner/name")
-        return value
+        return _matching(HUGGING_FACE_ID, value, "is not a Hugging Face model id of the form owner/name")
 
 
 class EppSettings(_Model):
@@ -297,6 +298,13 @@ class ConfigError(ValueError):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("invalid stack config:\n  " + "\n  ".join(errors))
         self.errors = errors
+
+
+def _matching(pattern: re.Pattern[str], value: str, problem: str) -> str:
+    """``value`` if ``pattern`` matches at its start, else ValueError ``'<value>' <problem>``."""
+    if not pattern.match(value):
+        raise ValueError(f"{value!r} {problem}")
+    return value
 
 
 def _unique(items: list[Any], attribute: str, field: str, alias: str | None = None) -> None:
