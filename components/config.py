@@ -301,8 +301,8 @@ class ConfigError(ValueError):
 
 
 def _matching(pattern: re.Pattern[str], value: str, problem: str) -> str:
-    """``value`` if ``pattern`` matches at its start, else ValueError ``'<value>' <problem>``."""
-    if not pattern.match(value):
+    """``value`` if ``pattern`` matches all of it, else ValueError ``'<value>' <problem>``."""
+    if not pattern.fullmatch(value):
         raise ValueError(f"{value!r} {problem}")
     return value
 

@@ -56,6 +56,18 @@ CASES = {
         "platform.models[1].servedName",
         "not a valid HTTP header value",
     ),
+    "a served name with a trailing newline": (
+        "gpu",
+        _with_model("gpu", 0, servedName="google/gemma-2b-it\n"),
+        "platform.models[0].servedName",
+        "not a valid HTTP header value",
+    ),
+    "a pinned image with a trailing newline": (
+        "gpu",
+        _with_model("gpu", 0, image="vllm/vllm-openai@sha256:" + "a" * 64 + "\n"),
+        "platform.models[0].image",
+        "not pinned by digest",
+    ),
     "a misspelt field": (
         "gpu",
         {"routingMod": "unified-pool"},
