@@ -81,6 +81,8 @@ class InferencePoolArgs:
     namespace_ref: pulumi.Input[str]
     selector: dict[str, str]
     """Labels of the model-server pods this pool (and its EPP) picks from."""
+    models: tuple[str, ...]
+    """Served names of the models this pool is configured for (503, not 404, while none is up)."""
     epp: EppSettings
     image_ref: pulumi.Input[str]
     image: pulumi.Resource
@@ -187,6 +189,7 @@ class InferencePool(pulumi.ComponentResource):
                                 "--grpc-port": EPP_GRPC_PORT,
                                 "--health-port": EPP_HEALTH_PORT,
                                 "--metrics-port": METRICS_PORT,
+                                "--pool-models": ",".join(args.models),
                             },
                             grpc_port=EPP_GRPC_PORT,
                             health_port=EPP_HEALTH_PORT,

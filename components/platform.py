@@ -139,6 +139,7 @@ class Platform(pulumi.ComponentResource):
                     namespace=cfg.namespace,
                     namespace_ref=namespace.ref,
                     selector=selector,
+                    models=tuple(m.served_name for m in self.served_models if m.pool == route.pool_name),
                     epp=cfg.epp,
                     image_ref=self.registry.image_ref,
                     image=self.registry.image,

@@ -240,8 +240,9 @@ class OneBox:
         starting = []
         for pool, (name, pods) in pools.items():
             endpoints = self._endpoints_file(pool, pods)
+            models = ",".join(sorted({p.model for p in pods}))
             child, server = await self._spawn_ext_proc(
-                name, "epp", ["--endpoints-file", str(endpoints), *profile]
+                name, "epp", ["--endpoints-file", str(endpoints), "--pool-models", models, *profile]
             )
             self.epps[pool] = server
             starting.append((child, grpc_serving(f"{HOST}:{server.health_port}")))

@@ -154,6 +154,30 @@ async def test_no_ready_endpoint_for_a_known_model_is_a_503() -> None:
     assert GEMMA in document["error"]["message"]  # type: ignore[index]
 
 
+async def test_a_model_scaled_to_zero_gets_a_503_not_a_404() -> None:
+    datastore = pool(("10.0.0.2", 8000, [PHI]))  # the gemma pods are gone
+    servicer = EndpointPicker(
+        datastore, LeastBusyScheduler(), Telemetry("epp", datastore), pool_models=[GEMMA, PHI]
+    )
+    async with serving(servicer) as stub:
+        code, document = (await EnvoyStream(stub).send_request(completion(GEMMA))).error()
+        unknown, _ = (await EnvoyStream(stub).send_request(completion("mistral-7b"))).error()
+
+    assert code == 503
+    assert "No ready endpoint serves the model 'google/gemma-2b-it'" in document["error"]["message"]  # type: ignore[index]
+    assert unknown == 404
+
+
+async def test_an_empty_pool_knows_its_configured_models() -> None:
+    datastore = Datastore()
+    datastore.synced = True
+    telemetry = Telemetry("epp", datastore)
+    servicer = EndpointPicker(datastore, LeastBusyScheduler(), telemetry, pool_models=[GEMMA])
+    async with serving(servicer) as stub:
+        code, _ = (await EnvoyStream(stub).send_request(completion(GEMMA))).error()
+    assert code == 503
+
+
 async def test_a_saturated_pool_sheds_with_429_only_when_shedding_is_configured() -> None:
     class AlwaysSaturated:
         def saturated(self, endpoints, now):  # type: ignore[no-untyped-def]

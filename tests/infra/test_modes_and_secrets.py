@@ -107,3 +107,11 @@ def test_the_kubeconfig_output_is_secret(stack_run: StackRun) -> None:
     assert "kubeconfig" in stack_run.secret_outputs
     [provider] = [r for r in stack_run.resources if r.type == "pulumi:providers:kubernetes"]
     assert "kubeconfig" in provider.secret_paths
+
+
+def test_the_unified_pool_epp_knows_every_model_it_is_configured_for() -> None:
+    run = render_stack("gpu", {"routingMode": "unified-pool"})
+    [deployment] = [r for r in run.resources if r.type == DEPLOYMENT and r.name.endswith("-epp")]
+    args = deployment.props["spec"]["template"]["spec"]["containers"][0]["args"]
+    models = args[args.index("--pool-models") + 1]
+    assert models.split(",") == ["google/gemma-2b-it", "microsoft/Phi-3-mini-4k-instruct"]

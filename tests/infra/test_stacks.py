@@ -169,6 +169,7 @@ def test_the_epp_watches_its_own_pool_with_the_contract_command_line(gpu: StackR
         "--grpc-port", "9002",
         "--health-port", "9003",
         "--metrics-port", "9090",
+        "--pool-models", "google/gemma-2b-it",  # scaled to zero it answers 503, not 404
     ]  # fmt: skip
     assert container["readinessProbe"]["grpc"] == {"port": 9003, "service": "readiness"}
     assert container["livenessProbe"]["grpc"] == {"port": 9003, "service": "liveness"}

@@ -65,6 +65,9 @@ class EppSettings(ServerSettings):
     metrics_interval: float = Field(default=0.05, gt=0)
     models_interval: float = Field(default=10.0, gt=0)
     shed_on_saturation: bool = False
+    # Models this pool is configured to serve: with no ready pod for one of them (say, scaled to
+    # zero) a request gets 503, not the 404 of a model the pool has never heard of.
+    pool_models: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _one_source_and_one_config(self) -> EppSettings:
@@ -109,6 +112,8 @@ def epp_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-interval", type=float, default=0.05, help="seconds between scrapes")
     parser.add_argument("--models-interval", type=float, default=10.0, help="seconds between model probes")
     parser.add_argument("--shed-on-saturation", action="store_true", help="429 when the pool is saturated")
+    parser.add_argument("--pool-models", help="NAME[,NAME...]: models the pool is configured to serve "
+                        "(503 rather than 404 while none of their pods is ready)")
     return parser
 
 
@@ -125,6 +130,9 @@ def bbr_parser() -> argparse.ArgumentParser:
 def parse_epp_args(argv: Sequence[str] | None = None) -> EppSettings:
     parser = epp_parser()
     values = vars(parser.parse_args(argv))
+    pool_models = values.pop("pool_models")
+    if pool_models is not None:
+        values["pool_models"] = _model_names(parser, "--pool-models", pool_models)
     try:
         return EppSettings.model_validate(values)
     except ValidationError as error:
@@ -142,15 +150,19 @@ def parse_bbr_args(argv: Sequence[str] | None = None) -> BbrSettings:
             parser.error(f"--adapter {item!r}: expected ADAPTER=BASE")
         adapters[adapter.strip()] = base.strip()
     if served is not None:
-        names = tuple(n.strip() for n in served.split(",") if n.strip())
-        if not names:
-            parser.error("--served-models: give at least one model name")
-        values["served_models"] = names
+        values["served_models"] = _model_names(parser, "--served-models", served)
     values["adapters"] = adapters
     try:
         return BbrSettings.model_validate(values)
     except ValidationError as error:
         parser.error(_validation_message(error))
+
+
+def _model_names(parser: argparse.ArgumentParser, flag: str, value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if not names:
+        parser.error(f"{flag}: give at least one model name")
+    return names
 
 
 def _validation_message(error: ValidationError) -> str:
@@ -229,6 +241,7 @@ async def serve_epp(
             saturation=detector,
             shed_on_saturation=settings.shed_on_saturation,
             refresher=runner,
+            pool_models=settings.pool_models,
         )
 
         def on_endpoint(address: str, endpoint: Endpoint | None) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
@@ -76,6 +76,7 @@ class EndpointPicker(ExtProcServicer):
         saturation: SaturationDetector | None = None,
         shed_on_saturation: bool = False,
         refresher: ModelRefresher | None = None,
+        pool_models: Iterable[str] = (),
     ) -> None:
         self._datastore = datastore
         self._scheduler = scheduler
@@ -86,13 +87,15 @@ class EndpointPicker(ExtProcServicer):
         self._models = ModelList(datastore.served_models)
         self._destinations: dict[str, _Destination] = {}
         self._version = -1
-        self._served: frozenset[str] = frozenset()
+        self._pool_models = frozenset(pool_models)
+        # Models a request may name: the configured ones and whatever the pods report.
+        self._known: frozenset[str] = self._pool_models
 
-    def _served_models(self) -> frozenset[str]:
+    def _known_models(self) -> frozenset[str]:
         if self._version != self._datastore.version:
-            self._served = frozenset(self._datastore.served_models())
+            self._known = self._pool_models.union(self._datastore.served_models())
             self._version = self._datastore.version
-        return self._served
+        return self._known
 
     def decide(self, exchange: Exchange) -> ProcessingResponse:
         if exchange.body is None:
@@ -108,8 +111,8 @@ class EndpointPicker(ExtProcServicer):
         parsed = parse_body(exchange.body)
         model = require_model(parsed)
         exchange.model = model
-        if model not in self._served_models():
-            raise unknown_model(model, sorted(self._served))
+        if model not in self._known_models():
+            raise unknown_model(model, sorted(self._known))
         subset = _subset_hint(exchange.metadata)
         if subset is not None and not subset:
             raise RequestError(503, "The gateway's endpoint subset hint is empty.", None, "empty_subset")
@@ -169,7 +172,7 @@ class EndpointPicker(ExtProcServicer):
             usage = response.usage()
             if usage is not None:
                 self._telemetry.tokens(exchange.model, usage.prompt_tokens, usage.completion_tokens)
-        self._telemetry.request(exchange.model if exchange.model in self._served else "", exchange.outcome)
+        self._telemetry.request(exchange.model if exchange.model in self._known else "", exchange.outcome)
 
     def forget(self, address: str) -> None:
         """Drop prebuilt answers for an endpoint that left the pool."""

@@ -1,0 +1,51 @@
+"""The `epp` and `bbr` command lines: what an operator types becomes typed settings, or a clear error."""
+
+from __future__ import annotations
+
+import pytest
+from epp.cli import parse_bbr_args, parse_epp_args
+
+
+def test_a_pool_deployment_command_line_becomes_settings() -> None:
+    settings = parse_epp_args(
+        ["--pool-name", "gemma-pool", "--pool-namespace", "llm", "--profile", "proxy-performance",
+         "--pool-models", "google/gemma-2b-it, google/gemma-2b-it-lora", "--shed-on-saturation"]
+    )
+    assert settings.pool_name == "gemma-pool"
+    assert settings.pool_namespace == "llm"
+    assert settings.profile == "proxy-performance"
+    assert settings.pool_models == ("google/gemma-2b-it", "google/gemma-2b-it-lora")
+    assert settings.shed_on_saturation
+    assert (settings.grpc_port, settings.health_port, settings.metrics_port) == (9002, 9003, 9090)
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--profile", "default"], "exactly one endpoint source"),
+        (["--endpoints", "127.0.0.1:8000", "--pool-name", "p"], "exactly one endpoint source"),
+        (["--endpoints", "127.0.0.1:8000", "--pool-models", " , "], "--pool-models"),
+        (["--endpoints", "127.0.0.1:8000", "--grpc-port", "70000"], "--grpc-port"),
+        (["--endpoints", "127.0.0.1:8000", "--pool-namespace", "ns"], "--pool-namespace"),
+    ],
+)
+def test_a_bad_epp_command_line_exits_2_naming_the_problem(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_epp_args(argv)
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+def test_the_bbr_knows_served_models_and_adapters() -> None:
+    settings = parse_bbr_args(["--served-models", "a,b", "--adapter", "a-lora=a"])
+    assert settings.served_models == ("a", "b")
+    assert settings.adapters == {"a-lora": "a"}
+    assert (settings.grpc_port, settings.health_port) == (9004, 9005)
+
+
+def test_a_bbr_adapter_without_its_base_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_bbr_args(["--adapter", "lonely"])
+    assert "--adapter 'lonely': expected ADAPTER=BASE" in capsys.readouterr().err
