@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import grpc
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
@@ -115,6 +115,16 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
             )
             return error.response(), False
 
+    async def _answer_request(
+        self, exchange: Exchange, write: Callable[[ProcessingResponse], Awaitable[None]]
+    ) -> bool:
+        """Send the decision on the request; False when it was a refusal that ends the exchange."""
+        answer, routed = self._decide(exchange)
+        if not routed:
+            self._finish(exchange)
+        await write(answer)
+        return routed
+
     def _finish(self, exchange: Exchange) -> None:
         if exchange.finished:
             return
@@ -146,12 +156,8 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                         continue
                     exchange.body = parts[0] if len(parts) == 1 else b"".join(parts)
                     parts = []
-                    answer, routed = self._decide(exchange)
-                    if not routed:
-                        self._finish(exchange)
-                        await write(answer)
+                    if not await self._answer_request(exchange, write):
                         return
-                    await write(answer)
                     for chunk in request_body_chunks(exchange.body):
                         await write(chunk)
                 elif kind == "response_body":
@@ -176,12 +182,8 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                     if request.HasField("metadata_context"):
                         exchange.metadata = request.metadata_context.filter_metadata
                     if headers.end_of_stream or request.protocol_config.request_body_mode == _NONE:
-                        answer, routed = self._decide(exchange)
-                        if not routed:
-                            self._finish(exchange)
-                            await write(answer)
+                        if not await self._answer_request(exchange, write):
                             return
-                        await write(answer)
                     elif not request_full_duplex:
                         error = RequestError(
                             500,
@@ -197,12 +199,8 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                     if not exchange.decided:
                         exchange.body = b"".join(parts)
                         parts = []
-                        answer, routed = self._decide(exchange)
-                        if not routed:
-                            self._finish(exchange)
-                            await write(answer)
+                        if not await self._answer_request(exchange, write):
                             return
-                        await write(answer)
                         for chunk in request_body_chunks(exchange.body, end_of_stream=False):
                             await write(chunk)
                     await write(CONTINUE_REQUEST_TRAILERS)
