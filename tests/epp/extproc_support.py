@@ -109,13 +109,22 @@ class Outcome:
 
 
 class EnvoyStream:
-    """One HTTP request as Envoy's ext_proc filter would present it (FULL_DUPLEX_STREAMED)."""
+    """One HTTP request as Envoy's ext_proc filter would present it (FULL_DUPLEX_STREAMED).
+
+    ``protocol_config=False`` plays an Envoy older than 1.34 (or another proxy), which does not say
+    which body modes it was configured with.
+    """
 
     def __init__(
-        self, stub: external_processor_pb2_grpc.ExternalProcessorStub, *, response_mode: int = FULL_DUPLEX
+        self,
+        stub: external_processor_pb2_grpc.ExternalProcessorStub,
+        *,
+        response_mode: int = FULL_DUPLEX,
+        protocol_config: bool = True,
     ) -> None:
         self.call = stub.Process()
         self.response_mode = response_mode
+        self.protocol_config = protocol_config
 
     async def send_request(
         self,
@@ -134,11 +143,12 @@ class EnvoyStream:
             all_headers["content-type"] = "application/json"
         all_headers.update(headers or {})
         first = ProcessingRequest(
-            request_headers=HttpHeaders(headers=header_map(all_headers), end_of_stream=body is None),
-            protocol_config=ProtocolConfiguration(
-                request_body_mode=FULL_DUPLEX, response_body_mode=self.response_mode
-            ),
+            request_headers=HttpHeaders(headers=header_map(all_headers), end_of_stream=body is None)
         )
+        if self.protocol_config:
+            first.protocol_config.CopyFrom(
+                ProtocolConfiguration(request_body_mode=FULL_DUPLEX, response_body_mode=self.response_mode)
+            )
         if metadata is not None:
             first.metadata_context.CopyFrom(metadata)
         await self.call.write(first)

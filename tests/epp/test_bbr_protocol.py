@@ -5,10 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    ProcessingRequest,
+    ProtocolConfiguration,
+)
 from epp.extproc import BodyBasedRouter
 from epp.telemetry import Telemetry
 
-from tests.epp.extproc_support import EnvoyStream, serving
+from tests.epp.extproc_support import EnvoyStream, header_map, serving
 
 GEMMA = "google/gemma-2b-it"
 ADAPTER = "gemma-sql-lora"
@@ -98,3 +105,29 @@ async def test_a_bodyless_request_passes_through_for_the_proxy_to_route() -> Non
         outcome = await EnvoyStream(stub).send_request(None, method="GET", path="/health")
     assert outcome.immediate is None
     assert outcome.responses[0].HasField("request_headers")
+
+
+async def test_a_proxy_without_protocol_config_gets_its_request_headers_answered_once() -> None:
+    async with serving(upstream_like()) as stub:
+        body = json.dumps({"model": GEMMA, "prompt": "x"}).encode()
+        outcome = await EnvoyStream(stub, protocol_config=False).send_request(body)
+
+    assert [r.WhichOneof("response") for r in outcome.responses] == ["request_headers", "request_body"]
+    assert outcome.set_headers["x-gateway-model-name"] == GEMMA
+    assert outcome.body_chunks == [(body, True)]
+
+
+async def test_a_body_sent_after_the_headers_were_answered_is_passed_on_not_answered_again() -> None:
+    # A proxy whose request body mode says NONE yet sends the body anyway.
+    async with serving(upstream_like()) as stub:
+        call = stub.Process()
+        await call.write(ProcessingRequest(
+            request_headers=HttpHeaders(headers=header_map({":method": "POST", ":path": "/v1/completions"})),
+            protocol_config=ProtocolConfiguration(request_body_mode=ProcessingMode.NONE),
+        ))
+        await call.write(ProcessingRequest(request_body=HttpBody(body=b'{"model": "m"}', end_of_stream=True)))
+        answers = [await call.read(), await call.read()]
+        call.cancel()
+
+    assert [a.WhichOneof("response") for a in answers] == ["request_headers", "request_body"]
+    assert answers[1].request_body.response.body_mutation.streamed_response.body == b'{"model": "m"}'

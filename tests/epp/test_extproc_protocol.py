@@ -361,3 +361,15 @@ async def test_in_streamed_response_mode_an_error_body_is_buffered_and_read() ->
         await stream.call.read()
     assert refreshed == ["10.0.0.1:8000"]
     assert datastore.get("10.0.0.1:8000").in_flight == 0  # type: ignore[union-attr]
+
+
+async def test_a_proxy_that_does_not_send_its_protocol_config_gets_its_request_routed_on_the_body() -> None:
+    # Envoy sends protocol_config only since 1.34: without it the filter is taken to be full duplex.
+    datastore = gemma_and_phi()
+    async with serving(picker(datastore)) as stub:
+        body = completion(GEMMA)
+        outcome = await EnvoyStream(stub, protocol_config=False).send_request(body)
+
+    assert outcome.immediate is None
+    assert outcome.set_headers["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+    assert outcome.body_chunks == [(body, True)]

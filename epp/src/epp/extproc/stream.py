@@ -139,7 +139,9 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
     ) -> None:
         exchange = Exchange()
         parts: list[bytes] = []
-        request_full_duplex = True
+        # Envoy states its body modes (protocol_config) only since 1.34; without them the filter is
+        # taken to be configured as this server requires: full duplex both ways.
+        request_mode = _FULL_DUPLEX
         response_mode = _FULL_DUPLEX
         try:
             read = context.read
@@ -151,6 +153,12 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                 kind = request.WhichOneof("request")
                 if kind == "request_body":
                     message = request.request_body
+                    if exchange.decided:
+                        # A proxy that sends a body after the request was answered from its headers
+                        # (its body mode said NONE): pass the body on unchanged, never answer twice.
+                        for chunk in request_body_chunks(message.body, end_of_stream=message.end_of_stream):
+                            await write(chunk)
+                        continue
                     parts.append(message.body)
                     if not message.end_of_stream:
                         continue
@@ -174,17 +182,17 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                 elif kind == "request_headers":
                     if request.HasField("protocol_config"):
                         config = request.protocol_config
-                        request_full_duplex = config.request_body_mode in (_FULL_DUPLEX, _NONE)
+                        request_mode = config.request_body_mode
                         response_mode = config.response_body_mode
                     headers = request.request_headers
                     exchange.headers = headers_to_dict(headers)
                     exchange.request_id = exchange.headers.get("x-request-id", "")
                     if request.HasField("metadata_context"):
                         exchange.metadata = request.metadata_context.filter_metadata
-                    if headers.end_of_stream or request.protocol_config.request_body_mode == _NONE:
+                    if headers.end_of_stream or request_mode == _NONE:
                         if not await self._answer_request(exchange, write):
                             return
-                    elif not request_full_duplex:
+                    elif request_mode != _FULL_DUPLEX:
                         error = RequestError(
                             500,
                             "Gateway misconfiguration: the ext_proc filter must send request bodies "
