@@ -1,7 +1,9 @@
 """Cluster: the GKE cluster, its node pools (CPU, GPU or TPU), and the Kubernetes provider built from it.
 
 The cluster has the Gateway API enabled (``CHANNEL_STANDARD``), Workload Identity, a release
-channel and no default node pool. Nodes run as a dedicated, minimally privileged service account.
+channel and no default node pool; with ``inferencePoolCrd: gke-managed`` its control plane is at
+least the GKE version that ships the InferencePool CRD (``minMasterVersion``). Nodes run as a
+dedicated, minimally privileged service account.
 The provider authenticates with ``gke-gcloud-auth-plugin`` (no static credentials in state) and
 carries ``cluster_identifier`` so a kubeconfig change (a new endpoint certificate, say) updates the
 provider instead of replacing every Kubernetes object.
@@ -119,6 +121,7 @@ class Cluster(pulumi.ComponentResource):
                 services_secondary_range_name=SERVICE_RANGE,
             ),
             release_channel=gcp.container.ClusterReleaseChannelArgs(channel=cfg.release_channel),
+            min_master_version=cfg.min_master_version,
             gateway_api_config=gcp.container.ClusterGatewayApiConfigArgs(channel="CHANNEL_STANDARD"),
             workload_identity_config=gcp.container.ClusterWorkloadIdentityConfigArgs(
                 workload_pool=f"{cfg.project}.svc.id.goog"

@@ -55,6 +55,12 @@ AcceleratorName = Literal[
 
 SchedulingProfile = Literal["default", "proxy-performance", "proxy-performance-by-backend"]
 
+InferencePoolCrdSource = Literal["gke-managed", "install"]
+"""Who puts the ``inferencepools.inference.networking.k8s.io`` CRD on the cluster: GKE, or this program."""
+
+GKE_MANAGED_INFERENCE_POOL_CRD_VERSION = "1.34.0-gke.1626000"
+"""First GKE version that installs the GA InferencePool CRD itself (Gateway API enabled)."""
+
 DNS_LABEL = r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"
 """Short Kubernetes-safe names: they are prefixed/suffixed to build object names (max 63)."""
 
@@ -247,6 +253,20 @@ class PlatformConfig(_Model):
     node_pools: Annotated[list[NodePool], Field(min_length=1)]
     models: Annotated[list[ModelSpec], Field(min_length=1)]
     routing_mode: Literal["per-model-pools", "unified-pool"] = "per-model-pools"
+    inference_pool_crd: InferencePoolCrdSource = "gke-managed"
+    """Where the InferencePool CRD comes from.
+
+    ``gke-managed`` (default): GKE installs and upgrades the GA CRD itself from
+    1.34.0-gke.1626000 on, so the program creates no CRD, asks the cluster for at least that
+    master version (``minMasterVersion``), and orders every InferencePool after the cluster. Creating
+    the CRD there would fail with AlreadyExists, and owning it would let ``pulumi destroy`` delete a
+    GKE-managed CRD together with every InferencePool in the cluster.
+
+    ``install``: the program applies the vendored upstream v1.5.0 CRD and orders every
+    InferencePool after it -- for clusters that do not ship it (an older GKE version pinned by
+    policy, say). The CRD is retained on delete, so switching such a stack to ``gke-managed`` later
+    makes Pulumi forget it instead of deleting it and every pool with it.
+    """
     epp: EppSettings = EppSettings()
     bbr: BbrSettings = BbrSettings()
     gateway: GatewaySettings = GatewaySettings()
@@ -277,6 +297,11 @@ class PlatformConfig(_Model):
                     f"{model.accelerator} per node of pool {pool.name}",
                 )
         return self
+
+    @property
+    def min_master_version(self) -> str | None:
+        """The cluster's minimum control-plane version: the one that ships the CRD, when GKE manages it."""
+        return GKE_MANAGED_INFERENCE_POOL_CRD_VERSION if self.inference_pool_crd == "gke-managed" else None
 
     def pool_for(self, model: ModelSpec) -> NodePool:
         """The node pool a model's pods land on (the one offering its accelerator)."""

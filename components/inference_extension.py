@@ -1,10 +1,12 @@
-"""Inference extension: the InferencePool CRD, and per pool its InferencePool and Endpoint Picker.
+"""Inference extension: the InferencePool CRD if GKE does not ship it, and per pool its InferencePool and EPP.
 
-The CRD (``inference.networking.k8s.io/v1``, Gateway API Inference Extension v1.5.0, vendored
-from the upstream release in ``manifests/``) is installed once, and every InferencePool depends on
-it explicitly. Each pool gets its own EPP: a Deployment of our image (digest-pinned, and an
-explicit dependency on the image build), a gRPC Service on 9002, a ServiceAccount whose Role can
-only get/list/watch pods and inferencepools, and a ConfigMap holding its EndpointPickerConfig.
+GKE from 1.34.0-gke.1626000 installs the GA CRD (``inference.networking.k8s.io/v1``) itself; for
+clusters that do not, :class:`InferencePoolCrd` applies the Gateway API Inference Extension v1.5.0
+release manifest vendored in ``manifests/``. Either way every InferencePool depends explicitly on
+what makes its API exist (``InferencePoolArgs.pool_api``: the CRD, or the cluster that ships it).
+Each pool gets its own EPP: a Deployment of our image (digest-pinned, and an explicit dependency on
+the image build), a gRPC Service on 9002, a ServiceAccount whose Role can only get/list/watch pods
+and inferencepools, and a ConfigMap holding its EndpointPickerConfig.
 """
 
 from __future__ import annotations
@@ -56,7 +58,12 @@ def endpoint_picker_config(settings: EppSettings) -> str:
 
 
 class InferencePoolCrd(pulumi.ComponentResource):
-    """The InferencePool CustomResourceDefinition, from the vendored upstream release manifest."""
+    """The InferencePool CustomResourceDefinition, from the vendored upstream release manifest.
+
+    Only for clusters that do not ship it (``inferencePoolCrd: install``). It is retained on
+    delete: ``pulumi destroy`` removes the cluster anyway, and a stack later switched to
+    ``gke-managed`` must forget the CRD, not delete it (and with it every InferencePool).
+    """
 
     crd: k8s.apiextensions.v1.CustomResourceDefinition
 
@@ -69,7 +76,7 @@ class InferencePoolCrd(pulumi.ComponentResource):
             manifest["metadata"]["name"],
             metadata=manifest["metadata"],
             spec=manifest["spec"],
-            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+            opts=pulumi.ResourceOptions(parent=self, provider=provider, retain_on_delete=True),
         )
         self.register_outputs({"crd": manifest["metadata"]["name"]})
 
@@ -86,7 +93,8 @@ class InferencePoolArgs:
     epp: EppSettings
     image_ref: pulumi.Input[str]
     image: pulumi.Resource
-    crd: pulumi.Resource
+    pool_api: pulumi.Resource
+    """What makes the InferencePool API exist: the installed CRD, or the GKE cluster that ships it."""
     provider: k8s.Provider
 
 
@@ -128,7 +136,7 @@ class InferencePool(pulumi.ComponentResource):
                     "failureMode": args.epp.failure_mode,
                 },
             },
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.crd]),
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.pool_api]),
         )
 
         service_account = k8s.core.v1.ServiceAccount(

@@ -1,7 +1,8 @@
 """Platform: composes every concern of one stack, from the VPC to the per-model routes.
 
 Order of the explicit dependencies the engine must honour: proxy-only subnet -> Gateway;
-image -> EPP and BBR Deployments; InferencePool CRD -> every InferencePool -> its
+image -> EPP and BBR Deployments; the InferencePool API (the GKE cluster that ships the CRD, or
+the CRD this program installs, per ``inferencePoolCrd``) -> every InferencePool -> its
 HealthCheckPolicy (and its HTTPRoute and GCPBackendPolicy).
 """
 
@@ -105,7 +106,11 @@ class Platform(pulumi.ComponentResource):
                 opts=child,
             )
 
-        crd = InferencePoolCrd("inference-pool-crd", provider, opts=child)
+        pool_api: pulumi.Resource = (
+            InferencePoolCrd("inference-pool-crd", provider, opts=child).crd
+            if cfg.inference_pool_crd == "install"
+            else self.cluster.cluster  # created at minMasterVersion, so GKE has installed the CRD
+        )
         self.gateway = Gateway(
             "gateway",
             GatewayArgs(
@@ -143,7 +148,7 @@ class Platform(pulumi.ComponentResource):
                     epp=cfg.epp,
                     image_ref=self.registry.image_ref,
                     image=self.registry.image,
-                    crd=crd.crd,
+                    pool_api=pool_api,
                     provider=provider,
                 ),
                 opts=child,

@@ -59,6 +59,8 @@ class RegisteredResource:
     """Dotted paths of the inputs that were Pulumi secrets, e.g. ``stringData.token``."""
     provider: str | None = None
     """Provider reference (``urn::id``) the resource was registered with, if explicit."""
+    retain_on_delete: bool = False
+    """True when deleting it from the program only removes it from the state (``retain_on_delete``)."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 },
                 secret_paths=tuple(secrets),
                 provider=request.provider or None,
+                retain_on_delete=bool(request.retainOnDelete),
             )
             with self._lock:
                 self.recorded.append(record)

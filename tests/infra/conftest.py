@@ -32,6 +32,12 @@ def tpu() -> StackRun:
 
 
 @pytest.fixture(scope="session", params=["gpu", "tpu"])
+def installed_crd(request: pytest.FixtureRequest) -> StackRun:
+    """A committed stack switched to ``inferencePoolCrd: install`` (a cluster without GKE's CRD)."""
+    return render_stack(request.param, {"inferencePoolCrd": "install"})
+
+
+@pytest.fixture(scope="session", params=["gpu", "tpu"])
 def stack_run(request: pytest.FixtureRequest, gpu: StackRun, tpu: StackRun) -> StackRun:
     return {"gpu": gpu, "tpu": tpu}[request.param]
 

@@ -74,6 +74,12 @@ CASES = {
         "platform.routingMod",
         "unknown field",
     ),
+    "an InferencePool CRD source nobody knows": (
+        "tpu",
+        {"inferencePoolCrd": "helm"},
+        "platform.inferencePoolCrd",
+        "'helm' is not allowed; input should be 'gke-managed' or 'install'",
+    ),
     "a model image pulled by tag": (
         "gpu",
         _with_model("gpu", 0, image="vllm/vllm-openai:latest"),

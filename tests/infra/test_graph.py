@@ -1,14 +1,17 @@
 """The dependency graph, read from the recorded RegisterResource requests.
 
 The orderings the engine must honour are explicit ``depends_on`` edges, not accidents of which
-output feeds which input: the CRD before every InferencePool, each pool before its
+output feeds which input: the InferencePool API before every InferencePool (the GKE cluster that
+ships the CRD, or the CRD itself with ``inferencePoolCrd: install``), each pool before its
 HealthCheckPolicy, the proxy-only subnet before the Gateway, and the image before the EPP.
 """
 
 from __future__ import annotations
 
+from components.config import GKE_MANAGED_INFERENCE_POOL_CRD_VERSION
 from render import RegisteredResource, StackRun
 from tests.infra.conftest import (
+    CLUSTER,
     CRD,
     DEPLOYMENT,
     GATEWAY,
@@ -27,21 +30,58 @@ def _explicit(resource: RegisteredResource) -> set[str]:
     return set(resource.dependencies) - implicit
 
 
-def test_every_inference_pool_waits_for_the_crd(stack_run: StackRun) -> None:
-    [crd] = of_type(stack_run, CRD)
+def test_on_gke_the_cluster_ships_the_crd_and_every_inference_pool_waits_for_it(stack_run: StackRun) -> None:
+    [cluster] = of_type(stack_run, CLUSTER)
     pools = of_type(stack_run, POOL)
+
+    assert of_type(stack_run, CRD) == []  # not ours to create, nor to delete on destroy
+    assert cluster.props["minMasterVersion"] == GKE_MANAGED_INFERENCE_POOL_CRD_VERSION == "1.34.0-gke.1626000"
+    assert len(pools) == 2
+    for pool in pools:
+        assert cluster.urn in _explicit(pool)
+
+
+def test_every_inference_pool_waits_for_the_crd(installed_crd: StackRun) -> None:
+    [crd] = of_type(installed_crd, CRD)
+    pools = of_type(installed_crd, POOL)
 
     assert len(pools) == 2
     for pool in pools:
         assert crd.urn in _explicit(pool)
 
 
-def test_every_pool_health_check_waits_for_its_pool(stack_run: StackRun) -> None:
-    for pool in of_type(stack_run, POOL):
+def test_an_installed_crd_leaves_the_cluster_version_to_its_release_channel(installed_crd: StackRun) -> None:
+    [cluster] = of_type(installed_crd, CLUSTER)
+
+    assert cluster.props.get("minMasterVersion") is None
+
+
+def test_an_installed_crd_is_forgotten_not_deleted_when_the_program_drops_it(installed_crd: StackRun) -> None:
+    # Switching to gke-managed removes the CRD from the program; deleting it would take every pool along.
+    [crd] = of_type(installed_crd, CRD)
+
+    assert crd.props["metadata"]["name"] == "inferencepools.inference.networking.k8s.io"
+    assert crd.retain_on_delete
+
+
+def _each_health_check_waits_for_its_pool(run: StackRun) -> None:
+    pools = of_type(run, POOL)
+    assert pools
+    for pool in pools:
         name = pool.props["metadata"]["name"]
-        policy = named(stack_run, HEALTH_CHECK_POLICY, f"{name}-health")
+        policy = named(run, HEALTH_CHECK_POLICY, f"{name}-health")
         assert policy.props["spec"]["targetRef"]["name"] == name
         assert pool.urn in _explicit(policy)
+
+
+def test_every_pool_health_check_waits_for_its_pool(stack_run: StackRun) -> None:
+    _each_health_check_waits_for_its_pool(stack_run)
+
+
+def test_every_pool_health_check_waits_for_its_pool_when_the_program_installs_the_crd(
+    installed_crd: StackRun,
+) -> None:
+    _each_health_check_waits_for_its_pool(installed_crd)
 
 
 def test_the_gateway_waits_for_the_proxy_only_subnet(stack_run: StackRun) -> None:

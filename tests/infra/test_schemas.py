@@ -132,3 +132,14 @@ def test_every_core_object_is_valid_kubernetes(stack_run: StackRun) -> None:
             pytest.fail(
                 f"{manifest['kind']} {manifest['metadata']['name']}: {error.message} at {list(error.path)}"
             )
+
+
+def test_the_crd_the_program_installs_on_request_is_valid_kubernetes(installed_crd: StackRun) -> None:
+    [crd] = [o for o in _core_objects(installed_crd) if o["kind"] == "CustomResourceDefinition"]
+
+    assert crd["spec"]["group"] == "inference.networking.k8s.io"
+    assert [v["name"] for v in crd["spec"]["versions"]] == ["v1"]
+    try:
+        kubernetes_validate.validate(crd, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        pytest.fail(f"CustomResourceDefinition: {error.message} at {list(error.path)}")
