@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
@@ -131,3 +132,15 @@ async def test_a_body_sent_after_the_headers_were_answered_is_passed_on_not_answ
 
     assert [a.WhichOneof("response") for a in answers] == ["request_headers", "request_body"]
     assert answers[1].request_body.response.body_mutation.streamed_response.body == b'{"model": "m"}'
+
+
+@pytest.mark.parametrize("router", [front_door, upstream_like], ids=["front-door", "upstream-like"])
+async def test_a_request_whose_empty_body_arrives_as_a_message_of_its_own_passes_through(
+    router: Callable[[], BodyBasedRouter],
+) -> None:
+    async with serving(router()) as stub:
+        outcome = await EnvoyStream(stub).send_request(b"", method="GET", path="/health")
+
+    assert outcome.immediate is None
+    assert not outcome.responses[0].request_headers.response.HasField("header_mutation")
+    assert outcome.body_chunks == [(b"", True)]

@@ -373,3 +373,12 @@ async def test_a_proxy_that_does_not_send_its_protocol_config_gets_its_request_r
     assert outcome.immediate is None
     assert outcome.set_headers["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
     assert outcome.body_chunks == [(body, True)]
+
+
+async def test_get_v1_models_whose_empty_body_arrives_as_a_message_of_its_own_is_answered() -> None:
+    async with serving(picker(gemma_and_phi())) as stub:
+        outcome = await EnvoyStream(stub).send_request(b"", method="GET", path="/v1/models")
+
+    response = outcome.immediate.immediate_response  # type: ignore[union-attr]
+    assert response.status.code == 200
+    assert [m["id"] for m in json.loads(response.body)["data"]] == [GEMMA, PHI]

@@ -35,6 +35,21 @@ async def complete(
         return response.status, response.headers.get("x-inference-pod", ""), await response.json()
 
 
+async def raw_http(port: int, request: bytes) -> tuple[int, bytes]:
+    """Send one hand-written HTTP/1.1 request (``Connection: close``); its status and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            answer = await reader.read(-1)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
 async def test_per_model_pools_route_every_request_to_a_pod_serving_its_model(tmp_path: Path) -> None:
     async with pods(("gemma-0", GEMMA), ("phi-0", PHI), ("phi-1", PHI)) as sims:
         gemma_file, phi_file = tmp_path / "gemma.yaml", tmp_path / "phi.yaml"
@@ -165,3 +180,20 @@ async def test_pods_added_and_removed_mid_run_are_picked_up_and_dropped_with_no_
                 assert failures == []
                 assert "phi-1" not in after_removal
                 assert set(after_removal) == {"phi-0", "phi-2"}
+
+
+async def test_a_get_v1_models_whose_client_sends_an_empty_chunked_body_is_answered(tmp_path: Path) -> None:
+    # Envoy passes the empty body on as a body message of its own, not as end_of_stream on the headers.
+    async with pods(("gemma-0", GEMMA)) as sims:
+        endpoints = tmp_path / "pool.yaml"
+        write_endpoints(endpoints, sims)
+        async with serving(serve_epp, EppSettings(endpoints_file=endpoints, **LOCAL)) as epp:
+            await wait_ready(epp.health)
+            async with EnvoyProcess(unified_gateway_config(epp=f"127.0.0.1:{epp.grpc}")) as envoy:
+                status, body = await raw_http(
+                    envoy.port,
+                    b"GET /v1/models HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                )
+    assert status == 200, body
+    assert b'"id":"google/gemma-2b-it"' in body

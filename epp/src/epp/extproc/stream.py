@@ -162,11 +162,14 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                     parts.append(message.body)
                     if not message.end_of_stream:
                         continue
-                    exchange.body = parts[0] if len(parts) == 1 else b"".join(parts)
+                    body = parts[0] if len(parts) == 1 else b"".join(parts)
                     parts = []
+                    # An empty body (e.g. a chunked GET's lone 0 chunk) is no body to decide on, but
+                    # Envoy sent a body message, so it still gets its (empty) body back.
+                    exchange.body = body or None
                     if not await self._answer_request(exchange, write):
                         return
-                    for chunk in request_body_chunks(exchange.body):
+                    for chunk in request_body_chunks(body):
                         await write(chunk)
                 elif kind == "response_body":
                     message = request.response_body
@@ -205,11 +208,12 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                         return
                 elif kind == "request_trailers":
                     if not exchange.decided:
-                        exchange.body = b"".join(parts)
+                        body = b"".join(parts)
                         parts = []
+                        exchange.body = body or None
                         if not await self._answer_request(exchange, write):
                             return
-                        for chunk in request_body_chunks(exchange.body, end_of_stream=False):
+                        for chunk in request_body_chunks(body, end_of_stream=False):
                             await write(chunk)
                     await write(CONTINUE_REQUEST_TRAILERS)
                 elif kind == "response_headers":
