@@ -95,8 +95,13 @@ def grpc_probe(port: int, service: str, period: int = 10, failures: int = 3) -> 
 
 
 def command_line(options: dict[str, object]) -> list[str]:
-    """``{"--grpc-port": 9002}`` -> ``["--grpc-port", "9002"]`` (flags in the order given)."""
-    return [part for flag, value in options.items() for part in (flag, str(value))]
+    """``{"--grpc-port": 9002, "--secure-serving": True}`` -> ``["--grpc-port", "9002", "--secure-serving"]``
+    (flags in the order given; ``True`` is a flag without a value)."""
+    return [
+        part
+        for flag, value in options.items()
+        for part in ((flag,) if value is True else (flag, str(value)))
+    ]
 
 
 def ext_proc_container(
@@ -114,14 +119,16 @@ def ext_proc_container(
     """A container of our ext_proc image (EPP or BBR): its ports, gRPC probes, hardening and ``/tmp``.
 
     ``options`` are the command-line flags, in order (``--bind 0.0.0.0`` is appended so the servers
-    listen on the pod's address); ``mounts`` come before the ``/tmp`` scratch mount, which needs the
+    listen on the pod's address, and ``--secure-serving`` because Google Cloud load balancers call
+    ext_proc backends over HTTP/2 with TLS — the Services say ``appProtocol: HTTP2``); ``mounts``
+    come before the ``/tmp`` scratch mount, which needs the
     pod to have the ``tmp`` volume of :func:`ext_proc_tmp_volume`.
     """
     container: dict[str, Any] = {"name": name, "image": image}
     if command is not None:
         container["command"] = command
     container |= {
-        "args": command_line({**options, "--bind": "0.0.0.0"}),
+        "args": command_line({**options, "--bind": "0.0.0.0", "--secure-serving": True}),
         "ports": [
             {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"},
             {"name": "grpc-health", "containerPort": health_port, "protocol": "TCP"},

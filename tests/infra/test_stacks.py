@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from render import StackRun
@@ -12,6 +13,7 @@ from tests.infra.conftest import (
     DEPLOYMENT,
     HTTP_ROUTE,
     NODE_POOL,
+    SERVICE,
     SUBNET,
     gcp_named,
     named,
@@ -211,6 +213,19 @@ def test_bbr_knows_every_served_model_and_hooks_into_the_gateway_full_duplex(tpu
     assert hook["backendRef"] == {"group": "", "kind": "Service", "name": "body-based-router", "port": 9004}
     health = named(tpu, "kubernetes:networking.gke.io/v1:HealthCheckPolicy", "body-based-router-health")
     assert health.props["spec"]["default"]["config"]["type"] == "GRPC"
+
+
+@pytest.mark.parametrize(("deployment", "service"), [
+    ("gemma-pool-epp", "gemma-pool-epp"), ("body-based-router", "body-based-router"),
+])  # fmt: skip
+def test_the_load_balancer_reaches_the_epp_and_bbr_over_http2_with_tls(
+    gpu: StackRun, deployment: str, service: str
+) -> None:
+    # Google Cloud load balancers speak TLS to an HTTP2 backend (cleartext would be H2C).
+    [container] = pod_spec(named(gpu, DEPLOYMENT, deployment))["containers"]
+    [grpc_port, *_] = named(gpu, SERVICE, service).props["spec"]["ports"]
+    assert grpc_port["appProtocol"].upper() == "HTTP2"
+    assert "--secure-serving" in container["args"]
 
 
 def test_each_pool_gets_an_http_health_check_and_a_long_backend_timeout(gpu: StackRun) -> None:
