@@ -382,3 +382,31 @@ async def test_get_v1_models_whose_empty_body_arrives_as_a_message_of_its_own_is
     response = outcome.immediate.immediate_response  # type: ignore[union-attr]
     assert response.status.code == 200
     assert [m["id"] for m in json.loads(response.body)["data"]] == [GEMMA, PHI]
+
+
+async def test_json_nested_too_deeply_to_parse_is_a_400() -> None:
+    async with serving(picker(gemma_and_phi())) as stub:
+        code, document = (await EnvoyStream(stub).send_request(b"[" * 200_000)).error()
+
+    assert code == 400
+    assert "too deeply" in document["error"]["message"]  # type: ignore[index]
+
+
+async def test_a_bug_in_a_scheduling_plugin_is_a_500_not_a_broken_stream() -> None:
+    class BrokenScheduler:
+        def schedule(self, request, candidates):  # type: ignore[no-untyped-def]
+            raise KeyError("a plugin bug")
+
+    datastore = gemma_and_phi()
+    telemetry = Telemetry("epp", datastore)
+    async with serving(EndpointPicker(datastore, BrokenScheduler(), telemetry)) as stub:
+        code, document = (await EnvoyStream(stub).send_request(completion(GEMMA))).error()
+
+    assert code == 500
+    assert document["error"]["type"] == "api_error"  # type: ignore[index]
+    await eventually(
+        lambda: telemetry.registry.get_sample_value(
+            "epp_requests_total", {"model": GEMMA, "outcome": "internal_error"}
+        ) == 1
+    )
+    assert all(endpoint.in_flight == 0 for endpoint in datastore)

@@ -24,6 +24,10 @@ def parse_body(body: bytes) -> ParsedBody:
         raise RequestError(
             400, f"The request body is not valid JSON: {error}.", None, "invalid_json"
         ) from None
+    except RecursionError:
+        raise RequestError(
+            400, "The request body's JSON is nested too deeply to parse.", None, "invalid_json"
+        ) from None
     if not isinstance(document, dict):
         raise RequestError(
             400,

@@ -54,3 +54,10 @@ def missing_model() -> RequestError:
     return RequestError(
         400, "The request body has no 'model' field (a non-empty string).", "model", "no_model"
     )
+
+
+def internal_error() -> RequestError:
+    """A bug met while deciding on a request: the client gets a 500, not a broken stream."""
+    return RequestError(
+        500, "The gateway failed while routing this request; the failure is logged.", None, "internal_error"
+    )

@@ -27,7 +27,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 from google.protobuf.struct_pb2 import Struct
 
-from epp.extproc.errors import RequestError
+from epp.extproc.errors import RequestError, internal_error
 from epp.extproc.messages import (
     CONTINUE_REQUEST_TRAILERS,
     CONTINUE_RESPONSE_BODY,
@@ -96,7 +96,8 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
     @abc.abstractmethod
     def decide(self, exchange: Exchange) -> ProcessingResponse:
         """Answer the request headers once the whole request is known (``exchange.body`` is None when
-        the request has no body). Raise ``RequestError`` to refuse it."""
+        the request has no body). Raise ``RequestError`` to refuse it; any other exception is logged
+        and answered with a 500."""
 
     @abc.abstractmethod
     def finish(self, exchange: Exchange) -> None:
@@ -114,6 +115,14 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                        "model": exchange.model or None},
             )
             return error.response(), False
+        except Exception:
+            failure = internal_error()
+            exchange.outcome = failure.reason
+            _log.exception(
+                "deciding on a request failed",
+                extra={"request_id": exchange.request_id, "model": exchange.model or None},
+            )
+            return failure.response(), False
 
     async def _answer_request(
         self, exchange: Exchange, write: Callable[[ProcessingResponse], Awaitable[None]]
