@@ -3,7 +3,9 @@
 GPU models request ``nvidia.com/gpu`` and select nodes by ``cloud.google.com/gke-accelerator``;
 TPU models request ``google.com/tpu`` and select ``cloud.google.com/gke-tpu-accelerator`` plus
 ``cloud.google.com/gke-tpu-topology``. The startup probe allows 90 x 30 s for the model download
-and compilation before liveness takes over. vLLM runs non-root on a read-only root filesystem:
+and compilation before liveness takes over. On shutdown a preStop sleep keeps the pod serving while
+the load balancer and the EPP drop it, then the grace period lets the longest request the Gateway
+allows finish before vLLM is killed. vLLM runs non-root on a read-only root filesystem:
 every path it writes (Hugging Face cache, home, /tmp, /dev/shm) is an emptyDir.
 """
 
@@ -33,6 +35,8 @@ VLLM_UID = 1000
 STARTUP_PERIOD_SECONDS = 30
 STARTUP_FAILURES = 90
 """Up to 45 minutes to download the weights and warm up before the pod is killed."""
+ENDPOINT_DRAIN_SECONDS = 15
+"""How long a terminating pod keeps serving new requests while it is removed from the endpoints."""
 
 
 @dataclass(frozen=True)
@@ -41,12 +45,20 @@ class ModelServerArgs:
     node_pool: NodePool
     namespace: pulumi.Input[str]
     hf_secret_name: str | None
+    request_timeout_sec: int
+    """The Gateway's per-request timeout: the longest generation a shutdown must let finish."""
     provider: k8s.Provider
 
 
 def pod_labels(model: ModelSpec) -> dict[str, str]:
     """Labels of a model's pods: simple values only (the served name, with its slash, is not one)."""
     return labels("vllm", model.name, {MODEL_LABEL: model.name, SERVING_LABEL: "vllm"})
+
+
+def termination_grace_seconds(request_timeout_sec: int) -> int:
+    """The preStop drain, then the longest request the Gateway allows (on SIGTERM vLLM's HTTP
+    server stops accepting connections and waits for the requests in flight)."""
+    return request_timeout_sec + ENDPOINT_DRAIN_SECONDS
 
 
 def _node_placement(model: ModelSpec, pool: NodePool) -> tuple[dict[str, str], list[dict[str, str]]]:
@@ -95,6 +107,7 @@ def _container(model: ModelSpec, hf_secret_name: str | None) -> dict[str, Any]:
         "env": env,
         "resources": resources(model.resources, {accelerator.resource: str(model.accelerator_count)}),
         "securityContext": container_security_context(),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(ENDPOINT_DRAIN_SECONDS)]}}},
         "startupProbe": health
         | {
             "periodSeconds": STARTUP_PERIOD_SECONDS,
@@ -141,7 +154,7 @@ class ModelServer(pulumi.ComponentResource):
                     "securityContext": pod_security_context(VLLM_UID),
                     "nodeSelector": node_selector,
                     "tolerations": tolerations,
-                    "terminationGracePeriodSeconds": 60,
+                    "terminationGracePeriodSeconds": termination_grace_seconds(args.request_timeout_sec),
                     "containers": [_container(model, args.hf_secret_name)],
                     "volumes": [
                         empty_dir("dshm", model.shm_size, memory=True),

@@ -101,6 +101,7 @@ class Platform(pulumi.ComponentResource):
                     node_pool=cfg.pool_for(model),
                     namespace=namespace.ref,
                     hf_secret_name=namespace.hf_secret_name,
+                    request_timeout_sec=cfg.gateway.request_timeout_sec,
                     provider=provider,
                 ),
                 opts=child,
