@@ -144,3 +144,16 @@ async def test_a_request_whose_empty_body_arrives_as_a_message_of_its_own_passes
     assert outcome.immediate is None
     assert not outcome.responses[0].request_headers.response.HasField("header_mutation")
     assert outcome.body_chunks == [(b"", True)]
+
+
+async def test_the_front_door_serves_and_lists_a_configured_adapter_not_named_in_served_models() -> None:
+    # The one box passes the base models as --served-models and each adapter as --adapter A=BASE.
+    router = BodyBasedRouter(Telemetry("bbr"), served_models=[GEMMA], adapters={ADAPTER: GEMMA})
+    async with serving(router) as stub:
+        routed = await EnvoyStream(stub).send_request(json.dumps({"model": ADAPTER, "prompt": "x"}).encode())
+        listing = await EnvoyStream(stub).send_request(None, method="GET", path="/v1/models")
+
+    assert routed.immediate is None
+    assert routed.set_headers["x-gateway-base-model-name"] == GEMMA
+    response = listing.immediate.immediate_response  # type: ignore[union-attr]
+    assert [m["id"] for m in json.loads(response.body)["data"]] == sorted([GEMMA, ADAPTER])

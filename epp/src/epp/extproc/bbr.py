@@ -1,10 +1,11 @@
 """The Body-Based Router servicer: copies the body's ``model`` into routing headers.
 
 Sets ``x-gateway-model-name`` and ``x-gateway-base-model-name`` (a LoRA adapter resolves to its
-base model) and clears the route cache so Envoy routes on them. Given the served models it is the
-gateway's front door: a request without a model is a 400, an unknown model a 404 listing the served
-ones, and ``GET /v1/models`` is answered with that list. Without it, it behaves as upstream BBR:
-a request without a model passes through untouched. Requests without a body always pass through.
+base model) and clears the route cache so Envoy routes on them. Given the served models (to which
+the configured adapters are added) it is the gateway's front door: a request without a model is a
+400, an unknown model a 404 listing the served ones, and ``GET /v1/models`` is answered with that
+list. Without it, it behaves as upstream BBR: a request without a model passes through untouched.
+Requests without a body always pass through.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class BodyBasedRouter(ExtProcServicer):
         self._served: frozenset[str] | None = None
         self._listed: list[str] = []
         if served_models is not None:
-            self._listed = sorted(set(served_models))
+            # A configured adapter is served (by its base model's pods) even when not listed.
+            self._listed = sorted(set(served_models).union(self._adapters))
             self._served = frozenset(self._listed)
         listed = self._listed
         self._models = ModelList(lambda: listed)
