@@ -74,9 +74,14 @@ def _container(model: ModelSpec, hf_secret_name: str | None) -> dict[str, Any]:
     accelerator = ACCELERATORS[model.accelerator]
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/home/vllm"},
+        # The uid has no /etc/passwd entry: getpass.getuser() (torch inductor's default cache
+        # dir) reads these before the password database, and would raise KeyError without them.
+        {"name": "USER", "value": "vllm"},
+        {"name": "LOGNAME", "value": "vllm"},
         {"name": "HF_HOME", "value": "/data/huggingface"},
         {"name": "XDG_CACHE_HOME", "value": "/data/cache"},
         {"name": "VLLM_CACHE_ROOT", "value": "/data/cache/vllm"},
+        {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/data/cache/torchinductor"},
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
         {"name": "DO_NOT_TRACK", "value": "1"},
     ]

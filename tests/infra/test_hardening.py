@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from render import StackRun, render_stack
+from render import RegisteredResource, StackRun, render_stack
 from tests.infra.conftest import DEPLOYMENT, named, of_type, pod_spec
 
 BACKEND_POLICY = "kubernetes:networking.gke.io/v1:GCPBackendPolicy"
+
+
+def vllm_deployments(run: StackRun) -> list[RegisteredResource]:
+    found = [d for d in of_type(run, DEPLOYMENT) if d.props["metadata"]["name"].startswith("vllm-")]
+    assert len(found) == 2
+    return found
 
 
 def test_a_vllm_pod_being_replaced_finishes_the_generations_it_has_started(stack_run: StackRun) -> None:
     [backend_policy, *_] = of_type(stack_run, BACKEND_POLICY)
     request_timeout = backend_policy.props["spec"]["default"]["timeoutSec"]
 
-    for deployment in of_type(stack_run, DEPLOYMENT):
-        if not deployment.props["metadata"]["name"].startswith("vllm-"):
-            continue
+    for deployment in vllm_deployments(stack_run):
         pod = pod_spec(deployment)
         [container] = pod["containers"]
         drain = container["lifecycle"]["preStop"]["exec"]["command"]
@@ -29,3 +33,17 @@ def test_a_longer_gateway_timeout_gives_vllm_a_longer_grace_period() -> None:
     pod = pod_spec(named(run, DEPLOYMENT, "vllm-phi3"))
 
     assert pod["terminationGracePeriodSeconds"] > 1800
+
+
+def test_vllm_can_name_its_user_and_compile_without_a_passwd_entry(stack_run: StackRun) -> None:
+    for deployment in vllm_deployments(stack_run):
+        [container] = pod_spec(deployment)["containers"]
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        mounts = [mount["mountPath"] for mount in container["volumeMounts"]]
+
+        assert env["USER"] == "vllm"
+        assert env["LOGNAME"] == "vllm"
+        inductor_cache = env["TORCHINDUCTOR_CACHE_DIR"]
+        assert any(inductor_cache.startswith(mount + "/") for mount in mounts), (
+            f"{inductor_cache} is not on a writable volume (root filesystem is read-only)"
+        )
