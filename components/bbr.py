@@ -13,6 +13,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.config import BbrSettings
+from components.health import grpc_health_check_policy
 from components.podspec import (
     EPP_IMAGE_UID,
     Fields,
@@ -152,24 +153,11 @@ class BodyBasedRouter(pulumi.ComponentResource):
                 parent=self, provider=args.provider, depends_on=[self.service, args.gateway]
             ),
         )
-        k8s.apiextensions.CustomResource(
-            f"{BBR_NAME}-health",
-            api_version="networking.gke.io/v1",
-            kind="HealthCheckPolicy",
-            metadata={"name": f"{BBR_NAME}-health", "namespace": args.namespace_ref, "labels": bbr_labels},
-            spec={
-                "targetRef": {"group": "", "kind": "Service", "name": BBR_NAME},
-                "default": {
-                    "config": {
-                        "type": "GRPC",
-                        "grpcHealthCheck": {
-                            "portSpecification": "USE_FIXED_PORT",
-                            "port": BBR_HEALTH_PORT,
-                            "grpcServiceName": "readiness",
-                        },
-                    },
-                },
-            },
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[self.service]),
+        grpc_health_check_policy(
+            BBR_NAME,
+            BBR_HEALTH_PORT,
+            {"name": f"{BBR_NAME}-health", "namespace": args.namespace_ref, "labels": bbr_labels},
+            self.service,
+            child,
         )
         self.register_outputs({"service": BBR_NAME, "servedModels": args.served_models})

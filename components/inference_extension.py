@@ -104,6 +104,7 @@ class InferencePool(pulumi.ComponentResource):
     pool: k8s.apiextensions.CustomResource
     pool_name: str
     epp_service_name: str
+    epp_service: k8s.core.v1.Service
     deployment: k8s.apps.v1.Deployment
 
     def __init__(
@@ -230,10 +231,16 @@ class InferencePool(pulumi.ComponentResource):
                     "protocol": "TCP",
                     "appProtocol": "http2",
                 },
+                {
+                    "name": "grpc-health",
+                    "port": EPP_HEALTH_PORT,
+                    "targetPort": "grpc-health",
+                    "protocol": "TCP",
+                },
                 {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
             ],
         }
-        k8s.core.v1.Service(
+        self.epp_service = k8s.core.v1.Service(
             epp_name,
             metadata=meta(epp_name),
             spec=service_spec,

@@ -157,7 +157,12 @@ class Platform(pulumi.ComponentResource):
             PoolHealthCheck(
                 route.pool_name,
                 PoolHealthCheckArgs(
-                    pool_name=route.pool_name, pool=pool.pool, namespace_ref=namespace.ref, provider=provider
+                    pool_name=route.pool_name,
+                    pool=pool.pool,
+                    epp_service_name=pool.epp_service_name,
+                    epp_service=pool.epp_service,
+                    namespace_ref=namespace.ref,
+                    provider=provider,
                 ),
                 opts=child,
             )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from render import RegisteredResource, StackRun, render_stack
-from tests.infra.conftest import DEPLOYMENT, named, of_type, pod_spec
+from tests.infra.conftest import DEPLOYMENT, HEALTH_CHECK_POLICY, POOL, SERVICE, named, of_type, pod_spec
 
 BACKEND_POLICY = "kubernetes:networking.gke.io/v1:GCPBackendPolicy"
 
@@ -47,3 +47,31 @@ def test_vllm_can_name_its_user_and_compile_without_a_passwd_entry(stack_run: St
         assert any(inductor_cache.startswith(mount + "/") for mount in mounts), (
             f"{inductor_cache} is not on a writable volume (root filesystem is read-only)"
         )
+
+
+def _explicit(resource: RegisteredResource) -> set[str]:
+    implicit = {urn for urns in resource.property_dependencies.values() for urn in urns}
+    return set(resource.dependencies) - implicit
+
+
+def test_the_load_balancer_checks_each_endpoint_picker_like_the_bbr_over_grpc(stack_run: StackRun) -> None:
+    bbr_check = named(stack_run, HEALTH_CHECK_POLICY, "body-based-router-health").props["spec"]["default"]
+    pools = of_type(stack_run, POOL)
+    assert len(pools) == 2
+
+    for pool in pools:
+        epp_name = pool.props["spec"]["endpointPickerRef"]["name"]
+        service = named(stack_run, SERVICE, epp_name)
+        policy = named(stack_run, HEALTH_CHECK_POLICY, f"{epp_name}-health")
+        check = policy.props["spec"]["default"]["config"]
+
+        assert policy.props["spec"]["targetRef"] == {"group": "", "kind": "Service", "name": epp_name}
+        assert check["type"] == bbr_check["config"]["type"] == "GRPC"
+        assert check["grpcHealthCheck"] == {
+            "portSpecification": "USE_FIXED_PORT",
+            "port": 9003,
+            "grpcServiceName": "readiness",
+        }
+        assert service.urn in _explicit(policy)
+        health_port = {p["name"]: p["port"] for p in service.props["spec"]["ports"]}["grpc-health"]
+        assert health_port == 9003

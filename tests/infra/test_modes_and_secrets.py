@@ -41,7 +41,10 @@ def test_unified_mode_renders_one_pool_for_every_model_and_no_bbr(unified: Stack
         "all-models-pool-epp"
     ]
     assert not [r for r in unified.resources if "GCPRoutingExtension" in r.type]
-    assert len(of_type(unified, HEALTH_CHECK_POLICY)) == 1
+    assert sorted(h.props["metadata"]["name"] for h in of_type(unified, HEALTH_CHECK_POLICY)) == [
+        "all-models-pool-epp-health",  # its EPP; no BBR, so no BBR health check
+        "all-models-pool-health",
+    ]
     assert set(unified.outputs["servedModels"]) == {"google/gemma-2b-it", "microsoft/Phi-3-mini-4k-instruct"}
 
 
