@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
@@ -20,6 +21,13 @@ from tests.epp.extproc_support import EnvoyStream, header_map, serving
 
 GEMMA = "google/gemma-2b-it"
 ADAPTER = "gemma-sql-lora"
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait (at most 5 s) for a server-side effect that follows the stream's end."""
+    async with asyncio.timeout(5):
+        while not condition():  # noqa: ASYNC110 - polling state owned by the server's tasks
+            await asyncio.sleep(0.005)
 
 
 def front_door() -> BodyBasedRouter:
@@ -157,3 +165,21 @@ async def test_the_front_door_serves_and_lists_a_configured_adapter_not_named_in
     assert routed.set_headers["x-gateway-base-model-name"] == GEMMA
     response = listing.immediate.immediate_response  # type: ignore[union-attr]
     assert [m["id"] for m in json.loads(response.body)["data"]] == sorted([GEMMA, ADAPTER])
+
+
+async def test_without_served_models_made_up_models_are_counted_as_other_not_one_series_each() -> None:
+    telemetry = Telemetry("bbr")
+    async with serving(BodyBasedRouter(telemetry, adapters={ADAPTER: GEMMA})) as stub:
+        for model in [f"made-up-{i}" for i in range(20)] + [ADAPTER, GEMMA]:
+            await EnvoyStream(stub).send_request(json.dumps({"model": model}).encode())
+        await EnvoyStream(stub).send_request(b'{"prompt": "no model"}')
+
+    def labels() -> dict[str, float]:
+        return {
+            sample.labels["model"]: sample.value
+            for metric in telemetry.registry.collect() if metric.name == "bbr_requests"
+            for sample in metric.samples if sample.name == "bbr_requests_total"
+        }
+
+    await eventually(lambda: sum(labels().values()) == 23)
+    assert labels() == {"other": 20, ADAPTER: 1, GEMMA: 1, "none": 1}

@@ -303,7 +303,7 @@ async def test_requests_are_counted_by_model_and_outcome() -> None:
 
     sample = telemetry.registry.get_sample_value
     assert sample("epp_requests_total", {"model": GEMMA, "outcome": "routed"}) == 1
-    assert sample("epp_requests_total", {"model": "none", "outcome": "unknown_model"}) == 1
+    assert sample("epp_requests_total", {"model": "other", "outcome": "unknown_model"}) == 1
 
 
 async def test_in_streamed_response_mode_a_complete_answer_ends_the_request_at_its_headers() -> None:

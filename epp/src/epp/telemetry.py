@@ -21,6 +21,10 @@ from prometheus_client.registry import Collector
 
 from epp.datastore import Datastore
 
+# The ``model`` label of a request naming a model the server does not know: the label's values stay
+# bounded whatever clients send. A request naming no model is labelled ``none``.
+OTHER_MODEL = "other"
+
 _SCHEDULING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
 
@@ -64,7 +68,8 @@ class Telemetry:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             f"{component}_requests",
-            "Requests by model and outcome (routed, models, passthrough, or the refusal reason).",
+            "Requests by model (a known one, 'other' or 'none') and outcome (routed, models, passthrough, "
+            "or the refusal reason).",
             ["model", "outcome"],
             registry=self.registry,
         )

@@ -19,7 +19,7 @@ from epp.extproc.errors import missing_model, unknown_model
 from epp.extproc.messages import CONTINUE_REQUEST_HEADERS, header_option, route_request_headers
 from epp.extproc.models import MODELS_PATH, ModelList
 from epp.extproc.stream import Exchange, ExtProcServicer
-from epp.telemetry import Telemetry
+from epp.telemetry import OTHER_MODEL, Telemetry
 
 MODEL_HEADER = "x-gateway-model-name"
 BASE_MODEL_HEADER = "x-gateway-base-model-name"
@@ -43,6 +43,10 @@ class BodyBasedRouter(ExtProcServicer):
             self._served = frozenset(self._listed)
         listed = self._listed
         self._models = ModelList(lambda: listed)
+        # Models counted under their own name in metrics; any other is "other".
+        self._labelled = self._served if self._served is not None else frozenset(
+            self._adapters.keys() | set(self._adapters.values())
+        )
 
     def base_model(self, model: str) -> str:
         return self._adapters.get(model, model)
@@ -76,5 +80,6 @@ class BodyBasedRouter(ExtProcServicer):
         )
 
     def finish(self, exchange: Exchange) -> None:
-        known = self._served is None or exchange.model in self._served
-        self._telemetry.request(exchange.model if known else "", exchange.outcome)
+        model = exchange.model
+        label = model if not model or model in self._labelled else OTHER_MODEL
+        self._telemetry.request(label, exchange.outcome)

@@ -27,7 +27,7 @@ from epp.extproc.messages import (
 from epp.extproc.models import MODELS_PATH, ModelList
 from epp.extproc.stream import Exchange, ExtProcServicer
 from epp.scheduling.types import LLMRequest, SchedulingResult
-from epp.telemetry import Telemetry
+from epp.telemetry import OTHER_MODEL, Telemetry
 
 _log = logging.getLogger("epp.picker")
 
@@ -172,7 +172,8 @@ class EndpointPicker(ExtProcServicer):
             usage = response.usage()
             if usage is not None:
                 self._telemetry.tokens(exchange.model, usage.prompt_tokens, usage.completion_tokens)
-        self._telemetry.request(exchange.model if exchange.model in self._known else "", exchange.outcome)
+        model = exchange.model
+        self._telemetry.request(model if not model or model in self._known else OTHER_MODEL, exchange.outcome)
 
     def forget(self, address: str) -> None:
         """Drop prebuilt answers for an endpoint that left the pool."""
