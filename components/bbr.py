@@ -2,7 +2,9 @@
 
 Per-model-pools mode only. A Deployment and Service of our image in BBR mode, attached to the
 Gateway by a GCPRoutingExtension (request body sent ``FullDuplexStreamed``), and health-checked by
-the load balancer over gRPC (grpc.health.v1, service ``readiness``).
+the load balancer over gRPC (grpc.health.v1, service ``readiness``). Under FailClose every request
+needs the BBR, and it is stateless: two replicas by default, spread over nodes, rolled one surge
+pod at a time, and kept at one or more through voluntary disruptions by a PodDisruptionBudget.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class BodyBasedRouter(pulumi.ComponentResource):
     """BBR Deployment + Service, its GCPRoutingExtension on the Gateway, and its gRPC health check."""
 
     deployment: k8s.apps.v1.Deployment
+    disruption_budget: k8s.policy.v1.PodDisruptionBudget
     service: k8s.core.v1.Service
     extension: k8s.apiextensions.CustomResource
 
@@ -62,10 +65,19 @@ class BodyBasedRouter(pulumi.ComponentResource):
         deployment_spec: Fields = {
             "replicas": args.settings.replicas,
             "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
                 "metadata": {"labels": bbr_labels},
                 "spec": {
                     "automountServiceAccountToken": False,
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": selector},
+                        }
+                    ],
                     "securityContext": pod_security_context(EPP_IMAGE_UID),
                     "containers": [
                         ext_proc_container(
@@ -93,6 +105,13 @@ class BodyBasedRouter(pulumi.ComponentResource):
             metadata=metadata,
             spec=deployment_spec,
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.image]),
+        )
+        disruption_budget_spec: Fields = {"minAvailable": 1, "selector": {"matchLabels": selector}}
+        self.disruption_budget = k8s.policy.v1.PodDisruptionBudget(
+            BBR_NAME,
+            metadata=metadata,
+            spec=disruption_budget_spec,
+            opts=child,
         )
         service_spec: Fields = {
             "type": "ClusterIP",

@@ -210,6 +210,8 @@ class EppSettings(_Model):
     """A complete EndpointPickerConfig; when set it replaces the profile."""
     failure_mode: Literal["FailOpen", "FailClose"] = "FailClose"
     replicas: Annotated[int, Field(ge=1)] = 1
+    """One by default: each EPP process counts the requests in flight per pod on its own, so
+    several replicas would each see part of the load and balance on partial counts."""
     resources: Resources = Resources(cpu="500m", memory="512Mi", ephemeral_storage="256Mi")
 
     @field_validator("config")
@@ -227,8 +229,10 @@ class EppSettings(_Model):
 class BbrSettings(_Model):
     """The Body-Based Router (per-model-pools mode only)."""
 
-    replicas: Annotated[int, Field(ge=1)] = 1
-    resources: Resources = Resources(cpu="250m", memory="256Mi", ephemeral_storage="256Mi")
+    replicas: Annotated[int, Field(ge=1)] = 2
+    """Stateless and on every request's path under FailClose: two, so a restart or a drained node
+    does not fail requests (a PodDisruptionBudget keeps one up)."""
+    resources: Resources = Resources(cpu="500m", memory="256Mi", ephemeral_storage="256Mi")
 
 
 class GatewaySettings(_Model):

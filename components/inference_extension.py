@@ -179,6 +179,8 @@ class InferencePool(pulumi.ComponentResource):
             opts=child,
         )
         deployment_spec: Fields = {
+            # 1 by default, unlike the BBR: in-flight request counts live in each EPP process, so
+            # replicas would each balance on a partial view of the pool's load.
             "replicas": args.epp.replicas,
             "selector": {"matchLabels": epp_selector},
             "template": {

@@ -6,6 +6,7 @@ from render import RegisteredResource, StackRun, render_stack
 from tests.infra.conftest import DEPLOYMENT, HEALTH_CHECK_POLICY, POOL, SERVICE, named, of_type, pod_spec
 
 BACKEND_POLICY = "kubernetes:networking.gke.io/v1:GCPBackendPolicy"
+DISRUPTION_BUDGET = "kubernetes:policy/v1:PodDisruptionBudget"
 
 
 def vllm_deployments(run: StackRun) -> list[RegisteredResource]:
@@ -75,3 +76,26 @@ def test_the_load_balancer_checks_each_endpoint_picker_like_the_bbr_over_grpc(st
         assert service.urn in _explicit(policy)
         health_port = {p["name"]: p["port"] for p in service.props["spec"]["ports"]}["grpc-health"]
         assert health_port == 9003
+
+
+def test_the_body_based_router_survives_a_restart_or_a_drained_node(gpu: StackRun) -> None:
+    deployment = named(gpu, DEPLOYMENT, "body-based-router")
+    spec = deployment.props["spec"]
+    selector = spec["selector"]["matchLabels"]
+    budget = named(gpu, DISRUPTION_BUDGET, "body-based-router").props["spec"]
+    [spread] = pod_spec(deployment)["topologySpreadConstraints"]
+    [container] = pod_spec(deployment)["containers"]
+
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert budget == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spread["labelSelector"] == {"matchLabels": selector}
+    assert container["resources"]["requests"]["cpu"] == "500m"
+
+
+def test_each_endpoint_picker_stays_single_so_its_in_flight_counts_see_the_whole_pool(gpu: StackRun) -> None:
+    for pool in of_type(gpu, POOL):
+        epp_name = pool.props["spec"]["endpointPickerRef"]["name"]
+        assert named(gpu, DEPLOYMENT, epp_name).props["spec"]["replicas"] == 1

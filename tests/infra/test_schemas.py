@@ -17,7 +17,7 @@ from render import StackRun, kubernetes_objects
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 SCHEMAS = SHARED / "schemas"
 KUBERNETES_VERSION = "1.34.0"
-CORE_GROUPS = {"", "apps", "rbac.authorization.k8s.io", "apiextensions.k8s.io"}
+CORE_GROUPS = {"", "apps", "policy", "rbac.authorization.k8s.io", "apiextensions.k8s.io"}
 
 needs_shared = pytest.mark.skipif(
     not SCHEMAS.is_dir(), reason=f"the shared CRD schemas are not at {SCHEMAS} (../shared beside the repo)"
