@@ -11,6 +11,7 @@ from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import Proces
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingRequest
 from epp.datastore import Datastore
 from epp.extproc import EndpointPicker
+from epp.scheduling import SaturationDetector
 from epp.telemetry import Telemetry
 
 from tests.epp.extproc_support import EnvoyStream, LeastBusyScheduler, pool, serving, subset_hint
@@ -410,3 +411,31 @@ async def test_a_bug_in_a_scheduling_plugin_is_a_500_not_a_broken_stream() -> No
         ) == 1
     )
     assert all(endpoint.in_flight == 0 for endpoint in datastore)
+
+
+async def test_with_shedding_on_a_model_scaled_to_zero_gets_a_503_not_a_429() -> None:
+    datastore = pool(("10.0.0.1", 8000, [GEMMA]))
+    shedding = EndpointPicker(datastore, LeastBusyScheduler(), Telemetry("epp", datastore),
+                              saturation=SaturationDetector(), shed_on_saturation=True, pool_models=[PHI])
+    async with serving(shedding) as stub:
+        code, _ = (await EnvoyStream(stub).send_request(completion(PHI))).error()
+    assert code == 503
+
+
+async def test_shedding_judges_only_the_endpoints_in_the_subset_hint() -> None:
+    class SaturatedWhenPhi2IsIn:
+        def saturated(self, endpoints, now):  # type: ignore[no-untyped-def]
+            return any(e.address == "10.0.0.2:8000" for e in endpoints)
+
+    datastore = gemma_and_phi()
+    shedding = EndpointPicker(datastore, LeastBusyScheduler(), Telemetry("epp", datastore),
+                              saturation=SaturatedWhenPhi2IsIn(), shed_on_saturation=True)
+    async with serving(shedding) as stub:
+        outcome = await EnvoyStream(stub).send_request(
+            completion(PHI), metadata=subset_hint(["10.0.0.3:8000"])
+        )
+        assert outcome.set_headers["x-gateway-destination-endpoint"] == "10.0.0.3:8000"
+        code, _ = (await EnvoyStream(stub).send_request(
+            completion(PHI), metadata=subset_hint(["10.0.0.2:8000"])
+        )).error()
+    assert code == 429

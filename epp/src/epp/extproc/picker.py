@@ -119,8 +119,10 @@ class EndpointPicker(ExtProcServicer):
         candidates = self._datastore.routable()
         started = time.perf_counter()
         if self._shed and self._saturation is not None:
-            serving = [e for e in candidates if e.serves(model)]
-            if self._saturation.saturated(serving, time.monotonic()):
+            # Shed only what could have been picked: the model's endpoints within the subset hint.
+            # None of them at all is no saturation but a 503, which the scheduler answers below.
+            serving = [e for e in candidates if e.serves(model) and (subset is None or e.address in subset)]
+            if serving and self._saturation.saturated(serving, time.monotonic()):
                 raise RequestError(
                     429, f"Every endpoint serving '{model}' is saturated; retry later.", "model", "saturated"
                 )
