@@ -2,6 +2,8 @@
 
 The build runs wherever ``pulumi up`` runs (Docker with buildx), for ``linux/amd64``, and
 authenticates to Artifact Registry with the deployer's short-lived access token, kept secret.
+``pulumi preview`` does not build it (a pull request's preview needs neither Docker nor minutes
+of build): the plan shows the image as changing and ``pulumi up`` builds and pushes it.
 Workloads use :attr:`Registry.image_ref`, the pushed digest-pinned reference
 (``<repo>/epp:latest@sha256:...``), so a rebuild rolls the Deployments and a tag cannot drift.
 """
@@ -54,6 +56,7 @@ class Registry(pulumi.ComponentResource):
             dockerfile=docker_build.DockerfileArgs(location=DOCKERFILE),
             platforms=[docker_build.Platform.LINUX_AMD64],
             push=True,
+            build_on_preview=False,
             tags=[
                 self.repository.repository_id.apply(
                     lambda repository: f"{host}/{args.project}/{repository}/epp:latest"

@@ -1,9 +1,18 @@
-"""Review findings on the stacks: graceful shutdown, runtime identity, health checks, BBR availability."""
+"""Review findings on the stacks: graceful shutdown, runtime identity, health checks, previews."""
 
 from __future__ import annotations
 
 from render import RegisteredResource, StackRun, render_stack
-from tests.infra.conftest import DEPLOYMENT, HEALTH_CHECK_POLICY, POOL, SERVICE, named, of_type, pod_spec
+from tests.infra.conftest import (
+    DEPLOYMENT,
+    HEALTH_CHECK_POLICY,
+    IMAGE,
+    POOL,
+    SERVICE,
+    named,
+    of_type,
+    pod_spec,
+)
 
 BACKEND_POLICY = "kubernetes:networking.gke.io/v1:GCPBackendPolicy"
 DISRUPTION_BUDGET = "kubernetes:policy/v1:PodDisruptionBudget"
@@ -99,3 +108,10 @@ def test_each_endpoint_picker_stays_single_so_its_in_flight_counts_see_the_whole
     for pool in of_type(gpu, POOL):
         epp_name = pool.props["spec"]["endpointPickerRef"]["name"]
         assert named(gpu, DEPLOYMENT, epp_name).props["spec"]["replicas"] == 1
+
+
+def test_a_pull_request_preview_does_not_build_the_image(stack_run: StackRun) -> None:
+    [image] = of_type(stack_run, IMAGE)
+
+    assert image.props["buildOnPreview"] is False
+    assert image.props["push"] is True
