@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
 import pytest
 from epp.cli import parse_bbr_args, parse_epp_args
 
@@ -49,3 +54,29 @@ def test_a_bbr_adapter_without_its_base_is_refused(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         parse_bbr_args(["--adapter", "lonely"])
     assert "--adapter 'lonely': expected ADAPTER=BASE" in capsys.readouterr().err
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port another process already listens on."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+@pytest.mark.parametrize("flag", ["--grpc-port", "--health-port", "--metrics-port"])
+def test_a_port_already_in_use_exits_2_naming_the_address_without_a_traceback(
+    busy_port: int, flag: str
+) -> None:
+    ports = {"--grpc-port": "0", "--health-port": "0", "--metrics-port": "0", flag: str(busy_port)}
+    argv = ["--bind", "127.0.0.1", *(item for pair in ports.items() for item in pair)]
+    bbr = "import sys; from epp.cli import bbr_main; sys.exit(bbr_main(sys.argv[1:]))"
+    run = subprocess.run(
+        [sys.executable, "-c", bbr, *argv],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    assert f"error: cannot listen on 127.0.0.1:{busy_port}" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert "never awaited" not in run.stderr

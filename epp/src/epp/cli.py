@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -252,7 +253,7 @@ async def serve_epp(
         datastore.subscribe(on_endpoint)
         server = ExtProcServer(picker, health, bind=settings.bind, grpc_port=settings.grpc_port,
                                health_port=settings.health_port)
-        await _serve(server, telemetry, settings, stop, _Readiness(datastore, health).run(), bound)
+        await _serve(server, telemetry, settings, stop, _Readiness(datastore, health).run, bound)
 
 
 async def serve_bbr(
@@ -264,7 +265,7 @@ async def serve_bbr(
     health = Health()
     server = ExtProcServer(router, health, bind=settings.bind, grpc_port=settings.grpc_port,
                            health_port=settings.health_port)
-    await _serve(server, telemetry, settings, stop, health.set_ready(True), bound)
+    await _serve(server, telemetry, settings, stop, functools.partial(health.set_ready, True), bound)
 
 
 async def _serve(
@@ -272,15 +273,20 @@ async def _serve(
     telemetry: Telemetry,
     settings: ServerSettings,
     stop: asyncio.Event,
-    readiness: Coroutine[Any, Any, None],
+    readiness: Callable[[], Coroutine[Any, Any, None]],
     bound: asyncio.Future[ServingPorts] | None,
 ) -> None:
+    """Bind (OSError naming the address on failure), serve and become ready, stop on ``stop``."""
     ports = await server.start()
-    metrics_port = telemetry.serve(settings.bind, settings.metrics_port)
+    try:
+        metrics_port = telemetry.serve(settings.bind, settings.metrics_port)
+    except OSError:
+        await server.stop(0)
+        raise
     _log.info(
         "serving", extra={"grpc_port": ports.grpc, "health_port": ports.health, "metrics_port": metrics_port}
     )
-    ready = asyncio.ensure_future(readiness)
+    ready = asyncio.ensure_future(readiness())
     if bound is not None and not bound.done():
         bound.set_result(ServingPorts(ports.grpc, ports.health, metrics_port))
     try:

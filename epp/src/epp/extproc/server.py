@@ -45,12 +45,10 @@ class ExtProcServer:
         main = grpc.aio.server(options=_OPTIONS)
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(self.servicer, main)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, main)
-        grpc_port = main.add_insecure_port(f"{_host(self._bind)}:{self._grpc_port}")
+        grpc_port = _listen(main, self._bind, self._grpc_port)
         health_server = grpc.aio.server(options=_OPTIONS)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, health_server)
-        health_port = health_server.add_insecure_port(f"{_host(self._bind)}:{self._health_port}")
-        if grpc_port == 0 or health_port == 0:
-            raise OSError(f"cannot bind {self._bind}:{self._grpc_port} / {self._bind}:{self._health_port}")
+        health_port = _listen(health_server, self._bind, self._health_port)
         await self.health.start()
         await main.start()
         await health_server.start()
@@ -63,6 +61,17 @@ class ExtProcServer:
         servers, self._servers = self._servers, []
         for server in servers:
             await server.stop(grace)
+
+
+def _listen(server: grpc.aio.Server, bind: str, port: int) -> int:
+    """Add a plaintext port to ``server``; the bound port, or OSError naming the address."""
+    try:
+        bound = int(server.add_insecure_port(f"{_host(bind)}:{port}"))
+    except RuntimeError:  # grpcio raises this (older releases returned 0) when the bind fails
+        bound = 0
+    if bound == 0:
+        raise OSError(f"cannot listen on {bind}:{port}: the address is in use or not available here")
+    return bound
 
 
 def _host(bind: str) -> str:
