@@ -3,7 +3,9 @@
 The cluster has the Gateway API enabled (``CHANNEL_STANDARD``), Workload Identity, a release
 channel and no default node pool; with ``inferencePoolCrd: gke-managed`` its control plane is at
 least the GKE version that ships the InferencePool CRD (``minMasterVersion``). Nodes run as a
-dedicated, minimally privileged service account.
+dedicated, minimally privileged service account, the temporary default pool included (the Compute
+Engine default service account is disabled or unprivileged in hardened projects), and no node is
+created before that account holds its roles.
 The provider authenticates with ``gke-gcloud-auth-plugin`` (no static credentials in state) and
 carries ``cluster_identifier`` so a kubeconfig change (a new endpoint certificate, say) updates the
 provider instead of replacing every Kubernetes object.
@@ -29,6 +31,8 @@ NODE_ROLES = (
     "roles/artifactregistry.reader",
 )
 """What a GKE node needs: write logs and metrics, pull images from Artifact Registry."""
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+"""Access is governed by the service account's IAM roles, not by legacy scopes."""
 
 GPU_TAINT = gcp.container.NodePoolNodeConfigTaintArgs(
     key="nvidia.com/gpu", value="present", effect="NO_SCHEDULE"
@@ -81,6 +85,7 @@ class Cluster(pulumi.ComponentResource):
     cluster: gcp.container.Cluster
     node_pools: dict[str, gcp.container.NodePool]
     node_service_account: gcp.serviceaccount.Account
+    node_roles: list[gcp.projects.IAMMember]
     provider: k8s.Provider
     kubeconfig: pulumi.Output[str]
 
@@ -96,14 +101,17 @@ class Cluster(pulumi.ComponentResource):
             project=cfg.project,
             opts=child,
         )
+        self.node_roles = []
         for role in NODE_ROLES:
-            gcp.projects.IAMMember(
+            member = gcp.projects.IAMMember(
                 f"{name}-nodes-{role.split('/')[-1].replace('.', '-').lower()}",
                 project=cfg.project,
                 role=role,
                 member=self.node_service_account.email.apply(lambda email: f"serviceAccount:{email}"),
                 opts=child,
             )
+            self.node_roles.append(member)
+        nodes_opts = pulumi.ResourceOptions(parent=self, depends_on=list(self.node_roles))
 
         self.cluster = gcp.container.Cluster(
             name,
@@ -114,6 +122,11 @@ class Cluster(pulumi.ComponentResource):
             subnetwork=args.network.subnet.id,
             remove_default_node_pool=True,
             initial_node_count=1,
+            # The default pool lives only until the cluster exists, but its nodes still boot.
+            node_config=gcp.container.ClusterNodeConfigArgs(
+                service_account=self.node_service_account.email,
+                oauth_scopes=[CLOUD_PLATFORM_SCOPE],
+            ),
             deletion_protection=cfg.deletion_protection,
             networking_mode="VPC_NATIVE",
             ip_allocation_policy=gcp.container.ClusterIpAllocationPolicyArgs(
@@ -130,10 +143,10 @@ class Cluster(pulumi.ComponentResource):
                 http_load_balancing=gcp.container.ClusterAddonsConfigHttpLoadBalancingArgs(disabled=False),
             ),
             enable_shielded_nodes=True,
-            opts=child,
+            opts=nodes_opts,
         )
 
-        self.node_pools = {pool.name: self._node_pool(name, cfg, pool, child) for pool in cfg.node_pools}
+        self.node_pools = {pool.name: self._node_pool(name, cfg, pool, nodes_opts) for pool in cfg.node_pools}
 
         self.kubeconfig = pulumi.Output.secret(
             pulumi.Output.all(
@@ -158,7 +171,7 @@ class Cluster(pulumi.ComponentResource):
         )
 
     def _node_pool(
-        self, name: str, cfg: PlatformConfig, pool: NodePool, child: pulumi.ResourceOptions
+        self, name: str, cfg: PlatformConfig, pool: NodePool, opts: pulumi.ResourceOptions
     ) -> gcp.container.NodePool:
         accelerators: list[gcp.container.NodePoolNodeConfigGuestAcceleratorArgs] = []
         taints: list[gcp.container.NodePoolNodeConfigTaintArgs] = []
@@ -200,7 +213,7 @@ class Cluster(pulumi.ComponentResource):
                 disk_size_gb=pool.disk_size_gb,
                 spot=pool.spot,
                 service_account=self.node_service_account.email,
-                oauth_scopes=["https://www.googleapis.com/auth/cloud-platform"],
+                oauth_scopes=[CLOUD_PLATFORM_SCOPE],
                 guest_accelerators=accelerators or None,
                 taints=taints or None,
                 labels={"llm-gateway.dev/pool": pool.name},
@@ -211,7 +224,7 @@ class Cluster(pulumi.ComponentResource):
                     enable_secure_boot=pool.family != "tpu", enable_integrity_monitoring=True
                 ),
             ),
-            opts=child,
+            opts=opts,
         )
 
 

@@ -1,12 +1,14 @@
-"""Review findings on the stacks: graceful shutdown, runtime identity, health checks, previews."""
+"""Review findings on the stacks: shutdown, runtime and node identity, health checks, previews."""
 
 from __future__ import annotations
 
 from render import RegisteredResource, StackRun, render_stack
 from tests.infra.conftest import (
+    CLUSTER,
     DEPLOYMENT,
     HEALTH_CHECK_POLICY,
     IMAGE,
+    NODE_POOL,
     POOL,
     SERVICE,
     named,
@@ -16,6 +18,7 @@ from tests.infra.conftest import (
 
 BACKEND_POLICY = "kubernetes:networking.gke.io/v1:GCPBackendPolicy"
 DISRUPTION_BUDGET = "kubernetes:policy/v1:PodDisruptionBudget"
+IAM_MEMBER = "gcp:projects/iAMMember:IAMMember"
 
 
 def vllm_deployments(run: StackRun) -> list[RegisteredResource]:
@@ -115,3 +118,20 @@ def test_a_pull_request_preview_does_not_build_the_image(stack_run: StackRun) ->
 
     assert image.props["buildOnPreview"] is False
     assert image.props["push"] is True
+
+
+def test_no_node_boots_before_its_service_account_may_pull_images_and_write_logs(stack_run: StackRun) -> None:
+    [cluster] = of_type(stack_run, CLUSTER)
+    node_pools = of_type(stack_run, NODE_POOL)
+    roles = of_type(stack_run, IAM_MEMBER)
+    node_account = {pool.props["nodeConfig"]["serviceAccount"] for pool in node_pools}
+    assert {r.props["role"] for r in roles} >= {"roles/artifactregistry.reader", "roles/logging.logWriter"}
+
+    # The temporary default pool too: not the Compute Engine default service account.
+    assert cluster.props["nodeConfig"] == {
+        "serviceAccount": node_account.pop(),
+        "oauthScopes": ["https://www.googleapis.com/auth/cloud-platform"],
+    }
+    assert not node_account, "every pool runs as the one node service account"
+    for nodes in [cluster, *node_pools]:
+        assert {role.urn for role in roles} <= set(nodes.dependencies), nodes.name
