@@ -183,3 +183,11 @@ async def test_without_served_models_made_up_models_are_counted_as_other_not_one
 
     await eventually(lambda: sum(labels().values()) == 23)
     assert labels() == {"other": 20, ADAPTER: 1, GEMMA: 1, "none": 1}
+
+
+async def test_a_body_over_the_size_limit_is_a_413() -> None:
+    router = BodyBasedRouter(Telemetry("bbr"), max_body_bytes=100)
+    async with serving(router) as stub:
+        body = json.dumps({"model": GEMMA, "prompt": "x" * 200}).encode()
+        code, _ = (await EnvoyStream(stub).send_request(body, chunk_size=50)).error()
+    assert code == 413

@@ -21,6 +21,7 @@ def test_a_pool_deployment_command_line_becomes_settings() -> None:
     assert settings.profile == "proxy-performance"
     assert settings.pool_models == ("google/gemma-2b-it", "google/gemma-2b-it-lora")
     assert settings.shed_on_saturation
+    assert settings.max_body_bytes == 16 << 20
     assert (settings.grpc_port, settings.health_port, settings.metrics_port) == (9002, 9003, 9090)
 
 
@@ -32,6 +33,7 @@ def test_a_pool_deployment_command_line_becomes_settings() -> None:
         (["--endpoints", "127.0.0.1:8000", "--pool-models", " , "], "--pool-models"),
         (["--endpoints", "127.0.0.1:8000", "--grpc-port", "70000"], "--grpc-port"),
         (["--endpoints", "127.0.0.1:8000", "--pool-namespace", "ns"], "--pool-namespace"),
+        (["--endpoints", "127.0.0.1:8000", "--max-body-bytes", "0"], "--max-body-bytes"),
     ],
 )
 def test_a_bad_epp_command_line_exits_2_naming_the_problem(

@@ -439,3 +439,18 @@ async def test_shedding_judges_only_the_endpoints_in_the_subset_hint() -> None:
             completion(PHI), metadata=subset_hint(["10.0.0.2:8000"])
         )).error()
     assert code == 429
+
+
+async def test_a_body_over_the_size_limit_is_a_413_before_it_is_all_buffered() -> None:
+    datastore = gemma_and_phi()
+    servicer = EndpointPicker(datastore, LeastBusyScheduler(), Telemetry("epp", datastore),
+                              max_body_bytes=1_000)
+    async with serving(servicer) as stub:
+        too_large = EnvoyStream(stub).send_request(completion(GEMMA, "x" * 2_500), chunk_size=800)
+        code, document = (await too_large).error()
+        routed = await EnvoyStream(stub).send_request(completion(GEMMA, "x" * 900))
+
+    assert code == 413
+    assert document["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert "1000 bytes" in document["error"]["message"]  # type: ignore[index]
+    assert routed.immediate is None

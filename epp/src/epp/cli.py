@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from epp.datastore import Datastore, Endpoint
 from epp.discovery import DiscoveryRunner, build_source
 from epp.extproc import BodyBasedRouter, EndpointPicker, ExtProcServer
+from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES
 from epp.health import Health
 from epp.scheduling import (
     ConfigError,
@@ -52,6 +53,7 @@ class ServerSettings(BaseModel):
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     log_level: LogLevel = "info"
     grace: float = Field(default=5.0, ge=0, description="seconds in-flight streams get on shutdown")
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0, description="larger bodies get a 413")
 
 
 class EppSettings(ServerSettings):
@@ -98,6 +100,8 @@ def _common_flags(parser: argparse.ArgumentParser, grpc_port: int, health_port: 
     parser.add_argument("--bind", default="0.0.0.0", help="address to listen on")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight streams get on shutdown")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help="refuse larger request bodies with a 413 (default: 16 MiB)")
 
 
 def epp_parser() -> argparse.ArgumentParser:
@@ -243,6 +247,7 @@ async def serve_epp(
             shed_on_saturation=settings.shed_on_saturation,
             refresher=runner,
             pool_models=settings.pool_models,
+            max_body_bytes=settings.max_body_bytes,
         )
 
         def on_endpoint(address: str, endpoint: Endpoint | None) -> None:
@@ -261,7 +266,8 @@ async def serve_bbr(
 ) -> None:
     """Run the BBR until ``stop`` is set; ``bound`` gets the ports once serving."""
     telemetry = Telemetry("bbr")
-    router = BodyBasedRouter(telemetry, served_models=settings.served_models, adapters=settings.adapters)
+    router = BodyBasedRouter(telemetry, served_models=settings.served_models, adapters=settings.adapters,
+                             max_body_bytes=settings.max_body_bytes)
     health = Health()
     server = ExtProcServer(router, health, bind=settings.bind, grpc_port=settings.grpc_port,
                            health_port=settings.health_port)

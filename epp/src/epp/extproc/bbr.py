@@ -18,7 +18,7 @@ from epp.extproc.body import parse_body
 from epp.extproc.errors import missing_model, unknown_model
 from epp.extproc.messages import CONTINUE_REQUEST_HEADERS, header_option, route_request_headers
 from epp.extproc.models import MODELS_PATH, ModelList
-from epp.extproc.stream import Exchange, ExtProcServicer
+from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, Exchange, ExtProcServicer
 from epp.telemetry import OTHER_MODEL, Telemetry
 
 MODEL_HEADER = "x-gateway-model-name"
@@ -32,7 +32,9 @@ class BodyBasedRouter(ExtProcServicer):
         *,
         served_models: Sequence[str] | None = None,
         adapters: Mapping[str, str] | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
+        super().__init__(max_body_bytes=max_body_bytes)
         self._telemetry = telemetry
         self._adapters = dict(adapters or {})
         self._served: frozenset[str] | None = None

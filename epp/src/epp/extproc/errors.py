@@ -15,6 +15,7 @@ from epp.extproc.messages import immediate
 _TYPES = {
     400: "invalid_request_error",
     404: "not_found_error",
+    413: "invalid_request_error",
     429: "rate_limit_exceeded",
     503: "service_unavailable",
 }
@@ -61,3 +62,7 @@ def internal_error() -> RequestError:
     return RequestError(
         500, "The gateway failed while routing this request; the failure is logged.", None, "internal_error"
     )
+
+
+def body_too_large(limit: int) -> RequestError:
+    return RequestError(413, f"The request body exceeds {limit} bytes.", None, "body_too_large")

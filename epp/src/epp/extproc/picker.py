@@ -25,7 +25,7 @@ from epp.extproc.messages import (
     route_request_headers,
 )
 from epp.extproc.models import MODELS_PATH, ModelList
-from epp.extproc.stream import Exchange, ExtProcServicer
+from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, Exchange, ExtProcServicer
 from epp.scheduling.types import LLMRequest, SchedulingResult
 from epp.telemetry import OTHER_MODEL, Telemetry
 
@@ -77,7 +77,9 @@ class EndpointPicker(ExtProcServicer):
         shed_on_saturation: bool = False,
         refresher: ModelRefresher | None = None,
         pool_models: Iterable[str] = (),
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
+        super().__init__(max_body_bytes=max_body_bytes)
         self._datastore = datastore
         self._scheduler = scheduler
         self._telemetry = telemetry

@@ -27,7 +27,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 from google.protobuf.struct_pb2 import Struct
 
-from epp.extproc.errors import RequestError, internal_error
+from epp.extproc.errors import RequestError, body_too_large, internal_error
 from epp.extproc.messages import (
     CONTINUE_REQUEST_TRAILERS,
     CONTINUE_RESPONSE_BODY,
@@ -45,6 +45,8 @@ _log = logging.getLogger("epp.extproc")
 
 _FULL_DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
 _NONE = ProcessingMode.NONE
+
+DEFAULT_MAX_BODY_BYTES = 16 << 20
 
 
 class Exchange:
@@ -91,7 +93,16 @@ class Exchange:
 
 
 class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc.ABC):  # type: ignore[misc]
-    """Drives the stream; subclasses decide where a request goes and what happens when it ends."""
+    """Drives the stream; subclasses decide where a request goes and what happens when it ends.
+
+    A request body larger than ``max_body_bytes`` is refused with a 413 as soon as it is exceeded,
+    so no client can make the server buffer more than that.
+    """
+
+    def __init__(self, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        if max_body_bytes <= 0:
+            raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
+        self.max_body_bytes = max_body_bytes
 
     @abc.abstractmethod
     def decide(self, exchange: Exchange) -> ProcessingResponse:
@@ -134,6 +145,19 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
         await write(answer)
         return routed
 
+    async def _refuse(
+        self, exchange: Exchange, error: RequestError, write: Callable[[ProcessingResponse], Awaitable[None]]
+    ) -> None:
+        """Refuse the request before ``decide`` could see it; the exchange ends."""
+        exchange.decided = True
+        exchange.outcome = error.reason
+        _log.info(
+            "request refused",
+            extra={"request_id": exchange.request_id, "status": error.status, "reason": error.reason},
+        )
+        self._finish(exchange)
+        await write(error.response())
+
     def _finish(self, exchange: Exchange) -> None:
         if exchange.finished:
             return
@@ -148,6 +172,8 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
     ) -> None:
         exchange = Exchange()
         parts: list[bytes] = []
+        size = 0
+        limit = self.max_body_bytes
         # Envoy states its body modes (protocol_config) only since 1.34; without them the filter is
         # taken to be configured as this server requires: full duplex both ways.
         request_mode = _FULL_DUPLEX
@@ -169,6 +195,10 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                             await write(chunk)
                         continue
                     parts.append(message.body)
+                    size += len(message.body)
+                    if size > limit:
+                        await self._refuse(exchange, body_too_large(limit), write)
+                        return
                     if not message.end_of_stream:
                         continue
                     body = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -211,9 +241,7 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                             "in FULL_DUPLEX_STREAMED mode.",
                             reason="misconfigured",
                         )
-                        exchange.outcome = error.reason
-                        self._finish(exchange)
-                        await write(error.response())
+                        await self._refuse(exchange, error, write)
                         return
                 elif kind == "request_trailers":
                     if not exchange.decided:
