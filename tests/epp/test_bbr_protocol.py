@@ -191,3 +191,13 @@ async def test_a_body_over_the_size_limit_is_a_413() -> None:
         body = json.dumps({"model": GEMMA, "prompt": "x" * 200}).encode()
         code, _ = (await EnvoyStream(stub).send_request(body, chunk_size=50)).error()
     assert code == 413
+
+
+async def test_the_front_door_answers_the_retrieval_of_one_model() -> None:
+    async with serving(front_door()) as stub:
+        one = await EnvoyStream(stub).send_request(None, method="GET", path=f"/v1/models/{ADAPTER}")
+        code, _ = (await EnvoyStream(stub).send_request(None, method="GET", path="/v1/models/nope")).error()
+
+    response = one.immediate.immediate_response  # type: ignore[union-attr]
+    assert json.loads(response.body)["id"] == ADAPTER
+    assert code == 404

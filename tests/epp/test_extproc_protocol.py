@@ -14,7 +14,7 @@ from epp.extproc import EndpointPicker
 from epp.scheduling import SaturationDetector
 from epp.telemetry import Telemetry
 
-from tests.epp.extproc_support import EnvoyStream, LeastBusyScheduler, pool, serving, subset_hint
+from tests.epp.extproc_support import EnvoyStream, LeastBusyScheduler, Outcome, pool, serving, subset_hint
 
 GEMMA = "google/gemma-2b-it"
 PHI = "microsoft/Phi-3-mini-4k-instruct"
@@ -454,3 +454,25 @@ async def test_a_body_over_the_size_limit_is_a_413_before_it_is_all_buffered() -
     assert document["error"]["type"] == "invalid_request_error"  # type: ignore[index]
     assert "1000 bytes" in document["error"]["message"]  # type: ignore[index]
     assert routed.immediate is None
+
+
+async def test_a_client_can_retrieve_one_model_and_head_the_model_list() -> None:
+    async with serving(picker(gemma_and_phi())) as stub:
+
+        async def bodyless(method: str, path: str) -> Outcome:
+            return await EnvoyStream(stub).send_request(None, method=method, path=path)
+
+        one = await bodyless("GET", f"/v1/models/{GEMMA}")
+        escaped = await bodyless("GET", "/v1/models/google%2Fgemma-2b-it")
+        head = await bodyless("HEAD", "/v1/models")
+        code, document = (await bodyless("GET", "/v1/models/nope")).error()
+
+    for outcome in (one, escaped):
+        response = outcome.immediate.immediate_response  # type: ignore[union-attr]
+        assert response.status.code == 200
+        assert json.loads(response.body) == {"id": GEMMA, "object": "model", "created": 0,
+                                             "owned_by": "gke-llm-gateway"}
+    assert head.immediate.immediate_response.status.code == 200  # type: ignore[union-attr]
+    assert code == 404
+    assert document["error"]["type"] == "not_found_error"  # type: ignore[index]
+    assert f"Models served: {GEMMA}, {PHI}" in document["error"]["message"]  # type: ignore[index]

@@ -17,7 +17,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 from epp.extproc.body import parse_body
 from epp.extproc.errors import missing_model, unknown_model
 from epp.extproc.messages import CONTINUE_REQUEST_HEADERS, header_option, route_request_headers
-from epp.extproc.models import MODELS_PATH, ModelList
+from epp.extproc.models import ModelList
 from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, Exchange, ExtProcServicer
 from epp.telemetry import OTHER_MODEL, Telemetry
 
@@ -56,9 +56,10 @@ class BodyBasedRouter(ExtProcServicer):
     def decide(self, exchange: Exchange) -> ProcessingResponse:
         front_door = self._served is not None
         if exchange.body is None:
-            if front_door and exchange.method == "GET" and exchange.path == MODELS_PATH:
+            models = self._models.answer(exchange.method, exchange.path, None) if front_door else None
+            if models is not None:
                 exchange.outcome = "models"
-                return self._models.response(None)
+                return models
             # Nothing to route on: the proxy's routes decide (a routing miss is the proxy's 404).
             exchange.outcome = "passthrough"
             return CONTINUE_REQUEST_HEADERS

@@ -1,6 +1,7 @@
 """The Endpoint Picker servicer: each request goes to one ready endpoint that serves its model.
 
-``GET /v1/models`` is answered here with the union of the ready endpoints' models.
+``GET /v1/models`` is answered here with the union of the ready endpoints' models (and
+``GET /v1/models/{id}`` with one of them).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from epp.extproc.messages import (
     header_option,
     route_request_headers,
 )
-from epp.extproc.models import MODELS_PATH, ModelList
+from epp.extproc.models import ModelList
 from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, Exchange, ExtProcServicer
 from epp.scheduling.types import LLMRequest, SchedulingResult
 from epp.telemetry import OTHER_MODEL, Telemetry
@@ -101,9 +102,10 @@ class EndpointPicker(ExtProcServicer):
 
     def decide(self, exchange: Exchange) -> ProcessingResponse:
         if exchange.body is None:
-            if exchange.method == "GET" and exchange.path == MODELS_PATH:
+            models = self._models.answer(exchange.method, exchange.path, self._datastore.version)
+            if models is not None:
                 exchange.outcome = "models"
-                return self._models.response(self._datastore.version)
+                return models
             raise RequestError(
                 400,
                 f"{exchange.method} {exchange.path} has no body; send a JSON body with a 'model'.",
