@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from epp.cli import parse_bbr_args, parse_epp_args
@@ -82,3 +83,10 @@ def test_a_port_already_in_use_exits_2_naming_the_address_without_a_traceback(
     assert f"error: cannot listen on 127.0.0.1:{busy_port}" in run.stderr
     assert "Traceback" not in run.stderr
     assert "never awaited" not in run.stderr
+
+
+def test_secure_serving_with_a_mounted_certificate_parses_for_both_commands(tmp_path: Path) -> None:
+    epp = parse_epp_args(["--endpoints", "127.0.0.1:8000", "--secure-serving", "--cert-path", str(tmp_path)])
+    bbr = parse_bbr_args(["--secure-serving"])
+    assert (epp.secure_serving, epp.cert_path) == (True, tmp_path)
+    assert (bbr.secure_serving, bbr.cert_path) == (True, None)

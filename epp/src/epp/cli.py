@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import aiohttp
+import grpc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from epp.datastore import Datastore, Endpoint
@@ -36,6 +37,7 @@ from epp.scheduling import (
     load_profile,
 )
 from epp.telemetry import Telemetry, configure_logging
+from epp.tls import server_credentials
 
 _log = logging.getLogger("epp.cli")
 
@@ -54,6 +56,19 @@ class ServerSettings(BaseModel):
     log_level: LogLevel = "info"
     grace: float = Field(default=5.0, ge=0, description="seconds in-flight streams get on shutdown")
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0, description="larger bodies get a 413")
+    # ext_proc over TLS, as Google Cloud load balancers call it (HTTP2 backends); the certificate
+    # from cert_path (tls.crt, tls.key), else self-signed at startup.
+    secure_serving: bool = False
+    cert_path: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_path_needs_secure_serving(self) -> ServerSettings:
+        if self.cert_path is not None and not self.secure_serving:
+            raise ValueError("--cert-path only applies with --secure-serving")
+        return self
+
+    def credentials(self, common_name: str) -> grpc.ServerCredentials | None:
+        return server_credentials(self.cert_path, common_name) if self.secure_serving else None
 
 
 class EppSettings(ServerSettings):
@@ -102,6 +117,10 @@ def _common_flags(parser: argparse.ArgumentParser, grpc_port: int, health_port: 
     parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight streams get on shutdown")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help="refuse larger request bodies with a 413 (default: 16 MiB)")
+    parser.add_argument("--secure-serving", action="store_true",
+                        help="serve ext_proc over TLS (what Google Cloud load balancers expect)")
+    parser.add_argument("--cert-path", type=Path,
+                        help="folder with tls.crt and tls.key (default: a self-signed certificate)")
 
 
 def epp_parser() -> argparse.ArgumentParser:
@@ -257,7 +276,7 @@ async def serve_epp(
 
         datastore.subscribe(on_endpoint)
         server = ExtProcServer(picker, health, bind=settings.bind, grpc_port=settings.grpc_port,
-                               health_port=settings.health_port)
+                               health_port=settings.health_port, credentials=settings.credentials("epp"))
         await _serve(server, telemetry, settings, stop, _Readiness(datastore, health).run, bound)
 
 
@@ -270,7 +289,7 @@ async def serve_bbr(
                              max_body_bytes=settings.max_body_bytes)
     health = Health()
     server = ExtProcServer(router, health, bind=settings.bind, grpc_port=settings.grpc_port,
-                           health_port=settings.health_port)
+                           health_port=settings.health_port, credentials=settings.credentials("bbr"))
     await _serve(server, telemetry, settings, stop, functools.partial(health.set_ready, True), bound)
 
 

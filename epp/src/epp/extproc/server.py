@@ -33,8 +33,10 @@ class ExtProcServer:
     """Serves ``servicer`` and ``health``; ``start`` binds (port 0 = any free port) and returns the ports."""
 
     def __init__(self, servicer: ExtProcServicer, health: Health, *, bind: str, grpc_port: int,
-                 health_port: int) -> None:
+                 health_port: int, credentials: grpc.ServerCredentials | None = None) -> None:
+        """``credentials``: serve ext_proc over TLS (health stays plaintext, as kubelet probes need)."""
         self.servicer = servicer
+        self._credentials = credentials
         self.health = health
         self._bind = bind
         self._grpc_port = grpc_port
@@ -45,7 +47,7 @@ class ExtProcServer:
         main = grpc.aio.server(options=_OPTIONS)
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(self.servicer, main)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, main)
-        grpc_port = _listen(main, self._bind, self._grpc_port)
+        grpc_port = _listen(main, self._bind, self._grpc_port, self._credentials)
         health_server = grpc.aio.server(options=_OPTIONS)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, health_server)
         health_port = _listen(health_server, self._bind, self._health_port)
@@ -63,10 +65,16 @@ class ExtProcServer:
             await server.stop(grace)
 
 
-def _listen(server: grpc.aio.Server, bind: str, port: int) -> int:
-    """Add a plaintext port to ``server``; the bound port, or OSError naming the address."""
+def _listen(
+    server: grpc.aio.Server, bind: str, port: int, credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """Add a port (TLS with ``credentials``, else plaintext); the bound port, or OSError naming it."""
+    address = f"{_host(bind)}:{port}"
     try:
-        bound = int(server.add_insecure_port(f"{_host(bind)}:{port}"))
+        if credentials is None:
+            bound = int(server.add_insecure_port(address))
+        else:
+            bound = int(server.add_secure_port(address, credentials))
     except RuntimeError:  # grpcio raises this (older releases returned 0) when the bind fails
         bound = 0
     if bound == 0:
