@@ -30,10 +30,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from onebox.envoy import EnvoyProcess, ResponseMode, passthrough_config, unified_gateway_config
+from onebox.probes import grpc_serving, until_ready
 
 MODEL = "bench/echo-model"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
@@ -329,7 +327,7 @@ async def _epp(backend_port: int, profile: str) -> AsyncIterator[tuple[int, int]
                     if entry.get("message") == "serving":
                         ports = {"grpc": entry["grpc_port"], "health": entry["health_port"]}
         drain = asyncio.create_task(_drain(process.stderr))
-        await _wait_serving(ports["health"])
+        await until_ready(grpc_serving(f"127.0.0.1:{ports['health']}"), within=30, interval=0.1)
         yield ports["grpc"], process.pid
     finally:
         await _terminate(process)
@@ -340,17 +338,6 @@ async def _epp(backend_port: int, profile: str) -> AsyncIterator[tuple[int, int]
 async def _drain(stream: asyncio.StreamReader) -> None:
     while await stream.readline():
         pass
-
-
-async def _wait_serving(health_port: int) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        async with asyncio.timeout(30):
-            while True:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(service="readiness"))
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                await asyncio.sleep(0.1)
 
 
 async def _terminate(process: asyncio.subprocess.Process) -> None:

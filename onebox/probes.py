@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -42,3 +43,10 @@ def grpc_serving(address: str, service: str = "readiness", timeout: float = 1.0)
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     return probe
+
+
+async def until_ready(probe: Probe, within: float, interval: float = 0.05) -> None:
+    """Return once ``probe`` answers True; TimeoutError after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not await probe():  # noqa: ASYNC110 - polling a remote service, no event to wait on
+            await asyncio.sleep(interval)

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-import grpc
 import yaml
 from epp.cli import ServerSettings, ServingPorts
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import vllmsim
+from onebox.probes import grpc_serving, until_ready
 
 Settings = TypeVar("Settings", bound=ServerSettings)
 
@@ -44,14 +43,7 @@ async def serving(
 
 async def wait_ready(health_port: int) -> None:
     """Until the server's gRPC readiness says SERVING (at most 10 s)."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        async with asyncio.timeout(10):
-            while True:
-                response = await stub.Check(health_pb2.HealthCheckRequest(service="readiness"))
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                await asyncio.sleep(0.05)
+    await until_ready(grpc_serving(f"127.0.0.1:{health_port}"), within=10)
 
 
 @asynccontextmanager
