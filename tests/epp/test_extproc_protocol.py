@@ -273,24 +273,29 @@ async def test_a_streamed_response_is_echoed_and_its_usage_counted() -> None:
     assert tokens == 2
 
 
+class RecordingRefresher:
+    """The model prober's side of the picker: records which endpoints it was asked to re-read."""
+
+    def __init__(self) -> None:
+        self.refreshed: list[str] = []
+
+    def request_refresh(self, address: str) -> bool:
+        self.refreshed.append(address)
+        return True
+
+
 async def test_a_backend_that_stopped_serving_the_model_gets_its_models_refreshed() -> None:
-    refreshed: list[str] = []
-
-    class Refresher:
-        def request_refresh(self, address: str) -> bool:
-            refreshed.append(address)
-            return True
-
+    refresher = RecordingRefresher()
     datastore = gemma_and_phi()
     telemetry = Telemetry("epp", datastore)
-    servicer = EndpointPicker(datastore, LeastBusyScheduler(), telemetry, refresher=Refresher())
+    servicer = EndpointPicker(datastore, LeastBusyScheduler(), telemetry, refresher=refresher)
     async with serving(servicer) as stub:
         stream = EnvoyStream(stub)
         await stream.send_request(completion(GEMMA))
         await stream.send_response(
             404, b'{"error": {"message": "The model `google/gemma-2b-it` does not exist.", "code": 404}}'
         )
-    assert refreshed == ["10.0.0.1:8000"]
+    assert refresher.refreshed == ["10.0.0.1:8000"]
 
 
 async def test_requests_are_counted_by_model_and_outcome() -> None:
@@ -342,16 +347,10 @@ async def test_in_streamed_response_mode_an_sse_stream_is_followed_to_its_end() 
 
 
 async def test_in_streamed_response_mode_an_error_body_is_buffered_and_read() -> None:
-    refreshed: list[str] = []
-
-    class Refresher:
-        def request_refresh(self, address: str) -> bool:
-            refreshed.append(address)
-            return True
-
+    refresher = RecordingRefresher()
     datastore = gemma_and_phi()
     telemetry = Telemetry("epp", datastore)
-    servicer = EndpointPicker(datastore, LeastBusyScheduler(), telemetry, refresher=Refresher())
+    servicer = EndpointPicker(datastore, LeastBusyScheduler(), telemetry, refresher=refresher)
     async with serving(servicer) as stub:
         stream = EnvoyStream(stub, response_mode=ProcessingMode.STREAMED)
         await stream.send_request(completion(GEMMA))
@@ -360,7 +359,7 @@ async def test_in_streamed_response_mode_an_error_body_is_buffered_and_read() ->
         body = b'{"error": {"message": "The model `google/gemma-2b-it` does not exist."}}'
         await stream.call.write(ProcessingRequest(response_body=HttpBody(body=body, end_of_stream=True)))
         await stream.call.read()
-    assert refreshed == ["10.0.0.1:8000"]
+    assert refresher.refreshed == ["10.0.0.1:8000"]
     assert datastore.get("10.0.0.1:8000").in_flight == 0  # type: ignore[union-attr]
 
 
