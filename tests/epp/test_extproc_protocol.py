@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingRequest
-from epp.datastore import Datastore
+from epp.datastore import Datastore, Endpoint
 from epp.extproc import EndpointPicker
 from epp.scheduling import SaturationDetector
 from epp.telemetry import Telemetry
@@ -177,6 +177,22 @@ async def test_an_empty_pool_knows_its_configured_models() -> None:
     async with serving(servicer) as stub:
         code, _ = (await EnvoyStream(stub).send_request(completion(GEMMA))).error()
     assert code == 503
+
+
+async def test_a_pod_whose_models_become_known_is_picked_and_a_removed_one_is_not() -> None:
+    datastore = gemma_and_phi()
+    servicer = picker(datastore)
+    async with serving(servicer) as stub:
+        unknown, _ = (await EnvoyStream(stub).send_request(completion("Qwen/Qwen2.5-3B-Instruct"))).error()
+        qwen = datastore.upsert(Endpoint(name="qwen-0", ip="10.0.0.9", port=8000))
+        datastore.set_models(qwen.address, frozenset({"Qwen/Qwen2.5-3B-Instruct"}), {})
+        routed = await EnvoyStream(stub).send_request(completion("Qwen/Qwen2.5-3B-Instruct"))
+        datastore.remove("10.0.0.1:8000")
+        gone, _ = (await EnvoyStream(stub).send_request(completion(GEMMA))).error()
+
+    assert unknown == 404
+    assert routed.set_headers["x-gateway-destination-endpoint"] == "10.0.0.9:8000"
+    assert gone == 404  # the only gemma pod left the pool and no pool model names it
 
 
 async def test_a_saturated_pool_sheds_with_429_only_when_shedding_is_configured() -> None:

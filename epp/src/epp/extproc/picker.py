@@ -93,12 +93,15 @@ class EndpointPicker(ExtProcServicer):
         self._pool_models = frozenset(pool_models)
         # Models a request may name: the configured ones and whatever the pods report.
         self._known: frozenset[str] = self._pool_models
+        self._candidates: tuple[Endpoint, ...] = ()
 
-    def _known_models(self) -> frozenset[str]:
+    def _refresh_view(self) -> None:
+        """Re-derive the known models and the routable endpoints once per change of the datastore
+        (membership or models), not on every request."""
         if self._version != self._datastore.version:
             self._known = self._pool_models.union(self._datastore.served_models())
+            self._candidates = tuple(self._datastore.routable())
             self._version = self._datastore.version
-        return self._known
 
     def decide(self, exchange: Exchange) -> ProcessingResponse:
         if exchange.body is None:
@@ -115,12 +118,13 @@ class EndpointPicker(ExtProcServicer):
         parsed = parse_body(exchange.body)
         model = require_model(parsed)
         exchange.model = model
-        if model not in self._known_models():
+        self._refresh_view()
+        if model not in self._known:
             raise unknown_model(model, sorted(self._known))
         subset = _subset_hint(exchange.metadata)
         if subset is not None and not subset:
             raise RequestError(503, "The gateway's endpoint subset hint is empty.", None, "empty_subset")
-        candidates = self._datastore.routable()
+        candidates = self._candidates
         started = time.perf_counter()
         if self._shed and self._saturation is not None:
             # Shed only what could have been picked: the model's endpoints within the subset hint.
