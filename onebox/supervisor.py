@@ -156,10 +156,30 @@ class Supervisor:
                 _signal_group(child, signal.SIGKILL)
             if pending:
                 await asyncio.wait(pending)
+            # SIGKILL is delivered, but a group's other members may still be exiting: return once
+            # none of them runs, so a stopped box leaves no process behind. (Bounded: a process
+            # stuck in the kernel cannot hold the stop forever; the kill is already on its way.)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    while any(_group_running(c.pid) for c in self.children):  # noqa: ASYNC110 - foreign exits
+                        await asyncio.sleep(0.02)
         tasks = [*self._watchers, *(c.reader for c in self.children if c.reader)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _group_running(pgid: int) -> bool:
+    """True while a process of group ``pgid`` runs (zombies, dead but not yet reaped, do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process went away while we looked
+            continue
+        # After the command name: state, ppid, pgrp, ...
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def _signal_group(child: Child, sig: signal.Signals) -> None:
