@@ -1,0 +1,121 @@
+"""What the EPP, the BBR, the one box, the benchmark and the Pulumi components must agree on.
+
+One module, imported by all of them, instead of a copy of each name in every package: the headers
+and metadata of the Endpoint Picker Protocol, the default ports, the shipped scheduling profiles,
+the API-key front door's wiring, the OpenAI-style error body, and how an address is written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Final, Literal, get_args
+
+# --- The Endpoint Picker Protocol (Gateway API Inference Extension) --------------------------------
+# The picked endpoint(s), ``host:port`` (comma-separated when a picker ranks fallbacks), in a
+# request header and in the dynamic metadata namespace Envoy's ORIGINAL_DST/subset LB reads.
+DESTINATION_HEADER: Final = "x-gateway-destination-endpoint"
+DESTINATION_METADATA_NAMESPACE: Final = "envoy.lb"
+# The proxy may restrict the pick to a subset of endpoints through this namespace and key.
+SUBSET_HINT_NAMESPACE: Final = "envoy.lb.subset_hint"
+SUBSET_HINT_KEY: Final = "x-gateway-destination-endpoint-subset"
+
+# --- The Body-Based Router --------------------------------------------------------------------------
+# The body's ``model`` and its base model (a LoRA adapter resolves to the model it adapts); the
+# Gateway's HTTPRoutes match the base model header exactly.
+MODEL_HEADER: Final = "x-gateway-model-name"
+BASE_MODEL_HEADER: Final = "x-gateway-base-model-name"
+
+# --- API keys at the front door ---------------------------------------------------------------------
+# Where a client puts its key (the OpenAI SDK sends ``Authorization: Bearer``); both are removed
+# before the request reaches a model server.
+AUTHORIZATION_HEADER: Final = "authorization"
+API_KEY_HEADER: Final = "x-api-key"
+# The front door names the caller's tenant (never the key) for what runs behind it, overwriting any
+# value a client sent.
+TENANT_HEADER: Final = "x-gateway-api-key-name"
+# The Kubernetes Secret holding the key list, the file name in it and where the front door mounts it.
+API_KEYS_SECRET_KEY: Final = "api-keys.yaml"
+API_KEYS_MOUNT_DIR: Final = "/etc/llm-gateway/api-keys"
+
+# --- What model servers (and the simulator) say about themselves ------------------------------------
+POD_HEADER: Final = "x-inference-pod"
+SERVED_MODEL_HEADER: Final = "x-inference-model"
+
+# --- Default ports ------------------------------------------------------------------------------------
+EPP_GRPC_PORT: Final = 9002
+EPP_HEALTH_PORT: Final = 9003
+BBR_GRPC_PORT: Final = 9004
+BBR_HEALTH_PORT: Final = 9005
+METRICS_PORT: Final = 9090
+
+# --- Scheduling profiles shipped with the EPP ---------------------------------------------------------
+ProfileName = Literal["default", "proxy-performance", "proxy-performance-by-backend"]
+PROFILE_NAMES: Final[tuple[str, ...]] = get_args(ProfileName)
+DEFAULT_PROFILE: Final = "default"
+
+# --- The error body -----------------------------------------------------------------------------------
+# The gateway's own refusals use one ``type`` per status, so a client can branch on it; errors that
+# model servers produce pass through unchanged.
+ERROR_TYPES: Final[dict[int, str]] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    500: "api_error",
+    502: "api_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+def error_type(status: int) -> str:
+    return ERROR_TYPES.get(status, "api_error")
+
+
+def error_body(status: int, message: str, param: str | None = None) -> bytes:
+    """``{"error": {"message", "type", "param", "code"}}``, the shape OpenAI clients surface."""
+    error = {"message": message, "type": error_type(status), "param": param, "code": status}
+    return json.dumps({"error": error}, separators=(",", ":")).encode()
+
+
+# --- Addresses ------------------------------------------------------------------------------------------
+def join_host_port(host: str, port: int) -> str:
+    """``10.0.0.1:8000``, ``[fd00::1]:8000``: the form Envoy's ORIGINAL_DST and a URL both take."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """The inverse of :func:`join_host_port`; the host comes back without brackets.
+
+    Raises ``ValueError`` naming the address when it has no port, a bad port, or an IPv6 host
+    without brackets.
+    """
+    text = address.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or not text[end + 1 :].startswith(":"):
+            raise ValueError(f"{address!r} is not [IPv6]:PORT")
+        host, port_text = text[1:end], text[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{address!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{address!r} is not HOST:PORT")
+        if ":" in host:
+            raise ValueError(f"{address!r}: an IPv6 host needs brackets, as in [{host}]:{port_text}")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{address!r}: the port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def url_host(host: str) -> str:
+    """A host as it stands in a URL: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
