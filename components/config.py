@@ -13,6 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import yaml
+from epp.contract import DEFAULT_PROFILE, ProfileName
+from epp.scheduling.config import parse_config
+from epp.scheduling.errors import ConfigError as PickerConfigError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -52,8 +56,6 @@ AcceleratorName = Literal[
     "tpu-v5-lite-podslice",
     "tpu-v6e-slice",
 ]
-
-SchedulingProfile = Literal["default", "proxy-performance", "proxy-performance-by-backend"]
 
 InferencePoolCrdSource = Literal["gke-managed", "install"]
 """Who puts the ``inferencepools.inference.networking.k8s.io`` CRD on the cluster: GKE, or this program."""
@@ -202,12 +204,19 @@ class ModelSpec(_Model):
         return _matching(HUGGING_FACE_ID, value, "is not a Hugging Face model id of the form owner/name")
 
 
+def endpoint_picker_yaml(config: Mapping[str, Any]) -> str:
+    """The text of a stack's EndpointPickerConfig, as its ConfigMap hands it to the EPP."""
+    return yaml.safe_dump(dict(config), sort_keys=False)
+
+
 class EppSettings(_Model):
     """The Endpoint Picker of each pool: scheduling profile (or a full config) and its size."""
 
-    profile: SchedulingProfile = "default"
+    profile: ProfileName = DEFAULT_PROFILE
     config: dict[str, Any] | None = None
-    """A complete EndpointPickerConfig; when set it replaces the profile."""
+    """A complete EndpointPickerConfig; when set it replaces the profile. Checked here by the EPP's
+    own parser, on the very text its ConfigMap will hold, so what would crash-loop the pod after
+    ``pulumi up`` fails ``pulumi preview`` instead, with the message the EPP would have logged."""
     failure_mode: Literal["FailOpen", "FailClose"] = "FailClose"
     replicas: Annotated[int, Field(ge=1)] = 1
     """One by default: each EPP process counts the requests in flight per pod on its own, so
@@ -217,12 +226,11 @@ class EppSettings(_Model):
     @field_validator("config")
     @classmethod
     def _endpoint_picker_config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is None:
-            return None
-        if value.get("kind") != "EndpointPickerConfig":
-            raise ValueError(f"kind must be EndpointPickerConfig, got {value.get('kind')!r}")
-        if not isinstance(value.get("plugins"), list) or not value["plugins"]:
-            raise ValueError("an EndpointPickerConfig needs a non-empty plugins list")
+        if value is not None:
+            try:
+                parse_config(endpoint_picker_yaml(value))
+            except PickerConfigError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
 

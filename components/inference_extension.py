@@ -12,13 +12,15 @@ and inferencepools, and a ConfigMap holding its EndpointPickerConfig.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import pulumi
 import pulumi_kubernetes as k8s
 import yaml
+from epp.scheduling.config import PROFILES_DIR, PROFILES_PACKAGE
 
-from components.config import EppSettings
+from components.config import EppSettings, endpoint_picker_yaml
 from components.podspec import (
     EPP_IMAGE_UID,
     Fields,
@@ -30,8 +32,6 @@ from components.podspec import (
 )
 
 CRD_MANIFEST = Path(__file__).parent / "manifests" / "inferencepool-crd-v1.5.0.yaml"
-PROFILES_DIR = Path(__file__).resolve().parents[1] / "epp" / "src" / "epp" / "profiles"
-"""The EPP's shipped scheduling profiles (read at program time, so the ConfigMap is what the EPP knows)."""
 
 INFERENCE_GROUP = "inference.networking.k8s.io"
 INFERENCE_API_VERSION = f"{INFERENCE_GROUP}/v1"
@@ -46,15 +46,10 @@ CONFIG_FILE = "epp.yaml"
 def endpoint_picker_config(settings: EppSettings) -> str:
     """The EndpointPickerConfig YAML for ``settings``: the user's full config, else the named profile."""
     if settings.config is not None:
-        return yaml.safe_dump(settings.config, sort_keys=False)
-    path = PROFILES_DIR / f"{settings.profile}.yaml"
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"scheduling profile {settings.profile!r} not found at {path}; "
-            "the EPP ships its profiles in epp/src/epp/profiles/"
-        ) from None
+        return endpoint_picker_yaml(settings.config)
+    # The profiles the installed EPP package ships: the same files the EPP image carries.
+    profile = resources.files(PROFILES_PACKAGE).joinpath(PROFILES_DIR, f"{settings.profile}.yaml")
+    return profile.read_text(encoding="utf-8")
 
 
 class InferencePoolCrd(pulumi.ComponentResource):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -11,6 +10,7 @@ import jsonschema
 import pytest
 
 from policy import rules
+from tests.infra.shared import SCHEMAS
 from tests.policy.builders import (
     CLUSTER_TYPE,
     DIGEST,
@@ -332,15 +332,14 @@ def test_every_rule_has_a_unique_name_and_a_description_the_pack_can_register() 
     assert all(name.replace("-", "").isalnum() and description for name, description in every_rule)
 
 
-SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "schemas"
 
 
-@pytest.mark.skipif(not SCHEMAS.is_dir(), reason="../shared/schemas is not beside the project")
 def test_the_pool_and_health_check_objects_these_tests_use_are_valid_custom_resources() -> None:
     checks = [
         ("inference.networking.k8s.io/inferencepool_v1.json", inference_pool("gemma", namespace="llm")),
         ("networking.gke.io/healthcheckpolicy_v1.json", health_check_policy("gemma", namespace="llm")),
     ]
+    assert SCHEMAS.is_dir(), f"the shared CRD schemas are not at {SCHEMAS} (../shared beside the project)"
     for schema_file, resource in checks:
         schema = json.loads((SCHEMAS / schema_file).read_text())
         jsonschema.validate(resource, schema)
