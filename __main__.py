@@ -1,17 +1,20 @@
-"""The Pulumi program: validate the stack config, build the platform, export what a user needs."""
+"""The Pulumi program: check the stack config and its secrets, build the platform, export what users need."""
 
 import pulumi
 
-from components.config import CONFIG_KEY, HF_TOKEN_KEY, parse_platform_config
+from components.config import CONFIG_KEY, parse_platform_config
 from components.platform import Platform, PlatformArgs
+from components.secrets import read_stack_secrets
 
 config = pulumi.Config()
 platform_config = parse_platform_config(config.require_object(CONFIG_KEY))
-platform = Platform(
-    "platform", PlatformArgs(config=platform_config, hf_token=config.get_secret(HF_TOKEN_KEY))
-)
+secrets = read_stack_secrets(config, platform_config)
+platform = Platform("platform", PlatformArgs(config=platform_config, secrets=secrets))
 
 pulumi.export("gatewayAddress", platform.gateway_address)
+pulumi.export("gatewayUrl", platform.gateway_url)
 pulumi.export("servedModels", platform.curls)
 pulumi.export("imageRef", platform.image_ref)
 pulumi.export("kubeconfig", pulumi.Output.secret(platform.kubeconfig))
+if platform.dns_records is not None:
+    pulumi.export("dnsRecords", platform.dns_records)

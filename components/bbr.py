@@ -1,10 +1,20 @@
-"""Body-Based Router: reads ``model`` from the request body and sets ``X-Gateway-Base-Model-Name``.
+"""Body-Based Router: the gateway's front door, in both routing modes.
 
-Per-model-pools mode only. A Deployment and Service of our image in BBR mode, attached to the
-Gateway by a GCPRoutingExtension (request body sent ``FullDuplexStreamed``), and health-checked by
-the load balancer over gRPC (grpc.health.v1, service ``readiness``). Under FailClose every request
-needs the BBR, and it is stateless: two replicas by default, spread over nodes, rolled one surge
-pod at a time, and kept at one or more through voluntary disruptions by a PodDisruptionBudget.
+It reads ``model`` from the request body and sets the base-model header the per-model routes match;
+it answers ``GET /v1/models``, refuses unknown models, and -- with ``auth.mode: api-keys`` -- checks
+the caller's API key before any model server is touched. The key list is a Kubernetes Secret built
+from the Pulumi secret ``apiKeys``, mounted read-only as a directory (never ``subPath``, so the
+kubelet's update of a changed Secret reaches the running pods, which re-read it: adding or revoking
+a key needs no restart). ``--limit-share N`` (N = replicas) makes each replica allow 1/N of every
+key's ``requestsPerMinute``: the load balancer spreads requests over the replicas, so together they
+allow the key's limit without sharing state. In unified-pool mode the BBR runs too, in front of the
+single pool, so keys are checked the same way whatever the mode.
+
+A Deployment and Service of our image in BBR mode, attached to the Gateway by a GCPRoutingExtension
+(request body sent ``FullDuplexStreamed``), and health-checked by the load balancer over gRPC
+(grpc.health.v1, service ``readiness``). Under FailClose every request needs the BBR, and it is
+stateless: two replicas by default, spread over nodes, rolled one surge pod at a time, and kept at
+one or more through voluntary disruptions by a PodDisruptionBudget.
 """
 
 from __future__ import annotations
@@ -13,6 +23,13 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
+from epp.contract import (
+    API_KEYS_MOUNT_DIR,
+    API_KEYS_SECRET_KEY,
+    BBR_GRPC_PORT,
+    BBR_HEALTH_PORT,
+    METRICS_PORT,
+)
 
 from components.config import BbrSettings
 from components.health import grpc_health_check_policy
@@ -24,11 +41,11 @@ from components.podspec import (
     labels,
     pod_security_context,
 )
+from components.secrets import as_secret
 
 BBR_NAME = "body-based-router"
-BBR_GRPC_PORT = 9004
-BBR_HEALTH_PORT = 9005
-METRICS_PORT = 9090
+API_KEYS_SECRET = "api-keys"
+API_KEYS_VOLUME = "api-keys"
 EXTENSION_TIMEOUT = "1s"
 
 
@@ -38,6 +55,8 @@ class BodyBasedRouterArgs:
     namespace_ref: pulumi.Input[str]
     served_models: list[str]
     settings: BbrSettings
+    api_keys: pulumi.Output[str] | None
+    """The key list (a Pulumi secret); None when ``auth.mode`` is ``none``."""
     image_ref: pulumi.Input[str]
     image: pulumi.Resource
     gateway_name: str
@@ -61,6 +80,36 @@ class BodyBasedRouter(pulumi.ComponentResource):
         bbr_labels = labels("bbr", BBR_NAME)
         selector = {"app.kubernetes.io/name": "bbr", "app.kubernetes.io/instance": BBR_NAME}
         metadata: Fields = {"name": BBR_NAME, "namespace": args.namespace_ref, "labels": bbr_labels}
+        options: dict[str, object] = {
+            "--grpc-port": BBR_GRPC_PORT,
+            "--health-port": BBR_HEALTH_PORT,
+            "--metrics-port": METRICS_PORT,
+            "--served-models": ",".join(args.served_models),
+        }
+        mounts: list[Fields] = []
+        volumes: list[Fields] = [ext_proc_tmp_volume()]
+        self.api_keys_secret: k8s.core.v1.Secret | None = None
+        if args.api_keys is not None:
+            self.api_keys_secret = k8s.core.v1.Secret(
+                API_KEYS_SECRET,
+                metadata={"name": API_KEYS_SECRET, "namespace": args.namespace_ref, "labels": bbr_labels},
+                type="Opaque",
+                string_data={API_KEYS_SECRET_KEY: as_secret(args.api_keys)},
+                opts=child,
+            )
+            options["--api-keys-file"] = f"{API_KEYS_MOUNT_DIR}/{API_KEYS_SECRET_KEY}"
+            options["--limit-share"] = args.settings.replicas
+            mounts.append({"name": API_KEYS_VOLUME, "mountPath": API_KEYS_MOUNT_DIR, "readOnly": True})
+            volumes.append(
+                {
+                    "name": API_KEYS_VOLUME,
+                    "secret": {
+                        "secretName": self.api_keys_secret.metadata.name,
+                        "items": [{"key": API_KEYS_SECRET_KEY, "path": API_KEYS_SECRET_KEY}],
+                        "defaultMode": 0o440,
+                    },
+                }
+            )
 
         deployment_spec: Fields = {
             "replicas": args.settings.replicas,
@@ -83,20 +132,16 @@ class BodyBasedRouter(pulumi.ComponentResource):
                         ext_proc_container(
                             "bbr",
                             args.image_ref,
-                            {
-                                "--grpc-port": BBR_GRPC_PORT,
-                                "--health-port": BBR_HEALTH_PORT,
-                                "--metrics-port": METRICS_PORT,
-                                "--served-models": ",".join(args.served_models),
-                            },
+                            options,
                             grpc_port=BBR_GRPC_PORT,
                             health_port=BBR_HEALTH_PORT,
                             metrics_port=METRICS_PORT,
                             spec=args.settings.resources,
                             command=["bbr"],
+                            mounts=mounts,
                         )
                     ],
-                    "volumes": [ext_proc_tmp_volume()],
+                    "volumes": volumes,
                 },
             },
         }

@@ -26,6 +26,16 @@ CONFIG_KEY = "platform"
 HF_TOKEN_KEY = "hfToken"
 """Name of the secret config value holding the Hugging Face token (``pulumi config set --secret``)."""
 
+API_KEYS_KEY = "apiKeys"
+"""Name of the secret config value holding the API key list (YAML or JSON, see ``epp.auth.keys``)."""
+
+TLS_CERTIFICATE_KEY = "tlsCertificate"
+TLS_PRIVATE_KEY_KEY = "tlsPrivateKey"
+"""Secret config values holding a self-managed certificate chain and its key (PEM), for trials."""
+
+HOSTNAME = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+"""A fully qualified DNS name, lower case (what a certificate is issued for)."""
+
 
 @dataclass(frozen=True)
 class Accelerator:
@@ -243,11 +253,60 @@ class BbrSettings(_Model):
     resources: Resources = Resources(cpu="500m", memory="256Mi", ephemeral_storage="256Mi")
 
 
+class AuthSettings(_Model):
+    """Who may call the gateway: API keys checked at the front door (the BBR), or nobody checks."""
+
+    mode: Literal["api-keys", "none"] = "api-keys"
+    """``api-keys`` (the default) needs the secret config ``apiKeys``; ``none`` is an explicit opt-out
+    that the policy pack refuses on a gateway reachable from the internet."""
+
+
+class TlsSettings(_Model):
+    """HTTPS on 443: a Google-managed certificate for ``domain``, or a self-managed one for trials."""
+
+    certificate: Literal["google-managed", "self-managed"] = "google-managed"
+    """``google-managed``: Certificate Manager issues and renews a regional certificate for
+    ``domain`` once its DNS authorization record exists (the stack output ``dnsRecords`` says
+    which). ``self-managed``: the PEM chain and key come from the secret config values
+    ``tlsCertificate`` and ``tlsPrivateKey`` and become a Kubernetes TLS Secret."""
+    domain: Annotated[str | None, Field(pattern=HOSTNAME, max_length=253)] = None
+    redirect_http: bool = True
+    """Answer plain HTTP on 80 with a redirect to HTTPS (``false``: do not listen on 80 at all)."""
+
+    @model_validator(mode="after")
+    def _domain_for_managed(self) -> TlsSettings:
+        if self.certificate == "google-managed" and self.domain is None:
+            raise _FieldError(("domain",), "a google-managed certificate needs the domain it is issued for")
+        return self
+
+
 class GatewaySettings(_Model):
-    """The regional external Application Load Balancer in front of every model."""
+    """The regional Application Load Balancer in front of every model (external or VPC-internal)."""
 
     request_timeout_sec: Annotated[int, Field(ge=1, le=86400)] = 600
     network_tier: Literal["STANDARD", "PREMIUM"] = "STANDARD"
+    visibility: Literal["external", "internal"] = "external"
+    """``internal``: a regional internal load balancer (``gke-l7-rilb``), reachable from the VPC only."""
+    auth: AuthSettings = AuthSettings()
+    tls: TlsSettings | None = None
+    allowed_source_ranges: list[str] = Field(default_factory=list)
+    """Client CIDR ranges allowed through a Cloud Armor policy on every backend (empty: no policy)."""
+
+    @field_validator("allowed_source_ranges")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for index, text in enumerate(value):
+            try:
+                ipaddress.ip_network(text)
+            except ValueError as exc:
+                raise _FieldError((index,), f"{text!r} is not a CIDR range ({exc})") from None
+        if len(set(value)) != len(value):
+            raise ValueError("lists a range more than once")
+        return value
+
+    @property
+    def public(self) -> bool:
+        return self.visibility == "external"
 
 
 class PlatformConfig(_Model):
@@ -314,6 +373,11 @@ class PlatformConfig(_Model):
     def min_master_version(self) -> str | None:
         """The cluster's minimum control-plane version: the one that ships the CRD, when GKE manages it."""
         return GKE_MANAGED_INFERENCE_POOL_CRD_VERSION if self.inference_pool_crd == "gke-managed" else None
+
+    @property
+    def served_names(self) -> list[str]:
+        """Every name a client may put in ``model`` (what an API key's ``models`` may list)."""
+        return [model.served_name for model in self.models]
 
     def pool_for(self, model: ModelSpec) -> NodePool:
         """The node pool a model's pods land on (the one offering its accelerator)."""

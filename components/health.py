@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
+from epp.contract import EPP_HEALTH_PORT
 
-from components.inference_extension import EPP_HEALTH_PORT, INFERENCE_GROUP, MODEL_PORT
+from components.inference_extension import INFERENCE_GROUP, MODEL_PORT
 from components.podspec import Fields, object_meta
 
 READINESS_SERVICE = "readiness"

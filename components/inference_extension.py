@@ -18,6 +18,7 @@ from pathlib import Path
 import pulumi
 import pulumi_kubernetes as k8s
 import yaml
+from epp.contract import EPP_GRPC_PORT, EPP_HEALTH_PORT, METRICS_PORT
 from epp.scheduling.config import PROFILES_DIR, PROFILES_PACKAGE
 
 from components.config import EppSettings, endpoint_picker_yaml
@@ -36,9 +37,6 @@ CRD_MANIFEST = Path(__file__).parent / "manifests" / "inferencepool-crd-v1.5.0.y
 INFERENCE_GROUP = "inference.networking.k8s.io"
 INFERENCE_API_VERSION = f"{INFERENCE_GROUP}/v1"
 MODEL_PORT = 8000
-EPP_GRPC_PORT = 9002
-EPP_HEALTH_PORT = 9003
-METRICS_PORT = 9090
 CONFIG_MOUNT = "/config"
 CONFIG_FILE = "epp.yaml"
 

@@ -9,10 +9,11 @@ HealthCheckPolicy (and its HTTPRoute and GCPBackendPolicy).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 
+from components.armor import SourceRangePolicy, SourceRangePolicyArgs
 from components.bbr import BodyBasedRouter, BodyBasedRouterArgs
 from components.cluster import Cluster, ClusterArgs
 from components.config import ModelSpec, PlatformConfig
@@ -24,6 +25,8 @@ from components.namespace import Namespace, NamespaceArgs
 from components.network import Network, NetworkArgs
 from components.podspec import SERVING_LABEL
 from components.registry import Registry, RegistryArgs
+from components.secrets import StackSecrets
+from components.tls import GatewayCertificate, GatewayCertificateArgs
 
 UNIFIED_POOL = "all-models-pool"
 
@@ -31,7 +34,7 @@ UNIFIED_POOL = "all-models-pool"
 @dataclass(frozen=True)
 class PlatformArgs:
     config: PlatformConfig
-    hf_token: pulumi.Output[str] | None = None
+    secrets: StackSecrets = field(default_factory=StackSecrets)
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ def pool_name(model: ModelSpec) -> str:
     return f"{model.name}-pool"
 
 
-def curl_command(address: str, served_name: str) -> str:
+def curl_command(base_url: str, served_name: str, with_key: bool) -> str:
     """A ready-to-paste chat completion request for ``served_name`` through the Gateway."""
     body = json.dumps(
         {
@@ -55,7 +58,10 @@ def curl_command(address: str, served_name: str) -> str:
             "max_tokens": 64,
         }
     )
-    return f"curl -sS http://{address}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'"
+    key = ' -H "Authorization: Bearer $OPENAI_API_KEY"' if with_key else ""
+    return (
+        f"curl -sS {base_url}/v1/chat/completions{key} -H 'Content-Type: application/json' -d '{body}'"
+    )
 
 
 class Platform(pulumi.ComponentResource):
@@ -67,6 +73,8 @@ class Platform(pulumi.ComponentResource):
     gateway: Gateway
     served_models: list[ServedModel]
     gateway_address: pulumi.Output[str]
+    gateway_url: pulumi.Output[str]
+    dns_records: pulumi.Output[list[str]] | None
     curls: pulumi.Output[dict[str, str]]
     image_ref: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
@@ -90,7 +98,7 @@ class Platform(pulumi.ComponentResource):
         )
         namespace = Namespace(
             "namespace",
-            NamespaceArgs(name=cfg.namespace, hf_token=args.hf_token, provider=provider),
+            NamespaceArgs(name=cfg.namespace, hf_token=args.secrets.hf_token, provider=provider),
             opts=child,
         )
         for model in cfg.models:
@@ -112,6 +120,38 @@ class Platform(pulumi.ComponentResource):
             if cfg.inference_pool_crd == "install"
             else self.cluster.cluster  # created at minMasterVersion, so GKE has installed the CRD
         )
+        certificate = (
+            GatewayCertificate(
+                "gateway-tls",
+                GatewayCertificateArgs(
+                    settings=cfg.gateway.tls,
+                    project=cfg.project,
+                    region=cfg.region,
+                    name=cfg.cluster_name,
+                    namespace_ref=namespace.ref,
+                    certificate_pem=args.secrets.tls_certificate,
+                    private_key_pem=args.secrets.tls_private_key,
+                    provider=provider,
+                ),
+                opts=child,
+            )
+            if cfg.gateway.tls is not None
+            else None
+        )
+        fence = (
+            SourceRangePolicy(
+                "allowed-sources",
+                SourceRangePolicyArgs(
+                    project=cfg.project,
+                    region=cfg.region,
+                    name=cfg.cluster_name,
+                    allowed_source_ranges=cfg.gateway.allowed_source_ranges,
+                ),
+                opts=child,
+            )
+            if cfg.gateway.allowed_source_ranges
+            else None
+        )
         self.gateway = Gateway(
             "gateway",
             GatewayArgs(
@@ -121,7 +161,10 @@ class Platform(pulumi.ComponentResource):
                 namespace_ref=namespace.ref,
                 settings=cfg.gateway,
                 proxy_only_subnet=self.network.proxy_only_subnet,
+                subnet=self.network.subnet,
                 provider=provider,
+                listener_tls=certificate.listener_tls if certificate is not None else None,
+                security_policy=fence.policy_name if fence is not None else None,
             ),
             opts=child,
         )
@@ -168,33 +211,48 @@ class Platform(pulumi.ComponentResource):
             )
             self.gateway.route(route, pool.pool)
 
-        if cfg.routing_mode == "per-model-pools":
-            BodyBasedRouter(
-                "bbr",
-                BodyBasedRouterArgs(
-                    namespace=cfg.namespace,
-                    namespace_ref=namespace.ref,
-                    served_models=[model.served_name for model in cfg.models],
-                    settings=cfg.bbr,
-                    image_ref=self.registry.image_ref,
-                    image=self.registry.image,
-                    gateway_name=self.gateway.name,
-                    gateway=self.gateway.gateway,
-                    provider=provider,
-                ),
-                opts=child,
-            )
+        # The front door in both modes: the per-model routes match the header it sets, and in either
+        # mode it is where API keys are checked before any model server is reached.
+        BodyBasedRouter(
+            "bbr",
+            BodyBasedRouterArgs(
+                namespace=cfg.namespace,
+                namespace_ref=namespace.ref,
+                served_models=cfg.served_names,
+                settings=cfg.bbr,
+                api_keys=args.secrets.api_keys if cfg.gateway.auth.mode == "api-keys" else None,
+                image_ref=self.registry.image_ref,
+                image=self.registry.image,
+                gateway_name=self.gateway.name,
+                gateway=self.gateway.gateway,
+                provider=provider,
+            ),
+            opts=child,
+        )
 
         self.gateway_address = self.gateway.ip_address
+        tls = cfg.gateway.tls
+        host: pulumi.Output[str] = (
+            pulumi.Output.from_input(tls.domain) if tls is not None and tls.domain else self.gateway_address
+        )
+        self.gateway_url = host.apply(lambda h: f"{self.gateway.scheme}://{h}")
+        self.dns_records = None
+        if certificate is not None and certificate.dns_records is not None and tls is not None:
+            domain = tls.domain
+            self.dns_records = pulumi.Output.all(certificate.dns_records, self.gateway_address).apply(
+                lambda parts: [*parts[0], f"{domain}. A {parts[1]}"]
+            )
         served = [model.served_name for model in self.served_models]
-        self.curls = self.gateway_address.apply(
-            lambda address: {name: curl_command(address, name) for name in served}
+        with_key = cfg.gateway.auth.mode == "api-keys"
+        self.curls = self.gateway_url.apply(
+            lambda url: {name: curl_command(url, name, with_key) for name in served}
         )
         self.image_ref = self.registry.image_ref
         self.kubeconfig = self.cluster.kubeconfig
         self.register_outputs(
             {
                 "gatewayAddress": self.gateway_address,
+                "gatewayUrl": self.gateway_url,
                 "servedModels": self.curls,
                 "imageRef": self.image_ref,
                 "kubeconfig": self.kubeconfig,

@@ -41,6 +41,22 @@ _DIGEST_PINNED = re.compile(r"^[^\s@]+@sha256:[0-9a-f]{64}$")
 INFERENCE_POOL_KIND = "InferencePool"
 HEALTH_CHECK_POLICY_TYPE = "kubernetes:networking.gke.io/v1:HealthCheckPolicy"
 CLUSTER_TYPE = "gcp:container/cluster:Cluster"
+GATEWAY_TYPE = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
+ROUTING_EXTENSION_TYPE = "kubernetes:networking.gke.io/v1:GCPRoutingExtension"
+SERVICE_TYPE = "kubernetes:core/v1:Service"
+DEPLOYMENT_TYPE = "kubernetes:apps/v1:Deployment"
+API_KEYS_FLAG = "--api-keys-file"
+# GKE gateway classes whose load balancer has an internet-facing address.
+PUBLIC_GATEWAY_CLASSES = frozenset(
+    {
+        "gke-l7-regional-external-managed",
+        "gke-l7-regional-external-managed-mc",
+        "gke-l7-global-external-managed",
+        "gke-l7-global-external-managed-mc",
+        "gke-l7-gxlb",
+        "gke-l7-gxlb-mc",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -307,6 +323,75 @@ def every_inference_pool_has_a_health_check(resources: Sequence[StackResource]) 
     return violations
 
 
+def _in_namespace(resource: StackResource, namespace: str) -> bool:
+    return _namespace(_dig(resource.props, ("metadata", "namespace"))) == namespace
+
+
+def _checks_api_keys(deployment: StackResource) -> bool:
+    spec = pod_spec(deployment.type, deployment.props) or {}
+    return any(
+        API_KEYS_FLAG in [str(arg) for arg in _sequence(container.get("args"))]
+        for _, container in _containers(spec)
+    )
+
+
+def _key_checking_front_doors(resources: Sequence[StackResource], namespace: str) -> set[str]:
+    """Names of the Services in ``namespace`` whose pods (a Deployment they select) check API keys."""
+    doors: set[str] = set()
+    deployments = [r for r in resources if r.type == DEPLOYMENT_TYPE and _in_namespace(r, namespace)]
+    for service in resources:
+        if service.type != SERVICE_TYPE or not _in_namespace(service, namespace):
+            continue
+        selector = _mapping(_dig(service.props, ("spec", "selector")))
+        if not selector:
+            continue
+        for deployment in deployments:
+            labels = _mapping(_dig(deployment.props, ("spec", "template", "metadata", "labels")))
+            if all(labels.get(k) == v for k, v in selector.items()) and _checks_api_keys(deployment):
+                doors.add(str(_dig(service.props, ("metadata", "name"))))
+    return doors
+
+
+def public_gateways_check_api_keys(resources: Sequence[StackResource]) -> list[StackViolation]:
+    """A Gateway with an internet-facing class must send every request through a front door that
+    checks API keys: a GCPRoutingExtension on that Gateway whose backend Service runs pods started
+    with ``--api-keys-file``. ``auth.mode: none`` is only for gateways reachable from a VPC."""
+    violations: list[StackViolation] = []
+    for gateway in resources:
+        if gateway.type != GATEWAY_TYPE:
+            continue
+        gateway_class = _dig(gateway.props, ("spec", "gatewayClassName"))
+        if gateway_class not in PUBLIC_GATEWAY_CLASSES:
+            continue
+        name = _dig(gateway.props, ("metadata", "name"))
+        namespace = _namespace(_dig(gateway.props, ("metadata", "namespace")))
+        doors = _key_checking_front_doors(resources, namespace)
+        guarded = False
+        for extension in resources:
+            if extension.type != ROUTING_EXTENSION_TYPE or not _in_namespace(extension, namespace):
+                continue
+            targets = [_mapping(t) for t in _sequence(_dig(extension.props, ("spec", "targetRefs")))]
+            if not any(t.get("kind") == "Gateway" and t.get("name") == name for t in targets):
+                continue
+            for chain in _sequence(_dig(extension.props, ("spec", "extensionChains"))):
+                for item in _sequence(_mapping(chain).get("extensions")):
+                    backend = _mapping(_mapping(item).get("backendRef"))
+                    if backend.get("kind", "Service") == "Service" and backend.get("name") in doors:
+                        guarded = True
+        if not guarded:
+            violations.append(
+                StackViolation(
+                    urn=gateway.urn,
+                    message=(
+                        f"Gateway {namespace}/{name} ({gateway_class}) is reachable from the internet but no "
+                        "front door on it checks API keys: set platform.gateway.auth.mode: api-keys with the "
+                        "secret apiKeys, or platform.gateway.visibility: internal"
+                    ),
+                )
+            )
+    return violations
+
+
 # --- the rule set -----------------------------------------------------------------------------------
 
 RESOURCE_RULES: tuple[ResourceRule, ...] = (
@@ -337,6 +422,11 @@ STACK_RULES: tuple[StackRule, ...] = (
         name="inference-pools-have-health-checks",
         description="Every InferencePool must have a HealthCheckPolicy whose targetRef names it.",
         check=every_inference_pool_has_a_health_check,
+    ),
+    StackRule(
+        name="public-gateways-check-api-keys",
+        description="A Gateway reachable from the internet must check API keys at its front door.",
+        check=public_gateways_check_api_keys,
     ),
 )
 

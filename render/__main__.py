@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m render",
         description="Print, as a multi-document YAML stream, every Kubernetes object a stack would "
-        "create (mocked Pulumi run: no cloud, no CLI). Secret values are masked.",
+        "create (mocked Pulumi run: no cloud, no CLI). Secret values are masked; the stack's encrypted "
+        "apiKeys cannot be read here, so a generated placeholder key list stands in for it.",
     )
     parser.add_argument("stack", help="stack name: reads Pulumi.<stack>.yaml from the repository root")
     args = parser.parse_args(argv)

@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import runpy
+import secrets as token_source
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,13 @@ from pulumi.runtime.stack import run_pulumi_func
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROGRAM = REPO_ROOT / "__main__.py"
 PLATFORM_KEY = "platform"
+API_KEYS_KEY = "apiKeys"
+
+
+def placeholder_api_keys() -> str:
+    """A key list standing in for the stack's encrypted ``apiKeys`` (a mocked run cannot decrypt it):
+    one entry with a fresh random key, so nothing rendered is a key anyone could use."""
+    return json.dumps([{"name": "placeholder", "key": token_source.token_urlsafe(32)}])
 SECRET_SIG = rpc._special_secret_sig
 SIG_KEY = rpc._special_sig_key
 
@@ -141,6 +149,14 @@ class PlatformMocks(pulumi_mocks.Mocks):
             return f"{location}/clusters/{inputs.get('name')}", outputs
         if token == "gcp:compute/address:Address":
             outputs["address"] = "203.0.113.20"
+        elif token == "gcp:certificatemanager/dnsAuthorization:DnsAuthorization":
+            outputs["dnsResourceRecords"] = [
+                {
+                    "name": f"_acme-challenge.{inputs.get('domain')}.",
+                    "type": "CNAME",
+                    "data": f"{args.name}.mock.authorize.certificatemanager.goog.",
+                }
+            ]
         elif token == "gcp:serviceaccount/account:Account":
             outputs["email"] = f"{inputs.get('accountId')}@{inputs.get('project')}.iam.gserviceaccount.com"
         elif token == "docker-build:index:Image":
@@ -242,20 +258,29 @@ def render_stack(
     config_overrides: Mapping[str, Any] | None = None,
     *,
     secrets: Mapping[str, str] | None = None,
+    plain: Mapping[str, str] | None = None,
     check: bool = True,
+    placeholder_keys: bool = True,
 ) -> StackRun:
     """Run the program for ``stack`` against mocks.
 
     ``config_overrides`` is deep-merged into the ``platform`` config object (lists replace lists);
-    ``secrets`` sets secret config values by key (``{"hfToken": "hf_..."}``). With ``check`` the
-    program's error is raised; otherwise it is returned in :attr:`StackRun.error`.
+    ``secrets`` sets secret config values by key (``{"hfToken": "hf_..."}``), ``plain`` sets values
+    that are not secrets. A stack's own ``apiKeys`` is encrypted, which a mocked run cannot read: unless
+    ``secrets`` sets it (or ``placeholder_keys`` is False) :func:`placeholder_api_keys` stands in.
+    With ``check`` the program's error is raised; otherwise it is returned in :attr:`StackRun.error`.
     """
     project, config = load_stack_config(stack)
     platform_key = f"{project}:{PLATFORM_KEY}"
     if config_overrides:
         config[platform_key] = _deep_merge(config.get(platform_key, {}), config_overrides)
     secret_keys: list[str] = []
-    for key, value in (secrets or {}).items():
+    secrets = dict(secrets or {})
+    if placeholder_keys and API_KEYS_KEY not in secrets and f"{project}:{API_KEYS_KEY}" not in secrets:
+        secrets[API_KEYS_KEY] = placeholder_api_keys()
+    for key, value in (plain or {}).items():
+        config[key if ":" in key else f"{project}:{key}"] = value
+    for key, value in secrets.items():
         qualified = key if ":" in key else f"{project}:{key}"
         config[qualified] = value
         secret_keys.append(qualified)

@@ -26,7 +26,7 @@ def with_token() -> StackRun:
     return render_stack("gpu", secrets={"hfToken": HF_TOKEN})
 
 
-def test_unified_mode_renders_one_pool_for_every_model_and_no_bbr(unified: StackRun) -> None:
+def test_unified_mode_renders_one_pool_for_every_model_behind_the_same_front_door(unified: StackRun) -> None:
     [pool] = of_type(unified, POOL)
     [route] = of_type(unified, HTTP_ROUTE)
     selector = pool.props["spec"]["selector"]["matchLabels"]
@@ -37,13 +37,17 @@ def test_unified_mode_renders_one_pool_for_every_model_and_no_bbr(unified: Stack
     [rule] = route.props["spec"]["rules"]
     assert "headers" not in rule["matches"][0]
     assert rule["backendRefs"][0]["name"] == pool.props["metadata"]["name"]
-    assert [d.props["metadata"]["name"] for d in of_type(unified, DEPLOYMENT) if "vllm-" not in d.name] == [
-        "all-models-pool-epp"
-    ]
-    assert not [r for r in unified.resources if "GCPRoutingExtension" in r.type]
+    assert sorted(
+        d.props["metadata"]["name"] for d in of_type(unified, DEPLOYMENT) if "vllm-" not in d.name
+    ) == ["all-models-pool-epp", "body-based-router"]
+    [extension] = [r for r in unified.resources if "GCPRoutingExtension" in r.type]
+    assert extension.props["spec"]["extensionChains"][0]["extensions"][0]["backendRef"]["name"] == (
+        "body-based-router"
+    )
     assert sorted(h.props["metadata"]["name"] for h in of_type(unified, HEALTH_CHECK_POLICY)) == [
-        "all-models-pool-epp-health",  # its EPP; no BBR, so no BBR health check
+        "all-models-pool-epp-health",
         "all-models-pool-health",
+        "body-based-router-health",
     ]
     assert set(unified.outputs["servedModels"]) == {"google/gemma-2b-it", "microsoft/Phi-3-mini-4k-instruct"}
 
@@ -87,13 +91,18 @@ def _models(stack: str) -> list[dict[str, Any]]:
 
 
 def test_without_a_token_no_secret_is_created_and_no_pod_expects_one(gpu: StackRun) -> None:
-    assert not [o for o in kubernetes_objects(gpu.resources) if o["kind"] == "Secret"]
+    secrets = [o["metadata"]["name"] for o in kubernetes_objects(gpu.resources) if o["kind"] == "Secret"]
+    assert secrets == ["api-keys"]
     [container] = pod_spec(named(gpu, DEPLOYMENT, "vllm-gemma"))["containers"]
     assert "HF_TOKEN" not in {env["name"] for env in container["env"]}
 
 
 def test_the_hugging_face_token_only_travels_as_a_secret(with_token: StackRun) -> None:
-    [secret] = [r for r in with_token.resources if r.type == "kubernetes:core/v1:Secret"]
+    [secret] = [
+        r
+        for r in with_token.resources
+        if r.type == "kubernetes:core/v1:Secret" and r.props["metadata"]["name"] == "hf-token"
+    ]
     [container] = pod_spec(named(with_token, DEPLOYMENT, "vllm-gemma"))["containers"]
     [env] = [e for e in container["env"] if e["name"] == "HF_TOKEN"]
 

@@ -11,7 +11,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from render import StackRun, kubernetes_objects
+from render import StackRun, kubernetes_objects, render_stack
 from tests.infra.shared import SCHEMAS
 
 KUBERNETES_VERSION = "1.34.0"
@@ -140,3 +140,44 @@ def test_the_crd_the_program_installs_on_request_is_valid_kubernetes(installed_c
         kubernetes_validate.validate(crd, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as error:
         pytest.fail(f"CustomResourceDefinition: {error.message} at {list(error.path)}")
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "unified pool behind the front door": {"routingMode": "unified-pool"},
+    "managed certificate, HTTP redirected": {"gateway": {"tls": {"domain": "llm.example.com"}}},
+    "internal, fenced, without keys": {
+        "gateway": {"visibility": "internal", "allowedSourceRanges": ["10.0.0.0/8"], "auth": {"mode": "none"}}
+    },
+    "three picker replicas": {"epp": {"replicas": 3}},
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def variant(request: pytest.FixtureRequest) -> StackRun:
+    overrides = VARIANTS[request.param]
+    keys = overrides.get("gateway", {}).get("auth", {}).get("mode", "api-keys") == "api-keys"
+    return render_stack("gpu", overrides, placeholder_keys=keys)
+
+
+def test_every_configured_variant_renders_schema_valid_objects(variant: StackRun) -> None:
+    for manifest in _custom_resources(variant):
+        assert _schema_errors(manifest) == [], f"{manifest['kind']} {manifest['metadata']['name']}"
+    for manifest in _core_objects(variant):
+        try:
+            kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(
+                f"{manifest['kind']} {manifest['metadata']['name']}: {error.message} at {list(error.path)}"
+            )
+
+
+def test_a_self_managed_certificate_renders_a_valid_tls_secret() -> None:
+    run = render_stack(
+        "gpu",
+        {"gateway": {"tls": {"certificate": "self-managed"}}},
+        secrets={"tlsCertificate": "-----BEGIN CERTIFICATE-----\n", "tlsPrivateKey": "-----BEGIN KEY-----\n"},
+    )
+    for manifest in _custom_resources(run):
+        assert _schema_errors(manifest) == [], f"{manifest['kind']} {manifest['metadata']['name']}"
+    [secret] = [o for o in _core_objects(run) if o.get("type") == "kubernetes.io/tls"]
+    kubernetes_validate.validate(secret, KUBERNETES_VERSION, strict=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from epp.contract import BASE_MODEL_HEADER
 
 from render import StackRun
 from tests.infra.conftest import (
@@ -134,7 +135,7 @@ def test_each_model_has_a_route_matching_its_served_name_exactly(gpu: StackRun) 
     ]:
         [rule] = named(gpu, HTTP_ROUTE, f"{pool}-route").props["spec"]["rules"]
         [match] = rule["matches"]
-        assert match["headers"] == [{"type": "Exact", "name": "X-Gateway-Base-Model-Name", "value": served}]
+        assert match["headers"] == [{"type": "Exact", "name": BASE_MODEL_HEADER, "value": served}]
         assert rule["backendRefs"] == [
             {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": pool}
         ]

@@ -41,6 +41,7 @@ def test_the_pack_announces_every_rule_as_mandatory(analyzer: analyzer_pb2_grpc.
         "images-pinned-by-digest",
         "inference-pools-have-health-checks",
         "prod-clusters-have-deletion-protection",
+        "public-gateways-check-api-keys",
     ]
     assert {policy.enforcementLevel for policy in info.policies} == {MANDATORY}
 
@@ -121,4 +122,4 @@ def test_the_pack_module_imports_in_its_venv_without_serving() -> None:
     )
 
     assert result.returncode == 0, result.stderr
-    assert len(json.loads(result.stdout)) == 5
+    assert len(json.loads(result.stdout)) == 6

@@ -234,3 +234,45 @@ def test_the_served_pack_and_the_rules_agree_on_the_real_stack(
     assert {server.urn, cluster.urn} <= {
         urn.replace(f"urn:pulumi:{production}::", f"urn:pulumi:{stack}::") for urn, _ in in_process
     }
+
+
+# --- a public gateway must check API keys -------------------------------------------------------------
+
+
+def _front_door_violations(run_resources: list[RegisteredResource], stack: str) -> list[rules.StackViolation]:
+    return rules.public_gateways_check_api_keys(_subjects(run_resources))
+
+
+def test_the_committed_stacks_check_keys_on_their_public_gateway(
+    registered: dict[str, list[RegisteredResource]],
+) -> None:
+    for stack, resources in registered.items():
+        assert _front_door_violations(resources, stack) == []
+
+
+def test_a_public_gateway_without_keys_is_rejected_and_an_internal_one_is_not() -> None:
+    from render import render_stack
+
+    public = render_stack("gpu", {"gateway": {"auth": {"mode": "none"}}}, placeholder_keys=False)
+    internal = render_stack(
+        "gpu", {"gateway": {"auth": {"mode": "none"}, "visibility": "internal"}}, placeholder_keys=False
+    )
+
+    [violation] = _front_door_violations(public.resources, "gpu")
+    assert "llm-gateway/llm-gateway (gke-l7-regional-external-managed) is reachable from the internet" in (
+        violation.message
+    )
+    assert violation.urn.endswith("::llm-gateway")
+    assert _front_door_violations(internal.resources, "gpu") == []
+
+
+def test_a_key_checking_deployment_not_behind_the_gateway_does_not_count(
+    registered: dict[str, list[RegisteredResource]],
+) -> None:
+    resources, extension = _mutated(
+        registered["gpu"], where=lambda r: r.type == "kubernetes:networking.gke.io/v1:GCPRoutingExtension"
+    )
+    extension.props["spec"]["targetRefs"][0]["name"] = "another-gateway"
+
+    [violation] = rules.public_gateways_check_api_keys(resources)
+    assert "no front door on it checks API keys" in violation.message

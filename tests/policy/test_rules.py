@@ -328,7 +328,7 @@ def test_every_rule_has_a_unique_name_and_a_description_the_pack_can_register() 
     ]
     names = [name for name, _ in every_rule]
 
-    assert len(names) == len(set(names)) == 5
+    assert len(names) == len(set(names)) == 6
     assert all(name.replace("-", "").isalnum() and description for name, description in every_rule)
 
 
