@@ -31,6 +31,7 @@ from epp.contract import (
     METRICS_PORT,
 )
 
+from components.availability import ROLLING_UPDATE, keep_one_running, spread_over_nodes
 from components.config import BbrSettings
 from components.health import grpc_health_check_policy
 from components.podspec import (
@@ -114,19 +115,12 @@ class BodyBasedRouter(pulumi.ComponentResource):
         deployment_spec: Fields = {
             "replicas": args.settings.replicas,
             "selector": {"matchLabels": selector},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": ROLLING_UPDATE,
             "template": {
                 "metadata": {"labels": bbr_labels},
                 "spec": {
                     "automountServiceAccountToken": False,
-                    "topologySpreadConstraints": [
-                        {
-                            "maxSkew": 1,
-                            "topologyKey": "kubernetes.io/hostname",
-                            "whenUnsatisfiable": "ScheduleAnyway",
-                            "labelSelector": {"matchLabels": selector},
-                        }
-                    ],
+                    "topologySpreadConstraints": spread_over_nodes(selector),
                     "securityContext": pod_security_context(EPP_IMAGE_UID),
                     "containers": [
                         ext_proc_container(
@@ -151,13 +145,7 @@ class BodyBasedRouter(pulumi.ComponentResource):
             spec=deployment_spec,
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.image]),
         )
-        disruption_budget_spec: Fields = {"minAvailable": 1, "selector": {"matchLabels": selector}}
-        self.disruption_budget = k8s.policy.v1.PodDisruptionBudget(
-            BBR_NAME,
-            metadata=metadata,
-            spec=disruption_budget_spec,
-            opts=child,
-        )
+        self.disruption_budget = keep_one_running(BBR_NAME, metadata, selector, child)
         service_spec: Fields = {
             "type": "ClusterIP",
             "selector": selector,

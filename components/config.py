@@ -228,9 +228,11 @@ class EppSettings(_Model):
     own parser, on the very text its ConfigMap will hold, so what would crash-loop the pod after
     ``pulumi up`` fails ``pulumi preview`` instead, with the message the EPP would have logged."""
     failure_mode: Literal["FailOpen", "FailClose"] = "FailClose"
-    replicas: Annotated[int, Field(ge=1)] = 1
-    """One by default: each EPP process counts the requests in flight per pod on its own, so
-    several replicas would each see part of the load and balance on partial counts."""
+    replicas: Annotated[int, Field(ge=1)] = 2
+    """Two by default, active-active, so losing one (a crash, a drained node) fails no pool. Each
+    replica sees the pods' metrics (every replica scrapes every pod) but counts in flight only the
+    requests it picked itself; the first choice for a prompt prefix is a rendezvous hash over the
+    pool's endpoints, the same in every replica, so their placements agree without shared state."""
     resources: Resources = Resources(cpu="500m", memory="512Mi", ephemeral_storage="256Mi")
 
     @field_validator("config")

@@ -21,6 +21,7 @@ import yaml
 from epp.contract import EPP_GRPC_PORT, EPP_HEALTH_PORT, METRICS_PORT
 from epp.scheduling.config import PROFILES_DIR, PROFILES_PACKAGE
 
+from components.availability import ROLLING_UPDATE, keep_one_running, spread_over_nodes
 from components.config import EppSettings, endpoint_picker_yaml
 from components.podspec import (
     EPP_IMAGE_UID,
@@ -99,6 +100,7 @@ class InferencePool(pulumi.ComponentResource):
     epp_service_name: str
     epp_service: k8s.core.v1.Service
     deployment: k8s.apps.v1.Deployment
+    disruption_budget: k8s.policy.v1.PodDisruptionBudget
 
     def __init__(
         self, name: str, args: InferencePoolArgs, opts: pulumi.ResourceOptions | None = None
@@ -172,14 +174,16 @@ class InferencePool(pulumi.ComponentResource):
             opts=child,
         )
         deployment_spec: Fields = {
-            # 1 by default, unlike the BBR: in-flight request counts live in each EPP process, so
-            # replicas would each balance on a partial view of the pool's load.
+            # Active-active: the load balancer spreads ext_proc streams over the replicas; each picks
+            # on its own view (see EppSettings.replicas), and their first choices agree.
             "replicas": args.epp.replicas,
             "selector": {"matchLabels": epp_selector},
+            "strategy": ROLLING_UPDATE,
             "template": {
                 "metadata": {"labels": epp_labels},
                 "spec": {
                     "serviceAccountName": service_account.metadata.name,
+                    "topologySpreadConstraints": spread_over_nodes(epp_selector),
                     "securityContext": pod_security_context(EPP_IMAGE_UID),
                     "terminationGracePeriodSeconds": 30,
                     "containers": [
@@ -215,6 +219,7 @@ class InferencePool(pulumi.ComponentResource):
             spec=deployment_spec,
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.image]),
         )
+        self.disruption_budget = keep_one_running(epp_name, meta(epp_name), epp_selector, child)
         service_spec: Fields = {
             "type": "ClusterIP",
             "selector": epp_selector,

@@ -107,10 +107,40 @@ def test_the_body_based_router_survives_a_restart_or_a_drained_node(gpu: StackRu
     assert container["resources"]["requests"]["cpu"] == "500m"
 
 
-def test_each_endpoint_picker_stays_single_so_its_in_flight_counts_see_the_whole_pool(gpu: StackRun) -> None:
-    for pool in of_type(gpu, POOL):
-        epp_name = pool.props["spec"]["endpointPickerRef"]["name"]
-        assert named(gpu, DEPLOYMENT, epp_name).props["spec"]["replicas"] == 1
+def _survives_losing_one_pod(run: StackRun, deployment_name: str) -> None:
+    deployment = named(run, DEPLOYMENT, deployment_name)
+    spec = deployment.props["spec"]
+    selector = spec["selector"]["matchLabels"]
+    [budget] = [b for b in of_type(run, DISRUPTION_BUDGET) if b.props["metadata"]["name"] == deployment_name]
+
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    [spread] = pod_spec(deployment)["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["maxSkew"] == 1
+    assert spread["labelSelector"]["matchLabels"] == selector
+    assert budget.props["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+    assert selector.items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def test_every_endpoint_picker_runs_active_active_and_survives_losing_a_replica(stack_run: StackRun) -> None:
+    pools = of_type(stack_run, POOL)
+
+    assert len(pools) == 2
+    for pool in pools:
+        _survives_losing_one_pod(stack_run, pool.props["spec"]["endpointPickerRef"]["name"])
+
+
+def test_the_front_door_survives_losing_a_replica_too(stack_run: StackRun) -> None:
+    _survives_losing_one_pod(stack_run, "body-based-router")
+
+
+def test_more_picker_replicas_keep_the_same_guarantees() -> None:
+    run = render_stack("gpu", {"routingMode": "unified-pool", "epp": {"replicas": 4}})
+
+    _survives_losing_one_pod(run, "all-models-pool-epp")
+    assert named(run, DEPLOYMENT, "all-models-pool-epp").props["spec"]["replicas"] == 4
 
 
 def test_a_pull_request_preview_does_not_build_the_image(stack_run: StackRun) -> None:
