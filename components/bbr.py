@@ -48,6 +48,14 @@ BBR_NAME = "body-based-router"
 API_KEYS_SECRET = "api-keys"
 API_KEYS_VOLUME = "api-keys"
 EXTENSION_TIMEOUT = "1s"
+"""The load balancer's wait for each ext_proc message the BBR answers (GCPRoutingExtension
+``timeout``: 10 ms to 10 s per the CRD, 1 s when omitted). The BBR answers each message from memory
+(body parse, key lookup) in well under a millisecond, so 1 s only trips on a hung or overloaded
+replica; the body itself may take as long as the client needs, since the clock runs per message."""
+EXTENSION_FAIL_OPEN = False
+"""Fail closed, set on purpose: failing open would send a request on without the key check and
+without its model header. A failed or timed-out call is then the load balancer's own 500 (before
+response headers) -- see the README for what clients see."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +196,7 @@ class BodyBasedRouter(pulumi.ComponentResource):
                                 "name": "bbr",
                                 "authority": f"{BBR_NAME}.{args.namespace}.svc",
                                 "timeout": EXTENSION_TIMEOUT,
+                                "failOpen": EXTENSION_FAIL_OPEN,
                                 "supportedEvents": ["RequestHeaders", "RequestBody", "RequestTrailers"],
                                 "requestBodySendMode": "FullDuplexStreamed",
                                 "backendRef": {

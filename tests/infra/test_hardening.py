@@ -165,3 +165,26 @@ def test_no_node_boots_before_its_service_account_may_pull_images_and_write_logs
     assert not node_account, "every pool runs as the one node service account"
     for nodes in [cluster, *node_pools]:
         assert {role.urn for role in roles} <= set(nodes.dependencies), nodes.name
+
+
+def test_the_load_balancer_limits_are_set_on_purpose(stack_run: StackRun) -> None:
+    [extension] = of_type(stack_run, "kubernetes:networking.gke.io/v1:GCPRoutingExtension")
+    [bbr] = extension.props["spec"]["extensionChains"][0]["extensions"]
+
+    assert bbr["failOpen"] is False, "failing open would skip the API key check"
+    assert bbr["timeout"] == "1s"  # per message; the CRD allows 10 ms to 10 s
+    for backend_policy in of_type(stack_run, BACKEND_POLICY):
+        default = backend_policy.props["spec"]["default"]
+        assert default["timeoutSec"] == 600, "the backend service's 30 s default would cut long generations"
+        assert default["connectionDraining"]["drainingTimeoutSec"] == 600
+    for pool in of_type(stack_run, POOL):
+        assert pool.props["spec"]["endpointPickerRef"]["failureMode"] == "FailClose"
+
+
+def test_connection_draining_follows_the_request_timeout_up_to_its_ceiling() -> None:
+    run = render_stack("tpu", {"gateway": {"requestTimeoutSec": 7200}})
+
+    for backend_policy in of_type(run, BACKEND_POLICY):
+        default = backend_policy.props["spec"]["default"]
+        assert default["timeoutSec"] == 7200
+        assert default["connectionDraining"]["drainingTimeoutSec"] == 3600
