@@ -14,6 +14,12 @@ Start order (every child is waited for with its own readiness probe):
    Kubernetes Service would;
 4. one request per model through the gateway, which must be answered by that model.
 
+Once up, the box is supervised (``fail_fast=False``, the default): a child that dies is logged
+with its last lines and restarted on its ports with backoff while the rest keeps serving, as
+Kubernetes would restart a container; meanwhile the gateway answers that child's requests with a
+JSON 503 (or 502 for a pod). ``fail_fast=True`` instead makes the first death the box's
+``failure`` (``wait_for_failure``), for an owner that stops everything then.
+
 Leaving the context (or ``stop()``) stops every child and removes the working directory.
 """
 
@@ -33,8 +39,9 @@ from epp.contract import join_host_port
 
 from onebox import children
 from onebox.envoy import bootstrap
+from onebox.envoy.limits import GatewayLimits, GatewayTimeouts
 from onebox.envoy.process import envoy_child
-from onebox.supervisor import Child, ChildDied, ChildSpec, Supervisor
+from onebox.supervisor import Backoff, Child, ChildDied, ChildSpec, Supervisor
 from onebox.topology import Topology
 
 Mode = Literal["per-model-pools", "unified-pool"]
@@ -115,6 +122,10 @@ class OneBox:
         log_dir: Path | None = None,
         startup_timeout: float = 60.0,
         log_level: str = "warning",
+        fail_fast: bool = False,
+        restart: Backoff | None = None,
+        limits: GatewayLimits | None = None,
+        timeouts: GatewayTimeouts | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
@@ -129,7 +140,9 @@ class OneBox:
         self.epp_profile = epp_profile
         self.startup_timeout = startup_timeout
         self.log_level = log_level
-        self.supervisor = Supervisor(log_dir=log_dir)
+        self.limits = limits or GatewayLimits()
+        self.timeouts = timeouts or GatewayTimeouts()
+        self.supervisor = Supervisor(log_dir=log_dir, restart=None if fail_fast else (restart or Backoff()))
         self.pods: list[Pod] = []
         self.epps: dict[str, ExtProcServer] = {}  # pool name (or "unified") -> its EPP
         self.bbr: ExtProcServer | None = None
@@ -156,8 +169,15 @@ class OneBox:
     def failure(self) -> ChildDied | None:
         return self.supervisor.failure
 
+    def child(self, name: str) -> Child:
+        """The child called ``name`` (``gemma-0``, ``bbr``, ``epp-gemma``, ``envoy``, ...)."""
+        for child in self.supervisor.children:
+            if child.name == name:
+                return child
+        raise KeyError(f"no child {name!r}; children: {', '.join(c.name for c in self.supervisor.children)}")
+
     async def wait_for_failure(self) -> ChildDied:
-        """Block until some child dies unexpectedly; return what happened."""
+        """Block until a child dies (fail-fast) or dies before it was ever ready; return what happened."""
         await self.supervisor.failed.wait()
         assert self.supervisor.failure is not None
         return self.supervisor.failure
@@ -257,7 +277,9 @@ class OneBox:
         assert self._workdir is not None
         specs = [envoy_child("envoy", self._gateway_config(), self._workdir, log_level=self.log_level)]
         if self.with_round_robin:
-            config = bootstrap.round_robin_config([p.address for p in self.pods], host=HOST)
+            config = bootstrap.round_robin_config(
+                [p.address for p in self.pods], host=HOST, limits=self.limits, timeouts=self.timeouts
+            )
             specs.append(envoy_child("envoy-round-robin", config, self._workdir, log_level=self.log_level))
         gateways = [await self._launch(spec) for spec in specs]
         await self._wait_ready(gateways)
@@ -268,18 +290,23 @@ class OneBox:
     def _gateway_config(self) -> dict[str, Any]:
         if self.mode == "unified-pool":
             return bootstrap.unified_gateway_config(
-                epp=self.epps["unified"].grpc_address, host=HOST, port=self.gateway_port
-            )
+                epp=self.epps["unified"].grpc_address, host=HOST, port=self.gateway_port,
+                endpoints=[p.address for p in self.pods], limits=self.limits, timeouts=self.timeouts,
+            )  # fmt: skip
         assert self.bbr is not None
         pools = [
             bootstrap.PoolRoute(
-                name=pool, models=tuple(m.served_name for m in models), epp=self.epps[pool].grpc_address
+                name=pool,
+                models=tuple(m.served_name for m in models),
+                epp=self.epps[pool].grpc_address,
+                endpoints=tuple(p.address for p in self.pods if p.pool == pool),
             )
             for pool, models in self.topology.pools().items()
         ]
         return bootstrap.gateway_config(
-            bbr=self.bbr.grpc_address, pools=pools, host=HOST, port=self.gateway_port
-        )
+            bbr=self.bbr.grpc_address, pools=pools, host=HOST, port=self.gateway_port,
+            limits=self.limits, timeouts=self.timeouts,
+        )  # fmt: skip
 
     async def _check_every_model_is_served(self) -> None:
         """One tiny request per model through the gateway; retried until the startup deadline."""

@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from pathlib import Path
 
 from onebox.box import MODES, GatewayNotServing, OneBox
 from onebox.children import LOG_LEVELS
+from onebox.envoy.limits import GatewayTimeouts
 from onebox.supervisor import ChildDied
 from onebox.topology import PRESETS, TopologyError, load_preset, load_topology
 
@@ -35,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="warning", choices=LOG_LEVELS,
                      help="log level of the EPPs, BBR (info at least) and Envoy")
     run.add_argument("--startup-timeout", type=float, default=60.0)
+    run.add_argument("--fail-fast", action="store_true",
+                     help="stop everything when any child dies (default: restart it with backoff)")
+    run.add_argument("--upstream-idle-timeout", type=float, default=GatewayTimeouts().upstream_idle,
+                     help="seconds a pod may send nothing before its request ends with a 504 "
+                     "(default %(default)s)")
     return parser
 
 
@@ -54,7 +61,10 @@ async def _run(args: argparse.Namespace) -> int:
         log_dir=args.log_dir,
         log_level=args.log_level,
         startup_timeout=args.startup_timeout,
+        fail_fast=args.fail_fast,
+        timeouts=GatewayTimeouts(upstream_idle=args.upstream_idle_timeout),
     )
+    logging.basicConfig(level=logging.INFO, format="onebox: %(message)s", stream=sys.stderr)
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -7,6 +7,13 @@ into a bounded tail (and optionally a log file), which is what a death report sh
 
 A child binds port 0 and says which ports it got (``ChildSpec.ports`` reads them, from its output
 or wherever it reports them); ``wait_ready`` returns them once the child's readiness probe passes.
+
+Two ways to meet a death. Fail fast (no ``restart`` policy): the first child to die unexpectedly
+is the supervisor's ``failure``, for the owner to stop everything. Supervised (a ``Backoff``): a
+child that dies after it was once ready is logged with its last lines and started again with the
+ports it had, after a delay that doubles with each quick death, while every other child keeps
+serving; a child that dies before it was ever ready is still a ``failure`` (a bad flag does not
+get better by retrying).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import resource
 import signal
@@ -28,6 +36,7 @@ from typing import BinaryIO
 from onebox.probes import Probe
 
 TAIL_LINES = 30
+_log = logging.getLogger("onebox.supervisor")
 
 # The ports a child bound, by role ("http", "grpc", "health", "listener", ...).
 Ports = dict[str, int]
@@ -87,6 +96,24 @@ async def _none(_: Child) -> Ports:
 
 
 @dataclass(frozen=True)
+class Backoff:
+    """When to start a dead child again: ``first`` s, doubling per quick death, at most ``longest`` s.
+
+    A run that lasted ``stable_after`` s resets the delay; a restarted child that is not ready
+    within ``ready_within`` s is killed and counts as another death.
+    """
+
+    first: float = 0.2
+    factor: float = 2.0
+    longest: float = 10.0
+    stable_after: float = 30.0
+    ready_within: float = 60.0
+
+    def delay(self, quick_deaths: int) -> float:
+        return float(min(self.longest, self.first * self.factor ** max(0, quick_deaths - 1)))
+
+
+@dataclass(frozen=True)
 class ChildSpec:
     """How to run one child: its command, how it reports its ports, and how to tell it is ready."""
 
@@ -107,6 +134,10 @@ class Child:
     reader: asyncio.Task[None] | None = None
     ports: Ports = field(default_factory=dict)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: float = field(default_factory=time.monotonic)
+    ready_once: bool = False
+    restarts: int = 0
+    quick_deaths: int = 0
     _matchers: list[tuple[LineParser, asyncio.Future[Ports]]] = field(default_factory=list)
 
     @property
@@ -150,15 +181,22 @@ class Supervisor:
     """Starts children, waits for their readiness, reports the first unexpected death, stops them all."""
 
     def __init__(
-        self, log_dir: Path | None = None, on_death: Callable[[ChildDied], None] | None = None
+        self,
+        log_dir: Path | None = None,
+        on_death: Callable[[ChildDied], None] | None = None,
+        restart: Backoff | None = None,
     ) -> None:
         self.children: list[Child] = []
         self.log_dir = log_dir
         self.failure: ChildDied | None = None
         self.failed = asyncio.Event()
+        self.restart = restart
+        self.deaths: list[ChildDied] = []  # every unexpected death, in order
         self._on_death = on_death
         self._stopping = False
+        self._spawning = asyncio.Lock()  # stop() waits for a restart's spawn to finish
         self._watchers: list[asyncio.Task[None]] = []
+        self._restarts: list[asyncio.Task[None]] = []
 
     async def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Child:
         """Spawn ``argv`` as ``name`` in its own process group and start watching it."""
@@ -218,10 +256,42 @@ class Supervisor:
         child.exited.set()
         if self._stopping or self.failure is not None:
             return
-        self.failure = ChildDied(child.name, returncode, child.tail)
-        self.failed.set()
+        death = ChildDied(child.name, returncode, child.tail)
+        self.deaths.append(death)
         if self._on_death:
-            self._on_death(self.failure)
+            self._on_death(death)
+        if self.restart is None or not child.ready_once:
+            self.failure = death
+            self.failed.set()
+            return
+        quick = time.monotonic() - child.started_at < self.restart.stable_after
+        child.quick_deaths = child.quick_deaths + 1 if quick else 1
+        delay = self.restart.delay(child.quick_deaths)
+        _log.warning("%s; restarting it in %.1f s", death, delay)
+        self._restarts.append(asyncio.create_task(self._restart(child, delay), name=f"restart {child.name}"))
+
+    async def _restart(self, child: Child, delay: float) -> None:
+        assert self.restart is not None
+        await asyncio.sleep(delay)
+        async with self._spawning:
+            if self._stopping:
+                return
+            child.process = await self._spawn(child.spec, child.ports)
+            child.started_at = time.monotonic()
+            child.restarts += 1
+            child._matchers.clear()
+            self._follow(child)
+        before = dict(child.ports)
+        try:
+            ports = await self.wait_ready(child, within=self.restart.ready_within)
+        except ChildDied as error:
+            if child.running and not self._stopping:  # alive but not ready: a death of its own
+                _log.warning("%s; killing it", error)
+                _signal_group(child, signal.SIGKILL)
+            return
+        if ports != before:
+            _log.warning("%s came back on other ports %s (was %s)", child.name, ports, before)
+        _log.warning("%s is back (restart %d)", child.name, child.restarts)
 
     async def wait_ready(
         self, child: Child, probe: Probe | None = None, within: float = 60.0, interval: float = 0.05
@@ -243,6 +313,7 @@ class Supervisor:
             if time.monotonic() > deadline:
                 raise ChildDied(child.name, None, child.tail, reason=f"was not ready after {within:.0f} s")
             await asyncio.sleep(interval)
+        child.ready_once = True
         return ports
 
     async def _until(self, child: Child, reading: Awaitable[Ports], deadline: float, within: float) -> Ports:
@@ -266,6 +337,8 @@ class Supervisor:
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM every child's process group, SIGKILL what is left after ``grace`` seconds, reap all."""
         self._stopping = True
+        async with self._spawning:  # no restart spawns a process from here on
+            pass
         for child in reversed(self.children):
             _signal_group(child, signal.SIGTERM)
         waits = [asyncio.create_task(c.process.wait()) for c in self.children]
@@ -283,7 +356,7 @@ class Supervisor:
                 async with asyncio.timeout(grace):
                     while any(_group_running(c.pid) for c in self.children):  # noqa: ASYNC110 - foreign exits
                         await asyncio.sleep(0.02)
-        tasks = [*self._watchers, *(c.reader for c in self.children if c.reader)]
+        tasks = [*self._restarts, *self._watchers, *(c.reader for c in self.children if c.reader)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

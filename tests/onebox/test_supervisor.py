@@ -14,7 +14,7 @@ import pytest
 
 from onebox.children import simulator
 from onebox.probes import grpc_serving, http_ok
-from onebox.supervisor import ChildDied, Supervisor
+from onebox.supervisor import Backoff, ChildDied, Supervisor
 from tests.onebox.procs import alive, descendants
 
 GEMMA = "google/gemma-2b-it"
@@ -118,3 +118,39 @@ async def test_a_child_never_ready_is_reported_after_the_deadline(nobody_listens
     finally:
         await supervisor.stop()
     assert not alive(child.pid)
+
+
+async def test_a_supervised_child_that_dies_is_restarted_on_its_port_and_its_death_recorded() -> None:
+    supervisor = Supervisor(restart=Backoff(first=0.05))
+    try:
+        child = await supervisor.launch(simulator("gemma-0", "127.0.0.1", ["--model", GEMMA]))
+        ports = await supervisor.wait_ready(child, within=30)
+        first = child.pid
+        os.kill(first, signal.SIGKILL)
+        async with asyncio.timeout(30):
+            back = http_ok(f"http://127.0.0.1:{ports['http']}/health")
+            while child.restarts == 0 or not await back():  # noqa: ASYNC110 - another process's state
+                await asyncio.sleep(0.05)
+        assert child.pid != first
+        assert child.ports == ports  # the same port: what points at it stays right
+    finally:
+        await supervisor.stop()
+    assert supervisor.failure is None
+    assert [(d.name, d.returncode) for d in supervisor.deaths] == [("gemma-0", -signal.SIGKILL)]
+    assert not alive(child.pid)
+
+
+async def test_a_supervised_child_that_dies_before_it_was_ever_ready_is_a_failure_not_a_loop(
+    nobody_listens: int,
+) -> None:
+    supervisor = Supervisor(restart=Backoff(first=0.05))
+    try:
+        child = await supervisor.start("epp-gemma", [sys.executable, "-c", "import sys; sys.exit(2)"])
+        never = http_ok(f"http://127.0.0.1:{nobody_listens}/health")
+        with pytest.raises(ChildDied):
+            await supervisor.wait_ready(child, never, within=30)
+        await asyncio.sleep(0.2)
+    finally:
+        await supervisor.stop()
+    assert child.restarts == 0
+    assert supervisor.failure is not None
