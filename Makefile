@@ -26,7 +26,7 @@ $(POLICY_VENV)/.installed: policy/requirements.txt
 
 ## The whole data plane on 127.0.0.1 (Envoy, BBR, EPPs, simulated vLLM), a benchmark and its report.
 demo: venv
-	$(PY) -m onebox demo
+	$(PY) -m bench.demo
 
 ## Lint, type-check, then every test.
 test: lint unit

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
+from epp.contract import POD_HEADER
 from tqdm import tqdm
 
 from bench.workloads import RequestSpec
-
-POD_HEADER = "x-inference-pod"
 
 
 @dataclass(slots=True)

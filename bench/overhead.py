@@ -30,11 +30,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from epp.contract import DESTINATION_HEADER, POD_HEADER
+
+from onebox.children import ext_proc_server
 from onebox.envoy import EnvoyProcess, ResponseMode, passthrough_config, unified_gateway_config
-from onebox.probes import grpc_serving, until_ready
+from onebox.supervisor import Supervisor
 
 MODEL = "bench/echo-model"
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
 
 # ---------------------------------------------------------------------------------------------
 # The backend: a vLLM look-alike that answers at once.
@@ -60,7 +62,7 @@ _METRICS = (
 def _http_response(body: bytes, content_type: bytes) -> bytes:
     return (
         b"HTTP/1.1 200 OK\r\ncontent-type: " + content_type + b"\r\ncontent-length: "
-        + str(len(body)).encode() + b"\r\nx-inference-pod: bench-0\r\n\r\n" + body
+        + str(len(body)).encode() + b"\r\n" + POD_HEADER.encode() + b": bench-0\r\n\r\n" + body
     )
 
 
@@ -305,39 +307,15 @@ async def _backend() -> AsyncIterator[int]:
 
 @contextlib.asynccontextmanager
 async def _epp(backend_port: int, profile: str) -> AsyncIterator[tuple[int, int]]:
-    """The ``epp`` command against the backend: yields its gRPC port and its process id."""
-    command = Path(sys.executable).with_name("epp")
-    process = await asyncio.create_subprocess_exec(
-        str(command), "--bind", "127.0.0.1", "--grpc-port", "0", "--health-port", "0", "--metrics-port", "0",
-        "--endpoints", f"127.0.0.1:{backend_port}", "--profile", profile, "--log-level", "info",
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    drain: asyncio.Task[None] | None = None
+    """The ``epp`` command against the backend, run as the one box runs it: its gRPC port and pid."""
+    supervisor = Supervisor()
     try:
-        assert process.stderr is not None
-        ports: dict[str, int] = {}
-        async with asyncio.timeout(30):
-            while not ports:
-                line = await process.stderr.readline()
-                if not line:
-                    raise RuntimeError("the EPP exited before serving")
-                with contextlib.suppress(ValueError):
-                    entry = json.loads(line)
-                    if entry.get("message") == "serving":
-                        ports = {"grpc": entry["grpc_port"], "health": entry["health_port"]}
-        drain = asyncio.create_task(_drain(process.stderr))
-        await until_ready(grpc_serving(f"127.0.0.1:{ports['health']}"), within=30, interval=0.1)
-        yield ports["grpc"], process.pid
+        args = ["--endpoints", f"127.0.0.1:{backend_port}", "--profile", profile]
+        child = await supervisor.launch(ext_proc_server("epp", "epp", "127.0.0.1", "info", args))
+        ports = await supervisor.wait_ready(child, within=30)
+        yield ports["grpc"], child.pid
     finally:
-        await _terminate(process)
-        if drain is not None:
-            drain.cancel()
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
+        await supervisor.stop()
 
 
 async def _terminate(process: asyncio.subprocess.Process) -> None:

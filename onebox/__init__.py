@@ -1,9 +1,14 @@
 """The deployed data plane on one machine: simulated vLLM pods, EPPs, BBR and a real Envoy.
 
 - ``topology``: the YAML topology (models, replicas, pools) and the presets in ``presets/``.
-- ``supervisor``: child processes in their own process groups, readiness, death reports.
+- ``supervisor``: child processes in their own process groups, the ports they report, readiness,
+  death reports.
+- ``children``: how to run a simulated pod, an EPP and the BBR (command, reported ports, probe).
+- ``envoy``: Envoy's bootstrap configurations (``envoy.bootstrap``) and running Envoy
+  (``envoy.process``).
 - ``probes``: readiness checks (HTTP /health, gRPC health, Envoy admin /ready).
 - ``box``: ``OneBox``, the async context manager that starts and stops the whole thing.
-- ``envoy``: Envoy configurations (owned by the ext_proc side).
-- ``demo`` and ``cli``: ``python -m onebox run|demo``.
+- ``cli``: ``python -m onebox run``.
+
+``onebox`` does not use ``bench``; the demo (``python -m bench.demo``) uses both.
 """

@@ -1,13 +1,24 @@
 """``OneBox``: a topology's whole data plane on 127.0.0.1, as an async context manager.
 
+Every child binds port 0 and reports the port it got (``onebox.children``, ``onebox.envoy``); what
+points at a child is written once its ports are known.
+
 Start order (every child is waited for with its own readiness probe):
 1. one simulated vLLM server per replica (``python -m vllmsim``; ``GET /health``), and in
    per-model-pools mode the BBR with every served model (gRPC health ``readiness``);
 2. once every pod answers: one EPP per pool (per-model-pools) or one EPP over every pod
-   (unified-pool), each with a static endpoints file (gRPC health ``readiness``), and Envoy with
-   the matching gateway configuration (admin ``/ready``), plus, if asked, a second Envoy that
-   round-robins over the same pods, as a plain Kubernetes Service would;
-3. one request per model through the gateway, which must be answered by that model.
+   (unified-pool), each with a static endpoints file of its pods' reported ports (gRPC health
+   ``readiness``);
+3. Envoy with the matching gateway configuration, pointing at the EPPs' reported ports (admin
+   ``/ready``), plus, if asked, a second Envoy that round-robins over the same pods, as a plain
+   Kubernetes Service would;
+4. one request per model through the gateway, which must be answered by that model.
+
+Once up, the box is supervised (``fail_fast=False``, the default): a child that dies is logged
+with its last lines and restarted on its ports with backoff while the rest keeps serving, as
+Kubernetes would restart a container; meanwhile the gateway answers that child's requests with a
+JSON 503 (or 502 for a pod). ``fail_fast=True`` instead makes the first death the box's
+``failure`` (``wait_for_failure``), for an owner that stops everything then.
 
 Leaving the context (or ``stop()``) stops every child and removes the working directory.
 """
@@ -16,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,11 +35,13 @@ from typing import Any, Literal, get_args
 
 import httpx
 import yaml
+from epp.contract import join_host_port
 
-from onebox import envoy
-from onebox.ports import free_port
-from onebox.probes import Probe, grpc_serving, http_ok
-from onebox.supervisor import Child, ChildDied, Supervisor
+from onebox import children
+from onebox.envoy import bootstrap
+from onebox.envoy.limits import GatewayLimits, GatewayTimeouts
+from onebox.envoy.process import envoy_child
+from onebox.supervisor import Backoff, Child, ChildDied, ChildSpec, Supervisor
 from onebox.topology import Topology
 
 Mode = Literal["per-model-pools", "unified-pool"]
@@ -43,21 +55,28 @@ class GatewayNotServing(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Pod:
-    """One simulated vLLM replica."""
+    """One simulated vLLM replica; ``pid`` is its current process (a restart changes it)."""
 
     name: str
     model: str  # served model name
     pool: str
-    port: int
-    pid: int
+    child: Child
+
+    @property
+    def port(self) -> int:
+        return self.child.ports["http"]
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
 
     @property
     def address(self) -> str:
-        return f"{HOST}:{self.port}"
+        return join_host_port(HOST, self.port)
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.address}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,25 +84,27 @@ class ExtProcServer:
     """A running EPP or BBR: its ext_proc gRPC port plus health and metrics ports."""
 
     name: str
-    grpc_port: int
-    health_port: int
-    metrics_port: int
-    pid: int
+    child: Child
+
+    @property
+    def grpc_port(self) -> int:
+        return self.child.ports["grpc"]
+
+    @property
+    def health_port(self) -> int:
+        return self.child.ports["health"]
+
+    @property
+    def metrics_port(self) -> int:
+        return self.child.ports["metrics"]
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
 
     @property
     def grpc_address(self) -> str:
-        return f"{HOST}:{self.grpc_port}"
-
-
-def _executable(name: str) -> str:
-    """A console script of this environment (next to the interpreter), else from PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(f"{name!r} not found beside {sys.executable} nor on PATH; run `make venv`")
-    return found
+        return join_host_port(HOST, self.grpc_port)
 
 
 class OneBox:
@@ -101,9 +122,15 @@ class OneBox:
         log_dir: Path | None = None,
         startup_timeout: float = 60.0,
         log_level: str = "warning",
+        fail_fast: bool = False,
+        restart: Backoff | None = None,
+        limits: GatewayLimits | None = None,
+        timeouts: GatewayTimeouts | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+        if log_level not in children.LOG_LEVELS:
+            raise ValueError(f"unknown log level {log_level!r}; levels: {', '.join(children.LOG_LEVELS)}")
         if time_scale < 0:
             raise ValueError(f"time_scale must be >= 0, got {time_scale}")
         self.topology = topology
@@ -113,11 +140,13 @@ class OneBox:
         self.epp_profile = epp_profile
         self.startup_timeout = startup_timeout
         self.log_level = log_level
-        self.supervisor = Supervisor(log_dir=log_dir)
+        self.limits = limits or GatewayLimits()
+        self.timeouts = timeouts or GatewayTimeouts()
+        self.supervisor = Supervisor(log_dir=log_dir, restart=None if fail_fast else (restart or Backoff()))
         self.pods: list[Pod] = []
         self.epps: dict[str, ExtProcServer] = {}  # pool name (or "unified") -> its EPP
         self.bbr: ExtProcServer | None = None
-        self.gateway_port = port if port is not None else free_port()
+        self.gateway_port = port or 0  # 0 until Envoy reports the port it bound
         self.round_robin_port: int | None = None
         self._workdir: Path | None = None
 
@@ -140,8 +169,15 @@ class OneBox:
     def failure(self) -> ChildDied | None:
         return self.supervisor.failure
 
+    def child(self, name: str) -> Child:
+        """The child called ``name`` (``gemma-0``, ``bbr``, ``epp-gemma``, ``envoy``, ...)."""
+        for child in self.supervisor.children:
+            if child.name == name:
+                return child
+        raise KeyError(f"no child {name!r}; children: {', '.join(c.name for c in self.supervisor.children)}")
+
     async def wait_for_failure(self) -> ChildDied:
-        """Block until some child dies unexpectedly; return what happened."""
+        """Block until a child dies (fail-fast) or dies before it was ever ready; return what happened."""
         await self.supervisor.failed.wait()
         assert self.supervisor.failure is not None
         return self.supervisor.failure
@@ -159,14 +195,13 @@ class OneBox:
         self._workdir = Path(tempfile.mkdtemp(prefix="onebox-"))
         try:
             # The BBR needs nothing else, so it starts alongside the simulators; the EPPs start
-            # once every pod answers, so their first probe finds every pod; Envoy's clusters are
-            # static, so it starts alongside the EPPs.
+            # once every pod answers (their endpoints files need the pods' ports, and their first
+            # probe then finds every pod); Envoy's clusters need the EPPs' ports, so it starts last.
             pods = await self._spawn_pods()
             bbr = [await self._spawn_bbr()] if self.mode == "per-model-pools" else []
-            await self._wait_ready(pods)
-            epps = await self._spawn_epps()
-            gateways = await self._spawn_gateways()
-            await self._wait_ready([*bbr, *epps, *gateways])
+            await self._wait_ready([*pods, *bbr])
+            await self._wait_ready(await self._spawn_epps())
+            await self._start_gateways()
             await self._check_every_model_is_served()
         except BaseException:
             await self.stop()
@@ -179,45 +214,36 @@ class OneBox:
             self._workdir = None
 
     # -- steps ----------------------------------------------------------------------------
-    async def _wait_ready(self, starting: list[tuple[Child, Probe]]) -> None:
+    async def _wait_ready(self, starting: list[Child]) -> None:
         await asyncio.gather(
-            *(
-                self.supervisor.wait_ready(child, probe, within=self.startup_timeout)
-                for child, probe in starting
-            )
+            *(self.supervisor.wait_ready(child, within=self.startup_timeout) for child in starting)
         )
 
-    async def _spawn_pods(self) -> list[tuple[Child, Probe]]:
+    async def _launch(self, spec: ChildSpec) -> Child:
+        return await self.supervisor.launch(spec)
+
+    async def _spawn_pods(self) -> list[Child]:
         starting = []
         for spec in self.topology.models:
             for i in range(spec.replicas):
-                name, port = f"{spec.name}-{i}", free_port()
-                argv = [
-                    sys.executable, "-m", "vllmsim", "--host", HOST, "--port", str(port),
-                    "--model", spec.served_name, "--pod-name", name, "--time-scale", str(self.time_scale),
-                    *spec.sim.flags(),
-                ]  # fmt: skip
-                child = await self.supervisor.start(name, argv)
-                self.pods.append(Pod(name, spec.served_name, spec.pool_name, port, child.pid))
-                starting.append((child, http_ok(f"http://{HOST}:{port}/health")))
+                name = f"{spec.name}-{i}"
+                args = ["--model", spec.served_name, "--time-scale", str(self.time_scale), *spec.sim.flags()]
+                child = await self._launch(children.simulator(name, HOST, args))
+                self.pods.append(Pod(name, spec.served_name, spec.pool_name, child))
+                starting.append(child)
         return starting
 
-    async def _spawn_ext_proc(self, name: str, command: str, args: list[str]) -> tuple[Child, ExtProcServer]:
-        grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
-        argv = [
-            _executable(command), "--grpc-port", str(grpc_port), "--health-port", str(health_port),
-            "--metrics-port", str(metrics_port), "--bind", HOST, "--log-level", self.log_level, *args,
-        ]  # fmt: skip
-        child = await self.supervisor.start(name, argv)
-        return child, ExtProcServer(name, grpc_port, health_port, metrics_port, child.pid)
+    def _ext_proc(self, name: str, command: str, args: list[str]) -> ChildSpec:
+        return children.ext_proc_server(name, command, HOST, self.log_level, args)
 
-    async def _spawn_bbr(self) -> tuple[Child, Probe]:
+    async def _spawn_bbr(self) -> Child:
         args = ["--served-models", ",".join(self.topology.served_names)]
         for model in self.topology.models:
             for adapter, base in model.sim.loras.items():
                 args += ["--adapter", f"{adapter}={base}"]
-        child, self.bbr = await self._spawn_ext_proc("bbr", "bbr", args)
-        return child, grpc_serving(f"{HOST}:{self.bbr.health_port}")
+        child = await self._launch(self._ext_proc("bbr", "bbr", args))
+        self.bbr = ExtProcServer("bbr", child)
+        return child
 
     def _endpoints_file(self, name: str, pods: list[Pod]) -> Path:
         assert self._workdir is not None
@@ -228,7 +254,7 @@ class OneBox:
         path.write_text(yaml.safe_dump({"endpoints": endpoints}, sort_keys=False))
         return path
 
-    async def _spawn_epps(self) -> list[tuple[Child, Probe]]:
+    async def _spawn_epps(self) -> list[Child]:
         profile = ["--profile", self.epp_profile] if self.epp_profile else []
         if self.mode == "unified-pool":
             pools = {"unified": ("epp", self.pods)}
@@ -241,53 +267,46 @@ class OneBox:
         for pool, (name, pods) in pools.items():
             endpoints = self._endpoints_file(pool, pods)
             models = ",".join(sorted({p.model for p in pods}))
-            child, server = await self._spawn_ext_proc(
-                name, "epp", ["--endpoints-file", str(endpoints), "--pool-models", models, *profile]
-            )
-            self.epps[pool] = server
-            starting.append((child, grpc_serving(f"{HOST}:{server.health_port}")))
+            args = ["--endpoints-file", str(endpoints), "--pool-models", models, *profile]
+            child = await self._launch(self._ext_proc(name, "epp", args))
+            self.epps[pool] = ExtProcServer(name, child)
+            starting.append(child)
         return starting
 
-    async def _spawn_gateways(self) -> list[tuple[Child, Probe]]:
-        admin = free_port()
-        starting = [await self._spawn_envoy("envoy", self._gateway_config(admin), admin)]
+    async def _start_gateways(self) -> None:
+        assert self._workdir is not None
+        specs = [envoy_child("envoy", self._gateway_config(), self._workdir, log_level=self.log_level)]
         if self.with_round_robin:
-            self.round_robin_port, admin = free_port(), free_port()
-            config = envoy.round_robin_config(
-                [p.address for p in self.pods], host=HOST, port=self.round_robin_port, admin_port=admin
+            config = bootstrap.round_robin_config(
+                [p.address for p in self.pods], host=HOST, limits=self.limits, timeouts=self.timeouts
             )
-            starting.append(await self._spawn_envoy("envoy-round-robin", config, admin))
-        return starting
+            specs.append(envoy_child("envoy-round-robin", config, self._workdir, log_level=self.log_level))
+        gateways = [await self._launch(spec) for spec in specs]
+        await self._wait_ready(gateways)
+        self.gateway_port = gateways[0].ports["listener"]
+        if self.with_round_robin:
+            self.round_robin_port = gateways[1].ports["listener"]
 
-    def _gateway_config(self, admin_port: int) -> dict[str, Any]:
+    def _gateway_config(self) -> dict[str, Any]:
         if self.mode == "unified-pool":
-            return envoy.unified_gateway_config(
-                epp=self.epps["unified"].grpc_address,
-                host=HOST,
-                port=self.gateway_port,
-                admin_port=admin_port,
-            )
+            return bootstrap.unified_gateway_config(
+                epp=self.epps["unified"].grpc_address, host=HOST, port=self.gateway_port,
+                endpoints=[p.address for p in self.pods], limits=self.limits, timeouts=self.timeouts,
+            )  # fmt: skip
         assert self.bbr is not None
         pools = [
-            envoy.PoolRoute(
-                name=pool, models=tuple(m.served_name for m in models), epp=self.epps[pool].grpc_address
+            bootstrap.PoolRoute(
+                name=pool,
+                models=tuple(m.served_name for m in models),
+                epp=self.epps[pool].grpc_address,
+                endpoints=tuple(p.address for p in self.pods if p.pool == pool),
             )
             for pool, models in self.topology.pools().items()
         ]
-        return envoy.gateway_config(
-            bbr=self.bbr.grpc_address, pools=pools, host=HOST, port=self.gateway_port, admin_port=admin_port
-        )
-
-    async def _spawn_envoy(self, name: str, config: dict[str, Any], admin_port: int) -> tuple[Child, Probe]:
-        assert self._workdir is not None
-        path = self._workdir / f"{name}.yaml"
-        path.write_text(envoy.render(config))
-        argv = [
-            str(envoy.envoy_binary()), "--config-path", str(path), "--concurrency", "1",
-            "--log-level", self.log_level, "--disable-hot-restart",
-        ]  # fmt: skip
-        child = await self.supervisor.start(name, argv)
-        return child, http_ok(f"http://{HOST}:{admin_port}/ready")
+        return bootstrap.gateway_config(
+            bbr=self.bbr.grpc_address, pools=pools, host=HOST, port=self.gateway_port,
+            limits=self.limits, timeouts=self.timeouts,
+        )  # fmt: skip
 
     async def _check_every_model_is_served(self) -> None:
         """One tiny request per model through the gateway; retried until the startup deadline."""

@@ -1,16 +1,21 @@
-"""``python -m onebox run|demo``: the data plane on 127.0.0.1 until interrupted, or the demo."""
+"""``python -m onebox run``: the data plane on 127.0.0.1 until interrupted.
+
+(The demo, which also needs the benchmark, is ``python -m bench.demo``.)
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from pathlib import Path
 
-from bench.stats import summarize
 from onebox.box import MODES, GatewayNotServing, OneBox
+from onebox.children import LOG_LEVELS
+from onebox.envoy.limits import GatewayTimeouts
 from onebox.supervisor import ChildDied
 from onebox.topology import PRESETS, TopologyError, load_preset, load_topology
 
@@ -29,14 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--round-robin", action="store_true", help="also a round-robin Envoy over the same pods")
     run.add_argument("--epp-profile", help="EPP scheduling profile (default: the EPP's default)")
     run.add_argument("--log-dir", type=Path, help="write each child's output to DIR/<name>.log")
-    run.add_argument("--log-level", default="warning", help="log level of the EPPs, BBR and Envoy")
+    run.add_argument("--log-level", default="warning", choices=LOG_LEVELS,
+                     help="log level of the EPPs, BBR (info at least) and Envoy")
     run.add_argument("--startup-timeout", type=float, default=60.0)
-
-    demo = sub.add_parser("demo", help="gpu preset: benchmark the gateway and round robin, write reports")
-    demo.add_argument("--quick", action="store_true", help="fewer requests (CI)")
-    demo.add_argument("--mode", choices=MODES, default="per-model-pools")
-    demo.add_argument("--reports-dir", type=Path, default=Path("reports"))
-    demo.add_argument("--no-progress", action="store_true")
+    run.add_argument("--fail-fast", action="store_true",
+                     help="stop everything when any child dies (default: restart it with backoff)")
+    run.add_argument("--upstream-idle-timeout", type=float, default=GatewayTimeouts().upstream_idle,
+                     help="seconds a pod may send nothing before its request ends with a 504 "
+                     "(default %(default)s)")
     return parser
 
 
@@ -56,7 +61,10 @@ async def _run(args: argparse.Namespace) -> int:
         log_dir=args.log_dir,
         log_level=args.log_level,
         startup_timeout=args.startup_timeout,
+        fail_fast=args.fail_fast,
+        timeouts=GatewayTimeouts(upstream_idle=args.upstream_idle_timeout),
     )
+    logging.basicConfig(level=logging.INFO, format="onebox: %(message)s", stream=sys.stderr)
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -94,26 +102,6 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _demo(args: argparse.Namespace) -> int:
-    from onebox.demo import DemoSettings, run_demo  # pulls in matplotlib: only when needed
-
-    settings = DemoSettings.quick() if args.quick else DemoSettings()
-    try:
-        report, _, _ = await run_demo(
-            settings, args.reports_dir, mode=args.mode, progress=not args.no_progress
-        )
-    except (ChildDied, GatewayNotServing) as exc:
-        print(f"onebox demo: {exc}", file=sys.stderr)
-        return 1
-    gateway_runs = [summarize(run) for run in report.runs if run.label.startswith("gateway")]
-    short = [s.label for s in gateway_runs if s.overall.accuracy < 1.0 or s.overall.success_rate < 1.0]
-    if short:
-        print(f"below the bar (100% accuracy and success through the gateway): {', '.join(short)}")
-        return 1
-    print("bar met: every gateway request reached a pod serving its model, with no retry")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return asyncio.run(_run(args) if args.command == "run" else _demo(args))
+    return asyncio.run(_run(args))

@@ -8,7 +8,8 @@ In-process::
         ...  # sim.url, sim.port, sim.engine, sim.metrics
 
 Modules: ``config`` (SimConfig, CLI), ``engine`` (slots, queue, KV blocks, latency model),
-``metrics`` (Prometheus), ``protocol`` (OpenAI wire format), ``api`` (routes), ``server`` (lifecycle).
+``metrics`` (Prometheus), ``protocol`` (OpenAI wire format), ``state`` (what the routes read),
+``api`` (routes), ``server`` (lifecycle).
 """
 
 from vllmsim.config import SimConfig, parse_args

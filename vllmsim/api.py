@@ -10,9 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
+from epp.contract import POD_HEADER, SERVED_MODEL_HEADER
 
 from vllmsim.engine import Sequence
 from vllmsim.metrics import CONTENT_TYPE
@@ -28,19 +29,15 @@ from vllmsim.protocol import (
     parse_generation,
     word,
 )
+from vllmsim.state import SimState
 
-if TYPE_CHECKING:
-    from vllmsim.server import Simulator
-
-POD_HEADER = "x-inference-pod"
-MODEL_HEADER = "x-inference-model"
 _SERVED_MODEL: web.RequestKey[str] = web.RequestKey("served_model", str)
-_SIM: web.AppKey[Simulator] = web.AppKey("simulator")
+_SIM: web.AppKey[SimState] = web.AppKey("simulator")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(sim: Simulator) -> web.Application:
+def build_app(sim: SimState) -> web.Application:
     app = web.Application(middlewares=[_errors_and_readiness], client_max_size=8 * 1024 * 1024)
     app[_SIM] = sim
     app.on_response_prepare.append(_identity_headers)
@@ -55,7 +52,7 @@ def build_app(sim: Simulator) -> web.Application:
 async def _identity_headers(request: web.Request, response: web.StreamResponse) -> None:
     sim = request.app[_SIM]
     response.headers[POD_HEADER] = sim.pod_name
-    response.headers[MODEL_HEADER] = request.get(_SERVED_MODEL, sim.config.models[0])
+    response.headers[SERVED_MODEL_HEADER] = request.get(_SERVED_MODEL, sim.config.models[0])
 
 
 @web.middleware
@@ -166,7 +163,7 @@ async def _stream(
     gen: GenerationRequest,
     seq: Sequence,
     writer: ResponseWriter,
-    sim: Simulator,
+    sim: SimState,
     timing: _Timing,
 ) -> web.StreamResponse:
     response = web.StreamResponse(

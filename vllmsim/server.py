@@ -3,39 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import random
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiohttp import web
+from epp.contract import url_host
 
 from vllmsim.api import build_app
 from vllmsim.config import SimConfig
-from vllmsim.engine import Engine
-from vllmsim.metrics import SimMetrics
+from vllmsim.state import SimState
 
 
-class Simulator:
+class Simulator(SimState):
     """A simulated vLLM server. Use ``running(config)``, or ``start()``/``stop()`` yourself."""
 
     def __init__(self, config: SimConfig) -> None:
-        self.config = config
-        self.rng = random.Random(config.seed)
-        self.engine = Engine(config, self.rng)
-        self.metrics = SimMetrics(config, self.engine)
-        self.started_at = int(time.time())
-        self.ready = False
+        super().__init__(config)
         self.port = config.port
-        self.pod_name = config.pod_name or ""
         self._runner: web.AppRunner | None = None
         self._ready_timer: asyncio.TimerHandle | None = None
 
     @property
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:8001`` (IPv6 hosts are bracketed)."""
-        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        return f"http://{host}:{self.port}"
+        return f"http://{url_host(self.config.host)}:{self.port}"
 
     async def start(self) -> None:
         """Bind and serve; ready (``/health`` 200) once ``startup_delay`` real seconds have passed."""

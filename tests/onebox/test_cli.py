@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 
-from bench.stats import summarize
-from onebox.demo import DemoSettings, run_demo
 from tests.onebox.procs import alive, command_line, descendants
 
 pytestmark = pytest.mark.envoy
@@ -63,9 +59,10 @@ async def test_run_prints_the_gateway_and_sigterm_stops_every_child(tmp_path: Pa
     assert not any(alive(pid) for pid in children)
 
 
-async def test_run_reports_a_dying_child_and_exits_non_zero(tmp_path: Path) -> None:
+async def test_with_fail_fast_run_reports_a_dying_child_and_exits_non_zero(tmp_path: Path) -> None:
     (tmp_path / "tiny.yaml").write_text(ONE_MODEL)
-    process, _ = await start_run("--topology", str(tmp_path / "tiny.yaml"), "--time-scale", "0")
+    topology = str(tmp_path / "tiny.yaml")
+    process, _ = await start_run("--topology", topology, "--time-scale", "0", "--fail-fast")
     children = descendants(process.pid)
     simulators = [pid for pid in children if "vllmsim" in command_line(pid)]
     os.kill(simulators[0], signal.SIGKILL)
@@ -84,26 +81,3 @@ async def test_run_rejects_a_bad_topology_with_the_reason(tmp_path: Path) -> Non
     code, err = await finish(process)
     assert code == 2
     assert "replicas" in err
-
-
-async def test_the_quick_demo_routes_every_request_right_and_round_robin_does_not(tmp_path: Path) -> None:
-    lines: list[str] = []
-    settings = replace(DemoSettings.quick(), time_scale=0)
-    report, json_path, html_path = await run_demo(settings, tmp_path, progress=False, out=lines.append)
-    summaries = {s.label: s.overall for s in (summarize(run) for run in report.runs)}
-    assert list(summaries) == [
-        "gateway",
-        "gateway/gemma",
-        "gateway/phi3",
-        "round-robin",
-        "round-robin+retries",
-    ]
-    for label in ("gateway", "gateway/gemma", "gateway/phi3"):
-        assert summaries[label].accuracy == 1.0
-        assert summaries[label].attempts_per_request == 1.0
-    # Two pods each serving one model: a model-blind round robin must misroute mixed traffic.
-    assert summaries["round-robin"].accuracy < 1.0
-    assert summaries["round-robin+retries"].attempts_per_request > 1.0
-    assert json.loads(json_path.read_text())["comparisons"][0]["misrouted_target"] == 0
-    assert "data:image/png;base64," in html_path.read_text()
-    assert any(line.startswith("gateway vs round-robin:") for line in lines)

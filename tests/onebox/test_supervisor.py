@@ -5,37 +5,37 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from onebox.ports import free_port
+from onebox.children import simulator
 from onebox.probes import grpc_serving, http_ok
-from onebox.supervisor import ChildDied, Supervisor
+from onebox.supervisor import Backoff, ChildDied, Supervisor
 from tests.onebox.procs import alive, descendants
 
 GEMMA = "google/gemma-2b-it"
 
 
-def sim_argv(port: int, pod: str) -> list[str]:
-    return [sys.executable, "-m", "vllmsim", "--port", str(port), "--model", GEMMA, "--pod-name", pod]
+@pytest.fixture
+def nobody_listens() -> Iterator[int]:
+    """A loopback port bound but never listened on: connections to it are refused while the test runs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
 
 
 async def test_simulators_become_ready_and_stop_without_leaving_a_process(tmp_path: Path) -> None:
     supervisor = Supervisor(log_dir=tmp_path)
-    ports = [free_port(), free_port()]
     try:
-        children = [
-            await supervisor.start(f"gemma-{i}", sim_argv(p, f"gemma-{i}")) for i, p in enumerate(ports)
-        ]
-        await asyncio.gather(
-            *(
-                supervisor.wait_ready(c, http_ok(f"http://127.0.0.1:{p}/health"), within=30)
-                for c, p in zip(children, ports, strict=True)
-            )
-        )
+        children = [await supervisor.launch(simulator(f"gemma-{i}", "127.0.0.1", ["--model", GEMMA]))
+                    for i in range(2)]
+        ports = await asyncio.gather(*(supervisor.wait_ready(c, within=30) for c in children))
         assert all(alive(c.pid) for c in children)
+        assert len({p["http"] for p in ports}) == 2  # each bound port 0 and reported its own port
     finally:
         await supervisor.stop()
     assert not any(alive(c.pid) for c in children)
@@ -43,15 +43,16 @@ async def test_simulators_become_ready_and_stop_without_leaving_a_process(tmp_pa
     assert "gemma-0" in (tmp_path / "gemma-0.log").read_text()
 
 
-async def test_a_child_that_exits_before_ready_is_reported_with_its_last_output() -> None:
+async def test_a_child_that_exits_before_ready_is_reported_with_its_last_output(nobody_listens: int) -> None:
     supervisor = Supervisor()
     script = (
         "import sys; print('loading config'); print('bad flag --frobnicate', file=sys.stderr); sys.exit(3)"
     )
     try:
         child = await supervisor.start("epp-gemma", [sys.executable, "-c", script])
+        refused = http_ok(f"http://127.0.0.1:{nobody_listens}/health")
         with pytest.raises(ChildDied) as died:
-            await supervisor.wait_ready(child, http_ok(f"http://127.0.0.1:{free_port()}/health"), within=30)
+            await supervisor.wait_ready(child, refused, within=30)
     finally:
         await supervisor.stop()
     assert died.value.name == "epp-gemma"
@@ -63,10 +64,9 @@ async def test_a_child_that_exits_before_ready_is_reported_with_its_last_output(
 async def test_a_child_that_dies_while_running_sets_the_failure_once() -> None:
     reports: list[ChildDied] = []
     supervisor = Supervisor(on_death=reports.append)
-    port = free_port()
     try:
-        child = await supervisor.start("phi3-0", sim_argv(port, "phi3-0"))
-        await supervisor.wait_ready(child, http_ok(f"http://127.0.0.1:{port}/health"), within=30)
+        child = await supervisor.launch(simulator("phi3-0", "127.0.0.1", ["--model", GEMMA]))
+        await supervisor.wait_ready(child, within=30)
         os.kill(child.pid, signal.SIGKILL)
         await asyncio.wait_for(supervisor.failed.wait(), 10)
     finally:
@@ -109,12 +109,48 @@ async def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period() -
     assert child.process.returncode == -signal.SIGKILL
 
 
-async def test_a_child_never_ready_is_reported_after_the_deadline() -> None:
+async def test_a_child_never_ready_is_reported_after_the_deadline(nobody_listens: int) -> None:
     supervisor = Supervisor()
     try:
         child = await supervisor.start("silent", [sys.executable, "-c", "import time; time.sleep(300)"])
         with pytest.raises(ChildDied, match="silent was not ready after 1 s"):
-            await supervisor.wait_ready(child, grpc_serving(f"127.0.0.1:{free_port()}"), within=1)
+            await supervisor.wait_ready(child, grpc_serving(f"127.0.0.1:{nobody_listens}"), within=1)
     finally:
         await supervisor.stop()
     assert not alive(child.pid)
+
+
+async def test_a_supervised_child_that_dies_is_restarted_on_its_port_and_its_death_recorded() -> None:
+    supervisor = Supervisor(restart=Backoff(first=0.05))
+    try:
+        child = await supervisor.launch(simulator("gemma-0", "127.0.0.1", ["--model", GEMMA]))
+        ports = await supervisor.wait_ready(child, within=30)
+        first = child.pid
+        os.kill(first, signal.SIGKILL)
+        async with asyncio.timeout(30):
+            back = http_ok(f"http://127.0.0.1:{ports['http']}/health")
+            while child.restarts == 0 or not await back():  # noqa: ASYNC110 - another process's state
+                await asyncio.sleep(0.05)
+        assert child.pid != first
+        assert child.ports == ports  # the same port: what points at it stays right
+    finally:
+        await supervisor.stop()
+    assert supervisor.failure is None
+    assert [(d.name, d.returncode) for d in supervisor.deaths] == [("gemma-0", -signal.SIGKILL)]
+    assert not alive(child.pid)
+
+
+async def test_a_supervised_child_that_dies_before_it_was_ever_ready_is_a_failure_not_a_loop(
+    nobody_listens: int,
+) -> None:
+    supervisor = Supervisor(restart=Backoff(first=0.05))
+    try:
+        child = await supervisor.start("epp-gemma", [sys.executable, "-c", "import sys; sys.exit(2)"])
+        never = http_ok(f"http://127.0.0.1:{nobody_listens}/health")
+        with pytest.raises(ChildDied):
+            await supervisor.wait_ready(child, never, within=30)
+        await asyncio.sleep(0.2)
+    finally:
+        await supervisor.stop()
+    assert child.restarts == 0
+    assert supervisor.failure is not None

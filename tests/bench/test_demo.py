@@ -1,0 +1,37 @@
+"""``make demo`` (``python -m bench.demo``): the one box benchmarked against round robin."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bench.demo import DemoSettings, run_demo
+from bench.stats import summarize
+
+pytestmark = pytest.mark.envoy
+
+
+async def test_the_quick_demo_routes_every_request_right_and_round_robin_does_not(tmp_path: Path) -> None:
+    lines: list[str] = []
+    settings = replace(DemoSettings.quick(), time_scale=0)
+    report, json_path, html_path = await run_demo(settings, tmp_path, progress=False, out=lines.append)
+    summaries = {s.label: s.overall for s in (summarize(run) for run in report.runs)}
+    assert list(summaries) == [
+        "gateway",
+        "gateway/gemma",
+        "gateway/phi3",
+        "round-robin",
+        "round-robin+retries",
+    ]
+    for label in ("gateway", "gateway/gemma", "gateway/phi3"):
+        assert summaries[label].accuracy == 1.0
+        assert summaries[label].attempts_per_request == 1.0
+    # Two pods each serving one model: a model-blind round robin must misroute mixed traffic.
+    assert summaries["round-robin"].accuracy < 1.0
+    assert summaries["round-robin+retries"].attempts_per_request > 1.0
+    assert json.loads(json_path.read_text())["comparisons"][0]["misrouted_target"] == 0
+    assert "data:image/png;base64," in html_path.read_text()
+    assert any(line.startswith("gateway vs round-robin:") for line in lines)

@@ -1,0 +1,131 @@
+"""The gateway's Envoy configuration: no hidden cap, every failure mapped to JSON, /health wired."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from epp.contract import ERROR_TYPES
+
+from onebox.envoy.bootstrap import (
+    PoolRoute,
+    gateway_config,
+    listener_port,
+    unified_gateway_config,
+    with_ports,
+)
+from onebox.envoy.limits import GatewayLimits, GatewayTimeouts
+
+GEMMA, PHI = "google/gemma-2b-it", "microsoft/Phi-3-mini-4k-instruct"
+
+
+def per_model(**kwargs: Any) -> dict[str, Any]:
+    pools = [
+        PoolRoute(name="gemma", models=(GEMMA,), epp="127.0.0.1:9002", endpoints=("127.0.0.1:8000",)),
+        PoolRoute(name="phi3", models=(PHI,), epp="127.0.0.1:9012", endpoints=("127.0.0.1:8001",)),
+    ]
+    return gateway_config(bbr="127.0.0.1:9004", pools=pools, **kwargs)
+
+
+def manager(config: dict[str, Any]) -> dict[str, Any]:
+    typed: dict[str, Any] = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]
+    return typed
+
+
+def filters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["name"]: f["typed_config"] for f in manager(config)["http_filters"]}
+
+
+CONFIGS = {"per-model-pools": per_model, "unified-pool": lambda **kw: unified_gateway_config(
+    epp="127.0.0.1:9002", endpoints=["127.0.0.1:8000"], **kw)}
+
+
+@pytest.mark.parametrize("mode", CONFIGS)
+def test_every_cluster_the_gateway_sends_requests_to_has_the_whole_request_budget(mode: str) -> None:
+    config = CONFIGS[mode](limits=GatewayLimits(max_requests=3000))
+    traffic = [c for c in config["static_resources"]["clusters"] if not c["name"].startswith("readiness-")]
+    expected = {"per-model-pools": {"bbr", "epp-gemma", "epp-phi3"}, "unified-pool": {"epp"}}[mode]
+    assert {c["name"] for c in traffic} == {*expected, "original-destination"}
+    for cluster in traffic:
+        [threshold] = cluster["circuit_breakers"]["thresholds"]
+        assert threshold["max_requests"] == threshold["max_pending_requests"] == 3000, cluster["name"]
+
+
+def test_the_bbr_and_every_epp_cluster_are_sized_not_left_at_envoys_1024() -> None:
+    names = {c["name"] for c in per_model()["static_resources"]["clusters"] if "circuit_breakers" in c}
+    assert {"bbr", "epp-gemma", "epp-phi3", "original-destination"} <= names
+
+
+@pytest.mark.parametrize("mode", CONFIGS)
+def test_a_failed_processor_call_is_a_503_never_a_pass_through(mode: str) -> None:
+    processors = [f for name, f in filters(CONFIGS[mode]()).items() if "ext_proc" in name]
+    assert processors
+    for processor in processors:
+        assert processor["failure_mode_allow"] is False
+        assert processor["status_on_error"] == {"code": 503}
+
+
+def test_slow_clients_are_bounded_by_header_request_and_idle_timeouts() -> None:
+    hcm = manager(per_model(timeouts=GatewayTimeouts(request_headers=5, request=30, connection_idle=50)))
+    assert (hcm["request_headers_timeout"], hcm["request_timeout"]) == ("5s", "30s")
+    assert hcm["common_http_protocol_options"]["idle_timeout"] == "50s"
+    assert hcm["http2_protocol_options"]["max_concurrent_streams"] == 100
+
+
+def test_a_silent_pod_ends_its_request_after_the_upstream_idle_timeout_with_no_retry() -> None:
+    routes = manager(per_model(timeouts=GatewayTimeouts(upstream_idle=7)))["route_config"]["virtual_hosts"][0]
+    to_pods = [r["route"] for r in routes["routes"] if "route" in r]
+    assert to_pods
+    for route in to_pods:
+        assert route["timeout"] == "0s"  # streams may last minutes
+        assert route["retry_policy"] == {"num_retries": 0, "per_try_idle_timeout": "7s"}
+
+
+def test_client_connections_are_limited_by_the_overload_manager() -> None:
+    [monitor] = per_model(limits=GatewayLimits(max_connections=999))["overload_manager"]["resource_monitors"]
+    assert monitor["typed_config"]["max_active_downstream_connections"] == 999
+
+
+def test_every_reply_envoy_makes_itself_is_the_contracts_json_error() -> None:
+    mappers = manager(per_model())["local_reply_config"]["mappers"]
+    bodies = [m for m in mappers if "body_format_override" in m]
+    statuses = set()
+    for mapper in bodies:
+        body = json.loads(mapper["body_format_override"]["text_format_source"]["inline_string"])
+        status = mapper["status_code"]
+        statuses.add(status)
+        assert body["error"]["code"] == status
+        assert body["error"]["type"] == ERROR_TYPES.get(status, "api_error")
+        assert mapper["body_format_override"]["content_type"] == "application/json"
+        if status == 503:
+            assert mapper["headers_to_add"][0]["header"]["key"] == "retry-after"
+    assert {502, 503, 504, 408, 500} <= statuses
+    # last: the processors' own 429/503 answers keep their body and only gain a Retry-After
+    assert "body_format_override" not in mappers[-1]
+
+
+def test_health_is_answered_by_envoy_from_the_bbr_every_epp_and_every_pod() -> None:
+    health = filters(per_model())["envoy.filters.http.health_check"]
+    assert health["pass_through_mode"] is False
+    assert health["cluster_min_healthy_percentages"] == {
+        "readiness-bbr": {"value": 100.0},
+        "readiness-epps": {"value": 50.0},  # one of the two pools' pickers
+        "readiness-pods": {"value": 50.0},  # one of the two pods
+    }
+    first = manager(per_model())["http_filters"][0]["name"]
+    assert first == "envoy.filters.http.health_check"  # before the BBR: /health never reaches a processor
+
+
+def test_a_restarted_envoy_binds_the_ports_it_had() -> None:
+    config = with_ports(per_model(), listener=18080, admin=18081)
+    assert listener_port(config) == 18080
+    assert config["admin"]["address"]["socket_address"]["port_value"] == 18081
+    assert listener_port(per_model()) == 0  # the original is untouched
+
+
+def test_a_pool_with_a_bad_address_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match="fd00::1:9002"):
+        PoolRoute(name="gemma", models=(GEMMA,), epp="fd00::1:9002")
