@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -43,9 +44,9 @@ class LeastBusyScheduler:
         return SchedulingResult(endpoint=best, endpoints=(best,))
 
 
-def pool(*endpoints: tuple[str, int, Sequence[str]]) -> Datastore:
-    """A synced datastore whose endpoints' models are known."""
-    datastore = Datastore()
+def pool(*endpoints: tuple[str, int, Sequence[str]], pool_models: Sequence[str] = ()) -> Datastore:
+    """A synced datastore whose endpoints' models are known (``pool_models``: configured ones)."""
+    datastore = Datastore(pool_models)
     for ip, port, models in endpoints:
         endpoint = datastore.upsert(Endpoint(name=f"pod-{port}", ip=ip, port=port))
         datastore.set_models(endpoint.address, frozenset(models), {})
@@ -157,13 +158,18 @@ class EnvoyStream:
             for index, piece in enumerate(pieces):
                 last = index == len(pieces) - 1 and not trailers
                 message = ProcessingRequest(request_body=HttpBody(body=piece, end_of_stream=last))
-                await self.call.write(message)
-            if trailers:
-                await self.call.write(ProcessingRequest(request_trailers=HttpTrailers()))
+                if not await self._write_unless_answered(message):
+                    break
+            else:
+                if trailers:
+                    await self.call.write(ProcessingRequest(request_trailers=HttpTrailers()))
         outcome = Outcome()
         first_answer = await self.call.read()
         outcome.responses.append(first_answer)
-        if first_answer.HasField("immediate_response") or body is None:
+        if first_answer.HasField("immediate_response"):
+            await self.expect_end()
+            return outcome
+        if body is None:
             return outcome
         echoed = 0
         while echoed < len(body) or (len(body) == 0 and not outcome.body_chunks):
@@ -173,6 +179,15 @@ class EnvoyStream:
         if trailers:
             outcome.responses.append(await self.call.read())
         return outcome
+
+    async def _write_unless_answered(self, message: ProcessingRequest) -> bool:
+        """Write ``message``; False when the processor already answered and closed the stream (it
+        refused the request before its body was all sent, as Envoy would see it)."""
+        try:
+            await self.call.write(message)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+            return False
+        return True
 
     async def send_response_headers(
         self, status: int, *, content_type: str = "application/json"
@@ -193,6 +208,17 @@ class EnvoyStream:
             answers.append(await self.call.read())
         await self.call.done_writing()
         return answers
+
+    async def expect_end(self, within: float = 5.0) -> None:
+        """After an ImmediateResponse Envoy expects nothing more: the processor must end the stream.
+
+        Envoy keeps the stream open until the processor closes it, so reading on catches any message a
+        processor sends after its final answer (an echoed body chunk, a second answer).
+        """
+        async with asyncio.timeout(within):
+            after = await self.call.read()
+        if after is not grpc.aio.EOF:
+            raise AssertionError(f"the processor sent a message after its ImmediateResponse: {after}")
 
     def cancel(self) -> None:
         self.call.cancel()

@@ -90,3 +90,15 @@ def test_secure_serving_with_a_mounted_certificate_parses_for_both_commands(tmp_
     bbr = parse_bbr_args(["--secure-serving"])
     assert (epp.secure_serving, epp.cert_path) == (True, tmp_path)
     assert (bbr.secure_serving, bbr.cert_path) == (True, None)
+
+
+def test_every_flag_left_out_takes_the_settings_default_and_its_help_shows_it() -> None:
+    from epp.cli import EppSettings, epp_parser
+
+    settings = parse_epp_args(["--endpoints", "127.0.0.1:8000"])
+    defaults = EppSettings(endpoints="127.0.0.1:8000")
+    assert settings == defaults
+    help_text = " ".join(epp_parser().format_help().split())
+    fields = EppSettings.model_fields
+    assert f"seconds between scrapes (default: {fields['metrics_interval'].default})" in help_text
+    assert f"Prometheus /metrics port (default: {fields['metrics_port'].default})" in help_text

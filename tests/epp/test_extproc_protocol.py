@@ -10,8 +10,9 @@ import pytest
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingRequest
 from epp.datastore import Datastore, Endpoint
-from epp.extproc import EndpointPicker
+from epp.extproc import EndpointPicker, ExtProcServicer
 from epp.scheduling import SaturationDetector
+from epp.scheduling.types import SchedulingResult
 from epp.telemetry import Telemetry
 
 from tests.epp.extproc_support import EnvoyStream, LeastBusyScheduler, Outcome, pool, serving, subset_hint
@@ -156,10 +157,8 @@ async def test_no_ready_endpoint_for_a_known_model_is_a_503() -> None:
 
 
 async def test_a_model_scaled_to_zero_gets_a_503_not_a_404() -> None:
-    datastore = pool(("10.0.0.2", 8000, [PHI]))  # the gemma pods are gone
-    servicer = EndpointPicker(
-        datastore, LeastBusyScheduler(), Telemetry("epp", datastore), pool_models=[GEMMA, PHI]
-    )
+    datastore = pool(("10.0.0.2", 8000, [PHI]), pool_models=[GEMMA, PHI])  # the gemma pods are gone
+    servicer = EndpointPicker(datastore, LeastBusyScheduler(), Telemetry("epp", datastore))
     async with serving(servicer) as stub:
         code, document = (await EnvoyStream(stub).send_request(completion(GEMMA))).error()
         unknown, _ = (await EnvoyStream(stub).send_request(completion("mistral-7b"))).error()
@@ -170,10 +169,10 @@ async def test_a_model_scaled_to_zero_gets_a_503_not_a_404() -> None:
 
 
 async def test_an_empty_pool_knows_its_configured_models() -> None:
-    datastore = Datastore()
+    datastore = Datastore(pool_models=[GEMMA])
     datastore.synced = True
     telemetry = Telemetry("epp", datastore)
-    servicer = EndpointPicker(datastore, LeastBusyScheduler(), telemetry, pool_models=[GEMMA])
+    servicer = EndpointPicker(datastore, LeastBusyScheduler(), telemetry)
     async with serving(servicer) as stub:
         code, _ = (await EnvoyStream(stub).send_request(completion(GEMMA))).error()
     assert code == 503
@@ -429,9 +428,9 @@ async def test_a_bug_in_a_scheduling_plugin_is_a_500_not_a_broken_stream() -> No
 
 
 async def test_with_shedding_on_a_model_scaled_to_zero_gets_a_503_not_a_429() -> None:
-    datastore = pool(("10.0.0.1", 8000, [GEMMA]))
+    datastore = pool(("10.0.0.1", 8000, [GEMMA]), pool_models=[PHI])
     shedding = EndpointPicker(datastore, LeastBusyScheduler(), Telemetry("epp", datastore),
-                              saturation=SaturationDetector(), shed_on_saturation=True, pool_models=[PHI])
+                              saturation=SaturationDetector(), shed_on_saturation=True)
     async with serving(shedding) as stub:
         code, _ = (await EnvoyStream(stub).send_request(completion(PHI))).error()
     assert code == 503
@@ -491,3 +490,90 @@ async def test_a_client_can_retrieve_one_model_and_head_the_model_list() -> None
     assert code == 404
     assert document["error"]["type"] == "not_found_error"  # type: ignore[index]
     assert f"Models served: {GEMMA}, {PHI}" in document["error"]["message"]  # type: ignore[index]
+
+
+async def test_an_ipv6_pod_is_named_in_brackets_in_the_header_and_the_metadata() -> None:
+    datastore = pool(("fd00::1", 8000, [GEMMA]))
+    async with serving(picker(datastore)) as stub:
+        outcome = await EnvoyStream(stub).send_request(completion(GEMMA))
+        hint = subset_hint(["[fd00:0::1]:8000"])
+        hinted = await EnvoyStream(stub).send_request(completion(GEMMA), metadata=hint)
+
+    assert outcome.set_headers["x-gateway-destination-endpoint"] == "[fd00::1]:8000"
+    lb = outcome.responses[0].dynamic_metadata.fields["envoy.lb"].struct_value.fields
+    assert lb["x-gateway-destination-endpoint"].string_value == "[fd00::1]:8000"
+    assert hinted.set_headers["x-gateway-destination-endpoint"] == "[fd00::1]:8000"
+
+
+async def test_with_fallbacks_the_metadata_ranks_every_pick_and_the_header_names_the_first() -> None:
+    class RankingScheduler(LeastBusyScheduler):
+        def schedule(self, request, candidates):  # type: ignore[no-untyped-def]
+            ranked = tuple(e for e in candidates if e.serves(request.model))[::-1]
+            return SchedulingResult(endpoint=ranked[0], endpoints=ranked)
+
+    datastore = gemma_and_phi()
+    async with serving(EndpointPicker(datastore, RankingScheduler(), Telemetry("epp", datastore))) as stub:
+        stream = EnvoyStream(stub)
+        outcome = await stream.send_request(completion(PHI))
+        # Envoy's ORIGINAL_DST reads one address from the header; the metadata carries the fallbacks.
+        assert outcome.set_headers["x-gateway-destination-endpoint"] == "10.0.0.3:8000"
+        lb = outcome.responses[0].dynamic_metadata.fields["envoy.lb"].struct_value.fields
+        assert lb["x-gateway-destination-endpoint"].string_value == "10.0.0.3:8000,10.0.0.2:8000"
+        assert datastore.get("10.0.0.3:8000").in_flight == 1  # type: ignore[union-attr]
+        assert datastore.get("10.0.0.2:8000").in_flight == 0  # type: ignore[union-attr]
+        await stream.send_response(200, b"{}")
+    assert [e.in_flight for e in datastore] == [0, 0, 0]
+
+
+async def test_the_model_list_answered_to_an_empty_body_message_ends_the_stream_and_counts_once() -> None:
+    datastore = gemma_and_phi()
+    telemetry = Telemetry("epp", datastore)
+    async with serving(EndpointPicker(datastore, LeastBusyScheduler(), telemetry)) as stub:
+        # The fake Envoy reads on after the ImmediateResponse: an echoed body chunk would fail here.
+        outcome = await EnvoyStream(stub).send_request(b"", method="GET", path="/v1/models")
+
+    assert outcome.immediate is not None
+    assert len(outcome.responses) == 1
+    sample = telemetry.registry.get_sample_value
+    await eventually(lambda: sample("epp_requests_total", {"model": "none", "outcome": "models"}) == 1)
+    assert sample("epp_requests_total", {"model": "none", "outcome": "routed"}) is None
+
+
+async def test_the_fake_envoy_catches_a_message_sent_after_an_immediate_response() -> None:
+    from epp.extproc.messages import immediate, request_body_chunks
+
+    class TalksAfterItsAnswer(ExtProcServicer):
+        async def Process(self, request_iterator, context):  # type: ignore[no-untyped-def,override]
+            await context.read()
+            await context.write(immediate(200, b"{}"))
+            for chunk in request_body_chunks(b""):
+                await context.write(chunk)
+
+        def decide(self, exchange):  # type: ignore[no-untyped-def]
+            raise AssertionError("not reached")
+
+        def finish(self, exchange):  # type: ignore[no-untyped-def]
+            pass
+
+    async with serving(TalksAfterItsAnswer()) as stub:
+        with pytest.raises(AssertionError, match="after its ImmediateResponse"):
+            await EnvoyStream(stub).send_request(None, method="GET", path="/v1/models")
+
+
+async def test_in_flight_follows_the_address_when_a_pod_is_removed_and_added_back() -> None:
+    datastore = gemma_and_phi()
+    async with serving(picker(datastore)) as stub:
+        stream = EnvoyStream(stub)
+        await stream.send_request(completion(GEMMA))
+        # A readiness flap: the pod leaves and comes back (a new Endpoint on the same address).
+        datastore.remove("10.0.0.1:8000")
+        back = datastore.upsert(Endpoint(name="gemma-again", ip="10.0.0.1", port=8000))
+        datastore.set_models(back.address, frozenset({GEMMA}), {})
+        assert back.in_flight == 1
+        second = EnvoyStream(stub)
+        await second.send_request(completion(GEMMA))
+        assert back.in_flight == 2
+        await stream.send_response(200, b"{}")
+        assert back.in_flight == 1
+        await second.send_response(200, b"{}")
+    assert back.in_flight == 0

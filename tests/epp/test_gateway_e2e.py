@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from epp.cli import BbrSettings, EppSettings, serve_bbr, serve_epp
 
+import vllmsim
 from onebox.envoy import EnvoyProcess, PoolRoute, gateway_config, unified_gateway_config
 from tests.epp.gateway_support import pods, serving, until_gauges, wait_ready, write_endpoints
 
@@ -197,3 +198,45 @@ async def test_a_get_v1_models_whose_client_sends_an_empty_chunked_body_is_answe
                 )
     assert status == 200, body
     assert b'"id":"google/gemma-2b-it"' in body
+
+
+async def test_a_pod_on_ipv6_loopback_is_reached_through_envoy() -> None:
+    config = vllmsim.SimConfig(models=[GEMMA], pod_name="gemma-v6", host="::1", time_scale=0, seed=1)
+    async with vllmsim.running(config) as sim:
+        settings = EppSettings(endpoints=f"[::1]:{sim.port}", **LOCAL)
+        async with serving(serve_epp, settings) as epp:
+            await wait_ready(epp.health)
+            async with (
+                EnvoyProcess(unified_gateway_config(epp=f"127.0.0.1:{epp.grpc}")) as envoy,
+                aiohttp.ClientSession() as session,
+            ):
+                await until_gauges(session, epp.metrics, lambda g: g.get(f"[::1]:{sim.port}"))
+                results = await asyncio.gather(*(complete(session, envoy.url, GEMMA) for _ in range(5)))
+    for status, pod, body in results:
+        assert status == 200, body
+        assert pod == "gemma-v6"
+
+
+async def test_a_picker_ranking_fallbacks_still_routes_every_request_through_envoy(tmp_path: Path) -> None:
+    config_file = tmp_path / "epp.yaml"
+    config_file.write_text(
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+        "plugins:\n- {type: queue-scorer}\n- {type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}\n"
+        "schedulingProfiles:\n- name: default\n"
+        "  plugins: [{pluginRef: queue-scorer}, {pluginRef: max-score-picker}]\n"
+    )
+    async with pods(("phi-0", PHI), ("phi-1", PHI)) as sims:
+        endpoints = tmp_path / "pool.yaml"
+        write_endpoints(endpoints, sims)
+        settings = EppSettings(endpoints_file=endpoints, config_file=config_file, **LOCAL)
+        async with serving(serve_epp, settings) as epp:
+            await wait_ready(epp.health)
+            async with (
+                EnvoyProcess(unified_gateway_config(epp=f"127.0.0.1:{epp.grpc}")) as envoy,
+                aiohttp.ClientSession() as session,
+            ):
+                await until_gauges(session, epp.metrics, lambda g: len(g) == 2 and 0 not in g.values())
+                results = await asyncio.gather(*(complete(session, envoy.url, PHI) for _ in range(10)))
+    for status, pod, body in results:
+        assert status == 200, body
+        assert pod in {"phi-0", "phi-1"}

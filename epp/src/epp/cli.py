@@ -1,5 +1,8 @@
 """The ``epp`` and ``bbr`` commands: flags → pydantic settings → servers, until SIGTERM/SIGINT.
 
+The settings models hold every default; the flags have none of their own (an absent flag is left
+to the model), and their help shows the model's default.
+
 Both log one JSON line ``{"message": "serving", "grpc_port": ..., "health_port": ...,
 "metrics_port": ...}`` once bound (port 0 binds any free port), and on SIGTERM/SIGINT turn health
 NOT_SERVING, let in-flight streams finish (up to ``--grace`` seconds) and exit 0.
@@ -23,6 +26,15 @@ import aiohttp
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from epp.contract import (
+    BBR_GRPC_PORT,
+    BBR_HEALTH_PORT,
+    DEFAULT_PROFILE,
+    EPP_GRPC_PORT,
+    EPP_HEALTH_PORT,
+    METRICS_PORT,
+    PROFILE_NAMES,
+)
 from epp.datastore import Datastore, Endpoint
 from epp.discovery import DiscoveryRunner, build_source
 from epp.extproc import BodyBasedRouter, EndpointPicker, ExtProcServer
@@ -52,7 +64,7 @@ class ServerSettings(BaseModel):
     bind: str = "0.0.0.0"
     grpc_port: int = Field(ge=0, le=65535)
     health_port: int = Field(ge=0, le=65535)
-    metrics_port: int = Field(default=9090, ge=0, le=65535)
+    metrics_port: int = Field(default=METRICS_PORT, ge=0, le=65535)
     log_level: LogLevel = "info"
     grace: float = Field(default=5.0, ge=0, description="seconds in-flight streams get on shutdown")
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0, description="larger bodies get a 413")
@@ -72,8 +84,8 @@ class ServerSettings(BaseModel):
 
 
 class EppSettings(ServerSettings):
-    grpc_port: int = Field(default=9002, ge=0, le=65535)
-    health_port: int = Field(default=9003, ge=0, le=65535)
+    grpc_port: int = Field(default=EPP_GRPC_PORT, ge=0, le=65535)
+    health_port: int = Field(default=EPP_HEALTH_PORT, ge=0, le=65535)
     config_file: Path | None = None
     profile: str | None = None
     pool_name: str | None = None
@@ -102,51 +114,69 @@ class EppSettings(ServerSettings):
 
 
 class BbrSettings(ServerSettings):
-    grpc_port: int = Field(default=9004, ge=0, le=65535)
-    health_port: int = Field(default=9005, ge=0, le=65535)
+    grpc_port: int = Field(default=BBR_GRPC_PORT, ge=0, le=65535)
+    health_port: int = Field(default=BBR_HEALTH_PORT, ge=0, le=65535)
     served_models: tuple[str, ...] | None = None
     adapters: dict[str, str] = Field(default_factory=dict)
 
 
-def _common_flags(parser: argparse.ArgumentParser, grpc_port: int, health_port: int) -> None:
-    parser.add_argument("--grpc-port", type=int, default=grpc_port, help="ext_proc gRPC port (0: any)")
-    parser.add_argument("--health-port", type=int, default=health_port, help="gRPC health port")
-    parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port")
-    parser.add_argument("--bind", default="0.0.0.0", help="address to listen on")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight streams get on shutdown")
-    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                        help="refuse larger request bodies with a 413 (default: 16 MiB)")
-    parser.add_argument("--secure-serving", action="store_true",
-                        help="serve ext_proc over TLS (what Google Cloud load balancers expect)")
-    parser.add_argument("--cert-path", type=Path,
-                        help="folder with tls.crt and tls.key (default: a self-signed certificate)")
+def _with_default(settings: type[BaseModel], field: str, text: str) -> str:
+    """``text``, followed by the settings model's default for ``field`` when it has a telling one."""
+    default = settings.model_fields[field].default
+    if default is None or isinstance(default, bool) or default == ():
+        return text
+    return f"{text} (default: {default})"
+
+
+def _parser(prog: str, description: str, settings: type[ServerSettings]) -> argparse.ArgumentParser:
+    """A parser whose flags leave every default to ``settings``, with the flags both commands share."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+
+    def flag(name: str, text: str, **options: Any) -> None:
+        field = name.removeprefix("--").replace("-", "_")
+        parser.add_argument(name, help=_with_default(settings, field, text), **options)
+
+    flag("--grpc-port", "ext_proc gRPC port (0: any)", type=int)
+    flag("--health-port", "gRPC health port", type=int)
+    flag("--metrics-port", "Prometheus /metrics port", type=int)
+    flag("--bind", "address to listen on")
+    flag("--log-level", "log level", choices=["debug", "info", "warning", "error"])
+    flag("--grace", "seconds in-flight streams get on shutdown", type=float)
+    flag("--max-body-bytes", "refuse larger request bodies with a 413", type=int)
+    flag("--secure-serving", "serve ext_proc over TLS (what Google Cloud load balancers expect)",
+         action="store_true")
+    flag("--cert-path", "folder with tls.crt and tls.key (default: a self-signed certificate)", type=Path)
+    return parser
 
 
 def epp_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="epp", description="Model-aware Endpoint Picker (ext_proc).")
-    _common_flags(parser, 9002, 9003)
+    parser = _parser("epp", "Model-aware Endpoint Picker (ext_proc).", EppSettings)
+
+    def flag(name: str, text: str, *, group: Any = parser, **options: Any) -> None:
+        field = name.removeprefix("--").replace("-", "_")
+        group.add_argument(name, help=_with_default(EppSettings, field, text), **options)
+
     config = parser.add_mutually_exclusive_group()
-    config.add_argument("--config-file", type=Path, help="EndpointPickerConfig YAML")
-    config.add_argument("--profile", help="a shipped profile: default, proxy-performance, ...")
-    parser.add_argument("--pool-name", help="watch this InferencePool and its pods (Kubernetes)")
-    parser.add_argument("--pool-namespace", help="the InferencePool's namespace (default: this pod's)")
-    parser.add_argument("--endpoints-file", type=Path, help="static endpoints YAML, re-read on change")
-    parser.add_argument("--endpoints", help="static endpoints: IP:PORT[,IP:PORT...]")
-    parser.add_argument("--metrics-interval", type=float, default=0.05, help="seconds between scrapes")
-    parser.add_argument("--models-interval", type=float, default=10.0, help="seconds between model probes")
-    parser.add_argument("--shed-on-saturation", action="store_true", help="429 when the pool is saturated")
-    parser.add_argument("--pool-models", help="NAME[,NAME...]: models the pool is configured to serve "
-                        "(503 rather than 404 while none of their pods is ready)")
+    flag("--config-file", "EndpointPickerConfig YAML", group=config, type=Path)
+    flag("--profile", f"a shipped profile: {', '.join(PROFILE_NAMES)} (default: {DEFAULT_PROFILE})",
+         group=config)
+    flag("--pool-name", "watch this InferencePool and its pods (Kubernetes)")
+    flag("--pool-namespace", "the InferencePool's namespace (default: this pod's)")
+    flag("--endpoints-file", "static endpoints YAML, re-read on change", type=Path)
+    flag("--endpoints", "static endpoints: IP:PORT[,IP:PORT...] (IPv6 as [::1]:8000)")
+    flag("--metrics-interval", "seconds between scrapes", type=float)
+    flag("--models-interval", "seconds between model probes", type=float)
+    flag("--shed-on-saturation", "429 when the pool is saturated", action="store_true")
+    flag("--pool-models", "NAME[,NAME...]: models the pool is configured to serve "
+         "(503 rather than 404 while none of their pods is ready)")
     return parser
 
 
 def bbr_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bbr", description="Body-Based Router (Envoy ext_proc).")
-    _common_flags(parser, 9004, 9005)
+    parser = _parser("bbr", "Body-Based Router (Envoy ext_proc).", BbrSettings)
     parser.add_argument("--served-models", help="NAME[,NAME...]: refuse other models (400/404) and answer "
                         "GET /v1/models")
-    parser.add_argument("--adapter", action="append", default=[], metavar="ADAPTER=BASE",
+    parser.add_argument("--adapter", action="append", metavar="ADAPTER=BASE",
                         help="a LoRA adapter and its base model (repeatable)")
     return parser
 
@@ -154,7 +184,7 @@ def bbr_parser() -> argparse.ArgumentParser:
 def parse_epp_args(argv: Sequence[str] | None = None) -> EppSettings:
     parser = epp_parser()
     values = vars(parser.parse_args(argv))
-    pool_models = values.pop("pool_models")
+    pool_models = values.pop("pool_models", None)
     if pool_models is not None:
         values["pool_models"] = _model_names(parser, "--pool-models", pool_models)
     try:
@@ -166,9 +196,9 @@ def parse_epp_args(argv: Sequence[str] | None = None) -> EppSettings:
 def parse_bbr_args(argv: Sequence[str] | None = None) -> BbrSettings:
     parser = bbr_parser()
     values = vars(parser.parse_args(argv))
-    served = values.pop("served_models")
+    served = values.pop("served_models", None)
     adapters: dict[str, str] = {}
-    for item in values.pop("adapter"):
+    for item in values.pop("adapter", []):
         adapter, sep, base = item.partition("=")
         if not sep or not adapter.strip() or not base.strip():
             parser.error(f"--adapter {item!r}: expected ADAPTER=BASE")
@@ -201,27 +231,40 @@ def _validation_message(error: ValidationError) -> str:
 def _scheduler_config(settings: EppSettings) -> EndpointPickerConfig:
     if settings.config_file is not None:
         return load_config(settings.config_file)
-    return load_profile(settings.profile or "default")
+    return load_profile(settings.profile or DEFAULT_PROFILE)
 
 
-class _Readiness:
-    """Ready once the first discovery sync is done and the first models are known (then latched)."""
+class _EppHealth:
+    """Ready once the first discovery sync is done and the first models are known (then latched);
+    NOT_SERVING everywhere, liveness included, once discovery has died."""
 
-    def __init__(self, datastore: Datastore, health: Health) -> None:
+    def __init__(self, datastore: Datastore, health: Health, runner: DiscoveryRunner) -> None:
         self._datastore = datastore
         self._health = health
+        self._runner = runner
 
     def ready(self) -> bool:
         datastore = self._datastore
-        return datastore.synced and (len(datastore) == 0 or any(e.models_known for e in datastore))
+        return datastore.synced and (len(datastore) == 0 or bool(datastore.view.endpoints))
 
-    async def run(self) -> None:
+    async def _become_ready(self) -> None:
         # Polled: the datastore notifies membership changes, not sync or model discovery.
         while not self.ready():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         await self._health.set_ready(True)
         models = self._datastore.served_models()
         _log.info("ready", extra={"endpoints": len(self._datastore), "models": models})
+
+    async def run(self) -> None:
+        ready = asyncio.ensure_future(self._become_ready())
+        try:
+            await self._runner.failed.wait()
+            _log.error("discovery died; health is NOT_SERVING", extra={"error": str(self._runner.failure)})
+            await self._health.fail()
+        finally:
+            ready.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +283,7 @@ async def serve_epp(
     config = _scheduler_config(settings)
     scheduler = Scheduler.from_config(config)
     detector = SaturationDetector.from_config(config)
-    datastore = Datastore()
+    datastore = Datastore(pool_models=settings.pool_models)
     telemetry = Telemetry("epp", datastore)
 
     def on_error(kind: str) -> None:
@@ -265,19 +308,17 @@ async def serve_epp(
             saturation=detector,
             shed_on_saturation=settings.shed_on_saturation,
             refresher=runner,
-            pool_models=settings.pool_models,
             max_body_bytes=settings.max_body_bytes,
         )
 
         def on_endpoint(address: str, endpoint: Endpoint | None) -> None:
             if endpoint is None:
                 scheduler.forget(address)
-                picker.forget(address)
 
         datastore.subscribe(on_endpoint)
         server = ExtProcServer(picker, health, bind=settings.bind, grpc_port=settings.grpc_port,
                                health_port=settings.health_port, credentials=settings.credentials("epp"))
-        await _serve(server, telemetry, settings, stop, _Readiness(datastore, health).run, bound)
+        await _serve(server, telemetry, settings, stop, _EppHealth(datastore, health, runner).run, bound)
 
 
 async def serve_bbr(
@@ -301,7 +342,7 @@ async def _serve(
     readiness: Callable[[], Coroutine[Any, Any, None]],
     bound: asyncio.Future[ServingPorts] | None,
 ) -> None:
-    """Bind (OSError naming the address on failure), serve and become ready, stop on ``stop``."""
+    """Bind (OSError naming the address on failure), serve and run ``readiness``, stop on ``stop``."""
     ports = await server.start()
     try:
         metrics_port = telemetry.serve(settings.bind, settings.metrics_port)

@@ -1,15 +1,21 @@
 """The EPP's view of its pool: endpoints, the models each one serves, and their latest metrics.
 
-Discovery (Kubernetes or a static list) adds and removes endpoints, the model prober fills in
-``Endpoint.models``, the metrics scraper fills in ``Endpoint.metrics``, and the request path reads
-all of it without I/O. Everything here runs on the single asyncio event loop, so no locking.
+Discovery (Kubernetes or a static list) adds and removes endpoints, the model prober sets their
+models and the metrics scraper their metrics, all through the :class:`Datastore`. Each change of
+membership or models derives a new immutable :class:`PoolView` (routable endpoints, a per-model
+index, the served models and the ``/v1/models`` answer) once; the request path only reads
+``Datastore.view``. Everything here runs on the single asyncio event loop, so no locking.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+
+from epp.contract import join_host_port
+from epp.model_list import model_list_body
 
 
 @dataclass(slots=True)
@@ -34,6 +40,28 @@ class Metrics:
         return (time.monotonic() if now is None else now) - self.updated_at
 
 
+class InFlight:
+    """Requests this EPP sent to one address whose responses have not finished yet.
+
+    The endpoint picker owns one per address and hands the same one to every :class:`Endpoint` on
+    that address, so the count survives the endpoint leaving and coming back (a readiness flap, an
+    IP reused by a new pod).
+    """
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int = 0) -> None:
+        self.count = count
+
+
+def canonical_ip(ip: str) -> str:
+    """An IP address in its one spelling (``fd00:0::1`` -> ``fd00::1``); anything else unchanged."""
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        return ip
+
+
 @dataclass(slots=True, eq=False)
 class Endpoint:
     """One routable target: a pod IP and one of the pool's target ports."""
@@ -47,40 +75,87 @@ class Endpoint:
     # LoRA adapter id -> its base model id, from /v1/models `parent`.
     lora_parents: dict[str, str] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
-    # Requests this EPP has sent to the endpoint whose responses have not finished yet.
-    in_flight: int = 0
+    # This EPP's in-flight requests to the address (see InFlight); read as ``in_flight``.
+    load: InFlight = field(default_factory=InFlight)
     # False until the first successful /v1/models answer.
     models_known: bool = False
+    # ``10.0.0.1:8000`` or ``[fd00::1]:8000``: what the proxy is told and how the pool keys it.
     address: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.address = f"{self.ip}:{self.port}"
+        self.ip = canonical_ip(self.ip)
+        self.address = join_host_port(self.ip, self.port)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests this EPP has sent to the endpoint's address whose responses have not finished."""
+        return self.load.count
 
     def serves(self, model: str) -> bool:
         """True when the endpoint serves ``model`` as a base model or as a LoRA adapter."""
         return model in self.models
 
-    @property
-    def base_models(self) -> frozenset[str]:
-        return frozenset(m for m in self.models if m not in self.lora_parents)
+
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    """What the request path reads, derived once per datastore version and never changed after."""
+
+    version: int
+    # Endpoints whose models are known: the candidates a request may be scheduled on.
+    endpoints: tuple[Endpoint, ...]
+    # Model id -> the routable endpoints serving it.
+    by_model: Mapping[str, tuple[Endpoint, ...]]
+    # Models a request may name: the pool's configured models and every routable endpoint's.
+    known_models: frozenset[str]
+    # Sorted union of the routable endpoints' models (what GET /v1/models lists).
+    served_models: tuple[str, ...]
+    # The OpenAI-style GET /v1/models body listing ``served_models``.
+    models_body: bytes
+
+
+def derive_view(version: int, endpoints: Iterable[Endpoint], pool_models: frozenset[str]) -> PoolView:
+    routable = tuple(e for e in endpoints if e.models_known)
+    by_model: dict[str, list[Endpoint]] = {}
+    for endpoint in routable:
+        for model in endpoint.models:
+            by_model.setdefault(model, []).append(endpoint)
+    served = tuple(sorted(by_model))
+    return PoolView(
+        version=version,
+        endpoints=routable,
+        by_model={model: tuple(serving) for model, serving in by_model.items()},
+        known_models=pool_models.union(served),
+        served_models=served,
+        models_body=model_list_body(served),
+    )
 
 
 Listener = Callable[[str, "Endpoint | None"], None]
 
 
 class Datastore:
-    """Endpoints of one pool, keyed by ``ip:port``."""
+    """Endpoints of one pool, keyed by address (``join_host_port(ip, port)``).
 
-    def __init__(self) -> None:
+    ``pool_models``: the models the pool is configured to serve; a request naming one of them while
+    no ready pod serves it gets 503 (scaled to zero), not the 404 of a model nobody serves.
+    """
+
+    def __init__(self, pool_models: Iterable[str] = ()) -> None:
         self._endpoints: dict[str, Endpoint] = {}
         self._listeners: list[Listener] = []
-        # Bumped on any change of membership or models; lets readers cache derived views.
+        self._pool_models = frozenset(pool_models)
+        # Bumped on any change of membership or models, each time with a new view.
         self.version = 0
+        self.view = derive_view(0, (), self._pool_models)
         self.synced = False
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(address, endpoint_or_None)`` on every upsert (endpoint) and removal (None)."""
         self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        self.version += 1
+        self.view = derive_view(self.version, self._endpoints.values(), self._pool_models)
 
     def upsert(self, endpoint: Endpoint) -> Endpoint:
         """Add an endpoint, or update name/labels of a known one (keeping its models and metrics)."""
@@ -91,7 +166,7 @@ class Datastore:
         else:
             current.name = endpoint.name
             current.labels = endpoint.labels
-        self.version += 1
+        self._changed()
         for listener in self._listeners:
             listener(current.address, current)
         return current
@@ -99,7 +174,7 @@ class Datastore:
     def remove(self, address: str) -> Endpoint | None:
         endpoint = self._endpoints.pop(address, None)
         if endpoint is not None:
-            self.version += 1
+            self._changed()
             for listener in self._listeners:
                 listener(address, None)
         return endpoint
@@ -112,7 +187,16 @@ class Datastore:
             endpoint.models = models
             endpoint.lora_parents = lora_parents
             endpoint.models_known = True
-            self.version += 1
+            self._changed()
+
+    def set_metrics(self, endpoint: Endpoint, metrics: Metrics) -> bool:
+        """Store a fresh scrape of ``endpoint``; False (and nothing stored) when it left the pool or
+        was replaced while the scrape was under way. Metrics change no view: the view holds the
+        endpoints themselves, so schedulers read the new metrics at once."""
+        if self._endpoints.get(endpoint.address) is not endpoint:
+            return False
+        endpoint.metrics = metrics
+        return True
 
     def get(self, address: str) -> Endpoint | None:
         return self._endpoints.get(address)
@@ -125,12 +209,8 @@ class Datastore:
 
     def routable(self) -> list[Endpoint]:
         """Endpoints whose models are known: the candidates a request may be scheduled on."""
-        return [e for e in self._endpoints.values() if e.models_known]
+        return list(self.view.endpoints)
 
     def served_models(self) -> list[str]:
         """Sorted union of the models of all routable endpoints (what GET /v1/models lists)."""
-        models: set[str] = set()
-        for endpoint in self._endpoints.values():
-            if endpoint.models_known:
-                models.update(endpoint.models)
-        return sorted(models)
+        return list(self.view.served_models)

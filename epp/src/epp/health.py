@@ -1,8 +1,10 @@
 """gRPC health (grpc.health.v1) for the EPP and the BBR.
 
-Services: ``liveness`` (serving while the process runs), ``readiness`` and
+Services: ``liveness`` (serving while the process runs and can do its job), ``readiness`` and
 ``envoy.service.ext_proc.v3.ExternalProcessor`` (serving once the server can route: for the EPP,
 after the first discovery sync and model discovery), and the overall "" service mirroring readiness.
+``fail`` turns every one NOT_SERVING for good (the EPP's discovery died: it can no longer see its
+pool, and a liveness probe must get it restarted).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Health:
     def __init__(self) -> None:
         self.servicer = HealthServicer()
         self.ready = False
+        self.failed = False
 
     async def start(self) -> None:
         await self.servicer.set(LIVENESS, _SERVING)
@@ -32,11 +35,18 @@ class Health:
             await self.servicer.set(service, _NOT_SERVING)
 
     async def set_ready(self, ready: bool) -> None:
-        if ready == self.ready:
+        if ready == self.ready or self.failed:
             return
         self.ready = ready
         for service in _READY_SERVICES:
             await self.servicer.set(service, _SERVING if ready else _NOT_SERVING)
+
+    async def fail(self) -> None:
+        """NOT_SERVING everywhere, liveness included; later ``set_ready`` calls change nothing."""
+        self.failed = True
+        self.ready = False
+        for service in (LIVENESS, *_READY_SERVICES):
+            await self.servicer.set(service, _NOT_SERVING)
 
     async def shutdown(self) -> None:
         """Everything NOT_SERVING; further changes are ignored."""

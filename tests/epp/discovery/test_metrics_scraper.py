@@ -112,3 +112,55 @@ async def test_a_removed_endpoint_is_no_longer_scraped() -> None:
         calls = server.calls
         await asyncio.sleep(0.1)
         assert server.calls == calls
+
+
+INFINITE_LORA_PAGE = PAGE.format(waiting=1, running=0, kv=0.1) + (
+    'vllm:lora_requests_info{max_lora="inf",running_lora_adapters="",waiting_lora_adapters=""} 1.0\n'
+)
+
+
+async def test_a_label_too_large_for_an_integer_fails_one_scrape_and_the_pod_keeps_being_scraped() -> None:
+    # int(float("inf")) raises OverflowError, not ValueError: it used to kill the pod's scrape task.
+    server = FakeVllm(waiting=1)
+    pages = [INFINITE_LORA_PAGE]
+
+    async def handle(request: web.Request) -> web.Response:
+        server.calls += 1
+        if pages:
+            return web.Response(text=pages.pop(), content_type="text/plain")
+        return web.Response(text=PAGE.format(waiting=3, running=0, kv=0.1), content_type="text/plain")
+
+    datastore = Datastore()
+    async with serve(one_route_app("/metrics", handle)) as port, scraping(datastore) as scraper:
+        endpoint = await pod_appears(datastore, port)
+        await eventually(lambda: endpoint.metrics.waiting == 3, what="the next good scrape")
+        assert scraper.errors == 1
+
+
+async def test_a_bug_met_while_scraping_is_counted_logged_once_and_scraping_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import epp.discovery.metrics as metrics_module
+
+    parse = metrics_module.parse_vllm_metrics
+    failures = [RuntimeError("a parser bug"), KeyError("another")]
+
+    def sometimes_broken(text: str, now: float):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop(0)
+        return parse(text, now)
+
+    monkeypatch.setattr(metrics_module, "parse_vllm_metrics", sometimes_broken)
+    server = FakeVllm(waiting=5)
+    datastore = Datastore()
+    kinds: list[str] = []
+    async with serve(server.app()) as port, aiohttp.ClientSession() as session:
+        scraper = MetricsScraper(datastore, session, interval=0.02, timeout=1.0, on_error=kinds.append)
+        async with running(scraper):
+            endpoint = await pod_appears(datastore, port)
+            await eventually(lambda: endpoint.metrics.waiting == 5, what="a scrape after the bugs")
+    assert scraper.errors == 2
+    assert kinds == ["metrics_unexpected", "metrics_unexpected"]
+    logged = [r for r in caplog.records if "unexpected" in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None

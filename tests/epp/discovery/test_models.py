@@ -111,7 +111,7 @@ async def test_a_new_pod_becomes_routable_as_soon_as_its_models_are_known() -> N
         assert datastore.routable() == [endpoint]
         assert endpoint.serves("sql-lora")
         assert endpoint.lora_parents == {"sql-lora": GEMMA}
-        assert endpoint.base_models == {GEMMA}
+        assert endpoint.models - endpoint.lora_parents.keys() == {GEMMA}
 
 
 async def test_endpoints_known_before_the_prober_starts_are_probed_too() -> None:

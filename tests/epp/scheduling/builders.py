@@ -7,7 +7,7 @@ import random
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from epp.datastore import Endpoint, Metrics
+from epp.datastore import Endpoint, InFlight, Metrics
 from epp.scheduling import LLMRequest
 from epp.scheduling.framework import Handle, Plugin
 from epp.scheduling.registry import PLUGIN_TYPES
@@ -53,7 +53,7 @@ def endpoint(
             max_loras=max_loras,
             updated_at=updated_at,
         ),
-        in_flight=in_flight,
+        load=InFlight(in_flight),
         models_known=True,
     )
 

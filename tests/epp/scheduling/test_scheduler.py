@@ -179,7 +179,7 @@ def test_prefix_affinity_gives_way_when_the_warm_endpoint_is_overloaded():
 def test_a_removed_endpoint_is_forgotten():
     datastore = Datastore()
     pick = default_scheduler()
-    datastore.subscribe(pick.on_endpoint_event)
+    datastore.subscribe(lambda address, endpoint: pick.forget(address) if endpoint is None else None)
     pod = datastore.upsert(endpoint("gemma-0"))
     pick.schedule(request(prompt=LONG_PROMPT), [pod])
     prefix = pick.profiles["default"].scorers[2][0]

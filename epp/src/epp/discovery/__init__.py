@@ -4,6 +4,7 @@
 - ``kubernetes.py``: the InferencePool's ready Pods, one endpoint per target port (lightkube).
 - ``models.py``: each endpoint's own ``/v1/models`` -> ``Endpoint.models`` / ``lora_parents``.
 - ``metrics.py`` + ``vllm_metrics.py``: each endpoint's ``/metrics`` -> ``Endpoint.metrics``.
+- ``_workers.py``: the one-task-per-endpoint machinery the prober and the scraper share.
 
 Typical use (what ``epp.cli`` does)::
 
@@ -126,7 +127,8 @@ class DiscoveryRunner:
     """Runs an endpoint source, the model prober and the metrics scraper as tasks.
 
     ``async with`` starts them and stops them cleanly on exit. ``failure`` holds the exception of
-    a task that died (e.g. no Kubernetes configuration); it is also logged.
+    a task that died (e.g. no Kubernetes configuration); it is also logged, and ``failed`` is set:
+    the picker is blind from then on (its health turns NOT_SERVING on it).
     """
 
     def __init__(
@@ -150,6 +152,7 @@ class DiscoveryRunner:
             datastore, session, interval=metrics_interval, timeout=metrics_timeout, on_error=on_error
         )
         self.failure: BaseException | None = None
+        self.failed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> DiscoveryRunner:
@@ -177,7 +180,7 @@ class DiscoveryRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def request_refresh(self, address: str) -> bool:
-        """Re-probe ``/v1/models`` of ``ip:port`` now; False when no such endpoint is followed."""
+        """Re-probe ``/v1/models`` of the endpoint at ``address`` now; False when none is followed."""
         return self.prober.request_refresh(address)
 
     @property
@@ -195,4 +198,5 @@ class DiscoveryRunner:
         exc = task.exception()
         if exc is not None:
             self.failure = self.failure or exc
+            self.failed.set()
             log.error("discovery task %s failed: %s", task.get_name(), exc, exc_info=exc)

@@ -2,7 +2,9 @@
 
 The model prober and the metrics scraper both follow the datastore's membership this way, so a
 slow or dead endpoint only ever delays its own task; :class:`EndpointPoller` is their shared base
-(HTTP session, interval, timeout, error counting, one worker per endpoint).
+(HTTP session, interval, timeout, error counting, one worker per endpoint). A poll that fails in
+an unexpected way (a bug, not a bad answer) is counted as ``<name>_unexpected``, logged once per
+endpoint with its traceback, and polling goes on; a worker task that dies anyway is restarted.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 import aiohttp
 
+from epp.contract import join_host_port
 from epp.datastore import Datastore, Endpoint
 
 log = logging.getLogger(__name__)
@@ -28,15 +31,30 @@ POLL_ERRORS = (aiohttp.ClientError, TimeoutError, ValueError)
 
 
 class EndpointWorkers:
-    """Runs ``worker(endpoint)`` as a task for every endpoint in the datastore while started."""
+    """Runs ``worker(endpoint)`` as a task for every endpoint in the datastore while started.
 
-    def __init__(self, datastore: Datastore, worker: Worker, name: str) -> None:
+    A task that ends with an exception while its endpoint is still in the pool is logged, reported
+    to ``on_crash`` and started again after ``restart_delay`` seconds (``restarts`` counts them).
+    """
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        worker: Worker,
+        name: str,
+        *,
+        restart_delay: float = 1.0,
+        on_crash: Callable[[], None] | None = None,
+    ) -> None:
         self._datastore = datastore
         self._worker = worker
         self._name = name
+        self._restart_delay = restart_delay
+        self._on_crash = on_crash
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running = False
         self._subscribed = False
+        self.restarts = 0
 
     def start(self) -> None:
         """Follow the datastore: spawn for every current endpoint and for each one added later."""
@@ -74,23 +92,41 @@ class EndpointWorkers:
         elif address not in self._tasks:
             self._spawn(endpoint)
 
-    def _spawn(self, endpoint: Endpoint) -> None:
+    def _spawn(self, endpoint: Endpoint, delay: float = 0.0) -> None:
         address = endpoint.address
-        task = asyncio.get_running_loop().create_task(self._worker(endpoint), name=f"{self._name}:{address}")
+        task = asyncio.get_running_loop().create_task(
+            self._run(endpoint, delay), name=f"{self._name}:{address}"
+        )
         self._tasks[address] = task
         task.add_done_callback(lambda done: self._finished(address, done))
 
+    async def _run(self, endpoint: Endpoint, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await self._worker(endpoint)
+
     def _finished(self, address: str, task: asyncio.Task[None]) -> None:
-        if self._tasks.get(address) is task:
+        current = self._tasks.get(address) is task
+        if current:
             del self._tasks[address]
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s task for %s crashed", self._name, address, exc_info=task.exception())
+        if task.cancelled() or task.exception() is None:
+            return
+        endpoint = self._datastore.get(address)
+        restart = current and self._running and endpoint is not None
+        log.error(
+            "%s task for %s crashed%s", self._name, address, "; restarting it" if restart else "",
+            exc_info=task.exception(),
+        )
+        if self._on_crash is not None:
+            self._on_crash()
+        if restart and endpoint is not None:
+            self.restarts += 1
+            self._spawn(endpoint, self._restart_delay)
 
 
 def endpoint_url(endpoint: Endpoint, path: str) -> str:
     """``http://ip:port/path`` of the endpoint itself (IPv6 addresses bracketed)."""
-    host = f"[{endpoint.ip}]" if ":" in endpoint.ip else endpoint.ip
-    return f"http://{host}:{endpoint.port}{path}"
+    return f"http://{join_host_port(endpoint.ip, endpoint.port)}{path}"
 
 
 class EndpointPoller(ABC):
@@ -115,7 +151,8 @@ class EndpointPoller(ABC):
         self._interval = interval
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._on_error = on_error
-        self._workers = EndpointWorkers(datastore, self._follow, task_name)
+        self._workers = EndpointWorkers(datastore, self._follow, task_name, on_crash=self._count_unexpected)
+        self._unexpected_logged: set[str] = set()
         self.errors = 0
 
     async def run(self) -> None:
@@ -147,3 +184,23 @@ class EndpointPoller(ABC):
         self.errors += 1
         if self._on_error is not None:
             self._on_error(self.name)
+
+    def _count_unexpected(self) -> None:
+        self.errors += 1
+        if self._on_error is not None:
+            self._on_error(f"{self.name}_unexpected")
+
+    def _unexpected(self, endpoint: Endpoint, what: str) -> None:
+        """A poll of ``endpoint`` raised what no bad answer raises (a bug): count it, log it with its
+        traceback the first time for this endpoint, and let polling go on. Call from ``except``."""
+        self._count_unexpected()
+        if endpoint.address not in self._unexpected_logged:
+            self._unexpected_logged.add(endpoint.address)
+            log.exception(
+                "%s of %s (%s) failed unexpectedly; polling goes on, later failures are only counted",
+                what, endpoint.address, endpoint.name,
+            )
+
+    def _forget(self, endpoint: Endpoint) -> None:
+        """The endpoint's polling loop ended."""
+        self._unexpected_logged.discard(endpoint.address)

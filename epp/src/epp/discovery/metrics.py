@@ -1,7 +1,7 @@
 """Scrape every endpoint's own ``/metrics`` on a fixed interval (default 50 ms).
 
 Each endpoint has its own scrape loop, so all are scraped concurrently and a slow one only delays
-itself. A successful scrape replaces ``Endpoint.metrics`` with a fresh :class:`Metrics`; a failed
+itself. A successful scrape stores a fresh :class:`Metrics` through ``Datastore.set_metrics``; a failed
 one leaves the previous object in place, so ``Endpoint.metrics.age()`` grows and the scheduler's
 saturation detector sees the endpoint as stale.
 """
@@ -49,7 +49,7 @@ class MetricsScraper(EndpointPoller):
             self._failing.clear()
 
     async def scrape(self, endpoint: Endpoint) -> bool:
-        """One scrape; on success replace ``endpoint.metrics``. True when it succeeded."""
+        """One scrape; on success store the endpoint's new metrics. True when it succeeded."""
         self.scrapes += 1
         try:
             text = await self._get(endpoint, "/metrics", _read_text, MetricsParseError)
@@ -65,11 +65,13 @@ class MetricsScraper(EndpointPoller):
                     str(exc) or type(exc).__name__,
                 )
             return False
+        except Exception:
+            self._unexpected(endpoint, "metrics scrape")
+            return False
         if endpoint.address in self._failing:
             self._failing.discard(endpoint.address)
             log.info("metrics scrape of %s (%s) recovered", endpoint.address, endpoint.name)
-        endpoint.metrics = metrics
-        return True
+        return self._datastore.set_metrics(endpoint, metrics)
 
     async def _follow(self, endpoint: Endpoint) -> None:
         loop = asyncio.get_running_loop()
@@ -85,6 +87,7 @@ class MetricsScraper(EndpointPoller):
                 await asyncio.sleep(delay)
         finally:
             self._failing.discard(endpoint.address)
+            self._forget(endpoint)
 
 
 async def _read_text(response: aiohttp.ClientResponse) -> str:

@@ -98,6 +98,9 @@ class ModelProber(EndpointPoller):
                 known,
             )
             return False
+        except Exception:
+            self._unexpected(endpoint, "model probe")
+            return False
         if self._datastore.get(endpoint.address) is not endpoint:
             return False  # removed (or replaced) while the probe was in flight
         if models != endpoint.models or not endpoint.models_known:
@@ -124,6 +127,7 @@ class ModelProber(EndpointPoller):
         finally:
             if self._refresh.get(address) is refresh:
                 del self._refresh[address]
+            self._forget(endpoint)
 
 
 async def _read_json(response: aiohttp.ClientResponse) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from epp.contract import join_host_port, split_host_port
 from epp.datastore import Datastore, Endpoint
 from epp.discovery._workers import ErrorCallback
 
@@ -48,7 +49,8 @@ class StaticEndpoint(BaseModel):
 
     @property
     def endpoint_address(self) -> str:
-        return f"{self.address}:{self.port}"
+        """``ip:port`` (``[ip]:port`` for IPv6), as the datastore keys the endpoint."""
+        return join_host_port(self.address, self.port)
 
     def to_endpoint(self) -> Endpoint:
         return Endpoint(name=self.name, ip=self.address, port=self.port, labels=dict(self.labels))
@@ -115,15 +117,7 @@ def parse_endpoint_list(spec: str) -> list[StaticEndpoint]:
         where = f"--endpoints entry {index + 1} ({item!r})"
         if not item:
             raise EndpointsFileError(f"{where}: empty entry; expected IP:PORT")
-        host, sep, port_text = item.rpartition(":")
-        if not sep or not host:
-            raise EndpointsFileError(f"{where}: expected IP:PORT")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise EndpointsFileError(f"{where} field 'port': {port_text!r} is not a number") from None
+        host, port = _split_entry(item, where)
         try:
             endpoint = StaticEndpoint(name=item, address=host, port=port)
         except ValidationError as exc:
@@ -134,6 +128,25 @@ def parse_endpoint_list(spec: str) -> list[StaticEndpoint]:
             raise EndpointsFileError(f"{where}: {endpoint.endpoint_address} is listed twice")
         endpoints.append(endpoint)
     return endpoints
+
+
+def _split_entry(item: str, where: str) -> tuple[str, int]:
+    """``split_host_port(item)``; when it fails, the error names the field at fault. A port out of
+    range is returned as it is, for the endpoint's own validation to name it."""
+    try:
+        return split_host_port(item)
+    except ValueError as exc:
+        problem = str(exc)
+    host, sep, port_text = item.rpartition(":")
+    if not sep or not host:
+        raise EndpointsFileError(f"{where}: expected IP:PORT")
+    if not port_text.isdigit():
+        raise EndpointsFileError(f"{where} field 'port': {port_text!r} is not a number")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise EndpointsFileError(f"{where} field 'address': {problem}")
+    return host, int(port_text)
 
 
 class StaticDiscovery:

@@ -95,7 +95,7 @@ def _int_label(labels: Mapping[str, str], key: str, metric: str) -> int | None:
         return None
     try:
         return int(float(raw))
-    except ValueError:
+    except (ValueError, OverflowError):  # int(float("inf")) overflows
         raise MetricsParseError(f"{metric}: label {key}={raw!r} is not a number") from None
 
 

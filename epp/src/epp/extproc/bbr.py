@@ -12,17 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
-
+from epp.contract import BASE_MODEL_HEADER, MODEL_HEADER
 from epp.extproc.body import parse_body
+from epp.extproc.decision import PASS, Decision, Route
 from epp.extproc.errors import missing_model, unknown_model
-from epp.extproc.messages import CONTINUE_REQUEST_HEADERS, header_option, route_request_headers
+from epp.extproc.messages import header_option
 from epp.extproc.models import ModelList
 from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, Exchange, ExtProcServicer
+from epp.model_list import model_list_body
 from epp.telemetry import OTHER_MODEL, Telemetry
-
-MODEL_HEADER = "x-gateway-model-name"
-BASE_MODEL_HEADER = "x-gateway-base-model-name"
 
 
 class BodyBasedRouter(ExtProcServicer):
@@ -38,13 +36,13 @@ class BodyBasedRouter(ExtProcServicer):
         self._telemetry = telemetry
         self._adapters = dict(adapters or {})
         self._served: frozenset[str] | None = None
-        self._listed: list[str] = []
+        self._listed: tuple[str, ...] = ()
         if served_models is not None:
             # A configured adapter is served (by its base model's pods) even when not listed.
-            self._listed = sorted(set(served_models).union(self._adapters))
+            self._listed = tuple(sorted(set(served_models).union(self._adapters)))
             self._served = frozenset(self._listed)
-        listed = self._listed
-        self._models = ModelList(lambda: listed)
+        self._listed_body = model_list_body(self._listed)
+        self._models = ModelList()
         # Models counted under their own name in metrics; any other is "other".
         self._labelled = self._served if self._served is not None else frozenset(
             self._adapters.keys() | set(self._adapters.values())
@@ -53,28 +51,31 @@ class BodyBasedRouter(ExtProcServicer):
     def base_model(self, model: str) -> str:
         return self._adapters.get(model, model)
 
-    def decide(self, exchange: Exchange) -> ProcessingResponse:
+    def decide(self, exchange: Exchange) -> Decision:
         front_door = self._served is not None
         if exchange.body is None:
-            models = self._models.answer(exchange.method, exchange.path, None) if front_door else None
+            models = (
+                self._models.answer(exchange.method, exchange.path, self._listed, self._listed_body)
+                if front_door else None
+            )
             if models is not None:
                 exchange.outcome = "models"
                 return models
             # Nothing to route on: the proxy's routes decide (a routing miss is the proxy's 404).
             exchange.outcome = "passthrough"
-            return CONTINUE_REQUEST_HEADERS
+            return PASS
         parsed = parse_body(exchange.body)
         model = parsed.model
         if model is None:
             if front_door:
                 raise missing_model()
             exchange.outcome = "passthrough"
-            return CONTINUE_REQUEST_HEADERS
+            return PASS
         exchange.model = model
         if self._served is not None and model not in self._served:
-            raise unknown_model(model, self._listed)
+            raise unknown_model(model, list(self._listed))
         exchange.outcome = "routed"
-        return route_request_headers(
+        return Route(
             (
                 header_option(MODEL_HEADER, model),
                 header_option(BASE_MODEL_HEADER, self.base_model(model)),

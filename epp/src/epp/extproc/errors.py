@@ -1,24 +1,17 @@
 """OpenAI-style JSON errors, answered by Envoy as ImmediateResponses.
 
-Body: ``{"error": {"message", "type", "param", "code"}}`` so OpenAI clients surface the message.
+The body is :func:`epp.contract.error_body` (``{"error": {"message", "type", "param", "code"}}``),
+so OpenAI clients surface the message and every component of the gateway spells it alike.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 
+from epp.contract import error_body
 from epp.extproc.messages import immediate
-
-_TYPES = {
-    400: "invalid_request_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    429: "rate_limit_exceeded",
-    503: "service_unavailable",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,13 +25,7 @@ class RequestError(Exception):
     reason: str = "error"
 
     def body(self) -> bytes:
-        error = {
-            "message": self.message,
-            "type": _TYPES.get(self.status, "api_error"),
-            "param": self.param,
-            "code": self.status,
-        }
-        return json.dumps({"error": error}, separators=(",", ":")).encode()
+        return error_body(self.status, self.message, self.param)
 
     def response(self) -> ProcessingResponse:
         return immediate(self.status, self.body())

@@ -25,21 +25,17 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct, Value
 
+from epp.contract import DESTINATION_HEADER, DESTINATION_METADATA_NAMESPACE
+
 # Envoy's gRPC message limit is 64 KiB by default; upstream EPPs stream the body back in
 # chunks of at most this size to leave room for the envelope.
 MAX_BODY_CHUNK = 62_000
-
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
-DESTINATION_METADATA_NAMESPACE = "envoy.lb"
-SUBSET_HINT_NAMESPACE = "envoy.lb.subset_hint"
-SUBSET_HINT_KEY = "x-gateway-destination-endpoint-subset"
 
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 # Answers that carry nothing: "continue unchanged".
 CONTINUE_REQUEST_HEADERS = ProcessingResponse(request_headers=HeadersResponse())
 CONTINUE_RESPONSE_HEADERS = ProcessingResponse(response_headers=HeadersResponse())
-CONTINUE_REQUEST_BODY = ProcessingResponse(request_body=BodyResponse())
 CONTINUE_RESPONSE_BODY = ProcessingResponse(response_body=BodyResponse())
 CONTINUE_REQUEST_TRAILERS = ProcessingResponse(request_trailers=TrailersResponse())
 CONTINUE_RESPONSE_TRAILERS = ProcessingResponse(response_trailers=TrailersResponse())
@@ -96,9 +92,10 @@ def route_request_headers(
     return response
 
 
-def destination_metadata(address: str) -> Struct:
-    """Dynamic metadata ``envoy.lb: {x-gateway-destination-endpoint: address}``."""
-    inner = Struct(fields={DESTINATION_HEADER: Value(string_value=address)})
+def destination_metadata(addresses: str) -> Struct:
+    """Dynamic metadata ``envoy.lb: {x-gateway-destination-endpoint: addresses}`` (one address, or
+    ranked ones comma-separated)."""
+    inner = Struct(fields={DESTINATION_HEADER: Value(string_value=addresses)})
     return Struct(fields={DESTINATION_METADATA_NAMESPACE: Value(struct_value=inner)})
 
 

@@ -1,36 +1,45 @@
-"""The Endpoint Picker servicer: each request goes to one ready endpoint that serves its model.
+"""The Endpoint Picker servicer: each request goes to a ready endpoint that serves its model.
 
 ``GET /v1/models`` is answered here with the union of the ready endpoints' models (and
-``GET /v1/models/{id}`` with one of them).
+``GET /v1/models/{id}`` with one of them). The picker reads the datastore's current view and owns
+the in-flight counts, by address, that the scheduler's plugins read as ``Endpoint.in_flight``.
+
+With a picker ranking several endpoints (``maxNumOfEndpoints`` > 1) the ``envoy.lb`` metadata lists
+them best first, comma-separated, as the Endpoint Picker Protocol allows, for a proxy that falls
+back along the list. The ``x-gateway-destination-endpoint`` header names the first only: Envoy's
+ORIGINAL_DST cluster (the one box's gateway) reads one address from it and fails on a list.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 from google.protobuf.struct_pb2 import Struct
 
-from epp.datastore import Datastore, Endpoint
-from epp.extproc.body import parse_body, require_model
-from epp.extproc.errors import RequestError, unknown_model
-from epp.extproc.messages import (
+from epp.contract import (
     DESTINATION_HEADER,
     SUBSET_HINT_KEY,
     SUBSET_HINT_NAMESPACE,
-    destination_metadata,
-    header_option,
-    route_request_headers,
+    join_host_port,
+    split_host_port,
 )
+from epp.datastore import Datastore, Endpoint, InFlight, PoolView, canonical_ip
+from epp.extproc.body import parse_body, require_model
+from epp.extproc.decision import Answer, Decision, Route
+from epp.extproc.errors import RequestError, unknown_model
+from epp.extproc.messages import destination_metadata, header_option
 from epp.extproc.models import ModelList
 from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, Exchange, ExtProcServicer
 from epp.scheduling.types import LLMRequest, SchedulingResult
 from epp.telemetry import OTHER_MODEL, Telemetry
 
 _log = logging.getLogger("epp.picker")
+
+# Rankings seen are kept prebuilt up to this many (a big pool has many orders of its endpoints).
+_MAX_RANKED_DESTINATIONS = 4096
 
 
 class Scheduler(Protocol):
@@ -46,23 +55,67 @@ class ModelRefresher(Protocol):
         """Re-read the models of endpoint ``address`` soon (never blocks)."""
 
 
+class InFlightCounts:
+    """The picker's in-flight requests by address; every endpoint on an address shares its count.
+
+    A count outlives its endpoint while requests to the address are still running, so a pod that
+    leaves and comes back (or a new pod on a reused IP) starts from what is really in flight.
+    """
+
+    def __init__(self, datastore: Datastore) -> None:
+        self._datastore = datastore
+        self._counts: dict[str, InFlight] = {}
+        for endpoint in datastore:
+            self.bind(endpoint)
+
+    def bind(self, endpoint: Endpoint) -> None:
+        """Make ``endpoint.in_flight`` read its address's count."""
+        count = self._counts.get(endpoint.address)
+        if count is None:
+            self._counts[endpoint.address] = endpoint.load
+        elif endpoint.load is not count:
+            endpoint.load = count
+
+    def acquire(self, address: str) -> InFlight:
+        count = self._counts.get(address)
+        if count is None:
+            count = self._counts[address] = InFlight()
+        count.count += 1
+        return count
+
+    def release(self, address: str, count: InFlight) -> None:
+        count.count -= 1
+        if count.count <= 0 and self._datastore.get(address) is None and self._counts.get(address) is count:
+            del self._counts[address]
+
+    def left(self, address: str) -> None:
+        """The address left the pool: its count goes unless requests to it are still running."""
+        count = self._counts.get(address)
+        if count is not None and count.count <= 0:
+            del self._counts[address]
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
 class _Pick:
     """What a routed request holds until its response ends."""
 
-    __slots__ = ("endpoint",)
+    __slots__ = ("address", "count")
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
+    def __init__(self, address: str, count: InFlight) -> None:
+        self.address = address
+        self.count = count
 
 
 class _Destination:
-    """Prebuilt per-endpoint pieces of the routing answer."""
+    """Prebuilt per-destination pieces of the routing answer."""
 
     __slots__ = ("header", "metadata")
 
-    def __init__(self, address: str) -> None:
-        self.header = header_option(DESTINATION_HEADER, address)
-        self.metadata = destination_metadata(address)
+    def __init__(self, primary: str, ranked: str) -> None:
+        self.header = header_option(DESTINATION_HEADER, primary)
+        self.metadata = destination_metadata(ranked)
 
 
 class EndpointPicker(ExtProcServicer):
@@ -77,7 +130,6 @@ class EndpointPicker(ExtProcServicer):
         saturation: SaturationDetector | None = None,
         shed_on_saturation: bool = False,
         refresher: ModelRefresher | None = None,
-        pool_models: Iterable[str] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         super().__init__(max_body_bytes=max_body_bytes)
@@ -87,61 +139,40 @@ class EndpointPicker(ExtProcServicer):
         self._saturation = saturation
         self._shed = shed_on_saturation and saturation is not None
         self._refresher = refresher
-        self._models = ModelList(datastore.served_models)
+        self._models = ModelList()
+        # Prebuilt routing answers: by address, and by the ranked addresses when fallbacks are sent.
         self._destinations: dict[str, _Destination] = {}
-        self._version = -1
-        self._pool_models = frozenset(pool_models)
-        # Models a request may name: the configured ones and whatever the pods report.
-        self._known: frozenset[str] = self._pool_models
-        self._candidates: tuple[Endpoint, ...] = ()
+        self._ranked_destinations: dict[str, _Destination] = {}
+        self.in_flight = InFlightCounts(datastore)
+        datastore.subscribe(self._on_change)
 
-    def _refresh_view(self) -> None:
-        """Re-derive the known models and the routable endpoints once per change of the datastore
-        (membership or models), not on every request."""
-        if self._version != self._datastore.version:
-            self._known = self._pool_models.union(self._datastore.served_models())
-            self._candidates = tuple(self._datastore.routable())
-            self._version = self._datastore.version
+    def _on_change(self, address: str, endpoint: Endpoint | None) -> None:
+        if endpoint is not None:
+            self.in_flight.bind(endpoint)
+            return
+        self.in_flight.left(address)
+        self._destinations.pop(address, None)
+        self._ranked_destinations.clear()
 
-    def decide(self, exchange: Exchange) -> ProcessingResponse:
+    def decide(self, exchange: Exchange) -> Decision:
+        view = self._datastore.view
         if exchange.body is None:
-            models = self._models.answer(exchange.method, exchange.path, self._datastore.version)
-            if models is not None:
-                exchange.outcome = "models"
-                return models
-            raise RequestError(
-                400,
-                f"{exchange.method} {exchange.path} has no body; send a JSON body with a 'model'.",
-                None,
-                "no_body",
-            )
+            return self._bodyless(exchange, view)
         parsed = parse_body(exchange.body)
-        model = require_model(parsed)
-        exchange.model = model
-        self._refresh_view()
-        if model not in self._known:
-            raise unknown_model(model, sorted(self._known))
+        model = exchange.model = require_model(parsed)
+        if model not in view.known_models:
+            raise unknown_model(model, sorted(view.known_models))
         subset = _subset_hint(exchange.metadata)
         if subset is not None and not subset:
             raise RequestError(503, "The gateway's endpoint subset hint is empty.", None, "empty_subset")
-        candidates = self._candidates
         started = time.perf_counter()
         if self._shed and self._saturation is not None:
-            # Shed only what could have been picked: the model's endpoints within the subset hint.
-            # None of them at all is no saturation but a 503, which the scheduler answers below.
-            serving = [e for e in candidates if e.serves(model) and (subset is None or e.address in subset)]
-            if serving and self._saturation.saturated(serving, time.monotonic()):
-                raise RequestError(
-                    429, f"Every endpoint serving '{model}' is saturated; retry later.", "model", "saturated"
-                )
+            self._shed_if_saturated(model, view, subset)
         request = LLMRequest(
-            request_id=exchange.request_id,
-            model=model,
-            prompt=parsed.prompt,
-            headers=exchange.headers,
+            request_id=exchange.request_id, model=model, prompt=parsed.prompt, headers=exchange.headers,
             subset=subset,
         )
-        result = self._scheduler.schedule(request, candidates)
+        result = self._scheduler.schedule(request, view.endpoints)
         self._telemetry.scheduling_seconds.observe(time.perf_counter() - started)
         endpoint = result.endpoint
         if endpoint is None:
@@ -149,50 +180,84 @@ class EndpointPicker(ExtProcServicer):
             raise RequestError(
                 503, f"No ready endpoint{where} serves the model '{model}' right now.", "model", "no_endpoint"
             )
-        endpoint.in_flight += 1
-        exchange.state = _Pick(endpoint)
-        exchange.endpoint_address = address = endpoint.address
+        address = endpoint.address
+        exchange.state = _Pick(address, self.in_flight.acquire(address))
         exchange.outcome = "routed"
-        destination = self._destinations.get(address)
-        if destination is None:
-            destination = self._destinations[address] = _Destination(address)
+        destination = self._destination(endpoint, result.endpoints)
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug(
                 "picked endpoint",
                 extra={"request_id": exchange.request_id, "model": model, "endpoint": address,
+                       "fallbacks": [e.address for e in result.endpoints[1:]],
                        "profile": result.profile, "scores": result.scores},
             )
-        return route_request_headers(
+        return Route(
             (destination.header, header_option("content-length", str(len(exchange.body)))),
             destination.metadata,
         )
+
+    def _bodyless(self, exchange: Exchange, view: PoolView) -> Answer:
+        models = self._models.answer(exchange.method, exchange.path, view.served_models, view.models_body)
+        if models is None:
+            raise RequestError(
+                400,
+                f"{exchange.method} {exchange.path} has no body; send a JSON body with a 'model'.",
+                None,
+                "no_body",
+            )
+        exchange.outcome = "models"
+        return models
+
+    def _shed_if_saturated(self, model: str, view: PoolView, subset: frozenset[str] | None) -> None:
+        """429 when every endpoint that could have been picked (the model's, within the subset hint)
+        is saturated. None of them at all is no saturation but a 503, which the scheduler answers."""
+        assert self._saturation is not None
+        serving = view.by_model.get(model, ())
+        if subset is not None:
+            serving = tuple(e for e in serving if e.address in subset)
+        if serving and self._saturation.saturated(serving, time.monotonic()):
+            raise RequestError(
+                429, f"Every endpoint serving '{model}' is saturated; retry later.", "model", "saturated"
+            )
+
+    def _destination(self, primary: Endpoint, ranked: tuple[Endpoint, ...]) -> _Destination:
+        address = primary.address
+        if len(ranked) <= 1 or ranked[0] is not primary:
+            destination = self._destinations.get(address)
+            if destination is None:
+                destination = self._destinations[address] = _Destination(address, address)
+            return destination
+        addresses = ",".join(e.address for e in ranked)
+        destination = self._ranked_destinations.get(addresses)
+        if destination is None:
+            if len(self._ranked_destinations) >= _MAX_RANKED_DESTINATIONS:
+                self._ranked_destinations.clear()
+            destination = self._ranked_destinations[addresses] = _Destination(address, addresses)
+        return destination
 
     def finish(self, exchange: Exchange) -> None:
         pick = exchange.state
         response = exchange.response
         if isinstance(pick, _Pick):
-            pick.endpoint.in_flight -= 1
+            self.in_flight.release(pick.address, pick.count)
             if response.status == 404 and self._refresher is not None and response.model_not_found():
                 _log.info(
                     "backend does not serve the model any more; refreshing its models",
-                    extra={"request_id": exchange.request_id, "endpoint": pick.endpoint.address,
+                    extra={"request_id": exchange.request_id, "endpoint": pick.address,
                            "model": exchange.model},
                 )
-                self._refresher.request_refresh(pick.endpoint.address)
+                self._refresher.request_refresh(pick.address)
             usage = response.usage()
             if usage is not None:
                 self._telemetry.tokens(exchange.model, usage.prompt_tokens, usage.completion_tokens)
         model = exchange.model
-        self._telemetry.request(model if not model or model in self._known else OTHER_MODEL, exchange.outcome)
-
-    def forget(self, address: str) -> None:
-        """Drop prebuilt answers for an endpoint that left the pool."""
-        self._destinations.pop(address, None)
+        known = self._datastore.view.known_models
+        self._telemetry.request(model if not model or model in known else OTHER_MODEL, exchange.outcome)
 
 
 def _subset_hint(metadata: Mapping[str, Struct] | None) -> frozenset[str] | None:
     """``envoy.lb.subset_hint`` → ``x-gateway-destination-endpoint-subset``: a list (or a
-    comma-separated string) of ``ip:port``; None when the proxy sent no hint."""
+    comma-separated string) of ``host:port``, IPv6 hosts bracketed; None when the proxy sent no hint."""
     if not metadata or SUBSET_HINT_NAMESPACE not in metadata:
         return None
     fields = metadata[SUBSET_HINT_NAMESPACE].fields
@@ -201,7 +266,22 @@ def _subset_hint(metadata: Mapping[str, Struct] | None) -> frozenset[str] | None
     value = fields[SUBSET_HINT_KEY]
     kind = value.WhichOneof("kind")
     if kind == "list_value":
-        return frozenset(v.string_value.strip() for v in value.list_value.values if v.string_value.strip())
-    if kind == "string_value":
-        return frozenset(p.strip() for p in value.string_value.split(",") if p.strip())
-    return frozenset()
+        entries = [v.string_value.strip() for v in value.list_value.values]
+    elif kind == "string_value":
+        entries = [p.strip() for p in value.string_value.split(",")]
+    else:
+        return frozenset()
+    return frozenset(_canonical_address(entry) for entry in entries if entry)
+
+
+def _canonical_address(entry: str) -> str:
+    """A hinted address spelled as the datastore keys it; IPv4 ``ip:port`` is already (the common,
+    cheap case), an IPv6 one is re-spelled (``[fd00:0::1]:8000`` -> ``[fd00::1]:8000``). An entry that
+    is no address is kept as it is, and so matches no endpoint."""
+    if "[" not in entry:
+        return entry
+    try:
+        host, port = split_host_port(entry)
+    except ValueError:
+        return entry
+    return join_host_port(canonical_ip(host), port)

@@ -12,6 +12,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from epp.contract import join_host_port
 from epp.extproc.stream import ExtProcServicer
 from epp.health import Health
 
@@ -69,7 +70,7 @@ def _listen(
     server: grpc.aio.Server, bind: str, port: int, credentials: grpc.ServerCredentials | None = None
 ) -> int:
     """Add a port (TLS with ``credentials``, else plaintext); the bound port, or OSError naming it."""
-    address = f"{_host(bind)}:{port}"
+    address = join_host_port(bind, port)
     try:
         if credentials is None:
             bound = int(server.add_insecure_port(address))
@@ -78,9 +79,5 @@ def _listen(
     except RuntimeError:  # grpcio raises this (older releases returned 0) when the bind fails
         bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen on {bind}:{port}: the address is in use or not available here")
+        raise OSError(f"cannot listen on {address}: the address is in use or not available here")
     return bound
-
-
-def _host(bind: str) -> str:
-    return f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind

@@ -2,8 +2,9 @@
 
 One gRPC stream carries one HTTP request. The request body arrives in FULL_DUPLEX_STREAMED mode:
 chunks are buffered until ``end_of_stream`` (or the request trailers), then the servicer's
-``decide`` answers the request headers — routing headers, or an ImmediateResponse error — and the
-body is streamed back unchanged. Response headers, body chunks and trailers are echoed while a
+``decide`` says what to do (see ``decision``): route it (headers and metadata, then the body
+streamed back unchanged), pass it on unchanged, or answer it now with an ImmediateResponse, which
+ends the exchange and the stream. Response headers, body chunks and trailers are echoed while a
 ``ResponseTracker`` follows them. ``finish`` runs exactly once per stream: when the response ends,
 when the request is refused, or when Envoy or the client cancels the stream.
 
@@ -18,15 +19,20 @@ from __future__ import annotations
 
 import abc
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import grpc
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
-from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    ProcessingRequest,
+    ProcessingResponse,
+)
 from google.protobuf.struct_pb2 import Struct
 
+from epp.extproc.decision import Answer, Decision
 from epp.extproc.errors import RequestError, body_too_large, internal_error
 from epp.extproc.messages import (
     CONTINUE_REQUEST_TRAILERS,
@@ -55,7 +61,6 @@ class Exchange:
     __slots__ = (
         "body",
         "decided",
-        "endpoint_address",
         "finished",
         "headers",
         "metadata",
@@ -63,7 +68,6 @@ class Exchange:
         "outcome",
         "request_id",
         "response",
-        "started",
         "state",
     )
 
@@ -73,14 +77,12 @@ class Exchange:
         self.body: bytes | None = None
         self.request_id = ""
         self.model = ""
-        # Short outcome for metrics: "routed", or the RequestError reason.
+        # Short outcome for metrics: "routed", "models", "passthrough", or the RequestError reason.
         self.outcome = "cancelled"
-        self.endpoint_address = ""
         self.decided = False
         self.finished = False
-        self.started = time.monotonic()
         self.response = ResponseTracker()
-        # Servicer-specific state (the EPP keeps the picked Endpoint here).
+        # Servicer-specific state (the EPP keeps its pick here).
         self.state: object = None
 
     @property
@@ -90,6 +92,15 @@ class Exchange:
     @property
     def method(self) -> str:
         return self.headers.get(":method", "")
+
+
+_MISCONFIGURED = RequestError(
+    500,
+    "Gateway misconfiguration: the ext_proc filter must send request bodies in FULL_DUPLEX_STREAMED mode.",
+    reason="misconfigured",
+)
+
+Write = Callable[[ProcessingResponse], Awaitable[None]]
 
 
 class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc.ABC):  # type: ignore[misc]
@@ -105,27 +116,22 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
         self.max_body_bytes = max_body_bytes
 
     @abc.abstractmethod
-    def decide(self, exchange: Exchange) -> ProcessingResponse:
-        """Answer the request headers once the whole request is known (``exchange.body`` is None when
-        the request has no body). Raise ``RequestError`` to refuse it; any other exception is logged
-        and answered with a 500."""
+    def decide(self, exchange: Exchange) -> Decision:
+        """Decide on the request once it is whole (``exchange.body`` is None when it has no body).
+        Raise ``RequestError`` to refuse it; any other exception is logged and answered with a 500.
+        The servicer sets ``exchange.outcome``."""
 
     @abc.abstractmethod
     def finish(self, exchange: Exchange) -> None:
-        """The stream is over (response done, refused, or cancelled); called exactly once."""
+        """The stream is over (response done, refused, answered or cancelled); called exactly once."""
 
-    def _decide(self, exchange: Exchange) -> tuple[ProcessingResponse, bool]:
+    def _decide(self, exchange: Exchange) -> Decision:
         exchange.decided = True
         try:
-            return self.decide(exchange), True
+            return self.decide(exchange)
         except RequestError as error:
-            exchange.outcome = error.reason
-            _log.info(
-                "request refused",
-                extra={"request_id": exchange.request_id, "status": error.status, "reason": error.reason,
-                       "model": exchange.model or None},
-            )
-            return error.response(), False
+            self._refused(exchange, error)
+            return Answer(error.response())
         except Exception:
             failure = internal_error()
             exchange.outcome = failure.reason
@@ -133,28 +139,31 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                 "deciding on a request failed",
                 extra={"request_id": exchange.request_id, "model": exchange.model or None},
             )
-            return failure.response(), False
+            return Answer(failure.response())
 
-    async def _answer_request(
-        self, exchange: Exchange, write: Callable[[ProcessingResponse], Awaitable[None]]
-    ) -> bool:
-        """Send the decision on the request; False when it was a refusal that ends the exchange."""
-        answer, routed = self._decide(exchange)
-        if not routed:
-            self._finish(exchange)
-        await write(answer)
-        return routed
-
-    async def _refuse(
-        self, exchange: Exchange, error: RequestError, write: Callable[[ProcessingResponse], Awaitable[None]]
-    ) -> None:
-        """Refuse the request before ``decide`` could see it; the exchange ends."""
-        exchange.decided = True
+    @staticmethod
+    def _refused(exchange: Exchange, error: RequestError) -> None:
         exchange.outcome = error.reason
         _log.info(
             "request refused",
-            extra={"request_id": exchange.request_id, "status": error.status, "reason": error.reason},
+            extra={"request_id": exchange.request_id, "status": error.status, "reason": error.reason,
+                   "model": exchange.model or None},
         )
+
+    async def _answer_request(self, exchange: Exchange, write: Write) -> bool:
+        """Send the decision on the request; False when it answered the request, ending the exchange."""
+        decision = self._decide(exchange)
+        if isinstance(decision, Answer):
+            self._finish(exchange)
+            await write(decision.response)
+            return False
+        await write(decision.response())
+        return True
+
+    async def _refuse(self, exchange: Exchange, error: RequestError, write: Write) -> None:
+        """Refuse the request before ``decide`` could see it; the exchange ends."""
+        exchange.decided = True
+        self._refused(exchange, error)
         self._finish(exchange)
         await write(error.response())
 
@@ -170,110 +179,142 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
     async def Process(
         self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> None:
-        exchange = Exchange()
-        parts: list[bytes] = []
-        size = 0
-        limit = self.max_body_bytes
-        # Envoy states its body modes (protocol_config) only since 1.34; without them the filter is
-        # taken to be configured as this server requires: full duplex both ways.
-        request_mode = _FULL_DUPLEX
-        response_mode = _FULL_DUPLEX
+        stream = _Stream(self, context.write)
+        read = context.read
         try:
-            read = context.read
-            write = context.write
             while True:
                 request = await read()
                 if request is grpc.aio.EOF:
                     return
                 kind = request.WhichOneof("request")
                 if kind == "request_body":
-                    message = request.request_body
-                    if exchange.decided:
-                        # A proxy that sends a body after the request was answered from its headers
-                        # (its body mode said NONE): pass the body on unchanged, never answer twice.
-                        for chunk in request_body_chunks(message.body, end_of_stream=message.end_of_stream):
-                            await write(chunk)
-                        continue
-                    parts.append(message.body)
-                    size += len(message.body)
-                    if size > limit:
-                        await self._refuse(exchange, body_too_large(limit), write)
-                        return
-                    if not message.end_of_stream:
-                        continue
-                    body = parts[0] if len(parts) == 1 else b"".join(parts)
-                    parts = []
-                    # An empty body (e.g. a chunked GET's lone 0 chunk) is no body to decide on, but
-                    # Envoy sent a body message, so it still gets its (empty) body back.
-                    exchange.body = body or None
-                    if not await self._answer_request(exchange, write):
-                        return
-                    for chunk in request_body_chunks(body):
-                        await write(chunk)
+                    over = await stream.request_body(request.request_body)
                 elif kind == "response_body":
-                    message = request.response_body
-                    exchange.response.on_body(message.body)
-                    if message.end_of_stream:
-                        self._finish(exchange)
-                    if response_mode == _FULL_DUPLEX:
-                        await write(response_body_chunk(message.body, message.end_of_stream))
-                    else:
-                        await write(CONTINUE_RESPONSE_BODY)
-                    if message.end_of_stream:
-                        return
+                    over = await stream.response_body(request.response_body)
                 elif kind == "request_headers":
-                    if request.HasField("protocol_config"):
-                        config = request.protocol_config
-                        request_mode = config.request_body_mode
-                        response_mode = config.response_body_mode
-                    headers = request.request_headers
-                    exchange.headers = headers_to_dict(headers)
-                    exchange.request_id = exchange.headers.get("x-request-id", "")
-                    if request.HasField("metadata_context"):
-                        exchange.metadata = request.metadata_context.filter_metadata
-                    if headers.end_of_stream or request_mode == _NONE:
-                        if not await self._answer_request(exchange, write):
-                            return
-                    elif request_mode != _FULL_DUPLEX:
-                        error = RequestError(
-                            500,
-                            "Gateway misconfiguration: the ext_proc filter must send request bodies "
-                            "in FULL_DUPLEX_STREAMED mode.",
-                            reason="misconfigured",
-                        )
-                        await self._refuse(exchange, error, write)
-                        return
+                    over = await stream.request_headers(request)
                 elif kind == "request_trailers":
-                    if not exchange.decided:
-                        body = b"".join(parts)
-                        parts = []
-                        exchange.body = body or None
-                        if not await self._answer_request(exchange, write):
-                            return
-                        for chunk in request_body_chunks(body, end_of_stream=False):
-                            await write(chunk)
-                    await write(CONTINUE_REQUEST_TRAILERS)
+                    over = await stream.request_trailers()
                 elif kind == "response_headers":
-                    response = exchange.response
-                    response.on_headers(headers_to_dict(request.response_headers))
-                    if request.response_headers.end_of_stream:
-                        self._finish(exchange)
-                        await write(CONTINUE_RESPONSE_HEADERS)
-                        return
-                    elif response_mode == _FULL_DUPLEX or response.streaming:
-                        await write(CONTINUE_RESPONSE_HEADERS)
-                    elif response.status >= 400:
-                        # Errors are rare and their body tells why (e.g. model not found): read it whole.
-                        await write(CONTINUE_RESPONSE_HEADERS_BUFFER_BODY)
-                    else:
-                        # A complete non-streaming answer: its body is not needed, and once Envoy has
-                        # it the request is as good as done.
-                        self._finish(exchange)
-                        await write(CONTINUE_RESPONSE_HEADERS_SKIP_BODY)
-                        return
+                    over = await stream.response_headers(request.response_headers)
                 elif kind == "response_trailers":
-                    self._finish(exchange)
-                    await write(CONTINUE_RESPONSE_TRAILERS)
+                    over = await stream.response_trailers()
+                else:
+                    over = False
+                if over:
                     return
         finally:
-            self._finish(exchange)
+            self._finish(stream.exchange)
+
+
+class _Stream:
+    """One ``Process`` stream: each method handles one kind of message and says whether the stream is
+    over (nothing more to see: the servicer returns and gRPC closes the stream with OK)."""
+
+    __slots__ = ("exchange", "limit", "parts", "request_mode", "response_mode", "servicer", "size", "write")
+
+    def __init__(self, servicer: ExtProcServicer, write: Write) -> None:
+        self.servicer = servicer
+        self.write = write
+        self.exchange = Exchange()
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.limit = servicer.max_body_bytes
+        # Envoy states its body modes (protocol_config) only since 1.34; without them the filter is
+        # taken to be configured as this server requires: full duplex both ways.
+        self.request_mode = _FULL_DUPLEX
+        self.response_mode = _FULL_DUPLEX
+
+    async def request_headers(self, request: ProcessingRequest) -> bool:
+        exchange = self.exchange
+        if request.HasField("protocol_config"):
+            config = request.protocol_config
+            self.request_mode = config.request_body_mode
+            self.response_mode = config.response_body_mode
+        headers = request.request_headers
+        exchange.headers = headers_to_dict(headers)
+        exchange.request_id = exchange.headers.get("x-request-id", "")
+        if request.HasField("metadata_context"):
+            exchange.metadata = request.metadata_context.filter_metadata
+        if headers.end_of_stream or self.request_mode == _NONE:
+            return not await self.servicer._answer_request(exchange, self.write)
+        if self.request_mode != _FULL_DUPLEX:
+            await self.servicer._refuse(exchange, _MISCONFIGURED, self.write)
+            return True
+        return False
+
+    async def request_body(self, message: HttpBody) -> bool:
+        exchange, write = self.exchange, self.write
+        if exchange.decided:
+            # A proxy that sends a body after the request was answered from its headers (its body
+            # mode said NONE): pass the body on unchanged, never answer twice.
+            for chunk in request_body_chunks(message.body, end_of_stream=message.end_of_stream):
+                await write(chunk)
+            return False
+        self.parts.append(message.body)
+        self.size += len(message.body)
+        if self.size > self.limit:
+            await self.servicer._refuse(exchange, body_too_large(self.limit), write)
+            return True
+        if not message.end_of_stream:
+            return False
+        body = self._take_body()
+        if not await self.servicer._answer_request(exchange, write):
+            return True
+        # Even an empty body (a chunked GET's lone 0 chunk) was sent as a body message, so it gets
+        # its (empty) body back.
+        for chunk in request_body_chunks(body):
+            await write(chunk)
+        return False
+
+    async def request_trailers(self) -> bool:
+        if not self.exchange.decided:
+            body = self._take_body()
+            if not await self.servicer._answer_request(self.exchange, self.write):
+                return True
+            for chunk in request_body_chunks(body, end_of_stream=False):
+                await self.write(chunk)
+        await self.write(CONTINUE_REQUEST_TRAILERS)
+        return False
+
+    def _take_body(self) -> bytes:
+        """The buffered request body, handed to the exchange (an empty body is no body to decide on)."""
+        parts, self.parts = self.parts, []
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.exchange.body = body or None
+        return body
+
+    async def response_headers(self, headers: HttpHeaders) -> bool:
+        response = self.exchange.response
+        response.on_headers(headers_to_dict(headers))
+        if headers.end_of_stream:
+            self.servicer._finish(self.exchange)
+            await self.write(CONTINUE_RESPONSE_HEADERS)
+            return True
+        if self.response_mode == _FULL_DUPLEX or response.streaming:
+            await self.write(CONTINUE_RESPONSE_HEADERS)
+            return False
+        if response.status >= 400:
+            # Errors are rare and their body tells why (e.g. model not found): read it whole.
+            await self.write(CONTINUE_RESPONSE_HEADERS_BUFFER_BODY)
+            return False
+        # A complete non-streaming answer: its body is not needed, and once Envoy has it the request
+        # is as good as done.
+        self.servicer._finish(self.exchange)
+        await self.write(CONTINUE_RESPONSE_HEADERS_SKIP_BODY)
+        return True
+
+    async def response_body(self, message: HttpBody) -> bool:
+        self.exchange.response.on_body(message.body)
+        if message.end_of_stream:
+            self.servicer._finish(self.exchange)
+        if self.response_mode == _FULL_DUPLEX:
+            await self.write(response_body_chunk(message.body, message.end_of_stream))
+        else:
+            await self.write(CONTINUE_RESPONSE_BODY)
+        return bool(message.end_of_stream)
+
+    async def response_trailers(self) -> bool:
+        self.servicer._finish(self.exchange)
+        await self.write(CONTINUE_RESPONSE_TRAILERS)
+        return True

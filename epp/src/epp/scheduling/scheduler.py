@@ -104,11 +104,6 @@ class Scheduler:
         for plugin in self._stateful:
             plugin.forget(address)
 
-    def on_endpoint_event(self, address: str, endpoint: Endpoint | None) -> None:
-        """A ``Datastore.subscribe`` listener: forgets endpoints as they are removed."""
-        if endpoint is None:
-            self.forget(address)
-
 
 def _default_handler(handle: Handle) -> ProfileHandler:
     plugin = PLUGIN_TYPES[DEFAULT_PROFILE_HANDLER].create(DEFAULT_PROFILE_HANDLER, None, handle)
