@@ -85,7 +85,8 @@ class Telemetry:
         )
         self.discovery_errors = Counter(
             f"{component}_discovery_errors",
-            "Failed discovery operations by kind (watch, models, metrics).",
+            "Failed discovery operations by kind (static, kubernetes, models, metrics; models_unexpected "
+            "and metrics_unexpected count bugs met while polling, which polling survives).",
             ["kind"],
             registry=self.registry,
         )
