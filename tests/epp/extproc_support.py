@@ -123,7 +123,10 @@ class EnvoyStream:
         response_mode: int = FULL_DUPLEX,
         protocol_config: bool = True,
     ) -> None:
-        self.call = stub.Process()
+        # Messages go out through a request iterator, as a proxy's stream does: once the processor
+        # has answered and closed the stream, what is left is dropped instead of failing the call.
+        self._outbox: asyncio.Queue[ProcessingRequest | None] = asyncio.Queue()
+        self.call = stub.Process(self._requests())
         self.response_mode = response_mode
         self.protocol_config = protocol_config
 
@@ -152,19 +155,24 @@ class EnvoyStream:
             )
         if metadata is not None:
             first.metadata_context.CopyFrom(metadata)
-        await self.call.write(first)
+        await self.write(first)
+        # Like Envoy, read while sending the body and stop sending once the processor has answered
+        # (a refusal before the whole body is sent, e.g. a 413).
+        answered = asyncio.ensure_future(self.call.read())
         if body is not None:
             pieces = [body[i:i + chunk_size] for i in range(0, len(body), chunk_size)] or [b""]
-            for index, piece in enumerate(pieces):
-                last = index == len(pieces) - 1 and not trailers
-                message = ProcessingRequest(request_body=HttpBody(body=piece, end_of_stream=last))
-                if not await self._write_unless_answered(message):
+            messages = [
+                ProcessingRequest(request_body=HttpBody(body=piece, end_of_stream=index == len(pieces) - 1
+                                                        and not trailers))
+                for index, piece in enumerate(pieces)
+            ]
+            if trailers:
+                messages.append(ProcessingRequest(request_trailers=HttpTrailers()))
+            for message in messages:
+                if not await self._write_unless_answered(message, answered):
                     break
-            else:
-                if trailers:
-                    await self.call.write(ProcessingRequest(request_trailers=HttpTrailers()))
         outcome = Outcome()
-        first_answer = await self.call.read()
+        first_answer = await answered
         outcome.responses.append(first_answer)
         if first_answer.HasField("immediate_response"):
             await self.expect_end()
@@ -180,20 +188,33 @@ class EnvoyStream:
             outcome.responses.append(await self.call.read())
         return outcome
 
-    async def _write_unless_answered(self, message: ProcessingRequest) -> bool:
-        """Write ``message``; False when the processor already answered and closed the stream (it
-        refused the request before its body was all sent, as Envoy would see it)."""
-        try:
-            await self.call.write(message)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+    async def _requests(self) -> AsyncIterator[ProcessingRequest]:
+        while (message := await self._outbox.get()) is not None:
+            yield message
+
+    async def write(self, message: ProcessingRequest) -> None:
+        """Send one message to the processor."""
+        await self._outbox.put(message)
+
+    async def done_writing(self) -> None:
+        await self._outbox.put(None)
+
+    async def _write_unless_answered(
+        self, message: ProcessingRequest, answered: asyncio.Future[ProcessingResponse]
+    ) -> bool:
+        """Send ``message`` unless the processor has answered (``answered`` is done); False then, and
+        nothing more is to be sent."""
+        await asyncio.sleep(0)  # let an answer already on its way arrive first
+        if answered.done():
             return False
+        await self.write(message)
         return True
 
     async def send_response_headers(
         self, status: int, *, content_type: str = "application/json"
     ) -> ProcessingResponse:
         headers = {":status": str(status), "content-type": content_type}
-        await self.call.write(ProcessingRequest(response_headers=HttpHeaders(headers=header_map(headers))))
+        await self.write(ProcessingRequest(response_headers=HttpHeaders(headers=header_map(headers))))
         answer: ProcessingResponse = await self.call.read()
         return answer
 
@@ -204,9 +225,9 @@ class EnvoyStream:
         pieces = [body[i:i + chunk_size] for i in range(0, len(body), chunk_size)] or [b""]
         for index, piece in enumerate(pieces):
             last = index == len(pieces) - 1
-            await self.call.write(ProcessingRequest(response_body=HttpBody(body=piece, end_of_stream=last)))
+            await self.write(ProcessingRequest(response_body=HttpBody(body=piece, end_of_stream=last)))
             answers.append(await self.call.read())
-        await self.call.done_writing()
+        await self.done_writing()
         return answers
 
     async def expect_end(self, within: float = 5.0) -> None:

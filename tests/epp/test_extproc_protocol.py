@@ -352,10 +352,10 @@ async def test_in_streamed_response_mode_an_sse_stream_is_followed_to_its_end() 
         answer = await stream.send_response_headers(200, content_type="text/event-stream")
         assert not answer.HasField("mode_override")
         assert gemma.in_flight == 1
-        await stream.call.write(ProcessingRequest(response_body=HttpBody(body=b"data: {}\n\n")))
+        await stream.write(ProcessingRequest(response_body=HttpBody(body=b"data: {}\n\n")))
         assert (await stream.call.read()).HasField("response_body")
         assert gemma.in_flight == 1
-        await stream.call.write(ProcessingRequest(response_body=HttpBody(body=b"data: [DONE]\n\n",
+        await stream.write(ProcessingRequest(response_body=HttpBody(body=b"data: [DONE]\n\n",
                                                                          end_of_stream=True)))
         assert (await stream.call.read()).HasField("response_body")
     assert gemma.in_flight == 0
@@ -372,7 +372,7 @@ async def test_in_streamed_response_mode_an_error_body_is_buffered_and_read() ->
         answer = await stream.send_response_headers(404)
         assert answer.mode_override.response_body_mode == ProcessingMode.BUFFERED
         body = b'{"error": {"message": "The model `google/gemma-2b-it` does not exist."}}'
-        await stream.call.write(ProcessingRequest(response_body=HttpBody(body=body, end_of_stream=True)))
+        await stream.write(ProcessingRequest(response_body=HttpBody(body=body, end_of_stream=True)))
         await stream.call.read()
     assert refresher.refreshed == ["10.0.0.1:8000"]
     assert datastore.get("10.0.0.1:8000").in_flight == 0  # type: ignore[union-attr]
