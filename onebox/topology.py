@@ -9,6 +9,13 @@ Loaded from YAML and validated with pydantic; the presets live in ``onebox/prese
         replicas: 1
         pool: gemma                      # InferencePool (one EPP each); default: the name
         sim: {max_num_seqs: 16}          # simulator options (python -m vllmsim flags)
+      - name: tiny
+        served_name: tiny/a
+        backend: vllm                    # real vLLM from `make vllm-venv` (onebox.realvllm)
+        vllm: {max_num_seqs: 4}
+      - name: mine
+        served_name: meta-llama/Llama-3.1-8B-Instruct
+        endpoints: [http://127.0.0.1:8000]  # servers you run (onebox.endpoints)
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from onebox import backends
+from onebox.endpoints import EndpointURL, check_public
+from onebox.realvllm import VllmOptions
 
 PRESETS = ("gpu", "tpu", "scaleout")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -66,13 +77,23 @@ class ModelSpec(BaseModel):
     replicas: int = Field(default=1, ge=1, le=16)
     pool: str | None = Field(default=None, description="InferencePool name; default: the name")
     sim: SimOptions = Field(default_factory=SimOptions)
+    backend: backends.Backend = Field(default="sim", description="sim: vllmsim; vllm: real vLLM (CPU)")
+    vllm: VllmOptions = Field(default_factory=VllmOptions)
+    endpoints: list[EndpointURL] = Field(default_factory=list, description="bring-your-own servers")
+    adapters: list[str] = Field(default_factory=list, description="LoRA adapters those endpoints serve")
 
     @model_validator(mode="after")
     def _labels(self) -> ModelSpec:
         for what, value in (("name", self.name), ("pool", self.pool_name)):
             if not _DNS_LABEL.match(value):
                 raise ValueError(f"model {what} {value!r} must be a DNS label (a-z, 0-9, '-')")
+        backends.check_sources(self)
         return self
+
+    @property
+    def lora_parents(self) -> dict[str, str]:
+        """LoRA adapter -> base served name, whatever serves this model."""
+        return backends.lora_parents(self)
 
     @property
     def pool_name(self) -> str:
@@ -84,6 +105,7 @@ class Topology(BaseModel):
 
     name: str = "custom"
     models: list[ModelSpec] = Field(min_length=1)
+    allow_public_endpoints: bool = Field(default=False, description="endpoints beyond loopback/private")
 
     @model_validator(mode="after")
     def _unique(self) -> Topology:
@@ -94,6 +116,8 @@ class Topology(BaseModel):
             repeated = sorted({v for v in values if values.count(v) > 1})
             if repeated:
                 raise ValueError(f"model {what} repeated: {', '.join(repeated)}")
+        for model in self.models:
+            check_public(model.endpoints, allow_public=self.allow_public_endpoints, model=model.name)
         return self
 
     @property

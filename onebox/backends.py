@@ -1,0 +1,104 @@
+"""Where a topology model's pods come from, and how each kind starts.
+
+- ``sim`` (the default): one ``python -m vllmsim`` per replica, ready on ``GET /health``;
+- ``vllm``: one real vLLM server per replica from the vLLM environment (:mod:`onebox.realvllm`),
+  ready on ``GET /health`` within ``vllm.startup_timeout``; a server that dies or is not ready in
+  time is reported with its last log lines;
+- ``endpoints``: servers that already run (:mod:`onebox.endpoints`); nothing is started, each must
+  answer ``GET /v1/models`` within the box's startup timeout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from onebox import children, realvllm
+from onebox.probes import Probe, http_ok
+from onebox.supervisor import Child, Supervisor
+
+if TYPE_CHECKING:
+    from onebox.topology import ModelSpec
+
+Backend = Literal["sim", "vllm"]
+Kind = Literal["sim", "vllm", "endpoints"]
+HOST = "127.0.0.1"
+
+
+def kind_of(spec: ModelSpec) -> Kind:
+    return "endpoints" if spec.endpoints else spec.backend
+
+
+def check_sources(spec: ModelSpec) -> None:
+    """Settings that belong to another kind of pod are an error, not silently ignored."""
+    given = spec.model_fields_set
+    kind = kind_of(spec)
+    if kind == "endpoints":
+        for field in ("backend", "replicas", "sim", "vllm"):
+            if field in given:
+                raise ValueError(
+                    f"model {spec.name}: '{field}' does not apply to bring-your-own endpoints "
+                    "(one pod per URL, started by you)"
+                )
+        if len(set(spec.endpoints)) != len(spec.endpoints):
+            raise ValueError(f"model {spec.name}: an endpoint URL is repeated")
+        return
+    if spec.adapters:
+        raise ValueError(
+            f"model {spec.name}: 'adapters' names the LoRA adapters of bring-your-own endpoints; "
+            "use sim.loras or vllm.loras"
+        )
+    other = "vllm" if kind == "sim" else "sim"
+    if other in given:
+        raise ValueError(f"model {spec.name}: '{other}' options need backend: {other}")
+
+
+def lora_parents(spec: ModelSpec) -> dict[str, str]:
+    """LoRA adapter -> base served name, for the pods of this model."""
+    kind = kind_of(spec)
+    if kind == "sim":
+        return dict(spec.sim.loras)
+    names = spec.vllm.loras if kind == "vllm" else spec.adapters
+    return {adapter: spec.served_name for adapter in names}
+
+
+@dataclass(frozen=True, slots=True)
+class Starting:
+    """One pod on its way up: its supervised process, or (bring-your-own) its address and probe."""
+
+    name: str
+    child: Child | None
+    endpoint: tuple[str, int] | None = None  # (host, port) of a bring-your-own server
+    probe: Probe | None = None  # bring-your-own only; a child has its spec's probe
+    within: float | None = None  # bound on readiness; None: the box's startup timeout
+
+
+async def start_pods(supervisor: Supervisor, spec: ModelSpec, *, time_scale: float) -> list[Starting]:
+    """Start (or, for endpoints, just name) every pod of ``spec``."""
+    kind = kind_of(spec)
+    if kind == "endpoints":
+        return [
+            Starting(f"{spec.name}-{i}", None, (url.host, url.port), http_ok(f"{url.url}/v1/models"))
+            for i, url in enumerate(spec.endpoints)
+        ]
+    if kind == "vllm":
+        return await _start_vllm(supervisor, spec)
+    starting = []
+    for i in range(spec.replicas):
+        name = f"{spec.name}-{i}"
+        args = ["--model", spec.served_name, "--time-scale", str(time_scale), *spec.sim.flags()]
+        starting.append(Starting(name, await supervisor.launch(children.simulator(name, HOST, args))))
+    return starting
+
+
+async def _start_vllm(supervisor: Supervisor, spec: ModelSpec) -> list[Starting]:
+    python = realvllm.vllm_python()
+    tiny = await realvllm.ensure_tiny_model(python) if spec.vllm.needs_tiny_model() else None
+    starting = []
+    for i in range(spec.replicas):
+        child_spec = realvllm.server_spec(
+            f"{spec.name}-{i}", python, spec.vllm, served_name=spec.served_name, host=HOST, tiny=tiny
+        )
+        child = await supervisor.launch(child_spec)
+        starting.append(Starting(child_spec.name, child, within=spec.vllm.startup_timeout))
+    return starting
