@@ -76,6 +76,16 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+def _permission(model: str, created: int) -> dict[str, Any]:
+    """vLLM's ``ModelPermission`` card, as it lists one per model."""
+    return {
+        "id": f"modelperm-{model}", "object": "model_permission", "created": created,
+        "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+        "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+        "organization": "*", "group": None, "is_blocking": False,
+    }  # fmt: skip
+
+
 async def _models(request: web.Request) -> web.Response:
     sim = request.app[_SIM]
     config = sim.config
@@ -90,6 +100,7 @@ async def _models(request: web.Request) -> web.Response:
                 "root": name,
                 "parent": parent,
                 "max_model_len": config.context_limit,
+                "permission": [_permission(name, sim.started_at)],
             }
         )
     return web.json_response({"object": "list", "data": cards}, dumps=dumps)
