@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from onebox import tinymodel
 from onebox.probes import http_ok
-from onebox.supervisor import ChildSpec, Ports, announced
+from onebox.supervisor import TAIL_LINES, ChildDied, ChildSpec, Ports, announced
 
 PYTHON_ENV = "ONEBOX_VLLM_PYTHON"
 CACHE_ENV = "ONEBOX_CACHE"
@@ -96,8 +96,8 @@ async def ensure_tiny_model(python: Path, cache: Path | None = None) -> tuple[Pa
     )  # fmt: skip
     output, _ = await process.communicate()
     if process.returncode != 0:
-        tail = "\n".join(f"  | {line}" for line in output.decode(errors="replace").splitlines()[-20:])
-        raise RuntimeError(f"building the tiny model with {python} failed ({process.returncode}):\n{tail}")
+        tail = output.decode(errors="replace").splitlines()[-TAIL_LINES:]
+        raise ChildDied("tinymodel", process.returncode, tail, reason=f"(building {model.parent}) failed")
     return model, lora
 
 
