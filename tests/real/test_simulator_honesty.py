@@ -6,7 +6,6 @@ this fails here instead of in a production pool.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 
 import httpx
@@ -15,9 +14,8 @@ import pytest_asyncio
 from epp.discovery import vllm_metrics
 from epp.discovery.models import parse_model_list
 
+from onebox import children
 from onebox.box import OneBox
-from onebox.ports import free_port
-from onebox.probes import http_ok
 from onebox.supervisor import Supervisor
 from tests.real.conftest import LORA, A, chat, scrape, server
 
@@ -37,13 +35,11 @@ EPP_READS: dict[str, set[str]] = {
 async def urls(vllm_box: OneBox) -> AsyncIterator[dict[str, str]]:
     """The real server of tiny/a and a simulator configured like it: which -> base URL."""
     supervisor = Supervisor()
-    port = free_port()
-    argv = [sys.executable, "-m", "vllmsim", "--host", "127.0.0.1", "--port", str(port), "--model", A,
-            "--lora", f"{LORA}={A}", "--time-scale", "0"]  # fmt: skip
     try:
-        child = await supervisor.start("vllmsim", argv)
-        await supervisor.wait_ready(child, http_ok(f"http://127.0.0.1:{port}/health"), within=30)
-        yield {"real": server(vllm_box, A).url, "sim": f"http://127.0.0.1:{port}"}
+        args = ["--model", A, "--lora", f"{LORA}={A}", "--time-scale", "0"]
+        child = await supervisor.launch(children.simulator("vllmsim", "127.0.0.1", args))
+        ports = await supervisor.wait_ready(child, within=30)
+        yield {"real": server(vllm_box, A).url, "sim": f"http://127.0.0.1:{ports['http']}"}
     finally:
         await supervisor.stop()
 
