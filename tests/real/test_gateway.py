@@ -102,14 +102,14 @@ async def test_the_epp_gauges_follow_the_real_servers_metrics_while_requests_run
     a, b = server(box, A), server(box, B)
     epp = box.epps["unified" if box.mode == "unified-pool" else "tiny-a"]
     epp_metrics = f"http://127.0.0.1:{epp.metrics_port}/metrics"
-    concurrent = MAX_NUM_SEQS + 4
+    concurrent = MAX_NUM_SEQS + 8
     epp_seen: list[dict[str, float]] = []
     real_seen: list[dict[str, float]] = []
     async with httpx.AsyncClient(timeout=120) as client:
         load = [
             asyncio.create_task(
                 client.post(
-                    f"{box.gateway_url}/v1/chat/completions", json=chat(A, max_tokens=400, ignore_eos=True)
+                    f"{box.gateway_url}/v1/chat/completions", json=chat(A, max_tokens=480, ignore_eos=True)
                 )
             )
             for _ in range(concurrent)
