@@ -72,8 +72,12 @@ async def test_the_box_routes_to_servers_it_did_not_start(
                 assert (answer.status_code, answer.json()["model"]) == (200, model)
                 pods.setdefault(model, set()).add(answer.headers["x-inference-pod"])
             listed = (await client.get("/v1/models")).json()
+    # Every request reached a server of its model (which of the two alpha servers is the EPP's pick).
     alphas = {"own-alpha-0", "own-alpha-1"}
-    assert pods == {ALPHA: alphas, "alpha-sql": alphas, BETA: {"own-beta-0"}}
+    assert pods.keys() == {ALPHA, "alpha-sql", BETA}
+    assert pods[ALPHA] <= alphas
+    assert pods["alpha-sql"] <= alphas
+    assert pods[BETA] == {"own-beta-0"}
     assert sorted(m["id"] for m in listed["data"]) == sorted([ALPHA, BETA, "alpha-sql"])
 
 
