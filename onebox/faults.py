@@ -246,6 +246,69 @@ async def stopped_pod(box: OneBox, pod_name: str) -> StoppedPodResult:
     return StoppedPodResult(pod_name, stuck, other)
 
 
+def resident_kib(pid: int) -> int:
+    """The process's resident set size (``VmRSS``), in KiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise ValueError(f"process {pid} reports no VmRSS")
+
+
+@dataclass(frozen=True, slots=True)
+class SoakResult:
+    requests: int
+    concurrency: int
+    seconds: float
+    answers: dict[str, int]
+    before_kib: dict[str, int]  # resident memory of every child after the warm-up
+    after_kib: dict[str, int]
+
+    def growth_kib(self) -> dict[str, int]:
+        return {name: self.after_kib[name] - before for name, before in self.before_kib.items()}
+
+    def __str__(self) -> str:
+        rows = ", ".join(
+            f"{name} {self.before_kib[name] / 1024:.1f}->{self.after_kib[name] / 1024:.1f} MiB "
+            f"({growth:+d} KiB, {growth * 1024 / self.requests:+.0f} B/request)"
+            for name, growth in self.growth_kib().items()
+        )
+        rate = self.requests / self.seconds
+        return (
+            f"soak: {self.requests} requests at concurrency {self.concurrency} in {self.seconds:.1f} s "
+            f"({rate:.0f}/s), answers {self.answers}; resident memory after warm-up -> after: {rows}"
+        )
+
+
+async def _load(box: OneBox, requests: int, concurrency: int) -> list[Answer]:
+    models = box.topology.served_names
+    answers: list[Answer] = []
+    started = time.monotonic()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        counter = iter(range(requests))
+
+        async def client() -> None:
+            for i in counter:
+                answers.append(await _post(session, box.gateway_url, models[i % len(models)], started))
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    return answers
+
+
+async def soak(box: OneBox, requests: int = 20_000, concurrency: int = 32, warmup: int = 4_000) -> SoakResult:
+    """``warmup`` requests, every child's resident memory, ``requests`` more, the memory again."""
+    await _load(box, warmup, concurrency)
+    await asyncio.sleep(0.5)  # let in-flight bookkeeping settle
+    before = {child.name: resident_kib(child.pid) for child in box.children}
+    started = time.monotonic()
+    answers = await _load(box, requests, concurrency)
+    seconds = time.monotonic() - started
+    await asyncio.sleep(0.5)
+    after = {child.name: resident_kib(child.pid) for child in box.children}
+    return SoakResult(requests, concurrency, seconds, tally(answers), before, after)
+
+
 async def health(box: OneBox) -> Answer:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         started = time.monotonic()

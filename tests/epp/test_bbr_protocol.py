@@ -52,6 +52,16 @@ async def test_the_model_and_its_base_model_become_routing_headers() -> None:
     assert outcome.body_chunks == [(body, True)]
 
 
+@pytest.mark.parametrize("trailers", [False, True], ids=["body", "body-and-trailers"])
+async def test_the_router_ends_its_stream_once_the_request_is_routed(trailers: bool) -> None:
+    # It never looks at responses; left open, each stream would live until Envoy reset it.
+    async with serving(front_door()) as stub:
+        stream = EnvoyStream(stub)
+        outcome = await stream.send_request(json.dumps({"model": GEMMA}).encode(), trailers=trailers)
+        assert outcome.set_headers["x-gateway-model-name"] == GEMMA
+        await stream.expect_end()
+
+
 async def test_a_lora_adapter_routes_on_its_base_model() -> None:
     async with serving(front_door()) as stub:
         outcome = await EnvoyStream(stub).send_request(json.dumps({"model": ADAPTER, "prompt": "x"}).encode())

@@ -24,6 +24,9 @@ from epp.telemetry import OTHER_MODEL, Telemetry
 
 
 class BodyBasedRouter(ExtProcServicer):
+    # It routes on the request alone: its stream ends once the request is answered.
+    follows_responses = False
+
     def __init__(
         self,
         telemetry: Telemetry,
