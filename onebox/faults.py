@@ -22,10 +22,11 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+from epp.contract import POD_HEADER
 
 from onebox.box import OneBox
 from onebox.envoy.limits import GatewayTimeouts
@@ -40,7 +41,9 @@ class Answer:
     kind: str  # "ok", "json-error", "empty", "other"
     error_type: str | None = None
     retry_after: bool = False
-    at: float = 0.0  # seconds since the scenario's reference moment
+    at: float = 0.0  # seconds since the scenario's reference moment, when the answer was complete
+    sent: float = 0.0  # seconds since the reference moment, when the request was sent
+    pod: str | None = None  # the pod that answered (its x-inference-pod header)
 
     @property
     def label(self) -> str:
@@ -51,19 +54,20 @@ class Answer:
         return f"{self.status} {self.kind}{extra}{after}"
 
 
-async def _classify(response: aiohttp.ClientResponse, started: float) -> Answer:
+async def _classify(response: aiohttp.ClientResponse, started: float, sent: float = 0.0) -> Answer:
     body = await response.read()
     at = time.monotonic() - started
     retry_after = "retry-after" in response.headers
+    pod = response.headers.get(POD_HEADER)
     if response.status == 200:
-        return Answer(200, "ok", at=at)
+        return Answer(200, "ok", at=at, sent=sent, pod=pod)
     if not body:
-        return Answer(response.status, "empty", retry_after=retry_after, at=at)
+        return Answer(response.status, "empty", retry_after=retry_after, at=at, sent=sent, pod=pod)
     try:
         error = json.loads(body)["error"]
-        return Answer(response.status, "json-error", str(error["type"]), retry_after, at)
+        return Answer(response.status, "json-error", str(error["type"]), retry_after, at, sent, pod)
     except (ValueError, KeyError, TypeError):
-        return Answer(response.status, "other", retry_after=retry_after, at=at)
+        return Answer(response.status, "other", retry_after=retry_after, at=at, sent=sent, pod=pod)
 
 
 def chat(model: str, max_tokens: int = 2) -> dict[str, object]:
@@ -71,11 +75,13 @@ def chat(model: str, max_tokens: int = 2) -> dict[str, object]:
 
 
 async def _post(session: aiohttp.ClientSession, url: str, model: str, started: float) -> Answer:
+    sent = time.monotonic() - started
     try:
         async with session.post(f"{url}/v1/chat/completions", json=chat(model)) as response:
-            return await _classify(response, started)
+            return await _classify(response, started, sent)
     except (aiohttp.ClientError, TimeoutError) as error:
-        return Answer(0, f"connection error ({type(error).__name__})", at=time.monotonic() - started)
+        kind = f"connection error ({type(error).__name__})"
+        return Answer(0, kind, at=time.monotonic() - started, sent=sent)
 
 
 def tally(answers: list[Answer]) -> dict[str, int]:
@@ -307,6 +313,123 @@ async def soak(box: OneBox, requests: int = 20_000, concurrency: int = 32, warmu
     await asyncio.sleep(0.5)
     after = {child.name: resident_kib(child.pid) for child in box.children}
     return SoakResult(requests, concurrency, seconds, tally(answers), before, after)
+
+
+async def open_loop(
+    box: OneBox, rate: float, seconds: float, at: Callable[[], Awaitable[None]], fault_after: float = 0.5
+) -> list[Answer]:
+    """Chat requests at ``rate`` per second for ``seconds`` (each sent on time, whatever the others
+    do, as independent clients would); ``at()`` runs ``fault_after`` s in, the reference moment of
+    every answer's ``sent`` and ``at`` (negative before it)."""
+    model = box.topology.served_names[0]
+    connector = aiohttp.TCPConnector(limit=0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reference = time.monotonic() + fault_after
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        fault = asyncio.ensure_future(_at(loop, started + fault_after, at))
+        requests: list[asyncio.Task[Answer]] = []
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, started + i / rate - loop.time()))
+            requests.append(asyncio.ensure_future(_post(session, box.gateway_url, model, reference)))
+        answers = await asyncio.gather(*requests)
+        await fault
+    return list(answers)
+
+
+async def _at(loop: asyncio.AbstractEventLoop, when: float, action: Callable[[], Awaitable[None]]) -> None:
+    await asyncio.sleep(max(0.0, when - loop.time()))
+    await action()
+
+
+@dataclass(frozen=True, slots=True)
+class PodFaultResult:
+    """Requests sent at a steady rate while one pod of a pool was killed or stopped at t = 0."""
+
+    fault: str
+    pod: str
+    answers: list[Answer] = field(repr=False)
+    settle: float  # seconds after the fault from which requests are judged
+    resumed_at: float = float("inf")  # when a stopped pod was continued
+
+    @property
+    def after(self) -> list[Answer]:
+        """Requests sent ``settle`` s or more after the fault."""
+        return [a for a in self.answers if a.sent >= self.settle]
+
+    @property
+    def failed_after(self) -> list[Answer]:
+        return [a for a in self.after if a.status != 200]
+
+    @property
+    def failure_ratio(self) -> float:
+        return len(self.failed_after) / max(1, len(self.after))
+
+    @property
+    def last_sent_to_pod(self) -> float | None:
+        """When (after the fault) the last request was sent that the faulty pod got or should have:
+        served by it, refused on the way to it (502) or stuck on it (504)."""
+        hit = [
+            a.sent for a in self.answers
+            if 0 <= a.sent < self.resumed_at and (a.pod == self.pod or a.status in (502, 504))
+        ]
+        return max(hit, default=None)
+
+    @property
+    def served_again(self) -> float | None:
+        """When the pod answered a request sent after it was continued, if it did."""
+        return min((a.sent for a in self.answers if a.sent >= self.resumed_at and a.pod == self.pod),
+                   default=None)
+
+    def __str__(self) -> str:
+        during = [a for a in self.answers if 0 <= a.sent < self.settle]
+        last = self.last_sent_to_pod
+        last_text = "never" if last is None else f"{last:.2f} s"
+        return (
+            f"{self.fault} {self.pod} (1 of {self.pods} pods) at t=0: {len(self.answers)} requests; "
+            f"sent in the first {self.settle:g} s: {tally(during)}; sent from {self.settle:g} s on: "
+            f"{len(self.after)}, failed {len(self.failed_after)} ({self.failure_ratio:.2%}) "
+            f"{tally(self.failed_after)}; last request to {self.pod} sent at {last_text}"
+            + ("" if self.resumed_at == float("inf") else
+               f"; continued at {self.resumed_at:.1f} s, serving again from "
+               + ("never" if self.served_again is None else f"{self.served_again:.2f} s"))
+        )
+
+    @property
+    def pods(self) -> int:
+        return len({a.pod for a in self.answers if a.pod} | {self.pod})
+
+
+async def killed_pod(
+    box: OneBox, pod_name: str, rate: float = 100.0, seconds: float = 8.0, settle: float = 2.0
+) -> PodFaultResult:
+    """``kill -9`` of one pod under a steady load. Run it on a box whose restart backoff keeps the
+    pod dead for the run (as the issue's "left dead")."""
+    pod = next(p for p in box.pods if p.name == pod_name)
+
+    async def kill() -> None:
+        os.kill(pod.pid, signal.SIGKILL)
+
+    answers = await open_loop(box, rate, seconds, kill)
+    return PodFaultResult("kill -9", pod_name, answers, settle)
+
+
+async def stopped_pod_under_load(
+    box: OneBox, pod_name: str, rate: float = 100.0, seconds: float = 6.0, settle: float = 2.0
+) -> PodFaultResult:
+    """``kill -STOP`` of one pod under a steady load, ``kill -CONT`` ``seconds - 1`` s later; the
+    last second shows whether the pod is back in rotation."""
+    pod = next(p for p in box.pods if p.name == pod_name)
+
+    resumed_at = seconds - 1.5
+
+    async def stop_then_continue() -> None:
+        os.kill(pod.pid, signal.SIGSTOP)
+        await asyncio.sleep(resumed_at)
+        os.kill(pod.pid, signal.SIGCONT)
+
+    answers = await open_loop(box, rate, seconds + 2.0, stop_then_continue)
+    return PodFaultResult("kill -STOP", pod_name, answers, settle, resumed_at)
 
 
 async def health(box: OneBox) -> Answer:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from epp.contract import ERROR_TYPES, error_body
+from epp.contract import ERROR_TYPES, UPSTREAM_CONNECT_FAILURE, UPSTREAM_FAILURE_HEADER, error_body
 
 from onebox.envoy.limits import GatewayLimits, GatewayTimeouts
 
@@ -29,7 +29,8 @@ HEALTH_PATH = "/health"
 # Response flags (Envoy access-log names) and what they mean for the client.
 _OVERFLOW = ["UO"]  # a circuit breaker's budget is used up
 _TIMED_OUT = ["UT", "SI"]  # the pod went silent (per-try idle timeout), or the stream idled
-_UNREACHABLE = ["UF", "URX", "UC", "UR", "UPE"]  # connect failed, reset, or broke the protocol
+_CONNECT_FAILED = ["UF"]  # the connection to the pod failed: nothing was sent
+_UNREACHABLE = ["URX", "UC", "UR", "UPE"]  # reset, or broke the protocol
 _NO_UPSTREAM = ["UH", "NR", "NC"]  # no healthy host, no route, no cluster
 
 
@@ -104,6 +105,15 @@ def local_reply_config(limits: GatewayLimits, timeouts: GatewayTimeouts) -> dict
         _mapper(
             _flags(_TIMED_OUT), 504,
             f"The model server sent nothing for {timeouts.upstream_idle:g} s; the request was ended.",
+        ),
+        # The picking EPP reads the header on the response path and ejects a pod refusing connections.
+        # Envoy cannot retry such a request on another pod itself: ORIGINAL_DST takes the host from
+        # the request's destination header on every try, so a retry meets the same pod again.
+        _mapper(
+            _flags(_CONNECT_FAILED), 502,
+            "The gateway could not connect to the model server picked for this request; nothing was sent.",
+            [{"header": {"key": UPSTREAM_FAILURE_HEADER, "value": UPSTREAM_CONNECT_FAILURE},
+              "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
         ),
         _mapper(
             _flags(_UNREACHABLE), 502, "The gateway could not reach the model server picked for this request."

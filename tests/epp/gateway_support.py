@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 import yaml
-from epp.cli import ServerSettings, ServingPorts
+from epp.cli import EppSettings, ServerSettings, ServingPorts, serve_epp
 
 import vllmsim
+from onebox.envoy import EnvoyProcess, unified_gateway_config
 from onebox.probes import grpc_serving, until_ready
 
 Settings = TypeVar("Settings", bound=ServerSettings)
@@ -92,3 +93,19 @@ async def until_gauges(
     async with asyncio.timeout(10):
         while not condition(await endpoint_gauges(session, metrics_port)):  # noqa: ASYNC110 - polls the EPP
             await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def unified_gateway(
+    settings: EppSettings, pods: int
+) -> AsyncIterator[tuple[ServingPorts, EnvoyProcess, aiohttp.ClientSession]]:
+    """An EPP (``settings``) behind a unified-pool Envoy, once the models of all ``pods`` are known;
+    yields the EPP's ports, Envoy and a client session."""
+    async with serving(serve_epp, settings) as epp:
+        await wait_ready(epp.health)
+        async with (
+            EnvoyProcess(unified_gateway_config(epp=f"127.0.0.1:{epp.grpc}")) as envoy,
+            aiohttp.ClientSession() as session,
+        ):
+            await until_gauges(session, epp.metrics, lambda g: len(g) == pods and 0 not in g.values())
+            yield epp, envoy, session

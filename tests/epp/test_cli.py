@@ -35,6 +35,7 @@ def test_a_pool_deployment_command_line_becomes_settings() -> None:
         (["--endpoints", "127.0.0.1:8000", "--grpc-port", "70000"], "--grpc-port"),
         (["--endpoints", "127.0.0.1:8000", "--pool-namespace", "ns"], "--pool-namespace"),
         (["--endpoints", "127.0.0.1:8000", "--max-body-bytes", "0"], "--max-body-bytes"),
+        (["--endpoints", "127.0.0.1:8000", "--eject-after-failures", "0"], "--eject-after-failures"),
     ],
 )
 def test_a_bad_epp_command_line_exits_2_naming_the_problem(
@@ -44,6 +45,17 @@ def test_a_bad_epp_command_line_exits_2_naming_the_problem(
         parse_epp_args(argv)
     assert exit_info.value.code == 2
     assert named in capsys.readouterr().err
+
+
+def test_ejection_flags_set_the_ejection_policy_and_the_rest_keeps_its_defaults() -> None:
+    settings = parse_epp_args([
+        "--endpoints", "127.0.0.1:8000", "--metrics-timeout", "0.25", "--eject-after-failures", "5",
+        "--ejection-seconds", "2",
+    ])
+    assert settings.metrics_timeout == 0.25
+    assert (settings.ejection.consecutive_failures, settings.ejection.base_ejection) == (5, 2.0)
+    assert settings.ejection.consecutive_connect_failures == 2
+    assert settings.ejection.max_ejection == 30.0
 
 
 def test_the_bbr_knows_served_models_and_adapters() -> None:

@@ -15,7 +15,14 @@ from epp.cli import BbrSettings, EppSettings, serve_bbr, serve_epp
 
 import vllmsim
 from onebox.envoy import EnvoyProcess, PoolRoute, gateway_config, unified_gateway_config
-from tests.epp.gateway_support import pods, serving, until_gauges, wait_ready, write_endpoints
+from tests.epp.gateway_support import (
+    pods,
+    serving,
+    unified_gateway,
+    until_gauges,
+    wait_ready,
+    write_endpoints,
+)
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
@@ -229,14 +236,8 @@ async def test_a_picker_ranking_fallbacks_still_routes_every_request_through_env
         endpoints = tmp_path / "pool.yaml"
         write_endpoints(endpoints, sims)
         settings = EppSettings(endpoints_file=endpoints, config_file=config_file, **LOCAL)
-        async with serving(serve_epp, settings) as epp:
-            await wait_ready(epp.health)
-            async with (
-                EnvoyProcess(unified_gateway_config(epp=f"127.0.0.1:{epp.grpc}")) as envoy,
-                aiohttp.ClientSession() as session,
-            ):
-                await until_gauges(session, epp.metrics, lambda g: len(g) == 2 and 0 not in g.values())
-                results = await asyncio.gather(*(complete(session, envoy.url, PHI) for _ in range(10)))
+        async with unified_gateway(settings, pods=2) as (_, envoy, session):
+            results = await asyncio.gather(*(complete(session, envoy.url, PHI) for _ in range(10)))
     for status, pod, body in results:
         assert status == 200, body
         assert pod in {"phi-0", "phi-1"}

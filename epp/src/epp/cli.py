@@ -36,7 +36,7 @@ from epp.contract import (
     PROFILE_NAMES,
 )
 from epp.datastore import Datastore, Endpoint
-from epp.discovery import DiscoveryRunner, build_source
+from epp.discovery import DiscoveryRunner, EjectionPolicy, build_source
 from epp.extproc import BodyBasedRouter, EndpointPicker, ExtProcServer
 from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES
 from epp.health import Health
@@ -93,6 +93,8 @@ class EppSettings(ServerSettings):
     endpoints_file: Path | None = None
     endpoints: str | None = None
     metrics_interval: float = Field(default=0.05, gt=0)
+    metrics_timeout: float = Field(default=0.5, gt=0)
+    ejection: EjectionPolicy = Field(default_factory=EjectionPolicy)
     models_interval: float = Field(default=10.0, gt=0)
     shed_on_saturation: bool = False
     # Models this pool is configured to serve: with no ready pod for one of them (say, scaled to
@@ -165,11 +167,27 @@ def epp_parser() -> argparse.ArgumentParser:
     flag("--endpoints-file", "static endpoints YAML, re-read on change", type=Path)
     flag("--endpoints", "static endpoints: IP:PORT[,IP:PORT...] (IPv6 as [::1]:8000)")
     flag("--metrics-interval", "seconds between scrapes", type=float)
+    flag("--metrics-timeout", "seconds a scrape may take before it counts as failed", type=float)
+    policy = EjectionPolicy()
+    for name, field, text in _EJECTION_FLAGS:
+        parser.add_argument(name, type=type(getattr(policy, field)), dest=f"ejection.{field}",
+                            help=f"{text} (default: {getattr(policy, field)})")
     flag("--models-interval", "seconds between model probes", type=float)
     flag("--shed-on-saturation", "429 when the pool is saturated", action="store_true")
     flag("--pool-models", "NAME[,NAME...]: models the pool is configured to serve "
          "(503 rather than 404 while none of their pods is ready)")
     return parser
+
+
+_EJECTION_FLAGS = (
+    ("--eject-after-failures", "consecutive_failures", "failed scrapes in a row that take an endpoint out "
+     "of rotation"),
+    ("--eject-after-refused", "consecutive_connect_failures", "requests in a row whose connection the "
+     "endpoint refused that take it out of rotation"),
+    ("--ejection-seconds", "base_ejection", "seconds an ejected endpoint stays out at least (doubled "
+     "while it keeps failing)"),
+    ("--max-ejection-seconds", "max_ejection", "seconds an ejected endpoint stays out at most"),
+)
 
 
 def bbr_parser() -> argparse.ArgumentParser:
@@ -187,6 +205,9 @@ def parse_epp_args(argv: Sequence[str] | None = None) -> EppSettings:
     pool_models = values.pop("pool_models", None)
     if pool_models is not None:
         values["pool_models"] = _model_names(parser, "--pool-models", pool_models)
+    ejection = {key.split(".", 1)[1]: values.pop(key) for key in list(values) if key.startswith("ejection.")}
+    if ejection:
+        values["ejection"] = ejection
     try:
         return EppSettings.model_validate(values)
     except ValidationError as error:
@@ -221,8 +242,10 @@ def _model_names(parser: argparse.ArgumentParser, flag: str, value: str) -> tupl
 
 def _validation_message(error: ValidationError) -> str:
     parts = []
+    flags = {f"ejection.{field}": name.removeprefix("--") for name, field, _ in _EJECTION_FLAGS}
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"])
+        where = flags.get(where, where)
         flag = f"--{where.replace('_', '-')}: " if where else ""
         parts.append(f"{flag}{item['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
@@ -299,7 +322,9 @@ async def serve_epp(
     )
     health = Health()
     async with aiohttp.ClientSession() as session, DiscoveryRunner(
-        datastore, source, session, settings.metrics_interval, settings.models_interval, on_error=on_error
+        datastore, source, session, settings.metrics_interval, settings.models_interval,
+        metrics_timeout=settings.metrics_timeout, on_error=on_error, ejection=settings.ejection,
+        on_eject=telemetry.ejected,
     ) as runner:
         picker = EndpointPicker(
             datastore,
@@ -308,6 +333,7 @@ async def serve_epp(
             saturation=detector,
             shed_on_saturation=settings.shed_on_saturation,
             refresher=runner,
+            outliers=runner.ejector,
             max_body_bytes=settings.max_body_bytes,
         )
 

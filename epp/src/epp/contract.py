@@ -20,6 +20,12 @@ DESTINATION_METADATA_NAMESPACE: Final = "envoy.lb"
 SUBSET_HINT_NAMESPACE: Final = "envoy.lb.subset_hint"
 SUBSET_HINT_KEY: Final = "x-gateway-destination-endpoint-subset"
 
+# The gateway's answer to a request whose picked endpoint refused the connection (nothing was sent)
+# carries this header, so the EPP that picked the endpoint sees the failure on the response path and
+# takes the endpoint out of rotation (passive ejection, ``epp.discovery.ejection``).
+UPSTREAM_FAILURE_HEADER: Final = "x-gateway-upstream-failure"
+UPSTREAM_CONNECT_FAILURE: Final = "connect"
+
 # --- The Body-Based Router --------------------------------------------------------------------------
 # The body's ``model`` and its base model (a LoRA adapter resolves to the model it adapts); the
 # Gateway's HTTPRoutes match the base model header exactly.

@@ -79,6 +79,8 @@ class Endpoint:
     load: InFlight = field(default_factory=InFlight)
     # False until the first successful /v1/models answer.
     models_known: bool = False
+    # Out of rotation: its connections are refused or its scrapes fail (``epp.discovery.ejection``).
+    ejected: bool = False
     # ``10.0.0.1:8000`` or ``[fd00::1]:8000``: what the proxy is told and how the pool keys it.
     address: str = field(init=False)
 
@@ -101,11 +103,13 @@ class PoolView:
     """What the request path reads, derived once per datastore version and never changed after."""
 
     version: int
-    # Endpoints whose models are known: the candidates a request may be scheduled on.
+    # Endpoints whose models are known and that are not ejected: the candidates a request may be
+    # scheduled on.
     endpoints: tuple[Endpoint, ...]
     # Model id -> the routable endpoints serving it.
     by_model: Mapping[str, tuple[Endpoint, ...]]
-    # Models a request may name: the pool's configured models and every routable endpoint's.
+    # Models a request may name: the pool's configured models and those of every endpoint whose
+    # models are known, ejected ones included (their model is unavailable, a 503, not unknown).
     known_models: frozenset[str]
     # Sorted union of the routable endpoints' models (what GET /v1/models lists).
     served_models: tuple[str, ...]
@@ -114,7 +118,9 @@ class PoolView:
 
 
 def derive_view(version: int, endpoints: Iterable[Endpoint], pool_models: frozenset[str]) -> PoolView:
-    routable = tuple(e for e in endpoints if e.models_known)
+    probed = [e for e in endpoints if e.models_known]
+    routable = tuple(e for e in probed if not e.ejected)
+    ejected_models = frozenset(model for e in probed if e.ejected for model in e.models)
     by_model: dict[str, list[Endpoint]] = {}
     for endpoint in routable:
         for model in endpoint.models:
@@ -124,7 +130,7 @@ def derive_view(version: int, endpoints: Iterable[Endpoint], pool_models: frozen
         version=version,
         endpoints=routable,
         by_model={model: tuple(serving) for model, serving in by_model.items()},
-        known_models=pool_models.union(served),
+        known_models=pool_models.union(served, ejected_models),
         served_models=served,
         models_body=model_list_body(served),
     )
@@ -198,6 +204,16 @@ class Datastore:
         endpoint.metrics = metrics
         return True
 
+    def set_ejected(self, endpoint: Endpoint, ejected: bool) -> bool:
+        """Take ``endpoint`` out of rotation (or put it back); a new view when that changed anything.
+        False when it left the pool or was replaced meanwhile."""
+        if self._endpoints.get(endpoint.address) is not endpoint:
+            return False
+        if endpoint.ejected != ejected:
+            endpoint.ejected = ejected
+            self._changed()
+        return True
+
     def get(self, address: str) -> Endpoint | None:
         return self._endpoints.get(address)
 
@@ -208,7 +224,7 @@ class Datastore:
         return len(self._endpoints)
 
     def routable(self) -> list[Endpoint]:
-        """Endpoints whose models are known: the candidates a request may be scheduled on."""
+        """Endpoints whose models are known and not ejected: the candidates a request may be scheduled on."""
         return list(self.view.endpoints)
 
     def served_models(self) -> list[str]:

@@ -48,6 +48,8 @@ class _EndpointCollector(Collector):
                                 "metrics scrape (+Inf when never scraped).", labels=labels)
         models = GaugeMetricFamily("epp_endpoint_models", "Models the endpoint serves (0 until probed).",
                                    labels=labels)
+        ejected = GaugeMetricFamily("epp_endpoint_ejected", "1 while the endpoint is out of rotation "
+                                    "(failing scrapes or refusing connections).", labels=labels)
         now = time.monotonic()
         for endpoint in list(self._datastore):
             values = [endpoint.address, endpoint.name]
@@ -57,7 +59,8 @@ class _EndpointCollector(Collector):
             kv.add_metric(values, endpoint.metrics.kv_cache_usage)
             age.add_metric(values, endpoint.metrics.age(now))
             models.add_metric(values, len(endpoint.models))
-        yield from (in_flight, waiting, running, kv, age, models)
+            ejected.add_metric(values, int(endpoint.ejected))
+        yield from (in_flight, waiting, running, kv, age, models, ejected)
 
 
 class Telemetry:
@@ -90,12 +93,22 @@ class Telemetry:
             ["kind"],
             registry=self.registry,
         )
+        self.ejections = Counter(
+            f"{component}_endpoint_ejections",
+            "Endpoints taken out of rotation, by evidence: 'scrape' (failed metrics scrapes in a row) or "
+            "'connect' (routed requests whose connection the endpoint refused).",
+            ["reason"],
+            registry=self.registry,
+        )
         if datastore is not None:
             self.registry.register(_EndpointCollector(datastore))
         self._server: WSGIServer | None = None
 
     def request(self, model: str, outcome: str) -> None:
         self.requests.labels(model or "none", outcome).inc()
+
+    def ejected(self, reason: str) -> None:
+        self.ejections.labels(reason).inc()
 
     def tokens(self, model: str, prompt: int, completion: int) -> None:
         self.tokens_total.labels(model, "prompt").inc(prompt)

@@ -4,6 +4,7 @@
 - ``kubernetes.py``: the InferencePool's ready Pods, one endpoint per target port (lightkube).
 - ``models.py``: each endpoint's own ``/v1/models`` -> ``Endpoint.models`` / ``lora_parents``.
 - ``metrics.py`` + ``vllm_metrics.py``: each endpoint's ``/metrics`` -> ``Endpoint.metrics``.
+- ``ejection.py``: endpoints whose scrapes fail or whose connections are refused leave rotation.
 - ``_workers.py``: the one-task-per-endpoint machinery the prober and the scraper share.
 
 Typical use (what ``epp.cli`` does)::
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -33,6 +35,7 @@ import aiohttp
 
 from epp.datastore import Datastore
 from epp.discovery._workers import ErrorCallback
+from epp.discovery.ejection import EjectionPolicy, Ejector
 from epp.discovery.kubernetes import (
     InferencePool,
     KubernetesConfigError,
@@ -53,6 +56,8 @@ from epp.discovery.vllm_metrics import MetricsParseError, parse_vllm_metrics
 
 __all__ = [
     "DiscoveryRunner",
+    "EjectionPolicy",
+    "Ejector",
     "EndpointSource",
     "EndpointsFileError",
     "InferencePool",
@@ -126,6 +131,9 @@ def build_source(
 class DiscoveryRunner:
     """Runs an endpoint source, the model prober and the metrics scraper as tasks.
 
+``ejector`` takes endpoints out of rotation from the scraper's results and from what the picker
+reports (``connect_failed`` / ``answered``), per ``ejection``.
+
     ``async with`` starts them and stops them cleanly on exit. ``failure`` holds the exception of
     a task that died (e.g. no Kubernetes configuration); it is also logged, and ``failed`` is set:
     the picker is blind from then on (its health turns NOT_SERVING on it).
@@ -139,17 +147,22 @@ class DiscoveryRunner:
         metrics_interval: float = 0.05,
         models_interval: float = 10.0,
         *,
-        metrics_timeout: float = 1.0,
+        metrics_timeout: float = 0.5,
         models_timeout: float = 2.0,
         on_error: ErrorCallback | None = None,
+        ejection: EjectionPolicy | None = None,
+        on_eject: Callable[[str], None] | None = None,
     ) -> None:
         self.datastore = datastore
         self.source = source
         self.prober = ModelProber(
             datastore, session, interval=models_interval, timeout=models_timeout, on_error=on_error
         )
+        # Ejection follows the scraper (active) and, through ``ejector``, routed requests (passive).
+        self.ejector = Ejector(datastore, ejection, on_eject=on_eject)
         self.scraper = MetricsScraper(
-            datastore, session, interval=metrics_interval, timeout=metrics_timeout, on_error=on_error
+            datastore, session, interval=metrics_interval, timeout=metrics_timeout, on_error=on_error,
+            ejector=self.ejector,
         )
         self.failure: BaseException | None = None
         self.failed = asyncio.Event()

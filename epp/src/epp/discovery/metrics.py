@@ -1,9 +1,12 @@
-"""Scrape every endpoint's own ``/metrics`` on a fixed interval (default 50 ms).
+"""Scrape every endpoint's own ``/metrics`` on a fixed interval (default 50 ms), each scrape bounded
+by a timeout (default 0.5 s).
 
 Each endpoint has its own scrape loop, so all are scraped concurrently and a slow one only delays
 itself. A successful scrape stores a fresh :class:`Metrics` through ``Datastore.set_metrics``; a failed
 one leaves the previous object in place, so ``Endpoint.metrics.age()`` grows and the scheduler's
-saturation detector sees the endpoint as stale.
+saturation detector sees the endpoint as stale. With an :class:`~epp.discovery.ejection.Ejector`
+every result is also evidence for ejection: failed scrapes in a row take the endpoint out of
+rotation, a successful one (after its ejection time) brings it back.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import aiohttp
 
 from epp.datastore import Datastore, Endpoint
 from epp.discovery._workers import POLL_ERRORS, EndpointPoller, ErrorCallback
+from epp.discovery.ejection import Ejector
 from epp.discovery.vllm_metrics import MetricsParseError, parse_vllm_metrics
 
 log = logging.getLogger(__name__)
@@ -31,14 +35,16 @@ class MetricsScraper(EndpointPoller):
         datastore: Datastore,
         session: aiohttp.ClientSession,
         interval: float = 0.05,
-        timeout: float = 1.0,
+        timeout: float = 0.5,
         *,
         on_error: ErrorCallback | None = None,
+        ejector: Ejector | None = None,
     ) -> None:
         if interval <= 0 or timeout <= 0:
             raise ValueError("interval and timeout must be positive")
         super().__init__(datastore, session, interval, timeout, on_error, "metrics-scraper")
         self._failing: set[str] = set()
+        self._ejector = ejector
         self.scrapes = 0
 
     async def run(self) -> None:
@@ -56,14 +62,17 @@ class MetricsScraper(EndpointPoller):
             metrics = parse_vllm_metrics(text, time.monotonic())
         except POLL_ERRORS as exc:
             self._count_error()
+            why = str(exc) or type(exc).__name__
             if endpoint.address not in self._failing:
                 self._failing.add(endpoint.address)
                 log.warning(
                     "metrics scrape of %s (%s) failing: %s; its metrics go stale",
                     endpoint.address,
                     endpoint.name,
-                    str(exc) or type(exc).__name__,
+                    why,
                 )
+            if self._ejector is not None:
+                self._ejector.scrape_failed(endpoint, why)
             return False
         except Exception:
             self._unexpected(endpoint, "metrics scrape")
@@ -71,7 +80,10 @@ class MetricsScraper(EndpointPoller):
         if endpoint.address in self._failing:
             self._failing.discard(endpoint.address)
             log.info("metrics scrape of %s (%s) recovered", endpoint.address, endpoint.name)
-        return self._datastore.set_metrics(endpoint, metrics)
+        stored = self._datastore.set_metrics(endpoint, metrics)
+        if stored and self._ejector is not None:
+            self._ejector.scrape_succeeded(endpoint)
+        return stored
 
     async def _follow(self, endpoint: Endpoint) -> None:
         loop = asyncio.get_running_loop()

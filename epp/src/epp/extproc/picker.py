@@ -1,5 +1,9 @@
 """The Endpoint Picker servicer: each request goes to a ready endpoint that serves its model.
 
+Endpoints out of rotation (``Endpoint.ejected``) are not in the view, so they are never picked,
+whatever their load score; each routed request's outcome at its endpoint (answered, or the
+connection refused) goes to the ``outliers`` observer, the passive half of ejection.
+
 ``GET /v1/models`` is answered here with the union of the ready endpoints' models (and
 ``GET /v1/models/{id}`` with one of them). The picker reads the datastore's current view and owns
 the in-flight counts, by address, that the scheduler's plugins read as ``Endpoint.in_flight``.
@@ -48,6 +52,14 @@ class Scheduler(Protocol):
 
 class SaturationDetector(Protocol):
     def saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool: ...
+
+
+class OutlierObserver(Protocol):
+    """Told what each routed request met at its endpoint (``epp.discovery.ejection.Ejector``)."""
+
+    def connect_failed(self, address: str) -> None: ...
+
+    def answered(self, address: str) -> None: ...
 
 
 class ModelRefresher(Protocol):
@@ -130,6 +142,7 @@ class EndpointPicker(ExtProcServicer):
         saturation: SaturationDetector | None = None,
         shed_on_saturation: bool = False,
         refresher: ModelRefresher | None = None,
+        outliers: OutlierObserver | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         super().__init__(max_body_bytes=max_body_bytes)
@@ -139,6 +152,7 @@ class EndpointPicker(ExtProcServicer):
         self._saturation = saturation
         self._shed = shed_on_saturation and saturation is not None
         self._refresher = refresher
+        self._outliers = outliers
         self._models = ModelList()
         # Prebuilt routing answers: by address, and by the ranked addresses when fallbacks are sent.
         self._destinations: dict[str, _Destination] = {}
@@ -240,6 +254,11 @@ class EndpointPicker(ExtProcServicer):
         response = exchange.response
         if isinstance(pick, _Pick):
             self.in_flight.release(pick.address, pick.count)
+            if self._outliers is not None and response.status:
+                if response.connect_failed:
+                    self._outliers.connect_failed(pick.address)
+                else:
+                    self._outliers.answered(pick.address)
             if response.status == 404 and self._refresher is not None and response.model_not_found():
                 _log.info(
                     "backend does not serve the model any more; refreshing its models",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from epp.contract import UPSTREAM_CONNECT_FAILURE, UPSTREAM_FAILURE_HEADER
+
 # Response bodies larger than this are passed through without being kept for usage parsing.
 MAX_KEPT_BODY = 1 << 20
 # For SSE only the tail matters: the usage event is the last data event before [DONE].
@@ -24,11 +26,13 @@ class Usage:
 class ResponseTracker:
     """Accumulates what is needed from a response's headers and body chunks."""
 
-    __slots__ = ("_chunks", "_kept", "_tail", "status", "streaming")
+    __slots__ = ("_chunks", "_kept", "_tail", "connect_failed", "status", "streaming")
 
     def __init__(self) -> None:
         self.status = 0
         self.streaming = False
+        # The gateway could not connect to the picked endpoint (its local reply says so).
+        self.connect_failed = False
         self._chunks: list[bytes] = []
         self._kept = 0
         self._tail = b""
@@ -39,6 +43,7 @@ class ResponseTracker:
         except ValueError:
             self.status = 0
         self.streaming = headers.get("content-type", "").startswith("text/event-stream")
+        self.connect_failed = headers.get(UPSTREAM_FAILURE_HEADER) == UPSTREAM_CONNECT_FAILURE
 
     def on_body(self, chunk: bytes) -> None:
         if not chunk:
