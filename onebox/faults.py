@@ -7,7 +7,11 @@ Each scenario returns its figures (answers by kind, recovery time); the fault-in
 - ``idle_flood``: N connections that send a request's headers and never its body, while a
   ``/v1/models`` and a chat request are sent beside them;
 - ``kill_and_recover``: ``kill -9`` of one child under traffic; the supervisor restarts it;
-- ``stopped_pod``: ``kill -STOP`` of a pod: its requests end after the upstream idle timeout.
+- ``stopped_pod``: ``kill -STOP`` of a pod: its requests end after the upstream idle timeout;
+- on the ``scaleout`` box (4 pods of one model), under a steady load: ``killed_pod`` (``kill -9``,
+  left dead) and ``stopped_pod_under_load`` (``kill -STOP``, continued later): how many requests
+  fail from 2 s after the fault on, and when the last request was sent to the faulty pod;
+- ``soak``: N requests, and every child's resident memory after warm-up and after them.
 
 Every connection is to 127.0.0.1; every count and wait is bounded.
 """
@@ -30,6 +34,7 @@ from epp.contract import POD_HEADER
 
 from onebox.box import OneBox
 from onebox.envoy.limits import GatewayTimeouts
+from onebox.supervisor import Backoff
 from onebox.topology import load_preset
 
 
@@ -450,6 +455,14 @@ async def _main(args: argparse.Namespace) -> None:
         for name in ("epp-gemma", "bbr"):
             print(await kill_and_recover(box, name))
         print(await stopped_pod(box, "phi3-0"))
+    # A killed pod stays dead for the run (as a crash-looping pod would), not restarted.
+    restart = Backoff(first=120.0, longest=120.0)
+    async with OneBox(load_preset("scaleout"), time_scale=0, timeouts=timeouts, restart=restart) as box:
+        print(f"scaleout box up at {box.gateway_url}")
+        print(await stopped_pod_under_load(box, "gemma-1", rate=args.rate))
+        print(await killed_pod(box, "gemma-2", rate=args.rate))
+    async with OneBox(load_preset("gpu"), time_scale=0) as box:
+        print(await soak(box, args.soak))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -457,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=1500, help="requests sent at once")
     parser.add_argument("--idle", type=int, default=1030, help="header-only connections")
     parser.add_argument("--upstream-idle-timeout", type=float, default=3.0)
+    parser.add_argument("--rate", type=float, default=100.0, help="requests/s while a pod fails")
+    parser.add_argument("--soak", type=int, default=20_000, help="requests of the memory soak")
     args = parser.parse_args(argv)
     asyncio.run(_main(args))
     return 0
