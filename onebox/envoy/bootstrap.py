@@ -24,9 +24,11 @@ from typing import Any, Literal
 
 import yaml
 from epp.contract import (
+    API_PREFIX,
     BASE_MODEL_HEADER,
     DESTINATION_HEADER,
     DESTINATION_METADATA_NAMESPACE,
+    NOT_FOUND_MESSAGE,
     SUBSET_HINT_NAMESPACE,
     error_body,
     split_host_port,
@@ -52,10 +54,7 @@ _CONNECTIONS_MONITOR = (
 # How the EPP sees responses (see _epp_processing_mode).
 ResponseMode = Literal["streamed", "full-duplex"]
 
-_NOT_FOUND = error_body(
-    404,
-    "Not found: the gateway serves POST /v1/completions, POST /v1/chat/completions and GET /v1/models.",
-).decode()
+_NOT_FOUND = error_body(404, NOT_FOUND_MESSAGE).decode()
 
 
 class PoolRoute(BaseModel):
@@ -298,7 +297,7 @@ def gateway_config(
                 {
                     "name": f"{pool.name}:{model}",
                     "match": {
-                        "prefix": "/",
+                        "prefix": API_PREFIX,
                         "headers": [{"name": BASE_MODEL_HEADER, "string_match": {"exact": model}}],
                     },
                     "route": _to_pod_route(timeouts),
@@ -341,7 +340,7 @@ def unified_gateway_config(
     limits, timeouts = limits or GatewayLimits(), timeouts or GatewayTimeouts()
     split_host_port(epp)
     routes = [
-        {"name": "pool", "match": {"prefix": "/v1/"}, "route": _to_pod_route(timeouts)},
+        {"name": "pool", "match": {"prefix": API_PREFIX}, "route": _to_pod_route(timeouts)},
         _not_found_route(),
     ]
     health_filter, health_clusters = readiness(bbr=None, epps=[epp], pods=list(endpoints))

@@ -211,3 +211,33 @@ async def test_the_front_door_answers_the_retrieval_of_one_model() -> None:
     response = one.immediate.immediate_response  # type: ignore[union-attr]
     assert json.loads(response.body)["id"] == ADAPTER
     assert code == 404
+
+
+async def test_the_front_door_answers_bodyless_api_requests_as_the_unified_pool_does() -> None:
+    # The same answers as the EPP's in a unified pool (tests/epp/test_bad_input_e2e.py checks both).
+    async with serving(front_door()) as stub:
+        read = (await EnvoyStream(stub).send_request(None, method="GET", path="/v1/other")).error()
+        post = (await EnvoyStream(stub).send_request(None, path="/v1/chat/completions")).error()
+    assert (read[0], read[1]["error"]["type"]) == (404, "not_found_error")
+    assert (post[0], post[1]["error"]["type"]) == (400, "invalid_request_error")
+
+
+async def test_the_front_door_leaves_paths_outside_the_api_to_the_proxy_even_with_a_model() -> None:
+    async with serving(front_door()) as stub:
+        outcome = await EnvoyStream(stub).send_request(json.dumps({"model": GEMMA}).encode(), path="/other")
+    assert outcome.immediate is None
+    assert outcome.set_headers == {}
+
+
+async def test_an_unknown_model_of_a_megabyte_gets_an_answer_of_a_few_hundred_bytes() -> None:
+    async with serving(front_door()) as stub:
+        body = json.dumps({"model": "x" * 1_000_000}).encode()
+        outcome = await EnvoyStream(stub).send_request(body)
+    immediate = outcome.immediate
+    assert immediate is not None
+    assert len(immediate.immediate_response.body) < 1000
+    code, error = outcome.error()
+    detail = error["error"]
+    assert isinstance(detail, dict)
+    assert (code, detail["type"]) == (404, "not_found_error")
+    assert "(1000000 characters)" in detail["message"]

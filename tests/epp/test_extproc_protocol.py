@@ -229,10 +229,12 @@ async def test_get_v1_models_lists_every_served_model_identically_on_every_call(
     assert [m["id"] for m in document["data"]] == [GEMMA, PHI]
 
 
-async def test_a_get_without_body_elsewhere_is_a_400() -> None:
+async def test_a_read_of_another_path_is_a_404_and_a_post_without_body_a_400() -> None:
     async with serving(picker(gemma_and_phi())) as stub:
-        code, _ = (await EnvoyStream(stub).send_request(None, method="GET", path="/v1/other")).error()
-    assert code == 400
+        code, body = (await EnvoyStream(stub).send_request(None, method="GET", path="/v1/other")).error()
+        assert (code, body["error"]["type"]) == (404, "not_found_error")
+        code, body = (await EnvoyStream(stub).send_request(None, path="/v1/completions")).error()
+        assert (code, body["error"]["type"]) == (400, "invalid_request_error")
 
 
 async def test_in_flight_returns_to_zero_after_a_backend_error() -> None:

@@ -77,6 +77,24 @@ ERROR_TYPES: Final[dict[int, str]] = {
 }
 
 
+# What the gateway serves, and its answer to anything else (a JSON 404 in both routing modes).
+API_PREFIX: Final = "/v1/"
+NOT_FOUND_MESSAGE: Final = (
+    "Not found: the gateway serves POST /v1/completions, POST /v1/chat/completions and GET /v1/models."
+)
+
+# A name from the request (a model, a path) quoted in an error is cut to this many characters, so
+# the answer to a 1 MB model name is not a 1 MB body.
+MAX_ECHOED_CHARS: Final = 200
+
+
+def echoed(text: str) -> str:
+    """``text`` as an error message may quote it: at most MAX_ECHOED_CHARS characters (then "...")."""
+    if len(text) <= MAX_ECHOED_CHARS:
+        return text
+    return f"{text[:MAX_ECHOED_CHARS]}... ({len(text)} characters)"
+
+
 def error_type(status: int) -> str:
     return ERROR_TYPES.get(status, "api_error")
 

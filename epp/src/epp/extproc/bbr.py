@@ -2,20 +2,21 @@
 
 Sets ``x-gateway-model-name`` and ``x-gateway-base-model-name`` (a LoRA adapter resolves to its
 base model) and clears the route cache so Envoy routes on them. Given the served models (to which
-the configured adapters are added) it is the gateway's front door: a request without a model is a
-400, an unknown model a 404 listing the served ones, and ``GET /v1/models`` is answered with that
-list. Without it, it behaves as upstream BBR: a request without a model passes through untouched.
-Requests without a body always pass through.
+the configured adapters are added) it is the gateway's front door for ``/v1/``: a request without a
+model is a 400, an unknown model a 404 listing the served ones, ``GET /v1/models`` is answered with
+that list and any other request without a body as the EPP answers it (``errors.bodyless``); paths
+outside ``/v1/`` pass, for the proxy's routes to refuse. Without served models it behaves as
+upstream BBR: a request without a model, or without a body, passes through untouched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from epp.contract import BASE_MODEL_HEADER, MODEL_HEADER
+from epp.contract import API_PREFIX, BASE_MODEL_HEADER, MODEL_HEADER
 from epp.extproc.body import parse_body
 from epp.extproc.decision import PASS, Decision, Route
-from epp.extproc.errors import missing_model, unknown_model
+from epp.extproc.errors import bodyless, missing_model, unknown_model
 from epp.extproc.messages import header_option
 from epp.extproc.models import ModelList
 from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, Exchange, ExtProcServicer
@@ -56,17 +57,17 @@ class BodyBasedRouter(ExtProcServicer):
 
     def decide(self, exchange: Exchange) -> Decision:
         front_door = self._served is not None
-        if exchange.body is None:
-            models = (
-                self._models.answer(exchange.method, exchange.path, self._listed, self._listed_body)
-                if front_door else None
-            )
-            if models is not None:
-                exchange.outcome = "models"
-                return models
+        outside = not exchange.path.startswith(API_PREFIX)
+        if (front_door and outside) or (not front_door and exchange.body is None):
             # Nothing to route on: the proxy's routes decide (a routing miss is the proxy's 404).
             exchange.outcome = "passthrough"
             return PASS
+        if exchange.body is None:
+            models = self._models.answer(exchange.method, exchange.path, self._listed, self._listed_body)
+            if models is None:
+                raise bodyless(exchange.method, exchange.path)
+            exchange.outcome = "models"
+            return models
         parsed = parse_body(exchange.body)
         model = parsed.model
         if model is None:

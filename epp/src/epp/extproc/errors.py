@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 
-from epp.contract import error_body
+from epp.contract import NOT_FOUND_MESSAGE, echoed, error_body
 from epp.extproc.messages import immediate
 
 
@@ -34,7 +34,17 @@ class RequestError(Exception):
 def unknown_model(model: str, served: list[str]) -> RequestError:
     listed = ", ".join(served) if served else "none"
     return RequestError(
-        404, f"The model '{model}' does not exist. Models served: {listed}.", "model", "unknown_model"
+        404, f"The model '{echoed(model)}' does not exist. Models served: {listed}.", "model", "unknown_model"
+    )
+
+
+def bodyless(method: str, path: str) -> RequestError:
+    """The answer to a request without a body that is no model list read, alike in both routing
+    modes: a read (GET, HEAD) of anything else is a 404, any other method needs a JSON body (400)."""
+    if method in ("GET", "HEAD"):
+        return RequestError(404, NOT_FOUND_MESSAGE, None, "not_found")
+    return RequestError(
+        400, f"{echoed(method)} {echoed(path)} has no body; send a JSON body with a 'model'.", None, "no_body"
     )
 
 

@@ -33,7 +33,7 @@ from epp.contract import (
 from epp.datastore import Datastore, Endpoint, InFlight, PoolView, canonical_ip
 from epp.extproc.body import parse_body, require_model
 from epp.extproc.decision import Answer, Decision, Route
-from epp.extproc.errors import RequestError, unknown_model
+from epp.extproc.errors import RequestError, bodyless, unknown_model
 from epp.extproc.messages import destination_metadata, header_option
 from epp.extproc.models import ModelList
 from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, Exchange, ExtProcServicer
@@ -213,12 +213,7 @@ class EndpointPicker(ExtProcServicer):
     def _bodyless(self, exchange: Exchange, view: PoolView) -> Answer:
         models = self._models.answer(exchange.method, exchange.path, view.served_models, view.models_body)
         if models is None:
-            raise RequestError(
-                400,
-                f"{exchange.method} {exchange.path} has no body; send a JSON body with a 'model'.",
-                None,
-                "no_body",
-            )
+            raise bodyless(exchange.method, exchange.path)
         exchange.outcome = "models"
         return models
 

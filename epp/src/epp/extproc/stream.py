@@ -32,6 +32,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 from google.protobuf.struct_pb2 import Struct
 
+from epp.contract import echoed
 from epp.extproc.decision import Answer, Decision
 from epp.extproc.errors import RequestError, body_too_large, internal_error
 from epp.extproc.messages import (
@@ -141,7 +142,7 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
             exchange.outcome = failure.reason
             _log.exception(
                 "deciding on a request failed",
-                extra={"request_id": exchange.request_id, "model": exchange.model or None},
+                extra={"request_id": exchange.request_id, "model": echoed(exchange.model) or None},
             )
             return Answer(failure.response())
 
@@ -151,7 +152,7 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
         _log.info(
             "request refused",
             extra={"request_id": exchange.request_id, "status": error.status, "reason": error.reason,
-                   "model": exchange.model or None},
+                   "model": echoed(exchange.model) or None},
         )
 
     async def _answer_request(self, exchange: Exchange, write: Write) -> bool:
