@@ -405,15 +405,22 @@ class PodFaultResult:
         return len({a.pod for a in self.answers if a.pod} | {self.pod})
 
 
+def _pod_pid(box: OneBox, pod_name: str) -> int:
+    pod = next(p for p in box.pods if p.name == pod_name)
+    if pod.pid is None:
+        raise ValueError(f"{pod_name} is not a process of this box (a server of your own)")
+    return pod.pid
+
+
 async def killed_pod(
     box: OneBox, pod_name: str, rate: float = 100.0, seconds: float = 8.0, settle: float = 2.0
 ) -> PodFaultResult:
     """``kill -9`` of one pod under a steady load. Run it on a box whose restart backoff keeps the
     pod dead for the run (as the issue's "left dead")."""
-    pod = next(p for p in box.pods if p.name == pod_name)
+    pid = _pod_pid(box, pod_name)
 
     async def kill() -> None:
-        os.kill(pod.pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
 
     answers = await open_loop(box, rate, seconds, kill)
     return PodFaultResult("kill -9", pod_name, answers, settle)
@@ -422,16 +429,15 @@ async def killed_pod(
 async def stopped_pod_under_load(
     box: OneBox, pod_name: str, rate: float = 100.0, seconds: float = 6.0, settle: float = 2.0
 ) -> PodFaultResult:
-    """``kill -STOP`` of one pod under a steady load, ``kill -CONT`` ``seconds - 1`` s later; the
-    last second shows whether the pod is back in rotation."""
-    pod = next(p for p in box.pods if p.name == pod_name)
-
+    """``kill -STOP`` of one pod under a steady load, ``kill -CONT`` ``seconds - 1.5`` s later; the
+    3 s of load after that show whether the pod is back in rotation."""
+    pid = _pod_pid(box, pod_name)
     resumed_at = seconds - 1.5
 
     async def stop_then_continue() -> None:
-        os.kill(pod.pid, signal.SIGSTOP)
+        os.kill(pid, signal.SIGSTOP)
         await asyncio.sleep(resumed_at)
-        os.kill(pod.pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
 
     answers = await open_loop(box, rate, seconds + 2.0, stop_then_continue)
     return PodFaultResult("kill -STOP", pod_name, answers, settle, resumed_at)
