@@ -95,3 +95,12 @@ def test_per_pod_options_for_a_replica_that_does_not_exist_are_refused_naming_it
 def test_the_simulator_context_limit_is_a_topology_option() -> None:
     options = SimOptions(max_model_len=65536, kv_cache_blocks=8192)
     assert "--max-model-len" in options.flags()
+
+
+def test_per_pod_simulator_options_on_bring_your_own_endpoints_are_refused() -> None:
+    text = (
+        "models:\n  - name: mine\n    served_name: m\n    endpoints: [http://127.0.0.1:8000]\n"
+        "    pods: {0: {max_num_seqs: 2}}\n"
+    )
+    with pytest.raises(TopologyError, match="'pods'"):
+        parse_topology(text)
