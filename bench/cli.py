@@ -1,4 +1,7 @@
-"""``python -m bench``: benchmark any OpenAI-compatible URL (a one-box gateway or a deployed one)."""
+"""``python -m bench``: benchmark any OpenAI-compatible URL (a one-box gateway or a deployed one).
+
+``python -m bench matrix`` runs the workload matrix on the one boxes it starts (``bench.matrix``).
+"""
 
 from __future__ import annotations
 
@@ -61,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["matrix"]:  # python -m bench matrix: the workload matrix (bench.matrix)
+        from bench.matrix import main as matrix
+
+        return matrix(given[1:])
+    args = build_parser().parse_args(given)
     try:
         workload = WorkloadConfig(
             workload=Workload(args.workload),

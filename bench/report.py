@@ -153,14 +153,14 @@ def write_json(report: Report, path: Path) -> Path:
     return path
 
 
-def _png(fig: Any) -> str:
+def png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _cdf_plot(report: Report, attr: str, title: str) -> str | None:
+def cdf_plot(report: Report, attr: str, title: str) -> str | None:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     drawn = False
     for run in report.runs:
@@ -186,7 +186,7 @@ def _cdf_plot(report: Report, attr: str, title: str) -> str | None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    return _png(fig)
+    return png(fig)
 
 
 def _accuracy_plot(summaries: list[RunSummary]) -> str:
@@ -202,7 +202,7 @@ def _accuracy_plot(summaries: list[RunSummary]) -> str:
     ax.set_ylabel("% of requests")
     ax.set_title("Routing accuracy and success rate per run")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def _timeline_plot(report: Report) -> str:
@@ -225,7 +225,7 @@ def _timeline_plot(report: Report) -> str:
     ax.set_title("Every request over time")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    return _png(fig)
+    return png(fig)
 
 
 _CSS = """
@@ -246,8 +246,8 @@ def render_html(report: Report) -> str:
     )
     plots = [
         _accuracy_plot(summaries),
-        _cdf_plot(report, "e2e", "End-to-end latency (successful requests)"),
-        _cdf_plot(report, "ttft", "Time to first token (streaming)"),
+        cdf_plot(report, "e2e", "End-to-end latency (successful requests)"),
+        cdf_plot(report, "ttft", "Time to first token (streaming)"),
         _timeline_plot(report),
     ]
     images = "".join(f'<img alt="plot" src="data:image/png;base64,{p}">' for p in plots if p)

@@ -120,6 +120,9 @@ class WorkloadConfig(BaseModel):
     system_prompt_len: int = Field(default=256, gt=0)
     question_len: int = Field(default=32, gt=0)
     output_len: int | None = Field(default=None, gt=0)
+    # Put before every system prompt: two runs with different salts send the same requests, but
+    # neither finds the other's prefixes in a pod's cache (a side-by-side run on the same pods).
+    prefix_salt: str = ""
     # long-prompt: tokens per prompt.
     prompt_len: int = Field(default=2048, gt=0)
 
@@ -191,7 +194,7 @@ def _shared_prefix(config: WorkloadConfig, rng: random.Random) -> list[RequestSp
     output_len = config.output_len or config.max_tokens
     for group in range(config.groups):
         model = config.models[group % len(config.models)]
-        system = f"group {group}: " + _text(rng, config.system_prompt_len)
+        system = f"{config.prefix_salt}group {group}: " + _text(rng, config.system_prompt_len)
         for _ in range(config.prompts_per_group):
             question = _text(rng, config.question_len)
             prompts.append(RequestSpec(0, model, (("system", system), ("user", question)), output_len, group))
@@ -207,6 +210,21 @@ def _long_prompt(config: WorkloadConfig, rng: random.Random) -> list[RequestSpec
         )
         for i in range(config.requests)
     ]
+
+
+def bursty_arrivals(
+    rate: float, burst_rate: float, burst_start: float, burst_seconds: float, count: int, seed: int
+) -> list[float]:
+    """Poisson arrivals at ``rate``, at ``burst_rate`` from ``burst_start`` s for ``burst_seconds`` s."""
+    if rate <= 0 or burst_rate <= 0:
+        raise ValueError(f"rates must be > 0 requests/s, got {rate} and {burst_rate}")
+    rng = random.Random(f"bursty-{seed}")
+    offsets, t = [], 0.0
+    for _ in range(count):
+        offsets.append(t)
+        bursting = burst_start <= t < burst_start + burst_seconds
+        t += rng.expovariate(burst_rate if bursting else rate)
+    return offsets
 
 
 def poisson_arrivals(rate: float, count: int, seed: int) -> list[float]:

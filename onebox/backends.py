@@ -34,7 +34,7 @@ def check_sources(spec: ModelSpec) -> None:
     given = spec.model_fields_set
     kind = kind_of(spec)
     if kind == "endpoints":
-        for field in ("backend", "replicas", "sim", "vllm"):
+        for field in ("backend", "replicas", "sim", "vllm", "pods"):
             if field in given:
                 raise ValueError(
                     f"model {spec.name}: '{field}' does not apply to bring-your-own endpoints "
@@ -49,6 +49,8 @@ def check_sources(spec: ModelSpec) -> None:
             "use sim.loras or vllm.loras"
         )
     other = "vllm" if kind == "sim" else "sim"
+    if kind != "sim" and "pods" in given:
+        raise ValueError(f"model {spec.name}: 'pods' (per-replica simulator options) need backend: sim")
     if other in given:
         raise ValueError(f"model {spec.name}: '{other}' options need backend: {other}")
 
@@ -86,7 +88,7 @@ async def start_pods(supervisor: Supervisor, spec: ModelSpec, *, time_scale: flo
     starting = []
     for i in range(spec.replicas):
         name = f"{spec.name}-{i}"
-        args = ["--model", spec.served_name, "--time-scale", str(time_scale), *spec.sim.flags()]
+        args = ["--model", spec.served_name, "--time-scale", str(time_scale), *spec.sim_for(i).flags()]
         starting.append(Starting(name, await supervisor.launch(children.simulator(name, HOST, args))))
     return starting
 

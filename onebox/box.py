@@ -5,13 +5,15 @@ points at a child is written once its ports are known.
 
 Start order (every child is waited for with its own readiness probe):
 1. one simulated vLLM server per replica (``python -m vllmsim``; ``GET /health``), and in
-   per-model-pools mode the BBR with every served model (gRPC health ``readiness``);
-2. once every pod answers: one EPP per pool (per-model-pools) or one EPP over every pod
+   per-model-pools mode the BBR with every served model (gRPC health ``readiness``),
+   ``bbr_replicas`` of them;
+2. once every pod answers: ``epp_replicas`` EPPs per pool (per-model-pools) or over every pod
    (unified-pool), each with a static endpoints file of its pods' reported ports (gRPC health
    ``readiness``);
-3. Envoy with the matching gateway configuration, pointing at the EPPs' reported ports (admin
-   ``/ready``), plus, if asked, a second Envoy that round-robins over the same pods, as a plain
-   Kubernetes Service would;
+3. Envoy with the matching gateway configuration, pointing at the EPPs' and BBRs' reported ports,
+   each group of replicas one ext_proc cluster, health-checked on their health ports
+   (``onebox.envoy.replicas``; admin ``/ready``), plus, if asked, a second Envoy that round-robins
+   over the same pods, as a plain Kubernetes Service would;
 4. one request per model through the gateway, which must be answered by that model.
 
 Once up, the box is supervised (``fail_fast=False``, the default): a child that dies is logged
@@ -41,6 +43,7 @@ from onebox import backends, children
 from onebox.envoy import bootstrap
 from onebox.envoy.limits import GatewayLimits, GatewayTimeouts
 from onebox.envoy.process import envoy_child
+from onebox.envoy.replicas import Replica
 from onebox.probes import until_ready
 from onebox.supervisor import Backoff, Child, ChildDied, ChildSpec, Supervisor
 from onebox.topology import Topology
@@ -48,6 +51,7 @@ from onebox.topology import Topology
 Mode = Literal["per-model-pools", "unified-pool"]
 MODES: tuple[str, ...] = get_args(Mode)
 HOST = "127.0.0.1"
+MAX_REPLICAS = 8  # EPP or BBR replicas per group: each is a Python process on a small machine
 
 
 class GatewayNotServing(RuntimeError):
@@ -118,6 +122,16 @@ class ExtProcServer:
     def grpc_address(self) -> str:
         return join_host_port(HOST, self.grpc_port)
 
+    @property
+    def replica(self) -> Replica:
+        """How Envoy reaches it: the ext_proc address, checked on the health port."""
+        return Replica(address=self.grpc_address, health_port=self.health_port)
+
+
+def replica_name(base: str, index: int, replicas: int) -> str:
+    """``epp-gemma`` alone; ``epp-gemma-0``, ``epp-gemma-1``, ... when there are several."""
+    return base if replicas == 1 else f"{base}-{index}"
+
 
 class OneBox:
     """Start with ``async with OneBox(topology) as box:``; then ``box.gateway_url``, ``box.pods``."""
@@ -131,6 +145,8 @@ class OneBox:
         time_scale: float = 1.0,
         round_robin: bool = False,
         epp_profile: str | None = None,
+        epp_replicas: int = 1,
+        bbr_replicas: int = 1,
         log_dir: Path | None = None,
         startup_timeout: float = 60.0,
         log_level: str = "warning",
@@ -145,19 +161,24 @@ class OneBox:
             raise ValueError(f"unknown log level {log_level!r}; levels: {', '.join(children.LOG_LEVELS)}")
         if time_scale < 0:
             raise ValueError(f"time_scale must be >= 0, got {time_scale}")
+        for what, count in (("epp_replicas", epp_replicas), ("bbr_replicas", bbr_replicas)):
+            if not 1 <= count <= MAX_REPLICAS:
+                raise ValueError(f"{what} must be within 1..{MAX_REPLICAS}, got {count}")
         self.topology = topology
         self.mode: Mode = mode
         self.time_scale = time_scale
         self.with_round_robin = round_robin
         self.epp_profile = epp_profile
+        self.epp_replicas = epp_replicas
+        self.bbr_replicas = bbr_replicas
         self.startup_timeout = startup_timeout
         self.log_level = log_level
         self.limits = limits or GatewayLimits()
         self.timeouts = timeouts or GatewayTimeouts()
         self.supervisor = Supervisor(log_dir=log_dir, restart=None if fail_fast else (restart or Backoff()))
         self.pods: list[Pod] = []
-        self.epps: dict[str, ExtProcServer] = {}  # pool name (or "unified") -> its EPP
-        self.bbr: ExtProcServer | None = None
+        self.epps: dict[str, list[ExtProcServer]] = {}  # pool name (or "unified") -> its EPP replicas
+        self.bbrs: list[ExtProcServer] = []
         self.gateway_port = port or 0  # 0 until Envoy reports the port it bound
         self.round_robin_port: int | None = None
         self._workdir: Path | None = None
@@ -210,7 +231,7 @@ class OneBox:
             # once every pod answers (their endpoints files need the pods' ports, and their first
             # probe then finds every pod); Envoy's clusters need the EPPs' ports, so it starts last.
             pods = await self._spawn_pods()
-            bbr = [await self._spawn_bbr()] if self.mode == "per-model-pools" else []
+            bbr = await self._spawn_bbrs() if self.mode == "per-model-pools" else []
             await asyncio.gather(self._wait_pods(pods), self._wait_ready(bbr))
             await self._wait_ready(await self._spawn_epps())
             await self._start_gateways()
@@ -263,14 +284,15 @@ class OneBox:
     def _ext_proc(self, name: str, command: str, args: list[str]) -> ChildSpec:
         return children.ext_proc_server(name, command, HOST, self.log_level, args)
 
-    async def _spawn_bbr(self) -> Child:
+    async def _spawn_bbrs(self) -> list[Child]:
         args = ["--served-models", ",".join(self.topology.served_names)]
         for model in self.topology.models:
             for adapter, base in model.lora_parents.items():
                 args += ["--adapter", f"{adapter}={base}"]
-        child = await self._launch(self._ext_proc("bbr", "bbr", args))
-        self.bbr = ExtProcServer("bbr", child)
-        return child
+        for i in range(self.bbr_replicas):
+            name = replica_name("bbr", i, self.bbr_replicas)
+            self.bbrs.append(ExtProcServer(name, await self._launch(self._ext_proc(name, "bbr", args))))
+        return [b.child for b in self.bbrs]
 
     def _endpoints_file(self, name: str, pods: list[Pod]) -> Path:
         assert self._workdir is not None
@@ -291,13 +313,15 @@ class OneBox:
                 for pool in self.topology.pools()
             }
         starting = []
-        for pool, (name, pods) in pools.items():
+        for pool, (base, pods) in pools.items():
             endpoints = self._endpoints_file(pool, pods)
             models = ",".join(sorted({p.model for p in pods}))
             args = ["--endpoints-file", str(endpoints), "--pool-models", models, *profile]
-            child = await self._launch(self._ext_proc(name, "epp", args))
-            self.epps[pool] = ExtProcServer(name, child)
-            starting.append(child)
+            for i in range(self.epp_replicas):
+                name = replica_name(base, i, self.epp_replicas)
+                child = await self._launch(self._ext_proc(name, "epp", args))
+                self.epps.setdefault(pool, []).append(ExtProcServer(name, child))
+                starting.append(child)
         return starting
 
     async def _start_gateways(self) -> None:
@@ -317,21 +341,20 @@ class OneBox:
     def _gateway_config(self) -> dict[str, Any]:
         if self.mode == "unified-pool":
             return bootstrap.unified_gateway_config(
-                epp=self.epps["unified"].grpc_address, host=HOST, port=self.gateway_port,
+                epp=[e.replica for e in self.epps["unified"]], host=HOST, port=self.gateway_port,
                 endpoints=[p.address for p in self.pods], limits=self.limits, timeouts=self.timeouts,
             )  # fmt: skip
-        assert self.bbr is not None
         pools = [
             bootstrap.PoolRoute(
                 name=pool,
                 models=tuple(m.served_name for m in models),
-                epp=self.epps[pool].grpc_address,
+                epp=tuple(e.replica for e in self.epps[pool]),
                 endpoints=tuple(p.address for p in self.pods if p.pool == pool),
             )
             for pool, models in self.topology.pools().items()
         ]
         return bootstrap.gateway_config(
-            bbr=self.bbr.grpc_address, pools=pools, host=HOST, port=self.gateway_port,
+            bbr=[b.replica for b in self.bbrs], pools=pools, host=HOST, port=self.gateway_port,
             limits=self.limits, timeouts=self.timeouts,
         )  # fmt: skip
 

@@ -17,7 +17,7 @@ from onebox.box import MODES, GatewayNotServing, OneBox
 from onebox.children import LOG_LEVELS
 from onebox.envoy.limits import GatewayTimeouts
 from onebox.supervisor import ChildDied
-from onebox.topology import PRESETS, TopologyError, load_preset, load_topology
+from onebox.topology import PRESETS, Topology, TopologyError, load_preset, load_topology
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--time-scale", type=float, default=1.0, help="simulator delay multiplier (0 = instant)")
     run.add_argument("--round-robin", action="store_true", help="also a round-robin Envoy over the same pods")
     run.add_argument("--epp-profile", help="EPP scheduling profile (default: the EPP's default)")
+    run.add_argument("--epp-replicas", type=int, default=1,
+                     help="EPPs per pool, behind one health-checked ext_proc cluster (default 1)")
+    run.add_argument("--bbr-replicas", type=int, default=1,
+                     help="BBR replicas, behind one health-checked ext_proc cluster (default 1)")
     run.add_argument("--log-dir", type=Path, help="write each child's output to DIR/<name>.log")
     run.add_argument("--log-level", default="warning", choices=LOG_LEVELS,
                      help="log level of the EPPs, BBR (info at least) and Envoy")
@@ -45,25 +49,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(args: argparse.Namespace) -> int:
-    try:
-        topology = load_preset(args.preset) if args.preset else load_topology(args.topology)
-    except TopologyError as exc:
-        print(f"onebox: {exc}", file=sys.stderr)
-        return 2
-    box = OneBox(
+def _box(topology: Topology, args: argparse.Namespace) -> OneBox:
+    return OneBox(
         topology,
         mode=args.mode,
         port=args.port,
         time_scale=args.time_scale,
         round_robin=args.round_robin,
         epp_profile=args.epp_profile,
+        epp_replicas=args.epp_replicas,
+        bbr_replicas=args.bbr_replicas,
         log_dir=args.log_dir,
         log_level=args.log_level,
         startup_timeout=args.startup_timeout,
         fail_fast=args.fail_fast,
         timeouts=GatewayTimeouts(upstream_idle=args.upstream_idle_timeout),
     )
+
+
+async def _run(args: argparse.Namespace) -> int:
+    try:
+        topology = load_preset(args.preset) if args.preset else load_topology(args.topology)
+    except TopologyError as exc:
+        print(f"onebox: {exc}", file=sys.stderr)
+        return 2
+    try:
+        box = _box(topology, args)
+    except ValueError as exc:
+        print(f"onebox: {exc}", file=sys.stderr)
+        return 2
+
     logging.basicConfig(level=logging.INFO, format="onebox: %(message)s", stream=sys.stderr)
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()

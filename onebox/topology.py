@@ -9,6 +9,8 @@ Loaded from YAML and validated with pydantic; the presets live in ``onebox/prese
         replicas: 1
         pool: gemma                      # InferencePool (one EPP each); default: the name
         sim: {max_num_seqs: 16}          # simulator options (python -m vllmsim flags)
+        pods:                            # per-replica changes to sim, by replica index
+          0: {max_num_seqs: 8, itl_ms: 24}  # gemma-0: half the slots, twice as slow
       - name: tiny
         served_name: tiny/a
         backend: vllm                    # real vLLM from `make vllm-venv` (onebox.realvllm)
@@ -53,6 +55,7 @@ class SimOptions(BaseModel):
     time_factor_under_load: float | None = Field(default=None, ge=1.0)
     kv_cache_blocks: int | None = Field(default=None, ge=1)
     block_size: int | None = Field(default=None, ge=1)
+    max_model_len: int | None = Field(default=None, ge=1)
     failure_rate: float | None = Field(default=None, ge=0, le=1)
     failure_kind: Literal[429, 503] | None = None
     startup_delay: float | None = Field(default=None, ge=0)
@@ -81,6 +84,10 @@ class ModelSpec(BaseModel):
     vllm: VllmOptions = Field(default_factory=VllmOptions)
     endpoints: list[EndpointURL] = Field(default_factory=list, description="bring-your-own servers")
     adapters: list[str] = Field(default_factory=list, description="LoRA adapters those endpoints serve")
+    pods: dict[int, SimOptions] = Field(
+        default_factory=dict,
+        description="replica index -> simulator options for that pod only, over sim (heterogeneous pods)",
+    )
 
     @model_validator(mode="after")
     def _labels(self) -> ModelSpec:
@@ -88,7 +95,22 @@ class ModelSpec(BaseModel):
             if not _DNS_LABEL.match(value):
                 raise ValueError(f"model {what} {value!r} must be a DNS label (a-z, 0-9, '-')")
         backends.check_sources(self)
+        outside = sorted(i for i in self.pods if not 0 <= i < self.replicas)
+        if outside:
+            raise ValueError(
+                f"model {self.name} pods {outside}: no such replica (indices 0..{self.replicas - 1})"
+            )
+        for i, options in self.pods.items():
+            if options.loras:
+                raise ValueError(f"model {self.name} pods {i}: loras are the model's, set them in sim")
         return self
+
+    def sim_for(self, index: int) -> SimOptions:
+        """The simulator options of replica ``index``: ``sim``, with what ``pods[index]`` sets."""
+        override = self.pods.get(index)
+        if override is None:
+            return self.sim
+        return self.sim.model_copy(update=override.model_dump(exclude_unset=True, exclude={"loras"}))
 
     @property
     def lora_parents(self) -> dict[str, str]:

@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="latency multiplier when max-num-seqs requests run (linear from 1)")
     parser.add_argument("--kv-cache-blocks", type=int, default=4096, help="KV cache capacity in blocks")
     parser.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    parser.add_argument("--max-model-len", type=int, default=None,
+                        help="prompt + output token limit (default: min(32768, KV capacity))")
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="multiplies every simulated delay; 0 answers instantly")
     parser.add_argument("--failure-rate", type=float, default=0.0, help="probability of an injected error")
@@ -148,6 +150,7 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
             time_factor_under_load=args.time_factor_under_load,
             kv_cache_blocks=args.kv_cache_blocks,
             block_size=args.block_size,
+            max_model_len=args.max_model_len,
             time_scale=args.time_scale,
             failure_rate=args.failure_rate,
             failure_kind=args.failure_kind,

@@ -10,6 +10,10 @@
   baseline).
 - ``round_robin_config``: Envoy round-robin over fixed endpoints (a "plain Kubernetes Service").
 
+The BBR and each pool's EPP may run as several replicas (``Replica``) behind one ext_proc cluster
+(``replicas``): Envoy spreads new streams over the replicas it believes healthy and stops sending
+to one the moment it fails (see ``replicas`` for how).
+
 Paths no route serves get an OpenAI-style JSON 404 from Envoy itself, and every other answer Envoy
 makes itself is OpenAI-style JSON too (``replies``). Every limit and timeout is chosen and explained
 in ``limits`` (``GatewayLimits``, ``GatewayTimeouts``); the gateways answer ``GET /health``
@@ -37,13 +41,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from onebox.envoy.health import readiness
 from onebox.envoy.limits import GatewayLimits, GatewayTimeouts, circuit_breakers, seconds
+from onebox.envoy.replicas import (
+    Replica,
+    Replicas,
+    ext_proc_cluster,
+    replica_addresses,
+    stream_retry,
+    to_replicas,
+)
 from onebox.envoy.replies import local_reply_config
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 _EXT_PROC_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _BBR_FILTER = "envoy.filters.http.ext_proc.bbr"
 _EPP_FILTER = "envoy.filters.http.ext_proc.epp"
 _ORIGINAL_DST = "original-destination"
@@ -58,22 +69,25 @@ _NOT_FOUND = error_body(404, NOT_FOUND_MESSAGE).decode()
 
 
 class PoolRoute(BaseModel):
-    """One InferencePool behind the gateway: the base models routed to it and its EPP's address."""
+    """One InferencePool behind the gateway: the base models routed to it and its EPP replicas."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     models: tuple[str, ...] = Field(min_length=1, description="base model names routed to this pool")
-    epp: str = Field(description="the pool's EPP gRPC address, host:port ([v6]:port)")
+    epp: tuple[Replica, ...] = Field(
+        min_length=1,
+        description="the pool's EPP replicas: one gRPC address host:port ([v6]:port), a Replica, or a "
+        "list of either",
+    )
     endpoints: tuple[str, ...] = Field(
         default=(), description="the pool's model servers (host:port), checked for GET /health only"
     )
 
-    @field_validator("epp")
+    @field_validator("epp", mode="before")
     @classmethod
-    def _host_port(cls, value: str) -> str:
-        split_host_port(value)
-        return value
+    def _replicas(cls, value: Replicas) -> tuple[Replica, ...]:
+        return to_replicas(value)
 
     @field_validator("endpoints")
     @classmethod
@@ -87,22 +101,11 @@ def _address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _http2() -> dict[str, Any]:
-    return {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": _HTTP_OPTIONS,
-            "explicit_http_config": {"http2_protocol_options": {}},
-        }
-    }
-
-
 def _static_cluster(
     name: str,
     addresses: Sequence[str],
     limits: GatewayLimits,
     timeouts: GatewayTimeouts,
-    *,
-    grpc: bool = False,
 ) -> dict[str, Any]:
     endpoints = [{"endpoint": {"address": _address(*split_host_port(a))}} for a in addresses]
     cluster: dict[str, Any] = {
@@ -113,8 +116,6 @@ def _static_cluster(
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
         "circuit_breakers": circuit_breakers(limits),
     }
-    if grpc:
-        cluster["typed_extension_protocol_options"] = _http2()
     return cluster
 
 
@@ -130,7 +131,7 @@ def _original_dst_cluster(header: str, limits: GatewayLimits, timeouts: GatewayT
 
 
 def _grpc_service(cluster: str) -> dict[str, Any]:
-    return {"envoy_grpc": {"cluster_name": cluster}, "timeout": "30s"}
+    return {"envoy_grpc": {"cluster_name": cluster}, "timeout": "30s", "retry_policy": stream_retry()}
 
 
 def _epp_processing_mode(response: ResponseMode | None) -> dict[str, str]:
@@ -263,7 +264,7 @@ def _to_pod_route(timeouts: GatewayTimeouts) -> dict[str, Any]:
 
 def gateway_config(
     *,
-    bbr: str,
+    bbr: Replicas,
     pools: Sequence[PoolRoute],
     host: str = "127.0.0.1",
     port: int = 0,
@@ -274,10 +275,12 @@ def gateway_config(
 ) -> dict[str, Any]:
     """The gateway with per-model pools: BBR → route on the base model → that pool's EPP → the pod.
 
-    ``bbr`` and each pool's ``epp`` are ``host:port`` gRPC addresses. The BBR must be given the served
-    models (``--served-models``) so it answers ``GET /v1/models`` and refuses unknown models itself.
+    ``bbr`` and each pool's ``epp`` are its replicas (``host:port`` gRPC addresses or ``Replica``s). The
+    BBR must be given the served models (``--served-models``) so it answers ``GET /v1/models`` and
+    refuses unknown models itself.
     """
     limits, timeouts = limits or GatewayLimits(), timeouts or GatewayTimeouts()
+    bbrs = to_replicas(bbr)
     if not pools:
         raise ValueError("gateway_config needs at least one pool")
     seen: dict[str, str] = {}
@@ -306,16 +309,17 @@ def gateway_config(
             )
     routes.append(_not_found_route())
     health_filter, health_clusters = readiness(
-        bbr=bbr, epps=[p.epp for p in pools], pods=[e for p in pools for e in p.endpoints]
-    )
+        bbrs=replica_addresses(bbrs), epps=[a for p in pools for a in replica_addresses(p.epp)],
+        pods=[e for p in pools for e in p.endpoints],
+    )  # fmt: skip
     filters = [
         health_filter,
         _ext_proc_filter(_BBR_FILTER, "bbr", timeouts, response=None),
         _ext_proc_filter(_EPP_FILTER, f"epp-{pools[0].name}", timeouts, response=response_mode),
     ]
     clusters = [
-        _static_cluster("bbr", [bbr], limits, timeouts, grpc=True),
-        *(_static_cluster(f"epp-{pool.name}", [pool.epp], limits, timeouts, grpc=True) for pool in pools),
+        ext_proc_cluster("bbr", bbrs, limits, timeouts),
+        *(ext_proc_cluster(f"epp-{pool.name}", pool.epp, limits, timeouts) for pool in pools),
         _original_dst_cluster(DESTINATION_HEADER, limits, timeouts),
         *health_clusters,
     ]
@@ -324,7 +328,7 @@ def gateway_config(
 
 def unified_gateway_config(
     *,
-    epp: str,
+    epp: Replicas,
     host: str = "127.0.0.1",
     port: int = 0,
     admin_port: int = 0,
@@ -335,18 +339,19 @@ def unified_gateway_config(
 ) -> dict[str, Any]:
     """The gateway with one pool for every model: one EPP picks among all pods (no BBR needed).
 
-    ``endpoints``: the pool's model servers, checked for ``GET /health`` only.
+    ``epp``: its replicas, as for ``gateway_config``; ``endpoints``: the pool's model servers, checked
+    for ``GET /health`` only.
     """
     limits, timeouts = limits or GatewayLimits(), timeouts or GatewayTimeouts()
-    split_host_port(epp)
+    epps = to_replicas(epp)
     routes = [
         {"name": "pool", "match": {"prefix": API_PREFIX}, "route": _to_pod_route(timeouts)},
         _not_found_route(),
     ]
-    health_filter, health_clusters = readiness(bbr=None, epps=[epp], pods=list(endpoints))
+    health_filter, health_clusters = readiness(bbrs=[], epps=replica_addresses(epps), pods=list(endpoints))
     filters = [health_filter, _ext_proc_filter(_EPP_FILTER, "epp", timeouts, response=response_mode)]
     clusters = [
-        _static_cluster("epp", [epp], limits, timeouts, grpc=True),
+        ext_proc_cluster("epp", epps, limits, timeouts),
         _original_dst_cluster(DESTINATION_HEADER, limits, timeouts),
         *health_clusters,
     ]

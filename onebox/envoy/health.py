@@ -3,12 +3,13 @@
 Envoy's health_check filter answers ``/health`` itself (the request goes no further), from the
 health of clusters that exist only to be checked:
 
-- ``readiness-bbr`` (per-model pools): the BBR, gRPC health ``readiness``; all of it must be up,
-  since every request passes through it;
-- ``readiness-epps``: every pool's EPP, gRPC health ``readiness`` (served on its ext_proc port);
+- ``readiness-bbr`` (per-model pools): the BBR replicas, gRPC health ``readiness``; one must be
+  up, since every request passes through one of them;
+- ``readiness-epps``: every pool's EPP replicas, gRPC health ``readiness`` (served on their
+  ext_proc port);
 - ``readiness-pods``: every pool's model servers, ``GET /health``, when they are given.
 
-Each cluster but the BBR's needs one healthy member: the gateway answers 200 while some pool's
+Each cluster needs one healthy member: the gateway answers 200 while some pool's
 picker and some model server are ready (``100 / members`` percent; at least one of them), so a
 load balancer keeps sending the other models' traffic while one pool is down. Checked every
 second (also while no traffic flows), two failures in a row mark a member down, one success up.
@@ -21,10 +22,10 @@ from typing import Any
 
 from epp.contract import split_host_port
 
+from onebox.envoy.replicas import http2
 from onebox.envoy.replies import HEALTH_PATH
 
 _HEALTH_FILTER = "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck"
-_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _READINESS_SERVICE = "readiness"  # the EPP's and BBR's gRPC health service name (epp.health)
 _INTERVAL = "1s"
 
@@ -54,12 +55,7 @@ def _cluster(name: str, addresses: Sequence[str], check: dict[str, Any], *, grpc
         "health_checks": [_check(check)],
     }
     if grpc:
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _HTTP_OPTIONS,
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        }
+        cluster["typed_extension_protocol_options"] = http2()
     return cluster
 
 
@@ -69,15 +65,15 @@ def _at_least_one(members: int) -> float:
 
 
 def readiness(
-    *, bbr: str | None, epps: Sequence[str], pods: Sequence[str]
+    *, bbrs: Sequence[str], epps: Sequence[str], pods: Sequence[str]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The ``/health`` filter and the clusters it reads."""
+    """The ``/health`` filter and the clusters it reads (``bbrs`` empty: no BBR, the unified pool)."""
     grpc_check = {"grpc_health_check": {"service_name": _READINESS_SERVICE}}
     clusters: list[dict[str, Any]] = []
     minimum: dict[str, dict[str, float]] = {}
-    if bbr is not None:
-        clusters.append(_cluster("readiness-bbr", [bbr], grpc_check, grpc=True))
-        minimum["readiness-bbr"] = {"value": 100.0}
+    if bbrs:
+        clusters.append(_cluster("readiness-bbr", bbrs, grpc_check, grpc=True))
+        minimum["readiness-bbr"] = {"value": _at_least_one(len(bbrs))}
     clusters.append(_cluster("readiness-epps", epps, grpc_check, grpc=True))
     minimum["readiness-epps"] = {"value": _at_least_one(len(epps))}
     if pods:

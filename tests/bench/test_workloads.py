@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from bench.workloads import Workload, WorkloadConfig, generate, poisson_arrivals
+from bench.workloads import Workload, WorkloadConfig, bursty_arrivals, generate, poisson_arrivals
 
 MODELS = ["google/gemma-2b-it", "microsoft/Phi-3-mini-4k-instruct"]
 
@@ -73,3 +73,18 @@ def test_poisson_arrivals_are_seeded_and_average_the_rate() -> None:
     assert 2000 / arrivals[-1] == pytest.approx(20.0, rel=0.1)
     with pytest.raises(ValueError, match="rate"):
         poisson_arrivals(0.0, 1, 0)
+
+
+def test_a_prefix_salt_changes_every_system_prompt_and_nothing_else() -> None:
+    config = WorkloadConfig(workload=Workload.SHARED_PREFIX, models=["m"], requests=12, groups=3)
+    plain, salted = generate(config), generate(config.model_copy(update={"prefix_salt": "rr "}))
+    assert [s.messages[1] for s in plain] == [s.messages[1] for s in salted]
+    assert all(b.messages[0][1] == "rr " + a.messages[0][1] for a, b in zip(plain, salted, strict=True))
+
+
+def test_bursty_arrivals_come_faster_during_the_burst() -> None:
+    offsets = bursty_arrivals(10, 100, burst_start=2.0, burst_seconds=1.0, count=400, seed=1)
+    during = sum(2.0 <= t < 3.0 for t in offsets)
+    before = sum(0.0 <= t < 1.0 for t in offsets)
+    assert during > 3 * before
+    assert offsets == sorted(offsets)

@@ -67,3 +67,40 @@ def test_unknown_presets_and_missing_files_are_named(tmp_path: Path) -> None:
         load_preset("h100")
     with pytest.raises(TopologyError, match="cannot read topology"):
         load_topology(tmp_path / "nope.yaml")
+
+
+HETEROGENEOUS = """
+models:
+  - name: gemma
+    served_name: google/gemma-2b-it
+    replicas: 3
+    sim: {max_num_seqs: 16, itl_ms: 12}
+    pods:
+      0: {max_num_seqs: 8, itl_ms: 24}
+"""
+
+
+def test_one_pod_can_have_half_the_slots_and_twice_the_latency_of_the_others() -> None:
+    [model] = parse_topology(HETEROGENEOUS).models
+    assert model.sim_for(0).flags() == ["--max-num-seqs", "8", "--itl-ms", "24.0"]
+    others = ["--max-num-seqs", "16", "--itl-ms", "12.0"]
+    assert model.sim_for(1).flags() == model.sim_for(2).flags() == others
+
+
+def test_per_pod_options_for_a_replica_that_does_not_exist_are_refused_naming_it() -> None:
+    with pytest.raises(TopologyError, match=r"pods \[3\]: no such replica"):
+        parse_topology(HETEROGENEOUS.replace("0: {", "3: {"))
+
+
+def test_the_simulator_context_limit_is_a_topology_option() -> None:
+    options = SimOptions(max_model_len=65536, kv_cache_blocks=8192)
+    assert "--max-model-len" in options.flags()
+
+
+def test_per_pod_simulator_options_on_bring_your_own_endpoints_are_refused() -> None:
+    text = (
+        "models:\n  - name: mine\n    served_name: m\n    endpoints: [http://127.0.0.1:8000]\n"
+        "    pods: {0: {max_num_seqs: 2}}\n"
+    )
+    with pytest.raises(TopologyError, match="'pods'"):
+        parse_topology(text)
