@@ -13,9 +13,16 @@ import yaml
 from epp.cli import ServerSettings, ServingPorts
 
 import vllmsim
+from onebox.envoy import PoolRoute, ResponseMode, gateway_config, unified_gateway_config
 from onebox.probes import grpc_serving, until_ready
 
 Settings = TypeVar("Settings", bound=ServerSettings)
+
+# Server settings for tests: loopback, any free ports, a short shutdown grace.
+LOCAL: dict[str, Any] = {
+    "bind": "127.0.0.1", "grpc_port": 0, "health_port": 0, "metrics_port": 0,
+    "log_level": "warning", "grace": 1.0,
+}
 
 
 @asynccontextmanager
@@ -92,3 +99,20 @@ async def until_gauges(
     async with asyncio.timeout(10):
         while not condition(await endpoint_gauges(session, metrics_port)):  # noqa: ASYNC110 - polls the EPP
             await asyncio.sleep(0.05)
+
+
+def unified_behind_front_door(
+    *, bbr: str, epp: str, response_mode: ResponseMode = "streamed"
+) -> dict[str, Any]:
+    """The unified-pool gateway with the BBR in front as its front door: the BBR's filter and cluster,
+    as ``gateway_config`` builds them, put before the one EPP of ``unified_gateway_config``."""
+    front = gateway_config(bbr=bbr, pools=[PoolRoute(name="unused", models=("unused",), epp=epp)])
+    config = unified_gateway_config(epp=epp, response_mode=response_mode)
+    bbr_filter = front["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "http_filters"
+    ][0]
+    bbr_cluster = next(c for c in front["static_resources"]["clusters"] if c["name"] == "bbr")
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    manager["http_filters"].insert(0, bbr_filter)
+    config["static_resources"]["clusters"].append(bbr_cluster)
+    return config
