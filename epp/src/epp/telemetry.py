@@ -105,6 +105,7 @@ class Telemetry:
             f"{component}_api_key_reloads", "Re-reads of the API key file by result (ok, error).",
             ["result"], registry=self.registry,
         )
+        self._key_request_children: dict[tuple[str, str, str], Counter] = {}
         self._tenants = TenantLabels()
         self.discovery_errors = Counter(
             f"{component}_discovery_errors",
@@ -125,7 +126,12 @@ class Telemetry:
         self.tokens_total.labels(model, "completion").inc(completion)
 
     def key_request(self, name: str, model: str, outcome: str) -> None:
-        self.key_requests.labels(name, model or "none", outcome).inc()
+        # The labelled child is looked up once per label set (bounded: key names x models x outcomes).
+        labels = (name, model or "none", outcome)
+        child = self._key_request_children.get(labels)
+        if child is None:
+            child = self._key_request_children[labels] = self.key_requests.labels(*labels)
+        child.inc()
 
     def tenant_tokens(self, tenant: str | None, model: str, prompt: int, completion: int) -> None:
         """Count a response's usage for the tenant the front door named (bounded label values)."""
