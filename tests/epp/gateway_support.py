@@ -108,11 +108,14 @@ def unified_behind_front_door(
     as ``gateway_config`` builds them, put before the one EPP of ``unified_gateway_config``."""
     front = gateway_config(bbr=bbr, pools=[PoolRoute(name="unused", models=("unused",), epp=epp)])
     config = unified_gateway_config(epp=epp, response_mode=response_mode)
-    bbr_filter = front["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
-        "http_filters"
-    ][0]
+    def http_filters(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
+        manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        filters: list[dict[str, Any]] = manager["typed_config"]["http_filters"]
+        return filters
+
+    bbr_filter = next(f for f in http_filters(front) if f["name"].endswith(".bbr"))
     bbr_cluster = next(c for c in front["static_resources"]["clusters"] if c["name"] == "bbr")
-    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    manager["http_filters"].insert(0, bbr_filter)
+    filters = http_filters(config)
+    filters.insert(next(i for i, f in enumerate(filters) if f["name"].endswith(".epp")), bbr_filter)
     config["static_resources"]["clusters"].append(bbr_cluster)
     return config
