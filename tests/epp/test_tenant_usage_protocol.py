@@ -47,7 +47,7 @@ async def test_a_complete_answer_for_a_tenant_is_read_for_its_usage_in_streamed_
         await stream.send_request(completion(), headers={TENANT: "team-a"})
         answer = await stream.send_response_headers(200)
         assert answer.mode_override.response_body_mode == ProcessingMode.BUFFERED_PARTIAL
-        await stream.call.write(ProcessingRequest(response_body=HttpBody(body=USAGE, end_of_stream=True)))
+        await stream.write(ProcessingRequest(response_body=HttpBody(body=USAGE, end_of_stream=True)))
         assert (await stream.call.read()).HasField("response_body")
 
     await eventually(lambda: tenant_tokens(telemetry, "team-a", "completion") == 3)
@@ -73,7 +73,7 @@ async def test_a_streamed_answers_usage_is_counted_for_its_tenant() -> None:
         answer = await stream.send_response_headers(200, content_type="text/event-stream")
         assert not answer.HasField("mode_override")
         for chunk, last in ((b"data: " + USAGE + b"\n\n", False), (b"data: [DONE]\n\n", True)):
-            await stream.call.write(ProcessingRequest(response_body=HttpBody(body=chunk, end_of_stream=last)))
+            await stream.write(ProcessingRequest(response_body=HttpBody(body=chunk, end_of_stream=last)))
             await stream.call.read()
 
     await eventually(lambda: tenant_tokens(telemetry, "team-b", "completion") == 3)
