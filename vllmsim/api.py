@@ -116,6 +116,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
     sim = request.app[_SIM]
+    sim.received_headers.append({k.lower(): v for k, v in request.headers.items()})
     body = parse_body(await request.read())
     gen = parse_generation(kind, body, sim.config)
     request[_SERVED_MODEL] = gen.model

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 
 from vllmsim.config import SimConfig
 from vllmsim.engine import Engine
@@ -24,3 +25,5 @@ class SimState:
         self.started_at = int(time.time())
         self.ready = False
         self.pod_name = config.pod_name or ""
+        # The headers of the last generation requests (names lower-cased): what reached the pod.
+        self.received_headers: deque[dict[str, str]] = deque(maxlen=64)

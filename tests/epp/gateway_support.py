@@ -13,10 +13,16 @@ import yaml
 from epp.cli import EppSettings, ServerSettings, ServingPorts, serve_epp
 
 import vllmsim
-from onebox.envoy import EnvoyProcess, unified_gateway_config
+from onebox.envoy import EnvoyProcess, PoolRoute, ResponseMode, gateway_config, unified_gateway_config
 from onebox.probes import grpc_serving, until_ready
 
 Settings = TypeVar("Settings", bound=ServerSettings)
+
+# Server settings for tests: loopback, any free ports, a short shutdown grace.
+LOCAL: dict[str, Any] = {
+    "bind": "127.0.0.1", "grpc_port": 0, "health_port": 0, "metrics_port": 0,
+    "log_level": "warning", "grace": 1.0,
+}
 
 
 @asynccontextmanager
@@ -109,3 +115,23 @@ async def unified_gateway(
         ):
             await until_gauges(session, epp.metrics, lambda g: len(g) == pods and 0 not in g.values())
             yield epp, envoy, session
+
+
+def unified_behind_front_door(
+    *, bbr: str, epp: str, response_mode: ResponseMode = "streamed"
+) -> dict[str, Any]:
+    """The unified-pool gateway with the BBR in front as its front door: the BBR's filter and cluster,
+    as ``gateway_config`` builds them, put before the one EPP of ``unified_gateway_config``."""
+    front = gateway_config(bbr=bbr, pools=[PoolRoute(name="unused", models=("unused",), epp=epp)])
+    config = unified_gateway_config(epp=epp, response_mode=response_mode)
+    def http_filters(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
+        manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        filters: list[dict[str, Any]] = manager["typed_config"]["http_filters"]
+        return filters
+
+    bbr_filter = next(f for f in http_filters(front) if f["name"].endswith(".bbr"))
+    bbr_cluster = next(c for c in front["static_resources"]["clusters"] if c["name"] == "bbr")
+    filters = http_filters(config)
+    filters.insert(next(i for i, f in enumerate(filters) if f["name"].endswith(".epp")), bbr_filter)
+    config["static_resources"]["clusters"].append(bbr_cluster)
+    return config

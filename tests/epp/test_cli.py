@@ -114,3 +114,45 @@ def test_every_flag_left_out_takes_the_settings_default_and_its_help_shows_it() 
     fields = EppSettings.model_fields
     assert f"seconds between scrapes (default: {fields['metrics_interval'].default})" in help_text
     assert f"Prometheus /metrics port (default: {fields['metrics_port'].default})" in help_text
+
+
+def test_the_bbr_takes_an_api_key_file_and_its_share_of_the_limits(tmp_path: Path) -> None:
+    keys = tmp_path / "api-keys.yaml"
+    settings = parse_bbr_args(["--api-keys-file", str(keys), "--limit-share", "3"])
+    assert (settings.api_keys_file, settings.limit_share) == (keys, 3)
+    assert parse_bbr_args([]).api_keys_file is None  # the one box's default: open
+
+
+def test_a_bbr_limit_share_below_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_bbr_args(["--limit-share", "0"])
+    assert "--limit-share" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("- name: team-a\n  key: sk-too-short-for-a-key\n", "apiKeys[0].key: is shorter than 32 characters"),
+        ("- name: team-a\n  key: sk-0123456789abcdefghijklmnopqrstuv\n  models: [meta/llama]\n",
+         "apiKeys[0].models[0]: 'meta/llama' is not served (served: a, a-lora)"),
+        (None, "No such file or directory"),
+    ],
+    ids=["short-key", "model-not-served", "missing-file"],
+)
+def test_a_bbr_with_a_bad_key_file_exits_2_naming_the_entry_and_never_the_key(
+    tmp_path: Path, content: str | None, says: str
+) -> None:
+    keys = tmp_path / "api-keys.yaml"
+    if content is not None:
+        keys.write_text(content)
+    argv = ["--bind", "127.0.0.1", "--grpc-port", "0", "--health-port", "0", "--metrics-port", "0",
+            "--served-models", "a", "--adapter", "a-lora=a", "--api-keys-file", str(keys)]
+    bbr = "import sys; from epp.cli import bbr_main; sys.exit(bbr_main(sys.argv[1:]))"
+    run = subprocess.run([sys.executable, "-c", bbr, *argv], capture_output=True, text=True, timeout=30,
+                         check=False)
+    assert run.returncode == 2, run.stderr
+    assert f"error: --api-keys-file {keys}: " in run.stderr
+    assert says in run.stderr
+    assert "Traceback" not in run.stderr
+    assert "sk-too-short" not in run.stderr
+    assert "sk-0123456789" not in run.stderr

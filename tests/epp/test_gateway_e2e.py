@@ -16,6 +16,7 @@ from epp.cli import BbrSettings, EppSettings, serve_bbr, serve_epp
 import vllmsim
 from onebox.envoy import EnvoyProcess, PoolRoute, gateway_config, unified_gateway_config
 from tests.epp.gateway_support import (
+    LOCAL,
     pods,
     serving,
     unified_gateway,
@@ -29,10 +30,6 @@ pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 GEMMA = "google/gemma-2b-it"
 PHI = "microsoft/Phi-3-mini-4k-instruct"
 QWEN = "Qwen/Qwen2.5-3B-Instruct"
-LOCAL: dict[str, Any] = {
-    "bind": "127.0.0.1", "grpc_port": 0, "health_port": 0, "metrics_port": 0,
-    "log_level": "warning", "grace": 1.0,
-}
 
 
 async def complete(

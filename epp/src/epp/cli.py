@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import sys
@@ -26,6 +25,11 @@ import aiohttp
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from epp.auth.check import KeyCheck
+from epp.auth.keys import ApiKeyError
+from epp.auth.limits import DEFAULT_WINDOW
+from epp.auth.store import KeyStore
+from epp.auth.watch import DEFAULT_POLL_INTERVAL, KeyFile
 from epp.contract import (
     BBR_GRPC_PORT,
     BBR_HEALTH_PORT,
@@ -120,6 +124,19 @@ class BbrSettings(ServerSettings):
     health_port: int = Field(default=BBR_HEALTH_PORT, ge=0, le=65535)
     served_models: tuple[str, ...] | None = None
     adapters: dict[str, str] = Field(default_factory=dict)
+    # The key list (epp.auth.keys format), re-read when it changes; None: the gateway is open.
+    api_keys_file: Path | None = None
+    # The front door's replica count: this replica allows ceil(requestsPerMinute / N) per key.
+    limit_share: int = Field(default=1, ge=1)
+    # Not flags: the rate limit window and how often the key file is polled (tests shorten them).
+    rate_limit_window: float = Field(default=DEFAULT_WINDOW, gt=0)
+    api_keys_poll_interval: float = Field(default=DEFAULT_POLL_INTERVAL, gt=0)
+
+    def known_models(self) -> set[str] | None:
+        """The models a key's list may name: the served ones and the adapters (None: not known)."""
+        if self.served_models is None:
+            return None
+        return set(self.served_models).union(self.adapters)
 
 
 def _with_default(settings: type[BaseModel], field: str, text: str) -> str:
@@ -196,6 +213,11 @@ def bbr_parser() -> argparse.ArgumentParser:
                         "GET /v1/models")
     parser.add_argument("--adapter", action="append", metavar="ADAPTER=BASE",
                         help="a LoRA adapter and its base model (repeatable)")
+    parser.add_argument("--api-keys-file", type=Path, help="the API key list (YAML/JSON), re-read on "
+                        "change: every request then needs a key (default: the gateway is open)")
+    parser.add_argument("--limit-share", type=int, metavar="N",
+                        help=_with_default(BbrSettings, "limit_share", "the front door runs N replicas: this "
+                                           "one allows ceil(requestsPerMinute / N) of each key's requests"))
     return parser
 
 
@@ -352,12 +374,41 @@ async def serve_bbr(
 ) -> None:
     """Run the BBR until ``stop`` is set; ``bound`` gets the ports once serving."""
     telemetry = Telemetry("bbr")
+    key_file = _key_file(settings, telemetry)
+    keys = KeyCheck(key_file.store) if key_file is not None else None
     router = BodyBasedRouter(telemetry, served_models=settings.served_models, adapters=settings.adapters,
-                             max_body_bytes=settings.max_body_bytes)
+                             max_body_bytes=settings.max_body_bytes, keys=keys)
     health = Health()
     server = ExtProcServer(router, health, bind=settings.bind, grpc_port=settings.grpc_port,
                            health_port=settings.health_port, credentials=settings.credentials("bbr"))
-    await _serve(server, telemetry, settings, stop, functools.partial(health.set_ready, True), bound)
+
+    async def ready_then_watch_keys() -> None:
+        await health.set_ready(True)
+        if key_file is not None:
+            await key_file.watch()
+
+    await _serve(server, telemetry, settings, stop, ready_then_watch_keys, bound)
+
+
+def _key_file(settings: BbrSettings, telemetry: Telemetry) -> KeyFile | None:
+    """The key list, loaded now: a missing or invalid file stops the BBR (``ValueError``/``OSError``)."""
+    path = settings.api_keys_file
+    if path is None:
+        return None
+    store = KeyStore(share=settings.limit_share, window=settings.rate_limit_window)
+
+    def on_reload(ok: bool) -> None:
+        telemetry.key_reloads.labels("ok" if ok else "error").inc()
+
+    try:
+        key_file = KeyFile(path, store, served_models=settings.known_models(),
+                           interval=settings.api_keys_poll_interval, on_reload=on_reload)
+    except ApiKeyError as error:
+        raise ValueError(f"--api-keys-file {path}: {error}") from None
+    except OSError as error:
+        raise OSError(f"--api-keys-file {path}: {error.strerror or error}") from None
+    _log.info("API keys loaded", extra={"path": str(path), "keys": len(store), "limit_share": store.share})
+    return key_file
 
 
 async def _serve(

@@ -37,6 +37,7 @@ BASE_MODEL_HEADER: Final = "x-gateway-base-model-name"
 # before the request reaches a model server.
 AUTHORIZATION_HEADER: Final = "authorization"
 API_KEY_HEADER: Final = "x-api-key"
+CLIENT_KEY_HEADERS: Final = (AUTHORIZATION_HEADER, API_KEY_HEADER)
 # The front door names the caller's tenant (never the key) for what runs behind it, overwriting any
 # value a client sent.
 TENANT_HEADER: Final = "x-gateway-api-key-name"

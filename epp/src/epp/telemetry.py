@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from epp.auth.labels import DEFAULT_MAX_TENANTS, TenantLabels
+from epp.contract import TENANT_HEADER
 from epp.datastore import Datastore
 
 # The ``model`` label of a request naming a model the server does not know: the label's values stay
@@ -86,6 +88,28 @@ class Telemetry:
             f"{component}_tokens", "Tokens reported in responses' usage.", ["model", "kind"],
             registry=self.registry,
         )
+        # Per API key (by its name, never the key): what a platform team bills by.
+        self.key_requests = Counter(
+            f"{component}_api_key_requests",
+            "Requests by API key name ('_none': no key, '_unknown': a key not in the list), model and "
+            "outcome.",
+            ["api_key_name", "model", "outcome"],
+            registry=self.registry,
+        )
+        self.key_tokens = Counter(
+            f"{component}_api_key_tokens",
+            "Tokens reported in responses' usage by API key name (from the front door's "
+            f"{TENANT_HEADER} header; '_none' without it, '_other' past {DEFAULT_MAX_TENANTS} names), "
+            "model and kind.",
+            ["api_key_name", "model", "kind"],
+            registry=self.registry,
+        )
+        self.key_reloads = Counter(
+            f"{component}_api_key_reloads", "Re-reads of the API key file by result (ok, error).",
+            ["result"], registry=self.registry,
+        )
+        self._key_request_children: dict[tuple[str, str, str], Counter] = {}
+        self._tenants = TenantLabels()
         self.discovery_errors = Counter(
             f"{component}_discovery_errors",
             "Failed discovery operations by kind (static, kubernetes, models, metrics; models_unexpected "
@@ -113,6 +137,20 @@ class Telemetry:
     def tokens(self, model: str, prompt: int, completion: int) -> None:
         self.tokens_total.labels(model, "prompt").inc(prompt)
         self.tokens_total.labels(model, "completion").inc(completion)
+
+    def key_request(self, name: str, model: str, outcome: str) -> None:
+        # The labelled child is looked up once per label set (bounded: key names x models x outcomes).
+        labels = (name, model or "none", outcome)
+        child = self._key_request_children.get(labels)
+        if child is None:
+            child = self._key_request_children[labels] = self.key_requests.labels(*labels)
+        child.inc()
+
+    def tenant_tokens(self, tenant: str | None, model: str, prompt: int, completion: int) -> None:
+        """Count a response's usage for the tenant the front door named (bounded label values)."""
+        name = self._tenants.label(tenant)
+        self.key_tokens.labels(name, model, "prompt").inc(prompt)
+        self.key_tokens.labels(name, model, "completion").inc(completion)
 
     def serve(self, host: str, port: int) -> int:
         """Serve ``/metrics`` on ``host:port`` (a background thread); returns the bound port."""

@@ -56,7 +56,7 @@ class ApiKeyEntry(BaseModel):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
-        if not _NAME.fullmatch(value):
+        if not is_key_name(value):
             raise ValueError(
                 "must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
@@ -107,6 +107,11 @@ class ApiKeyEntry(BaseModel):
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+
+def is_key_name(text: str) -> bool:
+    """Whether ``text`` is a valid entry name (a tenant's name)."""
+    return _NAME.fullmatch(text) is not None
 
 
 def hash_key(key: str) -> bytes:

@@ -7,13 +7,24 @@ model is a 400, an unknown model a 404 listing the served ones, ``GET /v1/models
 that list and any other request without a body as the EPP answers it (``errors.bodyless``); paths
 outside ``/v1/`` pass, for the proxy's routes to refuse. Without served models it behaves as
 upstream BBR: a request without a model, or without a body, passes through untouched.
+
+Given a ``KeyCheck`` it is closed: every request needs a key (checked on the headers, before any
+body is read), may name only the key's models and is counted against the key's limit, and
+``GET /v1/models`` lists only the key's models (and is not counted against the limit). What it
+passes on carries the tenant's name and no key header; when open it only removes a tenant header a
+client may have sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from epp.contract import API_PREFIX, BASE_MODEL_HEADER, MODEL_HEADER
+from envoy.config.core.v3.base_pb2 import HeaderValueOption
+
+from epp.auth.labels import key_name
+from epp.auth.store import Tenant
+from epp.contract import API_PREFIX, BASE_MODEL_HEADER, CLIENT_KEY_HEADERS, MODEL_HEADER, TENANT_HEADER
 from epp.extproc.body import parse_body
 from epp.extproc.decision import PASS, Decision, Route
 from epp.extproc.errors import bodyless, missing_model, unknown_model
@@ -22,6 +33,12 @@ from epp.extproc.models import ModelList
 from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, Exchange, ExtProcServicer
 from epp.model_list import model_list_body
 from epp.telemetry import OTHER_MODEL, Telemetry
+
+if TYPE_CHECKING:  # the check's module imports the extproc package: no import cycle at run time
+    from epp.auth.check import KeyCheck
+
+# What answers GET /v1/models for a key: its list, the listed models and their body.
+_KeyModels = tuple[ModelList, tuple[str, ...], bytes]
 
 
 class BodyBasedRouter(ExtProcServicer):
@@ -35,9 +52,14 @@ class BodyBasedRouter(ExtProcServicer):
         served_models: Sequence[str] | None = None,
         adapters: Mapping[str, str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        keys: KeyCheck | None = None,
     ) -> None:
         super().__init__(max_body_bytes=max_body_bytes)
         self._telemetry = telemetry
+        self._keys = keys
+        # Per set of models a key may use (None: all), its /v1/models; rebuilt when the keys change.
+        self._key_models: dict[frozenset[str] | None, _KeyModels | None] = {}
+        self._key_models_version = -1
         self._adapters = dict(adapters or {})
         self._served: frozenset[str] | None = None
         self._listed: tuple[str, ...] = ()
@@ -55,39 +77,90 @@ class BodyBasedRouter(ExtProcServicer):
     def base_model(self, model: str) -> str:
         return self._adapters.get(model, model)
 
+    def screen(self, exchange: Exchange) -> None:
+        if self._keys is not None:
+            exchange.state = self._keys.authenticate(exchange.headers)
+
+    def _models_for(self, tenant: Tenant) -> _KeyModels | None:
+        """What answers ``GET /v1/models`` for ``tenant``: the served models it may use (without a
+        served list, the models it is restricted to); None to let the request through."""
+        assert self._keys is not None
+        if self._key_models_version != self._keys.store.version:
+            self._key_models.clear()
+            self._key_models_version = self._keys.store.version
+        allowed = tenant.models
+        if allowed not in self._key_models:
+            listed: tuple[str, ...] | None
+            if self._served is None:
+                listed = tuple(sorted(allowed)) if allowed is not None else None
+            else:
+                listed = tuple(m for m in self._listed if allowed is None or m in allowed)
+            key_models = None if listed is None else (ModelList(), listed, model_list_body(listed))
+            self._key_models[allowed] = key_models
+        return self._key_models[allowed]
+
+    def _passthrough(self, exchange: Exchange, tenant: Tenant | None) -> Decision:
+        exchange.outcome = "passthrough"
+        if tenant is not None:
+            assert self._keys is not None
+            return Route((self._keys.forwarded(tenant),), remove=CLIENT_KEY_HEADERS)
+        if TENANT_HEADER in exchange.headers:
+            return Route((), remove=(TENANT_HEADER,))
+        return PASS
+
     def decide(self, exchange: Exchange) -> Decision:
+        tenant = exchange.state if isinstance(exchange.state, Tenant) else None
         front_door = self._served is not None
         outside = not exchange.path.startswith(API_PREFIX)
-        if (front_door and outside) or (not front_door and exchange.body is None):
+        if (front_door and outside) or (not front_door and exchange.body is None and tenant is None):
             # Nothing to route on: the proxy's routes decide (a routing miss is the proxy's 404).
-            exchange.outcome = "passthrough"
-            return PASS
+            return self._passthrough(exchange, tenant)
         if exchange.body is None:
-            models = self._models.answer(exchange.method, exchange.path, self._listed, self._listed_body)
-            if models is None:
+            models = None
+            if tenant is not None:
+                key_models = self._models_for(tenant)
+                if key_models is not None:
+                    listing, listed, body = key_models
+                    models = listing.answer(exchange.method, exchange.path, listed, body)
+            elif front_door:
+                models = self._models.answer(exchange.method, exchange.path, self._listed, self._listed_body)
+            if models is not None:
+                exchange.outcome = "models"
+                return models
+            if front_door:
                 raise bodyless(exchange.method, exchange.path)
-            exchange.outcome = "models"
-            return models
+            return self._passthrough(exchange, tenant)
         parsed = parse_body(exchange.body)
         model = parsed.model
         if model is None:
             if front_door:
                 raise missing_model()
-            exchange.outcome = "passthrough"
-            return PASS
+            return self._passthrough(exchange, tenant)
         exchange.model = model
         if self._served is not None and model not in self._served:
-            raise unknown_model(model, list(self._listed))
-        exchange.outcome = "routed"
-        return Route(
-            (
-                header_option(MODEL_HEADER, model),
-                header_option(BASE_MODEL_HEADER, self.base_model(model)),
-                header_option("content-length", str(len(exchange.body))),
-            )
+            # With a key, the models listed are those it may use: never another tenant's.
+            listed = self._listed if tenant is None else tuple(m for m in self._listed if tenant.allows(m))
+            raise unknown_model(model, list(listed))
+        headers: tuple[HeaderValueOption, ...] = (
+            header_option(MODEL_HEADER, model),
+            header_option(BASE_MODEL_HEADER, self.base_model(model)),
+            header_option("content-length", str(len(exchange.body))),
         )
+        remove: tuple[str, ...] = ()
+        if tenant is not None:
+            assert self._keys is not None
+            self._keys.authorize(tenant, model)
+            self._keys.admit(tenant)
+            headers += (self._keys.forwarded(tenant),)
+            remove = CLIENT_KEY_HEADERS
+        elif TENANT_HEADER in exchange.headers:
+            remove = (TENANT_HEADER,)
+        exchange.outcome = "routed"
+        return Route(headers, remove=remove)
 
     def finish(self, exchange: Exchange) -> None:
         model = exchange.model
         label = model if not model or model in self._labelled else OTHER_MODEL
         self._telemetry.request(label, exchange.outcome)
+        if self._keys is not None:
+            self._telemetry.key_request(key_name(exchange.state, exchange.outcome), label, exchange.outcome)

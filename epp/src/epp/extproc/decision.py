@@ -21,9 +21,11 @@ from epp.extproc.messages import CONTINUE_REQUEST_HEADERS, route_request_headers
 class Route:
     headers: tuple[HeaderValueOption, ...]
     metadata: Struct | None = None
+    # Request headers to remove (the front door's key headers).
+    remove: tuple[str, ...] = ()
 
     def response(self) -> ProcessingResponse:
-        return route_request_headers(self.headers, self.metadata)
+        return route_request_headers(self.headers, self.metadata, self.remove)
 
 
 @dataclass(frozen=True, slots=True)

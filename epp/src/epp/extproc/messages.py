@@ -53,6 +53,13 @@ CONTINUE_RESPONSE_HEADERS_BUFFER_BODY = ProcessingResponse(
         response_body_mode=ProcessingMode.BUFFERED, response_trailer_mode=ProcessingMode.SKIP
     ),
 )
+# Read a complete answer's body up to Envoy's buffer limit (for its usage), passing the rest unread.
+CONTINUE_RESPONSE_HEADERS_BUFFER_PARTIAL_BODY = ProcessingResponse(
+    response_headers=HeadersResponse(),
+    mode_override=ProcessingMode(
+        response_body_mode=ProcessingMode.BUFFERED_PARTIAL, response_trailer_mode=ProcessingMode.SKIP
+    ),
+)
 EMPTY_RESPONSE_BODY_END = ProcessingResponse(
     response_body=BodyResponse(
         response=CommonResponse(
@@ -77,13 +84,15 @@ def headers_to_dict(headers: HttpHeaders) -> dict[str, str]:
 
 
 def route_request_headers(
-    options: Iterable[HeaderValueOption], metadata: Struct | None = None
+    options: Iterable[HeaderValueOption], metadata: Struct | None = None, remove: Iterable[str] = ()
 ) -> ProcessingResponse:
-    """The answer to request headers: set ``options``, clear the route cache, optional dynamic metadata."""
+    """The answer to request headers: set ``options``, remove the ``remove`` headers, clear the route
+    cache, optional dynamic metadata."""
     response = ProcessingResponse(
         request_headers=HeadersResponse(
             response=CommonResponse(
-                header_mutation=HeaderMutation(set_headers=options), clear_route_cache=True
+                header_mutation=HeaderMutation(set_headers=options, remove_headers=remove),
+                clear_route_cache=True,
             )
         )
     )
@@ -129,12 +138,16 @@ def response_body_chunk(body: bytes, end_of_stream: bool) -> ProcessingResponse:
     return _streamed(body, end_of_stream, request=False)
 
 
-def immediate(status: int, body: bytes, content_type: str = "application/json") -> ProcessingResponse:
-    """An ImmediateResponse: Envoy answers the client with ``status`` and ``body`` itself."""
+def immediate(
+    status: int,
+    body: bytes,
+    content_type: str = "application/json",
+    headers: Iterable[tuple[str, str]] = (),
+) -> ProcessingResponse:
+    """An ImmediateResponse: Envoy answers the client with ``status``, ``headers`` and ``body`` itself."""
+    options = [header_option("content-type", content_type), *(header_option(k, v) for k, v in headers)]
     return ProcessingResponse(
         immediate_response=ImmediateResponse(
-            status=HttpStatus(code=status),
-            headers=HeaderMutation(set_headers=[header_option("content-type", content_type)]),
-            body=body,
+            status=HttpStatus(code=status), headers=HeaderMutation(set_headers=options), body=body
         )
     )

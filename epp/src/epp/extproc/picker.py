@@ -27,6 +27,7 @@ from epp.contract import (
     DESTINATION_HEADER,
     SUBSET_HINT_KEY,
     SUBSET_HINT_NAMESPACE,
+    TENANT_HEADER,
     join_host_port,
     split_host_port,
 )
@@ -264,9 +265,18 @@ class EndpointPicker(ExtProcServicer):
             usage = response.usage()
             if usage is not None:
                 self._telemetry.tokens(exchange.model, usage.prompt_tokens, usage.completion_tokens)
+                tenant = exchange.headers.get(TENANT_HEADER)
+                if tenant is not None:
+                    self._telemetry.tenant_tokens(
+                        tenant, exchange.model, usage.prompt_tokens, usage.completion_tokens
+                    )
         model = exchange.model
         known = self._datastore.view.known_models
         self._telemetry.request(model if not model or model in known else OTHER_MODEL, exchange.outcome)
+
+    def wants_usage(self, exchange: Exchange) -> bool:
+        # Behind a front door with API keys every answer's usage is counted for its tenant.
+        return TENANT_HEADER in exchange.headers
 
 
 def _subset_hint(metadata: Mapping[str, Struct] | None) -> frozenset[str] | None:

@@ -40,6 +40,7 @@ from epp.extproc.messages import (
     CONTINUE_RESPONSE_BODY,
     CONTINUE_RESPONSE_HEADERS,
     CONTINUE_RESPONSE_HEADERS_BUFFER_BODY,
+    CONTINUE_RESPONSE_HEADERS_BUFFER_PARTIAL_BODY,
     CONTINUE_RESPONSE_HEADERS_SKIP_BODY,
     CONTINUE_RESPONSE_TRAILERS,
     headers_to_dict,
@@ -129,6 +130,15 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
     @abc.abstractmethod
     def finish(self, exchange: Exchange) -> None:
         """The stream is over (response done, refused, answered or cancelled); called exactly once."""
+
+    def screen(self, exchange: Exchange) -> None:
+        """Check the request headers before any body is read (the front door's key check); raise
+        ``RequestError`` to refuse the request at once."""
+
+    def wants_usage(self, exchange: Exchange) -> bool:
+        """Whether a complete (non-streaming) answer's body must be read for its usage; otherwise it
+        passes unread when the response body mode allows it."""
+        return False
 
     def _decide(self, exchange: Exchange) -> Decision:
         exchange.decided = True
@@ -241,6 +251,11 @@ class _Stream:
         exchange.request_id = exchange.headers.get("x-request-id", "")
         if request.HasField("metadata_context"):
             exchange.metadata = request.metadata_context.filter_metadata
+        try:
+            self.servicer.screen(exchange)
+        except RequestError as refusal:
+            await self.servicer._refuse(exchange, refusal, self.write)
+            return True
         if headers.end_of_stream or self.request_mode == _NONE:
             if not await self.servicer._answer_request(exchange, self.write):
                 return True
@@ -316,6 +331,10 @@ class _Stream:
         if response.status >= 400:
             # Errors are rare and their body tells why (e.g. model not found): read it whole.
             await self.write(CONTINUE_RESPONSE_HEADERS_BUFFER_BODY)
+            return False
+        if self.servicer.wants_usage(self.exchange):
+            # Its usage is counted: read it up to Envoy's buffer limit, pass the rest.
+            await self.write(CONTINUE_RESPONSE_HEADERS_BUFFER_PARTIAL_BODY)
             return False
         # A complete non-streaming answer: its body is not needed, and once Envoy has it the request
         # is as good as done.

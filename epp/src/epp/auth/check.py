@@ -1,0 +1,119 @@
+"""The key check at the front door: who is calling, may they use this model, and not too often.
+
+The BBR calls ``authenticate`` on the request headers (before it reads the body), then, once the
+body names the model, ``authorize`` and ``admit``. Each refusal is an OpenAI-style error:
+
+- no key, or a key not in the list: 401 ``authentication_error`` with ``WWW-Authenticate: Bearer``,
+  the same bytes either way (a client cannot tell a revoked key from a mistyped one);
+- a model the key may not use: 403 ``permission_error`` naming that model and no other;
+- over the key's limit: 429 ``rate_limit_exceeded`` with ``Retry-After`` (whole seconds).
+
+A key is read from ``Authorization: Bearer <key>`` (what OpenAI SDKs send), else from ``x-api-key``;
+only its SHA-256 digest is looked up, and neither the key nor its digest is ever logged, counted or
+answered. What passes on towards a model server carries the tenant's name in ``TENANT_HEADER``
+(overwriting whatever a client put there) and neither key header (``forwarded``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from envoy.config.core.v3.base_pb2 import HeaderValueOption
+from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
+
+from epp.auth.keys import hash_key
+from epp.auth.limits import Clock, retry_after_seconds
+from epp.auth.store import KeyStore, Tenant
+from epp.contract import API_KEY_HEADER, AUTHORIZATION_HEADER, TENANT_HEADER, error_body
+from epp.extproc.errors import RequestError
+from epp.extproc.messages import header_option, immediate
+
+_UNAUTHENTICATED_MESSAGE = (
+    "A valid API key is required: send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header."
+)
+_UNAUTHENTICATED = immediate(
+    401, error_body(401, _UNAUTHENTICATED_MESSAGE), headers=(("www-authenticate", "Bearer"),)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthError(RequestError):
+    """A refusal of the key check: 401, 403 or 429 (with its ``Retry-After``)."""
+
+    retry_after: int | None = None
+
+    def body(self) -> bytes:
+        return error_body(self.status, self.message, self.param)
+
+    def response(self) -> ProcessingResponse:
+        if self.status == 401:
+            return _UNAUTHENTICATED
+        headers = () if self.retry_after is None else (("retry-after", str(self.retry_after)),)
+        return immediate(self.status, self.body(), headers=headers)
+
+
+def unauthenticated(reason: str) -> AuthError:
+    return AuthError(401, _UNAUTHENTICATED_MESSAGE, None, reason)
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key a request carries: ``Authorization: Bearer <key>``, else ``x-api-key``; None if neither."""
+    authorization = headers.get(AUTHORIZATION_HEADER)
+    if authorization is not None:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    key = headers.get(API_KEY_HEADER, "").strip()
+    return key or None
+
+
+class KeyCheck:
+    """The check against one ``KeyStore``; ``clock`` drives the rate limits (monotonic seconds)."""
+
+    def __init__(self, store: KeyStore, *, clock: Clock = time.monotonic) -> None:
+        self.store = store
+        self._clock = clock
+        self._forwarded: dict[str, HeaderValueOption] = {}
+        self._version = store.version
+
+    def authenticate(self, headers: Mapping[str, str]) -> Tenant:
+        key = presented_key(headers)
+        if key is None:
+            raise unauthenticated("no_key")
+        tenant = self.store.find(hash_key(key))
+        if tenant is None:
+            raise unauthenticated("bad_key")
+        return tenant
+
+    def authorize(self, tenant: Tenant, model: str) -> None:
+        if not tenant.allows(model):
+            raise AuthError(
+                403, f"This API key may not use the model '{model}'.", "model", "model_not_allowed"
+            )
+
+    def admit(self, tenant: Tenant) -> None:
+        limit = tenant.limit
+        if limit is None:
+            return
+        wait = limit.take(self._clock())
+        if wait > 0:
+            seconds = retry_after_seconds(wait)
+            raise AuthError(
+                429,
+                f"This API key is over its rate limit; retry in {seconds} s.",
+                None,
+                "rate_limited",
+                retry_after=seconds,
+            )
+
+    def forwarded(self, tenant: Tenant) -> HeaderValueOption:
+        """The header naming ``tenant`` to what runs behind the front door (built once per name)."""
+        if self._version != self.store.version:
+            self._forwarded.clear()
+            self._version = self.store.version
+        option = self._forwarded.get(tenant.name)
+        if option is None:
+            option = self._forwarded[tenant.name] = header_option(TENANT_HEADER, tenant.name)
+        return option
