@@ -100,7 +100,7 @@ def _real(metrics: dict[str, list[tuple[dict[str, str], float]]]) -> dict[str, f
 
 async def test_the_epp_gauges_follow_the_real_servers_metrics_while_requests_run(box: OneBox) -> None:
     a, b = server(box, A), server(box, B)
-    epp = box.epps["unified" if box.mode == "unified-pool" else "tiny-a"]
+    epp = box.epps["unified" if box.mode == "unified-pool" else "tiny-a"][0]
     epp_metrics = f"http://127.0.0.1:{epp.metrics_port}/metrics"
     concurrent = MAX_NUM_SEQS + 8
     epp_seen: list[dict[str, float]] = []
