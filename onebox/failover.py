@@ -11,12 +11,11 @@ replica is killed with SIGKILL, and the supervisor restarts it. Counted, per run
 - answers that had begun (200 headers; for streams, the first event) before the kill and then
   broke off: a kill must cut no stream that had started.
 
-``FailoverResult.verdicts`` holds those bars and ``main`` prints them. The last one is not met by
-an EPP replica's streamed answers: the EPP follows each SSE body (usage, in-flight counts), so
-Envoy cannot finish an answer whose EPP died (even with ``failure_mode_allow``, tried); those cut
-answers are among the replica's in-flight streams, which the first bar counts. A BBR replica,
-done with a request once it is routed, cuts none. The fault tests (``tests/faults``) assert the
-bars that hold. Every connection is to 127.0.0.1; every run is bounded in time.
+``FailoverResult.verdicts`` holds those bars and ``main`` prints them. No started answer is cut:
+an EPP replica is done with an answer at its response headers (unless the answer's usage is metered
+for an API key's tenant: then it follows the stream to its end, and its death cuts the streams it
+follows), and a BBR replica once the request is routed. The fault tests (``tests/faults``) assert
+every bar. Every connection is to 127.0.0.1; every run is bounded in time.
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@ import asyncio
 import json
 from collections.abc import Callable
 
+import grpc
 import pytest
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingRequest
+from epp.contract import TENANT_HEADER
 from epp.datastore import Datastore, Endpoint
 from epp.extproc import EndpointPicker, ExtProcServicer
 from epp.scheduling import SaturationDetector
@@ -344,13 +346,30 @@ async def test_in_streamed_response_mode_a_complete_answer_ends_the_request_at_i
     assert gemma.in_flight == 0
 
 
-async def test_in_streamed_response_mode_an_sse_stream_is_followed_to_its_end() -> None:
+async def test_in_streamed_response_mode_an_sse_stream_ends_the_request_at_its_headers() -> None:
+    # Nothing in an unmetered stream's body is needed: the EPP is done with it once it has begun, so
+    # an EPP replica that dies later cannot cut it.
     datastore = gemma_and_phi()
     gemma = datastore.get("10.0.0.1:8000")
     assert gemma is not None
     async with serving(picker(datastore)) as stub:
         stream = EnvoyStream(stub, response_mode=ProcessingMode.STREAMED)
         await stream.send_request(completion(GEMMA))
+        assert gemma.in_flight == 1
+        answer = await stream.send_response_headers(200, content_type="text/event-stream")
+        assert answer.mode_override.response_body_mode == ProcessingMode.NONE
+        assert gemma.in_flight == 0
+        assert await stream.call.read() == grpc.aio.EOF
+
+
+async def test_in_streamed_response_mode_a_tenants_sse_stream_is_followed_to_its_end() -> None:
+    # Behind a front door with API keys a stream's usage is metered: the EPP reads it to its end.
+    datastore = gemma_and_phi()
+    gemma = datastore.get("10.0.0.1:8000")
+    assert gemma is not None
+    async with serving(picker(datastore)) as stub:
+        stream = EnvoyStream(stub, response_mode=ProcessingMode.STREAMED)
+        await stream.send_request(completion(GEMMA), headers={TENANT_HEADER: "team-a"})
         answer = await stream.send_response_headers(200, content_type="text/event-stream")
         assert not answer.HasField("mode_override")
         assert gemma.in_flight == 1

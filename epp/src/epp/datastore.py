@@ -41,7 +41,9 @@ class Metrics:
 
 
 class InFlight:
-    """Requests this EPP sent to one address whose responses have not finished yet.
+    """Requests this EPP sent to one address whose answers have not begun yet (or, for an answer
+    whose usage is metered, not finished): once an answer's headers are back, the endpoint's own
+    metrics count it as running, and the EPP is done with it.
 
     The endpoint picker owns one per address and hands the same one to every :class:`Endpoint` on
     that address, so the count survives the endpoint leaving and coming back (a readiness flap, an
@@ -90,7 +92,7 @@ class Endpoint:
 
     @property
     def in_flight(self) -> int:
-        """Requests this EPP has sent to the endpoint's address whose responses have not finished."""
+        """Requests this EPP has sent to the endpoint's address whose answers have not begun."""
         return self.load.count
 
     def serves(self, model: str) -> bool:

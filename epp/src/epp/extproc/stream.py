@@ -8,8 +8,8 @@ ends the exchange and the stream. Response headers, body chunks and trailers are
 ``ResponseTracker`` follows them. ``finish`` runs exactly once per stream: when the response ends,
 when the request is refused, or when Envoy or the client cancels the stream.
 
-Once nothing more is to be seen (a complete answer whose body Envoy need not show, or the end of the
-response) the servicer returns at once: the gRPC stream closes with OK, which ext_proc takes as
+Once nothing more is to be seen (an answer, streamed or not, whose body need not be read, or the end
+of the response) the servicer returns at once: the gRPC stream closes with OK, which ext_proc takes as
 "no further processing" and lets the rest of the response through untouched. Waiting for Envoy to
 close the stream instead would cost a response-body message and its reply (Envoy still sends a body
 it had already queued when a mode override turns body processing off) and one more read.
@@ -136,8 +136,10 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
         ``RequestError`` to refuse the request at once."""
 
     def wants_usage(self, exchange: Exchange) -> bool:
-        """Whether a complete (non-streaming) answer's body must be read for its usage; otherwise it
-        passes unread when the response body mode allows it."""
+        """Whether an answer's body must be read for its usage (a stream followed to its end, a
+        complete answer read up to Envoy's buffer limit); otherwise the servicer is done with the
+        exchange at its response headers and the body passes unread (when the response body mode
+        allows it: in full duplex every chunk is echoed)."""
         return False
 
     def _decide(self, exchange: Exchange) -> Decision:
@@ -325,7 +327,7 @@ class _Stream:
             self.servicer._finish(self.exchange)
             await self.write(CONTINUE_RESPONSE_HEADERS)
             return True
-        if self.response_mode == _FULL_DUPLEX or response.streaming:
+        if self.response_mode == _FULL_DUPLEX:
             await self.write(CONTINUE_RESPONSE_HEADERS)
             return False
         if response.status >= 400:
@@ -333,11 +335,16 @@ class _Stream:
             await self.write(CONTINUE_RESPONSE_HEADERS_BUFFER_BODY)
             return False
         if self.servicer.wants_usage(self.exchange):
-            # Its usage is counted: read it up to Envoy's buffer limit, pass the rest.
-            await self.write(CONTINUE_RESPONSE_HEADERS_BUFFER_PARTIAL_BODY)
+            # Its usage is counted: follow a stream to its last event; read a complete answer up to
+            # Envoy's buffer limit and pass the rest.
+            if response.streaming:
+                await self.write(CONTINUE_RESPONSE_HEADERS)
+            else:
+                await self.write(CONTINUE_RESPONSE_HEADERS_BUFFER_PARTIAL_BODY)
             return False
-        # A complete non-streaming answer: its body is not needed, and once Envoy has it the request
-        # is as good as done.
+        # The answer has begun and nothing in its body is needed: once Envoy has the headers the
+        # servicer is done with it, and a stream no longer depends on this server staying up (a
+        # replica that dies now cuts no stream that has started).
         self.servicer._finish(self.exchange)
         await self.write(CONTINUE_RESPONSE_HEADERS_SKIP_BODY)
         return True
