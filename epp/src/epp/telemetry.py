@@ -85,8 +85,8 @@ class Telemetry:
             registry=self.registry,
         )
         self.tokens_total = Counter(
-            f"{component}_tokens", "Tokens in the usage of the answers this EPP meters (an API key tenant's).", ["model", "kind"],
-            registry=self.registry,
+            f"{component}_tokens", "Tokens in the usage of the answers this EPP meters (an API key "
+            "tenant's).", ["model", "kind"], registry=self.registry,
         )
         # Per API key (by its name, never the key): what a platform team bills by.
         self.key_requests = Counter(
