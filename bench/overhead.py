@@ -318,11 +318,11 @@ async def _backend() -> AsyncIterator[int]:
 
 
 @contextlib.asynccontextmanager
-async def _epp(backend_port: int, profile: str) -> AsyncIterator[tuple[int, int]]:
+async def _epp(backend_port: int, profile: str, event_loop: str) -> AsyncIterator[tuple[int, int]]:
     """The ``epp`` command against the backend, run as the one box runs it: its gRPC port and pid."""
     supervisor = Supervisor()
     try:
-        args = ["--endpoints", f"127.0.0.1:{backend_port}", "--profile", profile]
+        args = ["--endpoints", f"127.0.0.1:{backend_port}", "--profile", profile, "--event-loop", event_loop]
         child = await supervisor.launch(ext_proc_server("epp", "epp", "127.0.0.1", "info", args))
         ports = await supervisor.wait_ready(child, within=30)
         yield ports["grpc"], child.pid
@@ -390,9 +390,9 @@ async def _sustained(
 
 async def benchmark(
     cases: Sequence[Case], throughput_seconds: float, profile: str, response_mode: ResponseMode,
-    load: PythonLoad | WrkLoad,
+    load: PythonLoad | WrkLoad, event_loop: str = "uvloop",
 ) -> None:
-    async with _backend() as backend_port, _epp(backend_port, profile) as (epp_port, epp_pid):
+    async with _backend() as backend_port, _epp(backend_port, profile, event_loop) as (epp_port, epp_pid):
         destination = f"127.0.0.1:{backend_port}"
         async with (
             EnvoyProcess(passthrough_config()) as baseline,
@@ -418,7 +418,10 @@ async def benchmark(
         (cpu_after[0] - cpu_before[0]) / sustained.requests,
         (cpu_after[1] - cpu_before[1]) / sustained.requests,
     )
-    _print(results, throughput, f"profile {profile}, responses {response_mode}, load: {load.name}")
+    _print(
+        results, throughput,
+        f"profile {profile}, responses {response_mode}, event loop {event_loop}, load: {load.name}",
+    )
 
 
 def _ms(seconds: float) -> str:
@@ -470,6 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="how Envoy shows responses to the EPP (see onebox.envoy)")
     parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto",
                         help="load generator: wrk when on PATH (auto), or the asyncio client")
+    parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
+                        help="the EPP's event loop (its --event-loop)")
     parser.add_argument("--serve-backend", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_backend:
@@ -487,7 +492,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for concurrency in (1, 8)
         for size in (SMALL_BODY, LARGE_BODY)
     ]
-    asyncio.run(benchmark(cases, args.throughput_seconds, args.profile, args.response_mode, load))
+    asyncio.run(
+        benchmark(cases, args.throughput_seconds, args.profile, args.response_mode, load, args.event_loop)
+    )
     return 0
 
 

@@ -36,6 +36,7 @@ def test_a_pool_deployment_command_line_becomes_settings() -> None:
         (["--endpoints", "127.0.0.1:8000", "--pool-namespace", "ns"], "--pool-namespace"),
         (["--endpoints", "127.0.0.1:8000", "--max-body-bytes", "0"], "--max-body-bytes"),
         (["--endpoints", "127.0.0.1:8000", "--eject-after-failures", "0"], "--eject-after-failures"),
+        (["--endpoints", "127.0.0.1:8000", "--event-loop", "trio"], "--event-loop"),
     ],
 )
 def test_a_bad_epp_command_line_exits_2_naming_the_problem(
@@ -156,3 +157,10 @@ def test_a_bbr_with_a_bad_key_file_exits_2_naming_the_entry_and_never_the_key(
     assert "Traceback" not in run.stderr
     assert "sk-too-short" not in run.stderr
     assert "sk-0123456789" not in run.stderr
+
+
+def test_both_commands_run_on_uvloop_unless_told_asyncio() -> None:
+    assert parse_epp_args(["--endpoints", "127.0.0.1:8000"]).event_loop == "uvloop"
+    assert parse_bbr_args([]).event_loop == "uvloop"
+    fallback = parse_epp_args(["--endpoints", "127.0.0.1:8000", "--event-loop", "asyncio"])
+    assert fallback.event_loop == "asyncio"
