@@ -88,14 +88,11 @@ def route_request_headers(
 ) -> ProcessingResponse:
     """The answer to request headers: set ``options``, remove the ``remove`` headers, clear the route
     cache, optional dynamic metadata."""
-    response = ProcessingResponse(
-        request_headers=HeadersResponse(
-            response=CommonResponse(
-                header_mutation=HeaderMutation(set_headers=options, remove_headers=remove),
-                clear_route_cache=True,
-            )
-        )
-    )
+    response = ProcessingResponse()
+    common = response.request_headers.response
+    common.header_mutation.set_headers.extend(options)
+    common.header_mutation.remove_headers.extend(remove)
+    common.clear_route_cache = True
     if metadata is not None:
         response.dynamic_metadata.CopyFrom(metadata)
     return response
@@ -109,11 +106,13 @@ def destination_metadata(addresses: str) -> Struct:
 
 
 def _streamed(body: bytes, end_of_stream: bool, *, request: bool) -> ProcessingResponse:
-    mutation = BodyMutation(streamed_response=StreamedBodyResponse(body=body, end_of_stream=end_of_stream))
-    body_response = BodyResponse(response=CommonResponse(body_mutation=mutation))
-    if request:
-        return ProcessingResponse(request_body=body_response)
-    return ProcessingResponse(response_body=body_response)
+    # Built in place: a message passed to a constructor is copied, and a chunk is up to 62 KB.
+    response = ProcessingResponse()
+    body_response = response.request_body if request else response.response_body
+    streamed = body_response.response.body_mutation.streamed_response
+    streamed.body = body
+    streamed.end_of_stream = end_of_stream
+    return response
 
 
 def request_body_chunks(body: bytes, *, end_of_stream: bool = True) -> Iterator[ProcessingResponse]:
