@@ -36,9 +36,18 @@ class LoadConfig(BaseModel):
 
 
 async def run_workload(
-    url: str, workload: WorkloadConfig, load: LoadConfig, *, label: str = "target", progress: bool = True
+    url: str,
+    workload: WorkloadConfig,
+    load: LoadConfig,
+    *,
+    label: str = "target",
+    progress: bool = True,
+    api_key: str | None = None,
 ) -> RunResult:
-    """Send ``workload`` to ``url`` as ``load`` says; the same configs always send the same requests."""
+    """Send ``workload`` to ``url`` as ``load`` says; the same configs always send the same requests.
+
+    ``api_key``: sent as ``Authorization: Bearer`` on every request (kept out of every report).
+    """
     specs = generate(workload)
     arrivals = poisson_arrivals(load.rate, len(specs), workload.seed) if load.rate is not None else None
     return await run(
@@ -51,6 +60,7 @@ async def run_workload(
         request_timeout=load.timeout,
         label=label,
         progress=progress,
+        api_key=api_key,
     )
 
 
@@ -64,12 +74,20 @@ async def benchmark(
     baseline_label: str = "baseline",
     progress: bool = True,
     settings: dict[str, Any] | None = None,
+    api_key: str | None = None,
 ) -> Report:
-    """Run against ``url``, then the identical workload against ``baseline`` if given, and compare."""
-    runs = [await run_workload(url, workload, load, label=label, progress=progress)]
+    """Run against ``url``, then the identical workload against ``baseline`` if given, and compare.
+
+    ``api_key`` goes to both: the same requests, headers included (a server without keys ignores it).
+    """
+    runs = [await run_workload(url, workload, load, label=label, progress=progress, api_key=api_key)]
     comparisons = []
     if baseline is not None:
-        runs.append(await run_workload(baseline, workload, load, label=baseline_label, progress=progress))
+        runs.append(
+            await run_workload(
+                baseline, workload, load, label=baseline_label, progress=progress, api_key=api_key
+            )
+        )
         target, base = summarize(runs[0]), summarize(runs[1])
         comparisons.append(compare(target.overall, base.overall, label, baseline_label))
     return Report(
@@ -80,6 +98,7 @@ async def benchmark(
             "baseline": baseline,
             **workload.model_dump(mode="json"),
             **load.model_dump(mode="json"),
+            "api_key": "sent" if api_key else "none",
         },
         runs=runs,
         comparisons=comparisons,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an attempt may wait for the connection or the next bytes before it fails",
     )
     p.add_argument("--baseline", help="second URL to run the same workload against (e.g. round robin)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("OPENAI_API_KEY") or None,
+        metavar="KEY",
+        help="sent as 'Authorization: Bearer KEY' to the URL and the baseline (default: $OPENAI_API_KEY; "
+        "none if unset); never printed",
+    )
     p.add_argument("--json", type=Path, help="write the JSON report here")
     p.add_argument("--html", type=Path, help="write the HTML report (with plots) here")
     p.add_argument("--seed", type=int, default=0)
@@ -95,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: invalid arguments:\n{exc}", file=sys.stderr)
         return 2
     report = asyncio.run(
-        benchmark(args.url, workload, load, baseline=args.baseline, progress=not args.no_progress)
+        benchmark(
+            args.url, workload, load, baseline=args.baseline, progress=not args.no_progress,
+            api_key=args.api_key,
+        )
     )
     summaries = report.summaries()
     print(format_table(summaries))

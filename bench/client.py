@@ -4,6 +4,8 @@ One pooled ``httpx.AsyncClient`` per run. Each request records every attempt (st
 named by the response, the ``x-inference-pod`` header), so routing accuracy is computed from what
 the server said, never assumed. Retries are off by default; ``retries > 0`` reproduces the old
 client-side workaround: send again when the response names another model or the status is 404.
+With an API key every request carries ``Authorization: Bearer <key>`` (what OpenAI SDKs send); the
+key is held by the client only, never printed or written to a report.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ class Runner:
         retries: int = 0,
         timeout: float = 60.0,
         max_connections: int = 256,
+        api_key: str | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
@@ -138,7 +141,9 @@ class Runner:
         self.endpoint = chat_url(url)
         self.stream = stream
         self.retries = retries
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else None
         self._client = httpx.AsyncClient(
+            headers=headers,
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
@@ -247,8 +252,10 @@ async def run(
     request_timeout: float = 60.0,
     label: str = "target",
     progress: bool = True,
+    api_key: str | None = None,
 ) -> RunResult:
-    """Send ``specs`` to ``url``: ``concurrency`` at a time, or each at its ``arrivals`` offset (seconds)."""
+    """Send ``specs`` to ``url``: ``concurrency`` at a time, or each at its ``arrivals`` offset (seconds);
+    with ``api_key``, each as ``Authorization: Bearer <key>``."""
     if (concurrency is None) == (arrivals is None):
         raise ValueError("give exactly one of concurrency or arrivals")
     if concurrency is not None and concurrency < 1:
@@ -260,7 +267,8 @@ async def run(
     bar = tqdm(total=len(specs), desc=label, unit="req", file=sys.stderr, disable=not progress, leave=False)
     connections = concurrency if concurrency is not None else 256
     async with Runner(
-        url, stream=stream, retries=retries, timeout=request_timeout, max_connections=connections
+        url, stream=stream, retries=retries, timeout=request_timeout, max_connections=connections,
+        api_key=api_key,
     ) as runner:
         run_start = time.perf_counter()
 

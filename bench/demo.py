@@ -1,5 +1,10 @@
 """``python -m bench.demo`` (``make demo``): the gpu one box, the field's benchmark, and round robin.
 
+The box is closed, as the deployed gateway is by default: the demo generates a random API key into a
+temporary key list (``--api-keys``), shows one request without it refused (401) next to one with it
+answered, and every benchmark request carries it (``Authorization: Bearer``). The key is never
+printed. Then:
+
 1. 50 random mixed-model requests through the gateway;
 2. per model, 100 requests at concurrency 10 through the gateway;
 3. the same mixed traffic through Envoy round-robin over the same pods (a plain Service), once
@@ -14,12 +19,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import httpx
+import yaml
 
 from bench.benchmark import LoadConfig, run_workload
 from bench.client import RunResult
@@ -44,10 +54,39 @@ class DemoSettings:
     time_scale: float = 1.0
     retries: int = 3
     seed: int = 42
+    tenant: str = "demo"  # the generated key's name (what logs and metrics show)
 
     @classmethod
     def quick(cls) -> DemoSettings:
         return cls(mixed_requests=20, per_model_requests=20, concurrency=5)
+
+
+def write_demo_keys(directory: Path, tenant: str) -> tuple[Path, str]:
+    """A key list with one fresh random key (43 URL-safe characters) for ``tenant``: its path and the key."""
+    key = secrets.token_urlsafe(32)
+    path = directory / "api-keys.yaml"
+    path.write_text(yaml.safe_dump([{"name": tenant, "key": key}]))
+    path.chmod(0o600)
+    return path, key
+
+
+async def show_the_door(url: str, model: str, key: str, out: Callable[[str], None]) -> None:
+    """One request without the key (refused) and one with it (answered), as a client sees them."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+    async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+        refused = await client.post("/v1/chat/completions", json=body)
+        accepted = await client.post(
+            "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+        )
+    error = refused.json().get("error", {})
+    out(
+        f"  without a key: {refused.status_code} {error.get('type')} "
+        f"(WWW-Authenticate: {refused.headers.get('www-authenticate')})"
+    )
+    out(
+        f"  with the key:  {accepted.status_code} from pod {accepted.headers.get('x-inference-pod')} "
+        f"({accepted.json().get('model')})"
+    )
 
 
 async def run_demo(
@@ -71,43 +110,28 @@ async def run_demo(
         f"max_tokens {settings.max_tokens}, streaming, concurrency {settings.concurrency}"
     )
     started = time.monotonic()
-    async with OneBox(topology, mode=mode, time_scale=settings.time_scale, round_robin=True) as box:
-        out(
-            f"gateway {box.gateway_url}  round-robin {box.round_robin_url}  "
-            f"(ready in {time.monotonic() - started:.1f} s)"
+    with tempfile.TemporaryDirectory(prefix="demo-keys-") as keys_dir:
+        keys_file, key = write_demo_keys(Path(keys_dir), settings.tenant)
+        box = OneBox(
+            topology, mode=mode, time_scale=settings.time_scale, round_robin=True, api_keys=keys_file
         )
-        for pod in box.pods:
-            out(f"  pod {pod.name}: {pod.model} at {pod.url}")
-        runs: list[RunResult] = [
-            await run_workload(box.gateway_url, mixed, stream, label="gateway", progress=progress)
-        ]
-        for model in models:
-            per_model = WorkloadConfig(
-                models=[model],
-                requests=settings.per_model_requests,
-                max_tokens=settings.max_tokens,
-                seed=settings.seed,
+        async with box:
+            out(
+                f"gateway {box.gateway_url}  round-robin {box.round_robin_url}  "
+                f"(ready in {time.monotonic() - started:.1f} s)"
             )
-            runs.append(
-                await run_workload(
-                    box.gateway_url, per_model, stream, label=f"gateway/{short[model]}", progress=progress
-                )
-            )
-        runs.append(
-            await run_workload(box.round_robin_url, mixed, stream, label="round-robin", progress=progress)
-        )
-        retrying = stream.model_copy(update={"retries": settings.retries})
-        runs.append(
-            await run_workload(
-                box.round_robin_url, mixed, retrying, label="round-robin+retries", progress=progress
-            )
-        )
+            for pod in box.pods:
+                out(f"  pod {pod.name}: {pod.model} at {pod.url}")
+            out(f"API keys on: one random key for tenant {settings.tenant!r}, sent by every request below")
+            await show_the_door(box.gateway_url, models[0], key, out)
+            runs = await _benchmark_runs(box, settings, models, short, mixed, stream, key, progress)
     gateway, rr, rr_retries = summarize(runs[0]), summarize(runs[-2]), summarize(runs[-1])
     report = Report(
         title="One-box demo: model-aware gateway vs round robin",
         settings={
             "preset": "gpu",
             "mode": mode,
+            "api_keys": f"on: one generated key ({settings.tenant}), sent by every request; not recorded",
             "models": models,
             "pods": [{"name": p.name, "model": p.model, "address": p.address} for p in box.pods],
             **asdict(settings),
@@ -140,6 +164,47 @@ async def run_demo(
     out(f"\nreports: {json_path}  {html_path}")
     out(f"demo took {time.monotonic() - started:.1f} s")
     return report, json_path, html_path
+
+
+async def _benchmark_runs(
+    box: OneBox,
+    settings: DemoSettings,
+    models: list[str],
+    short: dict[str, str],
+    mixed: WorkloadConfig,
+    stream: LoadConfig,
+    key: str,
+    progress: bool,
+) -> list[RunResult]:
+    """The mixed traffic and each model's through the gateway, then the mixed through round robin.
+
+    Every request carries the key; round robin goes straight to the pods, which ignore it."""
+    runs: list[RunResult] = [
+        await run_workload(box.gateway_url, mixed, stream, label="gateway", progress=progress, api_key=key)
+    ]
+    for model in models:
+        per_model = WorkloadConfig(
+            models=[model], requests=settings.per_model_requests, max_tokens=settings.max_tokens,
+            seed=settings.seed,
+        )  # fmt: skip
+        runs.append(
+            await run_workload(
+                box.gateway_url, per_model, stream, label=f"gateway/{short[model]}", progress=progress,
+                api_key=key,
+            )
+        )
+    runs.append(
+        await run_workload(
+            box.round_robin_url, mixed, stream, label="round-robin", progress=progress, api_key=key
+        )
+    )
+    retrying = stream.model_copy(update={"retries": settings.retries})
+    runs.append(
+        await run_workload(
+            box.round_robin_url, mixed, retrying, label="round-robin+retries", progress=progress, api_key=key
+        )
+    )
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:

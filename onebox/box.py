@@ -5,8 +5,8 @@ points at a child is written once its ports are known.
 
 Start order (every child is waited for with its own readiness probe):
 1. one simulated vLLM server per replica (``python -m vllmsim``; ``GET /health``), and in
-   per-model-pools mode the BBR with every served model (gRPC health ``readiness``),
-   ``bbr_replicas`` of them;
+   per-model-pools mode, or in either mode with API keys, the BBR with every served model (gRPC
+   health ``readiness``), ``bbr_replicas`` of them;
 2. once every pod answers: ``epp_replicas`` EPPs per pool (per-model-pools) or over every pod
    (unified-pool), each with a static endpoints file of its pods' reported ports (gRPC health
    ``readiness``);
@@ -15,6 +15,10 @@ Start order (every child is waited for with its own readiness probe):
    (``onebox.envoy.replicas``; admin ``/ready``), plus, if asked, a second Envoy that round-robins
    over the same pods, as a plain Kubernetes Service would;
 4. one request per model through the gateway, which must be answered by that model.
+
+With ``api_keys`` (a key list file, ``onebox.keys``) the gateway is closed: the BBR is the front
+door in both modes (in unified-pool it runs before the one EPP) and checks every request's key;
+the box's own requests carry a key from the file. Without it the box is open, as a local tool.
 
 Once up, the box is supervised (``fail_fast=False``, the default): a child that dies is logged
 with its last lines and restarted on its ports with backoff while the rest keeps serving, as
@@ -28,6 +32,7 @@ Leaving the context (or ``stop()``) stops every child and removes the working di
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import tempfile
 import time
@@ -44,6 +49,7 @@ from onebox.envoy import bootstrap
 from onebox.envoy.limits import GatewayLimits, GatewayTimeouts
 from onebox.envoy.process import envoy_child
 from onebox.envoy.replicas import Replica
+from onebox.keys import BoxKeys, load_keys
 from onebox.probes import until_ready
 from onebox.supervisor import Backoff, Child, ChildDied, ChildSpec, Supervisor
 from onebox.topology import Topology
@@ -52,6 +58,8 @@ Mode = Literal["per-model-pools", "unified-pool"]
 MODES: tuple[str, ...] = get_args(Mode)
 HOST = "127.0.0.1"
 MAX_REPLICAS = 8  # EPP or BBR replicas per group: each is a Python process on a small machine
+
+_log = logging.getLogger("onebox.box")
 
 
 class GatewayNotServing(RuntimeError):
@@ -154,6 +162,7 @@ class OneBox:
         restart: Backoff | None = None,
         limits: GatewayLimits | None = None,
         timeouts: GatewayTimeouts | None = None,
+        api_keys: Path | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
@@ -165,6 +174,11 @@ class OneBox:
             if not 1 <= count <= MAX_REPLICAS:
                 raise ValueError(f"{what} must be within 1..{MAX_REPLICAS}, got {count}")
         self.topology = topology
+        # Checked now: a bad entry is the caller's error (KeysFileError, a ValueError), before any start.
+        self.keys: BoxKeys | None = None
+        if api_keys is not None:
+            known = set(topology.served_names).union(*(m.lora_parents for m in topology.models))
+            self.keys = load_keys(api_keys, known)
         self.mode: Mode = mode
         self.time_scale = time_scale
         self.with_round_robin = round_robin
@@ -193,6 +207,11 @@ class OneBox:
         if self.round_robin_port is None:
             raise RuntimeError("this box was started without round_robin=True")
         return f"http://{HOST}:{self.round_robin_port}"
+
+    @property
+    def front_door(self) -> bool:
+        """Whether the BBR runs in front of the EPPs: always in per-model pools, with keys in both modes."""
+        return self.mode == "per-model-pools" or self.keys is not None
 
     @property
     def children(self) -> list[Child]:
@@ -231,7 +250,7 @@ class OneBox:
             # once every pod answers (their endpoints files need the pods' ports, and their first
             # probe then finds every pod); Envoy's clusters need the EPPs' ports, so it starts last.
             pods = await self._spawn_pods()
-            bbr = await self._spawn_bbrs() if self.mode == "per-model-pools" else []
+            bbr = await self._spawn_bbrs() if self.front_door else []
             await asyncio.gather(self._wait_pods(pods), self._wait_ready(bbr))
             await self._wait_ready(await self._spawn_epps())
             await self._start_gateways()
@@ -289,6 +308,9 @@ class OneBox:
         for model in self.topology.models:
             for adapter, base in model.lora_parents.items():
                 args += ["--adapter", f"{adapter}={base}"]
+        if self.keys is not None:
+            # Each replica enforces ceil(requestsPerMinute / N) of a key's limit (epp.auth.limits).
+            args += ["--api-keys-file", str(self.keys.path), "--limit-share", str(self.bbr_replicas)]
         for i in range(self.bbr_replicas):
             name = replica_name("bbr", i, self.bbr_replicas)
             self.bbrs.append(ExtProcServer(name, await self._launch(self._ext_proc(name, "bbr", args))))
@@ -341,7 +363,8 @@ class OneBox:
     def _gateway_config(self) -> dict[str, Any]:
         if self.mode == "unified-pool":
             return bootstrap.unified_gateway_config(
-                epp=[e.replica for e in self.epps["unified"]], host=HOST, port=self.gateway_port,
+                epp=[e.replica for e in self.epps["unified"]], bbr=[b.replica for b in self.bbrs] or None,
+                host=HOST, port=self.gateway_port,
                 endpoints=[p.address for p in self.pods], limits=self.limits, timeouts=self.timeouts,
             )  # fmt: skip
         pools = [
@@ -359,24 +382,62 @@ class OneBox:
         )  # fmt: skip
 
     async def _check_every_model_is_served(self) -> None:
-        """One tiny request per model through the gateway; retried until the startup deadline."""
+        """One tiny request per model through the gateway; retried until the startup deadline.
+
+        With keys, each request carries a key of the file that may use its model; a model only
+        ``sha256:`` entries may use cannot be asked (the box knows no key for it): the gateway must
+        then refuse a request without a key (401) instead, and the log says the model was not asked.
+        """
         deadline = time.monotonic() + self.startup_timeout
         async with httpx.AsyncClient(base_url=self.gateway_url, timeout=10.0) as client:
             for model in self.topology.served_names:
                 body = {"model": model, "messages": [{"role": "user", "content": "ready?"}], "max_tokens": 1}
+                headers: dict[str, str] = {}
+                expected: tuple[int, str | None] = (200, model)
+                if self.keys is not None:
+                    key = self.keys.probe_key(model)
+                    if key is None:
+                        _log.warning(
+                            "%s: no 'key:' entry of %s may use this model (a 'sha256:' entry holds no key), "
+                            "so the box cannot ask it through the gateway; checking only that the gateway "
+                            "refuses a request without a key (its pods were checked directly)",
+                            model, self.keys.path,
+                        )  # fmt: skip
+                        expected = (401, "authentication_error")
+                    else:
+                        headers["authorization"] = f"Bearer {key.get_secret_value()}"
                 while True:
                     if self.supervisor.failure is not None:
                         raise self.supervisor.failure
                     answered: tuple[int, str | None]
                     try:
-                        response = await client.post("/v1/chat/completions", json=body)
-                        answered = response.status_code, response.json().get("model")
+                        response = await client.post("/v1/chat/completions", json=body, headers=headers)
+                        answered = response.status_code, _answered_by(response)
                     except (httpx.HTTPError, ValueError) as exc:
                         answered = (0, f"{type(exc).__name__}: {exc}")
-                    if answered == (200, model):
+                    if answered == expected:
+                        break
+                    if self.keys is not None and answered == (429, "rate_limit_exceeded"):
+                        # The key is known and allowed this model (the limit is checked last).
+                        _log.warning(
+                            "%s: the box's check request was over its key's requestsPerMinute (429); "
+                            "the front door accepted the key, the model was not asked", model,
+                        )  # fmt: skip
                         break
                     if time.monotonic() > deadline:
                         raise GatewayNotServing(
                             f"{model} is not served through {self.gateway_url}: last answer {answered}"
                         )
                     await asyncio.sleep(0.1)
+
+
+def _answered_by(response: httpx.Response) -> str | None:
+    """The answer's model, or for an error its type (``authentication_error``, ...)."""
+    document = response.json()
+    if not isinstance(document, dict):
+        return None
+    error = document.get("error")
+    if response.status_code != 200 and isinstance(error, dict):
+        return str(error.get("type"))
+    model = document.get("model")
+    return None if model is None else str(model)

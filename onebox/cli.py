@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--startup-timeout", type=float, default=60.0)
     run.add_argument("--fail-fast", action="store_true",
                      help="stop everything when any child dies (default: restart it with backoff)")
+    run.add_argument("--api-keys", type=Path, metavar="FILE",
+                     help="close the gateway: the API key list (YAML/JSON, 'key:' or 'sha256:' entries, as "
+                     "for the GKE stack), checked at start and re-read on change by every BBR replica; "
+                     "without it the box is open")
     run.add_argument("--upstream-idle-timeout", type=float, default=GatewayTimeouts().upstream_idle,
                      help="seconds a pod may send nothing before its request ends with a 504 "
                      "(default %(default)s)")
@@ -64,6 +68,7 @@ def _box(topology: Topology, args: argparse.Namespace) -> OneBox:
         startup_timeout=args.startup_timeout,
         fail_fast=args.fail_fast,
         timeouts=GatewayTimeouts(upstream_idle=args.upstream_idle_timeout),
+        api_keys=args.api_keys,
     )
 
 
@@ -104,6 +109,9 @@ async def _run(args: argparse.Namespace) -> int:
         print(f"pod {pod.name} {pod.model} {pod.url}", file=sys.stderr)
     if args.round_robin:
         print(f"round-robin {box.round_robin_url}", flush=True)
+    if box.keys is not None:
+        print(f"api keys: {len(box.keys)} from {box.keys.path} (send 'Authorization: Bearer <key>')",
+              file=sys.stderr)
     print(f"gateway {box.gateway_url}", flush=True)
 
     died = asyncio.create_task(box.wait_for_failure())

@@ -5,7 +5,9 @@
   through the BBR (``x-gateway-base-model-name``), is routed on that header to its pool's route,
   where that pool's EPP (a per-route ext_proc override) picks the pod, and an ORIGINAL_DST cluster
   sends it to ``x-gateway-destination-endpoint``.
-- ``unified_gateway_config``: one pool holding every model, so one EPP and no BBR.
+- ``unified_gateway_config``: one pool holding every model, so one EPP; no BBR, unless it is asked
+  for as the front door (``bbr=``: it then checks API keys and answers ``GET /v1/models`` before
+  the EPP sees a request, as in per-model pools).
 - ``passthrough_config``: Envoy alone, ORIGINAL_DST on a header the client sets (the overhead
   baseline).
 - ``round_robin_config``: Envoy round-robin over fixed endpoints (a "plain Kubernetes Service").
@@ -329,6 +331,7 @@ def gateway_config(
 def unified_gateway_config(
     *,
     epp: Replicas,
+    bbr: Replicas | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
     admin_port: int = 0,
@@ -337,20 +340,30 @@ def unified_gateway_config(
     limits: GatewayLimits | None = None,
     timeouts: GatewayTimeouts | None = None,
 ) -> dict[str, Any]:
-    """The gateway with one pool for every model: one EPP picks among all pods (no BBR needed).
+    """The gateway with one pool for every model: one EPP picks among all pods.
 
     ``epp``: its replicas, as for ``gateway_config``; ``endpoints``: the pool's model servers, checked
-    for ``GET /health`` only.
+    for ``GET /health`` only. ``bbr``: the BBR replicas as the front door, run on every request
+    before the EPP (the filter, cluster and readiness check ``gateway_config`` gives it); the BBR
+    must then be given the served models, and with an API key list it is the gateway's key check.
+    None (the default): no BBR, the EPP alone sees requests.
     """
     limits, timeouts = limits or GatewayLimits(), timeouts or GatewayTimeouts()
     epps = to_replicas(epp)
+    bbrs = to_replicas(bbr) if bbr is not None else ()
     routes = [
         {"name": "pool", "match": {"prefix": API_PREFIX}, "route": _to_pod_route(timeouts)},
         _not_found_route(),
     ]
-    health_filter, health_clusters = readiness(bbrs=[], epps=replica_addresses(epps), pods=list(endpoints))
-    filters = [health_filter, _ext_proc_filter(_EPP_FILTER, "epp", timeouts, response=response_mode)]
+    health_filter, health_clusters = readiness(
+        bbrs=replica_addresses(bbrs), epps=replica_addresses(epps), pods=list(endpoints)
+    )
+    front_door = [_ext_proc_filter(_BBR_FILTER, "bbr", timeouts, response=None)] if bbrs else []
+    filters = [
+        health_filter, *front_door, _ext_proc_filter(_EPP_FILTER, "epp", timeouts, response=response_mode)
+    ]
     clusters = [
+        *([ext_proc_cluster("bbr", bbrs, limits, timeouts)] if bbrs else []),
         ext_proc_cluster("epp", epps, limits, timeouts),
         _original_dst_cluster(DESTINATION_HEADER, limits, timeouts),
         *health_clusters,

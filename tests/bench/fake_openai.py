@@ -2,6 +2,7 @@
 
 Each pod serves one model. A request for a model the chosen pod does not serve gets a vLLM-style
 404, or, with ``answer_any_model``, a 200 that names the pod's own model (a misbehaving backend).
+Every request's ``Authorization`` header is recorded; with ``api_key`` any other is a 401.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ class FakeOpenAI:
     answer_any_model: bool = False
     tokens: int = 3
     break_stream: bool = False  # send an error event after the first token
+    api_key: str | None = None  # required as "Authorization: Bearer <key>" when set
     calls: list[str] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
     url: str = ""
 
     def _next_pod(self) -> tuple[str, str]:
@@ -30,6 +33,10 @@ class FakeOpenAI:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        self.authorizations.append(request.headers.get("Authorization"))
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            error = {"message": "bad key", "type": "authentication_error", "param": None, "code": 401}
+            return web.json_response({"error": error}, status=401, headers={"WWW-Authenticate": "Bearer"})
         pod, served = self._next_pod()
         headers = {"x-inference-pod": pod}
         if body["model"] != served and not self.answer_any_model:

@@ -170,6 +170,42 @@ async def test_the_command_line_prints_the_table_and_writes_both_reports(
     assert (tmp_path / "out.html").exists()
 
 
+async def test_the_command_line_sends_openai_api_key_to_the_target_and_the_baseline_and_never_prints_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "sk-bench-0123456789abcdefghijklmnopqrstuv"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    async with (
+        serving(FakeOpenAI([("gemma-0", GEMMA)], api_key=key)) as gateway,
+        serving(FakeOpenAI([("gemma-0", GEMMA)])) as pods,  # round robin straight to pods: no key needed
+    ):
+        argv = ["--url", gateway.url, "--baseline", pods.url, "--models", GEMMA, "--requests", "4",
+                "--concurrency", "2", "--json", str(tmp_path / "out.json"), "--no-progress"]  # fmt: skip
+        code = await asyncio.to_thread(main, argv)
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "target: answered by gemma-0 4" in captured.out
+    assert gateway.authorizations == pods.authorizations == [f"Bearer {key}"] * 4
+    report = (tmp_path / "out.json").read_text()
+    assert json.loads(report)["settings"]["api_key"] == "sent"
+    for text in (captured.out, captured.err, report):
+        assert key not in text
+
+
+async def test_an_explicit_api_key_is_sent_and_without_one_a_closed_server_refuses_every_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    key = "sk-bench-0123456789abcdefghijklmnopqrstuv"
+    workload, load = WorkloadConfig(models=[GEMMA], requests=3), LoadConfig(concurrency=1, stream=True)
+    async with serving(FakeOpenAI([("gemma-0", GEMMA)], api_key=key)) as closed:
+        without = await run_workload(closed.url, workload, load, progress=False)
+        keyed = await run_workload(closed.url, workload, load, progress=False, api_key=key)
+    assert summarize(without).overall.statuses == {"401": 3}
+    assert summarize(keyed).overall.statuses == {"200": 3}
+    assert closed.authorizations == [None] * 3 + [f"Bearer {key}"] * 3
+
+
 def test_the_command_line_rejects_bad_settings_by_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--url", "http://x", "--models", "a,a", "--concurrency", "1"]) == 2
     assert "distinct" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import yaml
 from epp.cli import EppSettings, ServerSettings, ServingPorts, serve_epp
 
 import vllmsim
-from onebox.envoy import EnvoyProcess, PoolRoute, ResponseMode, gateway_config, unified_gateway_config
+from onebox.envoy import EnvoyProcess, ResponseMode, unified_gateway_config
 from onebox.probes import grpc_serving, until_ready
 
 Settings = TypeVar("Settings", bound=ServerSettings)
@@ -120,18 +120,6 @@ async def unified_gateway(
 def unified_behind_front_door(
     *, bbr: str, epp: str, response_mode: ResponseMode = "streamed"
 ) -> dict[str, Any]:
-    """The unified-pool gateway with the BBR in front as its front door: the BBR's filter and cluster,
-    as ``gateway_config`` builds them, put before the one EPP of ``unified_gateway_config``."""
-    front = gateway_config(bbr=bbr, pools=[PoolRoute(name="unused", models=("unused",), epp=epp)])
-    config = unified_gateway_config(epp=epp, response_mode=response_mode)
-    def http_filters(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
-        manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-        filters: list[dict[str, Any]] = manager["typed_config"]["http_filters"]
-        return filters
-
-    bbr_filter = next(f for f in http_filters(front) if f["name"].endswith(".bbr"))
-    bbr_cluster = next(c for c in front["static_resources"]["clusters"] if c["name"] == "bbr")
-    filters = http_filters(config)
-    filters.insert(next(i for i, f in enumerate(filters) if f["name"].endswith(".epp")), bbr_filter)
-    config["static_resources"]["clusters"].append(bbr_cluster)
-    return config
+    """The unified-pool gateway with the BBR in front as its front door (``unified_gateway_config``'s
+    ``bbr``), as the one box runs it with API keys."""
+    return unified_gateway_config(epp=epp, bbr=bbr, response_mode=response_mode)

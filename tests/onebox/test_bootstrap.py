@@ -129,3 +129,19 @@ def test_a_restarted_envoy_binds_the_ports_it_had() -> None:
 def test_a_pool_with_a_bad_address_is_refused_naming_it() -> None:
     with pytest.raises(ValueError, match="fd00::1:9002"):
         PoolRoute(name="gemma", models=(GEMMA,), epp="fd00::1:9002")
+
+
+def test_with_api_keys_the_unified_pool_puts_the_bbr_in_front_of_its_one_epp() -> None:
+    closed = unified_gateway_config(epp="127.0.0.1:9002", bbr=["127.0.0.1:9004", "127.0.0.1:9014"],
+                                    endpoints=["127.0.0.1:8000"])  # fmt: skip
+    names = [f["name"] for f in manager(closed)["http_filters"]]
+    bbr, epp = "envoy.filters.http.ext_proc.bbr", "envoy.filters.http.ext_proc.epp"
+    assert names == ["envoy.filters.http.health_check", bbr, epp, "envoy.filters.http.router"]
+    # the same front door as per-model pools: request only, never a pass-through, two replicas checked
+    assert filters(closed)[bbr] == filters(per_model())[bbr]
+    clusters = {c["name"]: c for c in closed["static_resources"]["clusters"]}
+    assert len(clusters["bbr"]["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 2
+    health = filters(closed)["envoy.filters.http.health_check"]["cluster_min_healthy_percentages"]
+    assert health["readiness-bbr"] == {"value": 50.0}
+    # open (the default): the EPP alone, as before
+    assert bbr not in filters(CONFIGS["unified-pool"]())
