@@ -73,7 +73,8 @@ unit: venv policy-venv
 render: venv
 	$(PY) -m render $(STACK)
 
-## What the EPP costs, as ratios from one run: its CPU per request over Envoy's, 200 KB over 1 KB throughput.
+## What the EPP costs, as ratios from one run: its CPU per request over Envoy's, 200 KB over 1 KB throughput;
+## and what the API key check costs the front door (the BBR), with and without keys side by side.
 bench-overhead: venv
 	$(PY) -m bench.overhead
 

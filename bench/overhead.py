@@ -12,7 +12,19 @@ or "1,500 req/s" depend on the machine and are no longer targets):
 - EPP CPU per request ÷ Envoy CPU per request, while 1 KB requests are sustained at concurrency 8
   through the gateway: at most ``CPU_RATIO_TARGET``;
 - sustained gateway throughput with 200 KB bodies ÷ with 1 KB bodies: at least
-  ``BODY_RATIO_TARGET`` (the EPP reads every body for its model).
+  ``BODY_RATIO_TARGET`` (the EPP reads every body for its model);
+- the front door's API key check (issue 7): Envoy with the BBR as its front door and no EPP (the
+  requests go on to the backend their client names), open and with a key list, side by side in
+  rounds, plus a second open BBR whose difference from the first is this run's noise floor: the
+  BBR's CPU per request with
+  keys ÷ open, at most ``KEY_CPU_RATIO_TARGET``, and the p50 at concurrency 1 with keys - open, at
+  most ``KEY_P50_TARGET``. The doors are loaded at the same time, each by its own load generator, so
+  the rest of the machine's work falls on all of them alike; every side gets the same bytes, an
+  ``Authorization`` header included. The key check's own CPU per request (the BBR's ``screen`` +
+  ``decide`` + ``finish`` in process, open vs keys) is printed beside them, with the ratio it implies
+  for the BBR's CPU per request through Envoy: a figure the machine's noise moves far less. (No EPP
+  runs behind these doors because, with keys, the EPP also reads each answer for its tenant's token
+  usage: a cost of per-key billing, not of the key check.)
 
 Also printed, for reference: added latency (gateway percentile - baseline percentile) at
 concurrency 1 and 8 with 1 KB and 200 KB bodies, and Envoy alone's sustained rate. The load
@@ -29,16 +41,23 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+from epp.auth.check import KeyCheck
+from epp.auth.keys import parse_api_keys
+from epp.auth.store import KeyStore
 from epp.contract import DESTINATION_HEADER, POD_HEADER
+from epp.extproc import BodyBasedRouter, Exchange, Route
+from epp.telemetry import Telemetry
 
 from onebox.children import ext_proc_server
 from onebox.envoy import EnvoyProcess, ResponseMode, passthrough_config, unified_gateway_config
@@ -49,6 +68,9 @@ CPU_RATIO_TARGET = 1.5  # EPP CPU per request / Envoy CPU per request, at most
 BODY_RATIO_TARGET = 0.5  # 200 KB-body throughput / 1 KB-body throughput, at least
 LARGE_BODY = 200 * 1024
 SMALL_BODY = 1024
+KEY_CPU_RATIO_TARGET = 1.05  # the BBR's CPU per request with API keys / without, at most
+KEY_P50_TARGET = 0.1e-3  # seconds: p50 at concurrency 1 with API keys - without, at most
+KEYS_IN_LIST = 100
 
 # ---------------------------------------------------------------------------------------------
 # The backend: a vLLM look-alike that answers at once.
@@ -170,12 +192,15 @@ def completion_body(body_size: int) -> bytes:
     return json.dumps({**skeleton, "prompt": "x" * max(padding, 0)}).encode()
 
 
-def completion_request(port: int, destination: str, body_size: int) -> bytes:
-    """A POST /v1/completions whose JSON body is ``body_size`` bytes."""
+def completion_request(
+    port: int, destination: str, body_size: int, headers: Mapping[str, str] | None = None
+) -> bytes:
+    """A POST /v1/completions whose JSON body is ``body_size`` bytes (plus ``headers``, if any)."""
     body = completion_body(body_size)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     return (
         f"POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
-        f"{DESTINATION_HEADER}: {destination}\r\ncontent-length: {len(body)}\r\n\r\n"
+        f"{DESTINATION_HEADER}: {destination}\r\n{extra}content-length: {len(body)}\r\n\r\n"
     ).encode() + body
 
 
@@ -239,6 +264,7 @@ _WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"
 wrk.headers["%(header)s"] = "%(destination)s"
+%(extra)s
 local f = io.open("%(body)s", "rb")
 wrk.body = f:read("*a")
 f:close()
@@ -266,14 +292,17 @@ class WrkLoad:
         return await self.timed(port, case.body_size, destination, case.concurrency, self._seconds)
 
     async def timed(
-        self, port: int, body_size: int, destination: str, concurrency: int, seconds: float
+        self, port: int, body_size: int, destination: str, concurrency: int, seconds: float,
+        headers: Mapping[str, str] | None = None,
     ) -> LoadResult:
         with tempfile.TemporaryDirectory(prefix="overhead-wrk-") as directory:
             body_path = Path(directory) / "body.json"
             body_path.write_bytes(completion_body(body_size))
             script = Path(directory) / "post.lua"
+            extra = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in (headers or {}).items())
             script.write_text(
-                _WRK_SCRIPT % {"header": DESTINATION_HEADER, "destination": destination, "body": body_path}
+                _WRK_SCRIPT % {"header": DESTINATION_HEADER, "destination": destination, "body": body_path,
+                               "extra": extra}
             )
             process = await asyncio.create_subprocess_exec(
                 self._binary, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "-s", str(script),
@@ -390,7 +419,8 @@ async def _sustained(
 
 async def benchmark(
     cases: Sequence[Case], throughput_seconds: float, profile: str, response_mode: ResponseMode,
-    load: PythonLoad | WrkLoad, event_loop: str = "uvloop",
+    load: PythonLoad | WrkLoad, event_loop: str = "uvloop", front_door_rounds: int = 0,
+    front_door_seconds: float = 2.0,
 ) -> None:
     async with _backend() as backend_port, _epp(backend_port, profile, event_loop) as (epp_port, epp_pid):
         destination = f"127.0.0.1:{backend_port}"
@@ -411,6 +441,12 @@ async def benchmark(
             cpu_after = _cpu_seconds(epp_pid), _cpu_seconds(gateway.pid)
             large = await _sustained(load, gateway.port, destination, throughput_seconds, LARGE_BODY)
             base_sustained = await _sustained(load, baseline.port, destination, min(throughput_seconds, 3.0))
+        # After the EPP's figures, with their Envoys stopped: the same backend behind each door.
+        doors = (
+            await front_door_benchmark(load, backend_port, front_door_rounds, front_door_seconds, event_loop)
+            if front_door_rounds > 0
+            else None
+        )
     throughput = Throughput(
         sustained,
         large,
@@ -421,6 +457,215 @@ async def benchmark(
     _print(
         results, throughput,
         f"profile {profile}, responses {response_mode}, event loop {event_loop}, load: {load.name}",
+    )
+    if doors is not None:
+        _print_front_doors(*doors, front_door_rounds)
+
+
+# ---------------------------------------------------------------------------------------------
+# The front door with and without API keys.
+# ---------------------------------------------------------------------------------------------
+
+
+def key_list(key: str, count: int) -> list[dict[str, object]]:
+    """``count`` entries; the last holds ``key``, which may use MODEL and has a limit it never reaches,
+    so every step of the check runs (lookup, model, limit)."""
+    entries: list[dict[str, object]] = [
+        {"name": f"tenant-{i}", "key": secrets.token_urlsafe(32)} for i in range(count - 1)
+    ]
+    entries.append({"name": "bench", "key": key, "models": [MODEL], "requestsPerMinute": 10**9})
+    return entries
+
+
+def _router_cpu(router: BodyBasedRouter, headers: dict[str, str], body: bytes, count: int) -> float:
+    """CPU seconds per request of the BBR's own work on a request: screen, decide (and the answer to
+    Envoy, serialized), finish."""
+    started = time.process_time()
+    for _ in range(count):
+        exchange = Exchange()
+        exchange.headers = headers
+        router.screen(exchange)
+        exchange.body = body
+        decision = router.decide(exchange)
+        assert isinstance(decision, Route)
+        decision.response().SerializeToString()
+        router.finish(exchange)
+    return (time.process_time() - started) / count
+
+
+def key_check_cpu(key: str, entries: list[dict[str, object]], count: int = 20000, rounds: int = 5
+                  ) -> tuple[float, float]:
+    """The BBR's work per request in this process, open and with ``entries``: medians of ``rounds``."""
+    keyed = KeyCheck(KeyStore(parse_api_keys(entries)))
+    open_door = BodyBasedRouter(Telemetry("bbr"), served_models=[MODEL])
+    closed = BodyBasedRouter(Telemetry("bbr"), served_models=[MODEL], keys=keyed)
+    headers = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json",
+               "authorization": f"Bearer {key}", "x-request-id": "overhead"}  # fmt: skip
+    body = completion_body(SMALL_BODY)
+    for router in (open_door, closed):
+        _router_cpu(router, headers, body, count // 10)  # warm-up
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for router, spent in zip((open_door, closed), times, strict=True):
+            spent.append(_router_cpu(router, headers, body, count))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+@dataclass
+class FrontDoor:
+    """One BBR behind its own Envoy, in front of the shared EPP; what its rounds measured."""
+
+    name: str
+    bbr_pid: int
+    envoy: EnvoyProcess
+    p50s: list[float] = field(default_factory=list)  # concurrency 1, one per round
+    requests: int = 0  # concurrency 8, summed over the rounds
+    seconds: float = 0.0
+    bbr_cpu: float = 0.0
+
+    @property
+    def cpu_per_request(self) -> float:
+        return self.bbr_cpu / self.requests
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.p50s)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+async def _for_seconds(
+    load: PythonLoad | WrkLoad, port: int, destination: str, concurrency: int, seconds: float,
+    headers: Mapping[str, str],
+) -> LoadResult:
+    """As many 1 KB requests as ``seconds`` allow at ``concurrency``, each with ``headers``."""
+    if isinstance(load, WrkLoad):
+        return await load.timed(port, SMALL_BODY, destination, concurrency, seconds, headers=headers)
+    request = completion_request(port, destination, SMALL_BODY, headers)
+    every: list[float] = []
+    elapsed = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        latencies, spent = await run_load(port, request, concurrency, 100 * concurrency)
+        every += latencies
+        elapsed += spent
+    return LoadResult(len(every), elapsed, statistics.median(every), percentile(every, 0.99))
+
+
+async def _status(port: int, request: bytes) -> int:
+    client = await _Client.connect(port)
+    try:
+        return await client.send(request)
+    finally:
+        client.close()
+
+
+@contextlib.asynccontextmanager
+async def _front_doors(keys_file: Path, event_loop: str) -> AsyncIterator[list[FrontDoor]]:
+    """Open, with keys, and open again: each a ``bbr`` process (run as the one box runs it) as the
+    front door of its own Envoy, which sends every request on to the backend its client names
+    (``passthrough_config``): the front door's cost, apart from the EPP's."""
+    served = ["--served-models", MODEL, "--event-loop", event_loop]
+    doors = {"open": served, "keys": [*served, "--api-keys-file", str(keys_file)], "open again": served}
+    supervisor = Supervisor()
+    try:
+        children = [
+            await supervisor.launch(ext_proc_server(f"bbr-{i}", "bbr", "127.0.0.1", "info", args))
+            for i, args in enumerate(doors.values())
+        ]
+        ports = [await supervisor.wait_ready(child, within=30) for child in children]
+        async with contextlib.AsyncExitStack() as stack:
+            sides = []
+            for name, child, bbr in zip(doors, children, ports, strict=True):
+                config = passthrough_config(bbr=f"127.0.0.1:{bbr['grpc']}")
+                envoy = await stack.enter_async_context(EnvoyProcess(config))
+                sides.append(FrontDoor(name, child.pid, envoy))
+            yield sides
+    finally:
+        await supervisor.stop()
+
+
+async def front_door_benchmark(
+    load: PythonLoad | WrkLoad, backend_port: int, rounds: int, seconds: float, event_loop: str = "uvloop"
+) -> tuple[list[FrontDoor], tuple[float, float]]:
+    """Each round loads every side at the same time, so whatever else the machine does (on a shared
+    2-core machine, a lot) falls on all of them alike: ``seconds`` at concurrency 1 each for its p50,
+    then ``seconds`` at concurrency 8 each for its BBR's CPU per request. Also the key check's own
+    CPU per request in process (``key_check_cpu``), open and with the same key list."""
+    destination = f"127.0.0.1:{backend_port}"
+    key = secrets.token_urlsafe(32)  # this run's; never printed
+    headers = {"authorization": f"Bearer {key}"}
+    with tempfile.TemporaryDirectory(prefix="overhead-keys-") as directory:
+        keys_file = Path(directory) / "api-keys.yaml"
+        entries = key_list(key, KEYS_IN_LIST)
+        keys_file.write_text(yaml.safe_dump(entries))
+        async with _front_doors(keys_file, event_loop) as sides:
+            closed = next(side.envoy.port for side in sides if side.name == "keys")
+            refused = await _status(closed, completion_request(closed, destination, SMALL_BODY))
+            accepted = await _status(closed, completion_request(closed, destination, SMALL_BODY, headers))
+            if (refused, accepted) != (401, 200):
+                raise RuntimeError(f"the keyed front door answered {refused} without the key and {accepted} "
+                                   "with it; expected 401 and 200")
+            async def together(concurrency: int, duration: float) -> list[LoadResult]:
+                return list(await asyncio.gather(*(
+                    _for_seconds(load, side.envoy.port, destination, concurrency, duration, headers)
+                    for side in sides
+                )))  # fmt: skip
+
+            await together(8, 1.0)  # warm-up, not counted
+            for _ in range(rounds):
+                for side, result in zip(sides, await together(1, seconds), strict=True):
+                    side.p50s.append(result.p50)
+                before = [_cpu_seconds(side.bbr_pid) for side in sides]
+                sustained = await together(8, seconds)
+                for side, cpu, result in zip(sides, before, sustained, strict=True):
+                    side.bbr_cpu += _cpu_seconds(side.bbr_pid) - cpu
+                    side.requests += result.requests
+                    side.seconds += result.seconds
+    return sides, key_check_cpu(key, entries)
+
+
+def _print_front_doors(sides: Sequence[FrontDoor], in_process: tuple[float, float], rounds: int) -> None:
+    print(
+        f"front door (Envoy + the BBR, then straight to the backend) with and without API keys, side by "
+        f"side: {rounds} rounds, the three doors loaded at the same time; {KEYS_IN_LIST} keys in the list"
+    )
+    print(f"  {'side':<10} {'BBR CPU/req':>11} {'req/s c=8':>10} {'p50 c=1':>9}")
+    for side in sides:
+        print(f"  {side.name:<10} {_ms(side.cpu_per_request)} {side.rate:>10,.0f} {_ms(side.p50)}")
+    open_door, closed, again = sides
+    ratio = closed.cpu_per_request / open_door.cpu_per_request
+    added = closed.p50 - open_door.p50
+    cpu_ok, p50_ok = ratio <= KEY_CPU_RATIO_TARGET, added <= KEY_P50_TARGET
+    print(
+        f"  keys / open: BBR CPU per request {closed.cpu_per_request * 1000:.3f} ms / "
+        f"{open_door.cpu_per_request * 1000:.3f} ms = {ratio:.3f} (target <= {KEY_CPU_RATIO_TARGET:g}) "
+        f"{'PASS' if cpu_ok else 'FAIL'}"
+    )
+    print(
+        f"  keys - open: p50 {closed.p50 * 1000:.3f} ms - {open_door.p50 * 1000:.3f} ms = "
+        f"{added * 1000:+.3f} ms (target <= +{KEY_P50_TARGET * 1000:g} ms) {'PASS' if p50_ok else 'FAIL'}"
+    )
+    floor = again.cpu_per_request / open_door.cpu_per_request
+    print(
+        f"  noise floor, open again vs open: BBR CPU per request {floor:.3f}, "
+        f"p50 {(again.p50 - open_door.p50) * 1000:+.3f} ms (a difference within it is noise)"
+    )
+    open_cpu, keyed_cpu = in_process
+    check = keyed_cpu - open_cpu
+    implied = (open_door.cpu_per_request + check) / open_door.cpu_per_request
+    print(
+        f"  the check alone, in process (screen + decide + finish): open {open_cpu * 1e6:.1f} us, keys "
+        f"{keyed_cpu * 1e6:.1f} us, added {check * 1e6:+.1f} us per request"
+    )
+    implied_ok, check_ok = implied <= KEY_CPU_RATIO_TARGET, check <= KEY_P50_TARGET
+    print(
+        f"    -> BBR CPU per request (open {open_door.cpu_per_request * 1000:.3f} ms + the check) / open = "
+        f"{implied:.3f} (target <= {KEY_CPU_RATIO_TARGET:g}) {'PASS' if implied_ok else 'FAIL'}; "
+        f"p50 {check * 1000:+.3f} ms at concurrency 1 (target <= +{KEY_P50_TARGET * 1000:g} ms) "
+        f"{'PASS' if check_ok else 'FAIL'}"
     )
 
 
@@ -474,7 +719,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto",
                         help="load generator: wrk when on PATH (auto), or the asyncio client")
     parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
-                        help="the EPP's event loop (its --event-loop)")
+                        help="the EPP's event loop (its --event-loop), and the front doors' BBRs'")
+    parser.add_argument("--front-door-rounds", type=int, default=5,
+                        help="rounds of the front door's with/without API keys comparison (0: skip it)")
+    parser.add_argument("--front-door-seconds", type=float, default=2.0,
+                        help="seconds per side, round and concurrency of that comparison")
     parser.add_argument("--serve-backend", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_backend:
@@ -492,9 +741,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for concurrency in (1, 8)
         for size in (SMALL_BODY, LARGE_BODY)
     ]
-    asyncio.run(
-        benchmark(cases, args.throughput_seconds, args.profile, args.response_mode, load, args.event_loop)
-    )
+    asyncio.run(benchmark(cases, args.throughput_seconds, args.profile, args.response_mode, load,
+                          args.event_loop, args.front_door_rounds, args.front_door_seconds))
     return 0
 
 

@@ -9,7 +9,7 @@
   for as the front door (``bbr=``: it then checks API keys and answers ``GET /v1/models`` before
   the EPP sees a request, as in per-model pools).
 - ``passthrough_config``: Envoy alone, ORIGINAL_DST on a header the client sets (the overhead
-  baseline).
+  baseline); with ``bbr=``, the BBR as the front door before it (what the key check costs).
 - ``round_robin_config``: Envoy round-robin over fixed endpoints (a "plain Kubernetes Service").
 
 The BBR and each pool's EPP may run as several replicas (``Replica``) behind one ext_proc cluster
@@ -373,13 +373,22 @@ def unified_gateway_config(
 
 def passthrough_config(
     *, header: str = DESTINATION_HEADER, host: str = "127.0.0.1", port: int = 0, admin_port: int = 0,
-    limits: GatewayLimits | None = None, timeouts: GatewayTimeouts | None = None,
+    limits: GatewayLimits | None = None, timeouts: GatewayTimeouts | None = None, bbr: Replicas | None = None,
 ) -> dict[str, Any]:
-    """Envoy alone: each request goes to the ``ip:port`` its client put in ``header``."""
+    """Envoy alone: each request goes to the ``ip:port`` its client put in ``header``.
+
+    ``bbr``: the BBR replicas as the front door, run on every request first (as ``gateway_config``
+    runs them), with no picker behind: the front door's own cost, measured apart from any EPP.
+    """
     limits, timeouts = limits or GatewayLimits(), timeouts or GatewayTimeouts()
     routes = [{"name": "direct", "match": {"prefix": "/"}, "route": _to_pod_route(timeouts)}]
-    listener = _listener(routes, [], host, port, limits, timeouts)
-    return _bootstrap(listener, [_original_dst_cluster(header, limits, timeouts)], admin_port, limits)
+    filters: list[dict[str, Any]] = []
+    clusters = [_original_dst_cluster(header, limits, timeouts)]
+    if bbr is not None:
+        filters.append(_ext_proc_filter(_BBR_FILTER, "bbr", timeouts, response=None))
+        clusters.append(ext_proc_cluster("bbr", to_replicas(bbr), limits, timeouts))
+    listener = _listener(routes, filters, host, port, limits, timeouts)
+    return _bootstrap(listener, clusters, admin_port, limits)
 
 
 def round_robin_config(

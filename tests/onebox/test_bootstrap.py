@@ -12,6 +12,7 @@ from onebox.envoy.bootstrap import (
     PoolRoute,
     gateway_config,
     listener_port,
+    passthrough_config,
     unified_gateway_config,
     with_ports,
 )
@@ -145,3 +146,12 @@ def test_with_api_keys_the_unified_pool_puts_the_bbr_in_front_of_its_one_epp() -
     assert health["readiness-bbr"] == {"value": 50.0}
     # open (the default): the EPP alone, as before
     assert bbr not in filters(CONFIGS["unified-pool"]())
+
+
+def test_the_overhead_benchmarks_front_door_is_the_bbr_alone_before_the_clients_destination() -> None:
+    door = passthrough_config(bbr="127.0.0.1:9004")
+    assert [f["name"] for f in manager(door)["http_filters"]] == [
+        "envoy.filters.http.ext_proc.bbr", "envoy.filters.http.router",
+    ]  # fmt: skip
+    assert {c["name"] for c in door["static_resources"]["clusters"]} == {"bbr", "original-destination"}
+    assert [f["name"] for f in manager(passthrough_config())["http_filters"]] == ["envoy.filters.http.router"]
