@@ -4,7 +4,8 @@ A box with two EPPs per pool and two BBRs (``--epp-replicas 2 --bbr-replicas 2``
 closed-loop clients (chat completions, streamed or not) for 30 s; a third of the way in, one
 replica is killed with SIGKILL, and the supervisor restarts it. Counted, per run:
 
-- the streams Envoy had open on that replica the instant before the kill (admin ``rq_active``):
+- the streams Envoy had open on that replica at the kill (admin ``rq_active`` just before it, plus
+  the streams ``rq_total`` says Envoy gave it from then until it took the replica out of rotation):
   the most requests the kill may fail;
 - requests that failed (no whole answer) or were answered by another model;
 - failures among requests sent more than ``GRACE`` s after the kill: there must be none;
@@ -66,7 +67,7 @@ class FailoverResult:
     stream: bool
     seconds: float
     killed_at: float  # seconds from the run's start
-    in_flight_at_kill: int  # streams Envoy had open on the replica just before the kill
+    in_flight_at_kill: int  # streams open on the replica at the kill (see ``failover``)
     exchanges: list[Exchange] = field(repr=False)
     restarts: int
     back_after: float | None  # seconds from the kill until Envoy saw the replica healthy again
@@ -142,8 +143,15 @@ async def admin_clusters(session: aiohttp.ClientSession, admin: int) -> str:
         return await response.text()
 
 
-def host_state(clusters: str, cluster: str, address: str) -> tuple[int, bool]:
-    """From ``/clusters``: one ext_proc host's streams in flight, and whether Envoy sends it streams."""
+@dataclass(frozen=True, slots=True)
+class HostState:
+    active: int  # streams open on the host
+    total: int  # streams Envoy has ever opened on it
+    healthy: bool  # whether Envoy sends it new streams
+
+
+def host_state(clusters: str, cluster: str, address: str) -> HostState:
+    """From ``/clusters``: one ext_proc host's streams, and whether Envoy sends it new ones."""
     prefix = f"{cluster}::{address}::"
     values = {
         key: value
@@ -154,14 +162,29 @@ def host_state(clusters: str, cluster: str, address: str) -> tuple[int, bool]:
     if not values:
         raise KeyError(f"Envoy has no host {address} in cluster {cluster}")
     # health_flags: "healthy", or the reasons it is not (/failed_active_hc, /failed_outlier_check, ...)
-    return int(values.get("rq_active", "0")), values.get("health_flags") == "healthy"
+    return HostState(
+        int(values.get("rq_active", "0")), int(values.get("rq_total", "0")),
+        values.get("health_flags") == "healthy",
+    )
+
+
+async def _out_of_rotation(
+    session: aiohttp.ClientSession, admin: int, cluster: str, address: str
+) -> HostState:
+    """Envoy's view of a killed replica once it sends it no new streams (or after ``GRACE`` s)."""
+    deadline = time.monotonic() + GRACE
+    while True:
+        state = host_state(await admin_clusters(session, admin), cluster, address)
+        if not state.healthy or time.monotonic() >= deadline:
+            return state
+        await asyncio.sleep(0.02)
 
 
 async def replica_healthy(box: OneBox, replica: str, session: aiohttp.ClientSession) -> bool:
     """Whether Envoy sends new streams to ``replica`` (checked healthy, not ejected)."""
     cluster, server = replica_cluster(box, replica)
     clusters = await admin_clusters(session, box.child("envoy").ports["admin"])
-    return host_state(clusters, cluster, server.grpc_address)[1]
+    return host_state(clusters, cluster, server.grpc_address).healthy
 
 
 def _chat(model: str, stream: bool, max_tokens: int) -> dict[str, object]:
@@ -253,7 +276,11 @@ async def failover(
             before = await admin_clusters(admin_session, admin)
             os.kill(child.pid, signal.SIGKILL)  # at once: parsing comes after
             killed_at = time.monotonic() - t0
-            in_flight, _ = host_state(before, cluster, server.grpc_address)
+            opened = host_state(before, cluster, server.grpc_address)
+            seen = await _out_of_rotation(admin_session, admin, cluster, server.grpc_address)
+            # Open on the replica just before the kill, plus every stream Envoy gave it from then
+            # until it took the replica out of rotation (one may have been answered, then cut).
+            in_flight = opened.active + max(0, seen.total - opened.total)
             back_after: float | None = None
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.1)

@@ -36,6 +36,12 @@ def is_answered_overload(answer: faults.Answer) -> bool:
     return answer.status in (429, 503) and answer.kind == "json-error" and answer.retry_after
 
 
+def is_answered_timeout(answer: faults.Answer) -> bool:
+    """The gateway's JSON 504: a pod that did not answer within the idle timeout (a 1,500-request
+    burst on a busy 2-core machine can keep one waiting past this box's short one)."""
+    return (answer.status, answer.kind, answer.error_type) == (504, "json-error", "timeout_error")
+
+
 async def test_the_gateway_is_healthy_when_it_can_route(box: OneBox) -> None:
     answer = await faults.health(box)
     assert answer.status == 200
@@ -45,7 +51,10 @@ async def test_1500_requests_at_once_are_all_answered_none_with_an_empty_500(box
     result = await faults.burst(box, 1500)
     print(result)
     assert len(result.answers) == 1500
-    unanswered = [a for a in result.answers if a.status != 200 and not is_answered_overload(a)]
+    unanswered = [
+        a for a in result.answers
+        if a.status != 200 and not is_answered_overload(a) and not is_answered_timeout(a)
+    ]
     assert unanswered == []
     assert sum(a.status == 200 for a in result.answers) > 0
 
