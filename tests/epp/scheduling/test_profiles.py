@@ -1,8 +1,10 @@
 import random
+import time
 
 import pytest
 from epp.scheduling import EndpointPickerConfig, Scheduler, load_profile, shipped_profiles
 from epp.scheduling.errors import ConfigError
+from epp.scheduling.plugins.scorers.prefix_affinity import PrefixAffinityScorer
 
 from tests.epp.scheduling.builders import endpoint, request
 
@@ -23,14 +25,28 @@ def test_each_shipped_profile_loads_and_schedules(name):
     assert result.profile == "default"
 
 
-def test_default_weighs_queue_2_kv_cache_2_prefix_cache_3():
+def test_default_is_bounded_load_prefix_affinity_with_a_load_bound_of_1_5():
     profile = Scheduler.from_config(load_profile("default")).profiles["default"]
-    assert [(s.type_name, w) for s, w in profile.scorers] == [
-        ("queue-scorer", 2.0),
-        ("kv-cache-utilization-scorer", 2.0),
-        ("prefix-cache-scorer", 3.0),
-    ]
+    assert [(s.type_name, w) for s, w in profile.scorers] == [("prefix-affinity-scorer", 1.0)]
+    [(affinity, _)] = profile.scorers
+    assert isinstance(affinity, PrefixAffinityScorer)
+    assert (affinity.load_bound, affinity.block_size, affinity.home_blocks) == (1.5, 64, 16)
     assert profile.picker.type_name == "max-score-picker"
+
+
+def test_default_sends_a_prefix_away_from_its_home_only_when_the_home_is_over_the_bound():
+    pick = Scheduler.from_config(load_profile("default"), rng=random.Random(0))
+    fresh = time.monotonic() + 60
+    pods = [endpoint(f"gemma-{i}", updated_at=fresh) for i in range(4)]
+    prompt = "group 4: " + "You answer questions about trains. " * 40
+    home = pick.schedule(request(prompt=prompt), pods).endpoint
+    assert home is not None
+    for pod in pods:
+        pod.metrics.running = 4
+    home.metrics.waiting = 3  # 7 against a mean of 4.75 (bound 8.1): keeps the prefix
+    assert pick.schedule(request(prompt=prompt), pods).endpoint is home
+    home.metrics.waiting = 6  # 10 against a mean of 5.5 (bound 9.25): loses it
+    assert pick.schedule(request(prompt=prompt), pods).endpoint is not home
 
 
 def test_proxy_performance_picks_the_endpoint_with_fewest_requests_in_flight():

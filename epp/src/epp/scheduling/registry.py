@@ -14,6 +14,7 @@ from epp.scheduling.plugins.scorers import (
     kv_cache_utilization,
     load_aware,
     lora_affinity,
+    prefix_affinity,
     prefix_cache,
     queue,
 )
@@ -35,6 +36,7 @@ PLUGIN_TYPES: dict[str, PluginType[Any]] = _index(
     queue.PLUGIN_TYPES,
     kv_cache_utilization.PLUGIN_TYPES,
     prefix_cache.PLUGIN_TYPES,
+    prefix_affinity.PLUGIN_TYPES,
     active_request.PLUGIN_TYPES,
     load_aware.PLUGIN_TYPES,
     lora_affinity.PLUGIN_TYPES,

@@ -1,0 +1,260 @@
+"""prefix-affinity-scorer: a prompt prefix goes to one home pod, every replica agreeing, within a load bound.
+
+Where a prefix goes, in order:
+
+1. **Home.** Every prompt with at least one full block of ``blockSize`` characters has a home pod: the
+   rendezvous (highest-random-weight) winner over the candidates' addresses of a stable hash
+   (BLAKE2b, the same in every process) of the model and the prompt's first ``homePrefixBlocks``
+   blocks. Any EPP replica, restarted or new, computes the same home from the same pool, without
+   talking to the others; a pod joining or leaving moves only the prefixes it wins or held.
+2. **Bound.** A pod may take the request only while its load is at most ``loadBound x the mean load
+   of the candidates + 1`` — consistent hashing with bounded loads; the +1 keeps an idle pool from
+   flapping (a home with a request or two in flight keeps its prefix). A pod's load is
+   ``waiting + running`` from its metrics (or this EPP's in-flight count to it, if larger), and the
+   in-flight count alone where its metrics are older than ``metricsStalenessThreshold`` or were never
+   scraped. With ``loadBound`` ≥ 1 the least-loaded pod is always within the bound.
+3. **Learned index.** Every pick records the prompt's chained block hashes (at most
+   ``maxPrefixBlocksToMatch``) in the picked pod's LRU (``lruCapacityPerServer`` hashes), as
+   ``prefix-cache-scorer`` does. When the home is over the bound, a pod within the bound that holds
+   the longest part of the prefix is preferred; with none, the least-loaded pod.
+
+The score, in [0, 1], is ``0.5 x credit + 0.5 x (1 - load / (highest load + 1))``. The home within
+the bound gets the credit ``min(blocks, homePrefixBlocks) / homePrefixBlocks`` (a prompt of a few
+blocks gains little from a cache, so its load counts for more); a pod within the bound that holds
+part of the prefix by the index gets 0.9 x that x the fraction of the prompt's blocks it holds, so it
+takes over from a home over the bound, and from one within it only by being clearly less loaded;
+pods over the bound get none. A prefix the index holds nowhere yet (a prompt seen for the first time
+by this EPP) gets a tenth of the credit: its home then only breaks ties between equally loaded pods,
+so one-off prompts are balanced by load, while a shared prefix is on its home from its second request.
+The load term ranks the rest, least loaded first.
+
+``loadBound`` must be at least 1 (default 1.5). In a pool of ``n`` pods no load exceeds ``n`` x the
+mean, so a bound of ``n`` or more never binds: 2 would let one pod of a two-pod pool take everything.
+
+Per request: one BLAKE2b of at most ``blockSize x homePrefixBlocks`` characters, the chained built-in
+hashes for the index (per process, like the index itself), both computed once and kept in the cycle
+state for the post-pick hook, and a few integer operations per candidate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from hashlib import blake2b
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+from epp.datastore import Endpoint
+from epp.scheduling.factory import PluginType
+from epp.scheduling.framework import EndpointStateful, Handle, PostPick, Scorer
+from epp.scheduling.params import Duration, PositiveInt
+from epp.scheduling.plugins.scorers.prefix_cache import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_LRU_CAPACITY_PER_SERVER,
+    DEFAULT_MAX_PREFIX_BLOCKS,
+    PrefixIndex,
+    block_hashes,
+)
+from epp.scheduling.types import CycleState, LLMRequest
+
+DEFAULT_LOAD_BOUND = 1.5
+DEFAULT_HOME_PREFIX_BLOCKS = 16
+DEFAULT_METRICS_STALENESS = 0.2
+# A pod holding the prefix (not its home) gets this share of the home's credit.
+_HELD_CREDIT = 0.9
+# The home's share of its credit for a prefix no pod holds yet (by this EPP's index): a tie-break.
+_FIRST_SIGHT = 0.1
+_MASK64 = (1 << 64) - 1
+
+
+class PrefixAffinityParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    load_bound: float = Field(DEFAULT_LOAD_BOUND, alias="loadBound")
+    block_size: PositiveInt = Field(
+        DEFAULT_BLOCK_SIZE, alias="blockSize", validation_alias=AliasChoices("blockSize", "hashBlockSize")
+    )
+    home_prefix_blocks: PositiveInt = Field(DEFAULT_HOME_PREFIX_BLOCKS, alias="homePrefixBlocks")
+    max_prefix_blocks_to_match: PositiveInt = Field(DEFAULT_MAX_PREFIX_BLOCKS, alias="maxPrefixBlocksToMatch")
+    lru_capacity_per_server: PositiveInt = Field(
+        DEFAULT_LRU_CAPACITY_PER_SERVER, alias="lruCapacityPerServer"
+    )
+    # Seconds; written as a duration ("200ms") or a number of seconds.
+    metrics_staleness_threshold: Duration = Field(
+        DEFAULT_METRICS_STALENESS, alias="metricsStalenessThreshold"
+    )
+
+    @field_validator("load_bound", mode="before")
+    @classmethod
+    def _at_least_one(cls, value: Any) -> float:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value < 1:
+            raise ValueError(f"must be a number of at least 1 (a multiple of the mean load), got {value!r}")
+        return float(value)
+
+
+def stable_hash64(data: bytes) -> int:
+    """A 64-bit hash of ``data`` that every process computes alike (unlike the built-in ``hash``)."""
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "little")
+
+
+def _mix64(x: int) -> int:
+    """The splitmix64 finaliser: spreads every input bit over the 64 output bits."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def home_key(model: str, prompt: str, block_size: int, home_blocks: int) -> int | None:
+    """The stable key of the prompt's leading blocks (at most ``home_blocks``); None under one block."""
+    blocks = min(len(prompt) // block_size, home_blocks)
+    if blocks == 0:
+        return None
+    return stable_hash64(b"%s\0%s" % (model.encode(), prompt[: blocks * block_size].encode()))
+
+
+class _Prompt:
+    """What one request's prompt hashes to, computed once per scheduling cycle."""
+
+    __slots__ = ("credit", "hashes", "home")
+
+    def __init__(self, home: int | None, hashes: list[int], credit: float) -> None:
+        self.home = home
+        self.hashes = hashes
+        self.credit = credit
+
+
+class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful):
+    type_name = "prefix-affinity-scorer"
+
+    def __init__(
+        self,
+        name: str,
+        load_bound: float = DEFAULT_LOAD_BOUND,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        home_prefix_blocks: int = DEFAULT_HOME_PREFIX_BLOCKS,
+        max_prefix_blocks_to_match: int = DEFAULT_MAX_PREFIX_BLOCKS,
+        lru_capacity_per_server: int = DEFAULT_LRU_CAPACITY_PER_SERVER,
+        metrics_staleness_threshold: float = DEFAULT_METRICS_STALENESS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(name)
+        if load_bound < 1.0:
+            raise ValueError(f"loadBound must be at least 1, got {load_bound!r}")
+        self.load_bound = load_bound
+        self.block_size = block_size
+        self.home_blocks = home_prefix_blocks
+        self.max_blocks = max_prefix_blocks_to_match
+        self.staleness = metrics_staleness_threshold
+        self.index = PrefixIndex(lru_capacity_per_server)
+        self._clock = clock
+        # Stable hash of each address seen (the rendezvous node ids); dropped when a pod leaves.
+        self._node_ids: dict[str, int] = {}
+
+    @classmethod
+    def from_parameters(
+        cls, name: str, parameters: PrefixAffinityParameters, clock: Callable[[], float] = time.monotonic
+    ) -> PrefixAffinityScorer:
+        return cls(
+            name,
+            load_bound=parameters.load_bound,
+            block_size=parameters.block_size,
+            home_prefix_blocks=parameters.home_prefix_blocks,
+            max_prefix_blocks_to_match=parameters.max_prefix_blocks_to_match,
+            lru_capacity_per_server=parameters.lru_capacity_per_server,
+            metrics_staleness_threshold=parameters.metrics_staleness_threshold,
+            clock=clock,
+        )
+
+    def _prompt(self, state: CycleState, request: LLMRequest) -> _Prompt:
+        cached = state.get(self.name)
+        if isinstance(cached, _Prompt):
+            return cached
+        prompt, size = request.prompt, self.block_size
+        home = home_key(request.model, prompt, size, self.home_blocks)
+        hashes = block_hashes(request.model, prompt, size, self.max_blocks) if home is not None else []
+        credit = min(len(prompt) // size, self.home_blocks) / self.home_blocks
+        parsed = state[self.name] = _Prompt(home, hashes, credit)
+        return parsed
+
+    def _node_id(self, address: str) -> int:
+        node = self._node_ids.get(address)
+        if node is None:
+            node = self._node_ids[address] = stable_hash64(address.encode())
+        return node
+
+    def home(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> Endpoint | None:
+        """The request's home among ``endpoints`` (None for a prompt under one block): what every
+        replica picks first."""
+        key = home_key(request.model, request.prompt, self.block_size, self.home_blocks)
+        if key is None or not endpoints:
+            return None
+        return endpoints[self._rendezvous(key, endpoints)]
+
+    def _rendezvous(self, key: int, endpoints: Sequence[Endpoint]) -> int:
+        node_id, best, winner = self._node_id, -1, 0
+        for i, e in enumerate(endpoints):
+            weight = _mix64(key ^ node_id(e.address))
+            if weight > best:
+                best, winner = weight, i
+        return winner
+
+    def loads(self, endpoints: Sequence[Endpoint]) -> list[int]:
+        """Each endpoint's load: waiting + running from fresh metrics (at least this EPP's in-flight
+        count), or the in-flight count alone where the metrics are stale or absent."""
+        oldest = self._clock() - self.staleness
+        loads = []
+        for e in endpoints:
+            m = e.metrics
+            own = e.load.count
+            if m.updated_at != 0.0 and m.updated_at >= oldest:
+                scraped = m.waiting + m.running
+                loads.append(scraped if scraped > own else own)
+            else:
+                loads.append(own)
+        return loads
+
+    def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
+        parsed = self._prompt(state, request)
+        loads = self.loads(endpoints)
+        n = len(loads)
+        highest = max(loads)
+        # Within the bound: at most loadBound x the mean load, plus one (an idle pool keeps its homes).
+        limit = self.load_bound * sum(loads) / n + 1.0
+        spread = 0.5 / (highest + 1)
+        scores = [0.5 - spread * load for load in loads]
+        if parsed.home is None or parsed.credit == 0.0:
+            return scores
+        home = self._rendezvous(parsed.home, endpoints)
+        hashes = parsed.hashes
+        matches = self.index.leading_matches
+        held = [matches(hashes, e.address) for e in endpoints]
+        # A prefix this EPP has never sent anywhere may never come back: the home only breaks ties.
+        credit = 0.5 * parsed.credit * (1.0 if any(held) else _FIRST_SIGHT)
+        if loads[home] <= limit:
+            scores[home] += credit
+        # Pods within the bound that hold part of the prefix (by this EPP's index) compete with the
+        # home at a discount, and take over from a home over the bound.
+        share = _HELD_CREDIT * credit / len(hashes)
+        for i, count in enumerate(held):
+            if count and i != home and loads[i] <= limit:
+                scores[i] += share * count
+        return scores
+
+    def post_pick(self, state: CycleState, request: LLMRequest, endpoint: Endpoint) -> None:
+        hashes = self._prompt(state, request).hashes
+        if hashes:
+            self.index.add(endpoint.address, hashes)
+
+    def forget(self, address: str) -> None:
+        self.index.forget(address)
+        self._node_ids.pop(address, None)
+
+
+def _build(name: str, parameters: PrefixAffinityParameters, handle: Handle) -> PrefixAffinityScorer:
+    return PrefixAffinityScorer.from_parameters(name, parameters)
+
+
+PLUGIN_TYPES = (PluginType("prefix-affinity-scorer", PrefixAffinityScorer, PrefixAffinityParameters, _build),)

@@ -1,0 +1,323 @@
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from epp.datastore import Endpoint
+from epp.scheduling import Scheduler, load_profile, parse_config
+from epp.scheduling.errors import ConfigError
+from epp.scheduling.plugins.scorers.prefix_affinity import (
+    PrefixAffinityParameters,
+    PrefixAffinityScorer,
+    home_key,
+)
+
+from tests.epp.scheduling.builders import GEMMA, PHI3, endpoint, plugin, request
+
+NOW = 1000.0
+SYSTEM = "You are a support agent for a bicycle shop; answer briefly and politely. " * 30
+HEADER = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+
+
+def scorer(**parameters: object) -> PrefixAffinityScorer:
+    """The scorer with these (config-spelled) parameters, on a clock stopped at NOW."""
+    validated = PrefixAffinityParameters.model_validate(parameters)
+    return PrefixAffinityScorer.from_parameters("prefix-affinity-scorer", validated, clock=lambda: NOW)
+
+
+def pods(count: int, prefix: str = "gemma") -> list[Endpoint]:
+    return [endpoint(f"{prefix}-{i}", updated_at=NOW) for i in range(count)]
+
+
+def loaded(pod: Endpoint, waiting: int = 0, running: int = 0) -> Endpoint:
+    pod.metrics.waiting, pod.metrics.running = waiting, running
+    return pod
+
+
+def best(scores: list[float], candidates: list[Endpoint]) -> Endpoint:
+    return candidates[max(range(len(scores)), key=scores.__getitem__)]
+
+
+def pick(
+    affinity: PrefixAffinityScorer, prompt: str, candidates: list[Endpoint], model: str = GEMMA
+) -> Endpoint:
+    """One scheduling cycle with the scorer alone: score, take the best, let it learn."""
+    state: dict[str, object] = {}
+    req = request(model, prompt)
+    chosen = best(affinity.score(state, req, candidates), candidates)
+    affinity.post_pick(state, req, chosen)
+    return chosen
+
+
+def group_prompt(group: int, question: str = "Where is my order?") -> str:
+    return f"group {group}: {SYSTEM}{question}"
+
+
+def test_every_prompt_of_a_group_goes_to_its_home_pod_in_an_idle_pool():
+    affinity, pool = scorer(), pods(4)
+    home = affinity.home(request(prompt=group_prompt(1)), pool)
+    assert home is not None
+    for question in ("Where is my order?", "Do you sell tandems?", "Can I pay in cash?"):
+        assert pick(affinity, group_prompt(1, question), pool) is home
+
+
+def test_a_hot_home_pod_loses_the_prefix_and_a_cool_one_keeps_it():
+    affinity, pool = scorer(loadBound=1.5), pods(4)
+    prompt = group_prompt(7)
+    home = pick(affinity, prompt, pool)  # an idle pool: the prefix goes to its home
+    assert home is affinity.home(request(prompt=prompt), pool)
+    others = [p for p in pool if p is not home]
+
+    # Cool: the home runs 4 while the others run 2 each; within 1.5 x the mean + 1, it keeps the prefix.
+    loaded(home, running=4)
+    for pod in others:
+        loaded(pod, running=2)
+    assert pick(affinity, group_prompt(7, "Do you repair e-bikes?"), pool) is home
+
+    # Hot: 12 waiting at the home while the others run 1 or 2: over the bound, the prefix moves,
+    # to the least-loaded pod when no other pod has cached it.
+    loaded(home, waiting=12, running=4)
+    loaded(others[1], running=1)
+    assert pick(affinity, prompt, pool) is others[1]
+
+
+def test_in_a_two_pod_pool_a_long_queue_still_loses_the_prefix():
+    affinity = scorer()
+    warm, cold = pods(2)
+    pick(affinity, group_prompt(5), [warm])
+    loaded(warm, waiting=20)
+    assert pick(affinity, group_prompt(5), [warm, cold]) is cold
+
+
+def test_a_prompt_never_seen_goes_to_the_least_loaded_pod_its_home_only_breaks_ties():
+    affinity, pool = scorer(), pods(4)
+    prompt = group_prompt(9)
+    home = affinity.home(request(prompt=prompt), pool)
+    assert home is not None
+    others = [p for p in pool if p is not home]
+    loaded(home, running=1)
+    for pod in others[1:]:
+        loaded(pod, running=1)
+    assert pick(affinity, prompt, pool) is others[0]  # one request less than the home
+
+    another = group_prompt(10)
+    home = affinity.home(request(prompt=another), pool)
+    for pod in pool:
+        loaded(pod, running=3)
+    assert pick(affinity, another, pool) is home  # equal loads: every replica picks the home
+
+
+def test_a_spilled_prefix_goes_where_it_was_cached_before_rather_than_to_the_least_loaded_pod():
+    affinity, pool = scorer(loadBound=1.5), pods(4)
+    prompt = group_prompt(3)
+    home = affinity.home(request(prompt=prompt), pool)
+    assert home is not None
+    spill, *rest = [p for p in pool if p is not home]
+    pick(affinity, prompt, [spill])  # the spill pod got this prefix once (it was the only candidate)
+
+    loaded(home, waiting=20)
+    loaded(spill, running=2)  # busier than the others, but within the bound and holding the prefix
+    assert pick(affinity, group_prompt(3, "Another question?"), pool) is spill
+
+    loaded(spill, waiting=20)  # over the bound too: the least-loaded pod
+    loaded(rest[0], running=1)
+    assert pick(affinity, prompt, pool) is rest[1]
+
+
+def test_load_is_the_in_flight_count_where_metrics_are_stale_and_at_least_it_where_fresh():
+    affinity = scorer(metricsStalenessThreshold=0.2)
+    fresh, stale = endpoint("fresh", updated_at=NOW - 0.1), endpoint("stale", updated_at=NOW - 5)
+    never = endpoint("never", updated_at=0.0)
+    loaded(fresh, waiting=2, running=3)
+    loaded(stale, waiting=40)
+    for pod, in_flight in ((fresh, 1), (stale, 4), (never, 2)):
+        pod.load.count = in_flight
+    assert affinity.loads([fresh, stale, never]) == [5, 4, 2]
+    fresh.load.count = 9  # this EPP sent more than the last scrape saw
+    assert affinity.loads([fresh]) == [9]
+
+
+def test_an_idle_pool_does_not_flap_one_request_in_flight_is_within_the_bound():
+    affinity, pool = scorer(), pods(4)
+    prompt = group_prompt(11)
+    home = pick(affinity, prompt, pool)
+    home.load.count = 1  # the only request in the pool so far is the home's own
+    assert pick(affinity, group_prompt(11, "And a second question?"), pool) is home
+
+
+def test_a_prompt_under_one_block_goes_to_the_least_loaded_pod():
+    affinity, pool = scorer(), pods(3)
+    loaded(pool[0], running=2)
+    loaded(pool[2], running=1)
+    assert pick(affinity, "hi", pool) is pool[1]
+    assert affinity.index.size(pool[1].address) == 0
+
+
+def test_scores_stay_within_zero_and_one():
+    affinity, pool = scorer(), pods(4)
+    for i, pod in enumerate(pool):
+        loaded(pod, waiting=i * 7)
+    for prompt in ("", "x" * 63, group_prompt(1), "y" * 100_000):
+        assert all(0.0 <= s <= 1.0 for s in affinity.score({}, request(prompt=prompt), pool))
+
+
+def test_block_hashes_are_computed_once_per_cycle_and_reused_by_the_post_pick():
+    affinity, pool = scorer(), pods(2)
+    state: dict[str, object] = {}
+    req = request(prompt=group_prompt(2))
+    affinity.score(state, req, pool)
+    cached = state["prefix-affinity-scorer"]
+    affinity.score(state, req, pool)
+    assert state["prefix-affinity-scorer"] is cached
+    affinity.post_pick(state, req, pool[0])
+    assert affinity.index.size(pool[0].address) == len(group_prompt(2)) // 64
+
+
+def default_scheduler(seed: int) -> Scheduler:
+    return Scheduler.from_config(load_profile("default"), rng=random.Random(seed))
+
+
+def test_two_replicas_fed_different_requests_place_every_prefix_on_the_same_pod():
+    pool = pods(4)
+    first, second = default_scheduler(seed=1), default_scheduler(seed=2)
+    # Each replica sees its own half of the traffic, in its own order, and learns its own index.
+    groups = list(range(40))
+    for g in groups[::2]:
+        first.schedule(request(prompt=group_prompt(g)), pool)
+    for g in reversed(groups[1::2]):
+        second.schedule(request(prompt=group_prompt(g)), pool)
+    for g in groups:
+        prompt = group_prompt(g, "A question neither replica has seen?")
+        one = first.schedule(request(prompt=prompt), pool).endpoint
+        other = second.schedule(request(prompt=prompt), pool).endpoint
+        assert one is other, f"group {g}"
+    # ... and the groups spread over the pool rather than piling up on one pod.
+    homes = Counter(first.schedule(request(prompt=group_prompt(g)), pool).endpoint for g in groups)
+    assert len(homes) == 4
+
+
+def test_a_restarted_replica_in_another_process_computes_the_same_home():
+    addresses = ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "[fd00::7]:8000"]
+    script = (
+        "import sys\n"
+        "from epp.datastore import Endpoint\n"
+        "from epp.scheduling import LLMRequest\n"
+        "from epp.scheduling.plugins.scorers.prefix_affinity import PrefixAffinityScorer\n"
+        "from epp.contract import split_host_port\n"
+        "pool = []\n"
+        "for a in sys.argv[1:]:\n"
+        "    host, port = split_host_port(a)\n"
+        "    pool.append(Endpoint(name=a, ip=host, port=port, models=frozenset({'m'}), models_known=True))\n"
+        "s = PrefixAffinityScorer('p')\n"
+        "print(' '.join(s.home(LLMRequest('r', 'm', f'group {g}: ' + 'x' * 2000), pool).address\n"
+        "               for g in range(20)))\n"
+    )
+    homes = set()
+    for seed in ("1", "2"):  # built-in string hashes differ between these processes
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run(
+            [sys.executable, "-c", script, *addresses], env=env, capture_output=True, text=True, timeout=60,
+            check=True, cwd=Path(__file__).resolve().parents[4],
+        )
+        homes.add(done.stdout.strip())
+    assert len(homes) == 1
+    assert len(set(homes.pop().split())) > 1
+
+
+def test_a_pod_leaving_moves_only_the_prefixes_homed_on_it():
+    affinity, pool = scorer(), pods(5)
+    prompts = [group_prompt(g) for g in range(1000)]
+    before = {p: affinity.home(request(prompt=p), pool) for p in prompts}
+    leaving = pool[2]
+    remaining = [p for p in pool if p is not leaving]
+    affinity.forget(leaving.address)
+    after = {p: affinity.home(request(prompt=p), remaining) for p in prompts}
+
+    moved = {p for p in prompts if after[p] is not before[p]}
+    assert moved == {p for p in prompts if before[p] is leaving}
+    assert 120 <= len(moved) <= 280  # about 1/5 of 1,000
+    # The leaving pod's prefixes spread over the others rather than all landing on one.
+    assert len(Counter(after[p] for p in moved)) == 4
+
+
+def test_a_new_pod_takes_about_one_nth_of_the_prefixes_and_only_from_the_others():
+    affinity, pool = scorer(), pods(4)
+    prompts = [group_prompt(g) for g in range(1000)]
+    before = {p: affinity.home(request(prompt=p), pool) for p in prompts}
+    newcomer = endpoint("gemma-new", updated_at=NOW)
+    after = {p: affinity.home(request(prompt=p), [*pool, newcomer]) for p in prompts}
+
+    moved = [p for p in prompts if after[p] is not before[p]]
+    assert all(after[p] is newcomer for p in moved)
+    assert 120 <= len(moved) <= 280  # about 1/5 of 1,000
+
+
+def test_the_home_depends_on_the_model_and_the_leading_blocks_only():
+    key = home_key(GEMMA, group_prompt(1, "first?"), 64, 16)
+    assert key == home_key(GEMMA, group_prompt(1, "a different question"), 64, 16)
+    assert key != home_key(PHI3, group_prompt(1, "first?"), 64, 16)
+    assert key != home_key(GEMMA, group_prompt(2, "first?"), 64, 16)
+    assert home_key(GEMMA, "x" * 63, 64, 16) is None
+
+
+def test_an_upstream_config_with_the_prefix_cache_scorer_still_loads_and_keeps_affinity():
+    config = parse_config(
+        HEADER
+        + """plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+  parameters: {hashBlockSize: 64, maxPrefixBlocksToMatch: 256, lruCapacityPerServer: 31250}
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 2}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: prefix-cache-scorer, weight: 3}
+  - {pluginRef: max-score-picker}
+"""
+    )
+    upstream = Scheduler.from_config(config, rng=random.Random(5))
+    pool = pods(4)
+    first = upstream.schedule(request(prompt=group_prompt(1)), pool).endpoint
+    for question in ("again?", "and again?"):
+        result = upstream.schedule(request(prompt=group_prompt(1, question)), pool)
+        assert result.endpoint is first
+        assert result.scores[first.address]["prefix-cache-scorer"] > 2.9
+
+
+def test_the_parameters_have_documented_defaults_and_upstream_block_size_spelling():
+    affinity = plugin("prefix-affinity-scorer")
+    assert (affinity.load_bound, affinity.block_size, affinity.home_blocks) == (1.5, 64, 16)
+    assert affinity.max_blocks == 256
+    assert affinity.index.capacity == 31250
+    assert affinity.staleness == 0.2
+    spelled = {"hashBlockSize": 32, "metricsStalenessThreshold": "1s"}
+    upstream_spelling = plugin("prefix-affinity-scorer", spelled)
+    assert (upstream_spelling.block_size, upstream_spelling.staleness) == (32, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        (
+            {"loadBound": 0.5},
+            "parameter 'loadBound': must be a number of at least 1 (a multiple of the mean load), got 0.5",
+        ),
+        ({"loadBound": "2"}, "parameter 'loadBound': must be a number of at least 1"),
+        ({"blockSize": 0}, "parameter 'blockSize': must be a positive integer, got 0"),
+        ({"homePrefixBlocks": -1}, "parameter 'homePrefixBlocks': must be a positive integer, got -1"),
+        ({"maxPrefixBlocksToMatch": 1.5}, "parameter 'maxPrefixBlocksToMatch': must be a positive integer"),
+        ({"lruCapacityPerServer": 0}, "parameter 'lruCapacityPerServer': must be a positive integer, got 0"),
+        ({"metricsStalenessThreshold": "soon"}, "parameter 'metricsStalenessThreshold': must be a positive"),
+        ({"loadbound": 2}, "parameter 'loadbound': unknown parameter"),
+    ],
+)
+def test_a_bad_parameter_is_named_in_the_error(parameters, message):
+    with pytest.raises(ConfigError) as caught:
+        plugin("prefix-affinity-scorer", parameters)
+    assert str(caught.value).startswith(f"plugin 'prefix-affinity-scorer': {message}")
