@@ -32,7 +32,9 @@ FULL_DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
 class LeastBusyScheduler:
     """A stand-in scheduler: the serving endpoint (within the subset) with the fewest in-flight requests."""
 
-    def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
+    def schedule(
+        self, request: LLMRequest, candidates: Sequence[Endpoint], *, explain: bool = False
+    ) -> SchedulingResult:
         serving = [e for e in candidates if e.serves(request.model)]
         if not serving:
             return SchedulingResult(endpoint=None, rejected_by="model")

@@ -145,7 +145,7 @@ async def test_an_empty_subset_hint_is_a_503() -> None:
 
 async def test_no_ready_endpoint_for_a_known_model_is_a_503() -> None:
     class NobodyScheduler(LeastBusyScheduler):
-        def schedule(self, request, candidates):  # type: ignore[no-untyped-def]
+        def schedule(self, request, candidates, *, explain=False):  # type: ignore[no-untyped-def]
             result = super().schedule(request, [])
             return result
 
@@ -430,7 +430,7 @@ async def test_json_nested_too_deeply_to_parse_is_a_400() -> None:
 
 async def test_a_bug_in_a_scheduling_plugin_is_a_500_not_a_broken_stream() -> None:
     class BrokenScheduler:
-        def schedule(self, request, candidates):  # type: ignore[no-untyped-def]
+        def schedule(self, request, candidates, *, explain=False):  # type: ignore[no-untyped-def]
             raise KeyError("a plugin bug")
 
     datastore = gemma_and_phi()
@@ -528,7 +528,7 @@ async def test_an_ipv6_pod_is_named_in_brackets_in_the_header_and_the_metadata()
 
 async def test_with_fallbacks_the_metadata_ranks_every_pick_and_the_header_names_the_first() -> None:
     class RankingScheduler(LeastBusyScheduler):
-        def schedule(self, request, candidates):  # type: ignore[no-untyped-def]
+        def schedule(self, request, candidates, *, explain=False):  # type: ignore[no-untyped-def]
             ranked = tuple(e for e in candidates if e.serves(request.model))[::-1]
             return SchedulingResult(endpoint=ranked[0], endpoints=ranked)
 

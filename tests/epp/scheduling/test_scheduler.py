@@ -24,7 +24,7 @@ def test_a_phi3_request_never_lands_on_a_gemma_only_endpoint_even_when_it_scores
     phi3 = endpoint("phi3-0", models=(PHI3,), waiting=40, kv=0.95)
     pick = default_scheduler()
     for _ in range(50):
-        result = pick.schedule(request(PHI3, LONG_PROMPT), [gemma, phi3])
+        result = pick.schedule(request(PHI3, LONG_PROMPT), [gemma, phi3], explain=True)
         assert result.endpoint is phi3
         assert gemma.address not in result.scores
 
@@ -48,7 +48,7 @@ def test_the_subset_hint_restricts_the_pick():
     pods = [endpoint(f"gemma-{i}", waiting=i * 10, updated_at=time.monotonic() + 60) for i in range(4)]
     allowed = {pods[2].address, pods[3].address}
     for _ in range(20):
-        result = default_scheduler().schedule(request(subset=allowed), pods)
+        result = default_scheduler().schedule(request(subset=allowed), pods, explain=True)
         assert result.endpoint is pods[2]  # the better of the two allowed, though gemma-0 scores best
         assert set(result.scores) == allowed
 
@@ -81,7 +81,7 @@ schedulingProfiles:
     )
     over = endpoint("reports-negative-usage", kv=-0.5, waiting=4)  # raw kv score 1.5
     under = endpoint("reports-overfull", kv=1.5, waiting=0)  # raw kv score -0.5
-    result = pick.schedule(request(), [over, under])
+    result = pick.schedule(request(), [over, under], explain=True)
     assert result.scores == {
         over.address: {"kv-cache-utilization-scorer": 5.0, "queue-scorer": 0.0},
         under.address: {"kv-cache-utilization-scorer": 0.0, "queue-scorer": 1.0},
@@ -164,7 +164,7 @@ def test_prefix_affinity_sends_a_repeated_long_prompt_back_to_the_same_endpoint(
     first = pick.schedule(request(prompt=LONG_PROMPT), pods).endpoint
     assert first is not None
     for _ in range(20):
-        result = pick.schedule(request(prompt=LONG_PROMPT), pods)
+        result = pick.schedule(request(prompt=LONG_PROMPT), pods, explain=True)
         assert result.endpoint is first
         assert result.scores[first.address]["prefix-affinity-scorer"] == 1.0
 
@@ -211,6 +211,6 @@ schedulingProfiles: [{name: default, plugins: [{pluginRef: kv-cache-utilization-
 """
     )
     broken, fine = endpoint("broken-metrics", kv=float("nan")), endpoint("fine", kv=0.9)
-    result = pick.schedule(request(), [broken, fine])
+    result = pick.schedule(request(), [broken, fine], explain=True)
     assert result.scores[broken.address] == {"kv-cache-utilization-scorer": 0.0}
     assert result.endpoint is fine

@@ -48,7 +48,9 @@ _MAX_RANKED_DESTINATIONS = 4096
 
 
 class Scheduler(Protocol):
-    def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> SchedulingResult: ...
+    def schedule(
+        self, request: LLMRequest, candidates: Sequence[Endpoint], *, explain: bool = False
+    ) -> SchedulingResult: ...
 
 
 class SaturationDetector(Protocol):
@@ -187,7 +189,8 @@ class EndpointPicker(ExtProcServicer):
             request_id=exchange.request_id, model=model, prompt=parsed.prompt, headers=exchange.headers,
             subset=subset,
         )
-        result = self._scheduler.schedule(request, view.endpoints)
+        debug = _log.isEnabledFor(logging.DEBUG)
+        result = self._scheduler.schedule(request, view.endpoints, explain=debug)
         self._telemetry.scheduling_seconds.observe(time.perf_counter() - started)
         endpoint = result.endpoint
         if endpoint is None:
@@ -199,7 +202,7 @@ class EndpointPicker(ExtProcServicer):
         exchange.state = _Pick(address, self.in_flight.acquire(address))
         exchange.outcome = "routed"
         destination = self._destination(endpoint, result.endpoints)
-        if _log.isEnabledFor(logging.DEBUG):
+        if debug:
             _log.debug(
                 "picked endpoint",
                 extra={"request_id": exchange.request_id, "model": model, "endpoint": address,

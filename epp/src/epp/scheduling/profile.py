@@ -3,6 +3,7 @@
 Every run starts with two implicit filters: the model filter (only endpoints serving the requested
 model, as a base model or a LoRA adapter) and, when the proxy sent one, the subset hint. Then the
 profile's filters in order, then ``sum(weight * clamp(score, 0, 1))`` over its scorers, then its picker.
+Each endpoint's weighted score per scorer is kept only when asked (``explain``: debug logging, tests).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class SchedulingProfile:
         plugins: list[object] = [*self.filters, *(s for s, _ in self.scorers), picker]
         self.post_pick = tuple(p for p in plugins if isinstance(p, PostPick))
 
-    def run(self, state: CycleState, request: LLMRequest, candidates: Sequence[Endpoint]) -> ProfileOutcome:
+    def run(
+        self, state: CycleState, request: LLMRequest, candidates: Sequence[Endpoint], explain: bool = False
+    ) -> ProfileOutcome:
         model = request.model
         endpoints = [e for e in candidates if e.serves(model)]
         if not endpoints:
@@ -57,9 +60,12 @@ class SchedulingProfile:
                 for s in scorer.score(state, request, endpoints)
             ]
             totals = list(map(add, totals, weighted))
-            per_scorer.append((scorer.name, weighted))
+            if explain:
+                per_scorer.append((scorer.name, weighted))
 
         picks = self.picker.pick(endpoints, totals)
+        if not explain:
+            return ProfileOutcome(picks, {})
         scores = {
             e.address: {name: weighted[i] for name, weighted in per_scorer} for i, e in enumerate(endpoints)
         }

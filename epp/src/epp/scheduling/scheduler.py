@@ -72,8 +72,11 @@ class Scheduler:
             profiles.append(SchedulingProfile(profile.name, filters, scorers, picker))
         return cls(profiles, handler)
 
-    def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
-        """Pick the endpoint for ``request`` among ``candidates`` (sync, no I/O)."""
+    def schedule(
+        self, request: LLMRequest, candidates: Sequence[Endpoint], *, explain: bool = False
+    ) -> SchedulingResult:
+        """Pick the endpoint for ``request`` among ``candidates`` (sync, no I/O); with ``explain`` the
+        result's ``scores`` hold each candidate's weighted score per scorer (else they are empty)."""
         state: CycleState = {}
         done: dict[str, ProfileOutcome] = {}
         handler = self.handler
@@ -82,7 +85,7 @@ class Scheduler:
             if not names:
                 break
             for name in names:
-                done[name] = self.profiles[name].run(state, request, candidates)
+                done[name] = self.profiles[name].run(state, request, candidates, explain)
         primary = handler.primary(request, done)
         for name, outcome in done.items():
             if outcome.picks:

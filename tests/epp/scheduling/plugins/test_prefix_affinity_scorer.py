@@ -285,7 +285,7 @@ schedulingProfiles:
     pool = pods(4)
     first = upstream.schedule(request(prompt=group_prompt(1)), pool).endpoint
     for question in ("again?", "and again?"):
-        result = upstream.schedule(request(prompt=group_prompt(1, question)), pool)
+        result = upstream.schedule(request(prompt=group_prompt(1, question)), pool, explain=True)
         assert result.endpoint is first
         assert result.scores[first.address]["prefix-cache-scorer"] > 2.9
 
@@ -321,3 +321,12 @@ def test_a_bad_parameter_is_named_in_the_error(parameters, message):
     with pytest.raises(ConfigError) as caught:
         plugin("prefix-affinity-scorer", parameters)
     assert str(caught.value).startswith(f"plugin 'prefix-affinity-scorer': {message}")
+
+
+def test_per_scorer_scores_are_kept_only_when_asked_for() -> None:
+    # The request path asks only with debug logging on: no dict of scores per request otherwise.
+    pick = Scheduler.from_config(load_profile("default"))
+    pool = [endpoint(f"gemma-{i}") for i in range(3)]
+    assert pick.schedule(request(prompt=group_prompt(1)), pool).scores == {}
+    explained = pick.schedule(request(prompt=group_prompt(1)), pool, explain=True).scores
+    assert set(explained) == {e.address for e in pool}
