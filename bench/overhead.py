@@ -410,16 +410,20 @@ class Throughput:
 
 
 async def _sustained(
-    load: PythonLoad | WrkLoad, port: int, destination: str, seconds: float, body_size: int = SMALL_BODY
+    load: PythonLoad | WrkLoad, port: int, destination: str, seconds: float, body_size: int = SMALL_BODY,
+    *, concurrency: int = 8, headers: Mapping[str, str] | None = None, warm_up: bool = True,
 ) -> LoadResult:
+    """As many requests of ``body_size`` (each with ``headers``) as ``seconds`` allow at
+    ``concurrency``; the Python client first warms its connections up unless told not to."""
     if isinstance(load, WrkLoad):
-        return await load.timed(port, body_size, destination, 8, seconds)
-    request = completion_request(port, destination, body_size)
-    await run_load(port, request, 8, 500)
+        return await load.timed(port, body_size, destination, concurrency, seconds, headers=headers)
+    request = completion_request(port, destination, body_size, headers)
+    if warm_up:
+        await run_load(port, request, concurrency, 500)
     count, elapsed, every = 0, 0.0, []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        latencies, spent = await run_load(port, request, 8, 2000)
+        latencies, spent = await run_load(port, request, concurrency, 250 * concurrency)
         count += len(latencies)
         elapsed += spent
         every += latencies
@@ -557,7 +561,7 @@ async def key_check_cpu(key: str, entries: list[dict[str, object]], count: int =
 
 @dataclass
 class FrontDoor:
-    """One BBR behind its own Envoy, in front of the shared EPP; what its rounds measured."""
+    """One BBR as the front door of its own Envoy (no EPP behind it); what its rounds measured."""
 
     name: str
     bbr_pid: int
@@ -578,24 +582,6 @@ class FrontDoor:
     @property
     def rate(self) -> float:
         return self.requests / self.seconds
-
-
-async def _for_seconds(
-    load: PythonLoad | WrkLoad, port: int, destination: str, concurrency: int, seconds: float,
-    headers: Mapping[str, str],
-) -> LoadResult:
-    """As many 1 KB requests as ``seconds`` allow at ``concurrency``, each with ``headers``."""
-    if isinstance(load, WrkLoad):
-        return await load.timed(port, SMALL_BODY, destination, concurrency, seconds, headers=headers)
-    request = completion_request(port, destination, SMALL_BODY, headers)
-    every: list[float] = []
-    elapsed = 0.0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        latencies, spent = await run_load(port, request, concurrency, 100 * concurrency)
-        every += latencies
-        elapsed += spent
-    return LoadResult(len(every), elapsed, statistics.median(every), percentile(every, 0.99))
 
 
 async def _status(port: int, request: bytes) -> int:
@@ -654,7 +640,8 @@ async def front_door_benchmark(
                                    "with it; expected 401 and 200")
             async def together(concurrency: int, duration: float) -> list[LoadResult]:
                 return list(await asyncio.gather(*(
-                    _for_seconds(load, side.envoy.port, destination, concurrency, duration, headers)
+                    _sustained(load, side.envoy.port, destination, duration, concurrency=concurrency,
+                               headers=headers, warm_up=False)
                     for side in sides
                 )))  # fmt: skip
 

@@ -42,7 +42,7 @@ from typing import Any, Literal, get_args
 
 import httpx
 import yaml
-from epp.contract import join_host_port
+from epp.contract import ERROR_TYPES, join_host_port
 
 from onebox import backends, children
 from onebox.envoy import bootstrap
@@ -403,7 +403,7 @@ class OneBox:
                             "refuses a request without a key (its pods were checked directly)",
                             model, self.keys.path,
                         )  # fmt: skip
-                        expected = (401, "authentication_error")
+                        expected = (401, ERROR_TYPES[401])
                     else:
                         headers["authorization"] = f"Bearer {key.get_secret_value()}"
                 while True:
@@ -417,7 +417,7 @@ class OneBox:
                         answered = (0, f"{type(exc).__name__}: {exc}")
                     if answered == expected:
                         break
-                    if self.keys is not None and answered == (429, "rate_limit_exceeded"):
+                    if self.keys is not None and answered == (429, ERROR_TYPES[429]):
                         # The key is known and allowed this model (the limit is checked last).
                         _log.warning(
                             "%s: the box's check request was over its key's requestsPerMinute (429); "

@@ -21,7 +21,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from epp.auth.keys import ApiKeyEntry, ApiKeyError, parse_api_keys
+from epp.auth.keys import ApiKeyEntry, ApiKeyError
+from epp.auth.watch import read_api_keys
 from pydantic import SecretStr
 
 
@@ -52,13 +53,9 @@ class BoxKeys:
 def load_keys(path: Path, served_models: Collection[str]) -> BoxKeys:
     """Read and check ``path``; raises ``KeysFileError`` naming the file and each bad entry."""
     try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise KeysFileError(f"--api-keys {path}: the file is not UTF-8 text") from None
-    except OSError as error:
-        raise KeysFileError(f"--api-keys {path}: {error.strerror or error}") from None
-    try:
-        entries = parse_api_keys(text, served_models)
+        entries = read_api_keys(path, served_models)
     except ApiKeyError as error:
         raise KeysFileError(f"--api-keys {path}: {error}") from None
+    except OSError as error:
+        raise KeysFileError(f"--api-keys {path}: {error.strerror or error}") from None
     return BoxKeys(path.resolve(), entries)

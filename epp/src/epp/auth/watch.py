@@ -36,6 +36,17 @@ def _signature(path: Path) -> Signature | None:
     return (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
+def read_api_keys(path: Path, served_models: Collection[str] | None = None) -> tuple[ApiKeyEntry, ...]:
+    """The key list in ``path``, checked; ``ApiKeyError`` naming each bad entry (never a key), or
+    ``OSError`` when the file cannot be read."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        # The decoder's message quotes a byte of the file: say only what is wrong.
+        raise ApiKeyError(["apiKeys: the file is not UTF-8 text"]) from None
+    return parse_api_keys(text, served_models)
+
+
 class KeyFile:
     """Loads ``path`` into ``store`` now (raising ``ApiKeyError`` or ``OSError``) and on each change."""
 
@@ -59,12 +70,7 @@ class KeyFile:
         store.replace(self._read())
 
     def _read(self) -> tuple[ApiKeyEntry, ...]:
-        try:
-            text = self.path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            # The decoder's message quotes a byte of the file: say only what is wrong.
-            raise ApiKeyError(["apiKeys: the file is not UTF-8 text"]) from None
-        return parse_api_keys(text, self._served)
+        return read_api_keys(self.path, self._served)
 
     def changed(self) -> bool:
         return _signature(self.path) != self._signature
