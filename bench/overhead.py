@@ -4,7 +4,10 @@ Both paths hit the same cheap backend (a minimal HTTP/1.1 server in its own proc
 like vLLM, instantly):
 
 - baseline: Envoy alone, ORIGINAL_DST on ``x-gateway-destination-endpoint`` set by the client;
-- gateway: Envoy + the EPP (``epp`` command, its own process), the unified-pool configuration.
+- gateway: Envoy + the EPP (``epp`` command, its own process), the unified-pool configuration;
+- floor: Envoy + ``bench.floor``, a do-nothing ext_proc server that exchanges the EPP's messages
+  (same Envoy configuration): what the gRPC transport alone costs a Python processor, so that the
+  EPP's own work is the difference.
 
 The targets are ratios measured side by side in the same run (absolute figures such as "+1 ms p50"
 or "1,500 req/s" depend on the machine and are no longer targets):
@@ -356,6 +359,21 @@ async def _backend() -> AsyncIterator[int]:
 
 
 @contextlib.asynccontextmanager
+async def _floor(backend_port: int, event_loop: str) -> AsyncIterator[tuple[int, int]]:
+    """``bench.floor`` (the EPP's messages, none of its work) routing to the backend: its port and pid."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.floor", "--destination", f"127.0.0.1:{backend_port}",
+        "--event-loop", event_loop, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 20)
+        yield int(line), process.pid
+    finally:
+        await _terminate(process)
+
+
+@contextlib.asynccontextmanager
 async def _epp(backend_port: int, profile: str, event_loop: str) -> AsyncIterator[tuple[int, int]]:
     """The ``epp`` command against the backend, run as the one box runs it: its gRPC port and pid."""
     supervisor = Supervisor()
@@ -393,20 +411,29 @@ class CaseResult:
 
 
 @dataclass(frozen=True, slots=True)
-class Throughput:
-    gateway: LoadResult  # 1 KB bodies
-    gateway_large: LoadResult  # 200 KB bodies
-    baseline: LoadResult
-    epp_cpu: float  # seconds per request
+class Processor:
+    """Sustained loads at concurrency 8 through Envoy + one ext_proc server (the EPP, or
+    ``bench.floor``): both body sizes, and the CPU per 1 KB request of the server and of Envoy."""
+
+    small: LoadResult  # 1 KB bodies
+    large: LoadResult  # 200 KB bodies
+    cpu: float  # the server's CPU seconds per request
     envoy_cpu: float
 
     @property
     def cpu_ratio(self) -> float:
-        return self.epp_cpu / self.envoy_cpu if self.envoy_cpu > 0 else float("inf")
+        return self.cpu / self.envoy_cpu if self.envoy_cpu > 0 else float("inf")
 
     @property
     def body_ratio(self) -> float:
-        return self.gateway_large.rate / self.gateway.rate
+        return self.large.rate / self.small.rate
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    epp: Processor
+    floor: Processor
+    baseline: LoadResult  # Envoy alone, 1 KB bodies
 
 
 async def _sustained(
@@ -430,29 +457,48 @@ async def _sustained(
     return LoadResult(count, elapsed, statistics.median(every), percentile(every, 0.99))
 
 
+async def _processor(
+    load: PythonLoad | WrkLoad, envoy: EnvoyProcess, pid: int, destination: str, seconds: float
+) -> Processor:
+    """Sustained loads through ``envoy`` and its ext_proc server (process ``pid``), warmed up first."""
+    await _sustained(load, envoy.port, destination, 1.0)
+    cpu_before = _cpu_seconds(pid), _cpu_seconds(envoy.pid)
+    small = await _sustained(load, envoy.port, destination, seconds)
+    cpu_after = _cpu_seconds(pid), _cpu_seconds(envoy.pid)
+    large = await _sustained(load, envoy.port, destination, seconds, LARGE_BODY)
+    return Processor(
+        small, large, (cpu_after[0] - cpu_before[0]) / small.requests,
+        (cpu_after[1] - cpu_before[1]) / small.requests,
+    )  # fmt: skip
+
+
 async def benchmark(
     cases: Sequence[Case], throughput_seconds: float, profile: str, response_mode: ResponseMode,
     load: PythonLoad | WrkLoad, event_loop: str = "uvloop", front_door_rounds: int = 0,
     front_door_seconds: float = 2.0,
 ) -> None:
-    async with _backend() as backend_port, _epp(backend_port, profile, event_loop) as (epp_port, epp_pid):
+    async with (
+        _backend() as backend_port,
+        _epp(backend_port, profile, event_loop) as (epp_port, epp_pid),
+        _floor(backend_port, event_loop) as (floor_port, floor_pid),
+    ):
         destination = f"127.0.0.1:{backend_port}"
         async with (
             EnvoyProcess(passthrough_config()) as baseline,
             EnvoyProcess(
                 unified_gateway_config(epp=f"127.0.0.1:{epp_port}", response_mode=response_mode)
             ) as gateway,
+            EnvoyProcess(
+                unified_gateway_config(epp=f"127.0.0.1:{floor_port}", response_mode=response_mode)
+            ) as floor_gateway,
         ):
             results: list[CaseResult] = []
             for case in cases:
                 base = await load.run(baseline.port, destination, case)
                 gate = await load.run(gateway.port, destination, case)
                 results.append(CaseResult(case, base, gate))
-            await _sustained(load, gateway.port, destination, 1.0)  # warm-up
-            cpu_before = _cpu_seconds(epp_pid), _cpu_seconds(gateway.pid)
-            sustained = await _sustained(load, gateway.port, destination, throughput_seconds)
-            cpu_after = _cpu_seconds(epp_pid), _cpu_seconds(gateway.pid)
-            large = await _sustained(load, gateway.port, destination, throughput_seconds, LARGE_BODY)
+            epp = await _processor(load, gateway, epp_pid, destination, throughput_seconds)
+            floor = await _processor(load, floor_gateway, floor_pid, destination, throughput_seconds)
             base_sustained = await _sustained(load, baseline.port, destination, min(throughput_seconds, 3.0))
         # After the EPP's figures, with their Envoys stopped: the same backend behind each door.
         doors = (
@@ -460,13 +506,7 @@ async def benchmark(
             if front_door_rounds > 0
             else None
         )
-    throughput = Throughput(
-        sustained,
-        large,
-        base_sustained,
-        (cpu_after[0] - cpu_before[0]) / sustained.requests,
-        (cpu_after[1] - cpu_before[1]) / sustained.requests,
-    )
+    throughput = Throughput(epp, floor, base_sustained)
     _print(
         results, throughput,
         f"profile {profile}, responses {response_mode}, event loop {event_loop}, load: {load.name}",
@@ -726,23 +766,35 @@ def _print(results: Sequence[CaseResult], throughput: Throughput, label: str) ->
             f"{r.case.concurrency:>4} {size:>6} {gate.requests:>6} | {_ms(base.p50)} {_ms(base.p99)} | "
             f"{_ms(gate.p50)} {_ms(gate.p99)} | {_ms(gate.p50 - base.p50)} {_ms(gate.p99 - base.p99)}"
         )
+    epp, floor = throughput.epp, throughput.floor
     print(
-        f"sustained, concurrency 8, through Envoy + EPP: 1KB {throughput.gateway.rate:,.0f} req/s, "
-        f"200KB {throughput.gateway_large.rate:,.0f} req/s "
-        f"(Envoy alone, 1KB: {throughput.baseline.rate:,.0f} req/s)"
+        f"sustained, concurrency 8, through Envoy + EPP: 1KB {epp.small.rate:,.0f} req/s, "
+        f"200KB {epp.large.rate:,.0f} req/s (Envoy alone, 1KB: {throughput.baseline.rate:,.0f} req/s)"
     )
     print("targets (ratios from this run):")
-    cpu_ok = throughput.cpu_ratio <= CPU_RATIO_TARGET
+    cpu_ok = epp.cpu_ratio <= CPU_RATIO_TARGET
     print(
-        f"  EPP CPU per request {throughput.epp_cpu * 1000:.3f} ms / Envoy CPU per request "
-        f"{throughput.envoy_cpu * 1000:.3f} ms = {throughput.cpu_ratio:.2f} "
+        f"  EPP CPU per request {epp.cpu * 1000:.3f} ms / Envoy CPU per request "
+        f"{epp.envoy_cpu * 1000:.3f} ms = {epp.cpu_ratio:.2f} "
         f"(target <= {CPU_RATIO_TARGET:g}) {'PASS' if cpu_ok else 'FAIL'}"
     )
-    body_ok = throughput.body_ratio >= BODY_RATIO_TARGET
+    body_ok = epp.body_ratio >= BODY_RATIO_TARGET
     print(
-        f"  200KB-body throughput {throughput.gateway_large.rate:,.0f} req/s / 1KB-body throughput "
-        f"{throughput.gateway.rate:,.0f} req/s = {throughput.body_ratio:.2f} "
+        f"  200KB-body throughput {epp.large.rate:,.0f} req/s / 1KB-body throughput "
+        f"{epp.small.rate:,.0f} req/s = {epp.body_ratio:.2f} "
         f"(target >= {BODY_RATIO_TARGET:g}) {'PASS' if body_ok else 'FAIL'}"
+    )
+    print(
+        "the floor, the same loads through Envoy + bench.floor (the EPP's gRPC messages, none of its work):"
+    )
+    print(
+        f"  bench.floor CPU per request {floor.cpu * 1000:.3f} ms / Envoy CPU per request "
+        f"{floor.envoy_cpu * 1000:.3f} ms = {floor.cpu_ratio:.2f}; 200KB {floor.large.rate:,.0f} req/s / "
+        f"1KB {floor.small.rate:,.0f} req/s = {floor.body_ratio:.2f}"
+    )
+    print(
+        f"  EPP CPU per request / bench.floor's = {epp.cpu / floor.cpu:.2f}: the EPP's own work "
+        f"{(epp.cpu - floor.cpu) * 1000:+.3f} ms per request, the gRPC transport {floor.cpu * 1000:.3f} ms"
     )
     print("(the old absolute targets, +1 ms p50 and 1,500 req/s, are retired: they depend on the machine)")
 
