@@ -346,31 +346,30 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def _backend() -> AsyncIterator[int]:
+async def _python_child(*args: str) -> AsyncIterator[tuple[int, int]]:
+    """``python -m ARGS``, a server that prints its port on its first line: that port and its pid."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.overhead", "--serve-backend", stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE
     )
-    try:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), 20)
-        yield int(line)
-    finally:
-        await _terminate(process)
-
-
-@contextlib.asynccontextmanager
-async def _floor(backend_port: int, event_loop: str) -> AsyncIterator[tuple[int, int]]:
-    """``bench.floor`` (the EPP's messages, none of its work) routing to the backend: its port and pid."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.floor", "--destination", f"127.0.0.1:{backend_port}",
-        "--event-loop", event_loop, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
     try:
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), 20)
         yield int(line), process.pid
     finally:
         await _terminate(process)
+
+
+@contextlib.asynccontextmanager
+async def _backend() -> AsyncIterator[int]:
+    async with _python_child("bench.overhead", "--serve-backend") as (port, _):
+        yield port
+
+
+def _floor(backend_port: int, event_loop: str) -> contextlib.AbstractAsyncContextManager[tuple[int, int]]:
+    """``bench.floor`` (the EPP's messages, none of its work) routing to the backend: its port and pid."""
+    return _python_child(
+        "bench.floor", "--destination", f"127.0.0.1:{backend_port}", "--event-loop", event_loop
+    )
 
 
 @contextlib.asynccontextmanager

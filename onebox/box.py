@@ -392,20 +392,7 @@ class OneBox:
         async with httpx.AsyncClient(base_url=self.gateway_url, timeout=10.0) as client:
             for model in self.topology.served_names:
                 body = {"model": model, "messages": [{"role": "user", "content": "ready?"}], "max_tokens": 1}
-                headers: dict[str, str] = {}
-                expected: tuple[int, str | None] = (200, model)
-                if self.keys is not None:
-                    key = self.keys.probe_key(model)
-                    if key is None:
-                        _log.warning(
-                            "%s: no 'key:' entry of %s may use this model (a 'sha256:' entry holds no key), "
-                            "so the box cannot ask it through the gateway; checking only that the gateway "
-                            "refuses a request without a key (its pods were checked directly)",
-                            model, self.keys.path,
-                        )  # fmt: skip
-                        expected = (401, ERROR_TYPES[401])
-                    else:
-                        headers["authorization"] = f"Bearer {key.get_secret_value()}"
+                headers, expected = self._check_request(model)
                 while True:
                     if self.supervisor.failure is not None:
                         raise self.supervisor.failure
@@ -429,6 +416,23 @@ class OneBox:
                             f"{model} is not served through {self.gateway_url}: last answer {answered}"
                         )
                     await asyncio.sleep(0.1)
+
+    def _check_request(self, model: str) -> tuple[dict[str, str], tuple[int, str | None]]:
+        """The headers of the check request for ``model`` and the answer it expects (status, model
+        or error type): 200 from that model; with keys, sent with a key that may use it, or, with no
+        such ``key:`` entry, sent without a key and expecting the front door's 401."""
+        if self.keys is None:
+            return {}, (200, model)
+        key = self.keys.probe_key(model)
+        if key is not None:
+            return {"authorization": f"Bearer {key.get_secret_value()}"}, (200, model)
+        _log.warning(
+            "%s: no 'key:' entry of %s may use this model (a 'sha256:' entry holds no key), so the box "
+            "cannot ask it through the gateway; checking only that the gateway refuses a request "
+            "without a key (its pods were checked directly)",
+            model, self.keys.path,
+        )  # fmt: skip
+        return {}, (401, ERROR_TYPES[401])
 
 
 def _answered_by(response: httpx.Response) -> str | None:

@@ -188,7 +188,7 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful):
     def home(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> Endpoint | None:
         """The request's home among ``endpoints`` (None for a prompt under one block): what every
         replica picks first."""
-        key = home_key(request.model, request.prompt, self.block_size, self.home_blocks)
+        key = self._prompt({}, request).home
         if key is None or not endpoints:
             return None
         return endpoints[self._rendezvous(key, endpoints)]
@@ -225,7 +225,7 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful):
         limit = self.load_bound * sum(loads) / n + 1.0
         spread = 0.5 / (highest + 1)
         scores = [0.5 - spread * load for load in loads]
-        if parsed.home is None or parsed.credit == 0.0:
+        if parsed.home is None:  # under one block: no home, no credit
             return scores
         home = self._rendezvous(parsed.home, endpoints)
         hashes = parsed.hashes
