@@ -68,7 +68,8 @@ from epp.auth.check import KeyCheck
 from epp.auth.keys import parse_api_keys
 from epp.auth.store import KeyStore
 from epp.contract import DESTINATION_HEADER, POD_HEADER
-from epp.extproc import BodyBasedRouter
+from epp.extproc import StreamDriver
+from epp.extproc.bbr import BbrState, BodyBasedRouter
 from epp.telemetry import Telemetry
 
 from onebox.children import ext_proc_server
@@ -570,7 +571,7 @@ async def _no_messages() -> AsyncIterator[ProcessingRequest]:
     yield
 
 
-async def _stream_cpu(router: BodyBasedRouter, messages: Sequence[bytes], count: int) -> float:
+async def _stream_cpu(router: StreamDriver[BbrState], messages: Sequence[bytes], count: int) -> float:
     """CPU seconds per request of the BBR's whole ext_proc stream, the gRPC transport aside."""
     started = time.process_time()
     for _ in range(count):
@@ -582,8 +583,8 @@ async def key_check_cpu(key: str, entries: list[dict[str, object]], count: int =
                         ) -> tuple[float, float]:
     """The BBR's work per request in this process, open and with ``entries``: medians of ``rounds``."""
     keyed = KeyCheck(KeyStore(parse_api_keys(entries)))
-    open_door = BodyBasedRouter(Telemetry("bbr"), served_models=[MODEL])
-    closed = BodyBasedRouter(Telemetry("bbr"), served_models=[MODEL], keys=keyed)
+    open_door = StreamDriver(BodyBasedRouter(Telemetry("bbr"), served_models=[MODEL]))
+    closed = StreamDriver(BodyBasedRouter(Telemetry("bbr"), served_models=[MODEL], keys=keyed))
     messages = _envoy_messages(key)
     for router in (open_door, closed):
         script = _EnvoyScript(messages)

@@ -10,7 +10,8 @@ import grpc
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
-from epp.extproc import EndpointPicker
+from epp.extproc import StreamDriver
+from epp.extproc.picker import EndpointPicker
 from epp.telemetry import Telemetry
 
 from bench.floor import FloorServicer
@@ -80,7 +81,8 @@ async def test_the_floor_routes_every_request_to_its_destination_and_echoes_the_
 async def test_the_floor_sends_the_same_messages_as_the_epp_for_small_and_large_bodies() -> None:
     for size in (1024, 200 * 1024):
         body = completion(size)
-        epp = EndpointPicker(pool(("10.0.0.1", 8000, [GEMMA])), LeastBusyScheduler(), Telemetry("epp"))
+        picker = EndpointPicker(pool(("10.0.0.1", 8000, [GEMMA])), LeastBusyScheduler(), Telemetry("epp"))
+        epp = StreamDriver(picker)
         epp_answers, epp_response, epp_after = await exchange(epp, body)
         floor_answers, floor_response, floor_after = await exchange(FloorServicer(POD), body)
         assert [shape(a) for a in floor_answers] == [shape(a) for a in epp_answers], size

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue, Metadata
@@ -21,7 +22,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProtocolConfiguration,
 )
 from epp.datastore import Datastore, Endpoint
-from epp.extproc import ExtProcServer, ExtProcServicer
+from epp.extproc import ExtProcServer, Handler, StreamDriver
 from epp.health import Health
 from epp.scheduling.types import LLMRequest, SchedulingResult
 from google.protobuf.struct_pb2 import ListValue, Struct, Value
@@ -58,7 +59,7 @@ def pool(*endpoints: tuple[str, int, Sequence[str]], pool_models: Sequence[str] 
 
 @asynccontextmanager
 async def serving(
-    servicer: ExtProcServicer,
+    servicer: Handler[Any] | StreamDriver[Any],
 ) -> AsyncIterator[external_processor_pb2_grpc.ExternalProcessorStub]:
     server = ExtProcServer(servicer, Health(), bind="127.0.0.1", grpc_port=0, health_port=0)
     ports = await server.start()

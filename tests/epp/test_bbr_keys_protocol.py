@@ -16,7 +16,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from epp.auth.check import KeyCheck
 from epp.auth.keys import parse_api_keys
 from epp.auth.store import KeyStore
-from epp.extproc import BodyBasedRouter
+from epp.extproc.bbr import BodyBasedRouter
 from epp.telemetry import Telemetry
 
 from tests.epp.extproc_support import EnvoyStream, Outcome, header_map, serving
@@ -221,3 +221,12 @@ async def test_requests_are_counted_by_key_name_model_and_outcome_and_no_key_is_
     }
     exposition = "".join(str(s) for m in telemetry.registry.collect() for s in m.samples)
     assert KEY_A not in exposition
+
+
+def test_the_tenant_header_names_the_tenant_and_is_built_once_per_name() -> None:
+    router = closed_front_door()
+    tenant = router._keys.authenticate({"x-api-key": KEY_A}) if router._keys else None
+    assert tenant is not None
+    option = router._forwarded_tenant(tenant)
+    assert (option.header.key, option.header.raw_value) == ("x-gateway-api-key-name", b"team-a")
+    assert router._forwarded_tenant(tenant) is option

@@ -14,7 +14,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingRequest,
     ProtocolConfiguration,
 )
-from epp.extproc import BodyBasedRouter
+from epp.extproc.bbr import BodyBasedRouter
 from epp.telemetry import Telemetry
 
 from tests.epp.extproc_support import EnvoyStream, header_map, serving

@@ -12,7 +12,8 @@ from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import Proces
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingRequest
 from epp.contract import TENANT_HEADER
 from epp.datastore import Datastore, Endpoint
-from epp.extproc import EndpointPicker, ExtProcServicer
+from epp.extproc import StreamDriver
+from epp.extproc.picker import EndpointPicker
 from epp.scheduling import SaturationDetector
 from epp.scheduling.types import SchedulingResult
 from epp.telemetry import Telemetry
@@ -563,20 +564,14 @@ async def test_the_model_list_answered_to_an_empty_body_message_ends_the_stream_
 async def test_the_fake_envoy_catches_a_message_sent_after_an_immediate_response() -> None:
     from epp.extproc.messages import immediate, request_body_chunks
 
-    class TalksAfterItsAnswer(ExtProcServicer):
+    class TalksAfterItsAnswer(StreamDriver[None]):
         async def Process(self, request_iterator, context):  # type: ignore[no-untyped-def,override]
             await context.read()
             await context.write(immediate(200, b"{}"))
             for chunk in request_body_chunks(b""):
                 await context.write(chunk)
 
-        def decide(self, exchange):  # type: ignore[no-untyped-def]
-            raise AssertionError("not reached")
-
-        def finish(self, exchange):  # type: ignore[no-untyped-def]
-            pass
-
-    async with serving(TalksAfterItsAnswer()) as stub:
+    async with serving(TalksAfterItsAnswer(picker(gemma_and_phi()))) as stub:
         with pytest.raises(AssertionError, match="after its ImmediateResponse"):
             await EnvoyStream(stub).send_request(None, method="GET", path="/v1/models")
 

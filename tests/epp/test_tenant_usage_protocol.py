@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingRequest
-from epp.extproc import EndpointPicker
+from epp.extproc.picker import EndpointPicker
 from epp.telemetry import Telemetry
 
 from tests.epp.extproc_support import EnvoyStream, LeastBusyScheduler, pool, serving

@@ -40,9 +40,11 @@ from epp.contract import (
     METRICS_PORT,
     PROFILE_NAMES,
 )
-from epp.datastore import Datastore, Endpoint
+from epp.datastore import Datastore, DatastoreEvent, EndpointRemoved
 from epp.discovery import DiscoveryRunner, EjectionPolicy, build_source
-from epp.extproc import BodyBasedRouter, EndpointPicker, ExtProcServer
+from epp.extproc import ExtProcServer
+from epp.extproc.bbr import BodyBasedRouter
+from epp.extproc.picker import EndpointPicker
 from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES
 from epp.health import Health
 from epp.scheduling import (
@@ -286,22 +288,25 @@ def _scheduler_config(settings: EppSettings) -> EndpointPickerConfig:
 
 
 class _EppHealth:
-    """Ready once the first discovery sync is done and the first models are known (then latched);
-    NOT_SERVING everywhere, liveness included, once discovery has died."""
+    """Ready once the datastore is (its first sync done and, unless the pool is empty, an endpoint
+    routable), then latched; NOT_SERVING everywhere, liveness included, once discovery has died.
+    Readiness follows the datastore's events: no polling."""
 
     def __init__(self, datastore: Datastore, health: Health, runner: DiscoveryRunner) -> None:
         self._datastore = datastore
         self._health = health
         self._runner = runner
+        self._ready = asyncio.Event()
+        if datastore.ready:
+            self._ready.set()
+        datastore.subscribe(self._on_event)
 
-    def ready(self) -> bool:
-        datastore = self._datastore
-        return datastore.synced and (len(datastore) == 0 or bool(datastore.view.endpoints))
+    def _on_event(self, event: DatastoreEvent) -> None:
+        if not self._ready.is_set() and self._datastore.ready:
+            self._ready.set()
 
     async def _become_ready(self) -> None:
-        # Polled: the datastore notifies membership changes, not sync or model discovery.
-        while not self.ready():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        await self._ready.wait()
         await self._health.set_ready(True)
         models = self._datastore.served_models()
         _log.info("ready", extra={"endpoints": len(self._datastore), "models": models})
@@ -365,9 +370,9 @@ async def serve_epp(
             max_body_bytes=settings.max_body_bytes,
         )
 
-        def on_endpoint(address: str, endpoint: Endpoint | None) -> None:
-            if endpoint is None:
-                scheduler.forget(address)
+        def on_endpoint(event: DatastoreEvent) -> None:
+            if isinstance(event, EndpointRemoved):
+                scheduler.forget(event.endpoint.address)
 
         datastore.subscribe(on_endpoint)
         server = ExtProcServer(picker, health, bind=settings.bind, grpc_port=settings.grpc_port,

@@ -45,6 +45,11 @@ TENANT_HEADER: Final = "x-gateway-api-key-name"
 API_KEYS_SECRET_KEY: Final = "api-keys.yaml"
 API_KEYS_MOUNT_DIR: Final = "/etc/llm-gateway/api-keys"
 
+# --- Requests ------------------------------------------------------------------------------------------
+# Every request carries one id from the front door to the pod and back to the client: the client's
+# own, or one the gateway generates (the BBR, or the EPP where no BBR runs in front of it).
+REQUEST_ID_HEADER: Final = "x-request-id"
+
 # --- What model servers (and the simulator) say about themselves ------------------------------------
 POD_HEADER: Final = "x-inference-pod"
 SERVED_MODEL_HEADER: Final = "x-inference-model"
@@ -69,6 +74,7 @@ ERROR_TYPES: Final[dict[int, str]] = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_exceeded",
     500: "api_error",

@@ -41,12 +41,14 @@ class Metrics:
 
 
 class InFlight:
-    """Requests this EPP sent to one address whose answers have not begun yet (or, for an answer
-    whose usage is metered, not finished): once an answer's headers are back, the endpoint's own
-    metrics count it as running, and the EPP is done with it.
+    """**In flight**, the one definition: requests this EPP routed to an address whose answers have
+    not begun, plus those whose answer it still reads to meter its usage. Acquired when the request is
+    routed; released when its response headers are back (the endpoint's own metrics count it as
+    running from then on), or at the end of a metered answer, or when the request fails or is
+    cancelled. Only this EPP's requests: another replica's are not counted.
 
-    The endpoint picker owns one per address and hands the same one to every :class:`Endpoint` on
-    that address, so the count survives the endpoint leaving and coming back (a readiness flap, an
+    The :class:`Datastore` owns one per address and hands the same one to every :class:`Endpoint`
+    on that address, so the count survives the endpoint leaving and coming back (a readiness flap, an
     IP reused by a new pod).
     """
 
@@ -77,7 +79,7 @@ class Endpoint:
     # LoRA adapter id -> its base model id, from /v1/models `parent`.
     lora_parents: dict[str, str] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
-    # This EPP's in-flight requests to the address (see InFlight); read as ``in_flight``.
+    # This EPP's in-flight requests to the address (see InFlight), bound by the datastore.
     load: InFlight = field(default_factory=InFlight)
     # False until the first successful /v1/models answer.
     models_known: bool = False
@@ -92,7 +94,7 @@ class Endpoint:
 
     @property
     def in_flight(self) -> int:
-        """Requests this EPP has sent to the endpoint's address whose answers have not begun."""
+        """This EPP's in-flight requests to the endpoint's address (see :class:`InFlight`)."""
         return self.load.count
 
     def serves(self, model: str) -> bool:
@@ -138,54 +140,148 @@ def derive_view(version: int, endpoints: Iterable[Endpoint], pool_models: frozen
     )
 
 
-Listener = Callable[[str, "Endpoint | None"], None]
+@dataclass(frozen=True, slots=True)
+class EndpointUpserted:
+    """Membership: ``endpoint`` joined the pool (``added``) or its name or labels changed."""
+
+    endpoint: Endpoint
+    added: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRemoved:
+    """Membership: ``endpoint`` left the pool."""
+
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class ModelsChanged:
+    """``endpoint``'s models were learnt for the first time or changed."""
+
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class RotationChanged:
+    """``endpoint`` was taken out of rotation or put back (``endpoint.ejected``)."""
+
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """Discovery's first full listing of the pool is in."""
+
+
+DatastoreEvent = EndpointUpserted | EndpointRemoved | ModelsChanged | RotationChanged | Synced
+Listener = Callable[[DatastoreEvent], None]
 
 
 class Datastore:
-    """Endpoints of one pool, keyed by address (``join_host_port(ip, port)``).
+    """Endpoints of one pool, keyed by address (``join_host_port(ip, port)``), and the one owner of
+    the pool's shared state: membership, models, rotation, metrics and in-flight counts.
 
     ``pool_models``: the models the pool is configured to serve; a request naming one of them while
     no ready pod serves it gets 503 (scaled to zero), not the 404 of a model nobody serves.
+
+    **Events, in a stated order.** Every change is applied first (the endpoint table, the in-flight
+    binding, a new :class:`PoolView`), then one typed event is given to every listener in the order
+    they subscribed, before the next change can happen (everything runs on one event loop). A listener
+    therefore always sees the datastore as the event describes it. Metrics change no view and emit
+    nothing: schedulers read them from the endpoints at once.
     """
 
     def __init__(self, pool_models: Iterable[str] = ()) -> None:
         self._endpoints: dict[str, Endpoint] = {}
         self._listeners: list[Listener] = []
         self._pool_models = frozenset(pool_models)
-        # Bumped on any change of membership or models, each time with a new view.
+        # In-flight counts by address (see InFlight); a count outlives its endpoint while requests to
+        # its address are still running.
+        self._in_flight: dict[str, InFlight] = {}
+        # Bumped on any change of membership, models or rotation, each time with a new view.
         self.version = 0
         self.view = derive_view(0, (), self._pool_models)
-        self.synced = False
+        self._synced = False
 
     def subscribe(self, listener: Listener) -> None:
-        """Call ``listener(address, endpoint_or_None)`` on every upsert (endpoint) and removal (None)."""
+        """Give ``listener`` every later event (see the class docstring for the order)."""
         self._listeners.append(listener)
+
+    def _emit(self, event: DatastoreEvent) -> None:
+        for listener in self._listeners:
+            listener(event)
 
     def _changed(self) -> None:
         self.version += 1
         self.view = derive_view(self.version, self._endpoints.values(), self._pool_models)
 
+    @property
+    def synced(self) -> bool:
+        """True once discovery's first full listing is in (it stays True)."""
+        return self._synced
+
+    @synced.setter
+    def synced(self, value: bool) -> None:
+        if value and not self._synced:
+            self._synced = True
+            self._emit(Synced())
+
+    def mark_synced(self) -> None:
+        """Discovery's first full listing is in: emits :class:`Synced` once."""
+        self.synced = True
+
+    @property
+    def ready(self) -> bool:
+        """The pool can be routed: synced, and an endpoint is routable unless the pool is empty."""
+        return self._synced and (not self._endpoints or bool(self.view.endpoints))
+
     def upsert(self, endpoint: Endpoint) -> Endpoint:
         """Add an endpoint, or update name/labels of a known one (keeping its models and metrics)."""
         current = self._endpoints.get(endpoint.address)
+        added = current is None
         if current is None:
             self._endpoints[endpoint.address] = endpoint
             current = endpoint
+            count = self._in_flight.get(endpoint.address)
+            if count is None:
+                self._in_flight[endpoint.address] = endpoint.load
+            else:
+                endpoint.load = count
         else:
             current.name = endpoint.name
             current.labels = endpoint.labels
         self._changed()
-        for listener in self._listeners:
-            listener(current.address, current)
+        self._emit(EndpointUpserted(current, added))
         return current
 
     def remove(self, address: str) -> Endpoint | None:
         endpoint = self._endpoints.pop(address, None)
         if endpoint is not None:
+            count = self._in_flight.get(address)
+            if count is not None and count.count <= 0:
+                del self._in_flight[address]
             self._changed()
-            for listener in self._listeners:
-                listener(address, None)
+            self._emit(EndpointRemoved(endpoint))
         return endpoint
+
+    def acquire(self, address: str) -> InFlight:
+        """One more request in flight to ``address``; give the count back to :meth:`release`."""
+        count = self._in_flight.get(address)
+        if count is None:
+            count = self._in_flight[address] = InFlight()
+        count.count += 1
+        return count
+
+    def release(self, address: str, count: InFlight) -> None:
+        """A request acquired on ``address`` is no longer in flight."""
+        count.count -= 1
+        if count.count <= 0 and address not in self._endpoints and self._in_flight.get(address) is count:
+            del self._in_flight[address]
+
+    def in_flight_addresses(self) -> int:
+        """How many addresses have a count kept (members, and former ones with requests running)."""
+        return len(self._in_flight)
 
     def set_models(self, address: str, models: frozenset[str], lora_parents: dict[str, str]) -> None:
         endpoint = self._endpoints.get(address)
@@ -196,6 +292,7 @@ class Datastore:
             endpoint.lora_parents = lora_parents
             endpoint.models_known = True
             self._changed()
+            self._emit(ModelsChanged(endpoint))
 
     def set_metrics(self, endpoint: Endpoint, metrics: Metrics) -> bool:
         """Store a fresh scrape of ``endpoint``; False (and nothing stored) when it left the pool or
@@ -214,6 +311,7 @@ class Datastore:
         if endpoint.ejected != ejected:
             endpoint.ejected = ejected
             self._changed()
+            self._emit(RotationChanged(endpoint))
         return True
 
     def get(self, address: str) -> Endpoint | None:

@@ -2,7 +2,7 @@ import random
 import time
 
 import pytest
-from epp.datastore import Datastore
+from epp.datastore import Datastore, EndpointRemoved
 from epp.scheduling import LLMRequest, Scheduler, load_profile, parse_config
 
 from tests.epp.scheduling.builders import GEMMA, PHI3, QWEN, endpoint, request
@@ -181,7 +181,9 @@ def test_prefix_affinity_gives_way_when_the_warm_endpoint_is_overloaded():
 def test_a_removed_endpoint_is_forgotten():
     datastore = Datastore()
     pick = default_scheduler()
-    datastore.subscribe(lambda address, endpoint: pick.forget(address) if endpoint is None else None)
+    datastore.subscribe(
+        lambda event: pick.forget(event.endpoint.address) if isinstance(event, EndpointRemoved) else None
+    )
     pod = datastore.upsert(endpoint("gemma-0"))
     pick.schedule(request(prompt=LONG_PROMPT), [pod])
     prefix = pick.profiles["default"].scorers[0][0]

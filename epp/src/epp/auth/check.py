@@ -11,51 +11,33 @@ body names the model, ``authorize`` and ``admit``. Each refusal is an OpenAI-sty
 A key is read from ``Authorization: Bearer <key>`` (what OpenAI SDKs send), else from ``x-api-key``;
 only its SHA-256 digest is looked up, and neither the key nor its digest is ever logged, counted or
 answered. What passes on towards a model server carries the tenant's name in ``TENANT_HEADER``
-(overwriting whatever a client put there) and neither key header (``forwarded``).
+(overwriting whatever a client put there) and neither key header; the BBR writes those headers.
+Refusals are plain :class:`epp.refusals.RequestError` subclasses: this package knows no transport.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-
-from envoy.config.core.v3.base_pb2 import HeaderValueOption
-from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 
 from epp.auth.keys import hash_key
 from epp.auth.limits import Clock, retry_after_seconds
 from epp.auth.store import KeyStore, Tenant
-from epp.contract import API_KEY_HEADER, AUTHORIZATION_HEADER, TENANT_HEADER, error_body
-from epp.extproc.errors import RequestError
-from epp.extproc.messages import header_option, immediate
+from epp.contract import API_KEY_HEADER, AUTHORIZATION_HEADER
+from epp.refusals import RequestError
 
 _UNAUTHENTICATED_MESSAGE = (
     "A valid API key is required: send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header."
 )
-_UNAUTHENTICATED = immediate(
-    401, error_body(401, _UNAUTHENTICATED_MESSAGE), headers=(("www-authenticate", "Bearer"),)
-)
+_WWW_AUTHENTICATE = (("www-authenticate", "Bearer"),)
 
 
-@dataclass(frozen=True, slots=True)
 class AuthError(RequestError):
-    """A refusal of the key check: 401, 403 or 429 (with its ``Retry-After``)."""
-
-    retry_after: int | None = None
-
-    def body(self) -> bytes:
-        return error_body(self.status, self.message, self.param)
-
-    def response(self) -> ProcessingResponse:
-        if self.status == 401:
-            return _UNAUTHENTICATED
-        headers = () if self.retry_after is None else (("retry-after", str(self.retry_after)),)
-        return immediate(self.status, self.body(), headers=headers)
+    """A refusal of the key check: 401 (with ``WWW-Authenticate``), 403 or 429 (with ``Retry-After``)."""
 
 
 def unauthenticated(reason: str) -> AuthError:
-    return AuthError(401, _UNAUTHENTICATED_MESSAGE, None, reason)
+    return AuthError(401, _UNAUTHENTICATED_MESSAGE, None, reason, headers=_WWW_AUTHENTICATE)
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -75,8 +57,6 @@ class KeyCheck:
     def __init__(self, store: KeyStore, *, clock: Clock = time.monotonic) -> None:
         self.store = store
         self._clock = clock
-        self._forwarded: dict[str, HeaderValueOption] = {}
-        self._version = store.version
 
     def authenticate(self, headers: Mapping[str, str]) -> Tenant:
         key = presented_key(headers)
@@ -107,13 +87,3 @@ class KeyCheck:
                 "rate_limited",
                 retry_after=seconds,
             )
-
-    def forwarded(self, tenant: Tenant) -> HeaderValueOption:
-        """The header naming ``tenant`` to what runs behind the front door (built once per name)."""
-        if self._version != self.store.version:
-            self._forwarded.clear()
-            self._version = self.store.version
-        option = self._forwarded.get(tenant.name)
-        if option is None:
-            option = self._forwarded[tenant.name] = header_option(TENANT_HEADER, tenant.name)
-        return option

@@ -19,9 +19,9 @@ OTHER_TENANT = "_other"
 DEFAULT_MAX_TENANTS = 200
 
 
-def key_name(tenant: object, outcome: str) -> str:
+def key_name(tenant: Tenant | None, outcome: str) -> str:
     """The front door's label for a finished request: its tenant's name, or why it has none."""
-    if isinstance(tenant, Tenant):
+    if tenant is not None:
         return tenant.name
     return UNKNOWN_KEY if outcome == "bad_key" else NO_KEY
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 import aiohttp
 
 from epp.contract import join_host_port
-from epp.datastore import Datastore, Endpoint
+from epp.datastore import Datastore, DatastoreEvent, Endpoint, EndpointRemoved, EndpointUpserted
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,15 @@ class EndpointWorkers:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def _on_change(self, address: str, endpoint: Endpoint | None) -> None:
+    def _on_change(self, event: DatastoreEvent) -> None:
         if not self._running:
             return
-        if endpoint is None:
-            task = self._tasks.pop(address, None)
+        if isinstance(event, EndpointRemoved):
+            task = self._tasks.pop(event.endpoint.address, None)
             if task is not None:
                 task.cancel()
-        elif address not in self._tasks:
-            self._spawn(endpoint)
+        elif isinstance(event, EndpointUpserted) and event.endpoint.address not in self._tasks:
+            self._spawn(event.endpoint)
 
     def _spawn(self, endpoint: Endpoint, delay: float = 0.0) -> None:
         address = endpoint.address

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from epp.datastore import Datastore, Endpoint
+from epp.datastore import Datastore, DatastoreEvent, Endpoint, EndpointRemoved
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,9 @@ class Ejector:
         self.ejections = 0
         datastore.subscribe(self._on_change)
 
-    def _on_change(self, address: str, endpoint: Endpoint | None) -> None:
-        if endpoint is None:
-            self._states.pop(address, None)
+    def _on_change(self, event: DatastoreEvent) -> None:
+        if isinstance(event, EndpointRemoved):
+            self._states.pop(event.endpoint.address, None)
 
     def _state(self, address: str) -> _State:
         state = self._states.get(address)

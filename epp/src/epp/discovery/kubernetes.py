@@ -284,7 +284,7 @@ class KubernetesDiscovery:
                 listing = client.list(Pod, namespace=self.namespace, labels=spec.match_labels)
                 pods = [pod async for pod in listing]
                 self._reconcile(pods, spec.ports)
-                self._datastore.synced = True
+                self._datastore.mark_synced()
                 async for event, pod in client.watch(
                     Pod,
                     namespace=self.namespace,

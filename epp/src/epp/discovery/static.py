@@ -199,7 +199,7 @@ class StaticDiscovery:
     async def run(self) -> None:
         """Load the list, mark the datastore synced, then follow the file until cancelled."""
         self._apply(self._wanted)
-        self._datastore.synced = True
+        self._datastore.mark_synced()
         if self._file is None:
             await asyncio.Event().wait()
             return

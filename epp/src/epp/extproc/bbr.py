@@ -18,10 +18,10 @@ client may have sent.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from envoy.config.core.v3.base_pb2 import HeaderValueOption
 
+from epp.auth.check import KeyCheck
 from epp.auth.labels import key_name
 from epp.auth.store import Tenant
 from epp.contract import API_PREFIX, BASE_MODEL_HEADER, CLIENT_KEY_HEADERS, MODEL_HEADER, TENANT_HEADER
@@ -30,18 +30,29 @@ from epp.extproc.decision import PASS, Decision, Route
 from epp.extproc.errors import bodyless, missing_model, unknown_model
 from epp.extproc.messages import header_option
 from epp.extproc.models import ModelList
-from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, Exchange, ExtProcServicer
+from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, Exchange
 from epp.model_list import model_list_body
 from epp.telemetry import OTHER_MODEL, Telemetry
-
-if TYPE_CHECKING:  # the check's module imports the extproc package: no import cycle at run time
-    from epp.auth.check import KeyCheck
 
 # What answers GET /v1/models for a key: its list, the listed models and their body.
 _KeyModels = tuple[ModelList, tuple[str, ...], bytes]
 
 
-class BodyBasedRouter(ExtProcServicer):
+class BbrState:
+    """The BBR's per-request state: the caller's tenant, once its key is checked (None when open)."""
+
+    __slots__ = ("tenant",)
+
+    def __init__(self) -> None:
+        self.tenant: Tenant | None = None
+
+
+BbrExchange = Exchange[BbrState]
+
+
+class BodyBasedRouter:
+    """The BBR's :class:`~epp.extproc.stream.Handler`."""
+
     # It routes on the request alone: its stream ends once the request is answered.
     follows_responses = False
 
@@ -54,9 +65,12 @@ class BodyBasedRouter(ExtProcServicer):
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         keys: KeyCheck | None = None,
     ) -> None:
-        super().__init__(max_body_bytes=max_body_bytes)
+        self.max_body_bytes = max_body_bytes
         self._telemetry = telemetry
         self._keys = keys
+        # The tenant header passed on behind the front door, built once per name and key list.
+        self._forwarded: dict[str, HeaderValueOption] = {}
+        self._forwarded_version = -1
         # Per set of models a key may use (None: all), its /v1/models; rebuilt when the keys change.
         self._key_models: dict[frozenset[str] | None, _KeyModels | None] = {}
         self._key_models_version = -1
@@ -77,9 +91,27 @@ class BodyBasedRouter(ExtProcServicer):
     def base_model(self, model: str) -> str:
         return self._adapters.get(model, model)
 
-    def screen(self, exchange: Exchange) -> None:
+    def new_state(self) -> BbrState:
+        return BbrState()
+
+    def on_request_headers(self, exchange: BbrExchange) -> None:
         if self._keys is not None:
-            exchange.state = self._keys.authenticate(exchange.headers)
+            exchange.state.tenant = self._keys.authenticate(exchange.headers)
+
+    def on_response_headers(self, exchange: BbrExchange) -> bool:
+        return False
+
+    def _forwarded_tenant(self, tenant: Tenant) -> HeaderValueOption:
+        """The header naming ``tenant`` to what runs behind the front door."""
+        assert self._keys is not None
+        version = self._keys.store.version
+        if self._forwarded_version != version:
+            self._forwarded.clear()
+            self._forwarded_version = version
+        option = self._forwarded.get(tenant.name)
+        if option is None:
+            option = self._forwarded[tenant.name] = header_option(TENANT_HEADER, tenant.name)
+        return option
 
     def _models_for(self, tenant: Tenant) -> _KeyModels | None:
         """What answers ``GET /v1/models`` for ``tenant``: the served models it may use (without a
@@ -99,17 +131,16 @@ class BodyBasedRouter(ExtProcServicer):
             self._key_models[allowed] = key_models
         return self._key_models[allowed]
 
-    def _passthrough(self, exchange: Exchange, tenant: Tenant | None) -> Decision:
+    def _passthrough(self, exchange: BbrExchange, tenant: Tenant | None) -> Decision:
         exchange.outcome = "passthrough"
         if tenant is not None:
-            assert self._keys is not None
-            return Route((self._keys.forwarded(tenant),), remove=CLIENT_KEY_HEADERS)
+            return Route((self._forwarded_tenant(tenant),), remove=CLIENT_KEY_HEADERS)
         if TENANT_HEADER in exchange.headers:
             return Route((), remove=(TENANT_HEADER,))
         return PASS
 
-    def decide(self, exchange: Exchange) -> Decision:
-        tenant = exchange.state if isinstance(exchange.state, Tenant) else None
+    async def decide(self, exchange: BbrExchange) -> Decision:
+        tenant = exchange.state.tenant
         front_door = self._served is not None
         outside = not exchange.path.startswith(API_PREFIX)
         if (front_door and outside) or (not front_door and exchange.body is None and tenant is None):
@@ -151,16 +182,17 @@ class BodyBasedRouter(ExtProcServicer):
             assert self._keys is not None
             self._keys.authorize(tenant, model)
             self._keys.admit(tenant)
-            headers += (self._keys.forwarded(tenant),)
+            headers += (self._forwarded_tenant(tenant),)
             remove = CLIENT_KEY_HEADERS
         elif TENANT_HEADER in exchange.headers:
             remove = (TENANT_HEADER,)
         exchange.outcome = "routed"
         return Route(headers, remove=remove)
 
-    def finish(self, exchange: Exchange) -> None:
+    def on_complete(self, exchange: BbrExchange) -> None:
         model = exchange.model
         label = model if not model or model in self._labelled else OTHER_MODEL
         self._telemetry.request(label, exchange.outcome)
         if self._keys is not None:
-            self._telemetry.key_request(key_name(exchange.state, exchange.outcome), label, exchange.outcome)
+            name = key_name(exchange.state.tenant, exchange.outcome)
+            self._telemetry.key_request(name, label, exchange.outcome)

@@ -1,65 +1,54 @@
-"""OpenAI-style JSON errors, answered by Envoy as ImmediateResponses.
+"""The one place a refusal becomes an answer: an OpenAI-style JSON ImmediateResponse.
 
-The body is :func:`epp.contract.error_body` (``{"error": {"message", "type", "param", "code"}}``),
-so OpenAI clients surface the message and every component of the gateway spells it alike.
+Whatever refuses a request (the body parser, the key check, admission, the scheduler) raises a plain
+:class:`epp.refusals.RequestError`; the stream driver hands it to :func:`refusal_response`. Its body
+is :func:`epp.contract.error_body` (``{"error": {"message", "type", "param", "code"}}``), so OpenAI
+clients surface the message and every component of the gateway spells it alike.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 
-from epp.contract import NOT_FOUND_MESSAGE, echoed, error_body
+from epp.contract import REQUEST_ID_HEADER
 from epp.extproc.messages import immediate
+from epp.refusals import (
+    RequestError,
+    body_too_large,
+    bodyless,
+    internal_error,
+    method_not_allowed,
+    missing_model,
+    unknown_model,
+)
+
+__all__ = [
+    "RequestError",
+    "body_too_large",
+    "bodyless",
+    "internal_error",
+    "method_not_allowed",
+    "missing_model",
+    "refusal_response",
+    "unknown_model",
+]
+
+# Refusals repeat (the 401 of every request without a key, the 404 of one unknown model): their
+# answers are built once. Bounded, since messages quote what clients send.
+_MAX_KEPT = 512
+_kept: dict[tuple[int, str, str | None, tuple[tuple[str, str], ...]], ProcessingResponse] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class RequestError(Exception):
-    """A request the servers refuse: its HTTP status, a message for the client and the offending param."""
-
-    status: int
-    message: str
-    param: str | None = None
-    # Short machine-readable outcome for metrics and logs, e.g. "invalid_json".
-    reason: str = "error"
-
-    def body(self) -> bytes:
-        return error_body(self.status, self.message, self.param)
-
-    def response(self) -> ProcessingResponse:
-        return immediate(self.status, self.body())
-
-
-def unknown_model(model: str, served: list[str]) -> RequestError:
-    listed = ", ".join(served) if served else "none"
-    return RequestError(
-        404, f"The model '{echoed(model)}' does not exist. Models served: {listed}.", "model", "unknown_model"
-    )
-
-
-def bodyless(method: str, path: str) -> RequestError:
-    """The answer to a request without a body that is no model list read, alike in both routing
-    modes: a read (GET, HEAD) of anything else is a 404, any other method needs a JSON body (400)."""
-    if method in ("GET", "HEAD"):
-        return RequestError(404, NOT_FOUND_MESSAGE, None, "not_found")
-    return RequestError(
-        400, f"{echoed(method)} {echoed(path)} has no body; send a JSON body with a 'model'.", None, "no_body"
-    )
-
-
-def missing_model() -> RequestError:
-    return RequestError(
-        400, "The request body has no 'model' field (a non-empty string).", "model", "no_model"
-    )
-
-
-def internal_error() -> RequestError:
-    """A bug met while deciding on a request: the client gets a 500, not a broken stream."""
-    return RequestError(
-        500, "The gateway failed while routing this request; the failure is logged.", None, "internal_error"
-    )
-
-
-def body_too_large(limit: int) -> RequestError:
-    return RequestError(413, f"The request body exceeds {limit} bytes.", None, "body_too_large")
+def refusal_response(error: RequestError, request_id: str = "") -> ProcessingResponse:
+    """``error`` as the ImmediateResponse Envoy sends the client; with ``request_id``, the answer
+    carries it in ``x-request-id``."""
+    headers = error.response_headers()
+    if request_id:
+        return immediate(error.status, error.body(), headers=(*headers, (REQUEST_ID_HEADER, request_id)))
+    key = (error.status, error.message, error.param, headers)
+    response = _kept.get(key)
+    if response is None:
+        if len(_kept) >= _MAX_KEPT:
+            _kept.clear()
+        response = _kept[key] = immediate(error.status, error.body(), headers=headers)
+    return response

@@ -150,3 +150,25 @@ def immediate(
             status=HttpStatus(code=status), headers=HeaderMutation(set_headers=options), body=body
         )
     )
+
+
+def with_request_header(response: ProcessingResponse, option: HeaderValueOption) -> ProcessingResponse:
+    """A copy of the answer to request headers ``response`` (never a shared constant changed) that
+    also sets ``option`` on the request."""
+    copy = ProcessingResponse()
+    copy.CopyFrom(response)
+    copy.request_headers.response.header_mutation.set_headers.append(option)
+    return copy
+
+
+def with_response_header(response: ProcessingResponse, name: str, value: str) -> ProcessingResponse:
+    """A copy of ``response`` (an answer to response headers, or an ImmediateResponse) that also sets
+    header ``name`` on what the client gets."""
+    copy = ProcessingResponse()
+    copy.CopyFrom(response)
+    option = header_option(name, value)
+    if copy.HasField("immediate_response"):
+        copy.immediate_response.headers.set_headers.append(option)
+    else:
+        copy.response_headers.response.header_mutation.set_headers.append(option)
+    return copy

@@ -7,13 +7,14 @@ cluster itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from epp.contract import join_host_port
-from epp.extproc.stream import ExtProcServicer
+from epp.extproc.stream import Handler, StreamDriver
 from epp.health import Health
 
 _OPTIONS = [
@@ -31,12 +32,14 @@ class BoundPorts:
 
 
 class ExtProcServer:
-    """Serves ``servicer`` and ``health``; ``start`` binds (port 0 = any free port) and returns the ports."""
+    """Serves ext_proc through ``handler`` (a :class:`~epp.extproc.stream.Handler`, or a ready
+    :class:`~epp.extproc.stream.StreamDriver`) and ``health``; ``start`` binds (port 0 = any free
+    port) and returns the ports."""
 
-    def __init__(self, servicer: ExtProcServicer, health: Health, *, bind: str, grpc_port: int,
-                 health_port: int, credentials: grpc.ServerCredentials | None = None) -> None:
+    def __init__(self, handler: Handler[Any] | StreamDriver[Any], health: Health, *, bind: str,
+                 grpc_port: int, health_port: int, credentials: grpc.ServerCredentials | None = None) -> None:
         """``credentials``: serve ext_proc over TLS (health stays plaintext, as kubelet probes need)."""
-        self.servicer = servicer
+        self.servicer = handler if isinstance(handler, StreamDriver) else StreamDriver(handler)
         self._credentials = credentials
         self.health = health
         self._bind = bind

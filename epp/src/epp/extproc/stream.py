@@ -1,25 +1,40 @@
-"""The ext_proc ``Process`` stream, shared by the EPP and the BBR.
+"""The ext_proc ``Process`` stream: a driver that owns the transport, and the handler it calls.
 
-One gRPC stream carries one HTTP request. The request body arrives in FULL_DUPLEX_STREAMED mode:
-chunks are buffered until ``end_of_stream`` (or the request trailers), then the servicer's
-``decide`` says what to do (see ``decision``): route it (headers and metadata, then the body
-streamed back unchanged), pass it on unchanged, or answer it now with an ImmediateResponse, which
-ends the exchange and the stream. Response headers, body chunks and trailers are echoed while a
-``ResponseTracker`` follows them. ``finish`` runs exactly once per stream: when the response ends,
-when the request is refused, or when Envoy or the client cancels the stream.
+One gRPC stream carries one HTTP request. :class:`StreamDriver` (the gRPC servicer) owns everything
+about the stream itself: the processing modes Envoy announces, buffering the request body (sent in
+FULL_DUPLEX_STREAMED mode) up to its size limit, streaming it back once the request is decided,
+echoing the response, turning refusals into answers (``errors.refusal_response``) and completing
+each exchange exactly once. What a request *means* is the :class:`Handler`'s business; the EPP
+(``picker.EndpointPicker``) and the BBR (``bbr.BodyBasedRouter``) are two handlers. The driver calls
+a handler at four points, each with the request's typed :class:`Exchange`:
 
-Once nothing more is to be seen (an answer, streamed or not, whose body need not be read, or the end
-of the response) the servicer returns at once: the gRPC stream closes with OK, which ext_proc takes as
-"no further processing" and lets the rest of the response through untouched. Waiting for Envoy to
-close the stream instead would cost a response-body message and its reply (Envoy still sends a body
-it had already queued when a mode override turns body processing off) and one more read.
+1. ``on_request_headers``: before any body byte is kept (the front door's key check); raising a
+   ``RequestError`` refuses the request at once.
+2. ``decide`` (a coroutine): once the request is whole; returns a ``decision`` (route it, answer it
+   now, or let it pass) or raises a ``RequestError``. Any other exception is logged and answered 500.
+3. ``on_response_headers``: the answer has begun; True to see its body too (to meter its usage),
+   False when the handler is done with it (in FULL_DUPLEX_STREAMED response mode every chunk passes
+   through the stream anyway, and the exchange ends with the response).
+4. ``on_complete``: exactly once per exchange, whatever ended it: the response's end, the handler
+   being done at the response headers, a refusal, an answer given now, or the stream's cancellation.
+
+Once nothing more is to be seen the driver returns at once: the gRPC stream closes with OK, which
+ext_proc takes as "no further processing" and lets the rest of the response through untouched.
+Waiting for Envoy to close the stream instead would cost a response-body message and its reply and
+one more read. A handler that never looks at responses (``follows_responses = False``: the BBR)
+closes its stream as soon as the request went back to Envoy.
+
+Every request has an id (``x-request-id``): the client's, Envoy's, or one the driver generates and
+sets on the request; refusals carry it back to the client, and so do answers whose headers the
+handler follows (the EPP sets it on every answer it sees begin).
 """
 
 from __future__ import annotations
 
-import abc
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Generic, Protocol, TypeVar
 
 import grpc
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
@@ -32,9 +47,9 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 from google.protobuf.struct_pb2 import Struct
 
-from epp.contract import echoed
+from epp.contract import REQUEST_ID_HEADER, echoed
 from epp.extproc.decision import Answer, Decision
-from epp.extproc.errors import RequestError, body_too_large, internal_error
+from epp.extproc.errors import RequestError, body_too_large, internal_error, refusal_response
 from epp.extproc.messages import (
     CONTINUE_REQUEST_TRAILERS,
     CONTINUE_RESPONSE_BODY,
@@ -43,9 +58,12 @@ from epp.extproc.messages import (
     CONTINUE_RESPONSE_HEADERS_BUFFER_PARTIAL_BODY,
     CONTINUE_RESPONSE_HEADERS_SKIP_BODY,
     CONTINUE_RESPONSE_TRAILERS,
+    header_option,
     headers_to_dict,
     request_body_chunks,
     response_body_chunk,
+    with_request_header,
+    with_response_header,
 )
 from epp.extproc.response import ResponseTracker
 
@@ -56,36 +74,38 @@ _NONE = ProcessingMode.NONE
 
 DEFAULT_MAX_BODY_BYTES = 16 << 20
 
+S = TypeVar("S")
 
-class Exchange:
-    """Everything one stream knows about its HTTP request and response."""
+
+class Exchange(Generic[S]):
+    """Everything one stream knows about its HTTP request and response; ``state`` is the handler's
+    own per-request state, of the type its ``new_state`` returns."""
 
     __slots__ = (
         "body",
-        "decided",
-        "finished",
         "headers",
         "metadata",
         "model",
         "outcome",
         "request_id",
+        "request_id_generated",
         "response",
         "state",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, state: S) -> None:
         self.headers: dict[str, str] = {}
         self.metadata: Mapping[str, Struct] | None = None
         self.body: bytes | None = None
         self.request_id = ""
+        # True when the driver made the id up (the request came without one) and set it on the request.
+        self.request_id_generated = False
         self.model = ""
-        # Short outcome for metrics: "routed", "models", "passthrough", or the RequestError reason.
+        # Short outcome for metrics: "routed", "models", "passthrough", or the RequestError reason;
+        # "cancelled" until something else is known.
         self.outcome = "cancelled"
-        self.decided = False
-        self.finished = False
         self.response = ResponseTracker()
-        # Servicer-specific state (the EPP keeps its pick here).
-        self.state: object = None
+        self.state = state
 
     @property
     def path(self) -> str:
@@ -94,6 +114,36 @@ class Exchange:
     @property
     def method(self) -> str:
         return self.headers.get(":method", "")
+
+
+class Handler(Protocol[S]):
+    """What a request means to one server; the :class:`StreamDriver` calls it (see the module doc)."""
+
+    # False for a handler that never looks at responses (the BBR).
+    follows_responses: bool
+    # A request body larger than this is refused with a 413 as soon as it is exceeded.
+    max_body_bytes: int
+
+    def new_state(self) -> S:
+        """The per-request state of a new exchange."""
+        ...
+
+    def on_request_headers(self, exchange: Exchange[S]) -> None:
+        """Check the request headers before any body is read; raise ``RequestError`` to refuse."""
+        ...
+
+    async def decide(self, exchange: Exchange[S]) -> Decision:
+        """Decide on the whole request (``exchange.body`` is None when it has none); set
+        ``exchange.outcome``; raise ``RequestError`` to refuse it."""
+        ...
+
+    def on_response_headers(self, exchange: Exchange[S]) -> bool:
+        """The answer's headers are in ``exchange.response``: True to follow its body too."""
+        ...
+
+    def on_complete(self, exchange: Exchange[S]) -> None:
+        """The exchange is over; called exactly once."""
+        ...
 
 
 _MISCONFIGURED = RequestError(
@@ -105,98 +155,18 @@ _MISCONFIGURED = RequestError(
 Write = Callable[[ProcessingResponse], Awaitable[None]]
 
 
-class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc.ABC):  # type: ignore[misc]
-    """Drives the stream; subclasses decide where a request goes and what happens when it ends.
+class StreamDriver(external_processor_pb2_grpc.ExternalProcessorServicer, Generic[S]):  # type: ignore[misc]
+    """The ``ExternalProcessor`` servicer: drives each ``Process`` stream through ``handler``."""
 
-    A request body larger than ``max_body_bytes`` is refused with a 413 as soon as it is exceeded,
-    so no client can make the server buffer more than that.
-    """
-
-    # False for a servicer that never looks at responses (the BBR): its stream is over once the
-    # request is answered, and it closes it then rather than waiting for Envoy to end it.
-    follows_responses: bool = True
-
-    def __init__(self, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
-        if max_body_bytes <= 0:
-            raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
-        self.max_body_bytes = max_body_bytes
-
-    @abc.abstractmethod
-    def decide(self, exchange: Exchange) -> Decision:
-        """Decide on the request once it is whole (``exchange.body`` is None when it has no body).
-        Raise ``RequestError`` to refuse it; any other exception is logged and answered with a 500.
-        The servicer sets ``exchange.outcome``."""
-
-    @abc.abstractmethod
-    def finish(self, exchange: Exchange) -> None:
-        """The stream is over (response done, refused, answered or cancelled); called exactly once."""
-
-    def screen(self, exchange: Exchange) -> None:
-        """Check the request headers before any body is read (the front door's key check); raise
-        ``RequestError`` to refuse the request at once."""
-
-    def wants_usage(self, exchange: Exchange) -> bool:
-        """Whether an answer's body must be read for its usage (a stream followed to its end, a
-        complete answer read up to Envoy's buffer limit); otherwise the servicer is done with the
-        exchange at its response headers and the body passes unread (when the response body mode
-        allows it: in full duplex every chunk is echoed)."""
-        return False
-
-    def _decide(self, exchange: Exchange) -> Decision:
-        exchange.decided = True
-        try:
-            return self.decide(exchange)
-        except RequestError as error:
-            self._refused(exchange, error)
-            return Answer(error.response())
-        except Exception:
-            failure = internal_error()
-            exchange.outcome = failure.reason
-            _log.exception(
-                "deciding on a request failed",
-                extra={"request_id": exchange.request_id, "model": echoed(exchange.model) or None},
-            )
-            return Answer(failure.response())
-
-    @staticmethod
-    def _refused(exchange: Exchange, error: RequestError) -> None:
-        exchange.outcome = error.reason
-        _log.info(
-            "request refused",
-            extra={"request_id": exchange.request_id, "status": error.status, "reason": error.reason,
-                   "model": echoed(exchange.model) or None},
-        )
-
-    async def _answer_request(self, exchange: Exchange, write: Write) -> bool:
-        """Send the decision on the request; False when it answered the request, ending the exchange."""
-        decision = self._decide(exchange)
-        if isinstance(decision, Answer):
-            self._finish(exchange)
-            await write(decision.response)
-            return False
-        await write(decision.response())
-        return True
-
-    async def _refuse(self, exchange: Exchange, error: RequestError, write: Write) -> None:
-        """Refuse the request before ``decide`` could see it; the exchange ends."""
-        exchange.decided = True
-        self._refused(exchange, error)
-        self._finish(exchange)
-        await write(error.response())
-
-    def _finish(self, exchange: Exchange) -> None:
-        if exchange.finished:
-            return
-        exchange.finished = True
-        try:
-            self.finish(exchange)
-        except Exception:
-            _log.exception("finishing a request failed", extra={"request_id": exchange.request_id})
+    def __init__(self, handler: Handler[S]) -> None:
+        if handler.max_body_bytes <= 0:
+            raise ValueError(f"max_body_bytes must be positive, got {handler.max_body_bytes}")
+        self.handler = handler
 
     async def Process(
         self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> None:
-        stream = _Stream(self, context.write)
+        stream = _Stream(self.handler, context.write)
         read = context.read
         try:
             while True:
@@ -221,27 +191,107 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer, abc
                 if over:
                     return
         finally:
-            self._finish(stream.exchange)
+            stream.complete()
 
 
-class _Stream:
+class _Stream(Generic[S]):
     """One ``Process`` stream: each method handles one kind of message and says whether the stream is
     over (nothing more to see: the servicer returns and gRPC closes the stream with OK)."""
 
-    __slots__ = ("exchange", "limit", "parts", "request_mode", "response_mode", "servicer", "size", "write")
+    __slots__ = (
+        "completed",
+        "decided",
+        "exchange",
+        "handler",
+        "limit",
+        "parts",
+        "request_mode",
+        "response_mode",
+        "size",
+        "write",
+    )
 
-    def __init__(self, servicer: ExtProcServicer, write: Write) -> None:
-        self.servicer = servicer
+    def __init__(self, handler: Handler[S], write: Write) -> None:
+        self.handler = handler
         self.write = write
-        self.exchange = Exchange()
+        self.exchange: Exchange[S] = Exchange(handler.new_state())
         self.parts: list[bytes] = []
         self.size = 0
-        self.limit = servicer.max_body_bytes
+        self.limit = handler.max_body_bytes
+        self.decided = False
+        self.completed = False
         # Envoy states its body modes (protocol_config) only since 1.34; without them the filter is
         # taken to be configured as this server requires: full duplex both ways.
         self.request_mode = _FULL_DUPLEX
         self.response_mode = _FULL_DUPLEX
 
+    # -- completion and refusals ------------------------------------------------------------------
+    def complete(self) -> None:
+        """Tell the handler the exchange is over, exactly once."""
+        if self.completed:
+            return
+        self.completed = True
+        try:
+            self.handler.on_complete(self.exchange)
+        except Exception:
+            _log.exception("finishing a request failed", extra={"request_id": self.exchange.request_id})
+
+    def _refused(self, error: RequestError) -> ProcessingResponse:
+        exchange = self.exchange
+        exchange.outcome = error.reason
+        _log.info(
+            "request refused",
+            extra={"request_id": exchange.request_id, "status": error.status, "reason": error.reason,
+                   "model": echoed(exchange.model) or None},
+        )
+        return refusal_response(error, exchange.request_id)
+
+    async def _refuse(self, error: RequestError) -> None:
+        """Refuse the request before ``decide`` could see it; the exchange ends."""
+        self.decided = True
+        response = self._refused(error)
+        self.complete()
+        await self.write(response)
+
+    async def _decide(self) -> Decision | ProcessingResponse:
+        """The handler's decision, or the answer to its refusal or failure."""
+        exchange = self.exchange
+        self.decided = True
+        try:
+            return await self.handler.decide(exchange)
+        except RequestError as error:
+            return self._refused(error)
+        except Exception:
+            failure = internal_error()
+            exchange.outcome = failure.reason
+            _log.exception(
+                "deciding on a request failed",
+                extra={"request_id": exchange.request_id, "model": echoed(exchange.model) or None},
+            )
+            return refusal_response(failure, exchange.request_id)
+
+    async def _answer_request(self) -> bool:
+        """Send the decision on the request; False when it answered the request, ending the exchange."""
+        decision = await self._decide()
+        if isinstance(decision, ProcessingResponse):
+            self.complete()
+            await self.write(decision)
+            return False
+        if isinstance(decision, Answer):
+            response = decision.response
+            if self.exchange.request_id:
+                response = with_response_header(response, REQUEST_ID_HEADER, self.exchange.request_id)
+            self.complete()
+            await self.write(response)
+            return False
+        response = decision.response()
+        if self.exchange.request_id_generated:
+            option = header_option(REQUEST_ID_HEADER, self.exchange.request_id)
+            response = with_request_header(response, option)
+        await self.write(response)
+        return True
+
+    # -- the request ------------------------------------------------------------------------------
     async def request_headers(self, request: ProcessingRequest) -> bool:
         exchange = self.exchange
         if request.HasField("protocol_config"):
@@ -250,26 +300,30 @@ class _Stream:
             self.response_mode = config.response_body_mode
         headers = request.request_headers
         exchange.headers = headers_to_dict(headers)
-        exchange.request_id = exchange.headers.get("x-request-id", "")
+        request_id = exchange.headers.get(REQUEST_ID_HEADER, "")
+        if not request_id:
+            request_id = exchange.headers[REQUEST_ID_HEADER] = str(uuid.uuid4())
+            exchange.request_id_generated = True
+        exchange.request_id = request_id
         if request.HasField("metadata_context"):
             exchange.metadata = request.metadata_context.filter_metadata
         try:
-            self.servicer.screen(exchange)
+            self.handler.on_request_headers(exchange)
         except RequestError as refusal:
-            await self.servicer._refuse(exchange, refusal, self.write)
+            await self._refuse(refusal)
             return True
         if headers.end_of_stream or self.request_mode == _NONE:
-            if not await self.servicer._answer_request(exchange, self.write):
+            if not await self._answer_request():
                 return True
             return headers.end_of_stream and self._request_done()
         if self.request_mode != _FULL_DUPLEX:
-            await self.servicer._refuse(exchange, _MISCONFIGURED, self.write)
+            await self._refuse(_MISCONFIGURED)
             return True
         return False
 
     async def request_body(self, message: HttpBody) -> bool:
-        exchange, write = self.exchange, self.write
-        if exchange.decided:
+        write = self.write
+        if self.decided:
             # A proxy that sends a body after the request was answered from its headers (its body
             # mode said NONE): pass the body on unchanged, never answer twice.
             for chunk in request_body_chunks(message.body, end_of_stream=message.end_of_stream):
@@ -278,12 +332,13 @@ class _Stream:
         self.parts.append(message.body)
         self.size += len(message.body)
         if self.size > self.limit:
-            await self.servicer._refuse(exchange, body_too_large(self.limit), write)
+            self.parts = []
+            await self._refuse(body_too_large(self.limit))
             return True
         if not message.end_of_stream:
             return False
         body = self._take_body()
-        if not await self.servicer._answer_request(exchange, write):
+        if not await self._answer_request():
             return True
         # Even an empty body (a chunked GET's lone 0 chunk) was sent as a body message, so it gets
         # its (empty) body back.
@@ -292,9 +347,9 @@ class _Stream:
         return self._request_done()
 
     async def request_trailers(self) -> bool:
-        if not self.exchange.decided:
+        if not self.decided:
             body = self._take_body()
-            if not await self.servicer._answer_request(self.exchange, self.write):
+            if not await self._answer_request():
                 return True
             for chunk in request_body_chunks(body, end_of_stream=False):
                 await self.write(chunk)
@@ -302,15 +357,15 @@ class _Stream:
         return self._request_done()
 
     def _request_done(self) -> bool:
-        """The whole request went back to Envoy: over for a servicer that does not follow responses.
+        """The whole request went back to Envoy: over for a handler that does not follow responses.
 
         Closing the stream with OK then tells Envoy "no further processing"; left open, the stream
         lives until Envoy resets it at the end of the HTTP request, and a reset gRPC call costs the
         server more than a finished one (the BBR's resident memory grew by ~120 bytes per request).
         """
-        if self.servicer.follows_responses:
+        if self.handler.follows_responses:
             return False
-        self.servicer._finish(self.exchange)
+        self.complete()
         return True
 
     def _take_body(self) -> bytes:
@@ -320,39 +375,49 @@ class _Stream:
         self.exchange.body = body or None
         return body
 
+    # -- the response -----------------------------------------------------------------------------
+    def _headers_reply(self, reply: ProcessingResponse) -> ProcessingResponse:
+        """``reply`` to the response headers, carrying the request id back to the client."""
+        request_id = self.exchange.request_id
+        if not request_id:
+            return reply
+        return with_response_header(reply, REQUEST_ID_HEADER, request_id)
+
     async def response_headers(self, headers: HttpHeaders) -> bool:
-        response = self.exchange.response
+        exchange = self.exchange
+        response = exchange.response
         response.on_headers(headers_to_dict(headers))
         if headers.end_of_stream:
-            self.servicer._finish(self.exchange)
-            await self.write(CONTINUE_RESPONSE_HEADERS)
+            self.complete()
+            await self.write(self._headers_reply(CONTINUE_RESPONSE_HEADERS))
             return True
+        follow = self.handler.on_response_headers(exchange)
         if self.response_mode == _FULL_DUPLEX:
-            await self.write(CONTINUE_RESPONSE_HEADERS)
+            # Every chunk comes through this stream and must be echoed: the exchange ends with them.
+            await self.write(self._headers_reply(CONTINUE_RESPONSE_HEADERS))
             return False
         if response.status >= 400:
             # Errors are rare and their body tells why (e.g. model not found): read it whole.
-            await self.write(CONTINUE_RESPONSE_HEADERS_BUFFER_BODY)
+            await self.write(self._headers_reply(CONTINUE_RESPONSE_HEADERS_BUFFER_BODY))
             return False
-        if self.servicer.wants_usage(self.exchange):
+        if follow:
             # Its usage is counted: follow a stream to its last event; read a complete answer up to
             # Envoy's buffer limit and pass the rest.
-            if response.streaming:
-                await self.write(CONTINUE_RESPONSE_HEADERS)
-            else:
-                await self.write(CONTINUE_RESPONSE_HEADERS_BUFFER_PARTIAL_BODY)
+            reply = (CONTINUE_RESPONSE_HEADERS if response.streaming
+                     else CONTINUE_RESPONSE_HEADERS_BUFFER_PARTIAL_BODY)
+            await self.write(self._headers_reply(reply))
             return False
         # The answer has begun and nothing in its body is needed: once Envoy has the headers the
-        # servicer is done with it, and a stream no longer depends on this server staying up (a
+        # handler is done with it, and a stream no longer depends on this server staying up (a
         # replica that dies now cuts no stream that has started).
-        self.servicer._finish(self.exchange)
-        await self.write(CONTINUE_RESPONSE_HEADERS_SKIP_BODY)
+        self.complete()
+        await self.write(self._headers_reply(CONTINUE_RESPONSE_HEADERS_SKIP_BODY))
         return True
 
     async def response_body(self, message: HttpBody) -> bool:
         self.exchange.response.on_body(message.body)
         if message.end_of_stream:
-            self.servicer._finish(self.exchange)
+            self.complete()
         if self.response_mode == _FULL_DUPLEX:
             await self.write(response_body_chunk(message.body, message.end_of_stream))
         else:
@@ -360,6 +425,6 @@ class _Stream:
         return bool(message.end_of_stream)
 
     async def response_trailers(self) -> bool:
-        self.servicer._finish(self.exchange)
+        self.complete()
         await self.write(CONTINUE_RESPONSE_TRAILERS)
         return True
