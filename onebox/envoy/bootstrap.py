@@ -212,6 +212,8 @@ def _listener(
         "stat_prefix": "gateway",
         "codec_type": "AUTO",
         "generate_request_id": True,
+        # Every answer carries the request's id, the gateway's own replies included (issue 15).
+        "always_set_request_id_in_response": True,
         "request_headers_timeout": seconds(timeouts.request_headers),
         "request_timeout": seconds(timeouts.request),
         "stream_idle_timeout": seconds(timeouts.stream_idle),

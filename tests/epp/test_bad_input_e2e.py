@@ -94,6 +94,7 @@ async def test_a_bad_input_gets_the_same_status_and_error_type_in_both_modes(box
     error = json.loads(body)["error"]
     assert (response.status, error["type"]) == (case.status, case.pod_type or case.error_type), body[:300]
     assert response.headers["content-type"].startswith("application/json")
+    assert response.headers.get("x-request-id"), "every answer names its request (SDKs report it)"
     assert len(body) < 2_000  # nothing echoed whole
 
 
