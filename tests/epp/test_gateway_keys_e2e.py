@@ -157,6 +157,10 @@ async def test_a_closed_gateway_lets_only_tenants_in_to_their_models_at_their_ra
         assert document["error"]["type"] == "permission_error"
         assert document["error"]["message"] == f"This API key may not use the model '{PHI}'."
 
+        # That refusal counted against team-a's rate (decided on the headers, before any body):
+        # a full window later its burst of 2 is whole again.
+        await asyncio.sleep(2.0)
+
         # Its rate: 2 per window, then a 429 saying when to come back, then let in again.
         first = [await complete(session, url, GEMMA, bearer(KEY_A)) for _ in range(2)]
         assert [status for status, _, _ in first] == [200, 200]

@@ -45,7 +45,7 @@ from epp.discovery import DiscoveryRunner, EjectionPolicy, build_source
 from epp.extproc import ExtProcServer
 from epp.extproc.bbr import BodyBasedRouter
 from epp.extproc.picker import EndpointPicker
-from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES
+from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, BodyBudget, buffered_budget
 from epp.health import Health
 from epp.scheduling import (
     ConfigError,
@@ -79,6 +79,9 @@ class ServerSettings(BaseModel):
     event_loop: EventLoop = "uvloop"
     grace: float = Field(default=5.0, ge=0, description="seconds in-flight streams get on shutdown")
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0, description="larger bodies get a 413")
+    # What all streams may buffer at once (beyond it, 503 + Retry-After); None: half the container's
+    # memory limit (cgroup), or 1 GiB where there is none.
+    max_buffered_bytes: int | None = Field(default=None, gt=0)
     # ext_proc over TLS, as Google Cloud load balancers call it (HTTP2 backends); the certificate
     # from cert_path (tls.crt, tls.key), else self-signed at startup.
     secure_serving: bool = False
@@ -170,6 +173,8 @@ def _parser(prog: str, description: str, settings: type[ServerSettings]) -> argp
     flag("--event-loop", "event loop: uvloop or asyncio's own", choices=["uvloop", "asyncio"])
     flag("--grace", "seconds in-flight streams get on shutdown", type=float)
     flag("--max-body-bytes", "refuse larger request bodies with a 413", type=int)
+    flag("--max-buffered-bytes", "request body bytes all streams may hold at once; beyond it new bodies "
+         "get a 503 with Retry-After (default: half the container's memory limit, else 1 GiB)", type=int)
     flag("--secure-serving", "serve ext_proc over TLS (what Google Cloud load balancers expect)",
          action="store_true")
     flag("--cert-path", "folder with tls.crt and tls.key (default: a self-signed certificate)", type=Path)
@@ -376,7 +381,8 @@ async def serve_epp(
 
         datastore.subscribe(on_endpoint)
         server = ExtProcServer(picker, health, bind=settings.bind, grpc_port=settings.grpc_port,
-                               health_port=settings.health_port, credentials=settings.credentials("epp"))
+                               health_port=settings.health_port, credentials=settings.credentials("epp"),
+                               budget=BodyBudget(buffered_budget(settings.max_buffered_bytes)))
         await _serve(server, telemetry, settings, stop, _EppHealth(datastore, health, runner).run, bound)
 
 
@@ -391,7 +397,8 @@ async def serve_bbr(
                              max_body_bytes=settings.max_body_bytes, keys=keys)
     health = Health()
     server = ExtProcServer(router, health, bind=settings.bind, grpc_port=settings.grpc_port,
-                           health_port=settings.health_port, credentials=settings.credentials("bbr"))
+                           health_port=settings.health_port, credentials=settings.credentials("bbr"),
+                           budget=BodyBudget(buffered_budget(settings.max_buffered_bytes)))
 
     async def ready_then_watch_keys() -> None:
         await health.set_ready(True)

@@ -29,7 +29,8 @@ from epp.extproc.body import parse_body
 from epp.extproc.decision import PASS, Decision, Route
 from epp.extproc.errors import bodyless, missing_model, unknown_model
 from epp.extproc.messages import header_option
-from epp.extproc.models import ModelList
+from epp.extproc.model_scan import ModelScanner
+from epp.extproc.models import MODELS_PATH, ModelList
 from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, Exchange
 from epp.model_list import model_list_body
 from epp.telemetry import OTHER_MODEL, Telemetry
@@ -39,12 +40,14 @@ _KeyModels = tuple[ModelList, tuple[str, ...], bytes]
 
 
 class BbrState:
-    """The BBR's per-request state: the caller's tenant, once its key is checked (None when open)."""
+    """The BBR's per-request state: the caller's tenant, once its key is checked (None when open),
+    and, while a body arrives in several chunks, the scanner looking for its model."""
 
-    __slots__ = ("tenant",)
+    __slots__ = ("scanner", "tenant")
 
     def __init__(self) -> None:
         self.tenant: Tenant | None = None
+        self.scanner: ModelScanner | None = None
 
 
 BbrExchange = Exchange[BbrState]
@@ -95,8 +98,37 @@ class BodyBasedRouter:
         return BbrState()
 
     def on_request_headers(self, exchange: BbrExchange) -> None:
-        if self._keys is not None:
-            exchange.state.tenant = self._keys.authenticate(exchange.headers)
+        """The key, and its rate limit, are decided here, before any body byte is kept: every
+        request counts against the key's limit (refused ones included), but a read of the model list."""
+        if self._keys is None:
+            return
+        tenant = exchange.state.tenant = self._keys.authenticate(exchange.headers)
+        if not _model_list_read(exchange.method, exchange.path):
+            self._keys.admit(tenant)
+
+    def on_partial_body(self, exchange: BbrExchange, chunk: bytes) -> None:
+        """Refuse a model this front door will not route as soon as the body names it."""
+        if self._served is None and exchange.state.tenant is None:
+            return
+        state = exchange.state
+        scanner = state.scanner
+        if scanner is None:
+            scanner = state.scanner = ModelScanner()
+        elif scanner.done:
+            return
+        model = scanner.feed(chunk)
+        if model is not None:
+            self._check_model(model, state.tenant)
+
+    def _check_model(self, model: str, tenant: Tenant | None) -> None:
+        """Refuse ``model`` if this front door does not route it for ``tenant``."""
+        if self._served is not None and model not in self._served:
+            # With a key, the models listed are those it may use: never another tenant's.
+            listed = self._listed if tenant is None else tuple(m for m in self._listed if tenant.allows(m))
+            raise unknown_model(model, list(listed))
+        if tenant is not None:
+            assert self._keys is not None
+            self._keys.authorize(tenant, model)
 
     def on_response_headers(self, exchange: BbrExchange) -> bool:
         return False
@@ -168,10 +200,7 @@ class BodyBasedRouter:
                 raise missing_model()
             return self._passthrough(exchange, tenant)
         exchange.model = model
-        if self._served is not None and model not in self._served:
-            # With a key, the models listed are those it may use: never another tenant's.
-            listed = self._listed if tenant is None else tuple(m for m in self._listed if tenant.allows(m))
-            raise unknown_model(model, list(listed))
+        self._check_model(model, tenant)
         headers: tuple[HeaderValueOption, ...] = (
             header_option(MODEL_HEADER, model),
             header_option(BASE_MODEL_HEADER, self.base_model(model)),
@@ -179,9 +208,6 @@ class BodyBasedRouter:
         )
         remove: tuple[str, ...] = ()
         if tenant is not None:
-            assert self._keys is not None
-            self._keys.authorize(tenant, model)
-            self._keys.admit(tenant)
             headers += (self._forwarded_tenant(tenant),)
             remove = CLIENT_KEY_HEADERS
         elif TENANT_HEADER in exchange.headers:
@@ -196,3 +222,8 @@ class BodyBasedRouter:
         if self._keys is not None:
             name = key_name(exchange.state.tenant, exchange.outcome)
             self._telemetry.key_request(name, label, exchange.outcome)
+
+
+def _model_list_read(method: str, path: str) -> bool:
+    """``GET``/``HEAD`` of ``/v1/models`` or ``/v1/models/{id}``: answered here, not counted."""
+    return method in ("GET", "HEAD") and (path == MODELS_PATH or path.startswith(MODELS_PATH + "/"))

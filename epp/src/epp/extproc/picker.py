@@ -89,6 +89,9 @@ class EndpointPicker:
     def on_request_headers(self, exchange: EppExchange) -> None:
         return None
 
+    def on_partial_body(self, exchange: EppExchange, chunk: bytes) -> None:
+        return None
+
     async def decide(self, exchange: EppExchange) -> Decision:
         body = exchange.body
         if body is None:

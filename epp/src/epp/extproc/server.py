@@ -14,7 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from epp.contract import join_host_port
-from epp.extproc.stream import Handler, StreamDriver
+from epp.extproc.stream import BodyBudget, Handler, StreamDriver
 from epp.health import Health
 
 _OPTIONS = [
@@ -37,9 +37,11 @@ class ExtProcServer:
     port) and returns the ports."""
 
     def __init__(self, handler: Handler[Any] | StreamDriver[Any], health: Health, *, bind: str,
-                 grpc_port: int, health_port: int, credentials: grpc.ServerCredentials | None = None) -> None:
-        """``credentials``: serve ext_proc over TLS (health stays plaintext, as kubelet probes need)."""
-        self.servicer = handler if isinstance(handler, StreamDriver) else StreamDriver(handler)
+                 grpc_port: int, health_port: int, credentials: grpc.ServerCredentials | None = None,
+                 budget: BodyBudget | None = None) -> None:
+        """``credentials``: serve ext_proc over TLS (health stays plaintext, as kubelet probes need);
+        ``budget``: the request body bytes all streams may hold at once."""
+        self.servicer = handler if isinstance(handler, StreamDriver) else StreamDriver(handler, budget)
         self._credentials = credentials
         self.health = health
         self._bind = bind

@@ -132,6 +132,11 @@ class Handler(Protocol[S]):
         """Check the request headers before any body is read; raise ``RequestError`` to refuse."""
         ...
 
+    def on_partial_body(self, exchange: Exchange[S], chunk: bytes) -> None:
+        """A chunk of a body still arriving (never called for a body that comes in one chunk): raise
+        ``RequestError`` to refuse the request now, before more of it is buffered."""
+        ...
+
     async def decide(self, exchange: Exchange[S]) -> Decision:
         """Decide on the whole request (``exchange.body`` is None when it has none); set
         ``exchange.outcome``; raise ``RequestError`` to refuse it."""
@@ -146,6 +151,58 @@ class Handler(Protocol[S]):
         ...
 
 
+class BodyBudget:
+    """The request body bytes all of a server's streams may hold at once.
+
+    Each stream reserves what it buffers and gives it back when the body has gone back to Envoy (or
+    the stream ends); a chunk that would take the total over ``limit`` gets its request refused with
+    a 503 and ``Retry-After`` instead of more memory.
+    """
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        if limit <= 0:
+            raise ValueError(f"the buffered body budget must be positive, got {limit}")
+        self.limit = limit
+        self.held = 0
+
+    def reserve(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.held -= size
+
+
+_CGROUP_MEMORY_MAX = "/sys/fs/cgroup/memory.max"
+DEFAULT_BUFFERED_BYTES = 1 << 30
+
+
+def buffered_budget(configured: int | None, cgroup_file: str = _CGROUP_MEMORY_MAX) -> int:
+    """The budget for buffered bodies: ``configured``, else half the container's memory limit
+    (cgroup v2 ``memory.max``), else ``DEFAULT_BUFFERED_BYTES``. Read once, at start-up."""
+    if configured is not None:
+        return configured
+    try:
+        with open(cgroup_file) as file:
+            text = file.read().strip()
+    except OSError:
+        return DEFAULT_BUFFERED_BYTES
+    if not text.isdigit():  # "max": no limit
+        return DEFAULT_BUFFERED_BYTES
+    return max(int(text) // 2, 1 << 20)
+
+
+def over_budget() -> RequestError:
+    return RequestError(
+        503, "The gateway is holding too many request bodies right now; retry shortly.", None,
+        "body_budget", retry_after=1,
+    )
+
+
 _MISCONFIGURED = RequestError(
     500,
     "Gateway misconfiguration: the ext_proc filter must send request bodies in FULL_DUPLEX_STREAMED mode.",
@@ -158,15 +215,17 @@ Write = Callable[[ProcessingResponse], Awaitable[None]]
 class StreamDriver(external_processor_pb2_grpc.ExternalProcessorServicer, Generic[S]):  # type: ignore[misc]
     """The ``ExternalProcessor`` servicer: drives each ``Process`` stream through ``handler``."""
 
-    def __init__(self, handler: Handler[S]) -> None:
+    def __init__(self, handler: Handler[S], budget: BodyBudget | None = None) -> None:
+        """``budget``: what all streams may buffer at once (unbounded without one)."""
         if handler.max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {handler.max_body_bytes}")
         self.handler = handler
+        self.budget = budget
 
     async def Process(
         self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> None:
-        stream = _Stream(self.handler, context.write)
+        stream = _Stream(self.handler, context.write, self.budget)
         read = context.read
         try:
             while True:
@@ -199,6 +258,7 @@ class _Stream(Generic[S]):
     over (nothing more to see: the servicer returns and gRPC closes the stream with OK)."""
 
     __slots__ = (
+        "budget",
         "completed",
         "decided",
         "exchange",
@@ -211,9 +271,10 @@ class _Stream(Generic[S]):
         "write",
     )
 
-    def __init__(self, handler: Handler[S], write: Write) -> None:
+    def __init__(self, handler: Handler[S], write: Write, budget: BodyBudget | None) -> None:
         self.handler = handler
         self.write = write
+        self.budget = budget
         self.exchange: Exchange[S] = Exchange(handler.new_state())
         self.parts: list[bytes] = []
         self.size = 0
@@ -227,7 +288,8 @@ class _Stream(Generic[S]):
 
     # -- completion and refusals ------------------------------------------------------------------
     def complete(self) -> None:
-        """Tell the handler the exchange is over, exactly once."""
+        """Tell the handler the exchange is over, exactly once (and give back what it buffered)."""
+        self._drop_body()
         if self.completed:
             return
         self.completed = True
@@ -329,21 +391,34 @@ class _Stream(Generic[S]):
             for chunk in request_body_chunks(message.body, end_of_stream=message.end_of_stream):
                 await write(chunk)
             return False
-        self.parts.append(message.body)
-        self.size += len(message.body)
-        if self.size > self.limit:
-            self.parts = []
+        chunk = message.body
+        size = len(chunk)
+        if self.size + size > self.limit:
+            self._drop_body()
             await self._refuse(body_too_large(self.limit))
             return True
+        if self.budget is not None and not self.budget.reserve(size):
+            self._drop_body()
+            await self._refuse(over_budget())
+            return True
+        self.parts.append(chunk)
+        self.size += size
         if not message.end_of_stream:
+            try:
+                self.handler.on_partial_body(self.exchange, chunk)
+            except RequestError as refusal:
+                self._drop_body()
+                await self._refuse(refusal)
+                return True
             return False
         body = self._take_body()
         if not await self._answer_request():
             return True
         # Even an empty body (a chunked GET's lone 0 chunk) was sent as a body message, so it gets
         # its (empty) body back.
-        for chunk in request_body_chunks(body):
-            await write(chunk)
+        for answer in request_body_chunks(body):
+            await write(answer)
+        self._drop_body()
         return self._request_done()
 
     async def request_trailers(self) -> bool:
@@ -353,6 +428,7 @@ class _Stream(Generic[S]):
                 return True
             for chunk in request_body_chunks(body, end_of_stream=False):
                 await self.write(chunk)
+            self._drop_body()
         await self.write(CONTINUE_REQUEST_TRAILERS)
         return self._request_done()
 
@@ -367,6 +443,14 @@ class _Stream(Generic[S]):
             return False
         self.complete()
         return True
+
+    def _drop_body(self) -> None:
+        """The body went back to Envoy (or never will): let go of it and of its budget."""
+        self.parts = []
+        self.exchange.body = None
+        if self.budget is not None and self.size:
+            self.budget.release(self.size)
+        self.size = 0
 
     def _take_body(self) -> bytes:
         """The buffered request body, handed to the exchange (an empty body is no body to decide on)."""
