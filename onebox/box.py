@@ -163,7 +163,10 @@ class OneBox:
         limits: GatewayLimits | None = None,
         timeouts: GatewayTimeouts | None = None,
         api_keys: Path | None = None,
+        bbr_buffered_bytes: int | None = None,
     ) -> None:
+        """``bbr_buffered_bytes``: the request body bytes each BBR replica may hold at once (its
+        default: half its memory limit, or 1 GiB)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
         if log_level not in children.LOG_LEVELS:
@@ -185,6 +188,7 @@ class OneBox:
         self.epp_profile = epp_profile
         self.epp_replicas = epp_replicas
         self.bbr_replicas = bbr_replicas
+        self.bbr_buffered_bytes = bbr_buffered_bytes
         self.startup_timeout = startup_timeout
         self.log_level = log_level
         self.limits = limits or GatewayLimits()
@@ -311,6 +315,8 @@ class OneBox:
         if self.keys is not None:
             # Each replica enforces ceil(requestsPerMinute / N) of a key's limit (epp.auth.limits).
             args += ["--api-keys-file", str(self.keys.path), "--limit-share", str(self.bbr_replicas)]
+        if self.bbr_buffered_bytes is not None:
+            args += ["--max-buffered-bytes", str(self.bbr_buffered_bytes)]
         for i in range(self.bbr_replicas):
             name = replica_name("bbr", i, self.bbr_replicas)
             self.bbrs.append(ExtProcServer(name, await self._launch(self._ext_proc(name, "bbr", args))))

@@ -485,3 +485,115 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# -- a key holder holding request bodies (issue 20) --------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class HeldBodiesResult:
+    attackers: int
+    body_bytes: int
+    budget: int
+    refused: dict[str, int]  # what the attackers got before closing: status -> count ("held": nothing)
+    bbr_before_kib: int
+    bbr_peak_kib: int  # the BBR's largest resident memory while the bodies were held
+    bbr_after_kib: int  # a few seconds after the attackers closed
+    light_alone_ms: float  # the other tenant's p50, unloaded
+    light_loaded_ms: float  # ... while the bodies were held
+    light_answers: dict[str, int]
+
+    @property
+    def growth_kib(self) -> int:
+        return self.bbr_peak_kib - self.bbr_before_kib
+
+    def __str__(self) -> str:
+        return (
+            f"held bodies: {self.attackers} x {self.body_bytes / 1e6:.0f} MB withheld 2 bytes short, "
+            f"budget {self.budget / 2**20:.0f} MiB; attackers got {self.refused}; BBR resident "
+            f"{self.bbr_before_kib / 1024:.0f} -> peak {self.bbr_peak_kib / 1024:.0f} -> after "
+            f"{self.bbr_after_kib / 1024:.0f} MiB (growth {self.growth_kib / 1024:+.0f} MiB); "
+            f"other tenant p50 "
+            f"{self.light_alone_ms:.1f} ms alone, {self.light_loaded_ms:.1f} ms under the attack "
+            f"({self.light_loaded_ms / self.light_alone_ms:.2f}x), answers {self.light_answers}"
+        )
+
+
+async def _hold_body(
+    host: str, port: int, key: str, model: str, size: int
+) -> tuple[str, asyncio.StreamWriter]:
+    """POST a ``size``-byte chat body naming ``model`` at its end, all but its last 2 bytes; what came
+    back before the sending stopped (a status, or "held")."""
+    head = b'{"messages": [{"role": "user", "content": "'
+    tail = f'"}}], "model": "{model}"}}'.encode()
+    filler = size - len(head) - len(tail)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {key}\r\ncontent-length: {size}\r\n\r\n".encode()
+    )
+    chunk = b"x" * 65536
+    try:
+        writer.write(head)
+        sent = 0
+        while sent < filler:
+            piece = chunk[: min(len(chunk), filler - sent)]
+            writer.write(piece)
+            sent += len(piece)
+            await writer.drain()
+        writer.write(tail[:-2])
+        await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    try:
+        line = await asyncio.wait_for(reader.readline(), 0.5)
+    except (TimeoutError, ConnectionError, OSError):
+        return "held", writer
+    parts = line.split()
+    return (parts[1].decode() if len(parts) > 1 else "closed"), writer
+
+
+async def _light_p50(box: OneBox, key: str, model: str, requests: int) -> tuple[float, dict[str, int]]:
+    answers: list[Answer] = []
+    headers = {"authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=headers) as session:
+        for _ in range(requests):
+            answers.append(await _post(session, box.gateway_url, model, time.monotonic()))
+    latencies = sorted(a.at - a.sent for a in answers)
+    return latencies[len(latencies) // 2] * 1000, tally(answers)
+
+
+async def held_bodies(
+    box: OneBox, attacker_key: str, forbidden_model: str, light_key: str, light_model: str, *,
+    attackers: int = 40, body_bytes: int = 15_000_000, light_requests: int = 30,
+) -> HeldBodiesResult:
+    """A key holder opens ``attackers`` requests of ``body_bytes`` for a model its key may not use,
+    naming it at the body's end and withholding the last 2 bytes, and holds them; meanwhile another
+    tenant's requests are timed, and the BBR's resident memory followed."""
+    assert box.bbr_buffered_bytes is not None, "give the box a BBR body budget"
+    bbr = box.bbrs[0].child
+    host, port = box.gateway_url.removeprefix("http://").rsplit(":", 1)
+    light_alone, _ = await _light_p50(box, light_key, light_model, light_requests)
+    before = resident_kib(bbr.pid)
+    peak = before
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, resident_kib(bbr.pid))
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.ensure_future(sample())
+    held = await asyncio.gather(
+        *(_hold_body(host, int(port), attacker_key, forbidden_model, body_bytes) for _ in range(attackers))
+    )
+    light_loaded, light_answers = await _light_p50(box, light_key, light_model, light_requests)
+    sampling = False
+    await sampler
+    peak = max(peak, resident_kib(bbr.pid))
+    for _, writer in held:
+        writer.close()
+    await asyncio.sleep(3.0)
+    after = resident_kib(bbr.pid)
+    refused = dict(Counter(status for status, _ in held))
+    return HeldBodiesResult(attackers, body_bytes, box.bbr_buffered_bytes, refused, before, peak, after,
+                            light_alone, light_loaded, light_answers)

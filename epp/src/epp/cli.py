@@ -47,6 +47,7 @@ from epp.extproc.bbr import BodyBasedRouter
 from epp.extproc.picker import EndpointPicker
 from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, BodyBudget, buffered_budget
 from epp.health import Health
+from epp.memory import return_large_blocks
 from epp.scheduling import (
     ConfigError,
     EndpointPickerConfig,
@@ -466,6 +467,7 @@ Settings = TypeVar("Settings", bound=ServerSettings)
 
 def _run(serve: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings) -> int:
     configure_logging(settings.log_level)
+    return_large_blocks()
 
     async def main() -> None:
         stop = asyncio.Event()

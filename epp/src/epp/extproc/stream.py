@@ -247,6 +247,9 @@ class StreamDriver(external_processor_pb2_grpc.ExternalProcessorServicer, Generi
                     over = await stream.response_trailers()
                 else:
                     over = False
+                # Not kept while the next message is awaited: a body chunk is up to 1 MB, and a
+                # stream whose body is held would hold its last message too.
+                request = None
                 if over:
                     return
         finally:
