@@ -44,19 +44,20 @@ from collections.abc import Callable, Sequence
 from hashlib import blake2b
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from epp.datastore import Endpoint
-from epp.scheduling.factory import PluginType
 from epp.scheduling.framework import EndpointStateful, Handle, PostPick, Scorer
 from epp.scheduling.params import Duration, PositiveInt
-from epp.scheduling.plugins.scorers.prefix_cache import (
+from epp.scheduling.prefix_index import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_LRU_CAPACITY_PER_SERVER,
     DEFAULT_MAX_PREFIX_BLOCKS,
     PrefixIndex,
+    PrefixIndexParameters,
     block_hashes,
 )
+from epp.scheduling.registry import register
 from epp.scheduling.types import CycleState, LLMRequest
 
 DEFAULT_LOAD_BOUND = 1.5
@@ -69,18 +70,11 @@ _FIRST_SIGHT = 0.1
 _MASK64 = (1 << 64) - 1
 
 
-class PrefixAffinityParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+class PrefixAffinityParameters(PrefixIndexParameters):
+    """The learned index's parameters (as ``prefix-cache-scorer``'s), the home and the load bound."""
 
     load_bound: float = Field(DEFAULT_LOAD_BOUND, alias="loadBound")
-    block_size: PositiveInt = Field(
-        DEFAULT_BLOCK_SIZE, alias="blockSize", validation_alias=AliasChoices("blockSize", "hashBlockSize")
-    )
     home_prefix_blocks: PositiveInt = Field(DEFAULT_HOME_PREFIX_BLOCKS, alias="homePrefixBlocks")
-    max_prefix_blocks_to_match: PositiveInt = Field(DEFAULT_MAX_PREFIX_BLOCKS, alias="maxPrefixBlocksToMatch")
-    lru_capacity_per_server: PositiveInt = Field(
-        DEFAULT_LRU_CAPACITY_PER_SERVER, alias="lruCapacityPerServer"
-    )
     # Seconds; written as a duration ("200ms") or a number of seconds.
     metrics_staleness_threshold: Duration = Field(
         DEFAULT_METRICS_STALENESS, alias="metricsStalenessThreshold"
@@ -126,8 +120,10 @@ class _Prompt:
         self.credit = credit
 
 
+@register
 class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful):
     type_name = "prefix-affinity-scorer"
+    Parameters = PrefixAffinityParameters
 
     def __init__(
         self,
@@ -167,6 +163,12 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful):
             metrics_staleness_threshold=parameters.metrics_staleness_threshold,
             clock=clock,
         )
+
+    @classmethod
+    def configure(
+        cls, name: str, parameters: PrefixAffinityParameters, handle: Handle
+    ) -> PrefixAffinityScorer:
+        return cls.from_parameters(name, parameters)
 
     def _prompt(self, state: CycleState, request: LLMRequest) -> _Prompt:
         cached = state.get(self.name)
@@ -252,9 +254,3 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful):
         self.index.forget(address)
         self._node_ids.pop(address, None)
 
-
-def _build(name: str, parameters: PrefixAffinityParameters, handle: Handle) -> PrefixAffinityScorer:
-    return PrefixAffinityScorer.from_parameters(name, parameters)
-
-
-PLUGIN_TYPES = (PluginType("prefix-affinity-scorer", PrefixAffinityScorer, PrefixAffinityParameters, _build),)
