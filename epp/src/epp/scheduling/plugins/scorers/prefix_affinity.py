@@ -14,9 +14,10 @@ Where a prefix goes, in order:
    in-flight count alone where its metrics are older than ``metricsStalenessThreshold`` or were never
    scraped. With ``loadBound`` ≥ 1 the least-loaded pod is always within the bound.
 3. **Learned index.** Every pick records the prompt's chained block hashes (at most
-   ``maxPrefixBlocksToMatch``) in the picked pod's LRU (``lruCapacityPerServer`` hashes), as
-   ``prefix-cache-scorer`` does. When the home is over the bound, a pod within the bound that holds
-   the longest part of the prefix is preferred; with none, the least-loaded pod.
+   ``maxPrefixBlocksToMatch``) in the picked pod's LRU (``lruCapacityPerServer`` hashes): the
+   ``epp.scheduling.prefix_index`` that ``prefix-cache-scorer`` uses too. When the home is over the
+   bound, a pod within the bound that holds the longest part of the prefix is preferred; with none,
+   the least-loaded pod.
 
 The score, in [0, 1], is ``0.5 x credit + 0.5 x (1 - load / (highest load + 1))``. The home within
 the bound gets the credit ``min(blocks, homePrefixBlocks) / homePrefixBlocks`` (a prompt of a few
