@@ -1,10 +1,11 @@
-"""Micro-benchmark of ``Scheduler.schedule()``: microseconds per call on a 4- and a 100-endpoint pool.
+"""Micro-benchmark of ``Scheduler.schedule()``: CPU microseconds per call on a 4- and a 100-endpoint pool.
 
 Runs the shipped ``default`` profile (prefix affinity) and a four-scorer config, each with repeated
 and one-off prompts, in this checkout; with ``--baseline REF`` it runs the same measurement on the
 ``epp`` package of git revision ``REF`` too (in a child process, its source first on ``sys.path``)
-and prints both side by side. Figures only, for a person to read: a shared machine makes them noisy,
-so compare within one run (best of ``--repeat`` rounds)::
+and prints both side by side, each the best of ``--rounds`` alternating processes of ``--repeat``
+rounds. Times are the process's CPU time, which other processes disturb less than wall time. Figures
+only, for a person to read: a shared machine still makes them noisy, so compare within one run::
 
     python -m bench.schedule --baseline main
 """
@@ -78,46 +79,62 @@ def measure(calls: int, repeat: int) -> dict[str, float]:
                 scheduler.schedule(r, pods)
             best = float("inf")
             for _ in range(repeat):
-                started = time.perf_counter()
+                started = time.process_time()
                 for r in requests:
                     scheduler.schedule(r, pods)
-                best = min(best, (time.perf_counter() - started) / calls)
+                best = min(best, (time.process_time() - started) / calls)
             results[f"{case}/{size}"] = best * 1e6
     return results
 
 
-def _baseline(ref: str, calls: int, repeat: int) -> dict[str, float]:
+def _child(source: Path, calls: int, repeat: int) -> dict[str, float]:
+    """``measure`` in a child process whose ``epp`` package is the one under ``source``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source), str(ROOT)])}
+    child = subprocess.run(
+        [sys.executable, "-m", "bench.schedule", "--json", f"--calls={calls}", f"--repeat={repeat}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    figures: dict[str, float] = json.loads(child.stdout)
+    return figures
+
+
+def compare(ref: str, calls: int, repeat: int, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Best figures of this checkout and of revision ``ref``, measured in alternating child
+    processes (so a change in the machine's load hits both alike)."""
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", ref, "epp/src"], check=True, capture_output=True
     ).stdout
+    current: dict[str, float] = {}
+    base: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
         with tarfile.open(fileobj=BytesIO(archive)) as tar:
             tar.extractall(folder, filter="data")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(folder, "epp", "src")), str(ROOT)])}
-        child = subprocess.run(
-            [sys.executable, "-m", "bench.schedule", "--json", f"--calls={calls}", f"--repeat={repeat}"],
-            check=True,
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=folder,
-        )
-    figures: dict[str, float] = json.loads(child.stdout)
-    return figures
+        for _ in range(rounds):
+            for source, best in ((ROOT / "epp" / "src", current), (Path(folder, "epp", "src"), base)):
+                for key, value in _child(source, calls, repeat).items():
+                    best[key] = min(value, best.get(key, value))
+    return current, base
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.schedule", description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", metavar="REF", help="also measure the epp package of this git revision")
     parser.add_argument("--calls", type=int, default=2000, help="schedule() calls per round")
-    parser.add_argument("--repeat", type=int, default=5, help="rounds; the best one counts")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per process; the best one counts")
+    parser.add_argument("--rounds", type=int, default=4, help="processes per revision, alternating")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    current = measure(args.calls, args.repeat)
     if args.json:
-        print(json.dumps(current))
+        print(json.dumps(measure(args.calls, args.repeat)))
         return
-    base = _baseline(args.baseline, args.calls, args.repeat) if args.baseline else {}
+    if args.baseline:
+        current, base = compare(args.baseline, args.calls, args.repeat, args.rounds)
+    else:
+        current, base = measure(args.calls, args.repeat), {}
     header = f"{'case/endpoints':<20}{'this µs':>10}"
     if base:
         header += f"{args.baseline + ' µs':>14}{'change':>9}"

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import epp.scheduling.plugins
 import pytest
+from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import Filter, Handle, Picker, Plugin, ProfileHandler, Scorer
-from epp.scheduling.registry import KINDS, PLUGIN_TYPES, register
+from epp.scheduling.params import NoParameters
+from epp.scheduling.registry import KINDS, PLUGIN_TYPES, configure, register
 
 SOURCE = Path(epp.scheduling.plugins.__file__).parents[2]  # epp/src/epp
 
@@ -93,3 +95,18 @@ def test_a_plugin_is_exactly_one_kind():
 
 def test_the_kinds_are_the_four_plugin_interfaces():
     assert set(KINDS) == {Filter, Scorer, Picker, ProfileHandler}
+
+
+def test_a_value_error_from_configure_names_the_plugin():
+    class Fussy(Scorer):
+        type_name = "fussy-scorer"
+
+        @classmethod
+        def configure(cls, name, parameters, handle):
+            raise ValueError("needs a friend")
+
+        def score(self, state, request, endpoints):
+            return []
+
+    with pytest.raises(ConfigError, match=r"^plugin 'picky': needs a friend$"):
+        configure(Fussy, "picky", NoParameters(), Handle())

