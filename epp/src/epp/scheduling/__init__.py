@@ -1,21 +1,30 @@
 """Endpoint scheduling: a plugin framework configured by an EndpointPickerConfig file.
 
+Start-up: YAML → ``EndpointPickerConfig`` (pydantic) → ``config.plan`` (compiled once, by
+``compile_config``: a frozen ``SchedulingPlan``) → ``Scheduler.from_plan`` (one instance per plugin).
+Per request: ``Scheduler.schedule`` runs the plan's profiles; it checks nothing and sorts nothing.
+
 - ``types``: LLMRequest (what is asked) and SchedulingResult (the pick)
 - ``framework``: plugin interfaces (Filter, Scorer, Picker, ProfileHandler, PostPick, EndpointStateful)
-- ``plugins/``: the built-in plugins, one per module; ``registry`` maps upstream type names to them
-- ``config``: the EndpointPickerConfig models, ``load_config``/``parse_config``/``load_profile``
-- ``profile``/``scheduler``: assembling and running profiles; ``saturation``: the load-shedding test
-- shipped profiles live in ``epp/profiles/*.yaml``
+- ``registry``: ``@register`` files a plugin class under its ``type_name`` (and ``aliases``)
+- ``plugins/``: the built-in plugins, one per module, each registered by ``@register``
+- ``prefix_index``: block hashing and the per-endpoint LRU index both prefix scorers use
+- ``config``: the EndpointPickerConfig models, ``compile_config``, ``load_config``/``parse_config``/
+  ``load_profile``; ``plan``: what a config compiles to
+- ``profile``/``scheduler``: running profiles; ``saturation``: the load-shedding test
+- shipped profiles live in ``epp/profiles/*.yaml``; ``docs/scheduling.md`` says how to add a plugin
 """
 
 from epp.scheduling.config import (
     EndpointPickerConfig,
+    compile_config,
     load_config,
     load_profile,
     parse_config,
     shipped_profiles,
 )
 from epp.scheduling.errors import ConfigError
+from epp.scheduling.plan import SchedulingPlan
 from epp.scheduling.saturation import SaturationDetector
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.types import LLMRequest, SchedulingResult
@@ -26,7 +35,9 @@ __all__ = [
     "LLMRequest",
     "SaturationDetector",
     "Scheduler",
+    "SchedulingPlan",
     "SchedulingResult",
+    "compile_config",
     "load_config",
     "load_profile",
     "parse_config",

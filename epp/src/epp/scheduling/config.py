@@ -18,24 +18,31 @@ a config without a profile handler gets a ``single-profile-handler``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+import epp.scheduling.plugins  # noqa: F401 (registers the built-in plugin types)
 from epp.scheduling.errors import ConfigError, describe
-from epp.scheduling.framework import Filter, Handle, Picker, Plugin, ProfileHandler, Scorer
-from epp.scheduling.params import Duration, Fraction, NonNegativeFloat, NonNegativeInt
+from epp.scheduling.framework import Filter, Picker, Plugin, ProfileHandler, Scorer
+from epp.scheduling.params import Duration, Fraction, NonNegativeFloat, NonNegativeInt, NoParameters
+from epp.scheduling.plan import PluginPlan, ProfilePlan, SchedulingPlan
+from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
+from epp.scheduling.plugins.profile_handlers.single import SingleProfileHandler
 from epp.scheduling.registry import PLUGIN_TYPES
 
 API_VERSIONS = (
     "inference.networking.x-k8s.io/v1alpha1",
     "config.apix.gateway-api-inference-extension.sigs.k8s.io/v1alpha1",
 )
-DEFAULT_PICKER = "max-score-picker"
-DEFAULT_PROFILE_HANDLER = "single-profile-handler"
+DEFAULT_PICKER = MaxScorePicker
+DEFAULT_PROFILE_HANDLER = SingleProfileHandler
 PROFILES_PACKAGE = "epp"
 PROFILES_DIR = "profiles"
 
@@ -100,21 +107,59 @@ class EndpointPickerConfig(BaseModel):
             raise ValueError(f"must be one of {', '.join(API_VERSIONS)}, got {value!r}")
         return value
 
+    @cached_property
+    def plan(self) -> SchedulingPlan:
+        """The compiled plan (``compile_config``), computed on first use; ConfigError when unusable."""
+        return compile_config(self)
 
-def check(config: EndpointPickerConfig) -> None:
-    """Raise ConfigError unless every plugin exists with valid parameters and every profile is sound."""
-    kinds = _check_plugins(config)
-    _check_profile_handler(config, kinds)
-    for profile in config.scheduling_profiles:
-        _check_profile(profile, kinds)
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; one with fields changed (``update``) compiles its own plan when asked."""
+        copied = super().model_copy(update=update, deep=deep)
+        if update:
+            copied.__dict__.pop("plan", None)
+        return copied
 
 
-def _check_plugins(config: EndpointPickerConfig) -> dict[str, type[Plugin]]:
-    """Every plugin's type and parameters; returns the plugin classes by plugin name."""
-    kinds: dict[str, type[Plugin]] = {}
+def compile_config(config: EndpointPickerConfig) -> SchedulingPlan:
+    """The plan ``config`` describes, or ConfigError naming what is wrong: every plugin exists with
+    valid parameters, the profile handler can run the profiles, every profile is sound.
+
+    ``config.plan`` is this, computed once per config object.
+    """
+    plans = _plugins(config)
+    handler = _profile_handler(config, plans)
+    return SchedulingPlan(tuple(_profile(profile, plans) for profile in config.scheduling_profiles), handler)
+
+
+@dataclass(slots=True)
+class _Plans:
+    """The config's plugins by name, each as one typed plan, sorted by kind."""
+
+    names: list[str] = field(default_factory=list)
+    filters: dict[str, PluginPlan[Filter]] = field(default_factory=dict)
+    scorers: dict[str, PluginPlan[Scorer]] = field(default_factory=dict)
+    pickers: dict[str, PluginPlan[Picker]] = field(default_factory=dict)
+    handlers: dict[str, PluginPlan[ProfileHandler]] = field(default_factory=dict)
+
+    def add(self, name: str, plugin: type[Plugin], parameters: BaseModel) -> None:
+        self.names.append(name)
+        # The registry lets a class be exactly one of these kinds.
+        if issubclass(plugin, Filter):
+            self.filters[name] = PluginPlan(name, plugin, parameters)
+        elif issubclass(plugin, Scorer):
+            self.scorers[name] = PluginPlan(name, plugin, parameters)
+        elif issubclass(plugin, Picker):
+            self.pickers[name] = PluginPlan(name, plugin, parameters)
+        elif issubclass(plugin, ProfileHandler):
+            self.handlers[name] = PluginPlan(name, plugin, parameters)
+
+
+def _plugins(config: EndpointPickerConfig) -> _Plans:
+    """Every plugin's type and parameters."""
+    plans = _Plans()
     for spec in config.plugins:
         name = spec.plugin_name
-        if name in kinds:
+        if name in plans.names:
             raise ConfigError(f"plugin {name!r}: name used by more than one plugin")
         plugin_type = PLUGIN_TYPES.get(spec.type)
         if plugin_type is None:
@@ -122,65 +167,74 @@ def _check_plugins(config: EndpointPickerConfig) -> dict[str, type[Plugin]]:
                 f"plugin {name!r}: field 'type': unknown plugin type {spec.type!r} "
                 f"(known types: {', '.join(sorted(PLUGIN_TYPES))})"
             )
-        plugin_type.validate(name, spec.parameters)
-        kinds[name] = plugin_type.plugin
-    return kinds
+        plans.add(name, plugin_type.plugin, plugin_type.validate(name, spec.parameters))
+    return plans
 
 
-def _check_profile_handler(config: EndpointPickerConfig, kinds: dict[str, type[Plugin]]) -> None:
+def _profile_handler(config: EndpointPickerConfig, plans: _Plans) -> PluginPlan[ProfileHandler]:
     """At most one profile handler, able to run the configured profiles (unique names)."""
     profile_names = [p.name for p in config.scheduling_profiles]
     duplicates = sorted({n for n in profile_names if profile_names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"scheduling profile {duplicates[0]!r}: name used by more than one profile")
-    handlers = [spec for spec in config.plugins if issubclass(kinds[spec.plugin_name], ProfileHandler)]
-    if len(handlers) > 1:
-        names = ", ".join(repr(spec.plugin_name) for spec in handlers)
+    if len(plans.handlers) > 1:
+        names = ", ".join(map(repr, plans.handlers))
         raise ConfigError(f"plugins {names}: only one profile handler may be configured")
-    if not handlers:
+    if not plans.handlers:
         if len(profile_names) != 1:
             raise ConfigError(
                 f"schedulingProfiles: {len(profile_names)} profiles need a profile handler plugin that runs "
-                f"several; {DEFAULT_PROFILE_HANDLER} (the default) runs exactly one"
+                f"several; {DEFAULT_PROFILE_HANDLER.type_name} (the default) runs exactly one"
             )
-        return
-    spec = handlers[0]
-    handler = PLUGIN_TYPES[spec.type].create(spec.plugin_name, spec.parameters, Handle())
-    if isinstance(handler, ProfileHandler):
-        try:
-            handler.validate_profiles(profile_names)
-        except ValueError as exc:
-            raise ConfigError(f"plugin {spec.plugin_name!r}: {exc}") from None
+        return PluginPlan(DEFAULT_PROFILE_HANDLER.type_name, DEFAULT_PROFILE_HANDLER, NoParameters())
+    [handler] = plans.handlers.values()
+    try:
+        handler.plugin.validate_profiles(profile_names, handler.parameters)
+    except ValueError as exc:
+        raise ConfigError(f"plugin {handler.name!r}: {exc}") from None
+    return handler
 
 
-def _check_profile(profile: SchedulingProfileSpec, kinds: dict[str, type[Plugin]]) -> None:
+def _profile(profile: SchedulingProfileSpec, plans: _Plans) -> ProfilePlan:
     """Known plugins, each once, filters/scorers/pickers only, weights on scorers, one picker at most."""
     where = f"scheduling profile {profile.name!r}"
     seen: set[str] = set()
-    pickers: list[str] = []
+    filters: list[PluginPlan[Filter]] = []
+    scorers: list[tuple[PluginPlan[Scorer], float]] = []
+    pickers: list[PluginPlan[Picker]] = []
     for ref in profile.plugins:
         name = ref.plugin_ref
-        cls = kinds.get(name)
-        if cls is None:
+        if name not in plans.names:
             raise ConfigError(
-                f"{where}: pluginRef {name!r}: no plugin has this name (plugins: {', '.join(kinds)})"
+                f"{where}: pluginRef {name!r}: no plugin has this name (plugins: {', '.join(plans.names)})"
             )
         if name in seen:
             raise ConfigError(f"{where}: pluginRef {name!r}: referenced more than once")
         seen.add(name)
-        if issubclass(cls, ProfileHandler):
+        if name in plans.handlers:
             raise ConfigError(
                 f"{where}: pluginRef {name!r}: a profile handler is configured at the top level, "
                 "not inside a scheduling profile"
             )
-        if not issubclass(cls, Filter | Scorer | Picker):
-            raise ConfigError(f"{where}: pluginRef {name!r}: not a filter, scorer or picker")
-        if ref.weight is not None and not issubclass(cls, Scorer):
+        scorer = plans.scorers.get(name)
+        if scorer is not None:
+            scorers.append((scorer, 1.0 if ref.weight is None else ref.weight))
+            continue
+        if ref.weight is not None:
             raise ConfigError(f"{where}: pluginRef {name!r}: field 'weight': only scorers take a weight")
-        if issubclass(cls, Picker):
-            pickers.append(name)
+        if name in plans.filters:
+            filters.append(plans.filters[name])
+        else:
+            pickers.append(plans.pickers[name])
     if len(pickers) > 1:
-        raise ConfigError(f"{where}: more than one picker ({', '.join(map(repr, pickers))})")
+        raise ConfigError(f"{where}: more than one picker ({', '.join(repr(p.name) for p in pickers)})")
+    picker = pickers[0] if pickers else _default_picker()
+    return ProfilePlan(profile.name, tuple(filters), tuple(scorers), picker)
+
+
+def _default_picker() -> PluginPlan[Picker]:
+    parameters = DEFAULT_PICKER.Parameters.model_validate({})
+    return PluginPlan(DEFAULT_PICKER.type_name, DEFAULT_PICKER, parameters)
 
 
 def parse_config(text: str, source: str | None = None) -> EndpointPickerConfig:
@@ -203,7 +257,7 @@ def parse_config(text: str, source: str | None = None) -> EndpointPickerConfig:
         details = "; ".join(f"field {field!r}: {message}" for field, message in problems)
         raise ConfigError(prefix + details) from None
     try:
-        check(config)
+        config.plan  # noqa: B018 (compiled here, once: the check, and what the Scheduler runs)
     except ConfigError as exc:
         raise ConfigError(f"{prefix}{exc}") from None
     return config

@@ -4,6 +4,11 @@ A profile runs its filters in order, then its scorers (each returns one score pe
 to [0, 1] and weighted by the profile), then its picker. A profile handler decides which profiles run
 and which result is primary. Plugins may additionally implement ``PostPick`` (learn from the pick,
 e.g. the prefix-cache index) and ``EndpointStateful`` (drop state for an endpoint that left the pool).
+
+A plugin class says everything the config needs once, as class attributes: ``type_name`` (the
+upstream name), ``aliases`` (older names), ``Parameters`` (the pydantic model of its ``parameters``)
+and ``configure`` (the instance from validated parameters); ``epp.scheduling.registry.register``
+files it under those names.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel
 
 from epp.datastore import Endpoint
+from epp.scheduling.params import NoParameters
 from epp.scheduling.types import CycleState, LLMRequest
 
 
@@ -28,10 +36,23 @@ class Handle:
 class Plugin(ABC):
     """A named instance of a plugin type."""
 
+    # The upstream type name a config's ``type`` field gives; ``aliases`` are other accepted names.
     type_name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    # The model of the plugin's ``parameters`` (validated at start-up, before ``configure``).
+    Parameters: ClassVar[type[BaseModel]] = NoParameters
 
     def __init__(self, name: str) -> None:
         self.name = name
+
+    @classmethod
+    def configure(cls, name: str, parameters: Any, handle: Handle) -> Self:
+        """The plugin ``name`` from its validated ``parameters`` (an instance of ``Parameters``).
+
+        Plugins that take parameters or shared services override this; a ValueError becomes a
+        ConfigError naming the plugin.
+        """
+        return cls(name)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -92,5 +113,7 @@ class ProfileHandler(Plugin):
     def primary(self, request: LLMRequest, done: Mapping[str, ProfileOutcome]) -> str:
         """The profile whose pick the request is sent to."""
 
-    def validate_profiles(self, profiles: Sequence[str]) -> None:
-        """Raise ValueError when this handler cannot work with these profiles."""
+    @classmethod
+    def validate_profiles(cls, profiles: Sequence[str], parameters: Any = None) -> None:
+        """Raise ValueError when this handler, with these validated ``parameters``, cannot work with
+        these profiles (checked when the config is compiled, before any plugin is built)."""

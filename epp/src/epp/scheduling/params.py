@@ -6,7 +6,7 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 
 def _positive_int(value: Any) -> int:
@@ -63,3 +63,9 @@ def _non_negative_int(value: Any) -> int:
 
 
 NonNegativeInt = Annotated[int, BeforeValidator(_non_negative_int)]
+
+
+class NoParameters(BaseModel):
+    """For plugin types that take no parameters: any given one is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

@@ -51,17 +51,22 @@ class SchedulingProfile:
             if not endpoints:
                 return ProfileOutcome([], {}, plugin.name)
 
-        totals = [0.0] * len(endpoints)
+        # Clamp to [0, 1] (NaN fails both comparisons and counts as 0), weigh, add up; one list per
+        # scorer, and the per-scorer lists kept only when asked.
+        totals: list[float] | None = None
         per_scorer: list[tuple[str, list[float]]] = []
         for scorer, weight in self.scorers:
-            # Clamp to [0, 1] (NaN fails both comparisons and counts as 0), then weigh.
-            weighted = [
-                weight * (1.0 if s >= 1.0 else s if s > 0.0 else 0.0)
-                for s in scorer.score(state, request, endpoints)
-            ]
-            totals = list(map(add, totals, weighted))
-            if explain:
-                per_scorer.append((scorer.name, weighted))
+            raw = scorer.score(state, request, endpoints)
+            if totals is None or explain:
+                weighted = [weight * (1.0 if s >= 1.0 else s if s > 0.0 else 0.0) for s in raw]
+                if explain:
+                    per_scorer.append((scorer.name, weighted))
+                totals = weighted if totals is None else list(map(add, totals, weighted))
+            else:
+                pairs = zip(totals, raw)  # noqa: B905 (a keyword here costs more than the whole sum at 4 endpoints)
+                totals = [t + weight * (1.0 if s >= 1.0 else s if s > 0.0 else 0.0) for t, s in pairs]
+        if totals is None:
+            totals = [0.0] * len(endpoints)
 
         picks = self.picker.pick(endpoints, totals)
         if not explain:

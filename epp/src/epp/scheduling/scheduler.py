@@ -1,7 +1,8 @@
 """Scheduler: runs the configured profiles for a request and returns the pick.
 
 ``schedule()`` is synchronous and does no I/O; the request path calls it on the event loop for every
-request, so all assembly (plugin instances, per-profile plugin lists) happens once in ``from_config``.
+request, so all assembly (plugin instances, per-profile plugin lists) happens once, in ``from_plan``,
+from the plan the config compiled to (``EndpointPickerConfig.plan``).
 """
 
 from __future__ import annotations
@@ -10,20 +11,10 @@ import random
 from collections.abc import Sequence
 
 from epp.datastore import Endpoint
-from epp.scheduling.config import DEFAULT_PICKER, DEFAULT_PROFILE_HANDLER, EndpointPickerConfig, check
-from epp.scheduling.errors import ConfigError
-from epp.scheduling.framework import (
-    EndpointStateful,
-    Filter,
-    Handle,
-    Picker,
-    Plugin,
-    ProfileHandler,
-    ProfileOutcome,
-    Scorer,
-)
+from epp.scheduling.config import EndpointPickerConfig
+from epp.scheduling.framework import EndpointStateful, Handle, Plugin, ProfileHandler, ProfileOutcome
+from epp.scheduling.plan import PluginPlan, PluginT, SchedulingPlan
 from epp.scheduling.profile import SchedulingProfile
-from epp.scheduling.registry import PLUGIN_TYPES
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
 
 
@@ -42,35 +33,24 @@ class Scheduler:
         self._stateful = tuple(stateful.values())
 
     @classmethod
+    def from_plan(cls, plan: SchedulingPlan, rng: random.Random | None = None) -> Scheduler:
+        """One instance of every plugin of ``plan``, arranged as it says (the plan is already checked)."""
+        built = _Instances(Handle(rng if rng is not None else random.Random()))
+        profiles = [
+            SchedulingProfile(
+                profile.name,
+                [built.get(f) for f in profile.filters],
+                [(built.get(s), weight) for s, weight in profile.scorers],
+                built.get(profile.picker),
+            )
+            for profile in plan.profiles
+        ]
+        return cls(profiles, built.get(plan.handler))
+
+    @classmethod
     def from_config(cls, config: EndpointPickerConfig, rng: random.Random | None = None) -> Scheduler:
-        """Build every plugin of ``config`` (ConfigError when the config is unusable)."""
-        check(config)
-        handle = Handle(rng if rng is not None else random.Random())
-        plugins: dict[str, Plugin] = {}
-        for spec in config.plugins:
-            name = spec.plugin_name
-            plugins[name] = PLUGIN_TYPES[spec.type].create(name, spec.parameters, handle)
-
-        handlers = [p for p in plugins.values() if isinstance(p, ProfileHandler)]
-        handler = handlers[0] if handlers else _default_handler(handle)
-
-        profiles = []
-        for profile in config.scheduling_profiles:
-            filters: list[Filter] = []
-            scorers: list[tuple[Scorer, float]] = []
-            picker: Picker | None = None
-            for ref in profile.plugins:
-                plugin = plugins[ref.plugin_ref]
-                if isinstance(plugin, Filter):
-                    filters.append(plugin)
-                if isinstance(plugin, Scorer):
-                    scorers.append((plugin, 1.0 if ref.weight is None else ref.weight))
-                if isinstance(plugin, Picker):
-                    picker = plugin
-            if picker is None:
-                picker = _default_picker(handle)
-            profiles.append(SchedulingProfile(profile.name, filters, scorers, picker))
-        return cls(profiles, handler)
+        """The scheduler of ``config``'s plan (ConfigError when the config is unusable)."""
+        return cls.from_plan(config.plan, rng)
 
     def schedule(
         self, request: LLMRequest, candidates: Sequence[Endpoint], *, explain: bool = False
@@ -108,15 +88,16 @@ class Scheduler:
             plugin.forget(address)
 
 
-def _default_handler(handle: Handle) -> ProfileHandler:
-    plugin = PLUGIN_TYPES[DEFAULT_PROFILE_HANDLER].create(DEFAULT_PROFILE_HANDLER, None, handle)
-    if not isinstance(plugin, ProfileHandler):
-        raise ConfigError(f"plugin {DEFAULT_PROFILE_HANDLER!r}: not a profile handler")
-    return plugin
 
+class _Instances:
+    """Builds each plugin plan once: a plugin several profiles reference is one instance."""
 
-def _default_picker(handle: Handle) -> Picker:
-    plugin = PLUGIN_TYPES[DEFAULT_PICKER].create(DEFAULT_PICKER, None, handle)
-    if not isinstance(plugin, Picker):
-        raise ConfigError(f"plugin {DEFAULT_PICKER!r}: not a picker")
-    return plugin
+    def __init__(self, handle: Handle) -> None:
+        self._handle = handle
+        self._built: dict[int, Plugin] = {}
+
+    def get(self, plan: PluginPlan[PluginT]) -> PluginT:
+        instance = self._built.get(id(plan))
+        if not isinstance(instance, plan.plugin):
+            instance = self._built[id(plan)] = plan.build(self._handle)
+        return instance

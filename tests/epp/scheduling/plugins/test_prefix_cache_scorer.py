@@ -1,6 +1,5 @@
 import pytest
 from epp.scheduling import ConfigError
-from epp.scheduling.plugins.scorers.prefix_cache import PrefixIndex, block_hashes
 
 from tests.epp.scheduling.builders import GEMMA, PHI3, endpoint, plugin, request
 
@@ -13,23 +12,6 @@ def picked(scorer, req, pod):
     state = {}
     scorer.score(state, req, [pod])
     scorer.post_pick(state, req, pod)
-
-
-def test_hashes_cover_only_full_blocks_up_to_the_limit():
-    assert len(block_hashes(GEMMA, "x" * 63, 64, 256)) == 0
-    assert len(block_hashes(GEMMA, "x" * 200, 64, 256)) == 3
-    assert len(block_hashes(GEMMA, "x" * 64 * 500, 64, 256)) == 256
-
-
-def test_hashes_are_chained_so_equal_blocks_after_different_prefixes_differ():
-    a = block_hashes(GEMMA, "A" * 64 + "same" * 16, 16, 10)
-    b = block_hashes(GEMMA, "B" * 64 + "same" * 16, 16, 10)
-    assert a[4:] != b[4:]
-    assert block_hashes(GEMMA, PROMPT, 64, 256) == block_hashes(GEMMA, PROMPT, 64, 256)
-
-
-def test_hashes_are_seeded_by_the_model():
-    assert block_hashes(GEMMA, PROMPT, 64, 256)[0] != block_hashes(PHI3, PROMPT, 64, 256)[0]
 
 
 def test_an_endpoint_that_served_the_prompt_scores_one_and_the_others_zero():
@@ -69,25 +51,6 @@ def test_matching_stops_at_max_prefix_blocks_to_match():
     picked(scorer, request(prompt="x" * 80), pod)
     assert scorer.index.size(pod.address) == 2
     assert scorer.score({}, request(prompt="x" * 16 + "y" * 64), [pod]) == [1.0]
-
-
-def test_the_lru_evicts_the_oldest_prompts_first_and_the_tail_of_a_prompt_before_its_head():
-    index = PrefixIndex(capacity_per_endpoint=4)
-    index.add("pod", [1, 2, 3])
-    index.add("pod", [10, 11])  # over capacity: the least recently used hash of [1, 2, 3] (3) goes
-    assert index.leading_matches([1, 2, 3], "pod") == 2
-    assert index.leading_matches([10, 11], "pod") == 2
-    assert index.size("pod") == 4
-
-
-def test_resending_a_prompt_refreshes_it_in_the_lru():
-    index = PrefixIndex(capacity_per_endpoint=4)
-    index.add("pod", [1, 2])
-    index.add("pod", [3, 4])
-    index.add("pod", [1, 2])  # refreshed: [3, 4] is now the oldest
-    index.add("pod", [5])
-    assert index.leading_matches([1, 2], "pod") == 2
-    assert index.leading_matches([3, 4], "pod") == 1
 
 
 def test_a_forgotten_endpoint_loses_its_index():

@@ -7,14 +7,15 @@ decode, ``prefill`` cannot; an endpoint without the label is a regular one and i
 from __future__ import annotations
 
 from epp.datastore import Endpoint
-from epp.scheduling.factory import NoParameters, PluginType
-from epp.scheduling.framework import Filter, Handle
+from epp.scheduling.framework import Filter
+from epp.scheduling.registry import register
 from epp.scheduling.types import CycleState, LLMRequest
 
 ROLE_LABEL = "llm-d.ai/role"
 DECODE_ROLES = frozenset({"decode", "both", "prefill-decode"})
 
 
+@register
 class DecodeFilter(Filter):
     type_name = "decode-filter"
 
@@ -26,9 +27,3 @@ class DecodeFilter(Filter):
                 kept.append(endpoint)
         return kept
 
-
-def _build(name: str, parameters: NoParameters, handle: Handle) -> DecodeFilter:
-    return DecodeFilter(name)
-
-
-PLUGIN_TYPES = (PluginType("decode-filter", DecodeFilter, NoParameters, _build),)

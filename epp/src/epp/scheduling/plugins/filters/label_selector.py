@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from epp.datastore import Endpoint
-from epp.scheduling.factory import PluginType
 from epp.scheduling.framework import Filter, Handle
+from epp.scheduling.registry import register
 from epp.scheduling.types import CycleState, LLMRequest
 
 Requirement = Callable[[dict[str, str]], bool]
@@ -55,13 +55,20 @@ def _requirement(expression: LabelSelectorRequirement) -> Requirement:
     return lambda labels: key not in labels
 
 
+@register
 class LabelSelectorFilter(Filter):
     type_name = "label-selector-filter"
+    aliases = ("by-label-selector",)
+    Parameters = LabelSelectorParameters
 
     def __init__(self, name: str, parameters: LabelSelectorParameters) -> None:
         super().__init__(name)
         self._match_labels = tuple(parameters.match_labels.items())
         self._requirements = tuple(_requirement(e) for e in parameters.match_expressions)
+
+    @classmethod
+    def configure(cls, name: str, parameters: LabelSelectorParameters, handle: Handle) -> LabelSelectorFilter:
+        return cls(name, parameters)
 
     def matches(self, labels: dict[str, str]) -> bool:
         for key, value in self._match_labels:
@@ -72,12 +79,3 @@ class LabelSelectorFilter(Filter):
     def filter(self, state: CycleState, request: LLMRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
         return [e for e in endpoints if self.matches(e.labels)]
 
-
-def _build(name: str, parameters: LabelSelectorParameters, handle: Handle) -> LabelSelectorFilter:
-    return LabelSelectorFilter(name, parameters)
-
-
-PLUGIN_TYPES = (
-    PluginType("label-selector-filter", LabelSelectorFilter, LabelSelectorParameters, _build),
-    PluginType("by-label-selector", LabelSelectorFilter, LabelSelectorParameters, _build),
-)

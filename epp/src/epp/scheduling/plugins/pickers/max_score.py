@@ -6,8 +6,10 @@ from collections.abc import Sequence
 
 from epp.datastore import Endpoint
 from epp.scheduling.plugins.pickers.base import RankingPicker
+from epp.scheduling.registry import register
 
 
+@register
 class MaxScorePicker(RankingPicker):
     type_name = "max-score-picker"
 
@@ -31,5 +33,3 @@ class MaxScorePicker(RankingPicker):
         order.sort(key=lambda i: scores[i], reverse=True)  # stable: ties stay shuffled
         return [endpoints[i] for i in order[: self.max_num_of_endpoints]]
 
-
-PLUGIN_TYPES = (MaxScorePicker.plugin_type(),)

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 
 from epp.datastore import Endpoint
 from epp.scheduling.plugins.pickers.base import RankingPicker
+from epp.scheduling.registry import register
 
 
+@register
 class RandomPicker(RankingPicker):
     type_name = "random-picker"
 
@@ -18,5 +20,3 @@ class RandomPicker(RankingPicker):
             return [endpoints[self._rng.randrange(len(endpoints))]]
         return self._rng.sample(list(endpoints), min(self.max_num_of_endpoints, len(endpoints)))
 
-
-PLUGIN_TYPES = (RandomPicker.plugin_type(),)

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 
 from epp.datastore import Endpoint
 from epp.scheduling.plugins.pickers.base import RankingPicker
+from epp.scheduling.registry import register
 
 
+@register
 class WeightedRandomPicker(RankingPicker):
     type_name = "weighted-random-picker"
 
@@ -37,5 +39,3 @@ class WeightedRandomPicker(RankingPicker):
         order = sorted(range(len(endpoints)), key=keys.__getitem__, reverse=True)
         return [endpoints[i] for i in order[: self.max_num_of_endpoints]]
 
-
-PLUGIN_TYPES = (WeightedRandomPicker.plugin_type(),)

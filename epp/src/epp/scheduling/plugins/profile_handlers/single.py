@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-from epp.scheduling.factory import NoParameters, PluginType
-from epp.scheduling.framework import Handle, ProfileHandler, ProfileOutcome
+from epp.scheduling.framework import ProfileHandler, ProfileOutcome
+from epp.scheduling.registry import register
 from epp.scheduling.types import LLMRequest
 
 
+@register
 class SingleProfileHandler(ProfileHandler):
     type_name = "single-profile-handler"
 
-    def validate_profiles(self, profiles: Sequence[str]) -> None:
+    @classmethod
+    def validate_profiles(cls, profiles: Sequence[str], parameters: Any = None) -> None:
         if len(profiles) != 1:
             raise ValueError(f"needs exactly one scheduling profile, the config has {len(profiles)}")
 
@@ -24,9 +27,3 @@ class SingleProfileHandler(ProfileHandler):
     def primary(self, request: LLMRequest, done: Mapping[str, ProfileOutcome]) -> str:
         return next(iter(done))
 
-
-def _build(name: str, parameters: NoParameters, handle: Handle) -> SingleProfileHandler:
-    return SingleProfileHandler(name)
-
-
-PLUGIN_TYPES = (PluginType("single-profile-handler", SingleProfileHandler, NoParameters, _build),)

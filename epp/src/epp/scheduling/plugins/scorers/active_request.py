@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from epp.datastore import Endpoint
-from epp.scheduling.factory import NoParameters, PluginType
-from epp.scheduling.framework import Handle, Scorer
+from epp.scheduling.framework import Scorer
+from epp.scheduling.registry import register
 from epp.scheduling.types import CycleState, LLMRequest
 
 
+@register
 class ActiveRequestScorer(Scorer):
     type_name = "active-request-scorer"
 
@@ -25,9 +26,3 @@ class ActiveRequestScorer(Scorer):
             return [1.0] * len(counts)
         return [(most - n) / most for n in counts]
 
-
-def _build(name: str, parameters: NoParameters, handle: Handle) -> ActiveRequestScorer:
-    return ActiveRequestScorer(name)
-
-
-PLUGIN_TYPES = (PluginType("active-request-scorer", ActiveRequestScorer, NoParameters, _build),)

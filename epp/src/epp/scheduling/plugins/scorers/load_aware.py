@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict
 
 from epp.datastore import Endpoint
-from epp.scheduling.factory import PluginType
 from epp.scheduling.framework import Handle, Scorer
 from epp.scheduling.params import PositiveInt
+from epp.scheduling.registry import register
 from epp.scheduling.types import CycleState, LLMRequest
 
 DEFAULT_THRESHOLD = 128
@@ -26,20 +26,20 @@ class LoadAwareParameters(BaseModel):
     threshold: PositiveInt = DEFAULT_THRESHOLD
 
 
+@register
 class LoadAwareScorer(Scorer):
     type_name = "load-aware-scorer"
+    Parameters = LoadAwareParameters
 
     def __init__(self, name: str, threshold: int = DEFAULT_THRESHOLD) -> None:
         super().__init__(name)
         self.threshold = threshold
 
+    @classmethod
+    def configure(cls, name: str, parameters: LoadAwareParameters, handle: Handle) -> LoadAwareScorer:
+        return cls(name, parameters.threshold)
+
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         threshold = self.threshold
         return [0.5 * (1.0 - min(e.metrics.waiting, threshold) / threshold) for e in endpoints]
 
-
-def _build(name: str, parameters: LoadAwareParameters, handle: Handle) -> LoadAwareScorer:
-    return LoadAwareScorer(name, parameters.threshold)
-
-
-PLUGIN_TYPES = (PluginType("load-aware-scorer", LoadAwareScorer, LoadAwareParameters, _build),)

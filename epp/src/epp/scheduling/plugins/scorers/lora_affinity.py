@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from epp.datastore import Endpoint
-from epp.scheduling.factory import NoParameters, PluginType
-from epp.scheduling.framework import Handle, Scorer
+from epp.scheduling.framework import Scorer
+from epp.scheduling.registry import register
 from epp.scheduling.types import CycleState, LLMRequest
 
 RUNNING = 1.0
@@ -21,6 +21,7 @@ QUEUED = 0.6
 FULL = 0.0
 
 
+@register
 class LoraAffinityScorer(Scorer):
     type_name = "lora-affinity-scorer"
 
@@ -42,9 +43,3 @@ class LoraAffinityScorer(Scorer):
                 scores.append(FULL)
         return scores
 
-
-def _build(name: str, parameters: NoParameters, handle: Handle) -> LoraAffinityScorer:
-    return LoraAffinityScorer(name)
-
-
-PLUGIN_TYPES = (PluginType("lora-affinity-scorer", LoraAffinityScorer, NoParameters, _build),)

@@ -14,9 +14,10 @@ Where a prefix goes, in order:
    in-flight count alone where its metrics are older than ``metricsStalenessThreshold`` or were never
    scraped. With ``loadBound`` ≥ 1 the least-loaded pod is always within the bound.
 3. **Learned index.** Every pick records the prompt's chained block hashes (at most
-   ``maxPrefixBlocksToMatch``) in the picked pod's LRU (``lruCapacityPerServer`` hashes), as
-   ``prefix-cache-scorer`` does. When the home is over the bound, a pod within the bound that holds
-   the longest part of the prefix is preferred; with none, the least-loaded pod.
+   ``maxPrefixBlocksToMatch``) in the picked pod's LRU (``lruCapacityPerServer`` hashes): the
+   ``epp.scheduling.prefix_index`` that ``prefix-cache-scorer`` uses too. When the home is over the
+   bound, a pod within the bound that holds the longest part of the prefix is preferred; with none,
+   the least-loaded pod.
 
 The score, in [0, 1], is ``0.5 x credit + 0.5 x (1 - load / (highest load + 1))``. The home within
 the bound gets the credit ``min(blocks, homePrefixBlocks) / homePrefixBlocks`` (a prompt of a few
@@ -44,19 +45,20 @@ from collections.abc import Callable, Sequence
 from hashlib import blake2b
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from epp.datastore import Endpoint
-from epp.scheduling.factory import PluginType
 from epp.scheduling.framework import EndpointStateful, Handle, PostPick, Scorer
 from epp.scheduling.params import Duration, PositiveInt
-from epp.scheduling.plugins.scorers.prefix_cache import (
+from epp.scheduling.prefix_index import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_LRU_CAPACITY_PER_SERVER,
     DEFAULT_MAX_PREFIX_BLOCKS,
     PrefixIndex,
+    PrefixIndexParameters,
     block_hashes,
 )
+from epp.scheduling.registry import register
 from epp.scheduling.types import CycleState, LLMRequest
 
 DEFAULT_LOAD_BOUND = 1.5
@@ -69,18 +71,11 @@ _FIRST_SIGHT = 0.1
 _MASK64 = (1 << 64) - 1
 
 
-class PrefixAffinityParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+class PrefixAffinityParameters(PrefixIndexParameters):
+    """The learned index's parameters (as ``prefix-cache-scorer``'s), the home and the load bound."""
 
     load_bound: float = Field(DEFAULT_LOAD_BOUND, alias="loadBound")
-    block_size: PositiveInt = Field(
-        DEFAULT_BLOCK_SIZE, alias="blockSize", validation_alias=AliasChoices("blockSize", "hashBlockSize")
-    )
     home_prefix_blocks: PositiveInt = Field(DEFAULT_HOME_PREFIX_BLOCKS, alias="homePrefixBlocks")
-    max_prefix_blocks_to_match: PositiveInt = Field(DEFAULT_MAX_PREFIX_BLOCKS, alias="maxPrefixBlocksToMatch")
-    lru_capacity_per_server: PositiveInt = Field(
-        DEFAULT_LRU_CAPACITY_PER_SERVER, alias="lruCapacityPerServer"
-    )
     # Seconds; written as a duration ("200ms") or a number of seconds.
     metrics_staleness_threshold: Duration = Field(
         DEFAULT_METRICS_STALENESS, alias="metricsStalenessThreshold"
@@ -126,8 +121,10 @@ class _Prompt:
         self.credit = credit
 
 
+@register
 class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful):
     type_name = "prefix-affinity-scorer"
+    Parameters = PrefixAffinityParameters
 
     def __init__(
         self,
@@ -167,6 +164,12 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful):
             metrics_staleness_threshold=parameters.metrics_staleness_threshold,
             clock=clock,
         )
+
+    @classmethod
+    def configure(
+        cls, name: str, parameters: PrefixAffinityParameters, handle: Handle
+    ) -> PrefixAffinityScorer:
+        return cls.from_parameters(name, parameters)
 
     def _prompt(self, state: CycleState, request: LLMRequest) -> _Prompt:
         cached = state.get(self.name)
@@ -252,9 +255,3 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful):
         self.index.forget(address)
         self._node_ids.pop(address, None)
 
-
-def _build(name: str, parameters: PrefixAffinityParameters, handle: Handle) -> PrefixAffinityScorer:
-    return PrefixAffinityScorer.from_parameters(name, parameters)
-
-
-PLUGIN_TYPES = (PluginType("prefix-affinity-scorer", PrefixAffinityScorer, PrefixAffinityParameters, _build),)

@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from epp.datastore import Endpoint
-from epp.scheduling.factory import NoParameters, PluginType
-from epp.scheduling.framework import Handle, Scorer
+from epp.scheduling.framework import Scorer
+from epp.scheduling.registry import register
 from epp.scheduling.types import CycleState, LLMRequest
 
 
+@register
 class QueueScorer(Scorer):
     type_name = "queue-scorer"
 
@@ -25,9 +26,3 @@ class QueueScorer(Scorer):
         span = high - low
         return [(high - w) / span for w in waiting]
 
-
-def _build(name: str, parameters: NoParameters, handle: Handle) -> QueueScorer:
-    return QueueScorer(name)
-
-
-PLUGIN_TYPES = (PluginType("queue-scorer", QueueScorer, NoParameters, _build),)
