@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from epp.contract import DEFAULT_PROFILE, ProfileName
+from epp.routing import RoutingMode
 from epp.scheduling.config import parse_config
 from epp.scheduling.errors import ConfigError as PickerConfigError
 from epp.validation import field_path, problems
@@ -326,7 +327,7 @@ class PlatformConfig(_Model):
     network: Network = Network()
     node_pools: Annotated[list[NodePool], Field(min_length=1)]
     models: Annotated[list[ModelSpec], Field(min_length=1)]
-    routing_mode: Literal["per-model-pools", "unified-pool"] = "per-model-pools"
+    routing_mode: RoutingMode = "per-model-pools"
     inference_pool_crd: InferencePoolCrdSource = "gke-managed"
     """Where the InferencePool CRD comes from.
 

@@ -169,7 +169,8 @@ class ServerSettings(BaseModel):
             elif kind == "choice":
                 options["choices"] = get_args(annotation)
             else:
-                options |= {"type": annotation, "metavar": flag.metavar}
+                metavar = flag.metavar or flag.flag.removeprefix("--").replace("-", "_").upper()
+                options |= {"type": annotation, "metavar": metavar}
             parser.add_argument(flag.flag, **options)
         return parser
 
@@ -224,12 +225,11 @@ class ServerSettings(BaseModel):
             raise ValueError(f"no flag of the {self.COMMAND} command sets {', '.join(sorted(unflagged))}")
         argv: list[str] = []
         for flag in self.FLAGS:
-            holder: BaseModel = self
+            holder: BaseModel | None = self
             *outer, last = flag.field.split(".")
             for part in outer:
-                holder = getattr(holder, part) if part in holder.model_fields_set else None  # type: ignore[assignment]
-                if holder is None:
-                    break
+                nested_set = holder is not None and part in holder.model_fields_set
+                holder = getattr(holder, part) if nested_set else None
             if holder is None or last not in holder.model_fields_set:
                 continue
             value = getattr(holder, last)
