@@ -25,9 +25,12 @@ $(VENV)/.installed: pyproject.toml epp/pyproject.toml
 # The policy pack runs in its own venv: pulumi-policy pins a protobuf that xds-protos cannot share.
 policy-venv: $(POLICY_VENV)/.installed
 
-$(POLICY_VENV)/.installed: policy/requirements.txt
+# The pack reads the EPP's contract module (standard library only), so the EPP package goes in
+# without its dependencies.
+$(POLICY_VENV)/.installed: policy/requirements.txt epp/pyproject.toml
 	test -x $(POLICY_VENV)/bin/python || $(PYTHON) -m venv $(POLICY_VENV)
 	$(POLICY_VENV)/bin/python -m pip install --quiet -r policy/requirements.txt
+	$(POLICY_VENV)/bin/python -m pip install --quiet --no-deps -e ./epp
 	touch $@
 
 ## vLLM for the CPU in its own venv (about 3.5 GB; a minute or two the first time, then cached).

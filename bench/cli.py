@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from epp.validation import describe
 from pydantic import ValidationError
 
 from bench.benchmark import LoadConfig, benchmark
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
         )
     except ValidationError as exc:
-        print(f"bench: invalid arguments:\n{exc}", file=sys.stderr)
+        print(f"bench: invalid arguments: {describe(exc)}", file=sys.stderr)
         return 2
     report = asyncio.run(
         benchmark(

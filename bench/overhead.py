@@ -70,6 +70,7 @@ from epp.auth.store import KeyStore
 from epp.contract import DESTINATION_HEADER, POD_HEADER
 from epp.extproc import StreamDriver
 from epp.extproc.bbr import BbrState, BodyBasedRouter
+from epp.settings import BbrSettings, EppSettings
 from epp.telemetry import Telemetry
 
 from onebox.children import ext_proc_server
@@ -378,8 +379,10 @@ async def _epp(backend_port: int, profile: str, event_loop: str) -> AsyncIterato
     """The ``epp`` command against the backend, run as the one box runs it: its gRPC port and pid."""
     supervisor = Supervisor()
     try:
-        args = ["--endpoints", f"127.0.0.1:{backend_port}", "--profile", profile, "--event-loop", event_loop]
-        child = await supervisor.launch(ext_proc_server("epp", "epp", "127.0.0.1", "info", args))
+        settings = EppSettings.model_validate(
+            {"endpoints": f"127.0.0.1:{backend_port}", "profile": profile, "event_loop": event_loop}
+        )
+        child = await supervisor.launch(ext_proc_server("epp", "127.0.0.1", "info", settings))
         ports = await supervisor.wait_ready(child, within=30)
         yield ports["grpc"], child.pid
     finally:
@@ -637,13 +640,14 @@ async def _front_doors(keys_file: Path, event_loop: str) -> AsyncIterator[list[F
     """Open, with keys, and open again: each a ``bbr`` process (run as the one box runs it) as the
     front door of its own Envoy, which sends every request on to the backend its client names
     (``passthrough_config``): the front door's cost, apart from the EPP's."""
-    served = ["--served-models", MODEL, "--event-loop", event_loop]
-    doors = {"open": served, "keys": [*served, "--api-keys-file", str(keys_file)], "open again": served}
+    served = BbrSettings.model_validate({"served_models": [MODEL], "event_loop": event_loop})
+    keyed = BbrSettings.model_validate({**served.model_dump(exclude_unset=True), "api_keys_file": keys_file})
+    doors = {"open": served, "keys": keyed, "open again": served}
     supervisor = Supervisor()
     try:
         children = [
-            await supervisor.launch(ext_proc_server(f"bbr-{i}", "bbr", "127.0.0.1", "info", args))
-            for i, args in enumerate(doors.values())
+            await supervisor.launch(ext_proc_server(f"bbr-{i}", "127.0.0.1", "info", settings))
+            for i, settings in enumerate(doors.values())
         ]
         ports = [await supervisor.wait_ready(child, within=30) for child in children]
         async with contextlib.AsyncExitStack() as stack:

@@ -10,9 +10,10 @@ key's ``requestsPerMinute``: the load balancer spreads requests over the replica
 allow the key's limit without sharing state. In unified-pool mode the BBR runs too, in front of the
 single pool, so keys are checked the same way whatever the mode.
 
-A Deployment and Service of our image in BBR mode, attached to the Gateway by a GCPRoutingExtension
-(request body sent ``FullDuplexStreamed``), and health-checked by the load balancer over gRPC
-(grpc.health.v1, service ``readiness``). Under FailClose every request needs the BBR, and it is
+An :class:`components.extproc.ExtProcService` of our image running ``bbr`` (Deployment, Service,
+PodDisruptionBudget, and the load balancer's gRPC health check: grpc.health.v1, service
+``readiness``), attached to the Gateway by a GCPRoutingExtension (request body sent
+``FullDuplexStreamed``). Under FailClose every request needs the BBR, and it is
 stateless: two replicas by default, spread over nodes, rolled one surge pod at a time, and kept at
 one or more through voluntary disruptions by a PodDisruptionBudget.
 """
@@ -30,18 +31,11 @@ from epp.contract import (
     BBR_HEALTH_PORT,
     METRICS_PORT,
 )
+from epp.settings import BbrSettings as BbrCommand
 
-from components.availability import ROLLING_UPDATE, keep_one_running, spread_over_nodes
 from components.config import BbrSettings
-from components.health import grpc_health_check_policy
-from components.podspec import (
-    EPP_IMAGE_UID,
-    Fields,
-    ext_proc_container,
-    ext_proc_tmp_volume,
-    labels,
-    pod_security_context,
-)
+from components.extproc import ExtProcService, ExtProcServiceArgs
+from components.podspec import Fields, labels
 from components.secrets import as_secret
 
 BBR_NAME = "body-based-router"
@@ -76,6 +70,7 @@ class BodyBasedRouterArgs:
 class BodyBasedRouter(pulumi.ComponentResource):
     """BBR Deployment + Service, its GCPRoutingExtension on the Gateway, and its gRPC health check."""
 
+    front_door: ExtProcService
     deployment: k8s.apps.v1.Deployment
     disruption_budget: k8s.policy.v1.PodDisruptionBudget
     service: k8s.core.v1.Service
@@ -87,16 +82,10 @@ class BodyBasedRouter(pulumi.ComponentResource):
         super().__init__("gke-llm-gateway:index:BodyBasedRouter", name, None, opts)
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
         bbr_labels = labels("bbr", BBR_NAME)
-        selector = {"app.kubernetes.io/name": "bbr", "app.kubernetes.io/instance": BBR_NAME}
         metadata: Fields = {"name": BBR_NAME, "namespace": args.namespace_ref, "labels": bbr_labels}
-        options: dict[str, object] = {
-            "--grpc-port": BBR_GRPC_PORT,
-            "--health-port": BBR_HEALTH_PORT,
-            "--metrics-port": METRICS_PORT,
-            "--served-models": ",".join(args.served_models),
-        }
+        keys: dict[str, object] = {}
         mounts: list[Fields] = []
-        volumes: list[Fields] = [ext_proc_tmp_volume()]
+        volumes: list[Fields] = []
         self.api_keys_secret: k8s.core.v1.Secret | None = None
         if args.api_keys is not None:
             self.api_keys_secret = k8s.core.v1.Secret(
@@ -106,8 +95,11 @@ class BodyBasedRouter(pulumi.ComponentResource):
                 string_data={API_KEYS_SECRET_KEY: as_secret(args.api_keys)},
                 opts=child,
             )
-            options["--api-keys-file"] = f"{API_KEYS_MOUNT_DIR}/{API_KEYS_SECRET_KEY}"
-            options["--limit-share"] = args.settings.replicas
+            # Each replica allows ceil(requestsPerMinute / replicas) of a key's limit.
+            keys = {
+                "api_keys_file": f"{API_KEYS_MOUNT_DIR}/{API_KEYS_SECRET_KEY}",
+                "limit_share": args.settings.replicas,
+            }
             mounts.append({"name": API_KEYS_VOLUME, "mountPath": API_KEYS_MOUNT_DIR, "readOnly": True})
             volumes.append(
                 {
@@ -119,66 +111,34 @@ class BodyBasedRouter(pulumi.ComponentResource):
                     },
                 }
             )
-
-        deployment_spec: Fields = {
-            "replicas": args.settings.replicas,
-            "selector": {"matchLabels": selector},
-            "strategy": ROLLING_UPDATE,
-            "template": {
-                "metadata": {"labels": bbr_labels},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "topologySpreadConstraints": spread_over_nodes(selector),
-                    "securityContext": pod_security_context(EPP_IMAGE_UID),
-                    "containers": [
-                        ext_proc_container(
-                            "bbr",
-                            args.image_ref,
-                            options,
-                            grpc_port=BBR_GRPC_PORT,
-                            health_port=BBR_HEALTH_PORT,
-                            metrics_port=METRICS_PORT,
-                            spec=args.settings.resources,
-                            command=["bbr"],
-                            mounts=mounts,
-                        )
-                    ],
-                    "volumes": volumes,
-                },
-            },
-        }
-        self.deployment = k8s.apps.v1.Deployment(
-            BBR_NAME,
-            metadata=metadata,
-            spec=deployment_spec,
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.image]),
+        command = BbrCommand.model_validate(
+            {
+                "grpc_port": BBR_GRPC_PORT,
+                "health_port": BBR_HEALTH_PORT,
+                "metrics_port": METRICS_PORT,
+                "served_models": args.served_models,
+                **keys,
+            }
         )
-        self.disruption_budget = keep_one_running(BBR_NAME, metadata, selector, child)
-        service_spec: Fields = {
-            "type": "ClusterIP",
-            "selector": selector,
-            "ports": [
-                {
-                    "name": "grpc",
-                    "port": BBR_GRPC_PORT,
-                    "targetPort": "grpc",
-                    "protocol": "TCP",
-                    "appProtocol": "HTTP2",
-                },
-                {
-                    "name": "grpc-health",
-                    "port": BBR_HEALTH_PORT,
-                    "targetPort": "grpc-health",
-                    "protocol": "TCP",
-                },
-            ],
-        }
-        self.service = k8s.core.v1.Service(
+        self.front_door = ExtProcService(
             BBR_NAME,
-            metadata=metadata,
-            spec=service_spec,
-            opts=child,
+            ExtProcServiceArgs(
+                component="bbr",
+                namespace_ref=args.namespace_ref,
+                command=command,
+                replicas=args.settings.replicas,
+                resources=args.settings.resources,
+                image_ref=args.image_ref,
+                image=args.image,
+                provider=args.provider,
+                mounts=mounts,
+                volumes=volumes,
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
         )
+        self.deployment = self.front_door.deployment
+        self.disruption_budget = self.front_door.disruption_budget
+        self.service = self.front_door.service
         self.extension = k8s.apiextensions.CustomResource(
             BBR_NAME,
             api_version="networking.gke.io/v1",
@@ -213,12 +173,5 @@ class BodyBasedRouter(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self, provider=args.provider, depends_on=[self.service, args.gateway]
             ),
-        )
-        grpc_health_check_policy(
-            BBR_NAME,
-            BBR_HEALTH_PORT,
-            {"name": f"{BBR_NAME}-health", "namespace": args.namespace_ref, "labels": bbr_labels},
-            self.service,
-            child,
         )
         self.register_outputs({"service": BBR_NAME, "servedModels": args.served_models})

@@ -15,8 +15,10 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from epp.contract import DEFAULT_PROFILE, ProfileName
+from epp.routing import RoutingMode
 from epp.scheduling.config import parse_config
 from epp.scheduling.errors import ConfigError as PickerConfigError
+from epp.validation import field_path, problems
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -325,7 +327,7 @@ class PlatformConfig(_Model):
     network: Network = Network()
     node_pools: Annotated[list[NodePool], Field(min_length=1)]
     models: Annotated[list[ModelSpec], Field(min_length=1)]
-    routing_mode: Literal["per-model-pools", "unified-pool"] = "per-model-pools"
+    routing_mode: RoutingMode = "per-model-pools"
     inference_pool_crd: InferencePoolCrdSource = "gke-managed"
     """Where the InferencePool CRD comes from.
 
@@ -422,13 +424,6 @@ def _unique(items: list[Any], attribute: str, field: str, alias: str | None = No
         seen[value] = index
 
 
-def _path(parts: tuple[str | int, ...]) -> str:
-    text = CONFIG_KEY
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return text
-
-
 def parse_platform_config(raw: object) -> PlatformConfig:
     """Validate the raw config object; raise :class:`ConfigError` naming every bad field."""
     if not isinstance(raw, Mapping):
@@ -437,16 +432,15 @@ def parse_platform_config(raw: object) -> PlatformConfig:
         return PlatformConfig.model_validate(raw)
     except ValidationError as exc:
         errors: list[str] = []
-        for error in exc.errors():
-            location = tuple(error["loc"])
-            cause = error.get("ctx", {}).get("error")
-            if isinstance(cause, _FieldError):
-                errors.append(f"{_path(location + cause.path)}: {cause.message}")
+        for problem in problems(exc):
+            if isinstance(problem.cause, _FieldError):
+                where = field_path(problem.loc + problem.cause.path, CONFIG_KEY)
+                errors.append(f"{where}: {problem.cause.message}")
                 continue
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
+            message = problem.message
+            if problem.kind == "extra_forbidden":
                 message = "unknown field (check the spelling; fields are camelCase)"
-            elif error["type"] == "literal_error":
-                message = f"{error['input']!r} is not allowed; {message.lower()}"
-            errors.append(f"{_path(location)}: {message}")
+            elif problem.kind == "literal_error":
+                message = f"{problem.input!r} is not allowed; {message.lower()}"
+            errors.append(f"{problem.path(CONFIG_KEY)}: {message}")
         raise ConfigError(errors) from None

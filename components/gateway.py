@@ -15,6 +15,7 @@ when ``allowedSourceRanges`` is set, the Cloud Armor policy that fences it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -46,6 +47,8 @@ class Route:
 
     pool_name: str
     served_name: str | None
+    pool: pulumi.Resource
+    """The InferencePool: its route and backend policy are created after it."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class GatewayArgs:
     """The HTTPS listener's ``tls`` block (:class:`components.tls.GatewayCertificate`); None: HTTP only."""
     security_policy: pulumi.Input[str] | None = None
     """Name of the regional Cloud Armor policy every backend is attached to."""
+    routes: Sequence[Route] = ()
+    """Each pool's route and backend policy, created with the Gateway (never after it registered)."""
 
 
 def listeners(settings: GatewaySettings, tls: Fields | None) -> list[Fields]:
@@ -83,10 +88,12 @@ def listeners(settings: GatewaySettings, tls: Fields | None) -> list[Fields]:
 
 
 class Gateway(pulumi.ComponentResource):
-    """Address + Gateway (+ the HTTP redirect); :meth:`route` adds each pool's route and backend policy."""
+    """Address + Gateway (+ the HTTP redirect), and each pool's route and backend policy (``routes``)."""
 
     address: gcp.compute.Address
     gateway: k8s.apiextensions.CustomResource
+    routes: list[k8s.apiextensions.CustomResource]
+    """The HTTPRoute of each of ``GatewayArgs.routes``."""
     ip_address: pulumi.Output[str]
     name: str
     scheme: str
@@ -129,6 +136,7 @@ class Gateway(pulumi.ComponentResource):
         )
         if args.listener_tls is not None and settings.tls is not None and settings.tls.redirect_http:
             self._redirect_to_https()
+        self.routes = [self._route(route) for route in args.routes]
         self.register_outputs({"gateway": GATEWAY_NAME, "address": self.ip_address})
 
     def _parent_ref(self, listener: str) -> Fields:
@@ -164,7 +172,7 @@ class Gateway(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[self.gateway]),
         )
 
-    def route(self, route: Route, pool: pulumi.Resource) -> k8s.apiextensions.CustomResource:
+    def _route(self, route: Route) -> k8s.apiextensions.CustomResource:
         """An HTTPRoute to ``route.pool_name`` and the pool's GCPBackendPolicy."""
         args = self._args
         backend = {"group": INFERENCE_GROUP, "kind": "InferencePool", "name": route.pool_name}
@@ -181,7 +189,9 @@ class Gateway(pulumi.ComponentResource):
                 "parentRefs": [self._parent_ref(self.serving_listener)],
                 "rules": [{"matches": [match], "backendRefs": [backend]}],
             },
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[pool, self.gateway]),
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=args.provider, depends_on=[route.pool, self.gateway]
+            ),
         )
         policy: Fields = {
             # The load balancer's per-request timeout: how long one generation may take end to end.
@@ -199,6 +209,6 @@ class Gateway(pulumi.ComponentResource):
             kind="GCPBackendPolicy",
             metadata=object_meta(policy_name, args.namespace_ref, "gcpbackendpolicy", route.pool_name),
             spec={"targetRef": backend, "default": policy},
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[pool]),
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[route.pool]),
         )
         return http_route

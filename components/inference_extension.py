@@ -4,9 +4,10 @@ GKE from 1.34.0-gke.1626000 installs the GA CRD (``inference.networking.k8s.io/v
 clusters that do not, :class:`InferencePoolCrd` applies the Gateway API Inference Extension v1.5.0
 release manifest vendored in ``manifests/``. Either way every InferencePool depends explicitly on
 what makes its API exist (``InferencePoolArgs.pool_api``: the CRD, or the cluster that ships it).
-Each pool gets its own EPP: a Deployment of our image (digest-pinned, and an explicit dependency on
-the image build), a gRPC Service on 9002, a ServiceAccount whose Role can only get/list/watch pods
-and inferencepools, and a ConfigMap holding its EndpointPickerConfig.
+Each pool gets its own EPP: an :class:`components.extproc.ExtProcService` of our image (Deployment,
+gRPC Service on 9002, PodDisruptionBudget, health check) running ``epp --pool-name <pool>``, a
+ServiceAccount whose Role can only get/list/watch pods and inferencepools, and a ConfigMap holding
+its EndpointPickerConfig.
 """
 
 from __future__ import annotations
@@ -20,18 +21,11 @@ import pulumi_kubernetes as k8s
 import yaml
 from epp.contract import EPP_GRPC_PORT, EPP_HEALTH_PORT, METRICS_PORT
 from epp.scheduling.config import PROFILES_DIR, PROFILES_PACKAGE
+from epp.settings import EppSettings as EppCommand
 
-from components.availability import ROLLING_UPDATE, keep_one_running, spread_over_nodes
 from components.config import EppSettings, endpoint_picker_yaml
-from components.podspec import (
-    EPP_IMAGE_UID,
-    Fields,
-    ext_proc_container,
-    ext_proc_tmp_volume,
-    labels,
-    object_meta,
-    pod_security_context,
-)
+from components.extproc import ExtProcService, ExtProcServiceArgs
+from components.podspec import Fields, labels, object_meta
 
 CRD_MANIFEST = Path(__file__).parent / "manifests" / "inferencepool-crd-v1.5.0.yaml"
 
@@ -99,6 +93,7 @@ class InferencePool(pulumi.ComponentResource):
     pool_name: str
     epp_service_name: str
     epp_service: k8s.core.v1.Service
+    endpoint_picker: ExtProcService
     deployment: k8s.apps.v1.Deployment
     disruption_budget: k8s.policy.v1.PodDisruptionBudget
 
@@ -110,7 +105,6 @@ class InferencePool(pulumi.ComponentResource):
         epp_name = f"{args.pool_name}-epp"
         self.epp_service_name = epp_name
         epp_labels = labels("epp", epp_name)
-        epp_selector = {"app.kubernetes.io/name": "epp", "app.kubernetes.io/instance": epp_name}
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
 
         def meta(object_name: str) -> Fields:
@@ -173,77 +167,36 @@ class InferencePool(pulumi.ComponentResource):
             data={CONFIG_FILE: endpoint_picker_config(args.epp)},
             opts=child,
         )
-        deployment_spec: Fields = {
-            # Active-active: the load balancer spreads ext_proc streams over the replicas; each picks
-            # on its own view (see EppSettings.replicas), and their first choices agree.
-            "replicas": args.epp.replicas,
-            "selector": {"matchLabels": epp_selector},
-            "strategy": ROLLING_UPDATE,
-            "template": {
-                "metadata": {"labels": epp_labels},
-                "spec": {
-                    "serviceAccountName": service_account.metadata.name,
-                    "topologySpreadConstraints": spread_over_nodes(epp_selector),
-                    "securityContext": pod_security_context(EPP_IMAGE_UID),
-                    "terminationGracePeriodSeconds": 30,
-                    "containers": [
-                        ext_proc_container(
-                            "epp",
-                            args.image_ref,
-                            {
-                                "--pool-name": args.pool_name,
-                                "--pool-namespace": args.namespace,
-                                "--config-file": f"{CONFIG_MOUNT}/{CONFIG_FILE}",
-                                "--grpc-port": EPP_GRPC_PORT,
-                                "--health-port": EPP_HEALTH_PORT,
-                                "--metrics-port": METRICS_PORT,
-                                "--pool-models": ",".join(args.models),
-                            },
-                            grpc_port=EPP_GRPC_PORT,
-                            health_port=EPP_HEALTH_PORT,
-                            metrics_port=METRICS_PORT,
-                            spec=args.epp.resources,
-                            mounts=[{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}],
-                        )
-                    ],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": config_map.metadata.name}},
-                        ext_proc_tmp_volume(),
-                    ],
-                },
-            },
-        }
-        self.deployment = k8s.apps.v1.Deployment(
-            epp_name,
-            metadata=meta(epp_name),
-            spec=deployment_spec,
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.image]),
+        command = EppCommand(
+            pool_name=args.pool_name,
+            pool_namespace=args.namespace,
+            config_file=Path(f"{CONFIG_MOUNT}/{CONFIG_FILE}"),
+            grpc_port=EPP_GRPC_PORT,
+            health_port=EPP_HEALTH_PORT,
+            metrics_port=METRICS_PORT,
+            pool_models=args.models,
         )
-        self.disruption_budget = keep_one_running(epp_name, meta(epp_name), epp_selector, child)
-        service_spec: Fields = {
-            "type": "ClusterIP",
-            "selector": epp_selector,
-            "ports": [
-                {
-                    "name": "grpc-ext-proc",
-                    "port": EPP_GRPC_PORT,
-                    "targetPort": "grpc",
-                    "protocol": "TCP",
-                    "appProtocol": "http2",
-                },
-                {
-                    "name": "grpc-health",
-                    "port": EPP_HEALTH_PORT,
-                    "targetPort": "grpc-health",
-                    "protocol": "TCP",
-                },
-                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
-            ],
-        }
-        self.epp_service = k8s.core.v1.Service(
+        # Active-active: the load balancer spreads ext_proc streams over the replicas; each picks
+        # on its own view (see EppSettings.replicas), and their first choices agree.
+        self.endpoint_picker = ExtProcService(
             epp_name,
-            metadata=meta(epp_name),
-            spec=service_spec,
-            opts=child,
+            ExtProcServiceArgs(
+                component="epp",
+                namespace_ref=args.namespace_ref,
+                command=command,
+                replicas=args.epp.replicas,
+                resources=args.epp.resources,
+                image_ref=args.image_ref,
+                image=args.image,
+                provider=args.provider,
+                service_account=service_account.metadata.name,
+                termination_grace_period_seconds=30,
+                mounts=[{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}],
+                volumes=[{"name": "config", "configMap": {"name": config_map.metadata.name}}],
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
         )
+        self.deployment = self.endpoint_picker.deployment
+        self.disruption_budget = self.endpoint_picker.disruption_budget
+        self.epp_service = self.endpoint_picker.service
         self.register_outputs({"pool": args.pool_name, "endpointPicker": epp_name})

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 
 import pulumi
+from epp.routing import split_into_pools
 
 from components.armor import SourceRangePolicy, SourceRangePolicyArgs
 from components.bbr import BodyBasedRouter, BodyBasedRouterArgs
@@ -23,7 +24,7 @@ from components.inference_extension import InferencePool, InferencePoolArgs, Inf
 from components.model_server import ModelServer, ModelServerArgs
 from components.namespace import Namespace, NamespaceArgs
 from components.network import Network, NetworkArgs
-from components.podspec import SERVING_LABEL
+from components.podspec import MODEL_LABEL, SERVING_LABEL
 from components.registry import Registry, RegistryArgs
 from components.secrets import StackSecrets
 from components.tls import GatewayCertificate, GatewayCertificateArgs
@@ -152,6 +153,43 @@ class Platform(pulumi.ComponentResource):
             if cfg.gateway.allowed_source_ranges
             else None
         )
+        pools = split_into_pools(cfg.routing_mode, cfg.models, pool_of=pool_name, unified=UNIFIED_POOL)
+        self.served_models = [ServedModel(m.served_name, pool.name) for pool in pools for m in pool.models]
+        routes: list[Route] = []
+        for pool in pools:
+            if pool.by_model:
+                [model] = pool.models  # a pool per model: its route matches that model
+                selector, served_name = {MODEL_LABEL: model.name}, model.served_name
+            else:
+                selector, served_name = {SERVING_LABEL: "vllm"}, None
+            inference_pool = InferencePool(
+                pool.name,
+                InferencePoolArgs(
+                    pool_name=pool.name,
+                    namespace=cfg.namespace,
+                    namespace_ref=namespace.ref,
+                    selector=selector,
+                    models=tuple(m.served_name for m in pool.models),
+                    epp=cfg.epp,
+                    image_ref=self.registry.image_ref,
+                    image=self.registry.image,
+                    pool_api=pool_api,
+                    provider=provider,
+                ),
+                opts=child,
+            )
+            PoolHealthCheck(
+                pool.name,
+                PoolHealthCheckArgs(
+                    pool_name=pool.name,
+                    pool=inference_pool.pool,
+                    namespace_ref=namespace.ref,
+                    provider=provider,
+                ),
+                opts=child,
+            )
+            routes.append(Route(pool.name, served_name, inference_pool.pool))
+
         self.gateway = Gateway(
             "gateway",
             GatewayArgs(
@@ -165,51 +203,10 @@ class Platform(pulumi.ComponentResource):
                 provider=provider,
                 listener_tls=certificate.listener_tls if certificate is not None else None,
                 security_policy=fence.policy_name if fence is not None else None,
+                routes=routes,
             ),
             opts=child,
         )
-
-        routes: list[tuple[Route, dict[str, str]]]
-        if cfg.routing_mode == "per-model-pools":
-            routes = [
-                (Route(pool_name(model), model.served_name), {"llm-gateway.dev/model": model.name})
-                for model in cfg.models
-            ]
-            self.served_models = [ServedModel(model.served_name, pool_name(model)) for model in cfg.models]
-        else:
-            routes = [(Route(UNIFIED_POOL, None), {SERVING_LABEL: "vllm"})]
-            self.served_models = [ServedModel(model.served_name, UNIFIED_POOL) for model in cfg.models]
-
-        for route, selector in routes:
-            pool = InferencePool(
-                route.pool_name,
-                InferencePoolArgs(
-                    pool_name=route.pool_name,
-                    namespace=cfg.namespace,
-                    namespace_ref=namespace.ref,
-                    selector=selector,
-                    models=tuple(m.served_name for m in self.served_models if m.pool == route.pool_name),
-                    epp=cfg.epp,
-                    image_ref=self.registry.image_ref,
-                    image=self.registry.image,
-                    pool_api=pool_api,
-                    provider=provider,
-                ),
-                opts=child,
-            )
-            PoolHealthCheck(
-                route.pool_name,
-                PoolHealthCheckArgs(
-                    pool_name=route.pool_name,
-                    pool=pool.pool,
-                    epp_service_name=pool.epp_service_name,
-                    epp_service=pool.epp_service,
-                    namespace_ref=namespace.ref,
-                    provider=provider,
-                ),
-                opts=child,
-            )
-            self.gateway.route(route, pool.pool)
 
         # The front door in both modes: the per-model routes match the header it sets, and in either
         # mode it is where API keys are checked before any model server is reached.

@@ -38,11 +38,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import httpx
 import yaml
 from epp.contract import ERROR_TYPES, join_host_port
+from epp.routing import ROUTING_MODES, RoutingMode, split_into_pools
+from epp.routing import Pool as RoutingPool
+from epp.settings import BbrSettings, EppSettings, ServerSettings
 
 from onebox import backends, children
 from onebox.envoy import bootstrap
@@ -52,10 +55,10 @@ from onebox.envoy.replicas import Replica
 from onebox.keys import BoxKeys, load_keys
 from onebox.probes import until_ready
 from onebox.supervisor import Backoff, Child, ChildDied, ChildSpec, Supervisor
-from onebox.topology import Topology
+from onebox.topology import ModelSpec, Topology
 
-Mode = Literal["per-model-pools", "unified-pool"]
-MODES: tuple[str, ...] = get_args(Mode)
+Mode = RoutingMode
+MODES: tuple[str, ...] = ROUTING_MODES
 HOST = "127.0.0.1"
 MAX_REPLICAS = 8  # EPP or BBR replicas per group: each is a Python process on a small machine
 
@@ -183,6 +186,9 @@ class OneBox:
             known = set(topology.served_names).union(*(m.lora_parents for m in topology.models))
             self.keys = load_keys(api_keys, known)
         self.mode: Mode = mode
+        # The InferencePools of the mode, each with one EPP (or epp_replicas): per-model pools by
+        # each model's pool, or one "unified" pool over every pod.
+        self.pools = split_into_pools(mode, topology.models, pool_of=lambda m: m.pool_name, unified="unified")
         self.time_scale = time_scale
         self.with_round_robin = round_robin
         self.epp_profile = epp_profile
@@ -304,22 +310,23 @@ class OneBox:
 
         await asyncio.gather(*(wait(pod) for pod in starting))
 
-    def _ext_proc(self, name: str, command: str, args: list[str]) -> ChildSpec:
-        return children.ext_proc_server(name, command, HOST, self.log_level, args)
+    def _ext_proc(self, name: str, settings: ServerSettings) -> ChildSpec:
+        return children.ext_proc_server(name, HOST, self.log_level, settings)
 
     async def _spawn_bbrs(self) -> list[Child]:
-        args = ["--served-models", ",".join(self.topology.served_names)]
-        for model in self.topology.models:
-            for adapter, base in model.lora_parents.items():
-                args += ["--adapter", f"{adapter}={base}"]
+        adapters = {a: base for model in self.topology.models for a, base in model.lora_parents.items()}
+        keys: dict[str, object] = {}
         if self.keys is not None:
             # Each replica enforces ceil(requestsPerMinute / N) of a key's limit (epp.auth.limits).
-            args += ["--api-keys-file", str(self.keys.path), "--limit-share", str(self.bbr_replicas)]
+            keys = {"api_keys_file": self.keys.path, "limit_share": self.bbr_replicas}
         if self.bbr_buffered_bytes is not None:
-            args += ["--max-buffered-bytes", str(self.bbr_buffered_bytes)]
+            keys["max_buffered_bytes"] = self.bbr_buffered_bytes
+        settings = BbrSettings.model_validate(
+            {"served_models": self.topology.served_names, "adapters": adapters, **keys}
+        )
         for i in range(self.bbr_replicas):
             name = replica_name("bbr", i, self.bbr_replicas)
-            self.bbrs.append(ExtProcServer(name, await self._launch(self._ext_proc(name, "bbr", args))))
+            self.bbrs.append(ExtProcServer(name, await self._launch(self._ext_proc(name, settings))))
         return [b.child for b in self.bbrs]
 
     def _endpoints_file(self, name: str, pods: list[Pod]) -> Path:
@@ -331,24 +338,26 @@ class OneBox:
         path.write_text(yaml.safe_dump({"endpoints": endpoints}, sort_keys=False))
         return path
 
+    def _pods_of(self, pool: RoutingPool[ModelSpec]) -> list[Pod]:
+        return [p for p in self.pods if not pool.by_model or p.pool == pool.name]
+
     async def _spawn_epps(self) -> list[Child]:
-        profile = ["--profile", self.epp_profile] if self.epp_profile else []
-        if self.mode == "unified-pool":
-            pools = {"unified": ("epp", self.pods)}
-        else:
-            pools = {
-                pool: (f"epp-{pool}", [p for p in self.pods if p.pool == pool])
-                for pool in self.topology.pools()
-            }
         starting = []
-        for pool, (base, pods) in pools.items():
-            endpoints = self._endpoints_file(pool, pods)
-            models = ",".join(sorted({p.model for p in pods}))
-            args = ["--endpoints-file", str(endpoints), "--pool-models", models, *profile]
+        for pool in self.pools:
+            pods = self._pods_of(pool)
+            endpoints = self._endpoints_file(pool.name, pods)
+            settings = EppSettings.model_validate(
+                {
+                    "endpoints_file": endpoints,
+                    "pool_models": sorted({p.model for p in pods}),
+                    **({"profile": self.epp_profile} if self.epp_profile else {}),
+                }
+            )
+            base = f"epp-{pool.name}" if pool.by_model else "epp"
             for i in range(self.epp_replicas):
                 name = replica_name(base, i, self.epp_replicas)
-                child = await self._launch(self._ext_proc(name, "epp", args))
-                self.epps.setdefault(pool, []).append(ExtProcServer(name, child))
+                child = await self._launch(self._ext_proc(name, settings))
+                self.epps.setdefault(pool.name, []).append(ExtProcServer(name, child))
                 starting.append(child)
         return starting
 
@@ -367,20 +376,21 @@ class OneBox:
             self.round_robin_port = gateways[1].ports["listener"]
 
     def _gateway_config(self) -> dict[str, Any]:
-        if self.mode == "unified-pool":
+        if not self.pools[0].by_model:
+            [pool] = self.pools
             return bootstrap.unified_gateway_config(
-                epp=[e.replica for e in self.epps["unified"]], bbr=[b.replica for b in self.bbrs] or None,
+                epp=[e.replica for e in self.epps[pool.name]], bbr=[b.replica for b in self.bbrs] or None,
                 host=HOST, port=self.gateway_port,
                 endpoints=[p.address for p in self.pods], limits=self.limits, timeouts=self.timeouts,
             )  # fmt: skip
         pools = [
             bootstrap.PoolRoute(
-                name=pool,
-                models=tuple(m.served_name for m in models),
-                epp=tuple(e.replica for e in self.epps[pool]),
-                endpoints=tuple(p.address for p in self.pods if p.pool == pool),
+                name=pool.name,
+                models=tuple(m.served_name for m in pool.models),
+                epp=tuple(e.replica for e in self.epps[pool.name]),
+                endpoints=tuple(p.address for p in self._pods_of(pool)),
             )
-            for pool, models in self.topology.pools().items()
+            for pool in self.pools
         ]
         return bootstrap.gateway_config(
             bbr=[b.replica for b in self.bbrs], pools=pools, host=HOST, port=self.gateway_port,

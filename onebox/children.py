@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from epp.contract import join_host_port
+from epp.settings import ServerSettings
 
 from onebox.probes import grpc_serving, http_ok
 from onebox.supervisor import ChildSpec, Ports, announced
@@ -73,17 +74,24 @@ def simulator(name: str, host: str, args: Sequence[str]) -> ChildSpec:
     )  # fmt: skip
 
 
-def ext_proc_server(name: str, command: str, host: str, log_level: str, args: Sequence[str]) -> ChildSpec:
-    """The ``epp`` or ``bbr`` command as ``name`` on ``host``, with ``args`` after the port flags."""
+def ext_proc_server(name: str, host: str, log_level: str, settings: ServerSettings) -> ChildSpec:
+    """The ``epp`` or ``bbr`` command of ``settings`` as ``name`` on ``host``: its command line is the
+    settings' own (``to_argv``), bound to ``host`` on the ports of this start (0 the first time)."""
     level = log_level if LOG_LEVELS.index(log_level) <= LOG_LEVELS.index("info") else "info"
-    binary = executable(command)
+    binary = executable(settings.COMMAND)
 
     def argv(ports: Ports) -> list[str]:
-        return [
-            binary, "--bind", host, "--grpc-port", str(ports.get("grpc", 0)),
-            "--health-port", str(ports.get("health", 0)), "--metrics-port", str(ports.get("metrics", 0)),
-            "--log-level", level, *args,
-        ]  # fmt: skip
+        local = settings.model_validate(
+            {
+                **settings.model_dump(exclude_unset=True),
+                "bind": host,
+                "grpc_port": ports.get("grpc", 0),
+                "health_port": ports.get("health", 0),
+                "metrics_port": ports.get("metrics", 0),
+                "log_level": level,
+            }
+        )
+        return [binary, *local.to_argv()]
 
     return ChildSpec(
         name, argv, ports=announced(ext_proc_ports),

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from epp.validation import describe
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from onebox import backends
@@ -164,7 +165,7 @@ def parse_topology(text: str, source: str = "<string>") -> Topology:
     try:
         return Topology.model_validate(data)
     except ValidationError as exc:
-        raise TopologyError(f"{source}: invalid topology:\n{exc}") from exc
+        raise TopologyError(f"{source}: invalid topology: {describe(exc)}") from None
 
 
 def load_topology(path: Path) -> Topology:

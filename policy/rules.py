@@ -2,7 +2,9 @@
 
 Nothing here imports `pulumi_policy`: the rules run unchanged in the main virtualenv (unit tests,
 checks over the mocked program) and inside the policy pack (`policy/__main__.py`), which only wires
-them to the Pulumi policy SDK.
+them to the Pulumi policy SDK. The one import of the project is `epp.contract` (standard library
+only; the pack's venv holds the EPP package without its dependencies), for how the BBR's command
+spells a flag.
 
 A resource is seen as Pulumi shows it to a policy: its type token (``kubernetes:apps/v1:Deployment``,
 ``gcp:container/cluster:Cluster``) and its inputs with camelCase names (``spec.template.spec.containers``,
@@ -19,6 +21,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from epp.contract import command_flag
 
 # Pod-owning Kubernetes kinds and where their pod spec lives in the inputs.
 _POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
@@ -45,7 +49,8 @@ GATEWAY_TYPE = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
 ROUTING_EXTENSION_TYPE = "kubernetes:networking.gke.io/v1:GCPRoutingExtension"
 SERVICE_TYPE = "kubernetes:core/v1:Service"
 DEPLOYMENT_TYPE = "kubernetes:apps/v1:Deployment"
-API_KEYS_FLAG = "--api-keys-file"
+# The BBR's flag that loads the key list, as the ``bbr`` command spells it (``epp.settings``).
+API_KEYS_FLAG = command_flag("api_keys_file")
 # GKE gateway classes whose load balancer has an internet-facing address.
 PUBLIC_GATEWAY_CLASSES = frozenset(
     {

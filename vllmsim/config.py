@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Literal
 
+from epp.validation import describe
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
@@ -158,7 +159,4 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
             seed=args.seed,
         )
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-        )
-        parser.error(problems)
+        parser.error(describe(exc))

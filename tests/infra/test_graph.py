@@ -8,8 +8,13 @@ HealthCheckPolicy, the proxy-only subnet before the Gateway, and the image befor
 
 from __future__ import annotations
 
+from typing import Any
+
+import pulumi
+import pytest
+
 from components.config import GKE_MANAGED_INFERENCE_POOL_CRD_VERSION
-from render import RegisteredResource, StackRun
+from render import RegisteredResource, StackRun, render_stack
 from tests.infra.conftest import (
     CLUSTER,
     CRD,
@@ -126,3 +131,31 @@ def test_every_kubernetes_object_goes_through_the_clusters_provider(stack_run: S
     for resource in kubernetes:
         assert resource.provider is not None
         assert resource.provider.startswith(provider.urn + "::")
+
+
+def test_no_component_gets_a_child_after_it_registered_its_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The engine takes register_outputs as the component's end: a child created afterwards (the
+    # Gateway's routes once were) is outside what the component reported.
+    closed: list[pulumi.ComponentResource] = []
+    late: list[str] = []
+    register_outputs = pulumi.ComponentResource.register_outputs
+    resource_init = pulumi.Resource.__init__
+
+    def closing(self: pulumi.ComponentResource, outputs: Any) -> None:
+        closed.append(self)
+        register_outputs(self, outputs)
+
+    def watched(self: pulumi.Resource, t: str, name: str, *args: Any, **kwargs: Any) -> None:
+        opts = kwargs.get("opts", args[2] if len(args) > 2 else None)
+        parent = getattr(opts, "parent", None)
+        if any(parent is component for component in closed):
+            late.append(f"{t} {name}")
+        resource_init(self, t, name, *args, **kwargs)
+
+    monkeypatch.setattr(pulumi.ComponentResource, "register_outputs", closing)
+    monkeypatch.setattr(pulumi.Resource, "__init__", watched)
+    for stack in ("gpu", "tpu"):
+        render_stack(stack)
+
+    assert closed
+    assert late == []

@@ -225,7 +225,7 @@ def test_the_load_balancer_reaches_the_epp_and_bbr_over_http2_with_tls(
     # Google Cloud load balancers speak TLS to an HTTP2 backend (cleartext would be H2C).
     [container] = pod_spec(named(gpu, DEPLOYMENT, deployment))["containers"]
     [grpc_port, *_] = named(gpu, SERVICE, service).props["spec"]["ports"]
-    assert grpc_port["appProtocol"].upper() == "HTTP2"
+    assert grpc_port["appProtocol"] == "HTTP2"
     assert "--secure-serving" in container["args"]
 
 

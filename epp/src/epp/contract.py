@@ -61,6 +61,14 @@ BBR_GRPC_PORT: Final = 9004
 BBR_HEALTH_PORT: Final = 9005
 METRICS_PORT: Final = 9090
 
+# --- The ``epp`` and ``bbr`` command lines -------------------------------------------------------------
+def command_flag(field: str) -> str:
+    """The flag of a settings field of the ``epp``/``bbr`` commands (``epp.settings``):
+    ``api_keys_file`` -> ``--api-keys-file``. Readers of a rendered command line (the policy pack)
+    name a flag through this, never by spelling it."""
+    return "--" + field.replace("_", "-")
+
+
 # --- Scheduling profiles shipped with the EPP ---------------------------------------------------------
 ProfileName = Literal["default", "proxy-performance", "proxy-performance-by-backend"]
 PROFILE_NAMES: Final[tuple[str, ...]] = get_args(ProfileName)

@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from epp.validation import problems
+
 MIN_KEY_LENGTH = 32
 # A tenant name is a metric label value and a log field: short, plain, no spaces.
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})")
@@ -118,13 +120,6 @@ def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def _path(prefix: str, loc: Sequence[int | str]) -> str:
-    text = prefix
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return text
-
-
 def _load(text: str, where: str) -> Any:
     try:
         return yaml.safe_load(text)
@@ -151,9 +146,7 @@ def parse_api_keys(
         try:
             valid.append((index, ApiKeyEntry.model_validate(item)))
         except ValidationError as error:
-            for detail in error.errors(include_input=False, include_url=False):
-                message = str(detail["msg"]).removeprefix("Value error, ")
-                errors.append(f"{_path(f'{where}[{index}]', detail['loc'])}: {message}")
+            errors += [f"{p.path(f'{where}[{index}]')}: {p.message}" for p in problems(error)]
     names: dict[str, int] = {}
     digests: dict[bytes, int] = {}
     for index, entry in valid:

@@ -71,6 +71,7 @@ __all__ = [
     "StaticDiscovery",
     "StaticEndpoint",
     "build_source",
+    "check_endpoint_source",
     "default_namespace",
     "parse_endpoint_list",
     "parse_endpoints_yaml",
@@ -90,19 +91,18 @@ class EndpointSource(Protocol):
     async def run(self) -> None: ...
 
 
-def build_source(
-    datastore: Datastore,
+def check_endpoint_source(
     *,
     pool_name: str | None = None,
     pool_namespace: str | None = None,
     endpoints_file: Path | None = None,
     endpoints: str | None = None,
-    on_error: ErrorCallback | None = None,
-) -> EndpointSource:
-    """The endpoint source for the ``epp`` flags: exactly one of pool_name, endpoints_file, endpoints.
+) -> None:
+    """The ``epp`` command's rule on where endpoints come from: exactly one of ``--pool-name``,
+    ``--endpoints-file`` and ``--endpoints``; ``--pool-namespace`` only with ``--pool-name``.
 
-    Raises ``ValueError`` naming what is wrong: ``EndpointsFileError`` for a bad list or file,
-    ``KubernetesConfigError`` when --pool-name is given but no Kubernetes configuration is found.
+    Raises ``ValueError`` naming the flags given. The settings (``epp.settings.EppSettings``) and
+    :func:`build_source` both apply it.
     """
     given = [
         flag
@@ -120,6 +120,25 @@ def build_source(
         )
     if pool_namespace and not pool_name:
         raise ValueError("--pool-namespace only applies with --pool-name")
+
+
+def build_source(
+    datastore: Datastore,
+    *,
+    pool_name: str | None = None,
+    pool_namespace: str | None = None,
+    endpoints_file: Path | None = None,
+    endpoints: str | None = None,
+    on_error: ErrorCallback | None = None,
+) -> EndpointSource:
+    """The endpoint source for the ``epp`` flags (:func:`check_endpoint_source`).
+
+    Raises ``ValueError`` naming what is wrong: ``EndpointsFileError`` for a bad list or file,
+    ``KubernetesConfigError`` when --pool-name is given but no Kubernetes configuration is found.
+    """
+    check_endpoint_source(
+        pool_name=pool_name, pool_namespace=pool_namespace, endpoints_file=endpoints_file, endpoints=endpoints
+    )
     if pool_name:
         return KubernetesDiscovery(datastore, pool_namespace, pool_name, on_error=on_error)
     if endpoints_file is not None:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from epp.datastore import Datastore, Endpoint
 from epp.discovery._workers import ErrorCallback
+from epp.validation import problems
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,9 @@ def parse_pool_spec(pool: Any, name: str) -> PoolSpec:
     try:
         return PoolSpec.model_validate(spec)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(part) for part in ("spec", *error["loc"]))
-        raise PoolSpecError(f"InferencePool {name}: field {field!r}: {error['msg']}") from None
+        problem = problems(exc)[0]
+        field = problem.path("spec")
+        raise PoolSpecError(f"InferencePool {name}: field {field!r}: {problem.message}") from None
 
 
 def _is_ready(pod: Pod) -> bool:

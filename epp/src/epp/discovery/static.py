@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from epp.contract import join_host_port, split_host_port
 from epp.datastore import Datastore, Endpoint
 from epp.discovery._workers import ErrorCallback
+from epp.validation import field_path, problems
 
 log = logging.getLogger(__name__)
 
@@ -90,24 +91,21 @@ def parse_endpoints_yaml(text: str, source: str = "endpoints file") -> list[Stat
 
 
 def _describe(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
-    problems = []
-    for error in exc.errors():
-        loc = error["loc"]
-        message = error["msg"]
+    found = []
+    for problem in problems(exc):
+        loc, message = problem.loc, problem.pydantic_message
         if len(loc) >= 2 and loc[0] == "endpoints" and isinstance(loc[1], int):
             index = loc[1]
             entry = raw["endpoints"][index]
             name = entry.get("name") if isinstance(entry, dict) else None
             who = f"endpoints[{index}]" + (f" (name {name!r})" if isinstance(name, str) else "")
             if len(loc) >= 3:
-                field = ".".join(str(part) for part in loc[2:])
-                problems.append(f"{who} field {field!r}: {message}")
+                found.append(f"{who} field {field_path(loc[2:])!r}: {message}")
             else:
-                problems.append(f"{who}: {message}")
+                found.append(f"{who}: {message}")
         else:
-            field = ".".join(str(part) for part in loc) or "(top level)"
-            problems.append(f"field {field!r}: {message}")
-    return f"{source}: " + "; ".join(problems)
+            found.append(f"field {problem.path() or '(top level)'!r}: {message}")
+    return f"{source}: " + "; ".join(found)
 
 
 def parse_endpoint_list(spec: str) -> list[StaticEndpoint]:
@@ -121,9 +119,9 @@ def parse_endpoint_list(spec: str) -> list[StaticEndpoint]:
         try:
             endpoint = StaticEndpoint(name=item, address=host, port=port)
         except ValidationError as exc:
-            error = exc.errors()[0]
-            field = ".".join(str(part) for part in error["loc"])
-            raise EndpointsFileError(f"{where} field {field!r}: {error['msg']}") from None
+            problem = problems(exc)[0]
+            field, message = problem.path(), problem.pydantic_message
+            raise EndpointsFileError(f"{where} field {field!r}: {message}") from None
         if any(e.endpoint_address == endpoint.endpoint_address for e in endpoints):
             raise EndpointsFileError(f"{where}: {endpoint.endpoint_address} is listed twice")
         endpoints.append(endpoint)
