@@ -35,6 +35,7 @@ EVERY_EPP_FLAG = EppSettings(
     event_loop="asyncio",
     grace=1.5,
     max_body_bytes=1024,
+    max_buffered_bytes=1 << 26,
     secure_serving=True,
     cert_path=Path("/etc/tls"),
 )
@@ -51,6 +52,7 @@ EVERY_BBR_FLAG = BbrSettings(
     event_loop="asyncio",
     grace=0.0,
     max_body_bytes=4096,
+    max_buffered_bytes=1 << 27,
     secure_serving=True,
     cert_path=Path("/etc/bbr-tls"),
 )
