@@ -31,8 +31,12 @@ from epp.extproc import ExtProcServer
 from epp.extproc.bbr import BodyBasedRouter
 from epp.extproc.picker import EndpointPicker
 from epp.extproc.stream import BodyBudget, buffered_budget
+from epp.flowcontrol.metrics import FlowControlMetrics
+from epp.flowcontrol.queue import FlowController
 from epp.health import Health
 from epp.memory import return_large_blocks
+from epp.requestcontrol.director import Plugins
+from epp.requestcontrol.flow_control import FlowControlAdmission
 from epp.scheduling import (
     ConfigError,
     EndpointPickerConfig,
@@ -148,12 +152,21 @@ async def serve_epp(
         metrics_timeout=settings.metrics_timeout, on_error=on_error, ejection=settings.ejection,
         on_eject=telemetry.ejected,
     ) as runner:
+        flow_control = config.flow_control_config()
+        admission: FlowControlAdmission | None = None
+        if flow_control is not None:
+            metrics = FlowControlMetrics(telemetry.registry, settings.pool_name or "default")
+            admission = FlowControlAdmission(
+                FlowController(flow_control, datastore, detector, metrics), settings.objectives
+            )
         picker = EndpointPicker(
             datastore,
             scheduler,
             telemetry,
             saturation=detector,
-            shed_on_saturation=settings.shed_on_saturation,
+            # With the flow-control queue a saturated pool makes requests wait, not fail at once.
+            shed_on_saturation=settings.shed_on_saturation and admission is None,
+            plugins=None if admission is None else Plugins(admitters=(admission,), pre_request=(admission,)),
             refresher=runner,
             outliers=runner.ejector,
             max_body_bytes=settings.max_body_bytes,
@@ -162,12 +175,18 @@ async def serve_epp(
         def on_endpoint(event: DatastoreEvent) -> None:
             if isinstance(event, EndpointRemoved):
                 scheduler.forget(event.endpoint.address)
+                if admission is not None:
+                    admission.controller.forget(event.endpoint.address)
 
         datastore.subscribe(on_endpoint)
         server = ExtProcServer(picker, health, bind=settings.bind, grpc_port=settings.grpc_port,
                                health_port=settings.health_port, credentials=settings.credentials("epp"),
                                budget=BodyBudget(buffered_budget(settings.max_buffered_bytes)))
-        await _serve(server, telemetry, settings, stop, _EppHealth(datastore, health, runner).run, bound)
+        try:
+            await _serve(server, telemetry, settings, stop, _EppHealth(datastore, health, runner).run, bound)
+        finally:
+            if admission is not None:
+                await admission.controller.close()
 
 
 async def serve_bbr(

@@ -45,6 +45,14 @@ TENANT_HEADER: Final = "x-gateway-api-key-name"
 API_KEYS_SECRET_KEY: Final = "api-keys.yaml"
 API_KEYS_MOUNT_DIR: Final = "/etc/llm-gateway/api-keys"
 
+# --- Flow control (llm-d-router's request headers, and the Gateway API Inference Extension's) -----------
+# Who a request belongs to, for fairness between tenants (behind a front door with keys, the key's
+# name in TENANT_HEADER takes precedence), and the InferenceObjective it names (its priority).
+FAIRNESS_HEADERS: Final = ("x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id")
+OBJECTIVE_HEADERS: Final = ("x-llm-d-inference-objective", "x-gateway-inference-objective")
+# The priority of the caller's API key entry, set by the front door (a client's value is removed).
+PRIORITY_HEADER: Final = "x-gateway-api-key-priority"
+
 # --- Requests ------------------------------------------------------------------------------------------
 # Every request carries one id from the front door to the pod and back to the client: the client's
 # own, or one the gateway generates (the BBR, or the EPP where no BBR runs in front of it).

@@ -294,6 +294,8 @@ class EppSettings(ServerSettings):
              name="--max-ejection-seconds"),
         Flag("models_interval", "seconds between model probes"),
         Flag("shed_on_saturation", "429 when the pool is saturated"),
+        Flag("objectives", "an InferenceObjective and its priority, for the flow-control queue (repeatable)",
+             name="--objective", metavar="NAME=PRIORITY"),
         *_SERVER_FLAGS,
     )  # fmt: skip
 
@@ -313,6 +315,8 @@ class EppSettings(ServerSettings):
     # Models this pool is configured to serve: with no ready pod for one of them (say, scaled to
     # zero) a request gets 503, not the 404 of a model the pool has never heard of.
     pool_models: tuple[str, ...] = ()
+    # InferenceObjective name -> its spec.priority: the priority of a request naming it.
+    objectives: dict[str, int] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_source_and_one_config(self) -> Self:

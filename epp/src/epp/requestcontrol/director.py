@@ -85,7 +85,7 @@ class Director:
             raise RequestError(503, "The gateway's endpoint subset hint is empty.", None, "empty_subset")
         request = exchange.state.request = LLMRequest(
             request_id=exchange.request_id, model=model, prompt=parsed.prompt, headers=exchange.headers,
-            subset=subset,
+            subset=subset, body_size=len(body),
         )
         return request
 

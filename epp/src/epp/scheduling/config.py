@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import epp.scheduling.plugins  # noqa: F401 (registers the built-in plugin types)
+from epp.flowcontrol.config import FlowControlConfig
 from epp.scheduling.errors import ConfigError, describe
 from epp.scheduling.framework import Filter, Picker, Plugin, ProfileHandler, Scorer
 from epp.scheduling.params import Duration, Fraction, NonNegativeFloat, NonNegativeInt, NoParameters
@@ -97,8 +98,24 @@ class EndpointPickerConfig(BaseModel):
     saturation_detector: SaturationDetectorConfig = Field(
         default_factory=lambda: SaturationDetectorConfig.model_validate({}), alias="saturationDetector"
     )
-    # Accepted for compatibility with upstream files; no gate changes this EPP's behaviour.
+    # Upstream's gates: ``flowControl`` turns the flow-control queue on; others are accepted and ignored.
     feature_gates: list[str] = Field(default_factory=list, alias="featureGates")
+    flow_control: FlowControlConfig | None = Field(None, alias="flowControl")
+
+    def gate(self, name: str) -> bool:
+        """Whether feature gate ``name`` is on (``name`` or ``name=true``; the last entry wins)."""
+        state = False
+        for entry in self.feature_gates:
+            gate, _, value = entry.partition("=")
+            if gate.strip() == name:
+                state = value.strip().lower() in ("", "true")
+        return state
+
+    def flow_control_config(self) -> FlowControlConfig | None:
+        """The flow-control settings when the ``flowControl`` gate is on (defaults without a section)."""
+        if not self.gate("flowControl"):
+            return None
+        return self.flow_control or FlowControlConfig.model_validate({})
 
     @field_validator("api_version")
     @classmethod

@@ -25,6 +25,8 @@ class LLMRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
     # The proxy's subset hint: only these ``ip:port`` may be picked; None means no restriction.
     subset: frozenset[str] | None = None
+    # The request body's size in bytes (what a queue holds for it).
+    body_size: int = 0
 
 
 @dataclass(slots=True)

@@ -1,0 +1,260 @@
+"""The flow-control queue: requests wait while their model's pods are saturated, leave fairly across
+tenants and by priority as the pods get room, and never wait without bound."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+from epp.datastore import Datastore, Endpoint, Metrics
+from epp.flowcontrol.config import FlowControlConfig
+from epp.flowcontrol.metrics import FlowControlMetrics
+from epp.flowcontrol.queue import FlowController
+from epp.refusals import RequestError
+from epp.scheduling.saturation import SaturationDetector
+from prometheus_client import CollectorRegistry
+
+MODEL = "m"
+A = "10.0.0.1:8000"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pool(clock: Clock, *addresses: str, model: str = MODEL) -> Datastore:
+    datastore = Datastore(pool_models=[model])
+    for address in addresses:
+        ip, port = address.split(":")
+        endpoint = datastore.upsert(Endpoint(name=address, ip=ip, port=int(port)))
+        datastore.set_models(endpoint.address, frozenset({model}), {})
+    datastore.mark_synced()
+    return datastore
+
+
+def load(datastore: Datastore, clock: Clock, address: str, waiting: int) -> None:
+    """A fresh scrape of ``address`` showing ``waiting`` queued requests."""
+    endpoint = datastore.get(address)
+    assert endpoint is not None
+    datastore.set_metrics(endpoint, Metrics(waiting=waiting, running=4, updated_at=clock.now))
+
+
+def controller(datastore: Datastore, clock: Clock, registry: CollectorRegistry | None = None,
+               **config: object) -> FlowController:
+    metrics = FlowControlMetrics(registry, "pool") if registry is not None else None
+    # queueDepthThreshold 0: an endpoint has room only while nothing waits at it.
+    detector = SaturationDetector(queue_depth_threshold=0, metrics_staleness_threshold=1.0)
+    return FlowController(FlowControlConfig.model_validate(config), datastore, detector, metrics,
+                          clock=clock, tick=3600)
+
+
+def waiting(queue: FlowController, tenant: str, priority: int = 0, model: str = MODEL) -> asyncio.Task[None]:
+    return asyncio.ensure_future(queue.admit(model, None, tenant, priority, 100))
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_request_with_room_and_nobody_ahead_does_not_wait() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    load(datastore, clock, A, waiting=0)
+    queue = controller(datastore, clock)
+    await asyncio.wait_for(queue.admit(MODEL, None, "t", 0, 10), 1)
+    assert queue.count == 0
+
+
+async def test_a_saturated_model_makes_requests_wait_until_a_pod_has_room() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    load(datastore, clock, A, waiting=3)
+    queue = controller(datastore, clock)
+    task = waiting(queue, "t")
+    await settle()
+    assert not task.done()
+    assert queue.count == 1
+    clock.now += 0.05
+    load(datastore, clock, A, waiting=0)
+    assert queue.dispatch() == 1
+    await asyncio.wait_for(task, 1)
+    assert queue.count == 0
+    await queue.close()
+
+
+async def test_requests_sent_since_the_last_scrape_count_against_a_pods_room() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    load(datastore, clock, A, waiting=3)
+    queue = controller(datastore, clock)
+    tasks = [waiting(queue, "t") for _ in range(3)]
+    await settle()
+    clock.now += 0.01
+    load(datastore, clock, A, waiting=0)
+    assert queue.dispatch() == 1  # one goes; the scrape cannot show it yet
+    clock.now += 0.001
+    queue.sent(A)
+    assert queue.dispatch() == 0
+    clock.now += 0.01
+    load(datastore, clock, A, waiting=0)  # the next scrape: it is running, room again
+    assert queue.dispatch() == 1
+    await queue.close()
+    for task in tasks:
+        task.cancel()
+
+
+async def test_tenants_are_served_in_turn_not_in_arrival_order() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    load(datastore, clock, A, waiting=5)
+    queue = controller(datastore, clock)
+    order: list[str] = []
+
+    async def request(tenant: str) -> None:
+        await queue.admit(MODEL, None, tenant, 0, 100)
+        order.append(tenant)
+
+    heavy = [asyncio.ensure_future(request("heavy")) for _ in range(10)]
+    await settle()
+    light = asyncio.ensure_future(request("light"))
+    await settle()
+    for _ in range(4):
+        clock.now += 0.01
+        load(datastore, clock, A, waiting=0)
+        queue.dispatch()
+        await settle()
+    assert order == ["heavy", "light", "heavy", "heavy"]
+    await queue.close()
+    for task in [*heavy, light]:
+        task.cancel()
+
+
+async def test_a_higher_priority_goes_first_and_sheds_a_lower_one_from_a_full_band() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    load(datastore, clock, A, waiting=5)
+    queue = controller(datastore, clock, maxRequests=2)
+    low_old = waiting(queue, "batch", priority=-1)
+    await settle()
+    low_new = waiting(queue, "batch", priority=-1)
+    await settle()
+    high = waiting(queue, "chat", priority=10)
+    await settle()
+    # The queue was full: the newest low-priority request made room, with a 429.
+    with pytest.raises(RequestError) as shed:
+        await asyncio.wait_for(low_new, 1)
+    assert (shed.value.status, shed.value.reason) == (429, "shed")
+    clock.now += 0.01
+    load(datastore, clock, A, waiting=0)
+    assert queue.dispatch() == 1
+    await asyncio.wait_for(high, 1)
+    assert not low_old.done()
+    # Nothing lower to shed: a full queue refuses the newcomer itself.
+    other = waiting(queue, "chat", priority=-1)
+    blocker = waiting(queue, "chat", priority=-1)
+    await settle()
+    with pytest.raises(RequestError) as refused:
+        await asyncio.wait_for(blocker, 1)
+    refusal = refused.value
+    assert (refusal.status, refusal.reason, refusal.retry_after) == (429, "queue_full", 1)
+    await queue.close()
+    for task in (low_old, other):
+        task.cancel()
+
+
+async def test_a_request_that_waits_too_long_gets_a_429_with_retry_after() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    load(datastore, clock, A, waiting=5)
+    queue = controller(datastore, clock, defaultRequestTTL="2s")
+    task = waiting(queue, "t")
+    await settle()
+    clock.now += 1.9
+    queue.dispatch()
+    assert not task.done()
+    clock.now += 0.2
+    queue.dispatch()
+    with pytest.raises(RequestError) as expired:
+        await asyncio.wait_for(task, 1)
+    refusal = expired.value
+    assert (refusal.status, refusal.reason, refusal.retry_after) == (429, "queue_timeout", 1)
+    assert queue.count == 0
+
+
+async def test_a_model_with_no_pod_waits_for_one_and_gets_a_503_if_none_comes() -> None:
+    clock = Clock()
+    datastore = pool(clock)  # configured for MODEL, no pod yet: scaled to zero
+    queue = controller(datastore, clock, noEndpointRequestTTL="30s", defaultRequestTTL="1s")
+    woken = waiting(queue, "t")
+    await settle()
+    clock.now += 20  # longer than defaultRequestTTL: the no-endpoint budget applies
+    queue.dispatch()
+    assert not woken.done()
+    endpoint = datastore.upsert(Endpoint(name="cold", ip="10.0.0.9", port=8000))
+    datastore.set_models(endpoint.address, frozenset({MODEL}), {})
+    load(datastore, clock, endpoint.address, waiting=0)
+    queue.dispatch()
+    await asyncio.wait_for(woken, 1)
+
+    datastore.remove(endpoint.address)
+    never = waiting(queue, "t")
+    await settle()
+    clock.now += 31
+    queue.dispatch()
+    with pytest.raises(RequestError) as unavailable:
+        await asyncio.wait_for(never, 1)
+    assert (unavailable.value.status, unavailable.value.reason) == (503, "no_endpoint")
+    assert unavailable.value.retry_after is not None
+    await queue.close()
+
+
+async def test_a_client_that_goes_away_leaves_the_queue_at_once() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    load(datastore, clock, A, waiting=5)
+    registry = CollectorRegistry()
+    queue = controller(datastore, clock, registry)
+    task = waiting(queue, "t")
+    await settle()
+    assert registry.get_sample_value(
+        "llm_d_epp_flow_control_queue_size",
+        {"fairness_id": "t", "priority": "0", "inference_pool": "pool", "model_name": MODEL,
+         "target_model_name": MODEL},
+    ) == 1
+    task.cancel()
+    await settle()
+    assert queue.count == 0
+    labels = {"fairness_id": "t", "priority": "0", "inference_pool": "pool", "model_name": MODEL,
+              "target_model_name": MODEL}
+    for prefix in ("llm_d_epp", "inference_extension"):
+        assert registry.get_sample_value(f"{prefix}_flow_control_queue_size", labels) == 0
+        count = registry.get_sample_value(
+            f"{prefix}_flow_control_request_queue_duration_seconds_count", {**labels, "outcome": "cancelled"}
+        )
+        assert count == 1
+    await queue.close()
+
+
+def test_the_config_takes_upstreams_fields_and_refuses_what_it_cannot_honour() -> None:
+    config = FlowControlConfig.model_validate({
+        "maxRequests": "1k", "maxBytes": "1Gi", "defaultRequestTTL": "1m30s", "noEndpointRequestTTL": "0s",
+        "priorityBands": [
+            {"priority": 10, "maxRequests": 100, "fairnessPolicyRef": "global-strict-fairness-policy"}
+        ],
+    })
+    assert (config.max_requests, config.max_bytes) == (1000, 1 << 30)
+    assert config.default_request_ttl == 90.0
+    assert config.no_endpoint_request_ttl == math.inf
+    assert config.band(10).request_limit == 100
+    assert config.band(3).request_limit == 5000
+    for bad in ({"priorityBands": [{"priority": "high"}]}, {"defaultRequestTTL": "soon"},
+                {"maxRequests": -1}, {"priorityBands": [{"priority": 1}, {"priority": 1}]},
+                {"priorityBands": [{"priority": 1, "fairnessPolicyRef": "lottery"}]}, {"queueDepth": 3}):
+        with pytest.raises(ValueError, match="validation error"):
+            FlowControlConfig.model_validate(bad)
