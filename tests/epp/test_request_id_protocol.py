@@ -41,27 +41,37 @@ async def test_a_request_without_an_id_gets_one_on_its_way_to_the_pod_and_back()
         outcome = await stream.send_request(completion(), headers=NO_ID)
         generated = outcome.set_headers["x-request-id"]
         assert uuid.UUID(generated).version == 4
+        assert outcome.set_headers["x-gateway-request-id-generated"] == "1"
         answers = await stream.send_response(200, b"{}")
     assert response_header(answers[0], "x-request-id") == generated
 
 
-async def test_the_clients_own_id_is_kept_and_returned() -> None:
+async def test_the_clients_own_id_is_kept_and_not_repeated() -> None:
     async with serving(picker()) as stub:
         stream = EnvoyStream(stub)
         outcome = await stream.send_request(completion(), headers={"x-request-id": "client-7"})
         assert "x-request-id" not in outcome.set_headers  # the request already carries it
         answers = await stream.send_response(200, b"{}")
-    assert response_header(answers[0], "x-request-id") == "client-7"
+    assert response_header(answers[0], "x-request-id") is None  # the client knows it
 
 
-async def test_a_refusal_carries_the_id_too() -> None:
+async def test_the_picker_returns_the_id_the_front_door_made_up() -> None:
+    async with serving(picker()) as stub:
+        stream = EnvoyStream(stub)
+        marked = {"x-request-id": "made-at-the-door", "x-gateway-request-id-generated": "1"}
+        await stream.send_request(completion(), headers=marked)
+        answers = await stream.send_response(200, b"{}")
+    assert response_header(answers[0], "x-request-id") == "made-at-the-door"
+
+
+async def test_a_refusal_carries_a_made_up_id_too() -> None:
     router = BodyBasedRouter(Telemetry("bbr"), served_models=[GEMMA])
     async with serving(router) as stub:
         outcome = await EnvoyStream(stub).send_request(
             completion("no-such-model"), headers={"x-request-id": "r-9"}
         )
         assert outcome.immediate is not None
-        assert response_header(outcome.immediate, "x-request-id") == "r-9"
+        assert response_header(outcome.immediate, "x-request-id") is None  # the client's own
         generated = await EnvoyStream(stub).send_request(completion("no-such-model"), headers=NO_ID)
         assert generated.immediate is not None
         assert uuid.UUID(response_header(generated.immediate, "x-request-id") or "").version == 4

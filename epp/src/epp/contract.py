@@ -57,6 +57,9 @@ PRIORITY_HEADER: Final = "x-gateway-api-key-priority"
 # Every request carries one id from the front door to the pod and back to the client: the client's
 # own, or one the gateway generates (the BBR, or the EPP where no BBR runs in front of it).
 REQUEST_ID_HEADER: Final = "x-request-id"
+# Set beside a made-up id, so that what follows the front door returns it on the answer (a client's own
+# id it already knows, and Envoy's own generated ids Envoy returns itself in the one box).
+REQUEST_ID_GENERATED_HEADER: Final = "x-gateway-request-id-generated"
 
 # --- What model servers (and the simulator) say about themselves ------------------------------------
 POD_HEADER: Final = "x-inference-pod"

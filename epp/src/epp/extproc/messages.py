@@ -152,12 +152,12 @@ def immediate(
     )
 
 
-def with_request_header(response: ProcessingResponse, option: HeaderValueOption) -> ProcessingResponse:
+def with_request_header(response: ProcessingResponse, *options: HeaderValueOption) -> ProcessingResponse:
     """A copy of the answer to request headers ``response`` (never a shared constant changed) that
-    also sets ``option`` on the request."""
+    also sets ``options`` on the request."""
     copy = ProcessingResponse()
     copy.CopyFrom(response)
-    copy.request_headers.response.header_mutation.set_headers.append(option)
+    copy.request_headers.response.header_mutation.set_headers.extend(options)
     return copy
 
 

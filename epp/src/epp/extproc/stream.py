@@ -24,9 +24,11 @@ Waiting for Envoy to close the stream instead would cost a response-body message
 one more read. A handler that never looks at responses (``follows_responses = False``: the BBR)
 closes its stream as soon as the request went back to Envoy.
 
-Every request has an id (``x-request-id``): the client's, Envoy's, or one the driver generates and
-sets on the request; refusals carry it back to the client, and so do answers whose headers the
-handler follows (the EPP sets it on every answer it sees begin).
+Every request has an id (``x-request-id``): the client's, Envoy's, or one the driver makes up and
+sets on the request, marked ``x-gateway-request-id-generated`` for what follows. A made-up id goes
+back to the client on the answer: on a refusal, and on the response headers the EPP sees (the BBR
+does not follow responses; the EPP behind it returns the id the BBR made up). A client's own id it
+knows already, and Envoy returns the ids it makes up itself (``always_set_request_id_in_response``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 from google.protobuf.struct_pb2 import Struct
 
-from epp.contract import REQUEST_ID_HEADER, echoed
+from epp.contract import REQUEST_ID_GENERATED_HEADER, REQUEST_ID_HEADER, echoed
 from epp.extproc.decision import Answer, Decision
 from epp.extproc.errors import RequestError, body_too_large, internal_error, refusal_response
 from epp.extproc.messages import (
@@ -98,7 +100,8 @@ class Exchange(Generic[S]):
         self.metadata: Mapping[str, Struct] | None = None
         self.body: bytes | None = None
         self.request_id = ""
-        # True when the driver made the id up (the request came without one) and set it on the request.
+        # True when the gateway made the id up (this server, or the front door before it): the answer
+        # then carries it back to the client.
         self.request_id_generated = False
         self.model = ""
         # Short outcome for metrics: "routed", "models", "passthrough", or the RequestError reason;
@@ -203,6 +206,8 @@ def over_budget() -> RequestError:
     )
 
 
+_GENERATED_MARK = header_option(REQUEST_ID_GENERATED_HEADER, "1")
+
 _MISCONFIGURED = RequestError(
     500,
     "Gateway misconfiguration: the ext_proc filter must send request bodies in FULL_DUPLEX_STREAMED mode.",
@@ -270,6 +275,7 @@ class _Stream(Generic[S]):
         "parts",
         "request_mode",
         "response_mode",
+        "set_request_id",
         "size",
         "write",
     )
@@ -284,6 +290,8 @@ class _Stream(Generic[S]):
         self.limit = handler.max_body_bytes
         self.decided = False
         self.completed = False
+        # This stream made the request's id up: it sets it on the request it passes on.
+        self.set_request_id = False
         # Envoy states its body modes (protocol_config) only since 1.34; without them the filter is
         # taken to be configured as this server requires: full duplex both ways.
         self.request_mode = _FULL_DUPLEX
@@ -309,7 +317,7 @@ class _Stream(Generic[S]):
             extra={"request_id": exchange.request_id, "status": error.status, "reason": error.reason,
                    "model": echoed(exchange.model) or None},
         )
-        return refusal_response(error, exchange.request_id)
+        return refusal_response(error, exchange.request_id if exchange.request_id_generated else "")
 
     async def _refuse(self, error: RequestError) -> None:
         """Refuse the request before ``decide`` could see it; the exchange ends."""
@@ -333,7 +341,7 @@ class _Stream(Generic[S]):
                 "deciding on a request failed",
                 extra={"request_id": exchange.request_id, "model": echoed(exchange.model) or None},
             )
-            return refusal_response(failure, exchange.request_id)
+            return refusal_response(failure, exchange.request_id if exchange.request_id_generated else "")
 
     async def _answer_request(self) -> bool:
         """Send the decision on the request; False when it answered the request, ending the exchange."""
@@ -344,15 +352,15 @@ class _Stream(Generic[S]):
             return False
         if isinstance(decision, Answer):
             response = decision.response
-            if self.exchange.request_id:
+            if self.exchange.request_id_generated:
                 response = with_response_header(response, REQUEST_ID_HEADER, self.exchange.request_id)
             self.complete()
             await self.write(response)
             return False
         response = decision.response()
-        if self.exchange.request_id_generated:
-            option = header_option(REQUEST_ID_HEADER, self.exchange.request_id)
-            response = with_request_header(response, option)
+        if self.set_request_id:
+            made_up = header_option(REQUEST_ID_HEADER, self.exchange.request_id)
+            response = with_request_header(response, made_up, _GENERATED_MARK)
         await self.write(response)
         return True
 
@@ -368,6 +376,8 @@ class _Stream(Generic[S]):
         request_id = exchange.headers.get(REQUEST_ID_HEADER, "")
         if not request_id:
             request_id = exchange.headers[REQUEST_ID_HEADER] = str(uuid.uuid4())
+            exchange.request_id_generated = self.set_request_id = True
+        elif REQUEST_ID_GENERATED_HEADER in exchange.headers:
             exchange.request_id_generated = True
         exchange.request_id = request_id
         if request.HasField("metadata_context"):
@@ -464,11 +474,10 @@ class _Stream(Generic[S]):
 
     # -- the response -----------------------------------------------------------------------------
     def _headers_reply(self, reply: ProcessingResponse) -> ProcessingResponse:
-        """``reply`` to the response headers, carrying the request id back to the client."""
-        request_id = self.exchange.request_id
-        if not request_id:
+        """``reply`` to the response headers, carrying a made-up request id back to the client."""
+        if not self.exchange.request_id_generated:
             return reply
-        return with_response_header(reply, REQUEST_ID_HEADER, request_id)
+        return with_response_header(reply, REQUEST_ID_HEADER, self.exchange.request_id)
 
     async def response_headers(self, headers: HttpHeaders) -> bool:
         exchange = self.exchange
