@@ -83,9 +83,10 @@ class Platform(pulumi.ComponentResource):
     kubeconfig: pulumi.Output[str]
 
     def __init__(self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        # Asks GKE which versions the channel offers: a preview fails here, before any resource.
+        master_version = resolve_master_version(args.config)
         super().__init__("gke-llm-gateway:index:Platform", name, None, opts)
         cfg = args.config
-        master_version = resolve_master_version(cfg)  # fails the preview before any resource
         child = pulumi.ResourceOptions(parent=self)
         if cfg.enable_apis:
             managed = cfg.gateway.tls is not None and cfg.gateway.tls.certificate == "google-managed"
