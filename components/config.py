@@ -440,6 +440,11 @@ class PlatformConfig(_Model):
         return GKE_MANAGED_INFERENCE_POOL_CRD_VERSION if self.inference_pool_crd == "gke-managed" else None
 
     @property
+    def serves_on_tpu(self) -> bool:
+        """Whether a model runs on TPUs (their servers need uid 0: the namespace enforces ``baseline``)."""
+        return any(ACCELERATORS[model.accelerator].family == "tpu" for model in self.models)
+
+    @property
     def gated_models(self) -> list[tuple[int, ModelSpec]]:
         """``(index, model)`` of every model whose weights need ``hfToken``."""
         return [(index, model) for index, model in enumerate(self.models) if model.requires_token]

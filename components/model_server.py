@@ -5,8 +5,12 @@ TPU models request ``google.com/tpu`` and select ``cloud.google.com/gke-tpu-acce
 ``cloud.google.com/gke-tpu-topology``. The startup probe allows 90 x 30 s for the model download
 and compilation before liveness takes over. On shutdown a preStop sleep keeps the pod serving while
 the load balancer and the EPP drop it, then the grace period lets the longest request the Gateway
-allows finish before vLLM is killed. vLLM runs non-root on a read-only root filesystem:
-every path it writes (Hugging Face cache, home, /tmp, /dev/shm) is an emptyDir.
+allows finish before vLLM is killed. vLLM runs on a read-only root filesystem with no
+capabilities and no privilege escalation: every path it writes (Hugging Face cache, home, /tmp,
+/dev/shm) is an emptyDir. GPU servers run as uid 1000. TPU servers run as uid 0, unprivileged: the
+TPU chips are the host's ``/dev/vfio/*`` nodes, root-owned in the container, and no documented GKE
+setting hands their ownership to a pod's uid (docs/tpu-pod-security.md has the evidence); root
+without capabilities opens them as their owner and gains nothing else.
 
 The image: a stack file names a tag (``vllm/vllm-openai:v0.32.0``); at preview the program asks the
 registry for the digest the tag points to (``docker.get_registry_image``) and deploys
@@ -32,6 +36,7 @@ from components.config import ACCELERATORS, PINNED_IMAGE, ModelSpec, NodePool
 from components.namespace import HF_TOKEN_SECRET_KEY
 from components.podspec import (
     MODEL_LABEL,
+    ROOT_UID,
     SERVING_LABEL,
     Fields,
     container_security_context,
@@ -94,6 +99,15 @@ def termination_grace_seconds(request_timeout_sec: int) -> int:
     return request_timeout_sec + ENDPOINT_DRAIN_SECONDS
 
 
+def security_contexts(model: ModelSpec) -> tuple[Fields, Fields]:
+    """``(pod, container)`` security contexts: uid 1000 on GPUs; on TPUs uid 0, still unprivileged."""
+    if ACCELERATORS[model.accelerator].family == "tpu":
+        pod = {**pod_security_context(ROOT_UID), "runAsNonRoot": False}
+        pod.pop("fsGroup")
+        return pod, {**container_security_context(), "runAsNonRoot": False, "runAsUser": ROOT_UID}
+    return pod_security_context(VLLM_UID), container_security_context()
+
+
 def _node_placement(model: ModelSpec, pool: NodePool) -> tuple[dict[str, str], list[dict[str, str]]]:
     accelerator = ACCELERATORS[model.accelerator]
     selector: dict[str, str] = {accelerator.node_selector_key: str(model.accelerator)}
@@ -144,7 +158,7 @@ def _container(model: ModelSpec, image: pulumi.Input[str], hf_secret_name: str |
         "ports": [{"name": "http", "containerPort": VLLM_PORT, "protocol": "TCP"}],
         "env": env,
         "resources": resources(model.resources, {accelerator.resource: str(model.accelerator_count)}),
-        "securityContext": container_security_context(),
+        "securityContext": security_contexts(model)[1],
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(ENDPOINT_DRAIN_SECONDS)]}}},
         "startupProbe": health
         | {
@@ -194,7 +208,7 @@ class ModelServer(pulumi.ComponentResource):
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
-                    "securityContext": pod_security_context(VLLM_UID),
+                    "securityContext": security_contexts(model)[0],
                     "nodeSelector": node_selector,
                     "tolerations": tolerations,
                     "terminationGracePeriodSeconds": termination_grace_seconds(args.request_timeout_sec),

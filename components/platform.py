@@ -117,7 +117,12 @@ class Platform(pulumi.ComponentResource):
         )
         namespace = Namespace(
             "namespace",
-            NamespaceArgs(name=cfg.namespace, hf_token=args.secrets.hf_token, provider=provider),
+            NamespaceArgs(
+                name=cfg.namespace,
+                hf_token=args.secrets.hf_token,
+                provider=provider,
+                pod_security="baseline" if cfg.serves_on_tpu else "restricted",
+            ),
             opts=child,
         )
         model_images: dict[str, pulumi.Output[str]] = {}
