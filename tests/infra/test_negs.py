@@ -14,7 +14,10 @@ LIST = f"{COMPUTE}/projects/{PROJECT}/aggregated/networkEndpointGroups"
 
 
 def _neg(name: str, network: str = VPC) -> dict[str, Any]:
-    return {"name": name, "network": f"https://www.googleapis.com/compute/v1/projects/{PROJECT}/global/networks/{network}"}
+    return {
+        "name": name,
+        "network": f"https://www.googleapis.com/compute/v1/projects/{PROJECT}/global/networks/{network}",
+    }
 
 
 @dataclass
