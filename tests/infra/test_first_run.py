@@ -325,3 +325,26 @@ def test_the_node_service_account_id_is_valid_for_any_cluster_name(cluster_name:
 
     assert re.fullmatch(r"[a-z][-a-z0-9]{4,28}[a-z0-9]", account), account
     assert account != service_account_id(cluster_name + "b")  # a longer name never collides
+
+
+# 7. TPU servers: uid 0 but nothing else; the namespace level follows (docs/tpu-pod-security.md).
+
+
+def test_tpu_servers_run_as_root_without_privilege_and_the_namespace_says_baseline(
+    stack_run: StackRun,
+) -> None:
+    [namespace] = of_type(stack_run, "kubernetes:core/v1:Namespace")
+    labels = namespace.props["metadata"]["labels"]
+    on_tpu = stack_run.stack == "tpu"
+
+    assert labels["pod-security.kubernetes.io/enforce"] == ("baseline" if on_tpu else "restricted")
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+    assert labels["pod-security.kubernetes.io/audit"] == "restricted"
+    for deployment in (d for d in of_type(stack_run, DEPLOYMENT) if d.name.startswith("vllm-")):
+        [container] = deployment.props["spec"]["template"]["spec"]["containers"]
+        context = container["securityContext"]
+        assert (context.get("runAsUser") == 0) is on_tpu
+        assert context["privileged"] is False
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert rules.containers_run_as_non_root(DEPLOYMENT, deployment.props) == []
