@@ -381,6 +381,9 @@ class PlatformConfig(_Model):
     """Enable the Google APIs the stack uses (left enabled on destroy)."""
     private_nodes: bool = True
     """Nodes without external IPs; they reach registries and the Hugging Face Hub through Cloud NAT."""
+    docker_hub_mirror: bool = True
+    """Pull Docker Hub model images through an Artifact Registry remote repository (cached in the
+    region, no Docker Hub rate limits, allowed by "Artifact Registry only" org policies)."""
     deletion_protection: bool = True
     artifact_repository: Annotated[str, Field(pattern=DNS_LABEL)] = "llm-gateway"
     network: Network = Network()

@@ -15,7 +15,8 @@ without capabilities opens them as their owner and gains nothing else.
 The image: a stack file names a tag (``vllm/vllm-openai:v0.32.0``); at preview the program asks the
 registry for the digest the tag points to (``docker.get_registry_image``) and deploys
 ``name:tag@sha256:...``, so the plan shows the exact image and a re-pushed tag shows up as a diff
-instead of silently changing what runs. An already pinned reference is used as it is.
+instead of silently changing what runs. An already pinned reference is used as it is. With the
+Docker Hub mirror (:mod:`components.mirror`) the pinned reference points into it.
 
 Accelerator nodes may take minutes to appear (or never, without quota): by default ``pulumi up`` does
 not wait for the model Deployments to become ready (``pulumi.com/skipAwait``); the pods stay Pending
@@ -33,6 +34,7 @@ import pulumi_docker as docker
 import pulumi_kubernetes as k8s
 
 from components.config import ACCELERATORS, PINNED_IMAGE, ModelSpec, NodePool
+from components.mirror import DockerHubMirror
 from components.namespace import HF_TOKEN_SECRET_KEY
 from components.podspec import (
     MODEL_LABEL,
@@ -68,6 +70,8 @@ class ModelServerArgs:
     provider: k8s.Provider
     wait_for_ready: bool = False
     """``waitForModels``: hold the ``up`` until the Deployment is ready."""
+    mirror: DockerHubMirror | None = None
+    """Pull Docker Hub images through this Artifact Registry remote repository."""
 
 
 def pinned_reference(image: str, digest: str) -> str:
@@ -79,13 +83,18 @@ def pinned_reference(image: str, digest: str) -> str:
     return reference
 
 
-def resolve_image(model: ModelSpec) -> pulumi.Output[str]:
+def resolve_image(model: ModelSpec, mirror: DockerHubMirror | None = None) -> pulumi.Output[str]:
     """The model's image pinned by digest: as written when it already is, else its tag's digest, asked
-    of the registry at preview (an invoke, so ``pulumi preview`` shows it)."""
+    of the registry at preview (an invoke, so ``pulumi preview`` shows it); through ``mirror`` when
+    the image is on Docker Hub (the mirror serves the same digests)."""
+    mirrored = mirror.mirrored(model.image) if mirror is not None else None
+    source: pulumi.Output[str] = mirrored if mirrored is not None else pulumi.Output.from_input(model.image)
     if model.image_pinned:
-        return pulumi.Output.from_input(model.image)
+        return source
     found = docker.get_registry_image_output(name=model.image)
-    return found.sha256_digest.apply(lambda digest: pinned_reference(model.image, digest))
+    return pulumi.Output.all(source, found.sha256_digest).apply(
+        lambda parts: pinned_reference(parts[0], parts[1])
+    )
 
 
 def pod_labels(model: ModelSpec) -> dict[str, str]:
@@ -192,7 +201,7 @@ class ModelServer(pulumi.ComponentResource):
         self.selector = {MODEL_LABEL: model.name, SERVING_LABEL: "vllm"}
         node_selector, tolerations = _node_placement(model, args.node_pool)
         metadata: Fields = {"name": object_name, "namespace": args.namespace, "labels": pod_labels(model)}
-        self.image_ref = resolve_image(model)
+        self.image_ref = resolve_image(model, args.mirror)
         deployment_metadata: Fields = metadata
         if not args.wait_for_ready:
             deployment_metadata = {**metadata, "annotations": {SKIP_AWAIT: "true"}}

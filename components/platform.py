@@ -21,6 +21,7 @@ from components.config import ModelSpec, PlatformConfig
 from components.gateway import Gateway, GatewayArgs, Route
 from components.health import PoolHealthCheck, PoolHealthCheckArgs
 from components.inference_extension import InferencePool, InferencePoolArgs, InferencePoolCrd
+from components.mirror import DockerHubMirror, DockerHubMirrorArgs
 from components.model_server import ModelServer, ModelServerArgs
 from components.namespace import Namespace, NamespaceArgs
 from components.network import Network, NetworkArgs
@@ -125,6 +126,11 @@ class Platform(pulumi.ComponentResource):
             ),
             opts=child,
         )
+        mirror = (
+            DockerHubMirror("docker-hub", DockerHubMirrorArgs(cfg.project, cfg.region), opts=child)
+            if cfg.docker_hub_mirror
+            else None
+        )
         model_images: dict[str, pulumi.Output[str]] = {}
         for model in cfg.models:
             server = ModelServer(
@@ -137,6 +143,7 @@ class Platform(pulumi.ComponentResource):
                     request_timeout_sec=cfg.gateway.request_timeout_sec,
                     provider=provider,
                     wait_for_ready=cfg.wait_for_models,
+                    mirror=mirror,
                 ),
                 opts=child,
             )

@@ -14,6 +14,7 @@ import pytest
 
 from components.cluster import service_account_id
 from components.config import ConfigError
+from components.mirror import docker_hub_name
 from policy import rules
 from render import RegisteredResource, StackRun, render_stack
 from render.harness import ENGINE_VERSIONS_TOKEN, MOCK_ENGINE_VERSIONS, REGISTRY_IMAGE_TOKEN, mock_digest
@@ -251,17 +252,28 @@ def test_subnets_and_the_vpc_have_long_delete_timeouts(stack_run: StackRun) -> N
 # 5. Images: a tag in the stack file, a digest in the cluster.
 
 
+MIRRORS = {
+    "gpu": "us-central1-docker.pkg.dev/my-gcp-project/docker-hub",
+    "tpu": "europe-west4-docker.pkg.dev/my-gcp-project/docker-hub",
+}
+
+
 def test_each_model_image_tag_is_resolved_to_a_digest_at_preview(stack_run: StackRun) -> None:
     asked = [args["name"] for token, args in stack_run.calls if token == REGISTRY_IMAGE_TOKEN]
     tag = {"gpu": "vllm/vllm-openai:v0.32.0", "tpu": "vllm/vllm-tpu:v0.32.0"}[stack_run.stack]
-    pinned = f"{tag}@{mock_digest(tag)}"
+    pinned = f"{MIRRORS[stack_run.stack]}/{tag}@{mock_digest(tag)}"  # the Docker Hub digest, via the mirror
+    repositories = of_type(stack_run, "gcp:artifactregistry/repository:Repository")
+    [mirror] = [r for r in repositories if "hub" in r.name]
 
-    assert asked == [tag, tag]  # one lookup per model
+    assert asked == [tag, tag]  # one lookup per model, of the Docker Hub tag
     for deployment in of_type(stack_run, DEPLOYMENT):
         [container] = deployment.props["spec"]["template"]["spec"]["containers"]
         if deployment.name.startswith("vllm-"):
             assert container["image"] == pinned
+            assert mirror.urn in deployment.dependencies  # the mirror exists before anything pulls
     assert set(stack_run.outputs["modelImages"].values()) == {pinned}
+    assert mirror.props["mode"] == "REMOTE_REPOSITORY"
+    assert mirror.props["remoteRepositoryConfig"]["dockerRepository"] == {"publicRepository": "DOCKER_HUB"}
 
 
 def test_the_policy_rule_checks_the_resolved_reference(stack_run: StackRun) -> None:
@@ -277,11 +289,27 @@ def test_the_policy_rule_checks_the_resolved_reference(stack_run: StackRun) -> N
 
 def test_an_already_pinned_image_is_used_as_written() -> None:
     pinned = "vllm/vllm-tpu@sha256:" + "1" * 64
-    run = render_stack("tpu", _with_model("tpu", 0, image=pinned))
+    run = render_stack("tpu", {**_with_model("tpu", 0, image=pinned), "dockerHubMirror": False})
+
     assert [args["name"] for token, args in run.calls if token == REGISTRY_IMAGE_TOKEN] == [
         "vllm/vllm-tpu:v0.32.0"
     ]
     assert run.outputs["modelImages"]["qwen"] == pinned
+    assert run.outputs["modelImages"]["phi3"].startswith("vllm/vllm-tpu:v0.32.0@sha256:")  # no mirror
+
+
+@pytest.mark.parametrize(
+    ("image", "on_docker_hub"),
+    [
+        ("vllm/vllm-openai:v0.32.0", "vllm/vllm-openai:v0.32.0"),
+        ("ubuntu:24.04", "library/ubuntu:24.04"),
+        ("us-docker.pkg.dev/p/r/vllm:v1", None),
+        ("localhost:5000/vllm:v1", None),
+        ("localhost/vllm:v1", None),
+    ],
+)
+def test_only_docker_hub_images_go_through_the_mirror(image: str, on_docker_hub: str | None) -> None:
+    assert docker_hub_name(image) == on_docker_hub
 
 
 # 6. Cheap defaults: APIs, private nodes with NAT, the node role, a valid service account id.

@@ -64,7 +64,10 @@ def test_the_tpu_stack_puts_qwen_on_a_v6e_node_with_google_com_tpu(tpu: StackRun
         }
         assert container["resources"]["limits"]["google.com/tpu"] == "1"
         assert "nvidia.com/gpu" not in container["resources"]["limits"]
-        assert container["image"].startswith("vllm/vllm-tpu:v0.32.0@sha256:")  # the tag, resolved
+        # The tag, resolved, pulled through the stack's Docker Hub mirror.
+        assert container["image"].startswith(
+            "europe-west4-docker.pkg.dev/my-gcp-project/docker-hub/vllm/vllm-tpu:v0.32.0@sha256:"
+        )
 
 
 def test_the_tpu_pool_is_a_single_host_v6e_slice(tpu: StackRun) -> None:
