@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 from components.apis import required_apis
 from components.config import ConfigError, NodePool, PlatformConfig
+from components.mirror import docker_hub_name
 from components.versions import ChannelVersions, choose_master_version, version_key
 
 Status = Literal["ok", "warn", "fail"]
@@ -34,8 +35,14 @@ MANIFEST_TYPES = ", ".join(
         "application/vnd.docker.distribution.manifest.v2+json",
     )
 )
-BOOTSTRAP_APIS = ("serviceusage.googleapis.com", "cloudresourcemanager.googleapis.com")
-"""Needed before the program can enable anything (it enables the others itself)."""
+BOOTSTRAP_APIS = (
+    "serviceusage.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+    "container.googleapis.com",
+)
+"""Needed before the first ``pulumi preview``: enabling the others (Service Usage, Resource Manager),
+and the preview's own question to GKE about the channel's versions (Kubernetes Engine). The program
+enables the rest itself."""
 
 QUOTA_METRICS: Mapping[str, str] = {
     "nvidia-tesla-t4": "NVIDIA_T4_GPUS",
@@ -109,7 +116,8 @@ def check_project(ctx: Context) -> list[Finding]:
 def check_apis(ctx: Context) -> list[Finding]:
     cfg = ctx.config
     tls = cfg.gateway.tls
-    wanted = BOOTSTRAP_APIS + required_apis(tls is not None and tls.certificate == "google-managed")
+    managed = tls is not None and tls.certificate == "google-managed"
+    wanted = list(dict.fromkeys(BOOTSTRAP_APIS + required_apis(managed)))  # each once, in order
     findings: list[Finding] = []
     for api in wanted:
         response = _google(ctx, f"{SERVICE_USAGE}/projects/{cfg.project}/services/{api}")
@@ -270,12 +278,15 @@ def check_models(ctx: Context) -> list[Finding]:
 
 
 def _docker_hub(image: str) -> tuple[str, str] | None:
-    """``(repository, tag)`` of a Docker Hub ``name:tag`` reference, else None."""
-    name, _, tag = image.partition("@")[0].rpartition(":")
-    first = name.split("/")[0]
-    if "." in first or ":" in first or first == "localhost":
-        return None  # another registry
-    return (name if "/" in name else f"library/{name}"), tag
+    """``(repository, tag or digest)`` of a Docker Hub reference, else None (another registry)."""
+    name = docker_hub_name(image)
+    if name is None:
+        return None
+    if "@" in name:
+        repository, _, digest = name.partition("@")
+        return repository.rpartition(":")[0] or repository, digest
+    repository, _, tag = name.rpartition(":")
+    return repository, tag
 
 
 def check_images(ctx: Context) -> list[Finding]:

@@ -217,3 +217,40 @@ def test_google_calls_carry_the_token_and_nothing_else_does() -> None:
 @pytest.mark.parametrize("accelerator", sorted(ACCELERATORS))
 def test_every_accelerator_has_a_quota_metric(accelerator: str) -> None:
     assert QUOTA_METRICS[accelerator]
+
+
+@pytest.mark.parametrize(
+    ("image", "manifest"),
+    [
+        ("vllm/vllm-tpu:v0.32.0", "vllm/vllm-tpu/manifests/v0.32.0"),
+        ("vllm/vllm-tpu@sha256:" + "1" * 64, "vllm/vllm-tpu/manifests/sha256:" + "1" * 64),
+        ("vllm/vllm-tpu:v0.32.0@sha256:" + "2" * 64, "vllm/vllm-tpu/manifests/sha256:" + "2" * 64),
+        ("ubuntu:24.04", "library/ubuntu/manifests/24.04"),
+    ],
+)
+def test_the_manifest_asked_for_is_the_tag_or_the_pinned_digest(image: str, manifest: str) -> None:
+    config = _stack("tpu")
+    models = [m.model_copy(update={"image": image}) for m in config.models]
+    http = Recorded(
+        healthy_project(config.project, config.region, config.zone, [{"metric": "TPU_V6E", "limit": 4}])
+    )
+    http.answers[("HEAD", f"{DOCKER_HUB_REGISTRY}/v2/library/")] = Response(200)
+
+    findings = run_checks(Context(config.model_copy(update={"models": models}), http, GOOGLE_TOKEN, None))
+
+    assert _failed(findings) == []
+    assert [url for method, url, _ in http.seen if method == "HEAD"] == [
+        f"{DOCKER_HUB_REGISTRY}/v2/{manifest}"
+    ]
+
+
+def test_a_disabled_kubernetes_engine_api_fails_because_the_preview_asks_gke_for_versions() -> None:
+    config = _stack("gpu")
+    answers = healthy_project(config.project, config.region, config.zone, GPU_QUOTA)
+    api = f"{SERVICE_USAGE}/projects/{config.project}/services/container.googleapis.com"
+    answers = {("GET", api): _enabled("DISABLED"), **answers}
+
+    [failure] = _failed(_run(config, answers))
+
+    assert failure.message == "container.googleapis.com is disabled"
+    assert failure.fix == f"gcloud services enable container.googleapis.com --project {config.project}"
