@@ -282,7 +282,11 @@ class Cluster(pulumi.ComponentResource):
                     enable_secure_boot=pool.family != "tpu", enable_integrity_monitoring=True
                 ),
             ),
-            opts=opts,
+            # The count the pool is created with; the autoscaler owns it afterwards (and changing it
+            # would replace the pool, on a stack created when accelerator pools started non-empty).
+            opts=pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(ignore_changes=["initialNodeCount"])
+            ),
         )
 
 
