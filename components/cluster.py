@@ -1,11 +1,17 @@
 """Cluster: the GKE cluster, its node pools (CPU, GPU or TPU), and the Kubernetes provider built from it.
 
 The cluster has the Gateway API enabled (``CHANNEL_STANDARD``), Workload Identity, a release
-channel and no default node pool; with ``inferencePoolCrd: gke-managed`` its control plane is at
-least the GKE version that ships the InferencePool CRD (``minMasterVersion``). Nodes run as a
-dedicated, minimally privileged service account, the temporary default pool included (the Compute
-Engine default service account is disabled or unprivileged in hardened projects), and no node is
-created before that account holds its roles.
+channel and no default node pool. Its version is the channel's: :mod:`components.versions` checks at
+preview that the channel offers what the stack needs and, only when the channel's default is too
+old, asks for the channel's newest (``minMasterVersion``, ignored after creation). Nodes are private
+(no external IP; Cloud NAT in :mod:`components.network`) and run as a dedicated service account
+holding ``roles/container.defaultNodeServiceAccount`` (and read access to Artifact Registry), the
+temporary default pool included (the Compute Engine default service account is disabled or
+unprivileged in hardened projects); no node is created before that account holds its roles.
+
+Accelerator pools start empty unless told otherwise: the cluster autoscaler adds a node when a
+model pod is pending. The Kubernetes provider -- and so every object in the cluster -- depends on
+the CPU pools only, so a GPU quota of 0 or a zone out of T4s fails nothing but that pool's nodes.
 The provider authenticates with ``gke-gcloud-auth-plugin`` (no static credentials in state) and
 carries ``cluster_identifier`` so a kubeconfig change (a new endpoint certificate, say) updates the
 provider instead of replacing every Kubernetes object.
@@ -13,7 +19,9 @@ provider instead of replacing every Kubernetes object.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 import pulumi
@@ -21,16 +29,17 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
 from components.config import NodePool, PlatformConfig
+from components.negs import NegCleanup, NegCleanupArgs
 from components.network import POD_RANGE, SERVICE_RANGE, Network
 
 NODE_ROLES = (
-    "roles/logging.logWriter",
-    "roles/monitoring.metricWriter",
-    "roles/monitoring.viewer",
-    "roles/stackdriver.resourceMetadata.writer",
+    "roles/container.defaultNodeServiceAccount",
     "roles/artifactregistry.reader",
 )
-"""What a GKE node needs: write logs and metrics, pull images from Artifact Registry."""
+"""What a GKE node needs: GKE's own least-privilege node role (logs, metrics, metadata), and pulling
+images from Artifact Registry."""
+SERVICE_ACCOUNT_ID = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])$")
+RESERVATION_KEY = "compute.googleapis.com/reservation-name"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 """Access is governed by the service account's IAM roles, not by legacy scopes."""
 
@@ -46,6 +55,20 @@ TPU_TAINT = gcp.container.NodePoolNodeConfigTaintArgs(
 class ClusterArgs:
     config: PlatformConfig
     network: Network
+    master_version: str | None = None
+    """What :func:`components.versions.resolve_master_version` chose (None: the channel's default)."""
+
+
+def service_account_id(cluster_name: str, suffix: str = "nodes") -> str:
+    """A valid service account id (6-30 characters, ``[a-z][-a-z0-9]*[a-z0-9]``) for any cluster name:
+    ``<name>-<suffix>`` when it fits, else a shortened name plus a hash of the whole, so two long
+    names never collide and the id never ends with ``-``."""
+    candidate = f"{cluster_name}-{suffix}"
+    if len(candidate) <= 30 and SERVICE_ACCOUNT_ID.fullmatch(candidate):
+        return candidate
+    digest = hashlib.sha256(candidate.encode()).hexdigest()[:6]
+    head = candidate[: 30 - len(digest) - 1].rstrip("-")
+    return f"{head}-{digest}"
 
 
 def kubeconfig_for(name: str, endpoint: str, ca_certificate: str) -> str:
@@ -86,6 +109,7 @@ class Cluster(pulumi.ComponentResource):
     node_pools: dict[str, gcp.container.NodePool]
     node_service_account: gcp.serviceaccount.Account
     node_roles: list[gcp.projects.IAMMember]
+    neg_cleanup: NegCleanup
     provider: k8s.Provider
     kubeconfig: pulumi.Output[str]
 
@@ -96,7 +120,7 @@ class Cluster(pulumi.ComponentResource):
 
         self.node_service_account = gcp.serviceaccount.Account(
             f"{name}-nodes",
-            account_id=f"{cfg.cluster_name}-nodes"[:30],
+            account_id=service_account_id(cfg.cluster_name),
             display_name=f"GKE nodes of {cfg.cluster_name}",
             project=cfg.project,
             opts=child,
@@ -112,6 +136,15 @@ class Cluster(pulumi.ComponentResource):
             )
             self.node_roles.append(member)
         nodes_opts = pulumi.ResourceOptions(parent=self, depends_on=list(self.node_roles))
+        # Deleted after the cluster and before the subnets: removes the NEGs GKE left in the VPC.
+        self.neg_cleanup = NegCleanup(
+            f"{name}-neg-cleanup",
+            NegCleanupArgs(project=cfg.project, network=args.network.vpc.name),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[args.network.vpc, args.network.subnet, args.network.proxy_only_subnet],
+            ),
+        )
 
         self.cluster = gcp.container.Cluster(
             name,
@@ -134,7 +167,12 @@ class Cluster(pulumi.ComponentResource):
                 services_secondary_range_name=SERVICE_RANGE,
             ),
             release_channel=gcp.container.ClusterReleaseChannelArgs(channel=cfg.release_channel),
-            min_master_version=cfg.min_master_version,
+            min_master_version=args.master_version,
+            private_cluster_config=(
+                gcp.container.ClusterPrivateClusterConfigArgs(enable_private_nodes=True)
+                if cfg.private_nodes
+                else None
+            ),
             gateway_api_config=gcp.container.ClusterGatewayApiConfigArgs(channel="CHANNEL_STANDARD"),
             workload_identity_config=gcp.container.ClusterWorkloadIdentityConfigArgs(
                 workload_pool=f"{cfg.project}.svc.id.goog"
@@ -143,10 +181,19 @@ class Cluster(pulumi.ComponentResource):
                 http_load_balancing=gcp.container.ClusterAddonsConfigHttpLoadBalancingArgs(disabled=False),
             ),
             enable_shielded_nodes=True,
-            opts=nodes_opts,
+            opts=pulumi.ResourceOptions.merge(
+                nodes_opts,
+                pulumi.ResourceOptions(
+                    depends_on=[self.neg_cleanup],
+                    # A version chosen at creation; GKE upgrades within the channel from then on.
+                    ignore_changes=["minMasterVersion"],
+                    custom_timeouts=pulumi.CustomTimeouts(delete="45m"),
+                ),
+            ),
         )
 
         self.node_pools = {pool.name: self._node_pool(name, cfg, pool, nodes_opts) for pool in cfg.node_pools}
+        cpu_pools = [self.node_pools[pool.name] for pool in cfg.node_pools if pool.accelerator is None]
 
         self.kubeconfig = pulumi.Output.secret(
             pulumi.Output.all(
@@ -160,7 +207,9 @@ class Cluster(pulumi.ComponentResource):
             kubeconfig=self.kubeconfig,
             cluster_identifier=self.cluster.id,
             enable_server_side_apply=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(self.node_pools.values())),
+            # Only the CPU pools: an accelerator pool without quota or capacity must not hold back
+            # the gateway, the BBR and the EPPs (model pods just stay pending until nodes appear).
+            opts=pulumi.ResourceOptions(parent=self, depends_on=cpu_pools),
         )
         self.register_outputs(
             {
@@ -198,7 +247,7 @@ class Cluster(pulumi.ComponentResource):
             project=cfg.project,
             location=cfg.zone,
             cluster=self.cluster.name,
-            initial_node_count=pool.initial_nodes,
+            initial_node_count=pool.initial_node_count,
             autoscaling=gcp.container.NodePoolAutoscalingArgs(
                 min_node_count=pool.min_nodes, max_node_count=pool.max_nodes
             ),
@@ -212,6 +261,15 @@ class Cluster(pulumi.ComponentResource):
                 machine_type=pool.machine_type,
                 disk_size_gb=pool.disk_size_gb,
                 spot=pool.spot,
+                reservation_affinity=(
+                    gcp.container.NodePoolNodeConfigReservationAffinityArgs(
+                        consume_reservation_type="SPECIFIC_RESERVATION",
+                        key=RESERVATION_KEY,
+                        values=[pool.reservation],
+                    )
+                    if pool.reservation
+                    else None
+                ),
                 service_account=self.node_service_account.email,
                 oauth_scopes=[CLOUD_PLATFORM_SCOPE],
                 guest_accelerators=accelerators or None,
@@ -224,7 +282,11 @@ class Cluster(pulumi.ComponentResource):
                     enable_secure_boot=pool.family != "tpu", enable_integrity_monitoring=True
                 ),
             ),
-            opts=opts,
+            # The count the pool is created with; the autoscaler owns it afterwards (and changing it
+            # would replace the pool, on a stack created when accelerator pools started non-empty).
+            opts=pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(ignore_changes=["initialNodeCount"])
+            ),
         )
 
 

@@ -73,7 +73,12 @@ InferencePoolCrdSource = Literal["gke-managed", "install"]
 """Who puts the ``inferencepools.inference.networking.k8s.io`` CRD on the cluster: GKE, or this program."""
 
 GKE_MANAGED_INFERENCE_POOL_CRD_VERSION = "1.34.0-gke.1626000"
-"""First GKE version that installs the GA InferencePool CRD itself (Gateway API enabled)."""
+"""First GKE version that installs the GA InferencePool CRD itself (Gateway API enabled). A minimum,
+checked at preview against what GKE offers (:mod:`components.versions`), never a pinned version."""
+
+KNOWN_GATED_MODELS: tuple[str, ...] = ("google/gemma-", "meta-llama/", "mistralai/Mistral-Large")
+"""Hugging Face id prefixes of models whose weights need an accepted licence and a token (``gated``
+defaults to true for them)."""
 
 DNS_LABEL = r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"
 """Short Kubernetes-safe names: they are prefixed/suffixed to build object names (max 63)."""
@@ -83,6 +88,14 @@ HEADER_VALUE = re.compile(r"^[\x21-\x7e]{1,256}$")
 
 PINNED_IMAGE = re.compile(r"^[^\s@]+@sha256:[0-9a-f]{64}$")
 """``name[:tag]@sha256:<digest>``: what runs is what was reviewed, whatever happens to the tag."""
+
+TAGGED_IMAGE = re.compile(
+    r"^(?P<name>[a-z0-9][a-z0-9._/-]*(:[0-9]+/[a-z0-9._/-]+)?):(?P<tag>[\w][\w.-]{0,127})$"
+)
+"""``name:tag`` (a registry host may carry a port): a version the program resolves to a digest at preview."""
+
+MOVING_TAGS = frozenset({"latest", "nightly", "main"})
+"""Tags that name no release: resolving them would pin whatever happened to be pushed last."""
 
 HUGGING_FACE_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+\Z")
 """``owner/name`` of a model on the Hugging Face Hub."""
@@ -147,18 +160,30 @@ class NodePool(_Model):
     tpu_topology: Annotated[str | None, Field(pattern=r"^[0-9]+x[0-9]+(x[0-9]+)?$")] = None
     min_nodes: Annotated[int, Field(ge=0)] = 0
     max_nodes: Annotated[int, Field(ge=1)] = 1
-    initial_nodes: Annotated[int, Field(ge=0)] = 1
+    initial_nodes: Annotated[int | None, Field(ge=0)] = None
+    """Nodes created with the pool. Default: ``minNodes`` for an accelerator pool (0 unless raised:
+    the pool is created empty, so a quota of 0 or a stockout cannot fail the ``up``, and the cluster
+    autoscaler adds nodes for pending model pods), at least 1 for a CPU pool."""
     spot: bool = False
+    """Spot VMs: far cheaper, but preemptible at any time with 30 s notice and not covered by
+    reservations; a preempted model server is down until the autoscaler finds capacity again."""
+    reservation: Annotated[str | None, Field(pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")] = None
+    """Name of a Compute Engine reservation (same project and zone) the pool's nodes consume
+    (``SPECIFIC_RESERVATION``): capacity that exists when the autoscaler asks, paid whether used or not."""
     disk_size_gb: Annotated[int, Field(ge=20)] = 100
 
     @model_validator(mode="after")
     def _consistent(self) -> NodePool:
         if self.min_nodes > self.max_nodes:
             raise ValueError(f"minNodes ({self.min_nodes}) is greater than maxNodes ({self.max_nodes})")
-        if not self.min_nodes <= self.initial_nodes <= self.max_nodes:
+        if not self.min_nodes <= self.initial_node_count <= self.max_nodes:
             raise ValueError(
-                f"initialNodes ({self.initial_nodes}) must lie within minNodes..maxNodes "
+                f"initialNodes ({self.initial_node_count}) must lie within minNodes..maxNodes "
                 f"({self.min_nodes}..{self.max_nodes})"
+            )
+        if self.spot and self.reservation is not None:
+            raise _FieldError(
+                ("reservation",), "Spot VMs do not consume reservations; set spot or a reservation"
             )
         family = ACCELERATORS[self.accelerator].family if self.accelerator else None
         if family == "tpu" and self.tpu_topology is None:
@@ -173,6 +198,13 @@ class NodePool(_Model):
     def family(self) -> Literal["cpu", "gpu", "tpu"]:
         return ACCELERATORS[self.accelerator].family if self.accelerator else "cpu"
 
+    @property
+    def initial_node_count(self) -> int:
+        """``initialNodes`` if set; else ``minNodes`` (accelerators) or ``max(1, minNodes)`` (CPU)."""
+        if self.initial_nodes is not None:
+            return self.initial_nodes
+        return self.min_nodes if self.accelerator else max(1, self.min_nodes)
+
 
 class ModelSpec(_Model):
     """One model served by vLLM, its pool and its hardware."""
@@ -183,6 +215,10 @@ class ModelSpec(_Model):
     """The name clients send in the request's ``model`` field (and BBR puts in the header)."""
     hugging_face_id: str
     image: Annotated[str, Field(min_length=1)]
+    """``name:tag`` (resolved to its digest at preview, deployed as ``name:tag@sha256:...``) or an
+    already pinned ``name[:tag]@sha256:<digest>``."""
+    gated: bool | None = None
+    """The weights need an accepted licence and ``hfToken``; default: true for known gated ids."""
     args: list[str] = Field(default_factory=list)
     replicas: Annotated[int, Field(ge=0)] = 1
     accelerator: AcceleratorName
@@ -202,13 +238,29 @@ class ModelSpec(_Model):
 
     @field_validator("image")
     @classmethod
-    def _pinned(cls, value: str) -> str:
-        return _matching(
-            PINNED_IMAGE,
-            value,
-            "is not pinned by digest; use name[:tag]@sha256:<64 hex digits> "
-            "(docker buildx imagetools inspect <name:tag> prints the digest)",
-        )
+    def _pinned_or_tagged(cls, value: str) -> str:
+        if PINNED_IMAGE.fullmatch(value):
+            return value
+        tagged = TAGGED_IMAGE.fullmatch(value)
+        if tagged is None:
+            raise ValueError(
+                f"{value!r} is neither name:tag (resolved to its digest at preview) nor pinned by digest "
+                "(name[:tag]@sha256:<64 hex digits>)"
+            )
+        if tagged["tag"] in MOVING_TAGS:
+            raise ValueError(f"{value!r}: the tag {tagged['tag']!r} names no release; use a version tag")
+        return value
+
+    @property
+    def requires_token(self) -> bool:
+        """Gated (said so, or a known gated id): the server needs ``hfToken`` to download the weights."""
+        if self.gated is not None:
+            return self.gated
+        return self.hugging_face_id.startswith(KNOWN_GATED_MODELS)
+
+    @property
+    def image_pinned(self) -> bool:
+        return PINNED_IMAGE.fullmatch(self.image) is not None
 
     @field_validator("hugging_face_id")
     @classmethod
@@ -322,6 +374,18 @@ class PlatformConfig(_Model):
     cluster_name: Annotated[str, Field(pattern=DNS_LABEL)]
     namespace: Annotated[str, Field(pattern=DNS_LABEL)] = "llm-gateway"
     release_channel: Literal["RAPID", "REGULAR", "STABLE"] = "REGULAR"
+    """GKE picks and upgrades the version within this channel; the program pins none. At preview the
+    versions the channel offers in ``zone`` are checked against what the stack needs."""
+    wait_for_models: bool = False
+    """``false``: ``pulumi up`` does not wait for model servers to become ready (their nodes may take
+    minutes to appear, or not at all without quota); ``true``: it waits, up to 60 minutes each."""
+    enable_apis: bool = True
+    """Enable the Google APIs the stack uses (left enabled on destroy)."""
+    private_nodes: bool = True
+    """Nodes without external IPs; they reach registries and the Hugging Face Hub through Cloud NAT."""
+    docker_hub_mirror: bool = True
+    """Pull Docker Hub model images through an Artifact Registry remote repository (cached in the
+    region, no Docker Hub rate limits, allowed by "Artifact Registry only" org policies)."""
     deletion_protection: bool = True
     artifact_repository: Annotated[str, Field(pattern=DNS_LABEL)] = "llm-gateway"
     network: Network = Network()
@@ -332,8 +396,9 @@ class PlatformConfig(_Model):
     """Where the InferencePool CRD comes from.
 
     ``gke-managed`` (default): GKE installs and upgrades the GA CRD itself from
-    1.34.0-gke.1626000 on, so the program creates no CRD, asks the cluster for at least that
-    master version (``minMasterVersion``), and orders every InferencePool after the cluster. Creating
+    1.34.0-gke.1626000 on, so the program creates no CRD, checks at preview that the release
+    channel offers at least that version in the zone (and asks for it when the channel's default is
+    older), and orders every InferencePool after the cluster. Creating
     the CRD there would fail with AlreadyExists, and owning it would let ``pulumi destroy`` delete a
     GKE-managed CRD together with every InferencePool in the cluster.
 
@@ -374,9 +439,20 @@ class PlatformConfig(_Model):
         return self
 
     @property
-    def min_master_version(self) -> str | None:
-        """The cluster's minimum control-plane version: the one that ships the CRD, when GKE manages it."""
+    def required_gke_version(self) -> str | None:
+        """The lowest control-plane version the stack works on: the one that ships the CRD, when GKE
+        manages it. A requirement checked at preview, not a version asked for."""
         return GKE_MANAGED_INFERENCE_POOL_CRD_VERSION if self.inference_pool_crd == "gke-managed" else None
+
+    @property
+    def serves_on_tpu(self) -> bool:
+        """Whether a model runs on TPUs (their servers need uid 0: the namespace enforces ``baseline``)."""
+        return any(ACCELERATORS[model.accelerator].family == "tpu" for model in self.models)
+
+    @property
+    def gated_models(self) -> list[tuple[int, ModelSpec]]:
+        """``(index, model)`` of every model whose weights need ``hfToken``."""
+        return [(index, model) for index, model in enumerate(self.models) if model.requires_token]
 
     @property
     def served_names(self) -> list[str]:

@@ -5,8 +5,23 @@ TPU models request ``google.com/tpu`` and select ``cloud.google.com/gke-tpu-acce
 ``cloud.google.com/gke-tpu-topology``. The startup probe allows 90 x 30 s for the model download
 and compilation before liveness takes over. On shutdown a preStop sleep keeps the pod serving while
 the load balancer and the EPP drop it, then the grace period lets the longest request the Gateway
-allows finish before vLLM is killed. vLLM runs non-root on a read-only root filesystem:
-every path it writes (Hugging Face cache, home, /tmp, /dev/shm) is an emptyDir.
+allows finish before vLLM is killed. vLLM runs on a read-only root filesystem with no
+capabilities and no privilege escalation: every path it writes (Hugging Face cache, home, /tmp,
+/dev/shm) is an emptyDir. GPU servers run as uid 1000. TPU servers run as uid 0, unprivileged: the
+TPU chips are the host's ``/dev/vfio/*`` nodes, root-owned in the container, and no documented GKE
+setting hands their ownership to a pod's uid (docs/tpu-pod-security.md has the evidence); root
+without capabilities opens them as their owner and gains nothing else.
+
+The image: a stack file names a tag (``vllm/vllm-openai:v0.32.0``); at preview the program asks the
+registry for the digest the tag points to (``docker.get_registry_image``) and deploys
+``name:tag@sha256:...``, so the plan shows the exact image and a re-pushed tag shows up as a diff
+instead of silently changing what runs. An already pinned reference is used as it is. With the
+Docker Hub mirror (:mod:`components.mirror`) the pinned reference points into it.
+
+Accelerator nodes may take minutes to appear (or never, without quota): by default ``pulumi up`` does
+not wait for the model Deployments to become ready (``pulumi.com/skipAwait``); the pods stay Pending
+until the autoscaler has a node for them. ``waitForModels: true`` makes the ``up`` wait, 60 minutes
+at most per Deployment.
 """
 
 from __future__ import annotations
@@ -15,12 +30,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+import pulumi_docker as docker
 import pulumi_kubernetes as k8s
 
-from components.config import ACCELERATORS, ModelSpec, NodePool
+from components.config import ACCELERATORS, PINNED_IMAGE, ModelSpec, NodePool
+from components.mirror import DockerHubMirror
 from components.namespace import HF_TOKEN_SECRET_KEY
 from components.podspec import (
     MODEL_LABEL,
+    ROOT_UID,
     SERVING_LABEL,
     Fields,
     container_security_context,
@@ -37,6 +55,8 @@ STARTUP_FAILURES = 90
 """Up to 45 minutes to download the weights and warm up before the pod is killed."""
 ENDPOINT_DRAIN_SECONDS = 15
 """How long a terminating pod keeps serving new requests while it is removed from the endpoints."""
+SKIP_AWAIT = "pulumi.com/skipAwait"
+"""pulumi-kubernetes: create or update the object and move on, without waiting for it to be ready."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +68,33 @@ class ModelServerArgs:
     request_timeout_sec: int
     """The Gateway's per-request timeout: the longest generation a shutdown must let finish."""
     provider: k8s.Provider
+    wait_for_ready: bool = False
+    """``waitForModels``: hold the ``up`` until the Deployment is ready."""
+    mirror: DockerHubMirror | None = None
+    """Pull Docker Hub images through this Artifact Registry remote repository."""
+
+
+def pinned_reference(image: str, digest: str) -> str:
+    """``name:tag`` + ``sha256:...`` -> ``name:tag@sha256:...``; ValueError if the registry's answer is
+    not a digest (the reference would not be pinned)."""
+    reference = f"{image}@{digest}"
+    if not PINNED_IMAGE.fullmatch(reference):
+        raise ValueError(f"the registry answered {digest!r} for {image}, not a sha256 digest")
+    return reference
+
+
+def resolve_image(model: ModelSpec, mirror: DockerHubMirror | None = None) -> pulumi.Output[str]:
+    """The model's image pinned by digest: as written when it already is, else its tag's digest, asked
+    of the registry at preview (an invoke, so ``pulumi preview`` shows it); through ``mirror`` when
+    the image is on Docker Hub (the mirror serves the same digests)."""
+    mirrored = mirror.mirrored(model.image) if mirror is not None else None
+    source: pulumi.Output[str] = mirrored if mirrored is not None else pulumi.Output.from_input(model.image)
+    if model.image_pinned:
+        return source
+    found = docker.get_registry_image_output(name=model.image)
+    return pulumi.Output.all(source, found.sha256_digest).apply(
+        lambda parts: pinned_reference(parts[0], parts[1])
+    )
 
 
 def pod_labels(model: ModelSpec) -> dict[str, str]:
@@ -61,6 +108,15 @@ def termination_grace_seconds(request_timeout_sec: int) -> int:
     return request_timeout_sec + ENDPOINT_DRAIN_SECONDS
 
 
+def security_contexts(model: ModelSpec) -> tuple[Fields, Fields]:
+    """``(pod, container)`` security contexts: uid 1000 on GPUs; on TPUs uid 0, still unprivileged."""
+    if ACCELERATORS[model.accelerator].family == "tpu":
+        pod = {**pod_security_context(ROOT_UID), "runAsNonRoot": False}
+        pod.pop("fsGroup")
+        return pod, {**container_security_context(), "runAsNonRoot": False, "runAsUser": ROOT_UID}
+    return pod_security_context(VLLM_UID), container_security_context()
+
+
 def _node_placement(model: ModelSpec, pool: NodePool) -> tuple[dict[str, str], list[dict[str, str]]]:
     accelerator = ACCELERATORS[model.accelerator]
     selector: dict[str, str] = {accelerator.node_selector_key: str(model.accelerator)}
@@ -70,7 +126,7 @@ def _node_placement(model: ModelSpec, pool: NodePool) -> tuple[dict[str, str], l
     return selector, tolerations
 
 
-def _container(model: ModelSpec, hf_secret_name: str | None) -> dict[str, Any]:
+def _container(model: ModelSpec, image: pulumi.Input[str], hf_secret_name: str | None) -> dict[str, Any]:
     accelerator = ACCELERATORS[model.accelerator]
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/home/vllm"},
@@ -95,7 +151,7 @@ def _container(model: ModelSpec, hf_secret_name: str | None) -> dict[str, Any]:
     health = {"httpGet": {"path": "/health", "port": "http"}}
     return {
         "name": "vllm",
-        "image": model.image,
+        "image": image,
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
         "args": [
             "--model",
@@ -111,7 +167,7 @@ def _container(model: ModelSpec, hf_secret_name: str | None) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": VLLM_PORT, "protocol": "TCP"}],
         "env": env,
         "resources": resources(model.resources, {accelerator.resource: str(model.accelerator_count)}),
-        "securityContext": container_security_context(),
+        "securityContext": security_contexts(model)[1],
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(ENDPOINT_DRAIN_SECONDS)]}}},
         "startupProbe": health
         | {
@@ -136,6 +192,7 @@ class ModelServer(pulumi.ComponentResource):
     deployment: k8s.apps.v1.Deployment
     service: k8s.core.v1.Service
     selector: dict[str, str]
+    image_ref: pulumi.Output[str]
 
     def __init__(self, name: str, args: ModelServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gke-llm-gateway:index:ModelServer", name, None, opts)
@@ -144,6 +201,10 @@ class ModelServer(pulumi.ComponentResource):
         self.selector = {MODEL_LABEL: model.name, SERVING_LABEL: "vllm"}
         node_selector, tolerations = _node_placement(model, args.node_pool)
         metadata: Fields = {"name": object_name, "namespace": args.namespace, "labels": pod_labels(model)}
+        self.image_ref = resolve_image(model, args.mirror)
+        deployment_metadata: Fields = metadata
+        if not args.wait_for_ready:
+            deployment_metadata = {**metadata, "annotations": {SKIP_AWAIT: "true"}}
 
         deployment_spec: Fields = {
             "replicas": model.replicas,
@@ -156,11 +217,11 @@ class ModelServer(pulumi.ComponentResource):
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
-                    "securityContext": pod_security_context(VLLM_UID),
+                    "securityContext": security_contexts(model)[0],
                     "nodeSelector": node_selector,
                     "tolerations": tolerations,
                     "terminationGracePeriodSeconds": termination_grace_seconds(args.request_timeout_sec),
-                    "containers": [_container(model, args.hf_secret_name)],
+                    "containers": [_container(model, self.image_ref, args.hf_secret_name)],
                     "volumes": [
                         empty_dir("dshm", model.shm_size, memory=True),
                         empty_dir("model-cache", model.resources.ephemeral_storage),
@@ -172,7 +233,7 @@ class ModelServer(pulumi.ComponentResource):
         }
         self.deployment = k8s.apps.v1.Deployment(
             object_name,
-            metadata=metadata,
+            metadata=deployment_metadata,
             spec=deployment_spec,
             opts=pulumi.ResourceOptions(
                 parent=self,
@@ -191,4 +252,4 @@ class ModelServer(pulumi.ComponentResource):
             spec=service_spec,
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider),
         )
-        self.register_outputs({"deployment": object_name, "service": object_name})
+        self.register_outputs({"deployment": object_name, "service": object_name, "image": self.image_ref})

@@ -1,6 +1,8 @@
 """Namespace: where every workload of the platform lives, plus the Hugging Face token Secret.
 
-The namespace enforces the ``restricted`` Pod Security Standard. The token arrives as a Pulumi
+The namespace enforces the ``restricted`` Pod Security Standard, or ``baseline`` when the stack
+serves a model on TPUs (whose servers run as uid 0, unprivileged: docs/tpu-pod-security.md); either
+way it warns and audits against ``restricted``. The token arrives as a Pulumi
 secret (``pulumi config set --secret hfToken ...``) and only ever becomes a Kubernetes Secret;
 it never appears in plain text in the state, the plan or a Deployment.
 """
@@ -8,6 +10,7 @@ it never appears in plain text in the state, the plan or a Deployment.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -22,6 +25,7 @@ class NamespaceArgs:
     name: str
     hf_token: pulumi.Output[str] | None
     provider: k8s.Provider
+    pod_security: Literal["restricted", "baseline"] = "restricted"
 
 
 def _as_secret(value: pulumi.Output[str]) -> pulumi.Output[str]:
@@ -49,8 +53,10 @@ class Namespace(pulumi.ComponentResource):
                 "name": args.name,
                 "labels": labels("namespace", args.name)
                 | {
-                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce": args.pod_security,
                     "pod-security.kubernetes.io/enforce-version": "latest",
+                    "pod-security.kubernetes.io/warn": "restricted",
+                    "pod-security.kubernetes.io/audit": "restricted",
                 },
             },
             opts=child,

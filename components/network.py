@@ -1,8 +1,16 @@
-"""Network: the VPC, the node subnet (with pod and service ranges) and the proxy-only subnet.
+"""Network: the VPC, the node subnet (with pod and service ranges), the proxy-only subnet and Cloud NAT.
 
 ``gke-l7-regional-external-managed`` Gateways are Envoy-based regional load balancers; they need a
 proxy-only subnet (``purpose=REGIONAL_MANAGED_PROXY``, ``role=ACTIVE``) in the cluster's region and
 VPC before the Gateway is created.
+
+With private nodes (the default) nodes have no external IP; a Cloud Router with Cloud NAT gives
+them outbound access (image registries, the Hugging Face Hub), and Private Google Access on the node
+subnet keeps traffic to Google APIs (Artifact Registry included) off the NAT.
+
+Deleting a subnet or the VPC waits for what GKE left behind in it: their delete timeouts are
+generous (the default 20 minutes can expire while load balancer parts are still going), and
+:class:`components.negs.NegCleanup` removes leftover NEGs before either is deleted.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ import pulumi_gcp as gcp
 
 from components.config import Network as NetworkConfig
 
+DELETE_TIMEOUT = "45m"
+"""Subnets and the VPC: what GKE's controllers made in them may take a while to go."""
 POD_RANGE = "pods"
 SERVICE_RANGE = "services"
 
@@ -25,6 +35,7 @@ class NetworkArgs:
     region: str
     name: str
     ranges: NetworkConfig
+    private_nodes: bool = True
 
 
 class Network(pulumi.ComponentResource):
@@ -33,10 +44,14 @@ class Network(pulumi.ComponentResource):
     vpc: gcp.compute.Network
     subnet: gcp.compute.Subnetwork
     proxy_only_subnet: gcp.compute.Subnetwork
+    router: gcp.compute.Router | None
+    nat: gcp.compute.RouterNat | None
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gke-llm-gateway:index:Network", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = pulumi.ResourceOptions(
+            parent=self, custom_timeouts=pulumi.CustomTimeouts(delete=DELETE_TIMEOUT)
+        )
 
         self.vpc = gcp.compute.Network(
             f"{name}-vpc",
@@ -79,6 +94,27 @@ class Network(pulumi.ComponentResource):
             purpose="REGIONAL_MANAGED_PROXY",
             role="ACTIVE",
         )
+        self.router = self.nat = None
+        if args.private_nodes:
+            self.router = gcp.compute.Router(
+                f"{name}-router",
+                name=f"{args.name}-router",
+                project=args.project,
+                region=args.region,
+                network=self.vpc.id,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            self.nat = gcp.compute.RouterNat(
+                f"{name}-nat",
+                name=f"{args.name}-nat",
+                project=args.project,
+                region=args.region,
+                router=self.router.name,
+                nat_ip_allocate_option="AUTO_ONLY",
+                source_subnetwork_ip_ranges_to_nat="ALL_SUBNETWORKS_ALL_IP_RANGES",
+                log_config=gcp.compute.RouterNatLogConfigArgs(enable=True, filter="ERRORS_ONLY"),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
         self.register_outputs(
             {
                 "vpc": self.vpc.id,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pulumi
 from epp.routing import split_into_pools
 
+from components.apis import GoogleApis, GoogleApisArgs, after_apis, required_apis
 from components.armor import SourceRangePolicy, SourceRangePolicyArgs
 from components.bbr import BodyBasedRouter, BodyBasedRouterArgs
 from components.cluster import Cluster, ClusterArgs
@@ -21,6 +22,7 @@ from components.config import ModelSpec, PlatformConfig
 from components.gateway import Gateway, GatewayArgs, Route
 from components.health import PoolHealthCheck, PoolHealthCheckArgs
 from components.inference_extension import InferencePool, InferencePoolArgs, InferencePoolCrd
+from components.mirror import DockerHubMirror, DockerHubMirrorArgs
 from components.model_server import ModelServer, ModelServerArgs
 from components.namespace import Namespace, NamespaceArgs
 from components.network import Network, NetworkArgs
@@ -28,6 +30,7 @@ from components.podspec import MODEL_LABEL, SERVING_LABEL
 from components.registry import Registry, RegistryArgs
 from components.secrets import StackSecrets
 from components.tls import GatewayCertificate, GatewayCertificateArgs
+from components.versions import resolve_master_version
 
 UNIFIED_POOL = "all-models-pool"
 
@@ -78,19 +81,36 @@ class Platform(pulumi.ComponentResource):
     dns_records: pulumi.Output[list[str]] | None
     curls: pulumi.Output[dict[str, str]]
     image_ref: pulumi.Output[str]
+    model_images: pulumi.Output[dict[str, str]]
     kubeconfig: pulumi.Output[str]
 
     def __init__(self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        # Asks GKE which versions the channel offers: a preview fails here, before any resource.
+        master_version = resolve_master_version(args.config)
         super().__init__("gke-llm-gateway:index:Platform", name, None, opts)
         cfg = args.config
         child = pulumi.ResourceOptions(parent=self)
+        if cfg.enable_apis:
+            managed = cfg.gateway.tls is not None and cfg.gateway.tls.certificate == "google-managed"
+            apis = GoogleApis("apis", GoogleApisArgs(cfg.project, required_apis(managed)), opts=child)
+            child = pulumi.ResourceOptions(parent=self, transformations=[after_apis(apis)])
 
         self.network = Network(
             "network",
-            NetworkArgs(project=cfg.project, region=cfg.region, name=cfg.cluster_name, ranges=cfg.network),
+            NetworkArgs(
+                project=cfg.project,
+                region=cfg.region,
+                name=cfg.cluster_name,
+                ranges=cfg.network,
+                private_nodes=cfg.private_nodes,
+            ),
             opts=child,
         )
-        self.cluster = Cluster("cluster", ClusterArgs(config=cfg, network=self.network), opts=child)
+        self.cluster = Cluster(
+            "cluster",
+            ClusterArgs(config=cfg, network=self.network, master_version=master_version),
+            opts=child,
+        )
         provider = self.cluster.provider
         self.registry = Registry(
             "registry",
@@ -99,11 +119,22 @@ class Platform(pulumi.ComponentResource):
         )
         namespace = Namespace(
             "namespace",
-            NamespaceArgs(name=cfg.namespace, hf_token=args.secrets.hf_token, provider=provider),
+            NamespaceArgs(
+                name=cfg.namespace,
+                hf_token=args.secrets.hf_token,
+                provider=provider,
+                pod_security="baseline" if cfg.serves_on_tpu else "restricted",
+            ),
             opts=child,
         )
+        mirror = (
+            DockerHubMirror("docker-hub", DockerHubMirrorArgs(cfg.project, cfg.region), opts=child)
+            if cfg.docker_hub_mirror
+            else None
+        )
+        model_images: dict[str, pulumi.Output[str]] = {}
         for model in cfg.models:
-            ModelServer(
+            server = ModelServer(
                 model.name,
                 ModelServerArgs(
                     model=model,
@@ -112,9 +143,13 @@ class Platform(pulumi.ComponentResource):
                     hf_secret_name=namespace.hf_secret_name,
                     request_timeout_sec=cfg.gateway.request_timeout_sec,
                     provider=provider,
+                    wait_for_ready=cfg.wait_for_models,
+                    mirror=mirror,
                 ),
                 opts=child,
             )
+            model_images[model.name] = server.image_ref
+        self.model_images = pulumi.Output.all(**model_images).apply(dict)
 
         pool_api: pulumi.Resource = (
             InferencePoolCrd("inference-pool-crd", provider, opts=child).crd
@@ -252,6 +287,7 @@ class Platform(pulumi.ComponentResource):
                 "gatewayUrl": self.gateway_url,
                 "servedModels": self.curls,
                 "imageRef": self.image_ref,
+                "modelImages": self.model_images,
                 "kubeconfig": self.kubeconfig,
             }
         )

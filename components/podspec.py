@@ -22,6 +22,8 @@ SERVING_LABEL = "llm-gateway.dev/serving"
 """Label on every model-server pod (value ``vllm``); the unified InferencePool selects on it."""
 EPP_IMAGE_UID = 65532
 """The EPP image's user (distroless ``nonroot``)."""
+ROOT_UID = 0
+"""Only TPU model servers (see :mod:`components.model_server`); the policy pack allows it nowhere else."""
 
 
 def labels(component: str, instance: str, extra: dict[str, str] | None = None) -> dict[str, str]:

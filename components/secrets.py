@@ -73,6 +73,15 @@ def read_stack_secrets(config: pulumi.Config, platform: PlatformConfig) -> Stack
     private_key = reader.text(TLS_PRIVATE_KEY_KEY)
     errors = reader.errors
 
+    if hf_token is None and not any(e.startswith(HF_TOKEN_KEY) for e in errors):
+        for index, model in platform.gated_models:
+            errors.append(
+                f"{HF_TOKEN_KEY}: platform.models[{index}] ({model.hugging_face_id}) is gated, so its server "
+                f"cannot download the weights without a token; accept the model's licence on Hugging Face, "
+                f"then `pulumi config set --secret {HF_TOKEN_KEY} hf_...` (or set "
+                f"platform.models[{index}].gated: false if it is not gated)"
+            )
+
     mode = platform.gateway.auth.mode
     if mode == "api-keys" and api_keys is None and not any(e.startswith(API_KEYS_KEY) for e in errors):
         errors.append(

@@ -201,7 +201,10 @@ def containers_run_as_non_root(resource_type: str, props: Mapping[str, Any], sta
 
     A container passes when its effective ``runAsNonRoot`` is true or its effective ``runAsUser`` is a
     non-zero uid, where the container's ``securityContext`` overrides the pod's. An explicit
-    ``runAsUser: 0`` or ``runAsNonRoot: false`` is always a violation.
+    ``runAsUser: 0`` or ``runAsNonRoot: false`` is a violation, with one exception: a container that
+    requests TPU chips (``google.com/tpu``) may run as uid 0 if it is otherwise unprivileged -- not
+    privileged, no privilege escalation, every capability dropped and none added (its ``/dev/vfio``
+    nodes are root-owned; see docs/tpu-pod-security.md).
     """
     spec = pod_spec(resource_type, props)
     if spec is None:
@@ -211,6 +214,8 @@ def containers_run_as_non_root(resource_type: str, props: Mapping[str, Any], sta
     violations: list[str] = []
     for label, container in _containers(spec):
         context = _mapping(container.get("securityContext"))
+        if _unprivileged_tpu_container(container, context):
+            continue
         non_root = context["runAsNonRoot"] if "runAsNonRoot" in context else pod_context.get("runAsNonRoot")
         user = context["runAsUser"] if "runAsUser" in context else pod_context.get("runAsUser")
         uid = _number(user)
@@ -224,6 +229,22 @@ def containers_run_as_non_root(resource_type: str, props: Mapping[str, Any], sta
                 "(or a non-zero runAsUser) on the pod or the container"
             )
     return violations
+
+
+def _unprivileged_tpu_container(container: Mapping[str, Any], context: Mapping[str, Any]) -> bool:
+    """Requests ``google.com/tpu`` and holds nothing beyond the uid: the TPU exception of the rule above."""
+    limits = _mapping(_mapping(container.get("resources")).get("limits"))
+    if "google.com/tpu" not in limits:
+        return False
+    capabilities = _mapping(context.get("capabilities"))
+    drop = capabilities.get("drop")
+    return (
+        context.get("privileged") is not True
+        and context.get("allowPrivilegeEscalation") is False
+        and isinstance(drop, Sequence)
+        and "ALL" in drop
+        and not capabilities.get("add")
+    )
 
 
 def containers_request_cpu_and_memory(
@@ -256,7 +277,7 @@ def images_pinned_by_digest(resource_type: str, props: Mapping[str, Any], stack:
         image = container.get("image")
         if not isinstance(image, str) or not image:
             violations.append(f"{subject}: container {label} names no image to pin")
-        elif not _DIGEST_PINNED.match(image):
+        elif not _DIGEST_PINNED.fullmatch(image):  # the resolved reference: tag@sha256:<digest>
             violations.append(
                 f"{subject}: container {label} image {image!r} is not pinned by digest (use name@sha256:...)"
             )

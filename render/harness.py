@@ -41,6 +41,34 @@ def placeholder_api_keys() -> str:
     """A key list standing in for the stack's encrypted ``apiKeys`` (a mocked run cannot decrypt it):
     one entry with a fresh random key, so nothing rendered is a key anyone could use."""
     return json.dumps([{"name": "placeholder", "key": token_source.token_urlsafe(32)}])
+HF_TOKEN_KEY = "hfToken"
+
+ENGINE_VERSIONS_TOKEN = "gcp:container/getEngineVersions:getEngineVersions"
+REGISTRY_IMAGE_TOKEN = "docker:index/getRegistryImage:getRegistryImage"
+MOCK_ENGINE_VERSIONS: dict[str, Any] = {
+    "releaseChannelDefaultVersion": {
+        "RAPID": "1.35.0-gke.1795000",
+        "REGULAR": "1.34.1-gke.3971000",
+        "STABLE": "1.33.5-gke.2019000",
+    },
+    "releaseChannelLatestVersion": {
+        "RAPID": "1.35.1-gke.1396000",
+        "REGULAR": "1.34.1-gke.3971000",
+        "STABLE": "1.34.0-gke.1662000",
+    },
+    "validMasterVersions": ["1.35.1-gke.1396000", "1.34.1-gke.3971000", "1.33.5-gke.2019000"],
+}
+"""What a mocked ``get_engine_versions`` answers by default (shaped like GKE's getServerConfig)."""
+
+
+def mock_digest(image: str) -> str:
+    """The digest a mocked registry answers for ``image`` (stable, distinct per reference)."""
+    return "sha256:" + hashlib.sha256(image.encode()).hexdigest()
+
+
+def placeholder_hf_token() -> str:
+    """A token standing in for an encrypted ``hfToken`` (random, so it can never read anything)."""
+    return "hf_placeholder_" + token_source.token_urlsafe(16)
 SECRET_SIG = rpc._special_secret_sig
 SIG_KEY = rpc._special_sig_key
 
@@ -69,6 +97,10 @@ class RegisteredResource:
     """Provider reference (``urn::id``) the resource was registered with, if explicit."""
     retain_on_delete: bool = False
     """True when deleting it from the program only removes it from the state (``retain_on_delete``)."""
+    ignore_changes: tuple[str, ...] = ()
+    """Inputs whose later changes the engine ignores (``ignore_changes``)."""
+    delete_timeout: str | None = None
+    """The ``custom_timeouts`` delete timeout, when set (e.g. ``45m``)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +115,8 @@ class StackRun:
     """Names of the outputs that are secrets."""
     error: BaseException | None = None
     """What the program raised (for example a config error), when ``check=False``."""
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """The invokes the program made (token, arguments), in order."""
 
 
 def load_stack_config(stack: str, root: Path = REPO_ROOT) -> tuple[str, dict[str, Any]]:
@@ -136,7 +170,12 @@ def _plain(value: Any, path: str, secrets: list[str]) -> Any:
 
 
 class PlatformMocks(pulumi_mocks.Mocks):
-    """Cloud-side values the program reads back: IDs, endpoints, addresses, image digests."""
+    """Cloud-side values the program reads back: IDs, endpoints, addresses, image digests; and the
+    answers to its invokes (GKE's versions, a registry's digests), each call kept in :attr:`calls`."""
+
+    def __init__(self, engine_versions: Mapping[str, Any] | None = None) -> None:
+        self.engine_versions = dict(MOCK_ENGINE_VERSIONS if engine_versions is None else engine_versions)
+        self.calls: list[tuple[str, dict[str, Any]]] = []
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         inputs = dict(args.inputs)
@@ -167,6 +206,12 @@ class PlatformMocks(pulumi_mocks.Mocks):
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        self.calls.append((args.token, dict(args.args)))
+        if args.token == ENGINE_VERSIONS_TOKEN:
+            return {"location": args.args.get("location"), **self.engine_versions}, []
+        if args.token == REGISTRY_IMAGE_TOKEN:
+            name = str(args.args.get("name"))
+            return {"name": name, "sha256Digest": mock_digest(name), "id": name}, []
         if args.token == "gcp:organizations/getClientConfig:getClientConfig":
             return {
                 "accessToken": "mock-access-token",
@@ -205,6 +250,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 secret_paths=tuple(secrets),
                 provider=request.provider or None,
                 retain_on_delete=bool(request.retainOnDelete),
+                ignore_changes=tuple(request.ignoreChanges),
+                delete_timeout=(request.customTimeouts.delete or None) if request.customTimeouts else None,
             )
             with self._lock:
                 self.recorded.append(record)
@@ -223,11 +270,15 @@ async def _resolve_outputs(outputs: Mapping[str, Any]) -> tuple[dict[str, Any], 
 
 
 def _run(
-    stack: str, config: dict[str, str], secret_keys: list[str], project: str
+    stack: str,
+    config: dict[str, str],
+    secret_keys: list[str],
+    project: str,
+    engine_versions: Mapping[str, Any] | None = None,
 ) -> tuple[RecordingMonitor, dict[str, Any], frozenset[str], BaseException | None]:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    monitor = RecordingMonitor(PlatformMocks())
+    monitor = RecordingMonitor(PlatformMocks(engine_versions))
     outputs: dict[str, Any] = {}
     secret_outputs: frozenset[str] = frozenset()
     error: BaseException | None = None
@@ -261,6 +312,8 @@ def render_stack(
     plain: Mapping[str, str] | None = None,
     check: bool = True,
     placeholder_keys: bool = True,
+    placeholder_token: bool = True,
+    engine_versions: Mapping[str, Any] | None = None,
 ) -> StackRun:
     """Run the program for ``stack`` against mocks.
 
@@ -268,7 +321,11 @@ def render_stack(
     ``secrets`` sets secret config values by key (``{"hfToken": "hf_..."}``), ``plain`` sets values
     that are not secrets. A stack's own ``apiKeys`` is encrypted, which a mocked run cannot read: unless
     ``secrets`` sets it (or ``placeholder_keys`` is False) :func:`placeholder_api_keys` stands in.
-    With ``check`` the program's error is raised; otherwise it is returned in :attr:`StackRun.error`.
+    Likewise a stack with a gated model gets :func:`placeholder_hf_token` unless ``secrets`` sets one
+    (or ``placeholder_token`` is False).
+    ``engine_versions`` replaces what the mocked ``get_engine_versions`` answers
+    (:data:`MOCK_ENGINE_VERSIONS`). With ``check`` the program's error is raised; otherwise it is
+    returned in :attr:`StackRun.error`.
     """
     project, config = load_stack_config(stack)
     platform_key = f"{project}:{PLATFORM_KEY}"
@@ -278,6 +335,9 @@ def render_stack(
     secrets = dict(secrets or {})
     if placeholder_keys and API_KEYS_KEY not in secrets and f"{project}:{API_KEYS_KEY}" not in secrets:
         secrets[API_KEYS_KEY] = placeholder_api_keys()
+    token_set = HF_TOKEN_KEY in secrets or f"{project}:{HF_TOKEN_KEY}" in secrets
+    if placeholder_token and not token_set and _has_gated_model(config.get(platform_key)):
+        secrets[HF_TOKEN_KEY] = placeholder_hf_token()
     for key, value in (plain or {}).items():
         config[key if ":" in key else f"{project}:{key}"] = value
     for key, value in secrets.items():
@@ -287,7 +347,9 @@ def render_stack(
     wire_config = {key: _config_value(value) for key, value in config.items()}
 
     context = contextvars.Context()
-    monitor, outputs, secret_outputs, error = context.run(_run, stack, wire_config, secret_keys, project)
+    monitor, outputs, secret_outputs, error = context.run(
+        _run, stack, wire_config, secret_keys, project, engine_versions
+    )
     if error is not None and check:
         raise error
     return StackRun(
@@ -296,7 +358,18 @@ def render_stack(
         outputs=outputs,
         secret_outputs=secret_outputs,
         error=error,
+        calls=list(getattr(monitor.mocks, "calls", [])),
     )
+
+
+def _has_gated_model(platform: Any) -> bool:
+    """Whether the stack's config (valid or not) names a model that needs ``hfToken``."""
+    from components.config import ConfigError, parse_platform_config
+
+    try:
+        return bool(parse_platform_config(platform).gated_models)
+    except ConfigError:
+        return False
 
 
 def run_stack(

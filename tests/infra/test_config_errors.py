@@ -66,7 +66,24 @@ CASES = {
         "gpu",
         _with_model("gpu", 0, image="vllm/vllm-openai@sha256:" + "a" * 64 + "\n"),
         "platform.models[0].image",
-        "not pinned by digest",
+        "is neither name:tag",
+    ),
+    "a model image without a tag or a digest": (
+        "tpu",
+        _with_model("tpu", 1, image="vllm/vllm-tpu"),
+        "platform.models[1].image",
+        "is neither name:tag (resolved to its digest at preview) nor pinned by digest",
+    ),
+    "a Spot pool that also names a reservation": (
+        "gpu",
+        {
+            "nodePools": [
+                _platform("gpu")["nodePools"][0],
+                {**_platform("gpu")["nodePools"][1], "spot": True, "reservation": "t4-reserved"},
+            ]
+        },
+        "platform.nodePools[1].reservation",
+        "Spot VMs do not consume reservations",
     ),
     "a misspelt field": (
         "gpu",
@@ -80,11 +97,11 @@ CASES = {
         "platform.inferencePoolCrd",
         "'helm' is not allowed; input should be 'gke-managed' or 'install'",
     ),
-    "a model image pulled by tag": (
+    "a model image on a moving tag": (
         "gpu",
         _with_model("gpu", 0, image="vllm/vllm-openai:latest"),
         "platform.models[0].image",
-        "not pinned by digest",
+        "the tag 'latest' names no release",
     ),
     "an autoscaler floor above its ceiling": (
         "tpu",

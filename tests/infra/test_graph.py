@@ -40,7 +40,10 @@ def test_on_gke_the_cluster_ships_the_crd_and_every_inference_pool_waits_for_it(
     pools = of_type(stack_run, POOL)
 
     assert of_type(stack_run, CRD) == []  # not ours to create, nor to delete on destroy
-    assert cluster.props["minMasterVersion"] == GKE_MANAGED_INFERENCE_POOL_CRD_VERSION == "1.34.0-gke.1626000"
+    # No version pinned: the REGULAR channel's default (mocked 1.34.1-gke.3971000) already ships the CRD.
+    assert cluster.props.get("minMasterVersion") is None
+    assert cluster.props["releaseChannel"] == {"channel": "REGULAR"}
+    assert GKE_MANAGED_INFERENCE_POOL_CRD_VERSION == "1.34.0-gke.1626000"
     assert len(pools) == 2
     for pool in pools:
         assert cluster.urn in _explicit(pool)

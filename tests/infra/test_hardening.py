@@ -155,7 +155,10 @@ def test_no_node_boots_before_its_service_account_may_pull_images_and_write_logs
     node_pools = of_type(stack_run, NODE_POOL)
     roles = of_type(stack_run, IAM_MEMBER)
     node_account = {pool.props["nodeConfig"]["serviceAccount"] for pool in node_pools}
-    assert {r.props["role"] for r in roles} >= {"roles/artifactregistry.reader", "roles/logging.logWriter"}
+    assert {r.props["role"] for r in roles} == {
+        "roles/artifactregistry.reader",
+        "roles/container.defaultNodeServiceAccount",  # GKE's least-privilege node role, not a legacy list
+    }
 
     # The temporary default pool too: not the Compute Engine default service account.
     assert cluster.props["nodeConfig"] == {

@@ -343,3 +343,42 @@ def test_the_pool_and_health_check_objects_these_tests_use_are_valid_custom_reso
     for schema_file, resource in checks:
         schema = json.loads((SCHEMAS / schema_file).read_text())
         jsonschema.validate(resource, schema)
+
+
+TPU_ROOT = {
+    "runAsUser": 0,
+    "runAsNonRoot": False,
+    "privileged": False,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def _tpu_server(security: dict[str, Any], limits: dict[str, str] | None = None) -> dict[str, Any]:
+    server = container(security=security)
+    server["resources"]["limits"] = {"google.com/tpu": "1"} if limits is None else limits
+    return server
+
+
+def test_a_tpu_server_may_run_as_uid_0_when_it_holds_nothing_else() -> None:
+    assert rules.containers_run_as_non_root(*deployment(pod_spec(_tpu_server(TPU_ROOT)))) == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"privileged": True},
+        {"allowPrivilegeEscalation": True},
+        {"capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]}},
+        {"capabilities": {}},
+    ],
+)
+def test_a_root_tpu_server_with_any_privilege_is_rejected(change: dict[str, Any]) -> None:
+    [violation] = rules.containers_run_as_non_root(*deployment(pod_spec(_tpu_server(TPU_ROOT | change))))
+    assert "runs as root" in violation
+
+
+def test_root_without_tpu_chips_is_rejected() -> None:
+    server = _tpu_server(TPU_ROOT, limits={"nvidia.com/gpu": "1"})
+    [violation] = rules.containers_run_as_non_root(*deployment(pod_spec(server)))
+    assert "runs as root" in violation
