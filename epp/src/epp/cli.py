@@ -30,7 +30,7 @@ from epp.auth.check import KeyCheck
 from epp.auth.keys import ApiKeyError
 from epp.auth.limits import DEFAULT_WINDOW
 from epp.auth.store import KeyStore
-from epp.auth.watch import DEFAULT_POLL_INTERVAL, KeyFile
+from epp.auth.watch import DEFAULT_POLL_INTERVAL, KeyFile, KeyListStatus
 from epp.contract import (
     BBR_GRPC_PORT,
     BBR_HEALTH_PORT,
@@ -403,8 +403,10 @@ def _key_file(settings: BbrSettings, telemetry: Telemetry) -> KeyFile | None:
         return None
     store = KeyStore(share=settings.limit_share, window=settings.rate_limit_window)
 
-    def on_reload(ok: bool) -> None:
-        telemetry.key_reloads.labels("ok" if ok else "error").inc()
+    def on_reload(status: KeyListStatus) -> None:
+        telemetry.key_reloads.labels("error" if status.degraded else "ok").inc()
+        telemetry.key_list_degraded.set(1 if status.degraded else 0)
+        telemetry.key_list_keys.set(status.keys)
 
     try:
         key_file = KeyFile(path, store, served_models=settings.known_models(),
@@ -414,6 +416,7 @@ def _key_file(settings: BbrSettings, telemetry: Telemetry) -> KeyFile | None:
     except OSError as error:
         raise OSError(f"--api-keys-file {path}: {error.strerror or error}") from None
     _log.info("API keys loaded", extra={"path": str(path), "keys": len(store), "limit_share": store.share})
+    telemetry.key_list_keys.set(len(store))
     return key_file
 
 

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 from envoy.config.core.v3.base_pb2 import HeaderValueOption
 
+from epp.api_routes import DEFAULT_ROUTES, ApiRoutes, is_models_path
+from epp.api_screen import screen_route
 from epp.auth.labels import key_name
 from epp.auth.store import Tenant
 from epp.contract import API_PREFIX, BASE_MODEL_HEADER, CLIENT_KEY_HEADERS, MODEL_HEADER, TENANT_HEADER
@@ -53,10 +55,15 @@ class BodyBasedRouter(ExtProcServicer):
         adapters: Mapping[str, str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         keys: KeyCheck | None = None,
+        routes: ApiRoutes | None = None,
     ) -> None:
         super().__init__(max_body_bytes=max_body_bytes)
         self._telemetry = telemetry
         self._keys = keys
+        # --- api_routes (issue 20): a front door serves only the allow-list; an upstream BBR, all.
+        front = served_models is not None or keys is not None
+        self._routes = routes if routes is not None else DEFAULT_ROUTES if front else None
+        # --- end api_routes
         # Per set of models a key may use (None: all), its /v1/models; rebuilt when the keys change.
         self._key_models: dict[frozenset[str] | None, _KeyModels | None] = {}
         self._key_models_version = -1
@@ -80,6 +87,8 @@ class BodyBasedRouter(ExtProcServicer):
     def screen(self, exchange: Exchange) -> None:
         if self._keys is not None:
             exchange.state = self._keys.authenticate(exchange.headers)
+        if self._routes is not None:  # api_routes (issue 20): 404/405/415 on the headers
+            screen_route(self._routes, exchange.method, exchange.path, exchange.headers)
 
     def _models_for(self, tenant: Tenant) -> _KeyModels | None:
         """What answers ``GET /v1/models`` for ``tenant``: the served models it may use (without a
@@ -115,7 +124,8 @@ class BodyBasedRouter(ExtProcServicer):
         if (front_door and outside) or (not front_door and exchange.body is None and tenant is None):
             # Nothing to route on: the proxy's routes decide (a routing miss is the proxy's 404).
             return self._passthrough(exchange, tenant)
-        if exchange.body is None:
+        # api_routes (issue 20): GET /v1/models* is answered here whatever its body, never forwarded.
+        if exchange.body is None or (self._routes is not None and is_models_path(exchange.path)):
             models = None
             if tenant is not None:
                 key_models = self._models_for(tenant)
@@ -149,7 +159,7 @@ class BodyBasedRouter(ExtProcServicer):
         remove: tuple[str, ...] = ()
         if tenant is not None:
             assert self._keys is not None
-            self._keys.authorize(tenant, model)
+            self._keys.authorize(tenant, model, self._listed)  # issue 20: as unknown as a missing model
             self._keys.admit(tenant)
             headers += (self._keys.forwarded(tenant),)
             remove = CLIENT_KEY_HEADERS

@@ -23,6 +23,8 @@ from typing import Protocol
 
 from google.protobuf.struct_pb2 import Struct
 
+from epp.api_routes import DEFAULT_ROUTES, ApiRoutes, is_models_path
+from epp.api_screen import screen_route
 from epp.contract import (
     DESTINATION_HEADER,
     SUBSET_HINT_KEY,
@@ -147,8 +149,10 @@ class EndpointPicker(ExtProcServicer):
         refresher: ModelRefresher | None = None,
         outliers: OutlierObserver | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        routes: ApiRoutes = DEFAULT_ROUTES,
     ) -> None:
         super().__init__(max_body_bytes=max_body_bytes)
+        self._routes = routes  # api_routes (issue 20)
         self._datastore = datastore
         self._scheduler = scheduler
         self._telemetry = telemetry
@@ -171,9 +175,13 @@ class EndpointPicker(ExtProcServicer):
         self._destinations.pop(address, None)
         self._ranked_destinations.clear()
 
+    def screen(self, exchange: Exchange) -> None:  # api_routes (issue 20): 404/405/415 on the headers
+        screen_route(self._routes, exchange.method, exchange.path, exchange.headers)
+
     def decide(self, exchange: Exchange) -> Decision:
         view = self._datastore.view
-        if exchange.body is None:
+        # api_routes (issue 20): GET /v1/models* is answered here whatever its body, never forwarded.
+        if exchange.body is None or is_models_path(exchange.path):
             return self._bodyless(exchange, view)
         parsed = parse_body(exchange.body)
         model = exchange.model = require_model(parsed)
