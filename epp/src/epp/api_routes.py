@@ -83,7 +83,8 @@ class ApiRoutes:
     def method_not_allowed_message(path: str) -> str:
         """The same for every refused method, so the proxy's static answer and the BBR's agree."""
         allowed = ", ".join(ApiRoutes.allowed_methods(path))
-        return f"Method not allowed: {echoed(path)} takes {allowed} only."
+        shown = MODEL_PATH_PREFIX + "{id}" if path.startswith(MODEL_PATH_PREFIX) else echoed(path)
+        return f"Method not allowed: {shown} takes {allowed} only."
 
 
 DEFAULT_ROUTES: Final = ApiRoutes()
@@ -91,7 +92,7 @@ DEFAULT_ROUTES: Final = ApiRoutes()
 
 def is_models_path(path: str) -> bool:
     """``/v1/models`` or ``/v1/models/{id}`` (a model id may hold slashes)."""
-    return path == MODELS_PATH or (path.startswith(MODEL_PATH_PREFIX) and len(path) > len(MODEL_PATH_PREFIX))
+    return path == MODELS_PATH or path.startswith(MODEL_PATH_PREFIX)
 
 
 def unsupported_encoding(content_encoding: str | None) -> bool:

@@ -26,6 +26,7 @@ import grpc
 import uvloop
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from epp.api_routes import API_ENDPOINTS, DEFAULT_API_ENDPOINTS, ApiEndpoint, ApiRoutes
 from epp.auth.check import KeyCheck
 from epp.auth.keys import ApiKeyError
 from epp.auth.limits import DEFAULT_WINDOW
@@ -81,11 +82,18 @@ class ServerSettings(BaseModel):
     # from cert_path (tls.crt, tls.key), else self-signed at startup.
     secure_serving: bool = False
     cert_path: Path | None = None
+    # The OpenAI endpoints forwarded to model servers (epp.api_routes): those the pods serve.
+    api_endpoints: tuple[ApiEndpoint, ...] = Field(default=DEFAULT_API_ENDPOINTS, min_length=1)
+
+    @property
+    def routes(self) -> ApiRoutes:
+        return ApiRoutes(self.api_endpoints)
 
     @model_validator(mode="after")
     def _cert_path_needs_secure_serving(self) -> ServerSettings:
         if self.cert_path is not None and not self.secure_serving:
             raise ValueError("--cert-path only applies with --secure-serving")
+        self.routes  # noqa: B018 - ApiRoutes refuses a repeated endpoint
         return self
 
     def credentials(self, common_name: str) -> grpc.ServerCredentials | None:
@@ -171,7 +179,13 @@ def _parser(prog: str, description: str, settings: type[ServerSettings]) -> argp
     flag("--secure-serving", "serve ext_proc over TLS (what Google Cloud load balancers expect)",
          action="store_true")
     flag("--cert-path", "folder with tls.crt and tls.key (default: a self-signed certificate)", type=Path)
+    flag("--api-endpoints", f"ENDPOINT[,ENDPOINT...]: the OpenAI endpoints the pods serve, of "
+         f"{', '.join(API_ENDPOINTS)}; any other path gets a 404", type=_endpoint_names)
     return parser
+
+
+def _endpoint_names(value: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in value.split(",") if n.strip())
 
 
 def epp_parser() -> argparse.ArgumentParser:
@@ -363,6 +377,7 @@ async def serve_epp(
             refresher=runner,
             outliers=runner.ejector,
             max_body_bytes=settings.max_body_bytes,
+            routes=settings.routes,
         )
 
         def on_endpoint(address: str, endpoint: Endpoint | None) -> None:
@@ -383,7 +398,7 @@ async def serve_bbr(
     key_file = _key_file(settings, telemetry)
     keys = KeyCheck(key_file.store) if key_file is not None else None
     router = BodyBasedRouter(telemetry, served_models=settings.served_models, adapters=settings.adapters,
-                             max_body_bytes=settings.max_body_bytes, keys=keys)
+                             max_body_bytes=settings.max_body_bytes, keys=keys, routes=settings.routes)
     health = Health()
     server = ExtProcServer(router, health, bind=settings.bind, grpc_port=settings.grpc_port,
                            health_port=settings.health_port, credentials=settings.credentials("bbr"))
