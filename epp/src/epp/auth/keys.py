@@ -177,8 +177,10 @@ def parse_api_keys_partially(
 def _check_entries(
     data: list[Any], served_models: Collection[str] | None, where: str
 ) -> tuple[tuple[ApiKeyEntry, ...], list[str]]:
-    """The entries without a defect, and one line per defect."""
+    """The entries without a defect, and one line per defect (each entry's own first, then clashes
+    between entries and models not served)."""
     errors: list[str] = []
+    later: list[str] = []
     valid: list[ApiKeyEntry] = []
     names: dict[str, int] = {}
     digests: dict[bytes, int] = {}
@@ -207,7 +209,7 @@ def _check_entries(
         names.setdefault(entry.name, index)
         digests.setdefault(digest, index)
         if problems:
-            errors.extend(problems)
+            later.extend(problems)
         else:
             valid.append(entry)
-    return tuple(valid), errors
+    return tuple(valid), errors + later
