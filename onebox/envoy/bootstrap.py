@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy as copy_module
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -477,9 +478,13 @@ def listener_port(config: dict[str, Any]) -> int:
     return int(config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"])
 
 
-def with_ports(config: dict[str, Any], *, listener: int, admin: int) -> dict[str, Any]:
-    """A copy of ``config`` whose listener and admin interface bind these ports (a restart's same ports)."""
+def with_ports(config: dict[str, Any], *, listener: int, admin: int | Path) -> dict[str, Any]:
+    """A copy of ``config`` whose listener binds this port (a restart's same port) and whose admin
+    interface binds this port or, given a path, a Unix socket only its owner may use (mode 0600)."""
     copy = copy_module.deepcopy(config)
     copy["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = listener
-    copy["admin"]["address"]["socket_address"]["port_value"] = admin
+    if isinstance(admin, Path):
+        copy["admin"]["address"] = {"pipe": {"path": str(admin), "mode": 0o600}}
+    else:
+        copy["admin"]["address"]["socket_address"]["port_value"] = admin
     return copy

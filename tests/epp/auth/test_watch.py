@@ -148,7 +148,7 @@ async def test_a_removal_takes_effect_even_when_the_same_edit_adds_a_bad_entry(
     assert knows(store, KEY_B)
     assert results[-1].degraded
     assert results[-1].problems == (
-        "apiKeys[1]: the same key as apiKeys[0]", "apiKeys[2].key: is shorter than 32 characters",
+        "apiKeys[2].key: is shorter than 32 characters", "apiKeys[1]: the same key as apiKeys[0]",
     )
 
     write_atomically(path, [B])

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 from envoy.config.core.v3.base_pb2 import HeaderValueOption
 
+from epp import api_screen  # a module: epp.api_screen imports this package's errors
 from epp.api_routes import DEFAULT_ROUTES, ApiRoutes, is_models_path
-from epp.api_screen import screen_route
 from epp.auth.labels import key_name
 from epp.auth.store import Tenant
 from epp.contract import API_PREFIX, BASE_MODEL_HEADER, CLIENT_KEY_HEADERS, MODEL_HEADER, TENANT_HEADER
@@ -88,7 +88,7 @@ class BodyBasedRouter(ExtProcServicer):
         if self._keys is not None:
             exchange.state = self._keys.authenticate(exchange.headers)
         if self._routes is not None:  # api_routes (issue 20): 404/405/415 on the headers
-            screen_route(self._routes, exchange.method, exchange.path, exchange.headers)
+            api_screen.screen_route(self._routes, exchange.method, exchange.path, exchange.headers)
 
     def _models_for(self, tenant: Tenant) -> _KeyModels | None:
         """What answers ``GET /v1/models`` for ``tenant``: the served models it may use (without a

@@ -23,8 +23,8 @@ from typing import Protocol
 
 from google.protobuf.struct_pb2 import Struct
 
+from epp import api_screen  # a module: epp.api_screen imports this package's errors
 from epp.api_routes import DEFAULT_ROUTES, ApiRoutes, is_models_path
-from epp.api_screen import screen_route
 from epp.contract import (
     DESTINATION_HEADER,
     SUBSET_HINT_KEY,
@@ -176,7 +176,7 @@ class EndpointPicker(ExtProcServicer):
         self._ranked_destinations.clear()
 
     def screen(self, exchange: Exchange) -> None:  # api_routes (issue 20): 404/405/415 on the headers
-        screen_route(self._routes, exchange.method, exchange.path, exchange.headers)
+        api_screen.screen_route(self._routes, exchange.method, exchange.path, exchange.headers)
 
     def decide(self, exchange: Exchange) -> Decision:
         view = self._datastore.view
