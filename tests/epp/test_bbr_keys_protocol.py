@@ -130,7 +130,7 @@ async def test_a_model_the_key_may_not_use_is_answered_exactly_as_a_model_that_d
 
     code, document = forbidden.error()
     assert code == 404
-    assert document["error"] == {  # type: ignore[index]
+    assert document["error"] == {
         "message": f"The model '{PHI}' does not exist. Models served: {ADAPTER}, {GEMMA}.",
         "type": "not_found_error", "param": "model", "code": 404,
     }
