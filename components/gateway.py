@@ -9,9 +9,11 @@ to HTTPS (an HTTPRoute whose only rule is a RequestRedirect) or is not served at
 
 Per-model-pools mode: one HTTPRoute per model matching the base-model header exactly (set by the BBR
 from the body) to that model's InferencePool. Unified-pool mode: one route to the single pool, whose
-EPP routes by model. Either way a route matches only ``POST`` on the exact API paths of
-``epp.api_routes`` (:func:`route_matches`): nothing else, ``GET /v1/models`` included, is ever sent to a
-pool; the BBR, which sees every request first, answers those itself (the list, or a JSON 404/405).
+EPP routes by model. Either way a route matches only the exact API paths forwarded to pods
+(``epp.api_routes``, :func:`route_matches`): no other path, ``/v1/models`` included, is ever sent to a
+pool. The BBR, which sees every request before routing, answers those itself (the list, or a JSON
+404) and refuses any method but ``POST`` on the API paths (405); the routes do not match on the
+method, an extended Gateway API feature GKE's gateway classes are not documented to support.
 A GCPBackendPolicy per pool sets the request timeout, connection draining and,
 when ``allowedSourceRanges`` is set, the Cloud Armor policy that fences it.
 """
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
-from epp.api_routes import DEFAULT_ROUTES, FORWARD_METHOD, ApiRoutes
+from epp.api_routes import DEFAULT_ROUTES, ApiRoutes
 from epp.contract import BASE_MODEL_HEADER
 
 from components.config import GatewaySettings
@@ -70,11 +72,11 @@ class GatewayArgs:
 
 
 def route_matches(served_name: str | None, api: ApiRoutes = DEFAULT_ROUTES) -> list[Fields]:
-    """An HTTPRoute's matches: ``POST`` on each exact API path, and the base-model header when the
-    route is one model's (``served_name``)."""
+    """An HTTPRoute's matches: each exact API path, and the base-model header when the route is one
+    model's (``served_name``)."""
     matches: list[Fields] = []
     for path in api.forwarded_paths:
-        match: Fields = {"path": {"type": "Exact", "value": path}, "method": FORWARD_METHOD}
+        match: Fields = {"path": {"type": "Exact", "value": path}}
         if served_name is not None:
             match["headers"] = [{"type": "Exact", "name": BASE_MODEL_HEADER, "value": served_name}]
         matches.append(match)

@@ -36,7 +36,7 @@ def test_unified_mode_renders_one_pool_for_every_model_behind_the_same_front_doo
         assert selector.items() <= labels.items()
     [rule] = route.props["spec"]["rules"]
     assert rule["matches"] == [
-        {"path": {"type": "Exact", "value": path}, "method": "POST"}
+        {"path": {"type": "Exact", "value": path}}
         for path in ("/v1/completions", "/v1/chat/completions")
     ]
     assert rule["backendRefs"][0]["name"] == pool.props["metadata"]["name"]
