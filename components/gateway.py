@@ -9,7 +9,12 @@ to HTTPS (an HTTPRoute whose only rule is a RequestRedirect) or is not served at
 
 Per-model-pools mode: one HTTPRoute per model matching the base-model header exactly (set by the BBR
 from the body) to that model's InferencePool. Unified-pool mode: one route to the single pool, whose
-EPP routes by model. A GCPBackendPolicy per pool sets the request timeout, connection draining and,
+EPP routes by model. Either way a route matches only the exact API paths forwarded to pods
+(``epp.api_routes``, :func:`route_matches`): no other path, ``/v1/models`` included, is ever sent to a
+pool. The BBR, which sees every request before routing, answers those itself (the list, or a JSON
+404) and refuses any method but ``POST`` on the API paths (405); the routes do not match on the
+method, an extended Gateway API feature GKE's gateway classes are not documented to support.
+A GCPBackendPolicy per pool sets the request timeout, connection draining and,
 when ``allowedSourceRanges`` is set, the Cloud Armor policy that fences it.
 """
 
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
+from epp.api_routes import DEFAULT_ROUTES, ApiRoutes
 from epp.contract import BASE_MODEL_HEADER
 
 from components.config import GatewaySettings
@@ -68,6 +74,18 @@ class GatewayArgs:
     """Name of the regional Cloud Armor policy every backend is attached to."""
     routes: Sequence[Route] = ()
     """Each pool's route and backend policy, created with the Gateway (never after it registered)."""
+
+
+def route_matches(served_name: str | None, api: ApiRoutes = DEFAULT_ROUTES) -> list[Fields]:
+    """An HTTPRoute's matches: each exact API path, and the base-model header when the route is one
+    model's (``served_name``)."""
+    matches: list[Fields] = []
+    for path in api.forwarded_paths:
+        match: Fields = {"path": {"type": "Exact", "value": path}}
+        if served_name is not None:
+            match["headers"] = [{"type": "Exact", "name": BASE_MODEL_HEADER, "value": served_name}]
+        matches.append(match)
+    return matches
 
 
 def listeners(settings: GatewaySettings, tls: Fields | None) -> list[Fields]:
@@ -176,9 +194,6 @@ class Gateway(pulumi.ComponentResource):
         """An HTTPRoute to ``route.pool_name`` and the pool's GCPBackendPolicy."""
         args = self._args
         backend = {"group": INFERENCE_GROUP, "kind": "InferencePool", "name": route.pool_name}
-        match: dict[str, object] = {"path": {"type": "PathPrefix", "value": "/"}}
-        if route.served_name is not None:
-            match["headers"] = [{"type": "Exact", "name": BASE_MODEL_HEADER, "value": route.served_name}]
         route_name, policy_name = f"{route.pool_name}-route", f"{route.pool_name}-backend"
         http_route = k8s.apiextensions.CustomResource(
             route_name,
@@ -187,7 +202,7 @@ class Gateway(pulumi.ComponentResource):
             metadata=object_meta(route_name, args.namespace_ref, "httproute", route.pool_name),
             spec={
                 "parentRefs": [self._parent_ref(self.serving_listener)],
-                "rules": [{"matches": [match], "backendRefs": [backend]}],
+                "rules": [{"matches": route_matches(route.served_name), "backendRefs": [backend]}],
             },
             opts=pulumi.ResourceOptions(
                 parent=self, provider=args.provider, depends_on=[route.pool, self.gateway]

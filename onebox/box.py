@@ -50,7 +50,7 @@ from epp.settings import BbrSettings, EppSettings, ServerSettings
 from onebox import backends, children
 from onebox.envoy import bootstrap
 from onebox.envoy.limits import GatewayLimits, GatewayTimeouts
-from onebox.envoy.process import envoy_child
+from onebox.envoy.process import admin_socket, envoy_child, envoy_log_level
 from onebox.envoy.replicas import Replica
 from onebox.keys import BoxKeys, load_keys
 from onebox.probes import until_ready
@@ -238,6 +238,12 @@ class OneBox:
                 return child
         raise KeyError(f"no child {name!r}; children: {', '.join(c.name for c in self.supervisor.children)}")
 
+    def admin_socket(self, name: str = "envoy") -> Path:
+        """The Unix socket (mode 0600, in the box's private folder) of the Envoy ``name``'s admin."""
+        if self._workdir is None:
+            raise RuntimeError("the box is not running")
+        return admin_socket(self._workdir, name)
+
     async def wait_for_failure(self) -> ChildDied:
         """Block until a child dies (fail-fast) or dies before it was ever ready; return what happened."""
         await self.supervisor.failed.wait()
@@ -363,12 +369,16 @@ class OneBox:
 
     async def _start_gateways(self) -> None:
         assert self._workdir is not None
-        specs = [envoy_child("envoy", self._gateway_config(), self._workdir, log_level=self.log_level)]
+        level = envoy_log_level(self.log_level, keys=self.keys is not None)
+        if level != self.log_level:
+            _log.warning("Envoy runs at log level %s, not %s: its debug log prints every request's "
+                         "headers, API keys included, and this box checks API keys", level, self.log_level)
+        specs = [envoy_child("envoy", self._gateway_config(), self._workdir, log_level=level)]
         if self.with_round_robin:
             config = bootstrap.round_robin_config(
                 [p.address for p in self.pods], host=HOST, limits=self.limits, timeouts=self.timeouts
             )
-            specs.append(envoy_child("envoy-round-robin", config, self._workdir, log_level=self.log_level))
+            specs.append(envoy_child("envoy-round-robin", config, self._workdir, log_level=level))
         gateways = [await self._launch(spec) for spec in specs]
         await self._wait_ready(gateways)
         self.gateway_port = gateways[0].ports["listener"]

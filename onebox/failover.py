@@ -37,6 +37,7 @@ import aiohttp
 from epp.contract import POD_HEADER
 
 from onebox.box import ExtProcServer, OneBox
+from onebox.envoy.process import ADMIN_URL, admin_session
 from onebox.topology import load_preset
 
 GRACE = 1.0  # seconds after the kill from which no request may fail
@@ -137,9 +138,15 @@ def replica_cluster(box: OneBox, name: str) -> tuple[str, ExtProcServer]:
     raise KeyError(f"no EPP or BBR replica {name!r}; replicas: {', '.join(names)}")
 
 
-async def admin_clusters(session: aiohttp.ClientSession, admin: int) -> str:
-    """Envoy's admin ``/clusters`` (text: ``cluster::host::stat::value`` lines)."""
-    async with session.get(f"http://127.0.0.1:{admin}/clusters") as response:
+def admin_client(box: OneBox) -> aiohttp.ClientSession:
+    """A client of the box's Envoy's admin interface (its Unix socket)."""
+    return admin_session(box.admin_socket("envoy"), timeout=5)
+
+
+async def admin_clusters(session: aiohttp.ClientSession) -> str:
+    """Envoy's admin ``/clusters`` (text: ``cluster::host::stat::value`` lines); ``session``: an
+    ``admin_client``."""
+    async with session.get(f"{ADMIN_URL}/clusters") as response:
         return await response.text()
 
 
@@ -169,21 +176,22 @@ def host_state(clusters: str, cluster: str, address: str) -> HostState:
 
 
 async def _out_of_rotation(
-    session: aiohttp.ClientSession, admin: int, cluster: str, address: str
+    session: aiohttp.ClientSession, cluster: str, address: str
 ) -> HostState:
     """Envoy's view of a killed replica once it sends it no new streams (or after ``GRACE`` s)."""
     deadline = time.monotonic() + GRACE
     while True:
-        state = host_state(await admin_clusters(session, admin), cluster, address)
+        state = host_state(await admin_clusters(session), cluster, address)
         if not state.healthy or time.monotonic() >= deadline:
             return state
         await asyncio.sleep(0.02)
 
 
 async def replica_healthy(box: OneBox, replica: str, session: aiohttp.ClientSession) -> bool:
-    """Whether Envoy sends new streams to ``replica`` (checked healthy, not ejected)."""
+    """Whether Envoy sends new streams to ``replica`` (checked healthy, not ejected); ``session``: an
+    ``admin_client``."""
     cluster, server = replica_cluster(box, replica)
-    clusters = await admin_clusters(session, box.child("envoy").ports["admin"])
+    clusters = await admin_clusters(session)
     return host_state(clusters, cluster, server.grpc_address).healthy
 
 
@@ -249,7 +257,6 @@ async def failover(
     """
     cluster, server = replica_cluster(box, replica)
     child = server.child
-    admin = box.child("envoy").ports["admin"]
     models = box.topology.served_names
     restarts_before = child.restarts
     exchanges: list[Exchange] = []
@@ -267,17 +274,17 @@ async def failover(
             i += 1
 
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session, aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=5)
-    ) as admin_session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session, admin_client(
+        box
+    ) as admin:
         clients = [asyncio.create_task(client(i, session)) for i in range(concurrency)]
         try:
             await asyncio.sleep(max(0.0, t0 + kill_time - time.monotonic()))
-            before = await admin_clusters(admin_session, admin)
+            before = await admin_clusters(admin)
             os.kill(child.pid, signal.SIGKILL)  # at once: parsing comes after
             killed_at = time.monotonic() - t0
             opened = host_state(before, cluster, server.grpc_address)
-            seen = await _out_of_rotation(admin_session, admin, cluster, server.grpc_address)
+            seen = await _out_of_rotation(admin, cluster, server.grpc_address)
             # Open on the replica just before the kill, plus every stream Envoy gave it from then
             # until it took the replica out of rotation (one may have been answered, then cut).
             in_flight = opened.active + max(0, seen.total - opened.total)
@@ -286,7 +293,7 @@ async def failover(
                 await asyncio.sleep(0.1)
                 if back_after is None and child.restarts > restarts_before:
                     with contextlib.suppress(aiohttp.ClientError, KeyError):
-                        if await replica_healthy(box, replica, admin_session):
+                        if await replica_healthy(box, replica, admin):
                             back_after = time.monotonic() - t0 - killed_at
         finally:
             await asyncio.gather(*clients)

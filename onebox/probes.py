@@ -17,12 +17,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 Probe = Callable[[], Awaitable[bool]]
 
 
-def http_ok(url: str, timeout: float = 1.0) -> Probe:
-    """Ready when ``GET url`` answers 200."""
+def http_ok(url: str, timeout: float = 1.0, *, uds: str | None = None) -> Probe:
+    """Ready when ``GET url`` answers 200 (asked over the Unix socket ``uds`` if given)."""
 
     async def probe() -> bool:
         try:
-            async with httpx.AsyncClient(timeout=timeout) as client:
+            transport = httpx.AsyncHTTPTransport(uds=uds) if uds is not None else None
+            async with httpx.AsyncClient(timeout=timeout, transport=transport) as client:
                 return (await client.get(url)).status_code == 200
         except httpx.HTTPError:
             return False

@@ -233,7 +233,10 @@ class Supervisor:
         if self.log_dir is None:
             return None
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        return open(self.log_dir / f"{name}.log", "ab")  # closed by _drain
+        # Only their owner may read them (0600, whatever the umask or an older file's mode).
+        fd = os.open(self.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        return open(fd, "ab")  # closed by _drain
 
     async def _drain(self, child: Child, log: BinaryIO | None) -> None:
         assert child.process.stdout is not None

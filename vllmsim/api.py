@@ -57,6 +57,8 @@ async def _identity_headers(request: web.Request, response: web.StreamResponse) 
 
 @web.middleware
 async def _errors_and_readiness(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if "x-request-id" in request.headers:
+        request.app[_SIM].proxied.append((request.method, request.raw_path))
     if not request.app[_SIM].ready:
         return error_response(503, "The server is starting up")
     try:

@@ -27,3 +27,6 @@ class SimState:
         self.pod_name = config.pod_name or ""
         # The headers of the last generation requests (names lower-cased): what reached the pod.
         self.received_headers: deque[dict[str, str]] = deque(maxlen=64)
+        # Every request a proxy sent (it carries x-request-id; a picker's probes do not): method and
+        # raw path, whatever the route, so a test can tell what reached the pod.
+        self.proxied: deque[tuple[str, str]] = deque(maxlen=256)

@@ -16,8 +16,12 @@ The BBR and each pool's EPP may run as several replicas (``Replica``) behind one
 (``replicas``): Envoy spreads new streams over the replicas it believes healthy and stops sending
 to one the moment it fails (see ``replicas`` for how).
 
-Paths no route serves get an OpenAI-style JSON 404 from Envoy itself, and every other answer Envoy
-makes itself is OpenAI-style JSON too (``replies``). Every limit and timeout is chosen and explained
+Only the API's own methods and paths (``epp.api_routes``) are routed to a pod, matched exactly on the
+path Envoy has normalised (``normalize_path``, ``merge_slashes``; an escaped slash is a 400):
+``GET /v1/models*`` is answered by the BBR or the EPP and never forwarded, a served path under another
+method gets a JSON 405 with ``Allow``, and any other path a JSON 404, from Envoy itself, the same
+answers the BBR and the EPP make. Every other answer Envoy makes itself is OpenAI-style JSON too
+(``replies``). Every limit and timeout is chosen and explained
 in ``limits`` (``GatewayLimits``, ``GatewayTimeouts``); the gateways answer ``GET /health``
 (``health``).
 """
@@ -26,15 +30,22 @@ from __future__ import annotations
 
 import copy as copy_module
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from epp.api_routes import (
+    DEFAULT_ROUTES,
+    FORWARD_METHOD,
+    MODEL_PATH_PREFIX,
+    MODELS_PATH,
+    READ_METHODS,
+    ApiRoutes,
+)
 from epp.contract import (
-    API_PREFIX,
     BASE_MODEL_HEADER,
     DESTINATION_HEADER,
     DESTINATION_METADATA_NAMESPACE,
-    NOT_FOUND_MESSAGE,
     SUBSET_HINT_NAMESPACE,
     error_body,
     split_host_port,
@@ -66,8 +77,6 @@ _CONNECTIONS_MONITOR = (
 
 # How the EPP sees responses (see _epp_processing_mode).
 ResponseMode = Literal["streamed", "full-duplex"]
-
-_NOT_FOUND = error_body(404, NOT_FOUND_MESSAGE).decode()
 
 
 class PoolRoute(BaseModel):
@@ -182,21 +191,65 @@ def _ext_proc_filter(
     return {"name": name, "typed_config": config}
 
 
-def _not_found_route() -> dict[str, Any]:
-    return {
-        "name": "not-found",
-        "match": {"prefix": "/"},
-        "direct_response": {"status": 404, "body": {"inline_string": _NOT_FOUND}},
+def _methods(methods: Sequence[str], *, invert: bool = False) -> dict[str, Any]:
+    """A ``:method`` header match: one of ``methods`` (or, inverted, none of them)."""
+    match: dict[str, Any] = {"name": ":method"}
+    if len(methods) == 1:
+        match["string_match"] = {"exact": methods[0]}
+    else:
+        match["safe_regex_match"] = {"regex": "|".join(methods)}
+    if invert:
+        match["invert_match"] = True
+    return match
+
+
+def forwarded_matches(routes: ApiRoutes, headers: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """One route match per forwarded API path: that exact path, ``POST``, and ``headers``."""
+    method = _methods((FORWARD_METHOD,))
+    return [{"path": path, "headers": [*headers, method]} for path in routes.forwarded_paths]
+
+
+def _direct(name: str, match: dict[str, Any], status: int, message: str,
+            headers: Sequence[tuple[str, str]] = (), *, epp: bool = False) -> dict[str, Any]:
+    """A route Envoy answers itself with the contract's JSON error; no pool's EPP runs on it unless
+    ``epp`` (the BBR always does: every request matches one of these before the BBR has set the model
+    header and cleared the route cache)."""
+    route: dict[str, Any] = {
+        "name": name,
+        "match": match,
+        "direct_response": {
+            "status": status, "body": {"inline_string": error_body(status, message).decode()}
+        },
         "response_headers_to_add": [
-            {
-                "header": {"key": "content-type", "value": "application/json"},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            }
+            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for key, value in (("content-type", "application/json"), *headers)
         ],
-        # The BBR still runs here: this is the route every request matches before the BBR has set
-        # the model header and cleared the route cache. No pool's EPP runs on it.
-        "typed_per_filter_config": {_EPP_FILTER: {"@type": _EXT_PROC_PER_ROUTE, "disabled": True}},
     }
+    if not epp:
+        route["typed_per_filter_config"] = {_EPP_FILTER: {"@type": _EXT_PROC_PER_ROUTE, "disabled": True}}
+    return route
+
+
+def _gateway_answers(routes: ApiRoutes, *, epp_lists_models: bool) -> list[dict[str, Any]]:
+    """The routes after the pods': the model list (answered by the BBR, or by the EPP when
+    ``epp_lists_models``; the direct answer only when neither did), 405 on a served path under another
+    method, and 404 for everything else."""
+    reads = _methods(READ_METHODS)
+    answers = [
+        _direct(f"models{i}", {**match, "headers": [reads]}, 503,
+                "The gateway did not answer for its model list; retry shortly.", epp=epp_lists_models)
+        for i, match in enumerate(({"path": MODELS_PATH}, {"prefix": MODEL_PATH_PREFIX}))
+    ]
+    served = [{"path": path} for path in (*routes.forwarded_paths, MODELS_PATH)]
+    for match in [*served, {"prefix": MODEL_PATH_PREFIX}]:
+        path = match.get("path", MODEL_PATH_PREFIX)
+        allowed = routes.allowed_methods(path)
+        refused = {**match, "headers": [_methods(allowed, invert=True)]}
+        message = routes.method_not_allowed_message(path)
+        allow = (("allow", ", ".join(allowed)),)
+        answers.append(_direct(f"method-not-allowed:{path}", refused, 405, message, allow))
+    answers.append(_direct("not-found", {"prefix": "/"}, 404, routes.not_found_message))
+    return answers
 
 
 def _listener(
@@ -214,6 +267,14 @@ def _listener(
         "generate_request_id": True,
         # Every answer carries the request's id, the gateway's own replies included (issue 15).
         "always_set_request_id_in_response": True,
+        # The path routes match and the BBR and EPPs check is the one a pod gets: dot segments resolved
+        # (%2e included), slashes merged, and an escaped slash (%2F, %5C) refused with a 400.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        # HTTP/1.0 is served like 1.1 (a missing Host is the gateway's): its clients get the same JSON
+        # answers. Refused, Envoy's 426 would pass the processors' response path and be cut unsent.
+        "http_protocol_options": {"accept_http_10": True, "default_host_for_http_10": "gateway"},
         "request_headers_timeout": seconds(timeouts.request_headers),
         "request_timeout": seconds(timeouts.request),
         "stream_idle_timeout": seconds(timeouts.stream_idle),
@@ -276,6 +337,7 @@ def gateway_config(
     response_mode: ResponseMode = "streamed",
     limits: GatewayLimits | None = None,
     timeouts: GatewayTimeouts | None = None,
+    api: ApiRoutes = DEFAULT_ROUTES,
 ) -> dict[str, Any]:
     """The gateway with per-model pools: BBR → route on the base model → that pool's EPP → the pod.
 
@@ -300,18 +362,17 @@ def gateway_config(
             "overrides": {"grpc_service": _grpc_service(f"epp-{pool.name}")},
         }
         for model in pool.models:
-            routes.append(
+            model_header = {"name": BASE_MODEL_HEADER, "string_match": {"exact": model}}
+            routes.extend(
                 {
-                    "name": f"{pool.name}:{model}",
-                    "match": {
-                        "prefix": API_PREFIX,
-                        "headers": [{"name": BASE_MODEL_HEADER, "string_match": {"exact": model}}],
-                    },
+                    "name": f"{pool.name}:{model}:{match['path']}",
+                    "match": match,
                     "route": _to_pod_route(timeouts),
                     "typed_per_filter_config": {_EPP_FILTER: override},
                 }
+                for match in forwarded_matches(api, [model_header])
             )
-    routes.append(_not_found_route())
+    routes.extend(_gateway_answers(api, epp_lists_models=False))
     health_filter, health_clusters = readiness(
         bbrs=replica_addresses(bbrs), epps=[a for p in pools for a in replica_addresses(p.epp)],
         pods=[e for p in pools for e in p.endpoints],
@@ -341,6 +402,7 @@ def unified_gateway_config(
     endpoints: Sequence[str] = (),
     limits: GatewayLimits | None = None,
     timeouts: GatewayTimeouts | None = None,
+    api: ApiRoutes = DEFAULT_ROUTES,
 ) -> dict[str, Any]:
     """The gateway with one pool for every model: one EPP picks among all pods.
 
@@ -354,8 +416,9 @@ def unified_gateway_config(
     epps = to_replicas(epp)
     bbrs = to_replicas(bbr) if bbr is not None else ()
     routes = [
-        {"name": "pool", "match": {"prefix": API_PREFIX}, "route": _to_pod_route(timeouts)},
-        _not_found_route(),
+        *({"name": f"pool:{match['path']}", "match": match, "route": _to_pod_route(timeouts)}
+          for match in forwarded_matches(api)),
+        *_gateway_answers(api, epp_lists_models=True),
     ]
     health_filter, health_clusters = readiness(
         bbrs=replica_addresses(bbrs), epps=replica_addresses(epps), pods=list(endpoints)
@@ -417,9 +480,13 @@ def listener_port(config: dict[str, Any]) -> int:
     return int(config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"])
 
 
-def with_ports(config: dict[str, Any], *, listener: int, admin: int) -> dict[str, Any]:
-    """A copy of ``config`` whose listener and admin interface bind these ports (a restart's same ports)."""
+def with_ports(config: dict[str, Any], *, listener: int, admin: int | Path) -> dict[str, Any]:
+    """A copy of ``config`` whose listener binds this port (a restart's same port) and whose admin
+    interface binds this port or, given a path, a Unix socket only its owner may use (mode 0600)."""
     copy = copy_module.deepcopy(config)
     copy["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = listener
-    copy["admin"]["address"]["socket_address"]["port_value"] = admin
+    if isinstance(admin, Path):
+        copy["admin"]["address"] = {"pipe": {"path": str(admin), "mode": 0o600}}
+    else:
+        copy["admin"]["address"]["socket_address"]["port_value"] = admin
     return copy

@@ -1,9 +1,12 @@
 """Running Envoy: the binary, the one way the box starts it, and ``EnvoyProcess`` for tests and bench.
 
 ``envoy_child(name, config, directory)`` is the supervisor's spec for an Envoy: it writes the
-configuration, and Envoy writes its admin address to a file (``--admin-address-path``); the ports are
-read from there and from the admin ``/listeners`` once ``/ready`` says LIVE. On a restart Envoy gets
-the ports it had. ``EnvoyProcess`` runs one such child on its own::
+configuration, with the admin interface on a Unix socket in ``directory`` (``admin_socket``, mode
+0600: no other local user can reach it, so none can turn on debug logging or read the config dump);
+the listener's port is read from the admin ``/listeners`` once ``/ready`` says LIVE. On a restart
+Envoy gets the port it had. ``envoy_log_level`` is the level the box gives Envoy: never below
+``info`` while API keys are on, since Envoy's debug log prints request headers, keys included.
+``EnvoyProcess`` runs one such child on its own::
 
     async with EnvoyProcess(config) as envoy:
         envoy.url
@@ -47,65 +50,79 @@ class EnvoyError(RuntimeError):
     """Envoy failed to start or to become ready; the message carries its log tail."""
 
 
+# Envoy's levels, most verbose first; below ``info`` its log prints request headers.
+_ENVOY_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
+# Where the admin interface is asked for (any host works on a Unix socket).
+ADMIN_URL = "http://envoy"
+
+
+def admin_socket(directory: Path, name: str) -> Path:
+    """The Unix socket of the admin interface of the Envoy ``name`` whose files are in ``directory``."""
+    return directory / f"{name}.sock"
+
+
+def envoy_log_level(level: str, *, keys: bool) -> str:
+    """The level to run Envoy at: ``level``, but never below ``info`` with API keys on (Envoy's debug
+    log prints every request's headers, ``authorization`` and ``x-api-key`` included, unredacted)."""
+    if keys and level in _ENVOY_LEVELS and _ENVOY_LEVELS.index(level) < _ENVOY_LEVELS.index("info"):
+        return "info"
+    return level
+
+
 def envoy_child(
     name: str, config: dict[str, Any], directory: Path, *, concurrency: int = 1, log_level: str = "warning"
 ) -> ChildSpec:
-    """Envoy running ``config`` (files in ``directory``): ports ``listener`` and ``admin``."""
+    """Envoy running ``config`` (files in ``directory``): port ``listener``; admin on ``admin_socket``."""
     binary = envoy_binary()
     config_path = directory / f"{name}.yaml"
-    admin_path = directory / f"{name}.admin-address"
+    socket = admin_socket(directory, name)
 
     def argv(ports: Ports) -> list[str]:
-        admin_path.unlink(missing_ok=True)  # a restart must not read the last run's address
-        bound = with_ports(config, listener=ports.get("listener", listener_port(config)),
-                           admin=ports.get("admin", 0))
+        socket.unlink(missing_ok=True)  # a restart binds it anew
+        bound = with_ports(config, listener=ports.get("listener", listener_port(config)), admin=socket)
         config_path.write_text(render(bound))
+        config_path.chmod(0o600)
         return [
-            str(binary), "--config-path", str(config_path), "--admin-address-path", str(admin_path),
-            "--concurrency", str(concurrency), "--log-level", log_level, "--disable-hot-restart",
+            str(binary), "--config-path", str(config_path), "--concurrency", str(concurrency),
+            "--log-level", log_level, "--disable-hot-restart",
         ]  # fmt: skip
 
     async def ports(child: Child) -> Ports:
-        return await _bound_ports(admin_path)
+        return await _bound_ports(socket)
 
-    return ChildSpec(
-        name, argv, ports=ports, probe=lambda p: http_ok(f"http://127.0.0.1:{p['admin']}/ready")
+    return ChildSpec(name, argv, ports=ports, probe=lambda p: http_ok(f"{ADMIN_URL}/ready", uds=str(socket)))
+
+
+def admin_session(socket: Path, timeout: float = 2.0) -> aiohttp.ClientSession:
+    """A client of the admin interface on ``socket``; ask for ``ADMIN_URL`` + path."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.UnixConnector(path=str(socket)), timeout=aiohttp.ClientTimeout(total=timeout)
     )
 
 
-async def _bound_ports(admin_path: Path) -> Ports:
-    """Once Envoy is LIVE: its admin port (from the address file) and its listener's port."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+async def _bound_ports(socket: Path) -> Ports:
+    """Once Envoy is LIVE: its listener's port."""
+    async with admin_session(socket) as session:
         while True:
-            text = await asyncio.to_thread(_read_text, admin_path)
-            if text:
-                admin = int(text.rpartition(":")[2])
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, KeyError):
-                    async with session.get(f"http://127.0.0.1:{admin}/ready") as response:
-                        live = response.status == 200 and (await response.text()).strip() == "LIVE"
-                    if live:
-                        async with session.get(f"http://127.0.0.1:{admin}/listeners?format=json") as response:
-                            listeners = await response.json()
-                        for status in listeners.get("listener_statuses", []):
-                            port = status["local_address"]["socket_address"]["port_value"]
-                            return {"listener": int(port), "admin": admin}
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError):
+                async with session.get(f"{ADMIN_URL}/ready") as response:
+                    live = response.status == 200 and (await response.text()).strip() == "LIVE"
+                if live:
+                    async with session.get(f"{ADMIN_URL}/listeners?format=json") as response:
+                        listeners = await response.json()
+                    for status in listeners.get("listener_statuses", []):
+                        return {"listener": int(status["local_address"]["socket_address"]["port_value"])}
             await asyncio.sleep(0.05)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        return ""
 
 
 class EnvoyProcess:
     """Run Envoy with ``config`` until the context exits.
 
     On entry a temporary folder is made for the config, Envoy starts, and entry returns once the
-    admin ``/ready`` endpoint says LIVE. Listener and admin ports may be 0: ``port`` and
-    ``admin_port`` are the ones Envoy bound. On exit, or when starting fails at any point, Envoy
-    gets SIGTERM (then SIGKILL after ``stop_timeout``) and the temporary folder is removed.
+    admin ``/ready`` endpoint says LIVE. The listener port may be 0: ``port`` is the one Envoy
+    bound; the admin interface is on the Unix socket ``admin_socket``. On exit, or when starting fails
+    at any point, Envoy gets SIGTERM (then SIGKILL after ``stop_timeout``) and the temporary folder is
+    removed.
     """
 
     def __init__(
@@ -123,7 +140,7 @@ class EnvoyProcess:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.port = 0
-        self.admin_port = 0
+        self.admin_socket: Path | None = None
         self._supervisor: Supervisor | None = None
         self._child: Child | None = None
         self._directory: Path | None = None
@@ -167,7 +184,8 @@ class EnvoyProcess:
             if isinstance(error, ChildDied):
                 raise EnvoyError(f"Envoy did not become ready: {error}") from None
             raise
-        self.port, self.admin_port = ports["listener"], ports["admin"]
+        self.port = ports["listener"]
+        self.admin_socket = admin_socket(self._directory, "envoy")
 
     async def stop(self) -> None:
         supervisor, self._supervisor = self._supervisor, None

@@ -35,6 +35,7 @@ class Case:
     status: int
     error_type: str  # the body's error.type; POD: whatever the model server said, passed through
     pod_type: str | None = None  # for POD rows: the simulator's (vLLM's) type
+    headers: tuple[tuple[str, str], ...] = ()
 
     def row(self) -> str:
         kind = f"`{self.pod_type}` ({POD})" if self.error_type == POD else f"`{self.error_type}`"
@@ -68,6 +69,12 @@ CASES = [
     Case("any path outside `/v1/` (`GET /foo`)", "GET", "/foo", None, 404, "not_found_error"),
     Case("a valid body on a path outside `/v1/` (`POST /foo`)", "POST", "/foo", chat(model=GEMMA), 404,
          "not_found_error"),
+    Case("a model server's own route (`POST /v1/load_lora_adapter`)", "POST", "/v1/load_lora_adapter",
+         chat(model=GEMMA), 404, "not_found_error"),
+    Case("a served path under another method (`PUT /v1/chat/completions`; `Allow` says which)", "PUT",
+         "/v1/chat/completions", chat(model=GEMMA), 405, "invalid_request_error"),
+    Case("a compressed body (`Content-Encoding: gzip`)", "POST", "/v1/chat/completions", chat(model=GEMMA),
+         415, "invalid_request_error", headers=(("content-encoding", "gzip"),)),
     Case("a bad field the model server refuses (`max_tokens: 0`)", "POST", "/v1/chat/completions",
          chat(model=GEMMA, max_tokens=0), 400, POD, "BadRequestError"),
 ]  # fmt: skip
@@ -85,6 +92,7 @@ async def box(request: pytest.FixtureRequest) -> AsyncIterator[OneBox]:
 @pytest.mark.parametrize("case", CASES, ids=[c.what for c in CASES])
 async def test_a_bad_input_gets_the_same_status_and_error_type_in_both_modes(box: OneBox, case: Case) -> None:
     headers = {"content-type": "application/json"} if case.body is not None else {}
+    headers.update(case.headers)
     url = box.gateway_url + case.path
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,

@@ -120,21 +120,26 @@ async def test_a_good_key_is_routed_with_its_tenant_named_and_the_key_headers_re
     assert removed_headers(header) == ["authorization", "x-api-key"]
 
 
-async def test_a_model_the_key_may_not_use_is_a_403_and_an_unknown_one_lists_only_the_keys_models() -> None:
+async def test_a_model_the_key_may_not_use_is_answered_exactly_as_a_model_that_does_not_exist() -> None:
+    # No model oracle: the same 404, message included, listing only the key's models.
     async with serving(closed_front_door()) as stub:
         a = {"x-api-key": KEY_A}
         forbidden = await EnvoyStream(stub).send_request(completion(PHI), headers=a)
-        unknown = await EnvoyStream(stub).send_request(completion("meta/llama"), headers=a)
+        unknown = await EnvoyStream(stub).send_request(completion(PHI.replace("Phi", "Pho")), headers=a)
+        absent = await EnvoyStream(stub).send_request(completion(PHI), headers={"x-api-key": KEY_B})
 
     code, document = forbidden.error()
-    assert code == 403
-    assert document["error"]["type"] == "permission_error"  # type: ignore[index]
-    assert document["error"]["message"] == f"This API key may not use the model '{PHI}'."  # type: ignore[index]
-    code, document = unknown.error()
     assert code == 404
-    message = document["error"]["message"]  # type: ignore[index]
-    assert f"Models served: {ADAPTER}, {GEMMA}." in message
-    assert PHI not in message
+    assert document["error"] == {
+        "message": f"The model '{PHI}' does not exist. Models served: {ADAPTER}, {GEMMA}.",
+        "type": "not_found_error", "param": "model", "code": 404,
+    }
+    pho = PHI.replace("Phi", "Pho")
+    message = unknown.error()[1]["error"]["message"]  # type: ignore[index]
+    assert message == f"The model '{pho}' does not exist. Models served: {ADAPTER}, {GEMMA}."
+    forbidden_headers = forbidden.immediate.immediate_response.headers  # type: ignore[union-attr]
+    assert forbidden_headers == unknown.immediate.immediate_response.headers  # type: ignore[union-attr]
+    assert absent.immediate is None  # the model does exist, for a key that may use it
 
 
 async def test_over_its_limit_a_key_gets_429_with_retry_after_and_is_let_in_after_the_window() -> None:

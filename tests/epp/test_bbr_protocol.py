@@ -119,8 +119,8 @@ async def test_without_served_models_any_model_is_routed_and_malformed_json_is_s
     assert code == 400
 
 
-async def test_a_bodyless_request_passes_through_for_the_proxy_to_route() -> None:
-    async with serving(front_door()) as stub:
+async def test_without_served_models_a_bodyless_request_passes_through_for_the_proxy_to_route() -> None:
+    async with serving(upstream_like()) as stub:
         outcome = await EnvoyStream(stub).send_request(None, method="GET", path="/health")
     assert outcome.immediate is None
     assert outcome.responses[0].HasField("request_headers")
@@ -152,11 +152,9 @@ async def test_a_body_sent_after_the_headers_were_answered_is_passed_on_not_answ
     assert answers[1].request_body.response.body_mutation.streamed_response.body == b'{"model": "m"}'
 
 
-@pytest.mark.parametrize("router", [front_door, upstream_like], ids=["front-door", "upstream-like"])
-async def test_a_request_whose_empty_body_arrives_as_a_message_of_its_own_passes_through(
-    router: Callable[[], BodyBasedRouter],
-) -> None:
-    async with serving(router()) as stub:
+async def test_a_request_whose_empty_body_arrives_as_a_message_of_its_own_passes_through() -> None:
+    # (A front door answers such a request: tests/epp/test_api_routes_protocol.py.)
+    async with serving(upstream_like()) as stub:
         outcome = await EnvoyStream(stub).send_request(b"", method="GET", path="/health")
 
     assert outcome.immediate is None
@@ -222,11 +220,12 @@ async def test_the_front_door_answers_bodyless_api_requests_as_the_unified_pool_
     assert (post[0], post[1]["error"]["type"]) == (400, "invalid_request_error")
 
 
-async def test_the_front_door_leaves_paths_outside_the_api_to_the_proxy_even_with_a_model() -> None:
+async def test_the_front_door_refuses_paths_outside_the_api_on_their_headers_even_with_a_model() -> None:
     async with serving(front_door()) as stub:
         outcome = await EnvoyStream(stub).send_request(json.dumps({"model": GEMMA}).encode(), path="/other")
-    assert outcome.immediate is None
-    assert outcome.set_headers == {}
+    code, document = outcome.error()
+    assert (code, document["error"]["type"]) == (404, "not_found_error")  # type: ignore[index]
+    assert len(outcome.responses) == 1  # answered on the headers: no body was read
 
 
 async def test_an_unknown_model_of_a_megabyte_gets_an_answer_of_a_few_hundred_bytes() -> None:

@@ -153,9 +153,9 @@ async def test_a_closed_gateway_lets_only_tenants_in_to_their_models_at_their_ra
         assert await models_of(session, url, bearer(KEY_A)) == [GEMMA]
         assert await models_of(session, url, bearer(KEY_B)) == [GEMMA, PHI]
         status, _, document = await complete(session, url, PHI, bearer(KEY_A))
-        assert status == 403
-        assert document["error"]["type"] == "permission_error"
-        assert document["error"]["message"] == f"This API key may not use the model '{PHI}'."
+        assert status == 404  # exactly as a model that does not exist: no model oracle
+        assert document["error"]["type"] == "not_found_error"
+        assert document["error"]["message"] == f"The model '{PHI}' does not exist. Models served: {GEMMA}."
 
         # That refusal counted against team-a's rate (decided on the headers, before any body):
         # a full window later its burst of 2 is whole again.

@@ -37,6 +37,7 @@ EVERY_EPP_FLAG = EppSettings(
     grace=1.5,
     max_body_bytes=1024,
     max_buffered_bytes=1 << 26,
+    api_endpoints=("completions", "chat/completions", "embeddings"),
     secure_serving=True,
     cert_path=Path("/etc/tls"),
 )
@@ -54,6 +55,7 @@ EVERY_BBR_FLAG = BbrSettings(
     grace=0.0,
     max_body_bytes=4096,
     max_buffered_bytes=1 << 27,
+    api_endpoints=("chat/completions",),
     secure_serving=True,
     cert_path=Path("/etc/bbr-tls"),
 )

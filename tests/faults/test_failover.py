@@ -32,7 +32,7 @@ async def box() -> AsyncIterator[OneBox]:
 
 
 async def until_healthy_in_envoy(box: OneBox, replica: str, within: float = 30.0) -> None:
-    async with aiohttp.ClientSession() as session, asyncio.timeout(within):
+    async with failover.admin_client(box) as session, asyncio.timeout(within):
         while not await failover.replica_healthy(box, replica, session):  # noqa: ASYNC110 - polling Envoy
             await asyncio.sleep(0.1)
 

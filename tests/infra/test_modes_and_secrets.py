@@ -35,7 +35,10 @@ def test_unified_mode_renders_one_pool_for_every_model_behind_the_same_front_doo
         labels = named(unified, DEPLOYMENT, f"vllm-{model}").props["spec"]["template"]["metadata"]["labels"]
         assert selector.items() <= labels.items()
     [rule] = route.props["spec"]["rules"]
-    assert "headers" not in rule["matches"][0]
+    assert rule["matches"] == [
+        {"path": {"type": "Exact", "value": path}}
+        for path in ("/v1/completions", "/v1/chat/completions")
+    ]
     assert rule["backendRefs"][0]["name"] == pool.props["metadata"]["name"]
     assert sorted(
         d.props["metadata"]["name"] for d in of_type(unified, DEPLOYMENT) if "vllm-" not in d.name

@@ -140,8 +140,12 @@ def test_each_model_has_a_route_matching_its_served_name_exactly(gpu: StackRun) 
         ("phi3-pool", "microsoft/Phi-3-mini-4k-instruct"),
     ]:
         [rule] = named(gpu, HTTP_ROUTE, f"{pool}-route").props["spec"]["rules"]
-        [match] = rule["matches"]
-        assert match["headers"] == [{"type": "Exact", "name": BASE_MODEL_HEADER, "value": served}]
+        # Only the API's own paths reach a pool (/v1/models is the BBR's to answer).
+        assert rule["matches"] == [
+            {"path": {"type": "Exact", "value": path},
+             "headers": [{"type": "Exact", "name": BASE_MODEL_HEADER, "value": served}]}
+            for path in ("/v1/completions", "/v1/chat/completions")
+        ]
         assert rule["backendRefs"] == [
             {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": pool}
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from onebox.envoy.bootstrap import (
     with_ports,
 )
 from onebox.envoy.limits import GatewayLimits, GatewayTimeouts
+from onebox.envoy.process import envoy_log_level
 
 GEMMA, PHI = "google/gemma-2b-it", "microsoft/Phi-3-mini-4k-instruct"
 
@@ -125,6 +127,28 @@ def test_a_restarted_envoy_binds_the_ports_it_had() -> None:
     assert listener_port(config) == 18080
     assert config["admin"]["address"]["socket_address"]["port_value"] == 18081
     assert listener_port(per_model()) == 0  # the original is untouched
+
+
+def test_the_box_puts_the_admin_interface_on_a_unix_socket_only_its_owner_may_use(tmp_path: Path) -> None:
+    config = with_ports(per_model(), listener=18080, admin=tmp_path / "envoy.sock")
+    assert config["admin"]["address"] == {"pipe": {"path": str(tmp_path / "envoy.sock"), "mode": 0o600}}
+
+
+@pytest.mark.parametrize(("asked", "keys", "level"), [
+    ("debug", True, "info"), ("trace", True, "info"), ("info", True, "info"), ("warning", True, "warning"),
+    ("debug", False, "debug"),
+])  # fmt: skip
+def test_with_api_keys_envoy_never_logs_below_info(asked: str, keys: bool, level: str) -> None:
+    # Envoy's debug log prints request headers, authorization and x-api-key included.
+    assert envoy_log_level(asked, keys=keys) == level
+
+
+def test_the_path_is_normalised_before_any_route_or_processor_sees_it() -> None:
+    for config in (per_model(), CONFIGS["unified-pool"]()):
+        hcm = manager(config)
+        assert (hcm["normalize_path"], hcm["merge_slashes"]) == (True, True)
+        assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+        assert hcm["http_protocol_options"]["accept_http_10"] is True
 
 
 def test_a_pool_with_a_bad_address_is_refused_naming_it() -> None:

@@ -68,7 +68,7 @@ async def test_a_box_with_api_keys_refuses_a_stranger_and_serves_each_tenant_its
                 200, model, pod,
             )  # fmt: skip
         forbidden = await client.post("/v1/chat/completions", json=chat(PHI), headers={"x-api-key": KEY_A})
-        assert forbidden.status_code == 403
+        assert forbidden.status_code == 404  # as if it did not exist: no model oracle
         listed = await client.get("/v1/models", headers={"x-api-key": KEY_A})
         assert [m["id"] for m in listed.json()["data"]] == [GEMMA]
 
@@ -108,3 +108,27 @@ async def test_run_rejects_a_bad_keys_file_naming_the_entry_with_exit_code_2(tmp
         assert expected in err.decode()
         assert KEY_B not in err.decode()
         assert b"gateway" not in out
+
+
+async def test_with_api_keys_no_key_reaches_a_log_file_even_when_debug_logging_is_asked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Envoy's debug log prints request headers: with keys on, the box runs Envoy at info and says so.
+    path = keys_file(tmp_path, [{"name": "team-a", "key": KEY_A}])
+    logs = tmp_path / "logs"
+    caplog.set_level(logging.WARNING, logger="onebox")
+    async with (
+        OneBox(load_preset("gpu"), api_keys=path, log_level="debug", log_dir=logs, time_scale=0) as box,
+        httpx.AsyncClient(base_url=box.gateway_url, timeout=10) as client,
+    ):
+        argv = box.child("envoy").argv
+        assert argv[argv.index("--log-level") + 1] == "info"
+        for headers in ({"authorization": f"Bearer {KEY_A}"}, {"x-api-key": KEY_A},
+                        {"authorization": f"Bearer {KEY_B}"}):  # fmt: skip
+            await client.post("/v1/chat/completions", json=chat(GEMMA), headers=headers)
+    assert any("Envoy runs at log level info, not debug" in r.getMessage() for r in caplog.records)
+    texts = {log.name: log.read_text() for log in logs.iterdir()}
+    assert "envoy.log" in texts
+    for name, text in texts.items():
+        assert KEY_A not in text, name
+        assert KEY_B not in text, name

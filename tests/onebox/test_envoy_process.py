@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import tempfile
 from pathlib import Path
 
@@ -28,10 +29,15 @@ def temp_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 async def test_envoy_reports_the_port_it_bound_and_its_folder_goes_on_exit(temp_root: Path) -> None:
     async with EnvoyProcess(passthrough_config()) as envoy:
         assert envoy.port > 0
-        assert envoy.admin_port > 0
+        assert envoy.admin_socket is not None
         assert left_in(temp_root)  # the config lives in its temporary folder meanwhile
-        async with httpx.AsyncClient(timeout=5) as client:
-            ready = await client.get(f"http://127.0.0.1:{envoy.admin_port}/ready")
+        # The admin interface is a Unix socket only this user may open, in a folder only it may enter.
+        assert stat.S_ISSOCK(envoy.admin_socket.stat().st_mode)
+        assert stat.S_IMODE(envoy.admin_socket.stat().st_mode) == 0o600
+        assert stat.S_IMODE(envoy.admin_socket.parent.stat().st_mode) == 0o700
+        transport = httpx.AsyncHTTPTransport(uds=str(envoy.admin_socket))
+        async with httpx.AsyncClient(timeout=5, transport=transport) as client:
+            ready = await client.get("http://envoy/ready")
         assert ready.text.strip() == "LIVE"
     assert left_in(temp_root) == []
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,18 @@ async def test_simulators_become_ready_and_stop_without_leaving_a_process(tmp_pa
     assert not any(alive(c.pid) for c in children)
     assert supervisor.failure is None  # stopping is not dying
     assert "gemma-0" in (tmp_path / "gemma-0.log").read_text()
+    # Log files are their owner's alone.
+    assert {stat.S_IMODE(os.stat(tmp_path / f"gemma-{i}.log").st_mode) for i in range(2)} == {0o600}
+
+
+def test_a_log_file_left_world_readable_is_made_private_when_reopened(tmp_path: Path) -> None:
+    old = tmp_path / "envoy.log"
+    old.write_text("an earlier run\n")
+    old.chmod(0o644)
+    log = Supervisor(log_dir=tmp_path)._open_log("envoy")
+    assert log is not None
+    log.close()
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
 
 
 async def test_a_child_that_exits_before_ready_is_reported_with_its_last_output(nobody_listens: int) -> None:

@@ -23,7 +23,7 @@ import uvloop
 from epp.auth.check import KeyCheck
 from epp.auth.keys import ApiKeyError
 from epp.auth.store import KeyStore
-from epp.auth.watch import KeyFile
+from epp.auth.watch import KeyFile, KeyListStatus
 from epp.contract import DEFAULT_PROFILE
 from epp.datastore import Datastore, DatastoreEvent, EndpointRemoved
 from epp.discovery import DiscoveryRunner, build_source
@@ -170,6 +170,7 @@ async def serve_epp(
             refresher=runner,
             outliers=runner.ejector,
             max_body_bytes=settings.max_body_bytes,
+            routes=settings.routes,
         )
 
         def on_endpoint(event: DatastoreEvent) -> None:
@@ -197,7 +198,7 @@ async def serve_bbr(
     key_file = _key_file(settings, telemetry)
     keys = KeyCheck(key_file.store) if key_file is not None else None
     router = BodyBasedRouter(telemetry, served_models=settings.served_models, adapters=settings.adapters,
-                             max_body_bytes=settings.max_body_bytes, keys=keys)
+                             max_body_bytes=settings.max_body_bytes, keys=keys, routes=settings.routes)
     health = Health()
     server = ExtProcServer(router, health, bind=settings.bind, grpc_port=settings.grpc_port,
                            health_port=settings.health_port, credentials=settings.credentials("bbr"),
@@ -218,8 +219,10 @@ def _key_file(settings: BbrSettings, telemetry: Telemetry) -> KeyFile | None:
         return None
     store = KeyStore(share=settings.limit_share, window=settings.rate_limit_window)
 
-    def on_reload(ok: bool) -> None:
-        telemetry.key_reloads.labels("ok" if ok else "error").inc()
+    def on_reload(status: KeyListStatus) -> None:
+        telemetry.key_reloads.labels("error" if status.degraded else "ok").inc()
+        telemetry.key_list_degraded.set(1 if status.degraded else 0)
+        telemetry.key_list_keys.set(status.keys)
 
     flag = BbrSettings.flag("api_keys_file")
     try:
@@ -230,6 +233,7 @@ def _key_file(settings: BbrSettings, telemetry: Telemetry) -> KeyFile | None:
     except OSError as error:
         raise OSError(f"{flag} {path}: {error.strerror or error}") from None
     _log.info("API keys loaded", extra={"path": str(path), "keys": len(store), "limit_share": store.share})
+    telemetry.key_list_keys.set(len(store))
     return key_file
 
 

@@ -91,10 +91,10 @@ DEFAULT_PROFILE: Final = "default"
 ERROR_TYPES: Final[dict[int, str]] = {
     400: "invalid_request_error",
     401: "authentication_error",
-    403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_exceeded",
     500: "api_error",
     502: "api_error",

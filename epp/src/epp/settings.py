@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal, NoReturn, Self, Union, get_args, get_
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from epp.api_routes import API_ENDPOINTS, DEFAULT_API_ENDPOINTS, ApiEndpoint, ApiRoutes
 from epp.auth.limits import DEFAULT_WINDOW
 from epp.auth.watch import DEFAULT_POLL_INTERVAL
 from epp.contract import (
@@ -124,10 +125,21 @@ class ServerSettings(BaseModel):
     # What all streams may buffer at once (beyond it, 503 + Retry-After); None: half the container's
     # memory limit (cgroup), or 1 GiB where there is none.
     max_buffered_bytes: int | None = Field(default=None, gt=0)
+    # The OpenAI endpoints forwarded to model servers (epp.api_routes): those the pods serve.
+    api_endpoints: tuple[ApiEndpoint, ...] = Field(default=DEFAULT_API_ENDPOINTS, min_length=1)
     # ext_proc over TLS, as Google Cloud load balancers call it (HTTP2 backends); the certificate
     # from cert_path (tls.crt, tls.key), else self-signed at startup.
     secure_serving: bool = False
     cert_path: Path | None = None
+
+    @property
+    def routes(self) -> ApiRoutes:
+        return ApiRoutes(self.api_endpoints)
+
+    @model_validator(mode="after")
+    def _endpoints_once(self) -> Self:
+        self.routes  # noqa: B018 - ApiRoutes refuses a repeated endpoint
+        return self
 
     @model_validator(mode="after")
     def _cert_path_needs_secure_serving(self) -> Self:
@@ -262,6 +274,8 @@ _SERVER_FLAGS = (
     Flag("event_loop", "event loop: uvloop or asyncio's own"),
     Flag("grace", "seconds in-flight streams get on shutdown"),
     Flag("max_body_bytes", "refuse larger request bodies with a 413"),
+    Flag("api_endpoints", f"the OpenAI endpoints the pods serve, of {', '.join(API_ENDPOINTS)}; any other "
+         "path gets a 404", metavar="ENDPOINT[,ENDPOINT...]"),
     Flag("max_buffered_bytes", "request body bytes all streams may hold at once; beyond it new bodies get "
          "a 503 with Retry-After (default: half the container's memory limit, else 1 GiB)"),
     Flag("secure_serving", "serve ext_proc over TLS (what Google Cloud load balancers expect)"),

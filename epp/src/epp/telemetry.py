@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -105,8 +105,17 @@ class Telemetry:
             registry=self.registry,
         )
         self.key_reloads = Counter(
-            f"{component}_api_key_reloads", "Re-reads of the API key file by result (ok, error).",
+            f"{component}_api_key_reloads",
+            "Re-reads of the API key file by result (ok; error: entries dropped, or no key valid).",
             ["result"], registry=self.registry,
+        )
+        self.key_list_degraded = Gauge(
+            f"{component}_api_key_list_degraded",
+            "1 while the API key list in use dropped bad entries or holds no valid key (empty, unreadable "
+            "or missing file: every request is refused); alert on it.", registry=self.registry,
+        )
+        self.key_list_keys = Gauge(
+            f"{component}_api_key_list_keys", "Valid API keys in the list in use.", registry=self.registry,
         )
         self._key_request_children: dict[tuple[str, str, str], Counter] = {}
         self._tenants = TenantLabels()

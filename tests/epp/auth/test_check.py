@@ -8,7 +8,7 @@ import pytest
 from epp.auth.check import AuthError, KeyCheck, presented_key
 from epp.auth.keys import parse_api_keys
 from epp.auth.store import KeyStore, Tenant
-from epp.extproc.errors import refusal_response
+from epp.extproc.errors import RequestError, refusal_response, unknown_model
 
 KEY_A = "sk-team-a-0123456789abcdefghijklmnop"
 KEY_B = "sk-team-b-0123456789abcdefghijklmnop"
@@ -35,7 +35,9 @@ def check(clock: Clock | None = None) -> KeyCheck:
     return KeyCheck(store, clock=clock or Clock())
 
 
-def refusal(error: pytest.ExceptionInfo[AuthError]) -> tuple[int, dict[str, str], dict[str, object]]:
+def refusal(
+    error: pytest.ExceptionInfo[AuthError] | pytest.ExceptionInfo[RequestError],
+) -> tuple[int, dict[str, str], dict[str, object]]:
     response = refusal_response(error.value).immediate_response
     headers = {o.header.key: o.header.raw_value.decode() for o in response.headers.set_headers}
     return response.status.code, headers, json.loads(response.body)["error"]
@@ -82,20 +84,22 @@ def test_a_good_key_is_its_tenant() -> None:
     assert tenant.name == "team-a"
 
 
-def test_a_model_the_key_may_not_use_is_a_403_naming_that_model_only() -> None:
+def test_a_model_the_key_may_not_use_is_the_404_of_a_model_that_does_not_exist() -> None:
     gate = check()
     tenant = gate.authenticate({"authorization": f"Bearer {KEY_A}"})
-    gate.authorize(tenant, GEMMA)
-    with pytest.raises(AuthError) as caught:
-        gate.authorize(tenant, PHI)
+    served = [GEMMA, PHI, "secret/model-of-b"]
+    gate.authorize(tenant, GEMMA, served)
+    with pytest.raises(RequestError) as caught:
+        gate.authorize(tenant, PHI, served)
 
+    absent = unknown_model(PHI, [GEMMA])  # what a model no one serves gets, the key's models listed
+    assert refusal_response(caught.value) == refusal_response(absent)
     status, _, error = refusal(caught)
-    assert status == 403
-    assert (error["type"], error["param"], error["code"]) == ("permission_error", "model", 403)
-    assert PHI in str(error["message"])
-    # Neither the key's own models nor another tenant's are named.
-    assert GEMMA not in str(error["message"])
-    assert "secret/model-of-b" not in str(error["message"])
+    assert status == 404
+    assert (error["type"], error["param"]) == ("not_found_error", "model")
+    assert error["message"] == f"The model '{PHI}' does not exist. Models served: {GEMMA}."
+    assert "secret/model-of-b" not in str(error["message"])  # never another tenant's models
+    assert caught.value.reason == "model_not_allowed"  # metrics still tell the two apart
 
 
 def test_over_the_limit_is_a_429_with_retry_after_and_the_key_is_let_in_again_later() -> None:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from epp.auth.keys import ApiKeyError, hash_key
 from epp.auth.store import KeyStore
-from epp.auth.watch import KeyFile
+from epp.auth.watch import KeyFile, KeyListStatus
 
 KEY_A = "sk-team-a-0123456789abcdefghijklmnop"
 KEY_B = "sk-team-b-0123456789abcdefghijklmnop"
@@ -122,34 +122,87 @@ async def test_a_secret_volume_update_is_picked_up_through_its_symlinks(tmp_path
         await until(lambda: not knows(store, KEY_A), within=5.0)
 
 
-async def test_a_broken_update_keeps_the_last_good_list_and_never_logs_a_key(
+def watched_pair(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+) -> tuple[Path, KeyStore, list[KeyListStatus], KeyFile]:
+    """A file listing A and B, loaded into a store; the statuses of its reloads; INFO logs captured."""
     path = tmp_path / "keys.yaml"
     write_atomically(path, [A, B])
     store = KeyStore()
-    results: list[bool] = []
+    results: list[KeyListStatus] = []
     key_file = KeyFile(path, store, on_reload=results.append)
     caplog.set_level(logging.INFO, logger="epp.auth")
+    return path, store, results, key_file
 
-    # A duplicate key, a short key and a half-written YAML document: each is refused, A and B stay.
-    write_atomically(path, [A, {"name": "team-c", "key": KEY_A}, {"name": "team-d", "key": "sk-short"}])
+
+async def test_a_removal_takes_effect_even_when_the_same_edit_adds_a_bad_entry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, store, results, key_file = watched_pair(tmp_path, caplog)
+
+    # team-a revoked; in the same edit a duplicate of B's key and a short key are added.
+    write_atomically(path, [B, {"name": "team-c", "key": KEY_B}, {"name": "team-d", "key": "sk-short"}])
     assert not await key_file.reload()
-    path.write_text(f"- name: team-a\n  key: {KEY_A}\n  models: [oops")
-    assert not await key_file.reload()
-    path.unlink()
-    assert not await key_file.reload()
-    assert store.names == ["team-a", "team-b"]
+    assert store.names == ["team-b"]  # the valid entry is in use, the removal took effect
+    assert not knows(store, KEY_A)
+    assert knows(store, KEY_B)
+    assert results[-1].degraded
+    assert results[-1].problems == (
+        "apiKeys[2].key: is shorter than 32 characters", "apiKeys[1]: the same key as apiKeys[0]",
+    )
 
     write_atomically(path, [B])
     assert await key_file.reload()
-    assert store.names == ["team-b"]
-    assert results == [False, False, False, True]
+    assert not results[-1].degraded
 
     messages = [record.getMessage() + repr(record.__dict__) for record in caplog.records]
     assert any("apiKeys[1]: the same key as apiKeys[0]" in m for m in messages)
     assert any("apiKeys[2].key: is shorter than 32 characters" in m for m in messages)
     assert all(KEY_A not in m and KEY_B not in m and "sk-short" not in m for m in messages)
+
+
+@pytest.mark.parametrize("broken", ["empty-list", "missing", "not-a-list", "half-written", "not-utf8"])
+async def test_an_empty_missing_or_unreadable_list_leaves_no_key_valid_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, broken: str
+) -> None:
+    path, store, results, key_file = watched_pair(tmp_path, caplog)
+
+    if broken == "empty-list":
+        write_atomically(path, [])
+    elif broken == "missing":
+        path.unlink()
+    elif broken == "not-a-list":
+        path.write_text("team-a: {}")
+    elif broken == "half-written":
+        path.write_text(f"- name: team-a\n  key: {KEY_A}\n  models: [oops")
+    else:
+        path.write_bytes(b"- name: team-a\n  key: sk-\xff\xfe" + KEY_A.encode())
+    assert not await key_file.reload()
+
+    assert len(store) == 0  # closed: no old key lives on
+    assert results[-1].degraded
+    assert results[-1].keys == 0
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors
+    assert "NO KEY IS VALID" in errors[-1].getMessage()
+    assert all(KEY_A not in repr(r.__dict__) for r in caplog.records)
+
+
+async def test_a_key_rotated_in_place_with_the_same_size_and_mtime_is_seen(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    rotated = KEY_A[:-4] + "wxyz"  # the same length: the file keeps its size
+    path.write_text(yaml.safe_dump([A]))
+    before = path.stat()
+    store = KeyStore()
+    async with watching(KeyFile(path, store, interval=0.02)):
+        with path.open("r+") as file:  # same inode, same size
+            file.write(yaml.safe_dump([{**A, "key": rotated}]))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the old modification time
+        after = path.stat()
+        same = (after.st_ino, after.st_size, after.st_mtime_ns)
+        assert same == (before.st_ino, before.st_size, before.st_mtime_ns)
+        await until(lambda: knows(store, rotated), within=5.0)
+    assert not knows(store, KEY_A)
 
 
 async def test_an_unchanged_file_is_not_read_again(tmp_path: Path) -> None:

@@ -137,9 +137,9 @@ def test_a_profile_handler_inside_a_profile_is_rejected():
         ),
         (HEADER + "plugins: [{type: queue-scorer}]\n", "field 'schedulingProfiles': required"),
         (
-            HEADER + "plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: d}]\nflowControl: {}\n",
-            "field 'flowControl': unknown field (accepted: apiVersion, kind, plugins, schedulingProfiles, "
-            "saturationDetector, featureGates)",
+            HEADER + "plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: d}]\nflowControls: {}\n",
+            "field 'flowControls': unknown field (accepted: apiVersion, kind, plugins, schedulingProfiles, "
+            "saturationDetector, featureGates, flowControl)",
         ),
         ("- just\n- a list\n", "expected a mapping with apiVersion, kind, plugins and schedulingProfiles"),
     ],

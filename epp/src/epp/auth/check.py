@@ -5,7 +5,8 @@ body names the model, ``authorize`` and ``admit``. Each refusal is an OpenAI-sty
 
 - no key, or a key not in the list: 401 ``authentication_error`` with ``WWW-Authenticate: Bearer``,
   the same bytes either way (a client cannot tell a revoked key from a mistyped one);
-- a model the key may not use: 403 ``permission_error`` naming that model and no other;
+- a model the key may not use: the very 404 ``model_not_found`` a model that does not exist gets,
+  message included (it lists only the key's models), so a key cannot probe which models exist;
 - over the key's limit: 429 ``rate_limit_exceeded`` with ``Retry-After`` (whole seconds).
 
 A key is read from ``Authorization: Bearer <key>`` (what OpenAI SDKs send), else from ``x-api-key``;
@@ -18,13 +19,13 @@ Refusals are plain :class:`epp.refusals.RequestError` subclasses: this package k
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from epp.auth.keys import hash_key
 from epp.auth.limits import Clock, retry_after_seconds
 from epp.auth.store import KeyStore, Tenant
 from epp.contract import API_KEY_HEADER, AUTHORIZATION_HEADER
-from epp.refusals import RequestError
+from epp.refusals import RequestError, unknown_model
 
 _UNAUTHENTICATED_MESSAGE = (
     "A valid API key is required: send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header."
@@ -33,11 +34,19 @@ _WWW_AUTHENTICATE = (("www-authenticate", "Bearer"),)
 
 
 class AuthError(RequestError):
-    """A refusal of the key check: 401 (with ``WWW-Authenticate``), 403 or 429 (with ``Retry-After``)."""
+    """A refusal of the key check: 401 (with ``WWW-Authenticate``) or 429 (with ``Retry-After``)."""
 
 
 def unauthenticated(reason: str) -> AuthError:
     return AuthError(401, _UNAUTHENTICATED_MESSAGE, None, reason, headers=_WWW_AUTHENTICATE)
+
+
+def not_allowed(tenant: Tenant, model: str, served: Sequence[str]) -> RequestError:
+    """The 404 of ``errors.unknown_model`` listing the models the key may use."""
+    listed = [m for m in served if tenant.allows(m)] if served else sorted(tenant.models or ())
+    refusal = unknown_model(model, listed)
+    refusal.reason = "model_not_allowed"
+    return refusal
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -67,11 +76,11 @@ class KeyCheck:
             raise unauthenticated("bad_key")
         return tenant
 
-    def authorize(self, tenant: Tenant, model: str) -> None:
+    def authorize(self, tenant: Tenant, model: str, served: Sequence[str] = ()) -> None:
+        """Refuse a model ``tenant`` may not use exactly as a model no one serves (only the reason,
+        kept for metrics, differs); ``served``: the listed models (empty: not known)."""
         if not tenant.allows(model):
-            raise AuthError(
-                403, f"This API key may not use the model '{model}'.", "model", "model_not_allowed"
-            )
+            raise not_allowed(tenant, model, served)
 
     def admit(self, tenant: Tenant) -> None:
         limit = tenant.limit

@@ -135,34 +135,74 @@ def parse_api_keys(
 ) -> tuple[ApiKeyEntry, ...]:
     """Entries from YAML/JSON text (or already-loaded data), every defect reported at once.
 
-    With ``served_models``, a model an entry names must be one of them.
+    With ``served_models``, a model an entry names must be one of them. Strict: any defect raises
+    ``ApiKeyError`` (what ``pulumi preview`` and the one box's start-up check use).
     """
     data = _load(raw, where) if isinstance(raw, str) else raw
     if not isinstance(data, list) or not data:
         raise ApiKeyError([f"{where}: must be a non-empty list of key entries"])
+    entries, errors = _check_entries(data, served_models, where)
+    if errors:
+        raise ApiKeyError(errors)
+    return entries
+
+
+def parse_api_keys_partially(
+    raw: str, served_models: Collection[str] | None = None, *, where: str = "apiKeys"
+) -> tuple[tuple[ApiKeyEntry, ...], tuple[str, ...]]:
+    """The valid entries of a key list and one ``path: problem`` line per bad entry (never a key).
+
+    What a running front door reloads: a bad entry is dropped (its key refused) while every other
+    entry takes effect, so removing a key always takes effect. Text that is no list at all gives no
+    entries; an empty list gives none and no error (the caller decides what an empty list means).
+    A later entry repeating an earlier one's name or key is dropped.
+    """
+    try:
+        data = _load(raw, where)
+    except ApiKeyError as error:
+        return (), error.errors
+    if data is None or data == []:
+        return (), ()
+    if not isinstance(data, list):
+        return (), (f"{where}: must be a list of key entries",)
+    entries, errors = _check_entries(data, served_models, where)
+    return entries, tuple(errors)
+
+
+def _check_entries(
+    data: list[Any], served_models: Collection[str] | None, where: str
+) -> tuple[tuple[ApiKeyEntry, ...], list[str]]:
+    """The entries without a defect, and one line per defect (each entry's own first, then clashes
+    between entries and models not served)."""
     errors: list[str] = []
-    valid: list[tuple[int, ApiKeyEntry]] = []
-    for index, item in enumerate(data):
-        try:
-            valid.append((index, ApiKeyEntry.model_validate(item)))
-        except ValidationError as error:
-            errors += [f"{p.path(f'{where}[{index}]')}: {p.message}" for p in problems(error)]
+    later: list[str] = []
+    valid: list[ApiKeyEntry] = []
     names: dict[str, int] = {}
     digests: dict[bytes, int] = {}
-    for index, entry in valid:
+    for index, item in enumerate(data):
+        try:
+            entry = ApiKeyEntry.model_validate(item)
+        except ValidationError as error:
+            errors += [f"{p.path(f'{where}[{index}]')}: {p.message}" for p in problems(error)]
+            continue
+        defects: list[str] = []
         if entry.name in names:
             first = names[entry.name]
-            errors.append(f"{where}[{index}].name: {entry.name!r} is already used by {where}[{first}]")
-        names.setdefault(entry.name, index)
+            defects.append(f"{where}[{index}].name: {entry.name!r} is already used by {where}[{first}]")
         digest = entry.digest
         if digest in digests:
-            errors.append(f"{where}[{index}]: the same key as {where}[{digests[digest]}]")
-        digests.setdefault(digest, index)
+            defects.append(f"{where}[{index}]: the same key as {where}[{digests[digest]}]")
         if served_models is not None:
             for m, model in enumerate(entry.models or ()):
                 if model not in served_models:
                     served = ", ".join(sorted(served_models)) or "none"
-                    errors.append(f"{where}[{index}].models[{m}]: {model!r} is not served (served: {served})")
-    if errors:
-        raise ApiKeyError(errors)
-    return tuple(entry for _, entry in valid)
+                    defects.append(
+                        f"{where}[{index}].models[{m}]: {model!r} is not served (served: {served})"
+                    )
+        names.setdefault(entry.name, index)
+        digests.setdefault(digest, index)
+        if defects:
+            later.extend(defects)
+        else:
+            valid.append(entry)
+    return tuple(valid), errors + later

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 
 from envoy.config.core.v3.base_pb2 import HeaderValueOption
 
+from epp import api_screen
+from epp.api_routes import DEFAULT_ROUTES, ApiRoutes, is_models_path
 from epp.auth.check import KeyCheck
 from epp.auth.labels import key_name
 from epp.auth.store import Tenant
@@ -67,6 +69,7 @@ class BodyBasedRouter:
         adapters: Mapping[str, str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         keys: KeyCheck | None = None,
+        routes: ApiRoutes | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self._telemetry = telemetry
@@ -74,6 +77,9 @@ class BodyBasedRouter:
         # The tenant header passed on behind the front door, built once per name and key list.
         self._forwarded: dict[str, HeaderValueOption] = {}
         self._forwarded_version = -1
+        # A front door serves only the API's allow-list (epp.api_routes); an upstream-style BBR, all.
+        front = served_models is not None or keys is not None
+        self._routes = routes if routes is not None else DEFAULT_ROUTES if front else None
         # Per set of models a key may use (None: all), its /v1/models; rebuilt when the keys change.
         self._key_models: dict[frozenset[str] | None, _KeyModels | None] = {}
         self._key_models_version = -1
@@ -98,13 +104,14 @@ class BodyBasedRouter:
         return BbrState()
 
     def on_request_headers(self, exchange: BbrExchange) -> None:
-        """The key, and its rate limit, are decided here, before any body byte is kept: every
+        """The key, its rate limit and the route are decided here, before any body byte is kept: every
         request counts against the key's limit (refused ones included), but a read of the model list."""
-        if self._keys is None:
-            return
-        tenant = exchange.state.tenant = self._keys.authenticate(exchange.headers)
-        if not _model_list_read(exchange.method, exchange.path):
-            self._keys.admit(tenant)
+        if self._keys is not None:
+            tenant = exchange.state.tenant = self._keys.authenticate(exchange.headers)
+            if not _model_list_read(exchange.method, exchange.path):
+                self._keys.admit(tenant)
+        if self._routes is not None:  # 404/405/415 on the headers (epp.api_screen)
+            api_screen.screen_route(self._routes, exchange.method, exchange.path, exchange.headers)
 
     def on_partial_body(self, exchange: BbrExchange, chunk: bytes) -> None:
         """Refuse a model this front door will not route as soon as the body names it."""
@@ -128,7 +135,7 @@ class BodyBasedRouter:
             raise unknown_model(model, list(listed))
         if tenant is not None:
             assert self._keys is not None
-            self._keys.authorize(tenant, model)
+            self._keys.authorize(tenant, model, self._listed)
 
     def on_response_headers(self, exchange: BbrExchange) -> bool:
         return False
@@ -178,7 +185,8 @@ class BodyBasedRouter:
         if (front_door and outside) or (not front_door and exchange.body is None and tenant is None):
             # Nothing to route on: the proxy's routes decide (a routing miss is the proxy's 404).
             return self._passthrough(exchange, tenant)
-        if exchange.body is None:
+        # api_routes (issue 20): GET /v1/models* is answered here whatever its body, never forwarded.
+        if exchange.body is None or (self._routes is not None and is_models_path(exchange.path)):
             models = None
             if tenant is not None:
                 key_models = self._models_for(tenant)

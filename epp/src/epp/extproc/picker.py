@@ -15,6 +15,8 @@ ORIGINAL_DST cluster (the one box's gateway) reads one address from it and fails
 
 from __future__ import annotations
 
+from epp import api_screen
+from epp.api_routes import DEFAULT_ROUTES, ApiRoutes, is_models_path
 from epp.contract import DESTINATION_HEADER
 from epp.datastore import Datastore, DatastoreEvent, Endpoint, EndpointRemoved
 from epp.extproc.decision import Answer, Decision, Route
@@ -61,9 +63,12 @@ class EndpointPicker:
         outliers: OutlierObserver | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         plugins: Plugins | None = None,
+        routes: ApiRoutes = DEFAULT_ROUTES,
     ) -> None:
-        """``plugins``: request-control plugins beyond the standard ones (they run after them)."""
+        """``plugins``: request-control plugins beyond the standard ones (they run after them);
+        ``routes``: the API endpoints forwarded to pods (anything else is refused on its headers)."""
         self.max_body_bytes = max_body_bytes
+        self._routes = routes
         self._datastore = datastore
         self.director = Director(
             datastore, scheduler, telemetry,
@@ -87,14 +92,16 @@ class EndpointPicker:
         return EppState()
 
     def on_request_headers(self, exchange: EppExchange) -> None:
-        return None
+        """404/405/415 for what the API's allow-list does not serve (``epp.api_screen``)."""
+        api_screen.screen_route(self._routes, exchange.method, exchange.path, exchange.headers)
 
     def on_partial_body(self, exchange: EppExchange, chunk: bytes) -> None:
         return None
 
     async def decide(self, exchange: EppExchange) -> Decision:
         body = exchange.body
-        if body is None:
+        # GET /v1/models* is answered here whatever its body, never forwarded.
+        if body is None or is_models_path(exchange.path):
             return self._bodyless(exchange)
         result = await self.director.route(exchange, body)
         assert result.endpoint is not None  # the director refuses a request it cannot place
