@@ -120,7 +120,7 @@ def test_the_envoy_routes_answer_405_and_404_with_the_bbrs_very_bytes() -> None:
         ("method-not-allowed:/v1/models/", screened("POST", f"/v1/models/{GEMMA}")),
         ("not-found", screened("GET", "/v1/load_lora_adapter")),
     ]:
-        response = error.response().immediate_response
+        response = refusal_response(error).immediate_response
         direct = routes[name]["direct_response"]
         assert direct["status"] == response.status.code
         assert direct["body"]["inline_string"].encode() == response.body
