@@ -16,5 +16,7 @@ pulumi.export("gatewayUrl", platform.gateway_url)
 pulumi.export("servedModels", platform.curls)
 pulumi.export("imageRef", platform.image_ref)
 pulumi.export("kubeconfig", pulumi.Output.secret(platform.kubeconfig))
+if platform.dashboard_url is not None:
+    pulumi.export("dashboardUrl", platform.dashboard_url)
 if platform.dns_records is not None:
     pulumi.export("dnsRecords", platform.dns_records)

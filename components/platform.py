@@ -21,6 +21,7 @@ from components.gateway import Gateway, GatewayArgs, Route
 from components.health import PoolHealthCheck, PoolHealthCheckArgs
 from components.inference_extension import InferencePool, InferencePoolArgs, InferencePoolCrd
 from components.model_server import ModelServer, ModelServerArgs
+from components.monitoring import Monitoring, MonitoringArgs
 from components.namespace import Namespace, NamespaceArgs
 from components.network import Network, NetworkArgs
 from components.podspec import SERVING_LABEL
@@ -78,6 +79,7 @@ class Platform(pulumi.ComponentResource):
     curls: pulumi.Output[dict[str, str]]
     image_ref: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
+    dashboard_url: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gke-llm-gateway:index:Platform", name, None, opts)
@@ -229,6 +231,15 @@ class Platform(pulumi.ComponentResource):
             ),
             opts=child,
         )
+
+        self.dashboard_url = None
+        if cfg.monitoring.enabled:
+            self.dashboard_url = Monitoring(
+                "monitoring",
+                MonitoringArgs(config=cfg, namespace_ref=namespace.ref, provider=provider,
+                               after=self.cluster.cluster, webhook_url=args.secrets.alert_webhook_url),
+                opts=child,
+            ).dashboard_url
 
         self.gateway_address = self.gateway.ip_address
         tls = cfg.gateway.tls

@@ -38,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import httpx
 import yaml
@@ -53,6 +53,9 @@ from onebox.keys import BoxKeys, load_keys
 from onebox.probes import until_ready
 from onebox.supervisor import Backoff, Child, ChildDied, ChildSpec, Supervisor
 from onebox.topology import Topology
+
+if TYPE_CHECKING:
+    from onebox.prometheus import BoxPrometheus
 
 Mode = Literal["per-model-pools", "unified-pool"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -163,6 +166,7 @@ class OneBox:
         limits: GatewayLimits | None = None,
         timeouts: GatewayTimeouts | None = None,
         api_keys: Path | None = None,
+        monitoring: BoxPrometheus | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
@@ -196,6 +200,8 @@ class OneBox:
         self.gateway_port = port or 0  # 0 until Envoy reports the port it bound
         self.round_robin_port: int | None = None
         self._workdir: Path | None = None
+        # A Prometheus scraping every child, started last (``onebox.prometheus``).
+        self.monitoring = monitoring
 
     # -- public surface -------------------------------------------------------------------
     @property
@@ -254,6 +260,8 @@ class OneBox:
             await asyncio.gather(self._wait_pods(pods), self._wait_ready(bbr))
             await self._wait_ready(await self._spawn_epps())
             await self._start_gateways()
+            if self.monitoring is not None:
+                await self.monitoring.start(self, self._workdir)
             await self._check_every_model_is_served()
         except BaseException:
             await self.stop()

@@ -26,6 +26,7 @@ import grpc
 import uvloop
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from epp.answer_check import DEFAULT_ANSWER_CHECK_RATE, AnswerCheck
 from epp.auth.check import KeyCheck
 from epp.auth.keys import ApiKeyError
 from epp.auth.limits import DEFAULT_WINDOW
@@ -109,6 +110,8 @@ class EppSettings(ServerSettings):
     # Models this pool is configured to serve: with no ready pod for one of them (say, scaled to
     # zero) a request gets 503, not the 404 of a model the pool has never heard of.
     pool_models: tuple[str, ...] = ()
+    # Share of routed answers whose model is checked against the request's (epp.answer_check).
+    answer_check_rate: float = Field(default=DEFAULT_ANSWER_CHECK_RATE, ge=0, le=1)
 
     @model_validator(mode="after")
     def _one_source_and_one_config(self) -> EppSettings:
@@ -199,6 +202,8 @@ def epp_parser() -> argparse.ArgumentParser:
     flag("--shed-on-saturation", "429 when the pool is saturated", action="store_true")
     flag("--pool-models", "NAME[,NAME...]: models the pool is configured to serve "
          "(503 rather than 404 while none of their pods is ready)")
+    flag("--answer-check-rate", "share (0-1) of answers whose model is checked against the request's; "
+         "0: off", type=float)
     return parser
 
 
@@ -335,7 +340,7 @@ async def serve_epp(
     scheduler = Scheduler.from_config(config)
     detector = SaturationDetector.from_config(config)
     datastore = Datastore(pool_models=settings.pool_models)
-    telemetry = Telemetry("epp", datastore)
+    telemetry = Telemetry("epp", datastore, pool=settings.pool_name or "")
 
     def on_error(kind: str) -> None:
         telemetry.discovery_errors.labels(kind).inc()
@@ -363,6 +368,7 @@ async def serve_epp(
             refresher=runner,
             outliers=runner.ejector,
             max_body_bytes=settings.max_body_bytes,
+            answer_check=AnswerCheck(rate, telemetry) if (rate := settings.answer_check_rate) else None,
         )
 
         def on_endpoint(address: str, endpoint: Endpoint | None) -> None:

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from google.protobuf.struct_pb2 import Struct
 
+from epp.answer_check import AnswerCheck
 from epp.contract import (
     DESTINATION_HEADER,
     SUBSET_HINT_KEY,
@@ -116,11 +117,14 @@ class InFlightCounts:
 class _Pick:
     """What a routed request holds until its response ends."""
 
-    __slots__ = ("address", "count")
+    __slots__ = ("address", "checked", "count", "started")
 
-    def __init__(self, address: str, count: InFlight) -> None:
+    def __init__(self, address: str, count: InFlight, started: float, checked: bool) -> None:
         self.address = address
         self.count = count
+        self.started = started
+        # Sampled by the answer check: the answer's body is read and its model checked.
+        self.checked = checked
 
 
 class _Destination:
@@ -147,8 +151,10 @@ class EndpointPicker(ExtProcServicer):
         refresher: ModelRefresher | None = None,
         outliers: OutlierObserver | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        answer_check: AnswerCheck | None = None,
     ) -> None:
         super().__init__(max_body_bytes=max_body_bytes)
+        self._answers = answer_check
         self._datastore = datastore
         self._scheduler = scheduler
         self._telemetry = telemetry
@@ -172,6 +178,13 @@ class EndpointPicker(ExtProcServicer):
         self._ranked_destinations.clear()
 
     def decide(self, exchange: Exchange) -> Decision:
+        try:
+            return self._decide_request(exchange)
+        except RequestError as error:
+            exchange.state = error.status  # for the answers counted by status in finish
+            raise
+
+    def _decide_request(self, exchange: Exchange) -> Decision:
         view = self._datastore.view
         if exchange.body is None:
             return self._bodyless(exchange, view)
@@ -199,7 +212,8 @@ class EndpointPicker(ExtProcServicer):
                 503, f"No ready endpoint{where} serves the model '{model}' right now.", "model", "no_endpoint"
             )
         address = endpoint.address
-        exchange.state = _Pick(address, self.in_flight.acquire(address))
+        checked = self._answers is not None and self._answers.sample()
+        exchange.state = _Pick(address, self.in_flight.acquire(address), started, checked)
         exchange.outcome = "routed"
         destination = self._destination(endpoint, result.endpoints)
         if debug:
@@ -265,6 +279,7 @@ class EndpointPicker(ExtProcServicer):
                            "model": exchange.model},
                 )
                 self._refresher.request_refresh(pick.address)
+            self._answered(exchange, pick)
             usage = response.usage()
             if usage is not None:
                 self._telemetry.tokens(exchange.model, usage.prompt_tokens, usage.completion_tokens)
@@ -275,11 +290,32 @@ class EndpointPicker(ExtProcServicer):
                     )
         model = exchange.model
         known = self._datastore.view.known_models
-        self._telemetry.request(model if not model or model in known else OTHER_MODEL, exchange.outcome)
+        label = model if not model or model in known else OTHER_MODEL
+        self._telemetry.request(label, exchange.outcome)
+        if isinstance(pick, _Pick):
+            status = response.status
+            error = str(status) if status >= 400 else None
+        else:
+            status = pick if isinstance(pick, int) else 0
+            error = None if exchange.outcome == "models" else exchange.outcome
+        self._telemetry.answered(label, status, error)
+
+    def _answered(self, exchange: Exchange, pick: _Pick) -> None:
+        """A routed request's answer: its latency when its body was read, its model when checked."""
+        response = exchange.response
+        if response.first_body_at:
+            now = time.perf_counter()
+            self._telemetry.latency(exchange.model, response.first_body_at - pick.started, now - pick.started)
+        if self._answers is not None:
+            endpoint = self._datastore.get(pick.address)
+            pod = endpoint.name if endpoint is not None else pick.address
+            self._answers.check(exchange.model, pod, response, sampled=pick.checked)
 
     def wants_usage(self, exchange: Exchange) -> bool:
-        # Behind a front door with API keys every answer's usage is counted for its tenant.
-        return TENANT_HEADER in exchange.headers
+        # Behind a front door with API keys every answer's usage is counted for its tenant; an answer
+        # sampled by the answer check is read for its model.
+        pick = exchange.state
+        return TENANT_HEADER in exchange.headers or (isinstance(pick, _Pick) and pick.checked)
 
 
 def _subset_hint(metadata: Mapping[str, Struct] | None) -> frozenset[str] | None:
