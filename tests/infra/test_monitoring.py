@@ -77,7 +77,8 @@ def test_a_stack_without_receivers_gets_no_alertmanager_config(gpu: StackRun) ->
 
 
 def test_receivers_become_the_managed_alertmanager_config_with_the_webhook_secret() -> None:
-    email = {"to": ["oncall@example.com"], "smarthost": "smtp.example.com:587", "fromAddress": "gw@example.com"}
+    email = {"to": ["oncall@example.com"], "smarthost": "smtp.example.com:587",
+             "fromAddress": "gw@example.com"}
     run = render_stack(
         "gpu",
         {"monitoring": {"email": email, "ttftP95Slo": {"google/gemma-2b-it": "1500ms"}}},
@@ -117,7 +118,9 @@ BAD = {
         {"monitoring": {"ttftP95Slo": {"gpt-4": "2s"}}},
         "platform.monitoring.ttftP95Slo.gpt-4", "not a served model name",
     ),
-    "an error ratio above 1": ({"monitoring": {"errorRatio": 5}}, "platform.monitoring.errorRatio", "less than"),
+    "an error ratio above 1": (
+        {"monitoring": {"errorRatio": 5}}, "platform.monitoring.errorRatio", "less than",
+    ),
 }
 
 
