@@ -19,7 +19,7 @@ import yaml
 
 from monitoring.definitions import BBR_JOB, EPP_JOB, VLLM_JOB, Settings
 from monitoring.render import prometheus_config, prometheus_rule_file
-from onebox.probes import http_ok
+from onebox.probes import http_ok, until_ready
 from onebox.supervisor import Child, ChildSpec, Ports
 
 if TYPE_CHECKING:
@@ -108,6 +108,14 @@ class BoxPrometheus:
         data.mkdir(exist_ok=True)
         self.child = await box.supervisor.launch(self.spec(self.write_config(box, workdir), data))
         await box.supervisor.wait_ready(self.child, within=box.startup_timeout)
+        # Ready is not scraping yet: Prometheus applies its targets a few seconds after it starts.
+        targets = sum(len(members) for members in self.targets(box).values())
+        async with httpx.AsyncClient(timeout=5.0) as client:
+
+            async def scraped() -> bool:
+                return len(await query(client, self.url, "up")) == targets
+
+            await until_ready(scraped, box.startup_timeout, interval=0.2)
 
 
 async def query(client: httpx.AsyncClient, url: str, expr: str) -> list[dict[str, Any]]:
