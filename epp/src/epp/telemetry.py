@@ -210,7 +210,8 @@ class Telemetry:
         )
         self.misrouted = Counter(
             f"{component}_misrouted", "Checked answers that came from another model than the one asked for, "
-            "by the model asked for and the pod that answered.", ["model", "pod"], registry=self.registry,
+            "by the model asked for and the pod that answered.", ["model", "model_server_pod"],
+            registry=self.registry,
         )
         if datastore is not None:
             self.registry.register(_EndpointCollector(datastore))
