@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import shutil
 import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 import yaml
@@ -20,10 +21,42 @@ import yaml
 from monitoring.definitions import BBR_JOB, EPP_JOB, VLLM_JOB, Settings
 from monitoring.render import prometheus_config, prometheus_rule_file
 from onebox.probes import http_ok, until_ready
-from onebox.supervisor import Child, ChildSpec, Ports
+from onebox.supervisor import Child, ChildSpec, Ports, Supervisor
 
-if TYPE_CHECKING:
-    from onebox.box import OneBox
+
+class _Server(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def metrics_port(self) -> int: ...
+
+
+class _Pod(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+
+class OneBox(Protocol):
+    """What Prometheus needs of ``onebox.box.OneBox`` (which imports this module)."""
+
+    @property
+    def epps(self) -> Mapping[str, Sequence[_Server]]: ...
+
+    @property
+    def bbrs(self) -> Sequence[_Server]: ...
+
+    @property
+    def pods(self) -> Sequence[_Pod]: ...
+
+    @property
+    def supervisor(self) -> Supervisor: ...
+
+    @property
+    def startup_timeout(self) -> float: ...
 
 INSTALL_HINT = (
     "install it (Debian/Ubuntu: `sudo apt-get install -y prometheus`, which provides prometheus and "

@@ -158,6 +158,7 @@ class Telemetry:
             ["result"], registry=self.registry,
         )
         self._key_request_children: dict[tuple[str, str, str], Counter] = {}
+        self._answered_children: dict[tuple[str, int, str | None], list[Counter]] = {}
         self._tenants = TenantLabels()
         self.discovery_errors = Counter(
             f"{component}_discovery_errors",
@@ -222,15 +223,20 @@ class Telemetry:
         self.requests.labels(model or "none", outcome).inc()
 
     def answered(self, model: str, status: int, error_code: str | None) -> None:
-        """One request's end under upstream's names: counted, and an error when ``error_code`` is set."""
-        self.responses.labels(model or "none", f"{status // 100}xx" if status else "none").inc()
-        if not model:
-            return
-        for counter in self._upstream_requests:
-            counter.labels(model, model).inc()
-        if error_code is not None:
-            for errors in self._upstream_errors:
-                errors.labels(model, model, error_code).inc()
+        """One request's end: its status class, and under upstream's names the request and its error
+        (when ``error_code`` is set). The labelled children are looked up once per label set (bounded:
+        models x status classes x refusal reasons and error statuses)."""
+        key = (model, status // 100, error_code)
+        children = self._answered_children.get(key)
+        if children is None:
+            children = [self.responses.labels(model or "none", f"{status // 100}xx" if status else "none")]
+            if model:
+                children += [counter.labels(model, model) for counter in self._upstream_requests]
+                if error_code is not None:
+                    children += [errors.labels(model, model, error_code) for errors in self._upstream_errors]
+            self._answered_children[key] = children
+        for child in children:
+            child.inc()
 
     def answer_checked(self, model: str) -> None:
         self.answers_checked.labels(model).inc()
