@@ -67,7 +67,7 @@ test: lint unit
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy epp/src/epp
-	$(VENV)/bin/mypy components render preflight vllmsim onebox bench policy/rules.py __main__.py
+	$(VENV)/bin/mypy components render preflight vllmsim onebox bench monitoring policy/rules.py __main__.py
 
 unit: venv policy-venv
 	$(PY) -m pytest

@@ -17,5 +17,7 @@ pulumi.export("servedModels", platform.curls)
 pulumi.export("imageRef", platform.image_ref)
 pulumi.export("modelImages", platform.model_images)
 pulumi.export("kubeconfig", pulumi.Output.secret(platform.kubeconfig))
+if platform.dashboard_url is not None:
+    pulumi.export("dashboardUrl", platform.dashboard_url)
 if platform.dns_records is not None:
     pulumi.export("dnsRecords", platform.dns_records)

@@ -11,6 +11,9 @@ printed. Then:
    as is and once with the old client-side retry workaround;
 then the table, the ratios against round robin, and the JSON + HTML reports under ``reports/``.
 
+With ``prometheus`` on PATH the box also runs its Prometheus (``onebox --monitoring``), and the HTML
+report adds plots drawn from it over the run: per-pod load, TTFT and queue (``bench.promplots``).
+
 It lives in ``bench`` because it uses both: the one box (``onebox``) and the benchmark; ``onebox``
 itself knows nothing of ``bench``.
 """
@@ -33,10 +36,12 @@ import yaml
 
 from bench.benchmark import LoadConfig, run_workload
 from bench.client import RunResult
+from bench.promplots import draw_all
 from bench.report import Report, format_comparison, format_pods, format_table, write_html, write_json
 from bench.stats import compare, summarize
 from bench.workloads import WorkloadConfig
 from onebox.box import MODES, GatewayNotServing, Mode, OneBox
+from onebox.prometheus import BOX_SETTINGS, BoxPrometheus, PrometheusMissing
 from onebox.supervisor import ChildDied
 from onebox.topology import load_preset
 
@@ -110,21 +115,30 @@ async def run_demo(
         f"max_tokens {settings.max_tokens}, streaming, concurrency {settings.concurrency}"
     )
     started = time.monotonic()
+    monitoring = _prometheus(out)
+    plots: list[str] = []
     with tempfile.TemporaryDirectory(prefix="demo-keys-") as keys_dir:
         keys_file, key = write_demo_keys(Path(keys_dir), settings.tenant)
         box = OneBox(
-            topology, mode=mode, time_scale=settings.time_scale, round_robin=True, api_keys=keys_file
+            topology, mode=mode, time_scale=settings.time_scale, round_robin=True, api_keys=keys_file,
+            monitoring=monitoring,
         )
         async with box:
             out(
                 f"gateway {box.gateway_url}  round-robin {box.round_robin_url}  "
                 f"(ready in {time.monotonic() - started:.1f} s)"
             )
+            up_at = time.time()
+            if monitoring is not None:
+                out(f"prometheus {monitoring.url}")
             for pod in box.pods:
                 out(f"  pod {pod.name}: {pod.model} at {pod.url}")
             out(f"API keys on: one random key for tenant {settings.tenant!r}, sent by every request below")
             await show_the_door(box.gateway_url, models[0], key, out)
             runs = await _benchmark_runs(box, settings, models, short, mixed, stream, key, progress)
+            if monitoring is not None:
+                await asyncio.sleep(2.0)  # a last scrape after the last request
+                plots = await draw_all(monitoring.url, BOX_SETTINGS, up_at, time.time())
     gateway, rr, rr_retries = summarize(runs[0]), summarize(runs[-2]), summarize(runs[-1])
     report = Report(
         title="One-box demo: model-aware gateway vs round robin",
@@ -137,6 +151,7 @@ async def run_demo(
             **asdict(settings),
         },
         runs=runs,
+        plots=plots,
         comparisons=[
             compare(gateway.overall, rr.overall, "gateway", "round-robin"),
             compare(gateway.overall, rr_retries.overall, "gateway", "round-robin+retries"),
@@ -164,6 +179,15 @@ async def run_demo(
     out(f"\nreports: {json_path}  {html_path}")
     out(f"demo took {time.monotonic() - started:.1f} s")
     return report, json_path, html_path
+
+
+def _prometheus(out: Callable[[str], None]) -> BoxPrometheus | None:
+    """The box's Prometheus, or None (and a line saying how to get its plots) when not installed."""
+    try:
+        return BoxPrometheus()
+    except PrometheusMissing as exc:
+        out(f"no plots from Prometheus in the report: {exc}")
+        return None
 
 
 async def _benchmark_runs(

@@ -375,12 +375,16 @@ def _floor(backend_port: int, event_loop: str) -> contextlib.AbstractAsyncContex
 
 
 @contextlib.asynccontextmanager
-async def _epp(backend_port: int, profile: str, event_loop: str) -> AsyncIterator[tuple[int, int]]:
-    """The ``epp`` command against the backend, run as the one box runs it: its gRPC port and pid."""
+async def _epp(
+    backend_port: int, profile: str, event_loop: str, extra: Mapping[str, object] | None = None
+) -> AsyncIterator[tuple[int, int]]:
+    """The ``epp`` command against the backend, run as the one box runs it: its gRPC port and pid;
+    ``extra``: more of its settings."""
+    extra = extra or {}
     supervisor = Supervisor()
     try:
         settings = EppSettings.model_validate(
-            {"endpoints": f"127.0.0.1:{backend_port}", "profile": profile, "event_loop": event_loop}
+            {"endpoints": f"127.0.0.1:{backend_port}", "profile": profile, "event_loop": event_loop, **extra}
         )
         child = await supervisor.launch(ext_proc_server("epp", "127.0.0.1", "info", settings))
         ports = await supervisor.wait_ready(child, within=30)
@@ -478,11 +482,11 @@ async def _processor(
 async def benchmark(
     cases: Sequence[Case], throughput_seconds: float, profile: str, response_mode: ResponseMode,
     load: PythonLoad | WrkLoad, event_loop: str = "uvloop", front_door_rounds: int = 0,
-    front_door_seconds: float = 2.0,
+    front_door_seconds: float = 2.0, epp_args: Mapping[str, object] | None = None,
 ) -> None:
     async with (
         _backend() as backend_port,
-        _epp(backend_port, profile, event_loop) as (epp_port, epp_pid),
+        _epp(backend_port, profile, event_loop, epp_args) as (epp_port, epp_pid),
         _floor(backend_port, event_loop) as (floor_port, floor_pid),
     ):
         destination = f"127.0.0.1:{backend_port}"
@@ -820,6 +824,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="rounds of the front door's with/without API keys comparison (0: skip it)")
     parser.add_argument("--front-door-seconds", type=float, default=2.0,
                         help="seconds per side, round and concurrency of that comparison")
+    parser.add_argument("--answer-check-rate", type=float,
+                        help="the EPP's --answer-check-rate (default: the EPP's); run with 0 and without "
+                        "to see what the answer check costs")
     parser.add_argument("--serve-backend", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_backend:
@@ -832,13 +839,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     load: PythonLoad | WrkLoad = (
         WrkLoad(wrk, args.seconds) if wrk is not None and args.load != "python" else PythonLoad()
     )
+    rate_args = {} if args.answer_check_rate is None else {"answer_check_rate": args.answer_check_rate}
     cases = [
         Case(concurrency, size, args.requests if size <= SMALL_BODY else max(200, args.requests // 4))
         for concurrency in (1, 8)
         for size in (SMALL_BODY, LARGE_BODY)
     ]
     asyncio.run(benchmark(cases, args.throughput_seconds, args.profile, args.response_mode, load,
-                          args.event_loop, args.front_door_rounds, args.front_door_seconds))
+                          args.event_loop, args.front_door_rounds, args.front_door_seconds,
+                          epp_args=rate_args))
     return 0
 
 

@@ -32,6 +32,8 @@ class Report:
     runs: list[RunResult]
     comparisons: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # More plots for the HTML report, as base64 PNGs (the demo's, drawn from Prometheus).
+    plots: list[str] = field(default_factory=list)
 
     def summaries(self) -> list[RunSummary]:
         return [summarize(run) for run in self.runs]
@@ -249,6 +251,7 @@ def render_html(report: Report) -> str:
         cdf_plot(report, "e2e", "End-to-end latency (successful requests)"),
         cdf_plot(report, "ttft", "Time to first token (streaming)"),
         _timeline_plot(report),
+        *report.plots,
     ]
     images = "".join(f'<img alt="plot" src="data:image/png;base64,{p}">' for p in plots if p)
     comparisons = "".join(f"<li>{esc(format_comparison(c))}</li>" for c in report.comparisons)

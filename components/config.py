@@ -365,6 +365,65 @@ class GatewaySettings(_Model):
         return self.visibility == "external"
 
 
+DEFAULT_PRICE_PER_ACCELERATOR_HOUR: Mapping[str, float] = {
+    # On-demand list prices in USD per accelerator (GPU or TPU chip) per hour, for the cost panels.
+    # Sources: cloud.google.com/compute/gpus-pricing (NVIDIA T4, us-central1: $0.35) and
+    # cloud.google.com/tpu/pricing (TPU v6e, us-east5: $2.70 per chip-hour), as published in 2025;
+    # written down 2026-12-04 without re-checking the pages. Prices vary by region and discounts:
+    # set yours in platform.monitoring.pricePerAcceleratorHour.
+    "nvidia-tesla-t4": 0.35,
+    "tpu-v6e-slice": 2.70,
+}
+
+EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+PROMETHEUS_DURATION = re.compile(r"^([0-9]+(ms|s|m|h))+$")
+_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a Prometheus duration such as ``500ms``, ``2s`` or ``1m30s``."""
+    return sum(int(n) * _SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+class EmailReceiver(_Model):
+    """Alert mail through an SMTP relay that accepts the cluster's mail (no SMTP auth)."""
+
+    to: Annotated[list[Annotated[str, Field(pattern=EMAIL)]], Field(min_length=1)]
+    smarthost: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")]
+    from_address: Annotated[str, Field(pattern=EMAIL)]
+
+
+class MonitoringSettings(_Model):
+    """What GKE collects and shows (GMP PodMonitorings, a dashboard) and when it alerts (GMP Rules).
+
+    Alerts go to ``email`` and/or a webhook whose URL is the secret config value
+    ``alertWebhookUrl``; with neither they show in the managed Alertmanager (docs/monitoring.md)."""
+
+    enabled: bool = True
+    ttft_p95_slo: dict[str, str] = Field(default_factory=dict)
+    """A TTFT p95 SLO per served model name, as a duration (``2s``, ``800ms``)."""
+    error_ratio: Annotated[float, Field(gt=0, le=1)] = 0.05
+    """The share of 5xx answers above which the gateway alerts."""
+    price_per_accelerator_hour: dict[AcceleratorName, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict
+    )
+    """USD per accelerator-hour, over ``DEFAULT_PRICE_PER_ACCELERATOR_HOUR``."""
+    email: EmailReceiver | None = None
+
+    @field_validator("ttft_p95_slo")
+    @classmethod
+    def _durations(cls, value: dict[str, str]) -> dict[str, str]:
+        for model, text in value.items():
+            if not PROMETHEUS_DURATION.fullmatch(text) or not duration_seconds(text):
+                raise _FieldError((model,), f"{text!r} is not a duration (e.g. 800ms, 2s, 1m)")
+        return value
+
+    def price(self, accelerator: AcceleratorName) -> float:
+        default = DEFAULT_PRICE_PER_ACCELERATOR_HOUR.get(accelerator, 0.0)
+        return self.price_per_accelerator_hour.get(accelerator, default)
+
+
 class PlatformConfig(_Model):
     """The whole stack: where it runs, its node pools, its models and how requests are routed."""
 
@@ -410,6 +469,16 @@ class PlatformConfig(_Model):
     epp: EppSettings = EppSettings()
     bbr: BbrSettings = BbrSettings()
     gateway: GatewaySettings = GatewaySettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+
+    @model_validator(mode="after")
+    def _slo_models(self) -> PlatformConfig:
+        for model in self.monitoring.ttft_p95_slo:
+            if model not in self.served_names:
+                served = ", ".join(self.served_names)
+                raise _FieldError(("monitoring", "ttftP95Slo", model),
+                                  f"is not a served model name of this stack ({served})")
+        return self
 
     @model_validator(mode="after")
     def _coherent(self) -> PlatformConfig:

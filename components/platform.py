@@ -24,6 +24,7 @@ from components.health import PoolHealthCheck, PoolHealthCheckArgs
 from components.inference_extension import InferencePool, InferencePoolArgs, InferencePoolCrd
 from components.mirror import DockerHubMirror, DockerHubMirrorArgs
 from components.model_server import ModelServer, ModelServerArgs
+from components.monitoring import Monitoring, MonitoringArgs
 from components.namespace import Namespace, NamespaceArgs
 from components.network import Network, NetworkArgs
 from components.podspec import MODEL_LABEL, SERVING_LABEL
@@ -83,6 +84,7 @@ class Platform(pulumi.ComponentResource):
     image_ref: pulumi.Output[str]
     model_images: pulumi.Output[dict[str, str]]
     kubeconfig: pulumi.Output[str]
+    dashboard_url: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         # Asks GKE which versions the channel offers: a preview fails here, before any resource.
@@ -261,6 +263,15 @@ class Platform(pulumi.ComponentResource):
             ),
             opts=child,
         )
+
+        self.dashboard_url = None
+        if cfg.monitoring.enabled:
+            self.dashboard_url = Monitoring(
+                "monitoring",
+                MonitoringArgs(config=cfg, namespace_ref=namespace.ref, provider=provider,
+                               after=self.cluster.cluster, webhook_url=args.secrets.alert_webhook_url),
+                opts=child,
+            ).dashboard_url
 
         self.gateway_address = self.gateway.ip_address
         tls = cfg.gateway.tls

@@ -24,6 +24,9 @@ from components.config import (
     PlatformConfig,
 )
 
+ALERT_WEBHOOK_URL_KEY = "alertWebhookUrl"
+"""Secret config value: the URL alerts are POSTed to (Alertmanager's webhook format)."""
+
 KEY_FORMAT = "a YAML or JSON list of {name, key | sha256, models?, requestsPerMinute?}"
 
 
@@ -36,6 +39,7 @@ class StackSecrets:
     """The key list's text, exactly as set (the front door parses it again when it mounts it)."""
     tls_certificate: pulumi.Output[str] | None = None
     tls_private_key: pulumi.Output[str] | None = None
+    alert_webhook_url: pulumi.Output[str] | None = None
 
 
 def as_secret(value: pulumi.Input[str]) -> pulumi.Output[str]:
@@ -71,7 +75,10 @@ def read_stack_secrets(config: pulumi.Config, platform: PlatformConfig) -> Stack
     api_keys = reader.text(API_KEYS_KEY)
     certificate = reader.text(TLS_CERTIFICATE_KEY)
     private_key = reader.text(TLS_PRIVATE_KEY_KEY)
+    webhook = reader.text(ALERT_WEBHOOK_URL_KEY)
     errors = reader.errors
+    if webhook is not None and not webhook.startswith(("https://", "http://")):
+        errors.append(f"{ALERT_WEBHOOK_URL_KEY}: is not an http(s) URL")
 
     if hf_token is None and not any(e.startswith(HF_TOKEN_KEY) for e in errors):
         for index, model in platform.gated_models:
@@ -121,4 +128,5 @@ def read_stack_secrets(config: pulumi.Config, platform: PlatformConfig) -> Stack
         api_keys=optional(api_keys),
         tls_certificate=optional(certificate),
         tls_private_key=optional(private_key),
+        alert_webhook_url=optional(webhook),
     )

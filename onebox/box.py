@@ -38,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
@@ -56,6 +56,9 @@ from onebox.keys import BoxKeys, load_keys
 from onebox.probes import until_ready
 from onebox.supervisor import Backoff, Child, ChildDied, ChildSpec, Supervisor
 from onebox.topology import ModelSpec, Topology
+
+if TYPE_CHECKING:
+    from onebox.prometheus import BoxPrometheus
 
 Mode = RoutingMode
 MODES: tuple[str, ...] = ROUTING_MODES
@@ -167,6 +170,7 @@ class OneBox:
         timeouts: GatewayTimeouts | None = None,
         api_keys: Path | None = None,
         bbr_buffered_bytes: int | None = None,
+        monitoring: BoxPrometheus | None = None,
     ) -> None:
         """``bbr_buffered_bytes``: the request body bytes each BBR replica may hold at once (its
         default: half its memory limit, or 1 GiB)."""
@@ -206,6 +210,8 @@ class OneBox:
         self.gateway_port = port or 0  # 0 until Envoy reports the port it bound
         self.round_robin_port: int | None = None
         self._workdir: Path | None = None
+        # A Prometheus scraping every child, started last (``onebox.prometheus``).
+        self.monitoring = monitoring
 
     # -- public surface -------------------------------------------------------------------
     @property
@@ -270,6 +276,8 @@ class OneBox:
             await asyncio.gather(self._wait_pods(pods), self._wait_ready(bbr))
             await self._wait_ready(await self._spawn_epps())
             await self._start_gateways()
+            if self.monitoring is not None:
+                await self.monitoring.start(self, self._workdir)
             await self._check_every_model_is_served()
         except BaseException:
             await self.stop()

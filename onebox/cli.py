@@ -16,6 +16,7 @@ from pathlib import Path
 from onebox.box import MODES, GatewayNotServing, OneBox
 from onebox.children import LOG_LEVELS
 from onebox.envoy.limits import GatewayTimeouts
+from onebox.prometheus import BoxPrometheus, PrometheusMissing
 from onebox.supervisor import ChildDied
 from onebox.topology import PRESETS, Topology, TopologyError, load_preset, load_topology
 
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--upstream-idle-timeout", type=float, default=GatewayTimeouts().upstream_idle,
                      help="seconds a pod may send nothing before its request ends with a 504 "
                      "(default %(default)s)")
+    run.add_argument("--monitoring", action="store_true",
+                     help="also run Prometheus (from PATH) scraping every child and evaluating the alert "
+                     "rules; prints its URL")
     return parser
 
 
@@ -69,6 +73,7 @@ def _box(topology: Topology, args: argparse.Namespace) -> OneBox:
         fail_fast=args.fail_fast,
         timeouts=GatewayTimeouts(upstream_idle=args.upstream_idle_timeout),
         api_keys=args.api_keys,
+        monitoring=BoxPrometheus() if args.monitoring else None,
     )
 
 
@@ -80,7 +85,7 @@ async def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         box = _box(topology, args)
-    except ValueError as exc:
+    except (ValueError, PrometheusMissing) as exc:
         print(f"onebox: {exc}", file=sys.stderr)
         return 2
 
@@ -112,6 +117,8 @@ async def _run(args: argparse.Namespace) -> int:
     if box.keys is not None:
         print(f"api keys: {len(box.keys)} from {box.keys.path} (send 'Authorization: Bearer <key>')",
               file=sys.stderr)
+    if box.monitoring is not None:
+        print(f"prometheus {box.monitoring.url}", flush=True)
     print(f"gateway {box.gateway_url}", flush=True)
 
     died = asyncio.create_task(box.wait_for_failure())

@@ -46,6 +46,10 @@ async def test_the_quick_demo_routes_every_request_right_and_round_robin_does_no
     assert summaries["round-robin+retries"].attempts_per_request > 1.0
     assert json.loads(json_path.read_text())["comparisons"][0]["misrouted_target"] == 0
     assert "data:image/png;base64," in html_path.read_text()
+    # Prometheus ran beside the box: its plots (per-pod load, TTFT, queue) are in the report.
+    assert any(line.startswith("prometheus http://127.0.0.1:") for line in lines)
+    assert len(report.plots) == 3
+    assert all(plot in html_path.read_text() for plot in report.plots)
     assert any(line.startswith("gateway vs round-robin:") for line in lines)
     # The box is closed with a fresh random key: a request without it is refused, next to the
     # accepted ones; every benchmark request carried it (100% success above), and it is never shown.

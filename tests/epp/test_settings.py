@@ -31,6 +31,7 @@ EVERY_EPP_FLAG = EppSettings(
     models_interval=5.0,
     shed_on_saturation=True,
     objectives={"chat": 10, "batch": -1},
+    answer_check_rate=0.5,
     bind="127.0.0.1",
     log_level="debug",
     event_loop="asyncio",

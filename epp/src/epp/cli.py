@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import aiohttp
 import uvloop
 
+from epp.answer_check import AnswerCheck
 from epp.auth.check import KeyCheck
 from epp.auth.keys import ApiKeyError
 from epp.auth.store import KeyStore
@@ -133,7 +134,7 @@ async def serve_epp(
     scheduler = Scheduler.from_config(config)
     detector = SaturationDetector.from_config(config)
     datastore = Datastore(pool_models=settings.pool_models)
-    telemetry = Telemetry("epp", datastore)
+    telemetry = Telemetry("epp", datastore, pool=settings.pool_name or "")
 
     def on_error(kind: str) -> None:
         telemetry.discovery_errors.labels(kind).inc()
@@ -171,6 +172,7 @@ async def serve_epp(
             outliers=runner.ejector,
             max_body_bytes=settings.max_body_bytes,
             routes=settings.routes,
+            answer_check=AnswerCheck(rate, telemetry) if (rate := settings.answer_check_rate) else None,
         )
 
         def on_endpoint(event: DatastoreEvent) -> None:

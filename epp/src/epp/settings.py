@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal, NoReturn, Self, Union, get_args, get_
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from epp.answer_check import DEFAULT_ANSWER_CHECK_RATE
 from epp.api_routes import API_ENDPOINTS, DEFAULT_API_ENDPOINTS, ApiEndpoint, ApiRoutes
 from epp.auth.limits import DEFAULT_WINDOW
 from epp.auth.watch import DEFAULT_POLL_INTERVAL
@@ -310,6 +311,8 @@ class EppSettings(ServerSettings):
         Flag("shed_on_saturation", "429 when the pool is saturated"),
         Flag("objectives", "an InferenceObjective and its priority, for the flow-control queue (repeatable)",
              name="--objective", metavar="NAME=PRIORITY"),
+        Flag("answer_check_rate", "share (0-1) of answers whose model is checked against the request's; "
+             "0: off"),
         *_SERVER_FLAGS,
     )  # fmt: skip
 
@@ -331,6 +334,8 @@ class EppSettings(ServerSettings):
     pool_models: tuple[str, ...] = ()
     # InferenceObjective name -> its spec.priority: the priority of a request naming it.
     objectives: dict[str, int] = Field(default_factory=dict)
+    # Share of routed answers whose model is checked against the request's (epp.answer_check).
+    answer_check_rate: float = Field(default=DEFAULT_ANSWER_CHECK_RATE, ge=0, le=1)
 
     @model_validator(mode="after")
     def _one_source_and_one_config(self) -> Self:

@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -28,6 +35,53 @@ from epp.datastore import Datastore
 OTHER_MODEL = "other"
 
 _SCHEDULING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+# Request latency buckets (seconds), from tens of milliseconds to long generations.
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+# Upstream's metric names (docs/metrics.md lists each with its source): the llm-d router's
+# canonical ``llm_d_epp_*`` and the Gateway API Inference Extension's older ``inference_pool_*`` /
+# ``inference_objective_*``, which GKE's guides and HPA examples use. Both spellings are exported.
+UPSTREAM_PREFIXES = ("llm_d_epp", "inference_objective")
+_UPSTREAM_MODEL_LABELS = ["model_name", "target_model_name"]
+
+
+class _PoolCollector(Collector):
+    """The pool gauges under upstream's names (label ``name``: the pool), and ready endpoints per
+    model, read from the datastore's current view at scrape time."""
+
+    def __init__(self, datastore: Datastore, pool: str) -> None:
+        self._datastore = datastore
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        view = self._datastore.view
+        ready = view.endpoints
+        count = len(ready)
+        queue = sum(e.metrics.waiting for e in ready) / count if count else 0.0
+        running = sum(e.metrics.running for e in ready) / count if count else 0.0
+        kv = sum(e.metrics.kv_cache_usage for e in ready) / count if count else 0.0
+        pool = [self._pool]
+        over = "over the pool's ready endpoints."
+        for prefix, ready_name in (("llm_d_epp", "ready_endpoints"), ("inference_pool", "ready_pods")):
+            for suffix, value, text in (
+                ("average_queue_size", queue, f"Average vllm:num_requests_waiting {over}"),
+                ("average_running_requests", running, f"Average vllm:num_requests_running {over}"),
+                ("average_kv_cache_utilization", kv, f"Average KV-cache utilization (0-1) {over}"),
+                (ready_name, float(count), "Ready endpoints of the pool (models known, not ejected)."),
+            ):
+                family = GaugeMetricFamily(f"{prefix}_{suffix}", text, labels=["name"])
+                family.add_metric(pool, value)
+                yield family
+        per_pod = GaugeMetricFamily("inference_pool_per_pod_queue_size", "vllm:num_requests_waiting of each "
+                                    "ready endpoint.", labels=["model_server_pod", "name"])
+        for endpoint in ready:
+            per_pod.add_metric([endpoint.name, self._pool], endpoint.metrics.waiting)
+        yield per_pod
+        by_model = GaugeMetricFamily("epp_model_ready_endpoints", "Ready endpoints serving each model the "
+                                     "pool knows (0: requests for it get a 503).", labels=["model"])
+        for model in sorted(view.known_models):
+            by_model.add_metric([model], len(view.by_model.get(model, ())))
+        yield by_model
 
 
 class _EndpointCollector(Collector):
@@ -68,9 +122,11 @@ class _EndpointCollector(Collector):
 class Telemetry:
     """The metrics of one EPP or BBR."""
 
-    def __init__(self, component: str, datastore: Datastore | None = None) -> None:
+    def __init__(self, component: str, datastore: Datastore | None = None, *, pool: str = "") -> None:
         self.component = component
         self.registry = CollectorRegistry()
+        # process_cpu_seconds_total and friends: the dashboard's CPU panel.
+        ProcessCollector(registry=self.registry)
         self.requests = Counter(
             f"{component}_requests",
             "Requests by model (a known one, 'other' or 'none') and outcome (routed, models, passthrough, "
@@ -118,6 +174,7 @@ class Telemetry:
             f"{component}_api_key_list_keys", "Valid API keys in the list in use.", registry=self.registry,
         )
         self._key_request_children: dict[tuple[str, str, str], Counter] = {}
+        self._answered_children: dict[tuple[str, int, str | None], list[Counter]] = {}
         self._tenants = TenantLabels()
         self.discovery_errors = Counter(
             f"{component}_discovery_errors",
@@ -133,12 +190,80 @@ class Telemetry:
             ["reason"],
             registry=self.registry,
         )
+        # Per-model counters and histograms under upstream's names (both spellings), labelled
+        # model_name and target_model_name (the same here: the pool serves what was asked for).
+        self._upstream_requests = [
+            Counter(f"{prefix}_request", "Requests by model.", _UPSTREAM_MODEL_LABELS, registry=self.registry)
+            for prefix in UPSTREAM_PREFIXES
+        ]
+        self._upstream_errors = [
+            Counter(f"{prefix}_request_error", "Failed requests by model and error code (the refusal reason, "
+                    "or the HTTP status of a routed request's failed answer).",
+                    [*_UPSTREAM_MODEL_LABELS, "error_code"], registry=self.registry)
+            for prefix in UPSTREAM_PREFIXES
+        ]
+        self._upstream_durations = [
+            Histogram(f"{prefix}_request_duration_seconds", "Seconds from the request to the end of its "
+                      "answer, for the answers the EPP reads to their end.", _UPSTREAM_MODEL_LABELS,
+                      buckets=_LATENCY_BUCKETS, registry=self.registry)
+            for prefix in UPSTREAM_PREFIXES
+        ]
+        self._upstream_ttft = [
+            Histogram(f"{prefix}_request_ttft_seconds", "Seconds from the request to the first chunk of its "
+                      "answer's body, for the answers the EPP reads.", _UPSTREAM_MODEL_LABELS,
+                      buckets=_LATENCY_BUCKETS, registry=self.registry)
+            for prefix in UPSTREAM_PREFIXES
+        ]
+        # Answers by status class as the EPP saw them: a routed request's answer or the EPP's refusal.
+        self.responses = Counter(
+            f"{component}_responses", "Answers by model and status class (2xx, 4xx, 5xx; 'none': the stream "
+            "ended before any status).", ["model", "code"], registry=self.registry,
+        )
+        # Routing accuracy (epp.answer_check): answers checked against the model asked for, and those
+        # that came from another model (or whose pod said it does not serve the model).
+        self.answers_checked = Counter(
+            f"{component}_answer_checks", "Answers whose model was checked against the request's.", ["model"],
+            registry=self.registry,
+        )
+        self.misrouted = Counter(
+            f"{component}_misrouted", "Checked answers that came from another model than the one asked for, "
+            "by the model asked for and the pod that answered.", ["model", "model_server_pod"],
+            registry=self.registry,
+        )
         if datastore is not None:
             self.registry.register(_EndpointCollector(datastore))
+            self.registry.register(_PoolCollector(datastore, pool or component))
         self._server: WSGIServer | None = None
 
     def request(self, model: str, outcome: str) -> None:
         self.requests.labels(model or "none", outcome).inc()
+
+    def answered(self, model: str, status: int, error_code: str | None) -> None:
+        """One request's end: its status class, and under upstream's names the request and its error
+        (when ``error_code`` is set). The labelled children are looked up once per label set (bounded:
+        models x status classes x refusal reasons and error statuses)."""
+        key = (model, status // 100, error_code)
+        children = self._answered_children.get(key)
+        if children is None:
+            children = [self.responses.labels(model or "none", f"{status // 100}xx" if status else "none")]
+            if model:
+                children += [counter.labels(model, model) for counter in self._upstream_requests]
+                if error_code is not None:
+                    children += [errors.labels(model, model, error_code) for errors in self._upstream_errors]
+            self._answered_children[key] = children
+        for child in children:
+            child.inc()
+
+    def answer_checked(self, model: str) -> None:
+        self.answers_checked.labels(model).inc()
+
+    def answer_misrouted(self, model: str, pod: str) -> None:
+        self.misrouted.labels(model, pod).inc()
+
+    def latency(self, model: str, ttft: float, duration: float) -> None:
+        for ttfts, durations in zip(self._upstream_ttft, self._upstream_durations, strict=True):
+            ttfts.labels(model, model).observe(ttft)
+            durations.labels(model, model).observe(duration)
 
     def ejected(self, reason: str) -> None:
         self.ejections.labels(reason).inc()

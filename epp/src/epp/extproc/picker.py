@@ -16,6 +16,7 @@ ORIGINAL_DST cluster (the one box's gateway) reads one address from it and fails
 from __future__ import annotations
 
 from epp import api_screen
+from epp.answer_check import AnswerCheck
 from epp.api_routes import DEFAULT_ROUTES, ApiRoutes, is_models_path
 from epp.contract import DESTINATION_HEADER
 from epp.datastore import Datastore, DatastoreEvent, Endpoint, EndpointRemoved
@@ -64,9 +65,11 @@ class EndpointPicker:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         plugins: Plugins | None = None,
         routes: ApiRoutes = DEFAULT_ROUTES,
+        answer_check: AnswerCheck | None = None,
     ) -> None:
         """``plugins``: request-control plugins beyond the standard ones (they run after them);
-        ``routes``: the API endpoints forwarded to pods (anything else is refused on its headers)."""
+        ``routes``: the API endpoints forwarded to pods (anything else is refused on its headers);
+        ``answer_check``: check a sample of answers for the model that answered."""
         self.max_body_bytes = max_body_bytes
         self._routes = routes
         self._datastore = datastore
@@ -74,7 +77,7 @@ class EndpointPicker:
             datastore, scheduler, telemetry,
             standard_plugins(datastore, telemetry, saturation=saturation,
                              shed_on_saturation=shed_on_saturation, refresher=refresher, outliers=outliers,
-                             extra=plugins),
+                             answer_check=answer_check, extra=plugins),
         )
         self._models = ModelList()
         # Prebuilt routing answers: by address, and by the ranked addresses when fallbacks are sent.

@@ -7,6 +7,7 @@ carry it in the last data event when the client asked for ``stream_options.inclu
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 from epp.contract import UPSTREAM_CONNECT_FAILURE, UPSTREAM_FAILURE_HEADER
@@ -26,7 +27,7 @@ class Usage:
 class ResponseTracker:
     """Accumulates what is needed from a response's headers and body chunks."""
 
-    __slots__ = ("_chunks", "_kept", "_tail", "connect_failed", "status", "streaming")
+    __slots__ = ("_chunks", "_kept", "_tail", "connect_failed", "first_body_at", "status", "streaming")
 
     def __init__(self) -> None:
         self.status = 0
@@ -36,6 +37,8 @@ class ResponseTracker:
         self._chunks: list[bytes] = []
         self._kept = 0
         self._tail = b""
+        # time.perf_counter() when the first body chunk was seen (0.0: none yet).
+        self.first_body_at = 0.0
 
     def on_headers(self, headers: dict[str, str]) -> None:
         try:
@@ -48,6 +51,8 @@ class ResponseTracker:
     def on_body(self, chunk: bytes) -> None:
         if not chunk:
             return
+        if not self.first_body_at:
+            self.first_body_at = time.perf_counter()
         if self.streaming:
             tail = self._tail + chunk
             self._tail = tail[-SSE_TAIL:]
@@ -68,6 +73,10 @@ class ResponseTracker:
         except (ValueError, UnicodeDecodeError):
             return None
         return document
+
+    def sse_tail(self) -> bytes:
+        """The last bytes of a streamed answer (up to ``SSE_TAIL``)."""
+        return self._tail
 
     def usage(self) -> Usage | None:
         if self.streaming:

@@ -89,6 +89,7 @@ class Exchange(Generic[S]):
         "metadata",
         "model",
         "outcome",
+        "refusal_status",
         "request_id",
         "request_id_generated",
         "response",
@@ -107,6 +108,8 @@ class Exchange(Generic[S]):
         # Short outcome for metrics: "routed", "models", "passthrough", or the RequestError reason;
         # "cancelled" until something else is known.
         self.outcome = "cancelled"
+        # The status the gateway answered with itself (a refusal, or 200 for the model list); 0: none.
+        self.refusal_status = 0
         self.response = ResponseTracker()
         self.state = state
 
@@ -312,6 +315,7 @@ class _Stream(Generic[S]):
     def _refused(self, error: RequestError) -> ProcessingResponse:
         exchange = self.exchange
         exchange.outcome = error.reason
+        exchange.refusal_status = error.status
         _log.info(
             "request refused",
             extra={"request_id": exchange.request_id, "status": error.status, "reason": error.reason,
@@ -337,6 +341,7 @@ class _Stream(Generic[S]):
         except Exception:
             failure = internal_error()
             exchange.outcome = failure.reason
+            exchange.refusal_status = failure.status
             _log.exception(
                 "deciding on a request failed",
                 extra={"request_id": exchange.request_id, "model": echoed(exchange.model) or None},

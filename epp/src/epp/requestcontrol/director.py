@@ -105,6 +105,7 @@ class Director:
             )
         state = exchange.state
         state.address = endpoint.address
+        state.started = started
         state.count = self._datastore.acquire(endpoint.address)
         exchange.outcome = "routed"
         for plugin in self.plugins.pre_request:

@@ -25,7 +25,7 @@ from epp.scheduling.types import LLMRequest
 class EppState:
     """The EPP's per-request state: what a routed request holds until its exchange is over."""
 
-    __slots__ = ("address", "count", "request")
+    __slots__ = ("address", "checked", "count", "request", "started")
 
     def __init__(self) -> None:
         # The parsed request, once parsed.
@@ -34,6 +34,10 @@ class EppState:
         # the request is routed.
         self.address = ""
         self.count: InFlight | None = None
+        # time.perf_counter() when it was routed (its latency's start).
+        self.started = 0.0
+        # Sampled by the answer check: its answer is read and the model that answered checked.
+        self.checked = False
 
     @property
     def routed(self) -> bool:
