@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Callable
 
+import pytest
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HttpHeaders,
@@ -14,7 +15,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProtocolConfiguration,
 )
 from epp.auth.check import KeyCheck
-from epp.auth.keys import parse_api_keys
+from epp.auth.keys import ApiKeyError, parse_api_keys
 from epp.auth.store import KeyStore
 from epp.extproc.bbr import BodyBasedRouter
 from epp.telemetry import Telemetry
@@ -232,6 +233,26 @@ def test_the_tenant_header_names_the_tenant_and_is_built_once_per_name() -> None
     router = closed_front_door()
     tenant = router._keys.authenticate({"x-api-key": KEY_A}) if router._keys else None
     assert tenant is not None
-    option = router._forwarded_tenant(tenant)
-    assert (option.header.key, option.header.raw_value) == ("x-gateway-api-key-name", b"team-a")
-    assert router._forwarded_tenant(tenant) is option
+    options = router._forwarded_tenant(tenant)
+    assert [(o.header.key, o.header.raw_value) for o in options] == [
+        ("x-gateway-api-key-name", b"team-a"), ("x-gateway-api-key-priority", b"0")
+    ]
+    assert router._forwarded_tenant(tenant) is options
+
+
+async def test_a_key_entrys_priority_goes_behind_the_front_door_and_a_clients_own_is_overwritten() -> None:
+    entries = [{**KEYS[0], "priority": 7}, KEYS[1]]
+    router = BodyBasedRouter(Telemetry("bbr"), served_models=[GEMMA, PHI], adapters={ADAPTER: GEMMA},
+                             keys=KeyCheck(KeyStore(parse_api_keys(entries), window=1.0), clock=Clock()))
+    forged = {"x-gateway-api-key-priority": "1000"}
+    async with serving(router) as stub:
+        a = await EnvoyStream(stub).send_request(completion(GEMMA), headers={"x-api-key": KEY_A, **forged})
+        b = await EnvoyStream(stub).send_request(completion(PHI), headers={"x-api-key": KEY_B, **forged})
+    assert a.set_headers["x-gateway-api-key-priority"] == "7"
+    assert b.set_headers["x-gateway-api-key-priority"] == "0"
+
+
+def test_a_key_entrys_priority_must_be_a_whole_number() -> None:
+    for bad in ("high", 1.5, True, 10_000):
+        with pytest.raises(ApiKeyError, match="priority"):
+            parse_api_keys([{**KEYS[0], "priority": bad}])

@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -54,6 +55,8 @@ class ApiKeyEntry(BaseModel):
     sha256: str | None = None
     models: tuple[str, ...] | None = Field(None, min_length=1)
     requests_per_minute: int | None = Field(None, alias="requestsPerMinute", gt=0)
+    # The flow-control priority of this key's requests (higher first; may be negative); None: 0.
+    priority: StrictInt | None = Field(None, ge=-1000, le=1000)
 
     @field_validator("name")
     @classmethod

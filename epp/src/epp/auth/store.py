@@ -17,15 +17,18 @@ from epp.auth.limits import DEFAULT_WINDOW, RateLimit, replica_share
 class Tenant:
     """One key's owner: its name, the models it may use (None: all) and this replica's limit."""
 
-    __slots__ = ("digest", "limit", "models", "name")
+    __slots__ = ("digest", "limit", "models", "name", "priority")
 
     def __init__(
-        self, name: str, digest: bytes, models: frozenset[str] | None, limit: RateLimit | None
+        self, name: str, digest: bytes, models: frozenset[str] | None, limit: RateLimit | None,
+        priority: int = 0,
     ) -> None:
         self.name = name
         self.digest = digest
         self.models = models
         self.limit = limit
+        # The flow-control priority of its requests (the key entry's ``priority``).
+        self.priority = priority
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -77,6 +80,6 @@ class KeyStore:
                 limit = kept if same else RateLimit(share, self.window)
             models = frozenset(entry.models) if entry.models is not None else None
             digest = entry.digest
-            tenants[digest] = Tenant(entry.name, digest, models, limit)
+            tenants[digest] = Tenant(entry.name, digest, models, limit, entry.priority or 0)
         self._by_digest = tenants
         self.version += 1

@@ -26,7 +26,14 @@ from epp.api_routes import DEFAULT_ROUTES, ApiRoutes, is_models_path
 from epp.auth.check import KeyCheck
 from epp.auth.labels import key_name
 from epp.auth.store import Tenant
-from epp.contract import API_PREFIX, BASE_MODEL_HEADER, CLIENT_KEY_HEADERS, MODEL_HEADER, TENANT_HEADER
+from epp.contract import (
+    API_PREFIX,
+    BASE_MODEL_HEADER,
+    CLIENT_KEY_HEADERS,
+    MODEL_HEADER,
+    PRIORITY_HEADER,
+    TENANT_HEADER,
+)
 from epp.extproc.body import parse_body
 from epp.extproc.decision import PASS, Decision, Route
 from epp.extproc.errors import bodyless, missing_model, unknown_model
@@ -75,7 +82,7 @@ class BodyBasedRouter:
         self._telemetry = telemetry
         self._keys = keys
         # The tenant header passed on behind the front door, built once per name and key list.
-        self._forwarded: dict[str, HeaderValueOption] = {}
+        self._forwarded: dict[str, tuple[HeaderValueOption, HeaderValueOption]] = {}
         self._forwarded_version = -1
         # A front door serves only the API's allow-list (epp.api_routes); an upstream-style BBR, all.
         front = served_models is not None or keys is not None
@@ -140,17 +147,21 @@ class BodyBasedRouter:
     def on_response_headers(self, exchange: BbrExchange) -> bool:
         return False
 
-    def _forwarded_tenant(self, tenant: Tenant) -> HeaderValueOption:
-        """The header naming ``tenant`` to what runs behind the front door."""
+    def _forwarded_tenant(self, tenant: Tenant) -> tuple[HeaderValueOption, HeaderValueOption]:
+        """The headers naming ``tenant`` and its priority to what runs behind the front door
+        (overwriting whatever a client sent in them)."""
         assert self._keys is not None
         version = self._keys.store.version
         if self._forwarded_version != version:
             self._forwarded.clear()
             self._forwarded_version = version
-        option = self._forwarded.get(tenant.name)
-        if option is None:
-            option = self._forwarded[tenant.name] = header_option(TENANT_HEADER, tenant.name)
-        return option
+        options = self._forwarded.get(tenant.name)
+        if options is None:
+            options = self._forwarded[tenant.name] = (
+                header_option(TENANT_HEADER, tenant.name),
+                header_option(PRIORITY_HEADER, str(tenant.priority)),
+            )
+        return options
 
     def _models_for(self, tenant: Tenant) -> _KeyModels | None:
         """What answers ``GET /v1/models`` for ``tenant``: the served models it may use (without a
@@ -173,7 +184,7 @@ class BodyBasedRouter:
     def _passthrough(self, exchange: BbrExchange, tenant: Tenant | None) -> Decision:
         exchange.outcome = "passthrough"
         if tenant is not None:
-            return Route((self._forwarded_tenant(tenant),), remove=CLIENT_KEY_HEADERS)
+            return Route(self._forwarded_tenant(tenant), remove=CLIENT_KEY_HEADERS)
         if TENANT_HEADER in exchange.headers:
             return Route((), remove=(TENANT_HEADER,))
         return PASS
@@ -216,7 +227,7 @@ class BodyBasedRouter:
         )
         remove: tuple[str, ...] = ()
         if tenant is not None:
-            headers += (self._forwarded_tenant(tenant),)
+            headers += self._forwarded_tenant(tenant)
             remove = CLIENT_KEY_HEADERS
         elif TENANT_HEADER in exchange.headers:
             remove = (TENANT_HEADER,)
