@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import grpc
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingRequest
 from epp.answer_check import AnswerCheck
@@ -94,3 +95,17 @@ async def test_a_model_without_a_ready_pod_is_a_503_counted_under_both_names() -
         assert sample(telemetry, name, {"name": "gemma-pool"}) == 1
     assert sample(telemetry, "inference_pool_per_pod_queue_size",
                   {"name": "gemma-pool", "model_server_pod": "pod-8000"}) == 0
+
+
+async def test_a_sampled_stream_is_left_after_its_first_chunk_so_a_lost_replica_cuts_nothing() -> None:
+    servicer, telemetry = picker(1.0)
+    first = b'data: {"id":"1","object":"chat.completion.chunk","model":"' + GEMMA.encode() + b'"}\n\n'
+    async with serving(servicer) as stub:
+        stream = EnvoyStream(stub, response_mode=ProcessingMode.STREAMED)
+        await stream.send_request(request())
+        reply = await stream.send_response_headers(200, content_type="text/event-stream")
+        assert not reply.HasField("mode_override")  # the stream is followed ...
+        await stream.write(ProcessingRequest(response_body=HttpBody(body=first, end_of_stream=False)))
+        assert (await stream.call.read()).HasField("response_body")
+        assert await stream.call.read() is grpc.aio.EOF  # ... to its first chunk only
+    assert sample(telemetry, "epp_answer_checks_total", {"model": GEMMA}) == 1

@@ -147,6 +147,9 @@ class BodyBasedRouter:
     def on_response_headers(self, exchange: BbrExchange) -> bool:
         return False
 
+    def on_response_body(self, exchange: BbrExchange) -> bool:
+        return False
+
     def _forwarded_tenant(self, tenant: Tenant) -> tuple[HeaderValueOption, HeaderValueOption]:
         """The headers naming ``tenant`` and its priority to what runs behind the front door
         (overwriting whatever a client sent in them)."""

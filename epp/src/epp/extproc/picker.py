@@ -117,6 +117,9 @@ class EndpointPicker:
     def on_response_headers(self, exchange: EppExchange) -> bool:
         return self.director.wants_body(exchange)
 
+    def on_response_body(self, exchange: EppExchange) -> bool:
+        return self.director.wants_more(exchange)
+
     def on_complete(self, exchange: EppExchange) -> None:
         self.director.complete(exchange)
 

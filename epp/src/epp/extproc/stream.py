@@ -152,6 +152,11 @@ class Handler(Protocol[S]):
         """The answer's headers are in ``exchange.response``: True to follow its body too."""
         ...
 
+    def on_response_body(self, exchange: Exchange[S]) -> bool:
+        """A chunk of the answer's body went into ``exchange.response``: True to see more of it
+        (asked only where the response body mode lets the handler stop following)."""
+        ...
+
     def on_complete(self, exchange: Exchange[S]) -> None:
         """The exchange is over; called exactly once."""
         ...
@@ -517,13 +522,18 @@ class _Stream(Generic[S]):
 
     async def response_body(self, message: HttpBody) -> bool:
         self.exchange.response.on_body(message.body)
-        if message.end_of_stream:
-            self.complete()
         if self.response_mode == _FULL_DUPLEX:
+            if message.end_of_stream:
+                self.complete()
             await self.write(response_body_chunk(message.body, message.end_of_stream))
-        else:
-            await self.write(CONTINUE_RESPONSE_BODY)
-        return bool(message.end_of_stream)
+            return bool(message.end_of_stream)
+        # Streamed: once the handler needs no more of the body, the stream is over and the rest of the
+        # answer passes untouched (a replica that dies then cuts nothing).
+        over = message.end_of_stream or not self.handler.on_response_body(self.exchange)
+        if over:
+            self.complete()
+        await self.write(CONTINUE_RESPONSE_BODY)
+        return bool(over)
 
     async def response_trailers(self) -> bool:
         self.complete()

@@ -26,6 +26,12 @@ class AnswerChecking:
     def wants_body(self, exchange: EppExchange) -> bool:
         return exchange.state.checked
 
+    def wants_more(self, exchange: EppExchange) -> bool:
+        # A stream names its model in every chunk: its first is enough, and the EPP then leaves the
+        # stream's path (a replica lost later cuts no stream it checked).
+        response = exchange.response
+        return exchange.state.checked and not (response.streaming and response.sse_tail())
+
     def response_complete(self, exchange: EppExchange) -> None:
         state = exchange.state
         if not state.address or not exchange.response.status:

@@ -123,6 +123,9 @@ class Director:
     def wants_body(self, exchange: EppExchange) -> bool:
         return any(reader.wants_body(exchange) for reader in self.plugins.readers)
 
+    def wants_more(self, exchange: EppExchange) -> bool:
+        return any(reader.wants_more(exchange) for reader in self.plugins.readers)
+
     def complete(self, exchange: EppExchange) -> None:
         for plugin in self.plugins.complete:
             try:

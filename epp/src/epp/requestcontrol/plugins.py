@@ -61,7 +61,11 @@ class PreRequest(Protocol):
 
 class ResponseReader(Protocol):
     def wants_body(self, exchange: EppExchange) -> bool:
-        """True when the answer's body must be read to its end (its usage is metered)."""
+        """True when the answer's body must be read (its usage metered, its model checked)."""
+        ...
+
+    def wants_more(self, exchange: EppExchange) -> bool:
+        """After a chunk of the body: True while more of it is needed."""
         ...
 
 

@@ -19,6 +19,9 @@ class UsageMetering:
     def wants_body(self, exchange: EppExchange) -> bool:
         return TENANT_HEADER in exchange.headers
 
+    def wants_more(self, exchange: EppExchange) -> bool:
+        return TENANT_HEADER in exchange.headers  # the usage is in the last event
+
     def response_complete(self, exchange: EppExchange) -> None:
         if not exchange.state.address:
             return
