@@ -12,3 +12,10 @@
 
 ``onebox`` does not use ``bench``; the demo (``python -m bench.demo``) uses both.
 """
+
+import os
+
+# The box forks its children (EPPs, BBRs, Envoy, pods) from a process that uses gRPC (health probes);
+# they exec at once and need none of its gRPC state, so gRPC's fork handlers stay out (with them a
+# child between fork and exec has been seen to abort). Set before gRPC loads.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
