@@ -56,13 +56,18 @@ def _checkout(revision: str) -> Iterator[Path]:
 
 
 @contextlib.asynccontextmanager
-async def _epps(backend_port: int, baseline_tree: Path) -> AsyncIterator[dict[str, tuple[int, int]]]:
+async def _epps(
+    backend_port: int, baseline_tree: Path, answer_check_rate: float | None
+) -> AsyncIterator[dict[str, tuple[int, int]]]:
     """Both EPPs against the backend: side name -> (gRPC port, pid)."""
-    settings = EppSettings.model_validate({"endpoints": f"127.0.0.1:{backend_port}", "profile": "default"})
-    new = ext_proc_server("epp", "127.0.0.1", "info", settings)
+    common = {"endpoints": f"127.0.0.1:{backend_port}", "profile": "default"}
+    settings = EppSettings.model_validate(common)
+    extra = {} if answer_check_rate is None else {"answer_check_rate": answer_check_rate}
+    new = ext_proc_server("epp", "127.0.0.1", "info", EppSettings.model_validate({**common, **extra}))
+    baseline = ext_proc_server("epp", "127.0.0.1", "info", settings)
     old = dataclasses.replace(
-        new, name="epp-baseline",
-        argv=lambda ports: [sys.executable, "-c", _BOOT, *new.argv(ports)[1:]],
+        baseline, name="epp-baseline",
+        argv=lambda ports: [sys.executable, "-c", _BOOT, *baseline.argv(ports)[1:]],
         env={**(new.env or {}), "PYTHONPATH": str(baseline_tree / "epp" / "src")},
     )
     supervisor = Supervisor()
@@ -77,9 +82,10 @@ async def _epps(backend_port: int, baseline_tree: Path) -> AsyncIterator[dict[st
         await supervisor.stop()
 
 
-async def compare(revision: str, rounds: int, seconds: float, load: PythonLoad | WrkLoad) -> None:
+async def compare(revision: str, rounds: int, seconds: float, load: PythonLoad | WrkLoad,
+                  answer_check_rate: float | None = None) -> None:
     with _checkout(revision) as tree:
-        async with _backend() as backend_port, _epps(backend_port, tree) as epps:
+        async with _backend() as backend_port, _epps(backend_port, tree, answer_check_rate) as epps:
             destination = f"127.0.0.1:{backend_port}"
             async with contextlib.AsyncExitStack() as stack:
                 envoys = {
@@ -106,6 +112,8 @@ async def compare(revision: str, rounds: int, seconds: float, load: PythonLoad |
                         figures[side]["rate"].append(busy.rate)
                         figures[side]["p50"].append(single.p50)
     _print(revision, rounds, seconds, load, figures)
+    if answer_check_rate is not None:
+        print(f"(this tree's EPP ran with --answer-check-rate {answer_check_rate})")
 
 
 def _print(revision: str, rounds: int, seconds: float, load: PythonLoad | WrkLoad,
@@ -132,12 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per side and round")
     parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--answer-check-rate", type=float, default=None,
+                        help="this tree's EPP's --answer-check-rate (default: its own default)")
     args = parser.parse_args(argv)
     wrk = shutil.which("wrk")
     load: PythonLoad | WrkLoad = (
         WrkLoad(wrk, args.seconds) if wrk is not None and args.load != "python" else PythonLoad()
     )
-    asyncio.run(compare(args.baseline, args.rounds, args.seconds, load))
+    asyncio.run(compare(args.baseline, args.rounds, args.seconds, load, args.answer_check_rate))
     return 0
 
 
