@@ -69,6 +69,8 @@ class RegisteredResource:
     """Provider reference (``urn::id``) the resource was registered with, if explicit."""
     retain_on_delete: bool = False
     """True when deleting it from the program only removes it from the state (``retain_on_delete``)."""
+    ignore_changes: tuple[str, ...] = ()
+    """Input paths whose changes the engine ignores (``ignore_changes``), e.g. ``spec.replicas``."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 secret_paths=tuple(secrets),
                 provider=request.provider or None,
                 retain_on_delete=bool(request.retainOnDelete),
+                ignore_changes=tuple(request.ignoreChanges),
             )
             with self._lock:
                 self.recorded.append(record)
