@@ -67,8 +67,10 @@ def elastic() -> StackRun:
 
 @pytest.fixture(scope="module")
 def elastic_unified() -> StackRun:
-    """The same on the tpu stack with every model in one pool."""
-    models = _models("tpu", 1, autoscaling=TO_ZERO)
+    """The tpu stack with every model in one pool, phi3 scaling to zero on targets of its own."""
+    targets = {"targetQueuePerReplica": 3, "activationQueue": 1, "targetKvCacheUsage": 0.7}
+    targets |= {"pollingSeconds": 30, "wakeTimeout": 300}
+    models = _models("tpu", 1, autoscaling=TO_ZERO | targets)
     return render_stack("tpu", {"models": models, "routingMode": "unified-pool"})
 
 
@@ -178,6 +180,17 @@ def test_in_a_unified_pool_each_model_scales_on_its_own_requests_and_pods(elasti
         query = triggers[name]["metadata"]["query"]
         assert 'name=~"vllm-phi3-[a-z0-9]+-[a-z0-9]+"' in query
         assert 'pod=~"all-models-pool-epp-[a-z0-9]+-[a-z0-9]+"' in query
+
+
+def test_the_configured_targets_reach_the_triggers_and_the_picker(elastic_unified: StackRun) -> None:
+    triggers = _triggers(elastic_unified)
+    queue, kv_cache = triggers["flow-control-queue"]["metadata"], triggers["kv-cache"]["metadata"]
+
+    assert (queue["threshold"], queue["activationThreshold"]) == ("3", "1")
+    assert (kv_cache["threshold"], triggers["kv-cache"]["metricType"]) == ("0.7", "Value")
+    assert _scaled_object(elastic_unified)["spec"]["pollingInterval"] == 30
+    picker = _picker_config(elastic_unified, "all-models-pool")
+    assert picker["flowControl"] == {"noEndpointRequestTTL": "300s"}
 
 
 def test_triggers_read_managed_prometheus_as_keda_s_workload_identity(elastic: StackRun) -> None:
