@@ -20,7 +20,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from components.config import Autoscaling, ModelSpec, PlatformConfig
+from components.config import KEDA_NAMESPACE, Autoscaling, ModelSpec, PlatformConfig
 from components.inference_extension import INFERENCE_GROUP, InferencePool, vendored_crd
 from components.model_server import ModelServer
 from components.podspec import Fields, labels, object_meta
@@ -29,7 +29,6 @@ KEDA_CHART = "keda"
 KEDA_CHART_VERSION = "2.20.2"
 """The chart and KEDA itself (the chart's appVersion); its CRDs are ``../shared/crds/keda-v2.20.2``."""
 KEDA_CHART_REPOSITORY = "https://kedacore.github.io/charts"
-KEDA_NAMESPACE = "keda"
 KEDA_OPERATOR_SERVICE_ACCOUNT = "keda-operator"
 """The chart's operator ServiceAccount: the one that queries metrics, so the one bound to Google."""
 KEDA_API_VERSION = "keda.sh/v1alpha1"
@@ -138,9 +137,10 @@ def scaled_object_spec(cfg: PlatformConfig, model: ModelSpec, pool: str, deploym
     }
 
 
-def _account_id(cluster_name: str, suffix: str) -> str:
-    """A service account id (6-30 characters, no trailing hyphen) for ``<cluster>-<suffix>``."""
-    return f"{cluster_name}-{suffix}"[:30].rstrip("-")
+def service_account_id(cluster_name: str, suffix: str) -> str:
+    """A service account id (6-30 characters) ending in ``-<suffix>`` whatever the cluster's name
+    length, so it never collides with the nodes' account (``<cluster>-nodes`` cut to 30)."""
+    return f"{cluster_name[: 29 - len(suffix)].rstrip('-')}-{suffix}"
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ class Keda(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.service_account = gcp.serviceaccount.Account(
             name,
-            account_id=_account_id(cfg.cluster_name, "keda"),
+            account_id=service_account_id(cfg.cluster_name, "keda"),
             display_name=f"KEDA of {cfg.cluster_name}: reads Managed Prometheus",
             project=cfg.project,
             opts=child,

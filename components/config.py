@@ -97,6 +97,9 @@ HUGGING_FACE_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+\Z")
 
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 
+KEDA_NAMESPACE = "keda"
+"""Where the program installs KEDA for a stack with autoscaling (``components.autoscaling``)."""
+
 
 class _Model(BaseModel):
     """Strict base: camelCase keys in YAML, unknown keys rejected."""
@@ -490,6 +493,8 @@ def _check_autoscaling(cfg: PlatformConfig) -> None:
         scaling = model.autoscaling
         if scaling is None:
             continue
+        if cfg.namespace == KEDA_NAMESPACE:
+            raise _FieldError(("namespace",), f"{KEDA_NAMESPACE!r} is KEDA's own namespace; choose another")
         where = ("models", index, "autoscaling")
         if scaling.wake_timeout >= timeout:
             raise _FieldError(

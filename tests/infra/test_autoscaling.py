@@ -27,6 +27,7 @@ from components.autoscaling import (
     KEDA_NAMESPACE,
     KEDA_OPERATOR_SERVICE_ACCOUNT,
     TRIGGER_AUTHENTICATION,
+    service_account_id,
 )
 from components.config import ConfigError
 from render import RegisteredResource, StackRun, load_stack_config, render_stack
@@ -246,6 +247,15 @@ def test_keda_is_installed_from_its_pinned_chart_in_its_own_namespace(elastic: S
     assert keda_account.props["project"] == "my-gcp-project"
 
 
+@pytest.mark.parametrize("cluster", ["llm-gateway-gpu", "a", "a-cluster-name-of-forty-characters-long1"])
+def test_keda_s_account_id_is_valid_and_never_the_nodes_one(cluster: str) -> None:
+    account = service_account_id(cluster, "keda")
+
+    assert re.fullmatch(r"[a-z][-a-z0-9]{4,28}[a-z0-9]", account)
+    assert account.endswith("-keda")
+    assert account != f"{cluster}-nodes"[:30]
+
+
 def _member_of(resource: RegisteredResource) -> str:
     member = resource.props["member"]
     assert isinstance(member, str)
@@ -355,6 +365,11 @@ BAD_INPUT = {
         _scaling(maxReplicas=4),
         "platform.models[1].autoscaling.maxReplicas",
         "exceeds the 3 pods node pool t4 can hold",
+    ),
+    "the gateway in KEDA's namespace": (
+        {"namespace": "keda", "models": _models("gpu", 1, autoscaling={})},
+        "platform.namespace",
+        "KEDA's own namespace",
     ),
     "a misspelt autoscaling field": (
         _scaling(idleSecond=60),
