@@ -19,7 +19,15 @@ from epp.routing import RoutingMode
 from epp.scheduling.config import parse_config
 from epp.scheduling.errors import ConfigError as PickerConfigError
 from epp.validation import field_path, problems
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 CONFIG_KEY = "platform"
@@ -101,6 +109,9 @@ HUGGING_FACE_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+\Z")
 """``owner/name`` of a model on the Hugging Face Hub."""
 
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
+
+KEDA_NAMESPACE = "keda"
+"""Where the program installs KEDA for a stack with autoscaling (``components.autoscaling``)."""
 
 
 class _Model(BaseModel):
@@ -206,6 +217,46 @@ class NodePool(_Model):
         return self.min_nodes if self.accelerator else max(1, self.min_nodes)
 
 
+class Autoscaling(_Model):
+    """KEDA scales the model's Deployment on the gateway's own signals (see docs/autoscaling.md)."""
+
+    min_replicas: Annotated[int, Field(ge=0)] = 1
+    """``0``: scale to zero after ``idleSeconds`` without requests; the first request wakes it."""
+    max_replicas: Annotated[int, Field(ge=1)] = 1
+    target_queue_per_replica: Annotated[float, Field(gt=0)] = 2
+    """Requests waiting in the EPP's flow-control queue for this model, per replica."""
+    target_waiting_per_replica: Annotated[float, Field(gt=0)] = 4
+    """Requests waiting in the pods' own queues (vLLM's num_requests_waiting), per replica."""
+    target_kv_cache_usage: Annotated[float, Field(gt=0, le=1)] = 0.8
+    """Average KV-cache usage (0-1) across the model's pods."""
+    activation_queue: Annotated[float, Field(ge=0)] = 0
+    """Queued requests above which a model at zero wakes (0: the first one)."""
+    idle_seconds: Annotated[int, Field(ge=1)] = 600
+    """Without requests this long, a model with ``minReplicas: 0`` goes to zero (KEDA's cooldownPeriod)."""
+    wake_timeout: Annotated[int, Field(ge=1)] = 480
+    """Seconds a request waits in the EPP for a model with no pod to wake before a 503 (the EPP's
+    ``flowControl.noEndpointRequestTTL``); must be shorter than ``gateway.requestTimeoutSec``."""
+    polling_seconds: Annotated[int, Field(ge=1, le=300)] = 15
+    """How often KEDA queries the metrics (its pollingInterval)."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise _FieldError(
+                ("minReplicas",),
+                f"{self.min_replicas} is greater than maxReplicas ({self.max_replicas})",
+            )
+        return self
+
+
+class Objective(_Model):
+    """An InferenceObjective: requests naming it (``x-llm-d-inference-objective``) get its priority."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL)]
+    priority: StrictInt
+    """Higher first; negative allowed (the flow-control queue sheds lower priorities first)."""
+
+
 class ModelSpec(_Model):
     """One model served by vLLM, its pool and its hardware."""
 
@@ -225,6 +276,16 @@ class ModelSpec(_Model):
     accelerator_count: Annotated[int, Field(ge=1)] = 1
     resources: Resources = Resources(cpu="3", memory="12Gi", ephemeral_storage="20Gi")
     shm_size: Annotated[str, Field(pattern=QUANTITY)] = "2Gi"
+    autoscaling: Autoscaling | None = None
+    """KEDA owns the replica count when set (``replicas`` must then be left out)."""
+    objectives: list[Objective] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _replicas_or_autoscaling(self) -> ModelSpec:
+        if self.autoscaling is not None and "replicas" in self.model_fields_set:
+            raise _FieldError(("replicas",), "KEDA sets the replicas of an autoscaled model; remove replicas")
+        _unique(self.objectives, "name", "objectives")
+        return self
 
     @field_validator("served_name")
     @classmethod
@@ -505,6 +566,7 @@ class PlatformConfig(_Model):
                     f"{model.accelerator_count} exceeds the {pool.accelerator_count} "
                     f"{model.accelerator} per node of pool {pool.name}",
                 )
+        _check_autoscaling(self)
         return self
 
     @property
@@ -567,6 +629,48 @@ def _unique(items: list[Any], attribute: str, field: str, alias: str | None = No
                 f"{value!r} is already used by {field}[{seen[value]}]",
             )
         seen[value] = index
+
+
+def _check_autoscaling(cfg: PlatformConfig) -> None:
+    """Autoscaling that the cluster and the Gateway can honour; InferenceObjective names unique."""
+    timeout = cfg.gateway.request_timeout_sec
+    for index, model in enumerate(cfg.models):
+        scaling = model.autoscaling
+        if scaling is None:
+            continue
+        if cfg.namespace == KEDA_NAMESPACE:
+            raise _FieldError(("namespace",), f"{KEDA_NAMESPACE!r} is KEDA's own namespace; choose another")
+        where = ("models", index, "autoscaling")
+        if scaling.wake_timeout >= timeout:
+            raise _FieldError(
+                (*where, "wakeTimeout"),
+                f"{scaling.wake_timeout}s is not shorter than gateway.requestTimeoutSec ({timeout}s), "
+                "the load balancer's limit for the wait and the answer together",
+            )
+        pool = cfg.pool_for(model)
+        if scaling.min_replicas == 0 and pool.min_nodes > 0:
+            raise _FieldError(
+                (*where, "minReplicas"),
+                f"0 saves nothing: node pool {pool.name} keeps minNodes {pool.min_nodes} "
+                "(set its minNodes to 0 so its nodes go too)",
+            )
+        capacity = pool.max_nodes * (pool.accelerator_count // model.accelerator_count)
+        if scaling.max_replicas > capacity:
+            raise _FieldError(
+                (*where, "maxReplicas"),
+                f"{scaling.max_replicas} exceeds the {capacity} pods node pool {pool.name} can hold "
+                f"(maxNodes {pool.max_nodes})",
+            )
+    owners: dict[str, int] = {}
+    for index, model in enumerate(cfg.models):
+        for position, objective in enumerate(model.objectives):
+            if objective.name in owners:
+                raise _FieldError(
+                    ("models", index, "objectives", position, "name"),
+                    f"{objective.name!r} is already an objective of models[{owners[objective.name]}] "
+                    "(InferenceObjectives share the namespace)",
+                )
+            owners[objective.name] = index
 
 
 def parse_platform_config(raw: object) -> PlatformConfig:

@@ -12,6 +12,7 @@ its EndpointPickerConfig.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,15 +35,32 @@ INFERENCE_API_VERSION = f"{INFERENCE_GROUP}/v1"
 MODEL_PORT = 8000
 CONFIG_MOUNT = "/config"
 CONFIG_FILE = "epp.yaml"
+FLOW_CONTROL_GATE = "flowControl"
 
 
-def endpoint_picker_config(settings: EppSettings) -> str:
-    """The EndpointPickerConfig YAML for ``settings``: the user's full config, else the named profile."""
+def endpoint_picker_config(settings: EppSettings, wake_timeout_sec: int | None = None) -> str:
+    """The EndpointPickerConfig YAML for ``settings``: the user's full config, else the named profile.
+
+    With ``wake_timeout_sec`` (a pool whose model may be at zero pods) the flow-control queue is
+    switched on (``featureGates: [flowControl]``) and holds a request that finds no endpoint that
+    long (``flowControl.noEndpointRequestTTL``, llm-d's field) while KEDA wakes the model.
+    """
     if settings.config is not None:
-        return endpoint_picker_yaml(settings.config)
-    # The profiles the installed EPP package ships: the same files the EPP image carries.
-    profile = resources.files(PROFILES_PACKAGE).joinpath(PROFILES_DIR, f"{settings.profile}.yaml")
-    return profile.read_text(encoding="utf-8")
+        text = endpoint_picker_yaml(settings.config)
+    else:
+        # The profiles the installed EPP package ships: the same files the EPP image carries.
+        profile = resources.files(PROFILES_PACKAGE).joinpath(PROFILES_DIR, f"{settings.profile}.yaml")
+        text = profile.read_text(encoding="utf-8")
+    if wake_timeout_sec is None:
+        return text
+    document = dict(yaml.safe_load(text) or {})
+    gates = [str(gate) for gate in document.get("featureGates") or []]
+    if FLOW_CONTROL_GATE not in gates:
+        gates.append(FLOW_CONTROL_GATE)
+    flow_control = dict(document.get("flowControl") or {})
+    flow_control["noEndpointRequestTTL"] = f"{wake_timeout_sec}s"
+    document |= {"featureGates": gates, "flowControl": flow_control}
+    return endpoint_picker_yaml(document)
 
 
 class InferencePoolCrd(pulumi.ComponentResource):
@@ -57,16 +75,23 @@ class InferencePoolCrd(pulumi.ComponentResource):
 
     def __init__(self, name: str, provider: k8s.Provider, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gke-llm-gateway:index:InferencePoolCrd", name, None, opts)
-        manifest = yaml.safe_load(CRD_MANIFEST.read_text(encoding="utf-8"))
-        if manifest.get("kind") != "CustomResourceDefinition":
-            raise ValueError(f"{CRD_MANIFEST} is not a CustomResourceDefinition")
-        self.crd = k8s.apiextensions.v1.CustomResourceDefinition(
-            manifest["metadata"]["name"],
-            metadata=manifest["metadata"],
-            spec=manifest["spec"],
-            opts=pulumi.ResourceOptions(parent=self, provider=provider, retain_on_delete=True),
-        )
-        self.register_outputs({"crd": manifest["metadata"]["name"]})
+        self.crd = vendored_crd(CRD_MANIFEST, provider, self)
+        self.register_outputs({"crd": self.crd.metadata.name})
+
+
+def vendored_crd(
+    path: Path, provider: k8s.Provider, parent: pulumi.Resource
+) -> k8s.apiextensions.v1.CustomResourceDefinition:
+    """A CRD from a vendored release manifest, retained on delete (deleting a CRD deletes its objects)."""
+    manifest = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if manifest.get("kind") != "CustomResourceDefinition":
+        raise ValueError(f"{path} is not a CustomResourceDefinition")
+    return k8s.apiextensions.v1.CustomResourceDefinition(
+        manifest["metadata"]["name"],
+        metadata=manifest["metadata"],
+        spec=manifest["spec"],
+        opts=pulumi.ResourceOptions(parent=parent, provider=provider, retain_on_delete=True),
+    )
 
 
 @dataclass(frozen=True)
@@ -84,6 +109,10 @@ class InferencePoolArgs:
     pool_api: pulumi.Resource
     """What makes the InferencePool API exist: the installed CRD, or the GKE cluster that ships it."""
     provider: k8s.Provider
+    wake_timeout_sec: int | None = None
+    """Set when a model of the pool may be at zero pods: how long its first request waits to wake it."""
+    objectives: dict[str, int] = dataclasses.field(default_factory=dict)
+    """InferenceObjective name -> priority, for the EPP's flow-control queue (``--objective``)."""
 
 
 class InferencePool(pulumi.ComponentResource):
@@ -164,7 +193,7 @@ class InferencePool(pulumi.ComponentResource):
         config_map = k8s.core.v1.ConfigMap(
             f"{epp_name}-config",
             metadata=meta(f"{epp_name}-config"),
-            data={CONFIG_FILE: endpoint_picker_config(args.epp)},
+            data={CONFIG_FILE: endpoint_picker_config(args.epp, args.wake_timeout_sec)},
             opts=child,
         )
         command = EppCommand(
@@ -175,6 +204,7 @@ class InferencePool(pulumi.ComponentResource):
             health_port=EPP_HEALTH_PORT,
             metrics_port=METRICS_PORT,
             pool_models=args.models,
+            objectives=args.objectives,
         )
         # Active-active: the load balancer spreads ext_proc streams over the replicas; each picks
         # on its own view (see EppSettings.replicas), and their first choices agree.

@@ -207,7 +207,6 @@ class ModelServer(pulumi.ComponentResource):
             deployment_metadata = {**metadata, "annotations": {SKIP_AWAIT: "true"}}
 
         deployment_spec: Fields = {
-            "replicas": model.replicas,
             "selector": {"matchLabels": self.selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
@@ -231,6 +230,10 @@ class ModelServer(pulumi.ComponentResource):
                 },
             },
         }
+        if model.autoscaling is None:
+            deployment_spec["replicas"] = model.replicas
+        # An autoscaled model's replicas are KEDA's (its HPA, or KEDA itself at zero): left out here,
+        # and ignored if a former fixed count is still in the state, so an update never fights it.
         self.deployment = k8s.apps.v1.Deployment(
             object_name,
             metadata=deployment_metadata,
@@ -239,6 +242,7 @@ class ModelServer(pulumi.ComponentResource):
                 parent=self,
                 provider=args.provider,
                 custom_timeouts=pulumi.CustomTimeouts(create="60m", update="60m"),
+                ignore_changes=["spec.replicas"] if model.autoscaling is not None else None,
             ),
         )
         service_spec: Fields = {

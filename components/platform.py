@@ -16,6 +16,7 @@ from epp.routing import split_into_pools
 
 from components.apis import GoogleApis, GoogleApisArgs, after_apis, required_apis
 from components.armor import SourceRangePolicy, SourceRangePolicyArgs
+from components.autoscaling import elastic, wake_timeout
 from components.bbr import BodyBasedRouter, BodyBasedRouterArgs
 from components.cluster import Cluster, ClusterArgs
 from components.config import ModelSpec, PlatformConfig
@@ -135,8 +136,9 @@ class Platform(pulumi.ComponentResource):
             else None
         )
         model_images: dict[str, pulumi.Output[str]] = {}
+        servers: dict[str, ModelServer] = {}
         for model in cfg.models:
-            server = ModelServer(
+            server = servers[model.name] = ModelServer(
                 model.name,
                 ModelServerArgs(
                     model=model,
@@ -193,6 +195,7 @@ class Platform(pulumi.ComponentResource):
         pools = split_into_pools(cfg.routing_mode, cfg.models, pool_of=pool_name, unified=UNIFIED_POOL)
         self.served_models = [ServedModel(m.served_name, pool.name) for pool in pools for m in pool.models]
         routes: list[Route] = []
+        pool_of: dict[str, tuple[InferencePool, str]] = {}
         for pool in pools:
             if pool.by_model:
                 [model] = pool.models  # a pool per model: its route matches that model
@@ -212,9 +215,12 @@ class Platform(pulumi.ComponentResource):
                     image=self.registry.image,
                     pool_api=pool_api,
                     provider=provider,
+                    wake_timeout_sec=wake_timeout(pool.models),
+                    objectives={o.name: o.priority for m in pool.models for o in m.objectives},
                 ),
                 opts=child,
             )
+            pool_of |= {m.name: (inference_pool, pool.name) for m in pool.models}
             PoolHealthCheck(
                 pool.name,
                 PoolHealthCheckArgs(
@@ -226,6 +232,8 @@ class Platform(pulumi.ComponentResource):
                 opts=child,
             )
             routes.append(Route(pool.name, served_name, inference_pool.pool))
+
+        elastic(self, cfg, self.cluster.cluster, servers, pool_of, namespace.ref, provider)
 
         self.gateway = Gateway(
             "gateway",

@@ -11,7 +11,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from render import StackRun, kubernetes_objects, render_stack
+from render import StackRun, kubernetes_objects, load_stack_config, render_stack
 from tests.infra.shared import SCHEMAS
 
 KUBERNETES_VERSION = "1.34.0"
@@ -151,6 +151,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "gateway": {"visibility": "internal", "allowedSourceRanges": ["10.0.0.0/8"], "auth": {"mode": "none"}}
     },
     "three picker replicas": {"epp": {"replicas": 3}},
+    "a model scaling to zero, with objectives": {
+        "models": [
+            load_stack_config("gpu")[1]["gke-llm-gateway:platform"]["models"][0],
+            {
+                key: value
+                for key, value in load_stack_config("gpu")[1]["gke-llm-gateway:platform"]["models"][1].items()
+                if key != "replicas"
+            }
+            | {
+                "autoscaling": {"minReplicas": 0, "maxReplicas": 2},
+                "objectives": [{"name": "chat", "priority": 5}],
+            },
+        ]
+    },
 }
 
 
