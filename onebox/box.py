@@ -399,9 +399,10 @@ class OneBox:
     def _epp_config(self, pool: RoutingPool[ModelSpec]) -> dict[str, object]:
         """The EPP's config setting: the profile or config file given, or for a pool with autoscaled
         models a config of the workdir with the flow-control queue on, so that a request for a model
-        at zero pods waits (up to the longest ``wakeTimeout``) while its first pod starts."""
-        wakes = [m.autoscaling.wake_timeout for m in pool.models if m.autoscaling is not None]
-        if not wakes:
+        at zero pods waits (up to the longest ``wakeTimeout`` of those with ``minReplicas: 0``) while
+        its first pod starts."""
+        scaled = [m.autoscaling for m in pool.models if m.autoscaling is not None]
+        if not scaled:
             if self.epp_config is not None:
                 return {"config_file": self.epp_config}
             return {"profile": self.epp_profile} if self.epp_profile else {}
@@ -414,7 +415,9 @@ class OneBox:
         gates = [g for g in document.get("featureGates", []) if g.partition("=")[0].strip() != "flowControl"]
         document["featureGates"] = [*gates, "flowControl"]
         flow = dict(document.get("flowControl") or {})
-        flow["noEndpointRequestTTL"] = f"{max(wakes):g}s"
+        wakes = [a.wake_timeout for a in scaled if a.min_replicas == 0]
+        if wakes:
+            flow["noEndpointRequestTTL"] = f"{max(wakes):g}s"
         document["flowControl"] = flow
         assert self._workdir is not None
         path = self._workdir / f"{pool.name}-epp-config.yaml"
@@ -555,7 +558,11 @@ class OneBox:
 def _timeouts_for(autoscaled: list[ModelSpec], timeouts: GatewayTimeouts | None) -> GatewayTimeouts:
     """The gateway's timeouts: the EPP may hold a request up to the longest ``wakeTimeout`` (its queue),
     so Envoy's ext_proc message timeout must be longer; raised from the default, an error if given."""
-    wakes = [(m.autoscaling.wake_timeout, m.name) for m in autoscaled if m.autoscaling is not None]
+    wakes = [
+        (m.autoscaling.wake_timeout, m.name)
+        for m in autoscaled
+        if m.autoscaling is not None and m.autoscaling.min_replicas == 0
+    ]
     if not wakes:
         return timeouts or GatewayTimeouts()
     wake, name = max(wakes)
