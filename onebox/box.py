@@ -43,16 +43,14 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
-from epp.contract import DEFAULT_PROFILE, ERROR_TYPES, join_host_port
+from epp.contract import ERROR_TYPES, join_host_port
 from epp.routing import ROUTING_MODES, RoutingMode, split_into_pools
 from epp.routing import Pool as RoutingPool
-from epp.scheduling.config import PROFILES_DIR, PROFILES_PACKAGE
 from epp.settings import BbrSettings, EppSettings, ServerSettings
 
 from onebox import backends, children
@@ -62,7 +60,7 @@ from onebox.envoy.process import envoy_child
 from onebox.envoy.replicas import Replica
 from onebox.keys import BoxKeys, load_keys
 from onebox.probes import until_ready
-from onebox.scaler import Scaler
+from onebox.scaler import Scaler, epp_config_document, with_flow_control
 from onebox.supervisor import Backoff, Child, ChildDied, ChildSpec, Supervisor
 from onebox.topology import ModelSpec, Topology
 
@@ -406,19 +404,11 @@ class OneBox:
             if self.epp_config is not None:
                 return {"config_file": self.epp_config}
             return {"profile": self.epp_profile} if self.epp_profile else {}
-        if self.epp_config is not None:
-            document = yaml.safe_load(self.epp_config.read_text(encoding="utf-8"))
-        else:
-            name = self.epp_profile or DEFAULT_PROFILE
-            profile = resources.files(PROFILES_PACKAGE).joinpath(PROFILES_DIR, f"{name}.yaml")
-            document = yaml.safe_load(profile.read_text(encoding="utf-8"))
-        gates = [g for g in document.get("featureGates", []) if g.partition("=")[0].strip() != "flowControl"]
-        document["featureGates"] = [*gates, "flowControl"]
-        flow = dict(document.get("flowControl") or {})
         wakes = [a.wake_timeout for a in scaled if a.min_replicas == 0]
-        if wakes:
-            flow["noEndpointRequestTTL"] = f"{max(wakes):g}s"
-        document["flowControl"] = flow
+        document = with_flow_control(
+            epp_config_document(self.epp_profile, self.epp_config),
+            no_endpoint_ttl=max(wakes) if wakes else None,
+        )
         assert self._workdir is not None
         path = self._workdir / f"{pool.name}-epp-config.yaml"
         path.write_text(yaml.safe_dump(document, sort_keys=False))

@@ -35,10 +35,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
 
 import httpx
+import yaml
+from epp.contract import DEFAULT_PROFILE
 from epp.flowcontrol.metrics import QUEUE_SIZE, names
+from epp.scheduling.config import PROFILES_DIR, PROFILES_PACKAGE
 from prometheus_client.parser import text_string_to_metric_families
 
 from onebox.topology import Autoscaling, ModelSpec
@@ -221,3 +226,38 @@ class Scaler:
                         except Exception as exc:  # a pod that failed to start: try again later
                             _log.warning("%s: scaling to %d failed: %s", model.name, wanted, exc)
                 await asyncio.sleep(scaling.polling_seconds)
+
+
+def epp_config_document(profile: str | None = None, config_file: Path | None = None) -> dict[str, Any]:
+    """An EndpointPickerConfig as a mapping: ``config_file``'s, else the shipped ``profile``'s."""
+    if config_file is not None:
+        text = config_file.read_text(encoding="utf-8")
+    else:
+        name = profile or DEFAULT_PROFILE
+        shipped = resources.files(PROFILES_PACKAGE).joinpath(PROFILES_DIR, f"{name}.yaml")
+        text = shipped.read_text(encoding="utf-8")
+    document = yaml.safe_load(text)
+    if not isinstance(document, dict):
+        raise ValueError(f"{config_file or profile}: not an EndpointPickerConfig mapping")
+    return document
+
+
+def with_flow_control(
+    document: dict[str, Any], *, no_endpoint_ttl: float | None = None, queue_depth: int | None = None,
+    **flow: object,
+) -> dict[str, Any]:  # fmt: skip
+    """``document`` with upstream's ``flowControl`` gate on; ``no_endpoint_ttl``: its
+    ``noEndpointRequestTTL`` (seconds); ``queue_depth``: the saturation detector's
+    ``queueDepthThreshold`` (0: a request waits in the EPP rather than in a pod's queue); ``flow``:
+    other ``flowControl`` fields under their upstream names."""
+    out = dict(document)
+    gates = [g for g in out.get("featureGates", []) if str(g).partition("=")[0].strip() != "flowControl"]
+    out["featureGates"] = [*gates, "flowControl"]
+    section = {**(out.get("flowControl") or {}), **flow}
+    if no_endpoint_ttl is not None:
+        section["noEndpointRequestTTL"] = f"{no_endpoint_ttl:g}s"
+    out["flowControl"] = section
+    if queue_depth is not None:
+        detector = dict(out.get("saturationDetector") or {})
+        out["saturationDetector"] = {**detector, "queueDepthThreshold": queue_depth}
+    return out

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from epp.datastore import Datastore, Endpoint, Metrics
 from epp.flowcontrol.metrics import FlowControlMetrics
+from epp.scheduling.config import parse_config
 from epp.telemetry import Telemetry
 from prometheus_client import generate_latest
 
 from onebox.box import OneBox
 from onebox.envoy.limits import GatewayTimeouts
-from onebox.scaler import Decider, Signals, read_signals, recommended
+from onebox.scaler import Decider, Signals, epp_config_document, read_signals, recommended, with_flow_control
 from onebox.topology import Autoscaling, TopologyError, load_preset, parse_topology
 
 MODEL = "tiny/a"
@@ -139,3 +141,15 @@ def test_a_model_with_a_minimum_keeps_it_and_scales_down_only_after_the_window()
     assert decider.decide(5.0, 3, Signals()) == 3  # stabilization: 3 was asked 5 s ago
     assert decider.decide(11.0, 3, Signals()) == 1
     assert decider.decide(100.0, 1, Signals()) == 1  # never below minReplicas
+
+
+def test_the_flow_control_config_is_a_valid_endpoint_picker_config_with_the_gate_and_ttl() -> None:
+    document = with_flow_control(epp_config_document(), no_endpoint_ttl=45, queue_depth=0, maxRequests=100)
+    config = parse_config(yaml.safe_dump(document))
+    flow = config.flow_control_config()
+    assert flow is not None
+    assert (flow.no_endpoint_request_ttl, flow.max_requests) == (45.0, 100)
+    assert config.saturation_detector.queue_depth_threshold == 0
+    # The profile's scheduling is kept.
+    default = parse_config(yaml.safe_dump(epp_config_document()))
+    assert config.scheduling_profiles == default.scheduling_profiles
