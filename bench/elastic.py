@@ -88,6 +88,10 @@ class ElasticResult:
     def passed(self) -> bool:
         return all(f.passed is not False for f in self.figures)
 
+    def say(self, out: Output, line: str) -> None:
+        self.lines.append(line)
+        out(f"  {line}")
+
 
 def _p50_ttft(results: Sequence[RequestResult]) -> float | None:
     return percentile([r.ttft for r in results if r.ok and r.ttft is not None], 50)
@@ -203,13 +207,10 @@ async def fairness(quick: bool = False, time_scale: float = 1.0, out: Output = p
             ratios[label] = ratio
             errors = sum(1 for r in light if not r.ok)
             heavy_errors = sum(1 for r in heavy if not r.ok)
-            line = (
-                f"{label}: light TTFT p50 alone {_ms(alone)}, under the flood {_ms(flooded)} "
-                f"({'n/a' if ratio is None else f'{ratio:.1f}x'}); light errors {errors}/{len(light)}; "
-                f"heavy answered {len(heavy) - heavy_errors}, errors {heavy_errors}"
-            )
-            result.lines.append(line)
-            out(f"  {line}")
+            times = "n/a" if ratio is None else f"{ratio:.1f}x"
+            result.say(out, f"{label}: light TTFT p50 alone {_ms(alone)}, under the flood {_ms(flooded)} "
+                       f"({times}); light errors {errors}/{len(light)}; "
+                       f"heavy answered {len(heavy) - heavy_errors}, errors {heavy_errors}")  # fmt: skip
             if epp_config is not None:
                 result.figures += [
                     Figure("light TTFT p50 flooded/alone", ratio, "x", FAIRNESS_TARGET),
@@ -242,13 +243,9 @@ async def cold_start(quick: bool = False, time_scale: float = 1.0, out: Output =
             warm = await runner.send(_specs(1, 8, seed=22)[0], time.perf_counter())
     ttfts = [r.ttft for r in answers if r.ok and r.ttft is not None]
     failed = sum(1 for r in answers if not r.ok)
-    line = (
-        f"time to first token of the first requests: min {_ms(min(ttfts, default=None))}, "
-        f"max {_ms(max(ttfts, default=None))}; failed {failed}/{len(answers)}; the next request, warm: "
-        f"{_ms(warm.ttft)}; the scaler saw the queued requests after {_ms(woke)}"
-    )
-    result.lines.append(line)
-    out(f"  {line}")
+    result.say(out, f"time to first token of the first requests: min {_ms(min(ttfts, default=None))}, "
+               f"max {_ms(max(ttfts, default=None))}; failed {failed}/{len(answers)}; the next request, "
+               f"warm: {_ms(warm.ttft)}; the scaler saw the queued requests after {_ms(woke)}")  # fmt: skip
     result.figures += [
         Figure("first request TTFT", max(ttfts, default=None), " s"),
         Figure("failed requests", float(failed), "", 0.0),
