@@ -547,7 +547,7 @@ class OneBox:
 
 def _timeouts_for(autoscaled: list[ModelSpec], timeouts: GatewayTimeouts | None) -> GatewayTimeouts:
     """The gateway's timeouts: the EPP may hold a request up to the longest ``wakeTimeout`` (its queue),
-    so Envoy's ext_proc message timeout must be longer; raised from the default, an error if given."""
+    so Envoy's ext_proc message timeout must be longer: raised from the default, an error if set shorter."""
     wakes = [
         (m.autoscaling.wake_timeout, m.name)
         for m in autoscaled
@@ -556,11 +556,10 @@ def _timeouts_for(autoscaled: list[ModelSpec], timeouts: GatewayTimeouts | None)
     if not wakes:
         return timeouts or GatewayTimeouts()
     wake, name = max(wakes)
-    if timeouts is None:
-        default = GatewayTimeouts()
-        return default.model_copy(
-            update={"ext_proc_message": max(default.ext_proc_message, wake + _WAKE_MARGIN)}
-        )
+    timeouts = timeouts or GatewayTimeouts()
+    if "ext_proc_message" not in timeouts.model_fields_set:  # the default: raised to fit
+        longer = max(timeouts.ext_proc_message, wake + _WAKE_MARGIN)
+        return timeouts.model_copy(update={"ext_proc_message": longer})
     if timeouts.ext_proc_message < wake + _WAKE_MARGIN:
         raise ValueError(
             f"model {name}: autoscaling.wakeTimeout ({wake:g} s) must be at least {_WAKE_MARGIN:g} s shorter "

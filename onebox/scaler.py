@@ -39,7 +39,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 import yaml
 from epp.contract import DEFAULT_PROFILE
 from epp.flowcontrol.metrics import QUEUE_SIZE, names
@@ -191,27 +191,27 @@ class Scaler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
-    async def _read(self, client: httpx.AsyncClient, model: ModelSpec) -> Signals | None:
+    async def _read(self, session: aiohttp.ClientSession, model: ModelSpec) -> Signals | None:
         texts = []
         for url in self._box.metrics_urls(model):
             try:
-                response = await client.get(url)
-                response.raise_for_status()
-            except httpx.HTTPError as exc:
+                async with session.get(url, raise_for_status=True) as response:
+                    texts.append(await response.text())
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 # An EPP restarting: KEDA keeps the replicas it has when its scaler fails.
                 _log.warning("%s: cannot read %s (%s); keeping %d replicas", model.name, url, exc,
                              self._box.replicas(model))  # fmt: skip
                 return None
-            texts.append(response.text)
         return read_signals(texts, model.served_name, self._box.pod_names(model))
 
     async def _loop(self, model: ModelSpec) -> None:
         scaling = model.autoscaling
         assert scaling is not None
         decider = Decider(scaling, last_active=self._clock())
-        async with httpx.AsyncClient(timeout=max(0.5, scaling.polling_seconds)) as client:
+        timeout = aiohttp.ClientTimeout(total=max(0.5, scaling.polling_seconds))
+        async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
-                signals = await self._read(client, model)
+                signals = await self._read(session, model)
                 if signals is not None:
                     self.last[model.served_name] = signals
                     current = self._box.replicas(model)

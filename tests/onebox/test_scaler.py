@@ -77,6 +77,8 @@ def test_a_wake_timeout_beyond_the_gateways_ext_proc_timeout_is_refused() -> Non
     with pytest.raises(ValueError, match=r"phi3: autoscaling.wakeTimeout \(60 s\)"):
         OneBox(elastic, timeouts=GatewayTimeouts(ext_proc_message=30))
     assert OneBox(elastic).timeouts.ext_proc_message >= 65  # raised from the default 10 s
+    other = OneBox(elastic, timeouts=GatewayTimeouts(upstream_idle=100)).timeouts  # as the CLI passes them
+    assert (other.ext_proc_message, other.upstream_idle) == (65, 100)
 
 
 def test_round_robin_with_autoscaled_models_is_refused() -> None:
