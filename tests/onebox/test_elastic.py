@@ -104,3 +104,17 @@ async def test_a_model_slower_to_wake_than_its_wake_timeout_gets_a_503_with_retr
         assert await wait_until(lambda: box.replicas(model) == 1, within=15)
         later = await client.post("/v1/chat/completions", json=chat("tiny/slow"))
         assert later.status_code == 200, later.text
+
+
+async def test_in_the_unified_pool_the_epp_itself_lists_a_model_at_zero_pods() -> None:
+    topology = short_idle(load_preset("elastic"))
+    [cold] = [m for m in topology.models if m.initial_replicas == 0]
+    async with (
+        OneBox(topology, time_scale=0, mode="unified-pool") as box,
+        httpx.AsyncClient(base_url=box.gateway_url, timeout=WAKE_TIMEOUT + 10) as client,
+    ):
+        assert box.replicas(cold) == 0
+        listed = (await client.get("/v1/models")).json()  # answered by the EPP: no BBR in this mode
+        assert {m.served_name for m in topology.models} == {m["id"] for m in listed["data"]}
+        answer = await client.post("/v1/chat/completions", json=chat(cold.served_name))
+        assert answer.status_code == 200, answer.text
