@@ -76,31 +76,28 @@ class Starting:
 
 
 async def start_pods(supervisor: Supervisor, spec: ModelSpec, *, time_scale: float) -> list[Starting]:
-    """Start (or, for endpoints, just name) every pod of ``spec``."""
-    kind = kind_of(spec)
-    if kind == "endpoints":
+    """Start (or, for endpoints, just name) every pod ``spec`` starts with (``initial_replicas``)."""
+    if kind_of(spec) == "endpoints":
         return [
             Starting(f"{spec.name}-{i}", None, (url.host, url.port), http_ok(f"{url.url}/v1/models"))
             for i, url in enumerate(spec.endpoints)
         ]
-    if kind == "vllm":
-        return await _start_vllm(supervisor, spec)
-    starting = []
-    for i in range(spec.replicas):
-        name = f"{spec.name}-{i}"
-        args = ["--model", spec.served_name, "--time-scale", str(time_scale), *spec.sim_for(i).flags()]
-        starting.append(Starting(name, await supervisor.launch(children.simulator(name, HOST, args))))
-    return starting
+    return [
+        await start_replica(supervisor, spec, i, time_scale=time_scale) for i in range(spec.initial_replicas)
+    ]
 
 
-async def _start_vllm(supervisor: Supervisor, spec: ModelSpec) -> list[Starting]:
-    python = realvllm.vllm_python()
-    tiny = await realvllm.ensure_tiny_model(python) if spec.vllm.needs_tiny_model() else None
-    starting = []
-    for i in range(spec.replicas):
+async def start_replica(
+    supervisor: Supervisor, spec: ModelSpec, index: int, *, time_scale: float
+) -> Starting:
+    """Start replica ``index`` (pod ``<name>-<index>``) of a simulated or real-vLLM model."""
+    name = f"{spec.name}-{index}"
+    if kind_of(spec) == "vllm":
+        python = realvllm.vllm_python()
+        tiny = await realvllm.ensure_tiny_model(python) if spec.vllm.needs_tiny_model() else None
         child_spec = realvllm.server_spec(
-            f"{spec.name}-{i}", python, spec.vllm, served_name=spec.served_name, host=HOST, tiny=tiny
+            name, python, spec.vllm, served_name=spec.served_name, host=HOST, tiny=tiny
         )
-        child = await supervisor.launch(child_spec)
-        starting.append(Starting(child_spec.name, child, within=spec.vllm.startup_timeout))
-    return starting
+        return Starting(name, await supervisor.launch(child_spec), within=spec.vllm.startup_timeout)
+    args = ["--model", spec.served_name, "--time-scale", str(time_scale), *spec.sim_for(index).flags()]
+    return Starting(name, await supervisor.launch(children.simulator(name, HOST, args)))

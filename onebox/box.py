@@ -26,6 +26,11 @@ Kubernetes would restart a container; meanwhile the gateway answers that child's
 JSON 503 (or 502 for a pod). ``fail_fast=True`` instead makes the first death the box's
 ``failure`` (``wait_for_failure``), for an owner that stops everything then.
 
+Models with ``autoscaling`` start with ``minReplicas`` pods (0: none, and the start-up check skips
+them); their pools' EPPs run the flow-control queue (``featureGates: [flowControl]``, with
+``noEndpointRequestTTL`` = the model's ``wakeTimeout``), and once up the box runs a scaler
+(``onebox.scaler``) that starts and stops their pods and rewrites the EPPs' endpoints files.
+
 Leaving the context (or ``stop()``) stops every child and removes the working directory.
 """
 
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -54,6 +60,7 @@ from onebox.envoy.process import admin_socket, envoy_child, envoy_log_level
 from onebox.envoy.replicas import Replica
 from onebox.keys import BoxKeys, load_keys
 from onebox.probes import until_ready
+from onebox.scaler import Scaler, epp_config_document, with_flow_control
 from onebox.supervisor import Backoff, Child, ChildDied, ChildSpec, Supervisor
 from onebox.topology import ModelSpec, Topology
 
@@ -64,6 +71,10 @@ Mode = RoutingMode
 MODES: tuple[str, ...] = ROUTING_MODES
 HOST = "127.0.0.1"
 MAX_REPLICAS = 8  # EPP or BBR replicas per group: each is a Python process on a small machine
+# Beyond a wake timeout, the EPP's answer to Envoy may take this long (its 503 on the way back).
+_WAKE_MARGIN = 5.0
+# After a pod leaves the endpoints file, the EPP re-reads it within its poll interval (0.5 s).
+_DRAIN_SECONDS = 1.0
 
 _log = logging.getLogger("onebox.box")
 
@@ -171,9 +182,11 @@ class OneBox:
         api_keys: Path | None = None,
         bbr_buffered_bytes: int | None = None,
         monitoring: BoxPrometheus | None = None,
+        epp_config: Path | None = None,
     ) -> None:
         """``bbr_buffered_bytes``: the request body bytes each BBR replica may hold at once (its
-        default: half its memory limit, or 1 GiB)."""
+        default: half its memory limit, or 1 GiB). ``epp_config``: an EndpointPickerConfig file for
+        every EPP (instead of ``epp_profile``)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
         if log_level not in children.LOG_LEVELS:
@@ -183,7 +196,14 @@ class OneBox:
         for what, count in (("epp_replicas", epp_replicas), ("bbr_replicas", bbr_replicas)):
             if not 1 <= count <= MAX_REPLICAS:
                 raise ValueError(f"{what} must be within 1..{MAX_REPLICAS}, got {count}")
+        if epp_config is not None and epp_profile is not None:
+            raise ValueError("give epp_config or epp_profile, not both")
+        autoscaled = [m for m in topology.models if m.autoscaling is not None]
+        if autoscaled and round_robin:
+            raise ValueError("round_robin needs fixed pods; the topology has autoscaled models")
+        timeouts = _timeouts_for(autoscaled, timeouts)
         self.topology = topology
+        self.epp_config = epp_config
         # Checked now: a bad entry is the caller's error (KeysFileError, a ValueError), before any start.
         self.keys: BoxKeys | None = None
         if api_keys is not None:
@@ -202,16 +222,18 @@ class OneBox:
         self.startup_timeout = startup_timeout
         self.log_level = log_level
         self.limits = limits or GatewayLimits()
-        self.timeouts = timeouts or GatewayTimeouts()
+        self.timeouts = timeouts
         self.supervisor = Supervisor(log_dir=log_dir, restart=None if fail_fast else (restart or Backoff()))
         self.pods: list[Pod] = []
         self.epps: dict[str, list[ExtProcServer]] = {}  # pool name (or "unified") -> its EPP replicas
         self.bbrs: list[ExtProcServer] = []
         self.gateway_port = port or 0  # 0 until Envoy reports the port it bound
         self.round_robin_port: int | None = None
+        self.scaler: Scaler | None = None
         self._workdir: Path | None = None
         # A Prometheus scraping every child, started last (``onebox.prometheus``).
         self.monitoring = monitoring
+        self._scaling = asyncio.Lock()
 
     # -- public surface -------------------------------------------------------------------
     @property
@@ -279,11 +301,16 @@ class OneBox:
             if self.monitoring is not None:
                 await self.monitoring.start(self, self._workdir)
             await self._check_every_model_is_served()
+            if any(m.autoscaling is not None for m in self.topology.models):
+                self.scaler = Scaler(self, self.topology.models)
+                self.scaler.start()
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
+        if self.scaler is not None:
+            await self.scaler.stop()
         await self.supervisor.stop()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
@@ -349,7 +376,10 @@ class OneBox:
         endpoints = [
             {"name": p.name, "address": p.host, "port": p.port, "labels": {"pool": p.pool}} for p in pods
         ]
-        path.write_text(yaml.safe_dump({"endpoints": endpoints}, sort_keys=False))
+        # Replaced whole: the EPP re-reads it while pods come and go (autoscaling).
+        partial = path.with_suffix(".partial")
+        partial.write_text(yaml.safe_dump({"endpoints": endpoints}, sort_keys=False))
+        os.replace(partial, path)
         return path
 
     def _pods_of(self, pool: RoutingPool[ModelSpec]) -> list[Pod]:
@@ -360,11 +390,14 @@ class OneBox:
         for pool in self.pools:
             pods = self._pods_of(pool)
             endpoints = self._endpoints_file(pool.name, pods)
+            # The pool's models from the topology, not from its pods: a model at zero pods stays
+            # listed and is answered 503 (or waits in the queue), never 404.
+            served = {m.served_name for m in pool.models}
             settings = EppSettings.model_validate(
                 {
                     "endpoints_file": endpoints,
-                    "pool_models": sorted({p.model for p in pods}),
-                    **({"profile": self.epp_profile} if self.epp_profile else {}),
+                    "pool_models": sorted(served | {p.model for p in pods}),
+                    **self._epp_config(pool),
                 }
             )
             base = f"epp-{pool.name}" if pool.by_model else "epp"
@@ -374,6 +407,63 @@ class OneBox:
                 self.epps.setdefault(pool.name, []).append(ExtProcServer(name, child))
                 starting.append(child)
         return starting
+
+    def _epp_config(self, pool: RoutingPool[ModelSpec]) -> dict[str, object]:
+        """The EPP's config setting: the profile or config file given, or for a pool with autoscaled
+        models a config of the workdir with the flow-control queue on, so that a request for a model
+        at zero pods waits (up to the longest ``wakeTimeout`` of those with ``minReplicas: 0``) while
+        its first pod starts."""
+        scaled = [m.autoscaling for m in pool.models if m.autoscaling is not None]
+        if not scaled:
+            if self.epp_config is not None:
+                return {"config_file": self.epp_config}
+            return {"profile": self.epp_profile} if self.epp_profile else {}
+        wakes = [a.wake_timeout for a in scaled if a.min_replicas == 0]
+        document = with_flow_control(
+            epp_config_document(self.epp_profile, self.epp_config),
+            no_endpoint_ttl=max(wakes) if wakes else None,
+        )
+        assert self._workdir is not None
+        path = self._workdir / f"{pool.name}-epp-config.yaml"
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        return {"config_file": path}
+
+    # -- autoscaling (onebox.scaler) -------------------------------------------------------
+    def replicas(self, model: ModelSpec) -> int:
+        return sum(1 for p in self.pods if p.model == model.served_name)
+
+    def pod_names(self, model: ModelSpec) -> set[str]:
+        return {p.name for p in self.pods if p.model == model.served_name}
+
+    def metrics_urls(self, model: ModelSpec) -> list[str]:
+        pool = model.pool_name if self.pools[0].by_model else self.pools[0].name
+        return [f"http://{join_host_port(HOST, e.metrics_port)}/metrics" for e in self.epps[pool]]
+
+    async def scale(self, model: ModelSpec, replicas: int) -> None:
+        """Start or stop pods of ``model`` until it has ``replicas``; the EPPs learn of each pod
+        through their endpoints file once it is ready (new) or before it stops (leaving)."""
+        async with self._scaling:
+            mine = sorted((p for p in self.pods if p.model == model.served_name), key=lambda p: p.name)
+            if replicas > len(mine):
+                used = {p.name for p in mine}
+                free = (i for i in range(model.most_replicas) if f"{model.name}-{i}" not in used)
+                starting = [
+                    await backends.start_replica(self.supervisor, model, i, time_scale=self.time_scale)
+                    for _, i in zip(range(replicas - len(mine)), free, strict=False)
+                ]
+                await self._wait_pods(starting)
+                self.pods += [Pod(s.name, model.served_name, model.pool_name, s.child) for s in starting]
+                self._write_endpoints()
+            elif replicas < len(mine):
+                leaving = mine[replicas:]
+                self.pods = [p for p in self.pods if p not in leaving]
+                self._write_endpoints()
+                await asyncio.sleep(_DRAIN_SECONDS)
+                await asyncio.gather(*(self.supervisor.retire(p.child) for p in leaving if p.child))
+
+    def _write_endpoints(self) -> None:
+        for pool in self.pools:
+            self._endpoints_file(pool.name, self._pods_of(pool))
 
     async def _start_gateways(self) -> None:
         assert self._workdir is not None
@@ -424,7 +514,11 @@ class OneBox:
         """
         deadline = time.monotonic() + self.startup_timeout
         async with httpx.AsyncClient(base_url=self.gateway_url, timeout=10.0) as client:
-            for model in self.topology.served_names:
+            for spec in self.topology.models:
+                model = spec.served_name
+                if spec.initial_replicas == 0 and not spec.endpoints:
+                    _log.info("%s starts at zero pods: its first request wakes it", model)
+                    continue
                 body = {"model": model, "messages": [{"role": "user", "content": "ready?"}], "max_tokens": 1}
                 headers, expected = self._check_request(model)
                 while True:
@@ -467,6 +561,30 @@ class OneBox:
             model, self.keys.path,
         )  # fmt: skip
         return {}, (401, ERROR_TYPES[401])
+
+
+def _timeouts_for(autoscaled: list[ModelSpec], timeouts: GatewayTimeouts | None) -> GatewayTimeouts:
+    """The gateway's timeouts: the EPP may hold a request up to the longest ``wakeTimeout`` (its queue),
+    so Envoy's ext_proc message timeout must be longer: raised from the default, an error if set shorter."""
+    wakes = [
+        (m.autoscaling.wake_timeout, m.name)
+        for m in autoscaled
+        if m.autoscaling is not None and m.autoscaling.min_replicas == 0
+    ]
+    if not wakes:
+        return timeouts or GatewayTimeouts()
+    wake, name = max(wakes)
+    timeouts = timeouts or GatewayTimeouts()
+    if "ext_proc_message" not in timeouts.model_fields_set:  # the default: raised to fit
+        longer = max(timeouts.ext_proc_message, wake + _WAKE_MARGIN)
+        return timeouts.model_copy(update={"ext_proc_message": longer})
+    if timeouts.ext_proc_message < wake + _WAKE_MARGIN:
+        raise ValueError(
+            f"model {name}: autoscaling.wakeTimeout ({wake:g} s) must be at least {_WAKE_MARGIN:g} s shorter "
+            f"than the gateway's ext_proc message timeout ({timeouts.ext_proc_message:g} s): a request "
+            "waiting for the model to wake would get Envoy's 503 first"
+        )
+    return timeouts
 
 
 def _answered_by(response: httpx.Response) -> str | None:

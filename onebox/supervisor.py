@@ -136,6 +136,7 @@ class Child:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
     ready_once: bool = False
+    retired: bool = False  # stopped on purpose (scaled down): its exit is no death
     restarts: int = 0
     quick_deaths: int = 0
     _matchers: list[tuple[LineParser, asyncio.Future[Ports]]] = field(default_factory=list)
@@ -257,7 +258,7 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(child.reader), 1.0)
         child.exited.set()
-        if self._stopping or self.failure is not None:
+        if self._stopping or self.failure is not None or child.retired:
             return
         death = ChildDied(child.name, returncode, child.tail)
         self.deaths.append(death)
@@ -277,7 +278,7 @@ class Supervisor:
         assert self.restart is not None
         await asyncio.sleep(delay)
         async with self._spawning:
-            if self._stopping:
+            if self._stopping or child.retired:
                 return
             child.process = await self._spawn(child.spec, child.ports)
             child.started_at = time.monotonic()
@@ -336,6 +337,19 @@ class Supervisor:
             for pending in (task, exited):
                 pending.cancel()
             await asyncio.gather(task, exited, return_exceptions=True)
+
+    async def retire(self, child: Child, grace: float = 5.0) -> None:
+        """Stop one child on purpose (a pod scaled down): SIGTERM, SIGKILL after ``grace`` s, forget it."""
+        child.retired = True
+        async with self._spawning:  # not in the middle of a restart's spawn
+            _signal_group(child, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(child.process.wait(), grace)
+        except TimeoutError:
+            _signal_group(child, signal.SIGKILL)
+            await child.process.wait()
+        if child in self.children:
+            self.children.remove(child)
 
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM every child's process group, SIGKILL what is left after ``grace`` seconds, reap all."""

@@ -18,6 +18,9 @@ Loaded from YAML and validated with pydantic; the presets live in ``onebox/prese
       - name: mine
         served_name: meta-llama/Llama-3.1-8B-Instruct
         endpoints: [http://127.0.0.1:8000]  # servers you run (onebox.endpoints)
+      - name: cold
+        served_name: tiny/cold
+        autoscaling: {minReplicas: 0, maxReplicas: 2, idleSeconds: 20}  # onebox.scaler, KEDA's way
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from onebox import backends
 from onebox.endpoints import EndpointURL, check_public
 from onebox.realvllm import VllmOptions
 
-PRESETS = ("gpu", "tpu", "scaleout")
+PRESETS = ("gpu", "tpu", "scaleout", "elastic")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -73,6 +76,49 @@ class SimOptions(BaseModel):
         return out
 
 
+class Autoscaling(BaseModel):
+    """How the box's scaler (``onebox.scaler``) sizes a model, with KEDA's semantics and the stacks'
+    field names: replicas = ceil(signal / target per replica) for each signal, the largest wins, within
+    [minReplicas, maxReplicas]; from zero, the first queued request beyond ``activationQueue`` wakes
+    the model; to ``minReplicas`` (0 included) after ``idleSeconds`` with nothing queued or in flight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    min_replicas: int = Field(default=1, ge=0, le=16, alias="minReplicas")
+    max_replicas: int = Field(default=1, ge=1, le=16, alias="maxReplicas")
+    target_queue_per_replica: float = Field(
+        default=2, gt=0, alias="targetQueuePerReplica",
+        description="requests waiting in the EPP's flow-control queue for this model, per replica",
+    )  # fmt: skip
+    target_waiting_per_replica: float = Field(
+        default=4, gt=0, alias="targetWaitingPerReplica",
+        description="requests waiting in the pods' own queues (num_requests_waiting), per replica",
+    )  # fmt: skip
+    target_kv_cache_usage: float = Field(default=0.8, gt=0, le=1, alias="targetKvCacheUsage")
+    activation_queue: float = Field(
+        default=0, ge=0, alias="activationQueue",
+        description="queued requests above which a model at zero wakes (0: the first one)",
+    )  # fmt: skip
+    idle_seconds: float = Field(default=20, gt=0, alias="idleSeconds")
+    wake_timeout: float = Field(
+        default=120, gt=0, alias="wakeTimeout",
+        description="seconds a request waits in the EPP for a model with no pod (noEndpointRequestTTL)",
+    )  # fmt: skip
+    polling_seconds: float = Field(
+        default=1.0, gt=0, le=300, alias="pollingSeconds",
+        description="how often the scaler reads the EPP's metrics (KEDA's pollingInterval; 1 s in the box)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"autoscaling.minReplicas ({self.min_replicas}) is greater than "
+                f"autoscaling.maxReplicas ({self.max_replicas})"
+            )
+        return self
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -89,6 +135,9 @@ class ModelSpec(BaseModel):
         default_factory=dict,
         description="replica index -> simulator options for that pod only, over sim (heterogeneous pods)",
     )
+    autoscaling: Autoscaling | None = Field(
+        default=None, description="scale between minReplicas and maxReplicas (instead of replicas)"
+    )
 
     @model_validator(mode="after")
     def _labels(self) -> ModelSpec:
@@ -96,10 +145,18 @@ class ModelSpec(BaseModel):
             if not _DNS_LABEL.match(value):
                 raise ValueError(f"model {what} {value!r} must be a DNS label (a-z, 0-9, '-')")
         backends.check_sources(self)
-        outside = sorted(i for i in self.pods if not 0 <= i < self.replicas)
+        if self.autoscaling is not None:
+            if "replicas" in self.model_fields_set:
+                raise ValueError(
+                    f"model {self.name}: give replicas or autoscaling, not both (an autoscaled model "
+                    "starts with autoscaling.minReplicas)"
+                )
+            if backends.kind_of(self) == "endpoints":
+                raise ValueError(f"model {self.name}: autoscaling needs pods the box starts, not endpoints")
+        outside = sorted(i for i in self.pods if not 0 <= i < self.most_replicas)
         if outside:
             raise ValueError(
-                f"model {self.name} pods {outside}: no such replica (indices 0..{self.replicas - 1})"
+                f"model {self.name} pods {outside}: no such replica (indices 0..{self.most_replicas - 1})"
             )
         for i, options in self.pods.items():
             if options.loras:
@@ -121,6 +178,15 @@ class ModelSpec(BaseModel):
     @property
     def pool_name(self) -> str:
         return self.pool or self.name
+
+    @property
+    def initial_replicas(self) -> int:
+        """The pods the box starts with: ``replicas``, or for an autoscaled model its minimum."""
+        return self.replicas if self.autoscaling is None else self.autoscaling.min_replicas
+
+    @property
+    def most_replicas(self) -> int:
+        return self.replicas if self.autoscaling is None else self.autoscaling.max_replicas
 
 
 class Topology(BaseModel):

@@ -115,7 +115,8 @@ class PoolView:
     # Models a request may name: the pool's configured models and those of every endpoint whose
     # models are known, ejected ones included (their model is unavailable, a 503, not unknown).
     known_models: frozenset[str]
-    # Sorted union of the routable endpoints' models (what GET /v1/models lists).
+    # Sorted union of the routable endpoints' models and the pool's configured ones (what GET
+    # /v1/models lists: a model scaled to zero stays listed).
     served_models: tuple[str, ...]
     # The OpenAI-style GET /v1/models body listing ``served_models``.
     models_body: bytes
@@ -130,13 +131,14 @@ def derive_view(version: int, endpoints: Iterable[Endpoint], pool_models: frozen
         for model in endpoint.models:
             by_model.setdefault(model, []).append(endpoint)
     served = tuple(sorted(by_model))
+    listed = tuple(sorted(pool_models.union(served)))
     return PoolView(
         version=version,
         endpoints=routable,
         by_model={model: tuple(serving) for model, serving in by_model.items()},
         known_models=pool_models.union(served, ejected_models),
-        served_models=served,
-        models_body=model_list_body(served),
+        served_models=listed,
+        models_body=model_list_body(listed),
     )
 
 
