@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from envoy.config.core.v3.base_pb2 import HeaderValueOption
 
 from epp import api_screen
-from epp.api_routes import DEFAULT_ROUTES, ApiRoutes, is_models_path
+from epp.api_routes import DEFAULT_ROUTES, READ_METHODS, ApiRoutes, is_models_path
 from epp.auth.check import KeyCheck
 from epp.auth.labels import key_name
 from epp.auth.store import Tenant
@@ -39,7 +39,7 @@ from epp.extproc.decision import PASS, Decision, Route
 from epp.extproc.errors import bodyless, missing_model, unknown_model
 from epp.extproc.messages import header_option
 from epp.extproc.model_scan import ModelScanner
-from epp.extproc.models import MODELS_PATH, ModelList
+from epp.extproc.models import ModelList
 from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES, Exchange
 from epp.model_list import model_list_body
 from epp.telemetry import OTHER_MODEL, Telemetry
@@ -115,7 +115,7 @@ class BodyBasedRouter:
         request counts against the key's limit (refused ones included), but a read of the model list."""
         if self._keys is not None:
             tenant = exchange.state.tenant = self._keys.authenticate(exchange.headers)
-            if not _model_list_read(exchange.method, exchange.path):
+            if not (exchange.method in READ_METHODS and is_models_path(exchange.path)):
                 self._keys.admit(tenant)
         if self._routes is not None:  # 404/405/415 on the headers (epp.api_screen)
             api_screen.screen_route(self._routes, exchange.method, exchange.path, exchange.headers)
@@ -245,7 +245,3 @@ class BodyBasedRouter:
             name = key_name(exchange.state.tenant, exchange.outcome)
             self._telemetry.key_request(name, label, exchange.outcome)
 
-
-def _model_list_read(method: str, path: str) -> bool:
-    """``GET``/``HEAD`` of ``/v1/models`` or ``/v1/models/{id}``: answered here, not counted."""
-    return method in ("GET", "HEAD") and (path == MODELS_PATH or path.startswith(MODELS_PATH + "/"))

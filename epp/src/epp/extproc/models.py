@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from urllib.parse import unquote
 
+from epp.api_routes import MODEL_PATH_PREFIX as _MODEL_PREFIX
+from epp.api_routes import MODELS_PATH, READ_METHODS
 from epp.extproc.decision import Answer
 from epp.extproc.errors import unknown_model
 from epp.extproc.messages import immediate
 from epp.model_list import model_body, model_list_body
 
-MODELS_PATH = "/v1/models"
-_MODEL_PREFIX = MODELS_PATH + "/"
-_READ_METHODS = frozenset({"GET", "HEAD"})
+_READ_METHODS = frozenset(READ_METHODS)
 
 
 class ModelList:

@@ -108,11 +108,19 @@ class FlowController:
         self._task: asyncio.Task[None] | None = None
 
     # -- what the director asks ------------------------------------------------------------------
+    def must_wait(self, model: str, subset: frozenset[str] | None) -> bool:
+        """Whether a request for ``model`` waits: others for it wait already, or it has no room."""
+        return bool(self._by_model.get(model)) or self._room(model, subset) <= 0
+
     async def admit(self, model: str, subset: frozenset[str] | None, fairness_id: str, priority: int,
                     size: int) -> None:
         """Return when the request may be scheduled; raise the 429/503 ``RequestError`` otherwise."""
-        if not self._by_model.get(model) and self._room(model, subset) > 0:
-            return
+        if self.must_wait(model, subset):
+            await self.wait(model, subset, fairness_id, priority, size)
+
+    async def wait(self, model: str, subset: frozenset[str] | None, fairness_id: str, priority: int,
+                   size: int) -> None:
+        """Queue the request and return when it is let go (``must_wait`` said it waits)."""
         waiter = self._enqueue(model, subset, fairness_id, priority, size)
         try:
             await waiter.future

@@ -59,8 +59,11 @@ class FlowControlAdmission:
         return 0
 
     async def admit(self, request: LLMRequest, view: PoolView) -> None:
+        controller = self.controller
+        if not controller.must_wait(request.model, request.subset):
+            return  # the common case: room, nobody queued; tenant and priority are not needed
         headers = request.headers
-        await self.controller.admit(
+        await controller.wait(
             request.model, request.subset, fairness_id(headers), self.priority(headers), request.body_size
         )
 
