@@ -66,26 +66,12 @@ def unknown_model(model: str, served: list[str]) -> RequestError:
 
 def bodyless(method: str, path: str) -> RequestError:
     """The answer to a request without a body that is no model list read, alike in both routing
-    modes: a read (GET, HEAD) of anything else is a 404, a POST needs a JSON body (400), and any other
-    method is one the gateway does not serve (405, ``Allow`` naming the methods it does)."""
+    modes: a read (GET, HEAD) of anything else is a 404, any other method needs a JSON body (400).
+    (A method a path does not take never gets here: ``epp.api_screen`` answers it 405 on its headers.)"""
     if method in ("GET", "HEAD"):
         return RequestError(404, NOT_FOUND_MESSAGE, None, "not_found")
-    if method == "POST":
-        return RequestError(
-            400, f"POST {echoed(path)} has no body; send a JSON body with a 'model'.", None, "no_body"
-        )
-    return method_not_allowed(method, path)
-
-
-def method_not_allowed(method: str, path: str) -> RequestError:
-    """405: the gateway answers ``GET``/``HEAD`` on the model list and ``POST`` with a JSON body elsewhere."""
-    allowed = "GET, HEAD" if path == "/v1/models" or path.startswith("/v1/models/") else "POST"
     return RequestError(
-        405,
-        f"The gateway does not serve {echoed(method)} {echoed(path)}; it allows {allowed} there.",
-        None,
-        "method_not_allowed",
-        headers=(("allow", allowed),),
+        400, f"{echoed(method)} {echoed(path)} has no body; send a JSON body with a 'model'.", None, "no_body"
     )
 
 

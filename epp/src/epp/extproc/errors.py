@@ -17,7 +17,6 @@ from epp.refusals import (
     body_too_large,
     bodyless,
     internal_error,
-    method_not_allowed,
     missing_model,
     unknown_model,
 )
@@ -27,7 +26,6 @@ __all__ = [
     "body_too_large",
     "bodyless",
     "internal_error",
-    "method_not_allowed",
     "missing_model",
     "refusal_response",
     "unknown_model",
