@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
-from epp.contract import POD_HEADER
+from epp.contract import MODEL_HEADER, POD_HEADER
 from tqdm import tqdm
 
 from bench.workloads import RequestSpec
@@ -134,6 +134,7 @@ class Runner:
         timeout: float = 60.0,
         max_connections: int = 256,
         api_key: str | None = None,
+        model_header: bool = False,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
@@ -141,6 +142,9 @@ class Runner:
         self.endpoint = chat_url(url)
         self.stream = stream
         self.retries = retries
+        # Name each request's model in a header (what a model-aware router would have read from the
+        # body): the round-robin baseline routes on it to that model's pods.
+        self.model_header = model_header
         headers = {"authorization": f"Bearer {api_key}"} if api_key else None
         self._client = httpx.AsyncClient(
             headers=headers,
@@ -162,8 +166,12 @@ class Runner:
         t0 = time.perf_counter()
         result = RequestResult(spec.index, spec.model, start=t0 - run_start)
         body = spec.body(self.stream)
+        headers = {MODEL_HEADER: spec.model} if self.model_header else None
         while True:
-            attempt = await (self._stream_once(body, result, t0) if self.stream else self._once(body, result))
+            if self.stream:
+                attempt = await self._stream_once(body, result, t0, headers)
+            else:
+                attempt = await self._once(body, result, headers)
             result.attempts.append(attempt)
             if len(result.attempts) > self.retries or not wrong_model(attempt, spec.model):
                 break
@@ -172,9 +180,11 @@ class Runner:
         result.e2e = time.perf_counter() - t0
         return result
 
-    async def _once(self, body: dict[str, object], result: RequestResult) -> Attempt:
+    async def _once(
+        self, body: dict[str, object], result: RequestResult, headers: dict[str, str] | None = None
+    ) -> Attempt:
         try:
-            response = await self._client.post(self.endpoint, json=body)
+            response = await self._client.post(self.endpoint, json=body, headers=headers)
         except httpx.HTTPError as exc:
             return Attempt(None, error=f"{type(exc).__name__}: {exc}")
         pod = response.headers.get(POD_HEADER)
@@ -191,9 +201,11 @@ class Runner:
         result.prompt_tokens = int(usage.get("prompt_tokens", 0))
         return Attempt(response.status_code, model=payload.get("model"), pod=pod)
 
-    async def _stream_once(self, body: dict[str, object], result: RequestResult, t0: float) -> Attempt:
+    async def _stream_once(
+        self, body: dict[str, object], result: RequestResult, t0: float, headers: dict[str, str] | None = None
+    ) -> Attempt:
         try:
-            async with self._client.stream("POST", self.endpoint, json=body) as response:
+            async with self._client.stream("POST", self.endpoint, json=body, headers=headers) as response:
                 pod = response.headers.get(POD_HEADER)
                 if response.status_code // 100 != 2:
                     return Attempt(
@@ -253,9 +265,11 @@ async def run(
     label: str = "target",
     progress: bool = True,
     api_key: str | None = None,
+    model_header: bool = False,
 ) -> RunResult:
     """Send ``specs`` to ``url``: ``concurrency`` at a time, or each at its ``arrivals`` offset (seconds);
-    with ``api_key``, each as ``Authorization: Bearer <key>``."""
+    with ``api_key``, each as ``Authorization: Bearer <key>``; with ``model_header``, each naming its
+    model in ``x-gateway-model-name`` (for the per-model round-robin baseline)."""
     if (concurrency is None) == (arrivals is None):
         raise ValueError("give exactly one of concurrency or arrivals")
     if concurrency is not None and concurrency < 1:
@@ -268,7 +282,7 @@ async def run(
     connections = concurrency if concurrency is not None else 256
     async with Runner(
         url, stream=stream, retries=retries, timeout=request_timeout, max_connections=connections,
-        api_key=api_key,
+        api_key=api_key, model_header=model_header,
     ) as runner:
         run_start = time.perf_counter()
 

@@ -224,7 +224,8 @@ async def run_row(row: Row, gateway_url: str, round_robin_url: str, *, progress:
             arrivals = bursty_arrivals(b.rate, b.burst_rate, b.start, b.seconds, len(specs), workload.seed)
         runs.append(
             await run(url, specs, concurrency=row.concurrency, arrivals=arrivals, stream=True,
-                      request_timeout=120.0, label=label, progress=progress)
+                      request_timeout=120.0, label=label, progress=progress,
+                      model_header=label == "round-robin")
         )  # fmt: skip
     return RowResult(row, runs[0], runs[1])
 

@@ -120,8 +120,9 @@ class WorkloadConfig(BaseModel):
     system_prompt_len: int = Field(default=256, gt=0)
     question_len: int = Field(default=32, gt=0)
     output_len: int | None = Field(default=None, gt=0)
-    # Put before every system prompt: two runs with different salts send the same requests, but
-    # neither finds the other's prefixes in a pod's cache (a side-by-side run on the same pods).
+    # Put before every prompt (the system prompt, or the only message): two runs with different
+    # salts send the same requests, but neither finds the other's prompts in a pod's prefix cache
+    # (a side-by-side run on the same pods). Every workload honours it.
     prefix_salt: str = ""
     # long-prompt: tokens per prompt.
     prompt_len: int = Field(default=2048, gt=0)
@@ -182,7 +183,7 @@ def _random_mixed(config: WorkloadConfig, rng: random.Random) -> list[RequestSpe
     specs = []
     for i in range(config.requests):
         model = rng.choice(config.models)
-        question = _text(rng, rng.randint(8, 64))
+        question = config.prefix_salt + _text(rng, rng.randint(8, 64))
         specs.append(RequestSpec(i, model, (("user", question),), config.max_tokens))
     return specs
 
@@ -206,7 +207,10 @@ def _shared_prefix(config: WorkloadConfig, rng: random.Random) -> list[RequestSp
 def _long_prompt(config: WorkloadConfig, rng: random.Random) -> list[RequestSpec]:
     return [
         RequestSpec(
-            i, rng.choice(config.models), (("user", _text(rng, config.prompt_len)),), config.max_tokens
+            i,
+            rng.choice(config.models),
+            (("user", config.prefix_salt + _text(rng, config.prompt_len)),),
+            config.max_tokens,
         )
         for i in range(config.requests)
     ]

@@ -473,8 +473,12 @@ class OneBox:
                          "headers, API keys included, and this box checks API keys", level, self.log_level)
         specs = [envoy_child("envoy", self._gateway_config(), self._workdir, log_level=level)]
         if self.with_round_robin:
+            by_model: dict[str, list[str]] = {}
+            for pod in self.pods:
+                by_model.setdefault(pod.model, []).append(pod.address)
             config = bootstrap.round_robin_config(
-                [p.address for p in self.pods], host=HOST, limits=self.limits, timeouts=self.timeouts
+                [p.address for p in self.pods], host=HOST, limits=self.limits, timeouts=self.timeouts,
+                by_model=by_model,
             )
             specs.append(envoy_child("envoy-round-robin", config, self._workdir, log_level=level))
         gateways = [await self._launch(spec) for spec in specs]

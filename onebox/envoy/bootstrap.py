@@ -29,7 +29,7 @@ in ``limits`` (``GatewayLimits``, ``GatewayTimeouts``); the gateways answer ``GE
 from __future__ import annotations
 
 import copy as copy_module
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +46,7 @@ from epp.contract import (
     BASE_MODEL_HEADER,
     DESTINATION_HEADER,
     DESTINATION_METADATA_NAMESPACE,
+    MODEL_HEADER,
     SUBSET_HINT_NAMESPACE,
     error_body,
     split_host_port,
@@ -459,15 +460,31 @@ def passthrough_config(
 def round_robin_config(
     endpoints: Sequence[str], *, host: str = "127.0.0.1", port: int = 0, admin_port: int = 0,
     limits: GatewayLimits | None = None, timeouts: GatewayTimeouts | None = None,
+    by_model: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """Envoy round-robin over ``endpoints`` (``ip:port``), blind to models: a plain Kubernetes Service."""
+    """Envoy round-robin over ``endpoints`` (``ip:port``), blind to models: a plain Kubernetes Service.
+
+    With ``by_model`` (served model name -> its pods' addresses), a request whose
+    ``x-gateway-model-name`` header names a model goes round robin over that model's pods only: a
+    Service per model behind a router that knows the model (the baseline a picker must beat, with
+    no hop of its own: the benchmark's client sets the header). Other requests stay blind.
+    """
     limits, timeouts = limits or GatewayLimits(), timeouts or GatewayTimeouts()
     if not endpoints:
         raise ValueError("round_robin_config needs at least one endpoint")
-    route = {**_to_pod_route(timeouts), "cluster": "service"}
-    routes = [{"name": "service", "match": {"prefix": "/"}, "route": route}]
+    clusters = [_static_cluster("service", endpoints, limits, timeouts)]
+    routes = []
+    for i, (model, addresses) in enumerate(sorted((by_model or {}).items())):
+        if not addresses:
+            raise ValueError(f"round_robin_config: model {model!r} has no pods")
+        name = f"service-{i}"
+        clusters.append(_static_cluster(name, addresses, limits, timeouts))
+        match = {"prefix": "/", "headers": [{"name": MODEL_HEADER, "string_match": {"exact": model}}]}
+        routes.append({"name": name, "match": match, "route": {**_to_pod_route(timeouts), "cluster": name}})
+    routes.append({"name": "service", "match": {"prefix": "/"},
+                   "route": {**_to_pod_route(timeouts), "cluster": "service"}})  # fmt: skip
     listener = _listener(routes, [], host, port, limits, timeouts)
-    return _bootstrap(listener, [_static_cluster("service", endpoints, limits, timeouts)], admin_port, limits)
+    return _bootstrap(listener, clusters, admin_port, limits)
 
 
 def render(config: dict[str, Any]) -> str:

@@ -82,6 +82,16 @@ def test_a_prefix_salt_changes_every_system_prompt_and_nothing_else() -> None:
     assert all(b.messages[0][1] == "rr " + a.messages[0][1] for a, b in zip(plain, salted, strict=True))
 
 
+@pytest.mark.parametrize("workload", [Workload.RANDOM_MIXED, Workload.LONG_PROMPT])
+def test_every_workload_salts_its_prompts_so_a_second_run_finds_nothing_cached(workload: Workload) -> None:
+    # The matrix runs the gateway, then round robin, on the same pods: unsalted, the second run would
+    # find the first run's prompts in the pods' prefix caches (and answer faster for it).
+    config = WorkloadConfig(workload=workload, models=["a", "b"], requests=8, prompt_len=40)
+    plain, salted = generate(config), generate(config.model_copy(update={"prefix_salt": "rr "}))
+    assert [(s.model, s.max_tokens) for s in plain] == [(s.model, s.max_tokens) for s in salted]
+    assert all(b.messages[-1][1] == "rr " + a.messages[-1][1] for a, b in zip(plain, salted, strict=True))
+
+
 def test_bursty_arrivals_come_faster_during_the_burst() -> None:
     offsets = bursty_arrivals(10, 100, burst_start=2.0, burst_seconds=1.0, count=400, seed=1)
     during = sum(2.0 <= t < 3.0 for t in offsets)

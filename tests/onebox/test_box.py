@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 import pytest_asyncio
+from epp.contract import MODEL_HEADER
 
 from onebox.box import OneBox
 from onebox.topology import load_preset
@@ -70,6 +71,18 @@ async def test_round_robin_over_the_same_pods_sends_half_the_requests_to_the_wro
         answers = [(await client.post("/v1/chat/completions", json=chat(GEMMA))) for _ in range(10)]
     assert sorted(a.status_code for a in answers) == [200] * 5 + [404] * 5
     assert {a.headers["x-inference-pod"] for a in answers} == {"gemma-0", "phi3-0"}
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_round_robin_told_the_model_in_a_header_stays_on_that_models_pods(gpu_box: OneBox) -> None:
+    # The benchmarks' baseline: a Service per model behind a router that knows the model.
+    async with httpx.AsyncClient(base_url=gpu_box.round_robin_url, timeout=10) as client:
+        answers = [
+            await client.post("/v1/chat/completions", json=chat(model), headers={MODEL_HEADER: model})
+            for model in (GEMMA, PHI) * 4
+        ]
+    assert [a.status_code for a in answers] == [200] * 8
+    assert [a.headers["x-inference-pod"] for a in answers] == ["gemma-0", "phi3-0"] * 4
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from epp.contract import join_host_port
 from epp.model_list import model_list_body
+
+# The send times an InFlight keeps: far more than a pod's requests in one scrape interval.
+SEND_LOG = 1024
 
 
 @dataclass(slots=True)
@@ -47,15 +51,31 @@ class InFlight:
     running from then on), or at the end of a metered answer, or when the request fails or is
     cancelled. Only this EPP's requests: another replica's are not counted.
 
+    It also keeps when the latest requests were routed (at most :data:`SEND_LOG`), so that a load
+    read from a scrape can add what the scrape cannot have seen yet (:meth:`sent_since`).
+
     The :class:`Datastore` owns one per address and hands the same one to every :class:`Endpoint`
     on that address, so the count survives the endpoint leaving and coming back (a readiness flap, an
     IP reused by a new pod).
     """
 
-    __slots__ = ("count",)
+    __slots__ = ("count", "sends")
 
     def __init__(self, count: int = 0) -> None:
         self.count = count
+        self.sends: deque[float] = deque(maxlen=SEND_LOG)
+
+    def routed(self, now: float) -> None:
+        """One more request routed here, at monotonic time ``now``."""
+        self.count += 1
+        self.sends.append(now)
+
+    def sent_since(self, t: float) -> int:
+        """Requests routed here after monotonic time ``t`` (older send times are dropped as read)."""
+        sends = self.sends
+        while sends and sends[0] <= t:
+            sends.popleft()
+        return len(sends)
 
 
 def canonical_ip(ip: str) -> str:
@@ -96,6 +116,22 @@ class Endpoint:
     def in_flight(self) -> int:
         """This EPP's in-flight requests to the endpoint's address (see :class:`InFlight`)."""
         return self.load.count
+
+    def estimated_load(self, oldest: float) -> int:
+        """Requests on the endpoint now, as this EPP best knows: ``waiting + running`` from its last
+        scrape plus the requests routed to it since that scrape (which it cannot have counted), when
+        the scrape is no older than monotonic time ``oldest``; else this EPP's in-flight count. Never
+        below the in-flight count.
+
+        Between two scrapes the scraped figures stand still while requests keep arriving: without the
+        routed-since term every pick in the interval would see the same loads and herd onto the pod
+        that looked least loaded at the scrape.
+        """
+        m, own = self.metrics, self.load.count
+        if m.updated_at == 0.0 or m.updated_at < oldest:
+            return own
+        seen = m.waiting + m.running + self.load.sent_since(m.updated_at)
+        return seen if seen > own else own
 
     def serves(self, model: str) -> bool:
         """True when the endpoint serves ``model`` as a base model or as a LoRA adapter."""
@@ -267,12 +303,13 @@ class Datastore:
             self._emit(EndpointRemoved(endpoint))
         return endpoint
 
-    def acquire(self, address: str) -> InFlight:
-        """One more request in flight to ``address``; give the count back to :meth:`release`."""
+    def acquire(self, address: str, now: float | None = None) -> InFlight:
+        """One more request in flight to ``address``, routed at monotonic time ``now``; give the
+        count back to :meth:`release`."""
         count = self._in_flight.get(address)
         if count is None:
             count = self._in_flight[address] = InFlight()
-        count.count += 1
+        count.routed(time.monotonic() if now is None else now)
         return count
 
     def release(self, address: str, count: InFlight) -> None:

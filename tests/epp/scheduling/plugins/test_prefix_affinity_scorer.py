@@ -140,6 +140,32 @@ def test_load_is_the_in_flight_count_where_metrics_are_stale_and_at_least_it_whe
     assert affinity.loads([fresh]) == [9]
 
 
+def test_a_burst_between_two_scrapes_goes_to_the_pod_with_fewer_requests_as_the_counts_say():
+    # Both pods had 3 requests at the last scrape, 10 ms ago; eight one-off prompts arrive before the
+    # next one. Each pick counts on its pod at once, so the picks alternate as the counts say (either
+    # pod on a tie), instead of herding onto whichever pod the scrape showed as least loaded.
+    affinity, pool = scorer(), pods(2)
+    for pod in pool:
+        loaded(pod, running=3)
+        pod.metrics.updated_at = NOW - 0.01
+    picks = []
+    for i in range(8):
+        chosen = pick(affinity, f"question {i}: " + "how do I true a wheel? " * (3 + i), pool)
+        chosen.load.routed(NOW)
+        picks.append(pool.index(chosen))
+        assert abs(pool[0].load.count - pool[1].load.count) <= 1, picks
+    assert affinity.loads(pool) == [7, 7]
+
+
+def test_requests_routed_before_the_last_scrape_are_not_counted_twice():
+    affinity, (pod,) = scorer(), pods(1)
+    pod.load.routed(NOW - 0.05)  # routed, then seen by the scrape below as running
+    loaded(pod, running=1)
+    pod.metrics.updated_at = NOW - 0.03
+    pod.load.routed(NOW - 0.01)  # after the scrape: not in its figures
+    assert affinity.loads([pod]) == [2]
+
+
 def test_an_idle_pool_does_not_flap_one_request_in_flight_is_within_the_bound():
     affinity, pool = scorer(), pods(4)
     prompt = group_prompt(11)

@@ -10,9 +10,10 @@ Where a prefix goes, in order:
 2. **Bound.** A pod may take the request only while its load is at most ``loadBound x the mean load
    of the candidates + 1`` — consistent hashing with bounded loads; the +1 keeps an idle pool from
    flapping (a home with a request or two in flight keeps its prefix). A pod's load is
-   ``waiting + running`` from its metrics (or this EPP's in-flight count to it, if larger), and the
-   in-flight count alone where its metrics are older than ``metricsStalenessThreshold`` or were never
-   scraped. With ``loadBound`` ≥ 1 the least-loaded pod is always within the bound.
+   ``waiting + running`` from its metrics plus the requests this EPP routed to it since that scrape
+   (or this EPP's in-flight count to it, if larger), and the in-flight count alone where its metrics
+   are older than ``metricsStalenessThreshold`` or were never scraped. With ``loadBound`` ≥ 1 the
+   least-loaded pod is always within the bound.
 3. **Learned index.** Every pick records the prompt's chained block hashes (at most
    ``maxPrefixBlocksToMatch``) in the picked pod's LRU (``lruCapacityPerServer`` hashes): the
    ``epp.scheduling.prefix_index`` that ``prefix-cache-scorer`` uses too. When the home is over the
@@ -205,19 +206,11 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful):
         return winner
 
     def loads(self, endpoints: Sequence[Endpoint]) -> list[int]:
-        """Each endpoint's load: waiting + running from fresh metrics (at least this EPP's in-flight
-        count), or the in-flight count alone where the metrics are stale or absent."""
+        """Each endpoint's load (:meth:`Endpoint.estimated_load`): waiting + running from fresh
+        metrics plus the requests routed to it since, or the in-flight count where the metrics are
+        stale or absent."""
         oldest = self._clock() - self.staleness
-        loads = []
-        for e in endpoints:
-            m = e.metrics
-            own = e.load.count
-            if m.updated_at != 0.0 and m.updated_at >= oldest:
-                scraped = m.waiting + m.running
-                loads.append(scraped if scraped > own else own)
-            else:
-                loads.append(own)
-        return loads
+        return [e.estimated_load(oldest) for e in endpoints]
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         parsed = self._prompt(state, request)

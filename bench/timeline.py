@@ -1,0 +1,186 @@
+"""``python -m bench.timeline``: where the picker put each request, against how busy the pods were.
+
+Runs the matrix's random-mixed row (two models, two pods each) against the gateway and against round
+robin over the same pods, and rebuilds every pod's concurrency over time from the client's records
+(each request is on its pod from the moment it is sent until its last byte; the pod is the one named
+by the answer's ``x-inference-pod`` header). For each run it prints:
+
+* **busier picks**: the share of requests sent to a pod with more requests on it than its sibling
+  (the other pod of the same model) at that moment; ties are counted apart;
+* **pick gap**: the mean of (requests on the picked pod - requests on its sibling) when sent;
+* **imbalance**: the time-weighted mean of |pod A - pod B| per model;
+* **TTFT p50** and the mean concurrency a request found on its pod.
+
+A picker that knows the pods' loads picks the less busy pod (a negative gap); round robin alternates
+blindly (a gap near 0). ``--csv DIR`` writes each run's per-request records for plotting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import csv
+import itertools
+import os
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.client import RequestResult, RunResult, run
+from bench.matrix import BOXES, rows
+from bench.workloads import generate
+from onebox.box import OneBox
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One answered request: its pod, the model's pods, and when it was on its pod."""
+
+    pod: str
+    model: str
+    start: float
+    end: float
+    ttft: float | None
+
+
+@dataclass(frozen=True)
+class PickStats:
+    label: str
+    requests: int
+    busier: float
+    ties: float
+    gap: float
+    found: float
+    imbalance: float
+    ttft_p50: float | None
+
+    def line(self) -> str:
+        ttft = "-" if self.ttft_p50 is None else f"{self.ttft_p50 * 1000:.0f} ms"
+        return (
+            f"{self.label:<12} n={self.requests:<4} busier picks {self.busier * 100:5.1f}%  "
+            f"ties {self.ties * 100:5.1f}%  pick gap {self.gap:+.2f}  found on pod {self.found:.2f}  "
+            f"imbalance {self.imbalance:.2f}  TTFT p50 {ttft}"
+        )
+
+
+def placements(results: Sequence[RequestResult]) -> list[Placement]:
+    out = []
+    for r in results:
+        pod = r.final.pod
+        if not r.ok or pod is None or r.e2e is None:
+            continue
+        out.append(Placement(pod, r.requested_model, r.start, r.start + r.e2e, r.ttft))
+    return out
+
+
+class _Occupancy:
+    """A pod's requests as sorted starts and ends: how many are on it at any instant."""
+
+    def __init__(self, spans: Sequence[Placement]) -> None:
+        self.starts = sorted(p.start for p in spans)
+        self.ends = sorted(p.end for p in spans)
+
+    def at(self, t: float) -> int:
+        """Requests on the pod at ``t`` (one that starts exactly at ``t`` is not counted)."""
+        return bisect.bisect_left(self.starts, t) - bisect.bisect_right(self.ends, t)
+
+
+def _time_weighted_gap(a: _Occupancy, b: _Occupancy) -> float:
+    events = sorted({*a.starts, *a.ends, *b.starts, *b.ends})
+    total = weighted = 0.0
+    for t0, t1 in itertools.pairwise(events):
+        mid = (t0 + t1) / 2
+        weighted += abs(a.at(mid) - b.at(mid)) * (t1 - t0)
+        total += t1 - t0
+    return weighted / total if total else 0.0
+
+
+def pick_stats(label: str, result: RunResult) -> PickStats:
+    done = placements(result.results)
+    by_pod: dict[str, list[Placement]] = defaultdict(list)
+    pods_of: dict[str, set[str]] = defaultdict(set)
+    for p in done:
+        by_pod[p.pod].append(p)
+        pods_of[p.model].add(p.pod)
+    occupancy = {pod: _Occupancy(spans) for pod, spans in by_pod.items()}
+    busier = ties = 0
+    gaps: list[float] = []
+    found: list[int] = []
+    for p in done:
+        siblings = [s for s in pods_of[p.model] if s != p.pod]
+        mine = occupancy[p.pod].at(p.start)
+        found.append(mine)
+        if not siblings:
+            continue
+        other = statistics.fmean(occupancy[s].at(p.start) for s in siblings)
+        gaps.append(mine - other)
+        busier += mine > other
+        ties += mine == other
+    imbalances = []
+    for pods in pods_of.values():
+        ordered = sorted(pods)
+        if len(ordered) == 2:
+            imbalances.append(_time_weighted_gap(occupancy[ordered[0]], occupancy[ordered[1]]))
+    ttfts = sorted(p.ttft for p in done if p.ttft is not None)
+    n = max(1, len(gaps))
+    return PickStats(
+        label,
+        len(done),
+        busier / n,
+        ties / n,
+        statistics.fmean(gaps) if gaps else 0.0,
+        statistics.fmean(found) if found else 0.0,
+        statistics.fmean(imbalances) if imbalances else 0.0,
+        statistics.median(ttfts) if ttfts else None,
+    )
+
+
+def write_csv(path: Path, result: RunResult) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "model", "pod", "start_s", "end_s", "ttft_s"])
+        for r in result.results:
+            if r.ok and r.e2e is not None:
+                w.writerow([r.index, r.requested_model, r.final.pod, f"{r.start:.6f}",
+                            f"{r.start + r.e2e:.6f}", "" if r.ttft is None else f"{r.ttft:.6f}"])  # fmt: skip
+
+
+async def measure(*, time_scale: float, requests: int | None, rounds: int) -> list[tuple[str, RunResult]]:
+    """``rounds`` x (gateway, round robin) runs of random-mixed on one box, each printed as it ends."""
+    row = next(r for r in rows() if r.name == "random-mixed")
+    workload = row.workload if requests is None else row.workload.model_copy(update={"requests": requests})
+    runs = []
+    async with OneBox(BOXES[row.box].topology, round_robin=True, time_scale=time_scale) as box:
+        for i in range(rounds):
+            for label, url in (("gateway", box.gateway_url), ("round-robin", box.round_robin_url)):
+                specs = generate(workload.model_copy(update={"prefix_salt": f"{label}{i} "}))
+                result = await run(url, specs, concurrency=row.concurrency, stream=True,
+                                   request_timeout=120.0, label=label,
+                                   model_header=label == "round-robin")  # fmt: skip
+                print(pick_stats(label, result).line(), flush=True)
+                runs.append((f"{label}-{i}", result))
+    return runs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.timeline", description=__doc__.splitlines()[0])
+    p.add_argument("--time-scale", type=float, default=1.0)
+    p.add_argument("--requests", type=int, help="requests per run (default: the row's)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating gateway / round-robin runs")
+    p.add_argument("--csv", type=Path, help="write each run's per-request records here")
+    args = p.parse_args(argv)
+    print(f"random-mixed, time scale {args.time_scale:g}, {os.cpu_count()} CPUs", flush=True)
+    runs = asyncio.run(measure(time_scale=args.time_scale, requests=args.requests, rounds=args.rounds))
+    if args.csv is not None:
+        args.csv.mkdir(parents=True, exist_ok=True)
+        for name, result in runs:
+            write_csv(args.csv / f"{name}.csv", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
