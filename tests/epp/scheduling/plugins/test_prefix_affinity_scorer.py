@@ -356,3 +356,18 @@ def test_per_scorer_scores_are_kept_only_when_asked_for() -> None:
     assert pick.schedule(request(prompt=group_prompt(1)), pool).scores == {}
     explained = pick.schedule(request(prompt=group_prompt(1)), pool, explain=True).scores
     assert set(explained) == {e.address for e in pool}
+
+
+def test_a_prefix_new_to_this_replica_goes_to_its_home_when_the_home_is_no_busier_than_the_mean():
+    # Another replica may have sent this group home already: a replica that put its first request on
+    # the pod that looked least loaded to it would hold a second copy of the prefix there.
+    affinity, pool = scorer(), pods(4)
+    prompt = group_prompt(12)
+    home = affinity.home(request(prompt=prompt), pool)
+    assert home is not None
+    others = [p for p in pool if p is not home]
+    loaded(home, running=2)
+    loads = [1, 2, 3]  # mean 2, the home's own load
+    for pod, load in zip(others, loads, strict=True):
+        loaded(pod, running=load)
+    assert pick(affinity, prompt, pool) is home

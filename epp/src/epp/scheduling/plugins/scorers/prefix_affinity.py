@@ -26,9 +26,10 @@ blocks gains little from a cache, so its load counts for more); a pod within the
 part of the prefix by the index gets 0.9 x that x the fraction of the prompt's blocks it holds, so it
 takes over from a home over the bound, and from one within it only by being clearly less loaded;
 pods over the bound get none. A prefix the index holds nowhere yet (a prompt seen for the first time
-by this EPP) gets a tenth of the credit: its home then only breaks ties between equally loaded pods,
-so one-off prompts are balanced by load, while a shared prefix is on its home from its second request.
-The load term ranks the rest, least loaded first.
+by this EPP) goes to its home when the home is at most as loaded as the mean (another replica may
+well have sent it there already: placed by load alone, it would get a second copy on another pod);
+otherwise its home gets a tenth of the credit and only breaks ties between equally loaded pods, so
+one-off prompts stay balanced by load. The load term ranks the rest, least loaded first.
 
 ``loadBound`` must be at least 1 (default 1.5). In a pool of ``n`` pods no load exceeds ``n`` x the
 mean, so a bound of ``n`` or more never binds: 2 would let one pod of a two-pod pool take everything.
@@ -217,8 +218,9 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful):
         loads = self.loads(endpoints)
         n = len(loads)
         highest = max(loads)
+        mean = sum(loads) / n
         # Within the bound: at most loadBound x the mean load, plus one (an idle pool keeps its homes).
-        limit = self.load_bound * sum(loads) / n + 1.0
+        limit = self.load_bound * mean + 1.0
         spread = 0.5 / (highest + 1)
         scores = [0.5 - spread * load for load in loads]
         if parsed.home is None:  # under one block: no home, no credit
@@ -227,8 +229,11 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful):
         hashes = parsed.hashes
         matches = self.index.leading_matches
         held = [matches(hashes, e.address) for e in endpoints]
-        # A prefix this EPP has never sent anywhere may never come back: the home only breaks ties.
-        credit = 0.5 * parsed.credit * (1.0 if any(held) else _FIRST_SIGHT)
+        # A prefix this EPP has never sent anywhere may never come back: unless its home is at most as
+        # loaded as the mean, the home only breaks ties. Another replica may well have sent it home
+        # already; a replica that placed it by load alone would put a second copy on another pod.
+        first_sight = not any(held) and loads[home] > mean
+        credit = 0.5 * parsed.credit * (_FIRST_SIGHT if first_sight else 1.0)
         if loads[home] <= limit:
             scores[home] += credit
         # Pods within the bound that hold part of the prefix (by this EPP's index) compete with the

@@ -1,0 +1,314 @@
+"""``python -m bench.picksim``: the picker's placements in virtual time, free of a machine's noise.
+
+On a shared 2-core machine a benchmark's figures move by 20% from run to run, which hides what a
+change to the picker does to placement. This runs the EPP's real scheduler (its EndpointPickerConfig,
+one instance per replica, each with its own endpoints, in-flight counts and learned index) against
+simulated pods in *virtual* time: the simulator's own KV block pool (``vllmsim.engine.BlockPool``),
+its slots, FIFO queue and latency model (inter-token jitter from a seeded generator), with the same
+defaults. Each replica scrapes every pod's
+``waiting``/``running`` every ``scrape`` seconds (replicas out of phase), counts its own requests from
+the pick to the first token, and the clients run a closed loop, request ``i`` through replica
+``i % replicas``. Nothing sleeps and every random draw is seeded: the same arguments give
+the same figures, on any machine.
+
+It prints, per replica count: the pods' prefix-cache hit rate (tokens), requests per virtual second,
+TTFT p50, how many pods each prefix group was served by, and the groups per pod.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import math
+import random
+import statistics
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from epp.datastore import Endpoint, InFlight
+from epp.scheduling import LLMRequest, Scheduler, load_profile
+from epp.scheduling.config import EndpointPickerConfig
+
+from bench.workloads import RequestSpec, Workload, WorkloadConfig, generate
+from vllmsim.config import SimConfig
+from vllmsim.engine import BlockPool, block_hashes
+
+GEMMA = "google/gemma-2b-it"
+
+
+@dataclass(eq=False)
+class _Seq:
+    spec: RequestSpec
+    prompt_tokens: int
+    hashes: list[int]
+    anonymous: int
+    sent: float
+    cached_tokens: int = 0
+    first_token: float | None = None
+
+
+@dataclass(eq=False)
+class SimPod:
+    """One simulated vLLM pod in virtual time: the simulator's block pool, slots and latency model."""
+
+    address: str
+    config: SimConfig
+    pool: BlockPool = field(init=False)
+    running: list[_Seq] = field(default_factory=list)
+    waiting: deque[_Seq] = field(default_factory=deque)
+    queried: int = 0
+    hit: int = 0
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def __post_init__(self) -> None:
+        self.pool = BlockPool(self.config.kv_cache_blocks)
+
+    def sequence(self, spec: RequestSpec, prompt: str, now: float) -> _Seq:
+        c = self.config
+        tokens = max(1, math.ceil(len(prompt) / c.chars_per_token))
+        hashes = block_hashes(prompt, c.block_size * c.chars_per_token)
+        blocks = math.ceil((tokens + spec.max_tokens) / c.block_size)
+        return _Seq(spec, tokens, hashes, max(0, blocks - len(hashes)), now)
+
+    def _load_factor(self) -> float:
+        slots = self.config.max_num_seqs
+        if slots <= 1:
+            return 1.0
+        busy = max(0, len(self.running) - 1) / (slots - 1)
+        return 1.0 + (self.config.time_factor_under_load - 1.0) * min(1.0, busy)
+
+    def _can_start(self, seq: _Seq) -> bool:
+        return len(self.running) < self.config.max_num_seqs and self.pool.fits(seq.hashes, seq.anonymous)
+
+    def admit(self, seq: _Seq, now: float) -> list[tuple[float, _Seq]]:
+        """Queue ``seq``; the (first token, last token) times of the sequences that start now."""
+        self.waiting.append(seq)
+        return self._schedule(now)
+
+    def _schedule(self, now: float) -> list[tuple[float, _Seq]]:
+        started = []
+        while self.waiting and self._can_start(self.waiting[0]):
+            seq = self.waiting.popleft()
+            hits = self.pool.acquire(seq.hashes, seq.anonymous)
+            seq.cached_tokens = min(hits * self.config.block_size, seq.prompt_tokens - 1)
+            self.queried += seq.prompt_tokens
+            self.hit += seq.cached_tokens
+            self.running.append(seq)
+            c, factor = self.config, self._load_factor()
+            uncached = seq.prompt_tokens - seq.cached_tokens
+            ttft = (c.prefill_overhead_ms + uncached * c.per_token_us / 1000) / 1000
+            seq.first_token = now + ttft * factor
+            itl = sum(max(0.0, self.rng.gauss(c.itl_ms, c.itl_sd_ms)) for _ in range(seq.spec.max_tokens - 1))
+            done = seq.first_token + itl / 1000 * factor
+            started.append((done, seq))
+        return started
+
+    def finish(self, seq: _Seq, now: float) -> list[tuple[float, _Seq]]:
+        self.running.remove(seq)
+        self.pool.release(seq.hashes, seq.anonymous)
+        return self._schedule(now)
+
+
+class _Replica:
+    """One EPP replica: its scheduler, its own view of the endpoints and its own in-flight counts."""
+
+    def __init__(
+        self, config: EndpointPickerConfig, pods: Sequence[SimPod], clock: Callable[[], float]
+    ) -> None:
+        self.scheduler = Scheduler.from_config(config, rng=random.Random(0))
+        for profile in self.scheduler.profiles.values():
+            for scorer, _ in profile.scorers:
+                if hasattr(scorer, "_clock"):  # the scorers read the virtual clock, not the machine's
+                    scorer._clock = clock
+        self.endpoints = []
+        for pod in pods:
+            host, port = pod.address.rsplit(":", 1)
+            self.endpoints.append(Endpoint(name=pod.address, ip=host, port=int(port),
+                                           models=frozenset({GEMMA}), models_known=True,
+                                           load=InFlight()))  # fmt: skip
+
+    def scrape(self, pods: Sequence[SimPod], now: float) -> None:
+        for endpoint, pod in zip(self.endpoints, pods, strict=True):
+            m = endpoint.metrics
+            m.waiting, m.running = len(pod.waiting), len(pod.running)
+            m.kv_cache_usage = pod.pool.usage()
+            m.updated_at = now
+
+
+@dataclass
+class SimResult:
+    replicas: int
+    hit_rate: float
+    requests_per_s: float
+    ttft_p50: float
+    pods_per_group: float
+    groups_per_pod: list[int]
+
+
+def simulate(
+    specs: Sequence[RequestSpec], *, pods: int = 4, replicas: int = 1, concurrency: int = 16,
+    sim: SimConfig | None = None, config: EndpointPickerConfig | None = None, scrape: float = 0.05,
+    place: Callable[[int, RequestSpec], int] | None = None,
+) -> SimResult:  # fmt: skip
+    """Serve ``specs`` (closed loop at ``concurrency``) through ``replicas`` EPPs onto ``pods`` pods;
+    ``place(n, spec)``, if given, picks the pod index instead of the EPP (a baseline)."""
+    sim = sim or SimConfig(models=[GEMMA], kv_cache_blocks=1024)
+    config = config or load_profile("default")
+    now = 0.0
+
+    def clock() -> float:
+        return now
+
+    pool = [SimPod(f"10.0.0.{i + 1}:8000", sim, rng=random.Random(i)) for i in range(pods)]
+    epps = [_Replica(config, pool, clock) for _ in range(replicas)]
+    events: list[tuple[float, int, str, object]] = []  # (time, tiebreak, kind, payload)
+    tick = itertools.count()
+    for r in range(replicas):
+        heapq.heappush(events, (scrape * r / replicas, next(tick), "scrape", r))
+    queue = deque(specs)
+    served: dict[int, Counter[str]] = defaultdict(Counter)
+    ttfts: list[float] = []
+    owner: dict[int, tuple[_Replica, Endpoint, SimPod]] = {}
+    sent = itertools.count()
+
+    def send() -> None:
+        if not queue:
+            return
+        spec = queue.popleft()
+        n = next(sent)
+        epp = epps[n % replicas]
+        prompt = "".join(content for _, content in spec.messages)
+        request = LLMRequest(f"r{spec.index}", spec.model, prompt)
+        picked = (epp.endpoints[place(n, spec)] if place is not None
+                  else epp.scheduler.schedule(request, epp.endpoints).endpoint)  # fmt: skip
+        assert picked is not None
+        endpoint = picked
+        endpoint.load.routed(now)
+        pod = next(p for p in pool if p.address == endpoint.address)
+        seq = pod.sequence(spec, prompt, now)
+        owner[id(seq)] = (epp, endpoint, pod)
+        served[spec.group if spec.group is not None else -1][pod.address] += 1
+        started(pod.admit(seq, now))
+
+    def started(done: list[tuple[float, _Seq]]) -> None:
+        for finish, seq in done:
+            assert seq.first_token is not None
+            heapq.heappush(events, (seq.first_token, next(tick), "first", seq))
+            heapq.heappush(events, (finish, next(tick), "done", seq))
+
+    for _ in range(concurrency):
+        send()
+    finished = 0
+    while events and finished < len(specs):
+        now, _, kind, payload = heapq.heappop(events)
+        if kind == "scrape":
+            assert isinstance(payload, int)
+            epps[payload].scrape(pool, now)
+            heapq.heappush(events, (now + scrape, next(tick), "scrape", payload))
+        elif kind == "first":
+            assert isinstance(payload, _Seq)
+            _, endpoint, _ = owner[id(payload)]
+            endpoint.load.count -= 1  # the answer began: the pod's own metrics count it from here
+            ttfts.append(now - payload.sent)
+        else:
+            assert isinstance(payload, _Seq)
+            _, _, pod = owner.pop(id(payload))
+            started(pod.finish(payload, now))
+            finished += 1
+            send()
+    groups = {g: c for g, c in served.items() if g >= 0}
+    mains = Counter(c.most_common(1)[0][0] for c in groups.values())
+    return SimResult(
+        replicas=replicas,
+        hit_rate=sum(p.hit for p in pool) / max(1, sum(p.queried for p in pool)),
+        requests_per_s=finished / now if now else 0.0,
+        ttft_p50=statistics.median(ttfts) if ttfts else 0.0,
+        pods_per_group=statistics.mean(len(c) for c in groups.values()) if groups else 0.0,
+        groups_per_pod=sorted(mains.get(p.address, 0) for p in pool),
+    )
+
+
+def cache_bound(seed: int = 3, salt: str = "") -> list[RequestSpec]:
+    """The matrix's cache-bound row: 16 groups of a 2,000-token system prompt, 320 requests."""
+    return generate(WorkloadConfig(
+        workload=Workload.SHARED_PREFIX, models=[GEMMA], requests=320, groups=16, prompts_per_group=16,
+        system_prompt_len=2000, question_len=32, max_tokens=16, seed=seed, prefix_salt=salt,
+    ))  # fmt: skip
+
+
+def long_prompt(seed: int = 4, salt: str = "") -> list[RequestSpec]:
+    """The matrix's long-prompt row: 48 one-off prompts of 50,000 tokens."""
+    return generate(WorkloadConfig(
+        workload=Workload.LONG_PROMPT, models=[GEMMA], requests=48, prompt_len=50_000, max_tokens=16,
+        seed=seed, prefix_salt=salt,
+    ))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Setup:
+    about: str
+    specs: Callable[[str], list[RequestSpec]]
+    concurrency: int
+    sim: SimConfig
+    # The baselines: (label, placement) besides round robin; a placement maps (n, spec) to a pod.
+    baselines: tuple[tuple[str, Callable[[int, RequestSpec], int]], ...] = ()
+
+
+SETUPS = {
+    "cache-bound": Setup(
+        "16 groups x 2,000-token prefix, 4 pods of 16k tokens, c=16",
+        lambda salt: cache_bound(salt=salt), 16, SimConfig(models=[GEMMA], kv_cache_blocks=1024),
+        (("groups pinned 4 per pod (the ceiling)", lambda n, spec: (spec.group or 0) % 4),),
+    ),
+    "long-prompt": Setup(
+        "48 one-off 50,000-token prompts, 4 pods of 4 slots, c=8",
+        lambda salt: long_prompt(salt=salt), 8,
+        SimConfig(models=[GEMMA], max_num_seqs=4, kv_cache_blocks=8192, max_model_len=65536, per_token_us=10),
+    ),
+}
+
+
+def _line(label: str, runs: Sequence[SimResult]) -> str:
+    mean = statistics.mean
+    return (
+        f"  {label}: {mean(r.requests_per_s for r in runs):.1f} req/s, hit rate "
+        f"{mean(r.hit_rate for r in runs):.3f} (min {min(r.hit_rate for r in runs):.3f}), TTFT p50 "
+        f"{mean(r.ttft_p50 for r in runs) * 1000:.0f} ms, pods per group "
+        f"{mean(r.pods_per_group for r in runs):.2f}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.picksim", description=__doc__.split("\n")[0])
+    parser.add_argument("--workload", choices=sorted(SETUPS), default="cache-bound")
+    parser.add_argument("--replicas", default="1,2", help="comma-separated EPP replica counts")
+    parser.add_argument("--salts", type=int, default=12, help="workload variants (prefix salts), averaged")
+    args = parser.parse_args(argv)
+    setup = SETUPS[args.workload]
+    salts = [f"salt {s} " for s in range(args.salts)]
+
+    def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
+        return [simulate(setup.specs(salt), replicas=replicas, concurrency=setup.concurrency, sim=setup.sim,
+                         place=place) for salt in salts]  # fmt: skip
+
+    print(f"{args.workload} ({setup.about}), virtual time, mean of {args.salts} workload variants")
+    rr = runs(1, lambda n, spec: n % 4)
+    print(_line("round robin", rr))
+    for label, place in setup.baselines:
+        print(_line(label, runs(1, place)))
+    rates = {}
+    for replicas in (int(r) for r in args.replicas.split(",")):
+        results = runs(replicas)
+        rates[replicas] = statistics.mean(r.requests_per_s for r in results)
+        print(_line(f"gateway, {replicas} EPP replica{'s' if replicas > 1 else ''}", results))
+    if 1 in rates:
+        for replicas, rate in rates.items():
+            if replicas != 1:
+                print(f"  {replicas} replicas / 1 replica: {rate / rates[1]:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""``python -m bench.picksim``: the EPP's scheduler against simulated pods in virtual time."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from bench.picksim import GEMMA, SETUPS, SimPod, cache_bound, main, simulate
+from bench.workloads import RequestSpec
+from vllmsim.config import SimConfig
+
+
+def rate(replicas: int, salts: int = 6) -> float:
+    setup = SETUPS["cache-bound"]
+    runs = [simulate(setup.specs(f"salt {s} "), replicas=replicas, concurrency=16, sim=setup.sim)
+            for s in range(salts)]  # fmt: skip
+    return statistics.mean(r.requests_per_s for r in runs)
+
+
+def test_two_epp_replicas_keep_the_cache_bound_rate_of_one() -> None:
+    # Each replica learns its own index; a prefix new to a replica must still go where the other
+    # replica sent it (its home), not to a second pod, or the pods' caches hold fewer groups.
+    assert rate(2) >= 0.95 * rate(1)
+
+
+def test_the_gateway_beats_round_robin_and_stays_under_the_pinned_ceiling() -> None:
+    specs = cache_bound(salt="x ")
+    setup = SETUPS["cache-bound"]
+    gateway = simulate(specs, sim=setup.sim)
+    rr = simulate(specs, sim=setup.sim, place=lambda n, spec: n % 4)
+    pinned = simulate(specs, sim=setup.sim, place=lambda n, spec: (spec.group or 0) % 4)
+    assert rr.hit_rate < gateway.hit_rate <= pinned.hit_rate
+    assert rr.requests_per_s < gateway.requests_per_s <= pinned.requests_per_s * 1.01
+    assert pinned.pods_per_group == 1.0
+    assert rr.pods_per_group == 4.0
+
+
+def test_a_repeated_prompt_hits_the_simulated_pods_cache_in_whole_blocks() -> None:
+    pod = SimPod("10.0.0.1:8000", SimConfig(models=[GEMMA], kv_cache_blocks=64))
+    spec = RequestSpec(0, GEMMA, (("user", "x" * 1000),), 4)
+    for now in (0.0, 1.0):
+        seq = pod.sequence(spec, "x" * 1000, now)
+        [(done, started)] = pod.admit(seq, now)
+        assert started is seq
+        assert done > now
+        pod.finish(seq, done)
+    # 250 tokens, 15 full blocks of 16: the second request finds the 15 blocks (240 tokens) cached.
+    assert (pod.queried, pod.hit) == (500, 240)
+
+
+def test_the_command_prints_both_replica_counts_and_their_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--salts", "1"]) == 0
+    out = capsys.readouterr().out
+    for line in ("round robin:", "the ceiling", "gateway, 1 EPP replica:", "gateway, 2 EPP replicas:",
+                 "2 replicas / 1 replica:"):  # fmt: skip
+        assert line in out
