@@ -33,7 +33,7 @@ from epp.scheduling.config import EndpointPickerConfig
 
 from bench.workloads import RequestSpec, Workload, WorkloadConfig, generate
 from vllmsim.config import SimConfig
-from vllmsim.engine import BlockPool, block_hashes
+from vllmsim.engine import BlockPool, block_hashes, load_factor
 
 GEMMA = "google/gemma-2b-it"
 
@@ -72,13 +72,6 @@ class SimPod:
         blocks = math.ceil((tokens + spec.max_tokens) / c.block_size)
         return _Seq(spec, tokens, hashes, max(0, blocks - len(hashes)), now)
 
-    def _load_factor(self) -> float:
-        slots = self.config.max_num_seqs
-        if slots <= 1:
-            return 1.0
-        busy = max(0, len(self.running) - 1) / (slots - 1)
-        return 1.0 + (self.config.time_factor_under_load - 1.0) * min(1.0, busy)
-
     def _can_start(self, seq: _Seq) -> bool:
         return len(self.running) < self.config.max_num_seqs and self.pool.fits(seq.hashes, seq.anonymous)
 
@@ -96,7 +89,7 @@ class SimPod:
             self.queried += seq.prompt_tokens
             self.hit += seq.cached_tokens
             self.running.append(seq)
-            c, factor = self.config, self._load_factor()
+            c, factor = self.config, load_factor(self.config, len(self.running))
             uncached = seq.prompt_tokens - seq.cached_tokens
             ttft = (c.prefill_overhead_ms + uncached * c.per_token_us / 1000) / 1000
             seq.first_token = now + ttft * factor

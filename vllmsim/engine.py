@@ -120,6 +120,15 @@ class BlockPool:
         del self._refs[victim]
 
 
+def load_factor(config: SimConfig, running: int) -> float:
+    """1 with one running request, ``time_factor_under_load`` with every slot busy, linear between."""
+    slots = config.max_num_seqs
+    if slots <= 1:
+        return 1.0
+    busy = max(0, running - 1) / (slots - 1)
+    return 1.0 + (config.time_factor_under_load - 1.0) * min(1.0, busy)
+
+
 def block_hashes(text: str, chars_per_block: int) -> list[int]:
     """Chained hashes of the full blocks of ``text`` (a partial last block is not cacheable)."""
     hashes: list[int] = []
@@ -271,12 +280,7 @@ class Engine:
     # --- latency model --------------------------------------------------------------------------
 
     def load_factor(self) -> float:
-        """1 with one running request, ``time_factor_under_load`` with every slot busy, linear between."""
-        slots = self.config.max_num_seqs
-        if slots <= 1:
-            return 1.0
-        busy = max(0, len(self.running) - 1) / (slots - 1)
-        return 1.0 + (self.config.time_factor_under_load - 1.0) * min(1.0, busy)
+        return load_factor(self.config, len(self.running))
 
     def ttft_model(self, seq: Sequence) -> float:
         uncached = seq.prompt_tokens - seq.cached_tokens
