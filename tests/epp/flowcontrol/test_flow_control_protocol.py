@@ -11,7 +11,6 @@ from epp.datastore import Metrics
 from epp.extproc.picker import EndpointPicker
 from epp.flowcontrol.config import FlowControlConfig
 from epp.flowcontrol.queue import FlowController
-from epp.requestcontrol.director import Plugins
 from epp.requestcontrol.flow_control import FlowControlAdmission, fairness_id
 from epp.scheduling.saturation import SaturationDetector
 from epp.telemetry import Telemetry
@@ -35,7 +34,7 @@ def queued_picker(waiting: int, **config: object) -> tuple[EndpointPicker, FlowC
     queue = FlowController(FlowControlConfig.model_validate(config), datastore, detector, tick=0.01)
     admission = FlowControlAdmission(queue, {"chat": 5})
     picker = EndpointPicker(datastore, LeastBusyScheduler(), Telemetry("epp", datastore),
-                            plugins=Plugins(admitters=(admission,), pre_request=(admission,)))
+                            plugins=admission.plugins())
     return picker, queue
 
 
