@@ -43,4 +43,5 @@ async def test_the_quick_fairness_row_measures_both_queues_and_the_light_tenant_
     assert errors.value == 0
     assert {f.what for f in result.figures} == {
         "light TTFT p50 flooded/alone", "light errors", "FIFO light TTFT p50 flooded/alone",
+        "heavy req/s with the queue / FIFO",
     }  # fmt: skip

@@ -169,6 +169,7 @@ async def test_a_higher_priority_goes_first_and_sheds_a_lower_one_from_a_full_ba
     load(datastore, clock, A, waiting=0)
     assert queue.dispatch() == 1
     await asyncio.wait_for(high, 1)
+    datastore.acquire(A, clock.now)  # routed there
     assert not low_old.done()
     # Nothing lower to shed: a full queue refuses the newcomer itself.
     other = waiting(queue, "chat", priority=-1)

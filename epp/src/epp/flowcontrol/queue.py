@@ -56,6 +56,10 @@ TICK_SECONDS = 0.005
 SEND_SHOWS_AFTER = 0.025
 # Answer ends remembered per endpoint to free their slots before the next scrape shows it.
 _MAX_ENDS = 256
+# A tenant counts as active for a model while it has requests queued or in flight, and this long after.
+ACTIVE_SECONDS = 1.0
+# Idle tenants are forgotten once more than this many are remembered.
+_MAX_TENANTS = 1024
 
 
 @dataclass(eq=False, slots=True)
@@ -104,6 +108,14 @@ class _Pod:
 
 
 @dataclass(slots=True)
+class _Tenant:
+    """One tenant's requests for one model that this EPP let go and whose answers have not ended."""
+
+    in_flight: int = 0
+    last_seen: float = 0.0
+
+
+@dataclass(slots=True)
 class _Band:
     priority: int
     request_limit: int
@@ -149,28 +161,84 @@ class FlowController:
         self._pods: dict[str, _Pod] = {}
         # Slots counted as taken by let-go requests not routed yet, by address.
         self._taken: dict[str, int] = {}
+        # (fairness id, model) -> its requests in flight; for the slot kept for a tenant under its share.
+        self._tenants: dict[tuple[str, str], _Tenant] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     # -- what the director asks ------------------------------------------------------------------
-    def free(self, model: str, subset: frozenset[str] | None) -> dict[str, int]:
-        """Where a request for ``model`` may go now: its endpoints' free slots by address (those with
-        none left out); empty when it must wait (others for it wait already, or none has room)."""
+    def free(self, model: str, subset: frozenset[str] | None, fairness_id: str = "") -> dict[str, int]:
+        """Where a request of ``fairness_id`` for ``model`` may go now: its endpoints' free slots by
+        address (those with none left out); empty when it must wait (others for it wait already, or
+        none has room, or only the slot kept for a tenant under its share is free and this one is not)."""
         if self._by_model.get(model):
             return {}
         now = self._clock()
-        rooms = ((e.address, self._endpoint_room(e, now)) for e in self._candidates(model, subset))
-        return {address: room for address, room in rooms if room > 0}
+        candidates = self._candidates(model, subset)
+        rooms = {e.address: self._endpoint_room(e, now) for e in candidates}
+        if not self._may_take(fairness_id, model, candidates, sum(rooms.values()), now):
+            return {}
+        return {address: room for address, room in rooms.items() if room > 0}
 
-    def must_wait(self, model: str, subset: frozenset[str] | None) -> bool:
+    def must_wait(self, model: str, subset: frozenset[str] | None, fairness_id: str = "") -> bool:
         """Whether a request for ``model`` waits: others for it wait already, or it has no room."""
-        return not self.free(model, subset)
+        return not self.free(model, subset, fairness_id)
+
+    def started(self, fairness_id: str, model: str) -> None:
+        """A request of ``fairness_id`` for ``model`` was let go (or needed no wait)."""
+        tenant = self._tenants.get((fairness_id, model))
+        if tenant is None:
+            tenant = self._tenants[(fairness_id, model)] = _Tenant()
+        tenant.in_flight += 1
+        tenant.last_seen = self._clock()
+
+    def finished(self, fairness_id: str, model: str) -> None:
+        """That request's exchange is over (answered, refused or gone)."""
+        tenant = self._tenants.get((fairness_id, model))
+        if tenant is None:
+            return
+        tenant.in_flight -= 1
+        tenant.last_seen = now = self._clock()
+        if len(self._tenants) > _MAX_TENANTS:
+            self._forget_idle_tenants(now)
+
+    def _forget_idle_tenants(self, now: float) -> None:
+        idle = [key for key, t in self._tenants.items()
+                if t.in_flight <= 0 and now - t.last_seen > ACTIVE_SECONDS]
+        for key in idle:
+            del self._tenants[key]
+
+    def _may_take(self, fairness_id: str, model: str, candidates: Sequence[Endpoint], room: int,
+                  now: float) -> bool:
+        """Whether ``fairness_id`` may take one of ``room`` free slots of ``model``: any but the last,
+        which is kept for a tenant holding less than its share of the model's slots (their learnt
+        total over the tenants active for the model: in flight, queued, or seen within
+        ``ACTIVE_SECONDS``). A tenant alone takes every slot; with a second one active, the first
+        leaves one free for it, so the second's next request finds a slot at once instead of waiting
+        for one of the first's answers to end."""
+        if room > 1:
+            return True
+        total = 0
+        for endpoint in candidates:
+            pod = self._pods.get(endpoint.address)
+            if pod is None or not pod.slots:
+                return True  # slots not known: nothing is kept
+            total += pod.slots
+        active = {fairness_id}
+        for (tenant_id, tenant_model), tenant in self._tenants.items():
+            if tenant_model == model and (tenant.in_flight > 0 or now - tenant.last_seen <= ACTIVE_SECONDS):
+                active.add(tenant_id)
+        for band in self._bands.values():
+            active.update(tenant_id for tenant_id, flow_model in band.flows if flow_model == model)
+        mine = self._tenants.get((fairness_id, model))
+        held = 0 if mine is None else mine.in_flight
+        return held * len(active) < total
 
     async def admit(self, model: str, subset: frozenset[str] | None, fairness_id: str, priority: int,
                     size: int) -> frozenset[str]:
         """Return where the request may be scheduled (the endpoints with a free slot) once it may;
         raise the 429/503 ``RequestError`` otherwise. Route it before the next ``await``."""
-        free = self.free(model, subset)
+        free = self.free(model, subset, fairness_id)
         if free:
             return frozenset(free)
         return await self.wait(model, subset, fairness_id, priority, size)
@@ -180,6 +248,7 @@ class FlowController:
         """Queue the request and return where it may go when it is let go (``free`` was empty).
         The caller routes it before its next ``await``: its slot is held for it until then."""
         waiter = self._enqueue(model, subset, fairness_id, priority, size)
+        self.dispatch()  # a slot kept for this tenant, or a turn that is its own, goes at once
         try:
             await waiter.future
         except asyncio.CancelledError:
@@ -397,7 +466,10 @@ class FlowController:
                         free.append(address)
                         if room > most:
                             most, waiter.taken = room, address
-                if not free:
+                if not free or not self._may_take(
+                    waiter.fairness_id, waiter.model, self._candidates(waiter.model, waiter.subset),
+                    sum(rooms[a] for a in free), now,
+                ):
                     blocked.add(flow_key)
                     continue
                 # The slot most likely taken (the freest endpoint) counts as taken until it is routed.

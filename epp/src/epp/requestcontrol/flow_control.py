@@ -60,7 +60,7 @@ class FlowControlAdmission:
     def plugins(self) -> Plugins:
         """The director's extension points this plugin fills (it must be the last admitter: the
         director routes a request let go before anything else runs, as the queue asks)."""
-        return Plugins(admitters=(self,), readers=(self,), complete=(self,))
+        return Plugins(admitters=(self,), pre_request=(self,), readers=(self,), complete=(self,))
 
     def priority(self, headers: Mapping[str, str]) -> int:
         # Only the front door sets the priority header (with the tenant's; it strips clients' own).
@@ -79,19 +79,23 @@ class FlowControlAdmission:
     async def admit(self, request: LLMRequest, view: PoolView) -> LLMRequest | None:
         controller = self.controller
         model, subset = request.model, request.subset
-        rooms = controller.free(model, subset)
+        headers = request.headers
+        tenant = fairness_id(headers)
+        rooms = controller.free(model, subset, tenant)
         if rooms:
-            # The common case: room, nobody queued; tenant and priority are not needed.
+            # The common case: room, nobody queued; the priority is not needed.
             free = frozenset(rooms)
             if sum(rooms.values()) <= FOLLOW_BELOW_ROOM:
                 self._followed.add(request.request_id)
         else:
-            headers = request.headers
-            free = await controller.wait(
-                model, subset, fairness_id(headers), self.priority(headers), request.body_size
-            )
+            free = await controller.wait(model, subset, tenant, self.priority(headers), request.body_size)
             self._followed.add(request.request_id)
         return _narrowed(request, free, view.by_model.get(model, ()))
+
+    def pre_request(self, exchange: EppExchange, endpoint: Endpoint) -> None:
+        request = exchange.state.request
+        if request is not None:
+            self.controller.started(fairness_id(request.headers), request.model)
 
     def wants_body(self, exchange: EppExchange) -> bool:
         return exchange.request_id in self._followed
@@ -101,9 +105,13 @@ class FlowControlAdmission:
 
     def response_complete(self, exchange: EppExchange) -> None:
         self._followed.discard(exchange.request_id)
-        address = exchange.state.address
-        if address and exchange.response.ended:
-            self.controller.ended(address)
+        state = exchange.state
+        if not state.address:
+            return  # never routed
+        if state.request is not None:
+            self.controller.finished(fairness_id(state.request.headers), state.request.model)
+        if exchange.response.ended:
+            self.controller.ended(state.address)
 
 
 def _narrowed(request: LLMRequest, free: frozenset[str], serving: tuple[Endpoint, ...]) -> LLMRequest | None:
