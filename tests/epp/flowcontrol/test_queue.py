@@ -10,7 +10,7 @@ import pytest
 from epp.datastore import Datastore, Endpoint, Metrics
 from epp.flowcontrol.config import FlowControlConfig
 from epp.flowcontrol.metrics import FlowControlMetrics
-from epp.flowcontrol.queue import SEND_SHOWS_AFTER, FlowController
+from epp.flowcontrol.queue import ACTIVE_SECONDS, SEND_SHOWS_AFTER, FlowController
 from epp.refusals import RequestError
 from epp.scheduling.saturation import SaturationDetector
 from prometheus_client import CollectorRegistry
@@ -345,3 +345,44 @@ async def test_a_request_let_go_holds_its_slot_until_it_is_routed() -> None:
     await settle()
     assert second.done()
     await queue.close()
+
+
+async def test_the_last_free_slot_is_kept_for_a_tenant_under_its_share_while_another_is_active() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    queue = controller(datastore, clock)
+    scrapes(queue, datastore, clock, A, (4, 1), (4, 1))  # 4 slots
+    for _ in range(3):
+        queue.started("heavy", MODEL)  # the heavy tenant holds 3 of them
+    queue.started("light", MODEL)
+    queue.finished("light", MODEL)  # the light tenant's last answer just ended
+    scrapes(queue, datastore, clock, A, (3, 0))  # one slot free
+    # Two tenants active: a share is 2 slots. The heavy one, above it, leaves the last slot free...
+    assert queue.must_wait(MODEL, None, "heavy")
+    # ...so the light tenant's next request finds it at once.
+    assert queue.free(MODEL, None, "light") == {A: 1}
+    # Alone for a while, the heavy tenant takes every slot.
+    clock.now += ACTIVE_SECONDS
+    scrapes(queue, datastore, clock, A, (3, 0))
+    assert queue.free(MODEL, None, "heavy") == {A: 1}
+
+
+async def test_a_tenant_new_to_the_queue_takes_a_freed_slot_before_a_tenant_that_holds_many() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    queue = controller(datastore, clock)
+    scrapes(queue, datastore, clock, A, (4, 1), (4, 1), (4, 0))  # 4 slots, all busy
+    for _ in range(4):
+        queue.started("heavy", MODEL)
+    heavy = waiting(queue, "heavy")
+    await settle()
+    light = waiting(queue, "light")
+    await settle()
+    clock.now += 0.01
+    queue.ended(A)  # one slot frees: the light tenant, holding none, goes first
+    queue.finished("heavy", MODEL)
+    await settle()
+    assert light.done()
+    assert not heavy.done()
+    await queue.close()
+    heavy.cancel()
