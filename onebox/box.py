@@ -575,7 +575,10 @@ def _queue_holds(
 ) -> tuple[float, str] | None:
     """The longest time an EPP's flow-control queue may hold a request (its larger TTL), and the
     field that sets it; None when no EPP of the box queues (no ``flowControl`` gate, nothing autoscaled)."""
-    document = epp_config_document(profile, config_file)
+    try:
+        document = epp_config_document(profile, config_file)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None  # the EPP says what is wrong with it when it starts
     if autoscaled:  # the box turns the queue on for them (see OneBox._epp_config)
         wakes = [m.autoscaling.wake_timeout for m in autoscaled
                  if m.autoscaling is not None and m.autoscaling.min_replicas == 0]  # fmt: skip
