@@ -9,7 +9,12 @@ then lets requests go as endpoints have room:
 - **fairly within a band**: round robin across fairness ids (tenants: the API key's name, else the
   fairness header) — per tenant and model, so a tenant's requests for a model without room do not
   hold up its requests for another — first come first served within one; one tenant's thousand
-  queued requests do not delay another tenant's next one by more than a turn;
+  queued requests do not delay another tenant's next one by more than a turn, and a tenant new to
+  the queue takes the next turn;
+- **a slot kept for the lighter tenant**: a model's last free slot goes only to a tenant holding
+  less than its share of the model's slots (their learnt total over the tenants active for it), so
+  a tenant alone uses them all, and with another active it leaves one free for the other's next
+  request;
 - **as much as there is room**: an endpoint has room while its metrics are fresh and its KV cache is
   under the detector's threshold, and then as many requests as it has free slots (plus the detector's
   queue depth): its slots are learnt from its metrics (``running`` seen unchanged in two successive
