@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import math
 import secrets
@@ -163,6 +164,14 @@ class FairnessSettings:
     def quick(cls) -> FairnessSettings:
         return cls(streams=24, heavy_tokens=16, light_requests=8, light_every=0.2, warmup=1.0)
 
+    def scaled(self, time_scale: float) -> FairnessSettings:
+        """The same load shape on a model ``time_scale`` times slower: the light tenant's pace and the
+        warm-up stretch with it, so its requests stay as few at a time (about one) as at scale 1."""
+        if time_scale <= 1.0:
+            return self
+        return dataclasses.replace(self, light_every=self.light_every * time_scale,
+                                   warmup=self.warmup * time_scale)  # fmt: skip
+
 
 def fairness_topology() -> Topology:
     model = ModelSpec(name="gemma", served_name=MODEL, replicas=2, sim=SimOptions(max_num_seqs=4))
@@ -208,7 +217,7 @@ async def _fairness_run(box: OneBox, keys: dict[str, str], settings: FairnessSet
 
 
 async def fairness(quick: bool = False, time_scale: float = 1.0, out: Output = print) -> ElasticResult:
-    settings = FairnessSettings.quick() if quick else FairnessSettings()
+    settings = (FairnessSettings.quick() if quick else FairnessSettings()).scaled(time_scale)
     result = ElasticResult(
         "fairness",
         f"tenant 'heavy' keeps {settings.streams} streams open on 2 pods x 4 slots; tenant 'light' sends "
