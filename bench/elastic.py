@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import math
 import secrets
@@ -163,16 +164,42 @@ class FairnessSettings:
     def quick(cls) -> FairnessSettings:
         return cls(streams=24, heavy_tokens=16, light_requests=8, light_every=0.2, warmup=1.0)
 
+    def scaled(self, time_scale: float) -> FairnessSettings:
+        """The same load shape on a model ``time_scale`` times slower: the light tenant's pace and the
+        warm-up stretch with it, so its requests stay as few at a time (about one) as at scale 1."""
+        if time_scale <= 1.0:
+            return self
+        return dataclasses.replace(self, light_every=self.light_every * time_scale,
+                                   warmup=self.warmup * time_scale)  # fmt: skip
+
 
 def fairness_topology() -> Topology:
     model = ModelSpec(name="gemma", served_name=MODEL, replicas=2, sim=SimOptions(max_num_seqs=4))
     return Topology(name="fairness", models=[model])
 
 
-async def _fairness_run(
-    box: OneBox, keys: dict[str, str], settings: FairnessSettings
-) -> tuple[float | None, float | None, list[RequestResult], list[RequestResult]]:
-    """The light tenant alone, then under the heavy tenant's flood: (p50 alone, p50 flooded, ...)."""
+@dataclass(frozen=True)
+class FairnessRun:
+    """One half of the fairness row: the light tenant alone, then under the heavy tenant's flood."""
+
+    alone: float | None  # the light tenant's TTFT p50 alone
+    flooded: float | None  # and under the flood
+    light: list[RequestResult]  # its requests under the flood
+    heavy: list[RequestResult]  # the heavy tenant's answered or failed requests
+    seconds: float  # how long the flood lasted
+
+    @property
+    def ratio(self) -> float | None:
+        return self.flooded / self.alone if self.alone and self.flooded is not None else None
+
+    @property
+    def heavy_rate(self) -> float:
+        """The heavy tenant's answered requests per second of flood."""
+        return sum(1 for r in self.heavy if r.ok) / self.seconds if self.seconds > 0 else 0.0
+
+
+async def _fairness_run(box: OneBox, keys: dict[str, str], settings: FairnessSettings) -> FairnessRun:
+    """The light tenant alone, then under the heavy tenant's flood."""
     url = box.gateway_url
     light_specs = _specs(settings.light_requests, 8, seed=11)
     async with Runner(url, stream=True, timeout=120.0, api_key=keys["light"]) as light:
@@ -181,20 +208,22 @@ async def _fairness_run(
         streams = settings.streams
         heavy = Runner(url, stream=True, timeout=120.0, max_connections=streams, api_key=keys["heavy"])
         async with heavy, _flood(heavy, streams, heavy_specs) as flood:
+            began = time.perf_counter()
             await asyncio.sleep(settings.warmup)
             flooded = await _paced(light, light_specs, settings.light_every)
             heavy_done = list(flood)
-    return _p50_ttft(alone), _p50_ttft(flooded), flooded, heavy_done
+            seconds = time.perf_counter() - began
+    return FairnessRun(_p50_ttft(alone), _p50_ttft(flooded), flooded, heavy_done, seconds)
 
 
 async def fairness(quick: bool = False, time_scale: float = 1.0, out: Output = print) -> ElasticResult:
-    settings = FairnessSettings.quick() if quick else FairnessSettings()
+    settings = (FairnessSettings.quick() if quick else FairnessSettings()).scaled(time_scale)
     result = ElasticResult(
         "fairness",
         f"tenant 'heavy' keeps {settings.streams} streams open on 2 pods x 4 slots; tenant 'light' sends "
         f"{settings.light_requests} requests, one every {settings.light_every:g} s",
     )
-    ratios: dict[str, float | None] = {}
+    runs: dict[str, FairnessRun] = {}
     with tempfile.TemporaryDirectory(prefix="bench-fairness-") as directory:
         keys_path, keys = _keys_file(Path(directory))
         config = Path(directory) / "flow-control.yaml"
@@ -202,21 +231,27 @@ async def fairness(quick: bool = False, time_scale: float = 1.0, out: Output = p
         for label, epp_config in (("flow control", config), ("FIFO (no queue)", None)):
             async with OneBox(fairness_topology(), time_scale=time_scale, api_keys=keys_path,
                               epp_config=epp_config, timeouts=_TIMEOUTS) as box:  # fmt: skip
-                alone, flooded, light, heavy = await _fairness_run(box, keys, settings)
-            ratio = flooded / alone if alone and flooded is not None else None
-            ratios[label] = ratio
-            errors = sum(1 for r in light if not r.ok)
-            heavy_errors = sum(1 for r in heavy if not r.ok)
-            times = "n/a" if ratio is None else f"{ratio:.1f}x"
-            result.say(out, f"{label}: light TTFT p50 alone {_ms(alone)}, under the flood {_ms(flooded)} "
-                       f"({times}); light errors {errors}/{len(light)}; "
-                       f"heavy answered {len(heavy) - heavy_errors}, errors {heavy_errors}")  # fmt: skip
+                run = runs[label] = await _fairness_run(box, keys, settings)
+            ratio = run.ratio
+            errors = sum(1 for r in run.light if not r.ok)
+            heavy_errors = sum(1 for r in run.heavy if not r.ok)
+            times = "n/a" if ratio is None else f"{ratio:.2f}x"
+            result.say(out, f"{label}: light TTFT p50 alone {_ms(run.alone)}, under the flood "
+                       f"{_ms(run.flooded)} ({times}); light errors {errors}/{len(run.light)}; heavy "
+                       f"answered {len(run.heavy) - heavy_errors} ({run.heavy_rate:.1f} req/s over "
+                       f"{run.seconds:.1f} s), errors {heavy_errors}")  # fmt: skip
             if epp_config is not None:
                 result.figures += [
                     Figure("light TTFT p50 flooded/alone", ratio, "x", FAIRNESS_TARGET),
                     Figure("light errors", float(errors), "", 0.0),
                 ]
-    result.figures.append(Figure("FIFO light TTFT p50 flooded/alone", ratios["FIFO (no queue)"], "x"))
+    fifo = runs["FIFO (no queue)"]
+    queued = runs["flow control"]
+    result.figures += [
+        Figure("FIFO light TTFT p50 flooded/alone", fifo.ratio, "x"),
+        Figure("heavy req/s with the queue / FIFO",
+               queued.heavy_rate / fifo.heavy_rate if fifo.heavy_rate else None, "x"),
+    ]  # fmt: skip
     return result
 
 

@@ -8,6 +8,7 @@ names the offending field (for example ``platform.models[1].accelerator: ...``).
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from epp.contract import DEFAULT_PROFILE, ProfileName
+from epp.flowcontrol.config import FlowControlConfig
 from epp.routing import RoutingMode
-from epp.scheduling.config import parse_config
+from epp.scheduling.config import load_profile, parse_config
 from epp.scheduling.errors import ConfigError as PickerConfigError
 from epp.validation import field_path, problems
 from pydantic import (
@@ -567,6 +569,7 @@ class PlatformConfig(_Model):
                     f"{model.accelerator} per node of pool {pool.name}",
                 )
         _check_autoscaling(self)
+        _check_queue_ttls(self)
         return self
 
     @property
@@ -629,6 +632,36 @@ def _unique(items: list[Any], attribute: str, field: str, alias: str | None = No
                 f"{value!r} is already used by {field}[{seen[value]}]",
             )
         seen[value] = index
+
+
+def _check_queue_ttls(cfg: PlatformConfig) -> None:
+    """The EPP's flow-control queue holds a request up to its TTLs before the gateway sends it on:
+    each must be shorter than ``gateway.requestTimeoutSec``, or the load balancer ends a request the
+    queue still holds, and the client gets the load balancer's error instead of the EPP's 429/503
+    with Retry-After. The queue is on when the EPP's config turns the ``flowControl`` gate on, or
+    for a pool with a model at zero pods (whose ``noEndpointRequestTTL`` is its ``wakeTimeout``,
+    checked with it)."""
+    picker = parse_config(endpoint_picker_yaml(cfg.epp.config)) if cfg.epp.config is not None else (
+        load_profile(cfg.epp.profile)
+    )  # fmt: skip
+    waking = any(m.autoscaling is not None and m.autoscaling.min_replicas == 0 for m in cfg.models)
+    flow = picker.flow_control_config()
+    ttls: list[tuple[str, float]] = []
+    if flow is not None:
+        ttls = [("defaultRequestTTL", flow.default_request_ttl),
+                ("noEndpointRequestTTL", flow.no_endpoint_request_ttl)]
+    elif waking:
+        flow = picker.flow_control or FlowControlConfig.model_validate({})
+        ttls = [("defaultRequestTTL", flow.default_request_ttl)]
+    timeout = cfg.gateway.request_timeout_sec
+    for name, ttl in ttls:
+        given = "0s (no limit)" if math.isinf(ttl) else f"{ttl:g}s"
+        if ttl >= timeout:
+            raise _FieldError(
+                ("epp", "config", "flowControl", name),
+                f"{given} is not shorter than gateway.requestTimeoutSec ({timeout}s): the load "
+                "balancer would end a request the EPP's queue still holds",
+            )
 
 
 def _check_autoscaling(cfg: PlatformConfig) -> None:

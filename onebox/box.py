@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -51,7 +52,9 @@ import yaml
 from epp.contract import ERROR_TYPES, join_host_port
 from epp.routing import ROUTING_MODES, RoutingMode, split_into_pools
 from epp.routing import Pool as RoutingPool
+from epp.scheduling.config import EndpointPickerConfig
 from epp.settings import BbrSettings, EppSettings, ServerSettings
+from pydantic import ValidationError
 
 from onebox import backends, children
 from onebox.envoy import bootstrap
@@ -201,7 +204,7 @@ class OneBox:
         autoscaled = [m for m in topology.models if m.autoscaling is not None]
         if autoscaled and round_robin:
             raise ValueError("round_robin needs fixed pods; the topology has autoscaled models")
-        timeouts = _timeouts_for(autoscaled, timeouts)
+        timeouts = _timeouts_for(autoscaled, timeouts, _queue_holds(autoscaled, epp_profile, epp_config))
         self.topology = topology
         self.epp_config = epp_config
         # Checked now: a bad entry is the caller's error (KeysFileError, a ValueError), before any start.
@@ -567,18 +570,64 @@ class OneBox:
         return {}, (401, ERROR_TYPES[401])
 
 
-def _timeouts_for(autoscaled: list[ModelSpec], timeouts: GatewayTimeouts | None) -> GatewayTimeouts:
-    """The gateway's timeouts: the EPP may hold a request up to the longest ``wakeTimeout`` (its queue),
-    so Envoy's ext_proc message timeout must be longer: raised from the default, an error if set shorter."""
+def _queue_holds(
+    autoscaled: list[ModelSpec], profile: str | None, config_file: Path | None
+) -> tuple[float, str] | None:
+    """The longest time an EPP's flow-control queue may hold a request (its larger TTL), and the
+    field that sets it; None when no EPP of the box queues (no ``flowControl`` gate, nothing autoscaled)."""
+    try:
+        document = epp_config_document(profile, config_file)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None  # the EPP says what is wrong with it when it starts
+    if autoscaled:  # the box turns the queue on for them (see OneBox._epp_config)
+        wakes = [m.autoscaling.wake_timeout for m in autoscaled
+                 if m.autoscaling is not None and m.autoscaling.min_replicas == 0]  # fmt: skip
+        document = with_flow_control(document, no_endpoint_ttl=max(wakes) if wakes else None)
+    try:
+        flow = EndpointPickerConfig.model_validate(document).flow_control_config()
+    except ValidationError:
+        return None  # the EPP says what is wrong with it when it starts
+    if flow is None:
+        return None
+    return max((flow.default_request_ttl, "flowControl.defaultRequestTTL"),
+               (flow.no_endpoint_request_ttl, "flowControl.noEndpointRequestTTL"))  # fmt: skip
+
+
+def _timeouts_for(
+    autoscaled: list[ModelSpec], timeouts: GatewayTimeouts | None, holds: tuple[float, str] | None = None
+) -> GatewayTimeouts:
+    """The gateway's timeouts around the EPP's queue, which may hold a request (before Envoy sends it
+    on, with nothing passing either way) up to ``holds`` (its longest TTL, and the field that sets it):
+
+    - Envoy's stream idle timeout cuts such a request (a 504) when it is shorter: it is raised past
+      the longest hold (it is the backstop behind the narrower timeouts; a value given is raised too,
+      with a warning). A queue without a time limit ("0s") is an error: Envoy's would be the limit.
+    - Envoy's ext_proc message timeout must be longer than the longest ``wakeTimeout``: raised from
+      the default, an error if set shorter.
+    """
+    timeouts = timeouts or GatewayTimeouts()
+    if holds is not None:
+        hold, field = holds
+        if math.isinf(hold):
+            raise ValueError(
+                f"the EPP's {field} is 0s (no limit): the gateway's stream idle timeout "
+                f"({timeouts.stream_idle:g} s) would end a request it holds longer; give the queue a limit"
+            )
+        if timeouts.stream_idle < hold + _WAKE_MARGIN:
+            if "stream_idle" in timeouts.model_fields_set:
+                _log.warning(
+                    "stream idle timeout %g s raised to %g s: the EPP's %s (%g s) holds requests that long",
+                    timeouts.stream_idle, hold + _WAKE_MARGIN, field, hold,
+                )  # fmt: skip
+            timeouts = timeouts.model_copy(update={"stream_idle": hold + _WAKE_MARGIN})
     wakes = [
         (m.autoscaling.wake_timeout, m.name)
         for m in autoscaled
         if m.autoscaling is not None and m.autoscaling.min_replicas == 0
     ]
     if not wakes:
-        return timeouts or GatewayTimeouts()
+        return timeouts
     wake, name = max(wakes)
-    timeouts = timeouts or GatewayTimeouts()
     if "ext_proc_message" not in timeouts.model_fields_set:  # the default: raised to fit
         longer = max(timeouts.ext_proc_message, wake + _WAKE_MARGIN)
         return timeouts.model_copy(update={"ext_proc_message": longer})

@@ -43,4 +43,13 @@ async def test_the_quick_fairness_row_measures_both_queues_and_the_light_tenant_
     assert errors.value == 0
     assert {f.what for f in result.figures} == {
         "light TTFT p50 flooded/alone", "light errors", "FIFO light TTFT p50 flooded/alone",
+        "heavy req/s with the queue / FIFO",
     }  # fmt: skip
+
+
+def test_on_a_slower_model_the_light_tenant_keeps_its_pace_relative_to_the_model() -> None:
+    quick = elastic.FairnessSettings.quick()
+    slower = quick.scaled(3.0)
+    assert (slower.light_every, slower.warmup) == (quick.light_every * 3, quick.warmup * 3)
+    assert (slower.streams, slower.light_requests) == (quick.streams, quick.light_requests)
+    assert quick.scaled(1.0) == quick

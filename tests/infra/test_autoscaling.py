@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import re
+from importlib import resources
 from typing import Any
 
 import pytest
 import yaml
 from epp.datastore import Datastore
 from epp.flowcontrol.metrics import FlowControlMetrics
-from epp.scheduling.config import parse_config
+from epp.scheduling.config import PROFILES_DIR, PROFILES_PACKAGE, parse_config
 from epp.settings import EppSettings
 from epp.telemetry import Telemetry
 from prometheus_client import CollectorRegistry
@@ -35,6 +36,10 @@ from render import RegisteredResource, StackRun, load_stack_config, render_stack
 from tests.infra.conftest import DEPLOYMENT, named, objects, of_type
 from tests.infra.shared import shared_dir
 from tests.infra.test_schemas import _schema_errors
+
+DEFAULT_PROFILE_TEXT = (
+    resources.files(PROFILES_PACKAGE).joinpath(PROFILES_DIR, "default.yaml").read_text(encoding="utf-8")
+)
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 SCALED_OBJECT = "kubernetes:keda.sh/v1alpha1:ScaledObject"
@@ -341,6 +346,12 @@ def _scaling(**fields: Any) -> dict[str, Any]:
     return {"models": _models("gpu", 1, autoscaling=fields)}
 
 
+def _with_queue(**flow: str) -> dict[str, Any]:
+    """The default profile as a full EndpointPickerConfig with the flow-control queue on."""
+    document = yaml.safe_load(DEFAULT_PROFILE_TEXT)
+    return {**document, "featureGates": ["flowControl"], "flowControl": flow}
+
+
 BAD_INPUT = {
     "a floor above the ceiling": (
         _scaling(minReplicas=3, maxReplicas=2),
@@ -361,6 +372,21 @@ BAD_INPUT = {
         _scaling(minReplicas=0, wakeTimeout=600),
         "platform.models[1].autoscaling.wakeTimeout",
         "not shorter than gateway.requestTimeoutSec (600s)",
+    ),
+    "a queue TTL as long as the gateway's request timeout": (
+        {"epp": {"config": _with_queue(defaultRequestTTL="10m")}},
+        "platform.epp.config.flowControl.defaultRequestTTL",
+        "600s is not shorter than gateway.requestTimeoutSec (600s)",
+    ),
+    "a queue without a time limit": (
+        {"epp": {"config": _with_queue(noEndpointRequestTTL="0s")}},
+        "platform.epp.config.flowControl.noEndpointRequestTTL",
+        "0s (no limit) is not shorter than gateway.requestTimeoutSec (600s)",
+    ),
+    "a model at zero whose queue's default TTL outlasts a short request timeout": (
+        {**_scaling(minReplicas=0, wakeTimeout=20), "gateway": {"requestTimeoutSec": 30}},
+        "platform.epp.config.flowControl.defaultRequestTTL",
+        "60s is not shorter than gateway.requestTimeoutSec (30s)",
     ),
     "scale to zero on a node pool that keeps a node": (
         {

@@ -36,7 +36,6 @@ from epp.flowcontrol.metrics import FlowControlMetrics
 from epp.flowcontrol.queue import FlowController
 from epp.health import Health
 from epp.memory import return_large_blocks
-from epp.requestcontrol.director import Plugins
 from epp.requestcontrol.flow_control import FlowControlAdmission
 from epp.scheduling import (
     ConfigError,
@@ -167,7 +166,7 @@ async def serve_epp(
             saturation=detector,
             # With the flow-control queue a saturated pool makes requests wait, not fail at once.
             shed_on_saturation=settings.shed_on_saturation and admission is None,
-            plugins=None if admission is None else Plugins(admitters=(admission,), pre_request=(admission,)),
+            plugins=None if admission is None else admission.plugins(),
             refresher=runner,
             outliers=runner.ejector,
             max_body_bytes=settings.max_body_bytes,

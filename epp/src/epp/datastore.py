@@ -20,6 +20,8 @@ from epp.model_list import model_list_body
 
 # The send times an InFlight keeps: far more than a pod's requests in one scrape interval.
 SEND_LOG = 1024
+# How much older than the time asked about a send time is kept (see InFlight.sent_since).
+SEND_KEEP = 1.0
 
 
 @dataclass(slots=True)
@@ -71,11 +73,19 @@ class InFlight:
         self.sends.append(now)
 
     def sent_since(self, t: float) -> int:
-        """Requests routed here after monotonic time ``t`` (older send times are dropped as read)."""
+        """Requests routed here after monotonic time ``t``. Send times older than ``t`` by more than
+        :data:`SEND_KEEP` are dropped as read: another reader may ask from a little earlier (the
+        flow-control queue counts a send as unseen by a scrape for a while after it)."""
         sends = self.sends
-        while sends and sends[0] <= t:
+        oldest = t - SEND_KEEP
+        while sends and sends[0] <= oldest:
             sends.popleft()
-        return len(sends)
+        count = 0
+        for sent in reversed(sends):
+            if sent <= t:
+                break
+            count += 1
+        return count
 
 
 def canonical_ip(ip: str) -> str:

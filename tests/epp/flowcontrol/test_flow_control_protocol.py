@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from epp.datastore import Metrics
 from epp.extproc.picker import EndpointPicker
 from epp.flowcontrol.config import FlowControlConfig
 from epp.flowcontrol.queue import FlowController
-from epp.requestcontrol.director import Plugins
 from epp.requestcontrol.flow_control import FlowControlAdmission, fairness_id
 from epp.scheduling.saturation import SaturationDetector
 from epp.telemetry import Telemetry
@@ -35,7 +35,7 @@ def queued_picker(waiting: int, **config: object) -> tuple[EndpointPicker, FlowC
     queue = FlowController(FlowControlConfig.model_validate(config), datastore, detector, tick=0.01)
     admission = FlowControlAdmission(queue, {"chat": 5})
     picker = EndpointPicker(datastore, LeastBusyScheduler(), Telemetry("epp", datastore),
-                            plugins=Plugins(admitters=(admission,), pre_request=(admission,)))
+                            plugins=admission.plugins())
     return picker, queue
 
 
@@ -90,3 +90,33 @@ def test_the_priority_is_the_front_doors_then_the_objectives() -> None:
     # through a front door, which strips them).
     assert admission.priority({"x-gateway-api-key-priority": "9"}) == 0
     assert admission.priority({"x-gateway-api-key-priority": "9", "x-gateway-api-key-name": "a"}) == 9
+
+
+async def test_the_end_of_an_answer_lets_the_next_held_request_go_without_waiting_for_a_scrape() -> None:
+    picker, queue = queued_picker(waiting=0)
+    datastore = picker._datastore
+    endpoint = datastore.get(ADDRESS)
+    assert endpoint is not None
+    # Two scrapes with a request waiting behind one running: the pod runs one at a time.
+    for _ in range(2):
+        datastore.set_metrics(endpoint, Metrics(running=1, waiting=1, updated_at=time.monotonic()))
+        queue.free(GEMMA, None)
+    assert queue.slots(ADDRESS) == 1
+    datastore.set_metrics(endpoint, Metrics(running=0, waiting=0, updated_at=time.monotonic()))
+    async with serving(picker) as stub:
+        first = EnvoyStream(stub)
+        routed = await first.send_request(body(), headers={"x-request-id": "first"})
+        assert routed.set_headers["x-gateway-destination-endpoint"] == ADDRESS
+        # The pod's one slot is taken (no scrape shows it yet): the next request is held.
+        held = EnvoyStream(stub).send_request(body(), headers={"x-request-id": "second"})
+        second = asyncio.ensure_future(held)
+        for _ in range(100):
+            if queue.count:
+                break
+            await asyncio.sleep(0.01)
+        assert queue.count == 1
+        # The first answer ends: its slot is free at once, with no new scrape.
+        await first.send_response(200, b'{"choices": []}')
+        outcome = await asyncio.wait_for(second, 5)
+    assert outcome.set_headers["x-gateway-destination-endpoint"] == ADDRESS
+    await queue.close()

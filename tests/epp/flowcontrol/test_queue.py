@@ -10,7 +10,7 @@ import pytest
 from epp.datastore import Datastore, Endpoint, Metrics
 from epp.flowcontrol.config import FlowControlConfig
 from epp.flowcontrol.metrics import FlowControlMetrics
-from epp.flowcontrol.queue import FlowController
+from epp.flowcontrol.queue import ACTIVE_SECONDS, SEND_SHOWS_AFTER, FlowController
 from epp.refusals import RequestError
 from epp.scheduling.saturation import SaturationDetector
 from prometheus_client import CollectorRegistry
@@ -37,11 +37,21 @@ def pool(clock: Clock, *addresses: str, model: str = MODEL) -> Datastore:
     return datastore
 
 
-def load(datastore: Datastore, clock: Clock, address: str, waiting: int) -> None:
-    """A fresh scrape of ``address`` showing ``waiting`` queued requests."""
+def load(datastore: Datastore, clock: Clock, address: str, waiting: int, running: int = 4) -> None:
+    """A fresh scrape of ``address`` showing ``waiting`` queued and ``running`` running requests."""
     endpoint = datastore.get(address)
     assert endpoint is not None
-    datastore.set_metrics(endpoint, Metrics(waiting=waiting, running=4, updated_at=clock.now))
+    datastore.set_metrics(endpoint, Metrics(waiting=waiting, running=running, updated_at=clock.now))
+
+
+def scrapes(queue: FlowController, datastore: Datastore, clock: Clock, address: str,
+            *loads: tuple[int, int]) -> None:
+    """Successive scrapes of ``address``, 50 ms apart, each (running, waiting), each looked at by the
+    queue (as it does at every request, and every tick while requests wait)."""
+    for running, waiting in loads:
+        clock.now += 0.05
+        load(datastore, clock, address, waiting, running)
+        queue.free(MODEL, None)
 
 
 def controller(datastore: Datastore, clock: Clock, registry: CollectorRegistry | None = None,
@@ -98,11 +108,15 @@ async def test_requests_sent_since_the_last_scrape_count_against_a_pods_room() -
     clock.now += 0.01
     load(datastore, clock, A, waiting=0)
     assert queue.dispatch() == 1  # one goes; the scrape cannot show it yet
+    await settle()
     clock.now += 0.001
-    queue.sent(A)
+    datastore.acquire(A, clock.now)  # it is routed there
     assert queue.dispatch() == 0
     clock.now += 0.01
-    load(datastore, clock, A, waiting=0)  # the next scrape: it is running, room again
+    load(datastore, clock, A, waiting=0)  # a scrape just after the send may not show it yet
+    assert queue.dispatch() == 0
+    clock.now += SEND_SHOWS_AFTER
+    load(datastore, clock, A, waiting=0)  # a later one does: it is running, room again
     assert queue.dispatch() == 1
     await queue.close()
     for task in tasks:
@@ -122,16 +136,17 @@ async def test_tenants_are_served_in_turn_not_in_arrival_order() -> None:
 
     heavy = [asyncio.ensure_future(request("heavy")) for _ in range(10)]
     await settle()
-    light = asyncio.ensure_future(request("light"))
+    light = [asyncio.ensure_future(request("light")) for _ in range(2)]
     await settle()
-    for _ in range(4):
+    for _ in range(5):
         clock.now += 0.01
         load(datastore, clock, A, waiting=0)
         queue.dispatch()
         await settle()
-    assert order == ["heavy", "light", "heavy", "heavy"]
+    # A tenant new to the queue goes first: it waited for none of the heavy tenant's turns.
+    assert order == ["light", "heavy", "light", "heavy", "heavy"]
     await queue.close()
-    for task in [*heavy, light]:
+    for task in [*heavy, *light]:
         task.cancel()
 
 
@@ -154,6 +169,7 @@ async def test_a_higher_priority_goes_first_and_sheds_a_lower_one_from_a_full_ba
     load(datastore, clock, A, waiting=0)
     assert queue.dispatch() == 1
     await asyncio.wait_for(high, 1)
+    datastore.acquire(A, clock.now)  # routed there
     assert not low_old.done()
     # Nothing lower to shed: a full queue refuses the newcomer itself.
     other = waiting(queue, "chat", priority=-1)
@@ -258,3 +274,115 @@ def test_the_config_takes_upstreams_fields_and_refuses_what_it_cannot_honour() -
                 {"priorityBands": [{"priority": 1, "fairnessPolicyRef": "lottery"}]}, {"queueDepth": 3}):
         with pytest.raises(ValueError, match="validation error"):
             FlowControlConfig.model_validate(bad)
+
+
+async def test_a_pod_whose_slots_are_all_busy_gets_no_request_though_nothing_waits_there() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    queue = controller(datastore, clock)
+    # Requests waited at the pod across two scrapes with 4 running: it runs 4 at a time.
+    scrapes(queue, datastore, clock, A, (4, 2), (4, 1))
+    assert queue.slots(A) == 4
+    # Its queue has drained but its 4 slots are busy: a request sent now would wait in the pod's
+    # own FIFO queue, behind whatever comes next; it waits in the EPP instead, where turns are fair.
+    scrapes(queue, datastore, clock, A, (4, 0))
+    assert queue.must_wait(MODEL, None)
+    # Two slots free: room for two, not one.
+    scrapes(queue, datastore, clock, A, (2, 0))
+    assert queue.free(MODEL, None) == {A: 2}
+
+
+async def test_one_scrape_with_requests_waiting_does_not_teach_the_slots() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    queue = controller(datastore, clock)
+    scrapes(queue, datastore, clock, A, (3, 1), (4, 0), (2, 1), (2, 0))
+    assert queue.slots(A) == 0  # never the same running twice in a row with requests waiting
+    assert queue.free(MODEL, None) == {A: 1}  # until then: room while nothing waits there
+
+
+async def test_an_answer_that_ends_frees_its_slot_at_once_not_at_the_next_scrape() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    queue = controller(datastore, clock)  # its dispatcher never ticks on its own in this test
+    scrapes(queue, datastore, clock, A, (4, 1), (4, 1), (4, 0))
+    task = waiting(queue, "light")
+    await settle()
+    assert queue.count == 1
+    clock.now += 0.01
+    queue.ended(A)  # the EPP saw the last byte of an answer from A
+    await asyncio.wait_for(task, 1)
+    assert task.result() == frozenset({A})
+    assert queue.count == 0
+    # That slot is taken again (counted as taken until its request is routed, then as sent).
+    datastore.acquire(A, clock.now)
+    assert queue.must_wait(MODEL, None)
+    # An end the scrape already shows is not counted twice.
+    scrapes(queue, datastore, clock, A, (4, 0))
+    assert queue.must_wait(MODEL, None)
+    await queue.close()
+
+
+async def test_a_request_let_go_holds_its_slot_until_it_is_routed() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    queue = controller(datastore, clock)
+    scrapes(queue, datastore, clock, A, (4, 1), (4, 1), (4, 0))  # 4 slots, all busy
+    first, second = waiting(queue, "heavy"), waiting(queue, "heavy")
+    await settle()
+    clock.now += 0.01
+    queue.ended(A)  # one slot frees: the first goes
+    assert queue.count == 1
+    # The dispatcher looks again before the first has been routed (its send is not logged yet):
+    # its slot still counts as taken, so the second stays.
+    assert queue.dispatch() == 0
+    await settle()
+    assert first.done()
+    assert not second.done()
+    datastore.acquire(A, clock.now)  # routed: its send counts from now on
+    assert queue.dispatch() == 0
+    queue.ended(A)
+    await settle()
+    assert second.done()
+    await queue.close()
+
+
+async def test_the_last_free_slot_is_kept_for_a_tenant_under_its_share_while_another_is_active() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    queue = controller(datastore, clock)
+    scrapes(queue, datastore, clock, A, (4, 1), (4, 1))  # 4 slots
+    for _ in range(3):
+        queue.started("heavy", MODEL)  # the heavy tenant holds 3 of them
+    queue.started("light", MODEL)
+    queue.finished("light", MODEL)  # the light tenant's last answer just ended
+    scrapes(queue, datastore, clock, A, (3, 0))  # one slot free
+    # Two tenants active: a share is 2 slots. The heavy one, above it, leaves the last slot free...
+    assert queue.must_wait(MODEL, None, "heavy")
+    # ...so the light tenant's next request finds it at once.
+    assert queue.free(MODEL, None, "light") == {A: 1}
+    # Alone for a while, the heavy tenant takes every slot.
+    clock.now += ACTIVE_SECONDS
+    scrapes(queue, datastore, clock, A, (3, 0))
+    assert queue.free(MODEL, None, "heavy") == {A: 1}
+
+
+async def test_a_tenant_new_to_the_queue_takes_a_freed_slot_before_a_tenant_that_holds_many() -> None:
+    clock = Clock()
+    datastore = pool(clock, A)
+    queue = controller(datastore, clock)
+    scrapes(queue, datastore, clock, A, (4, 1), (4, 1), (4, 0))  # 4 slots, all busy
+    for _ in range(4):
+        queue.started("heavy", MODEL)
+    heavy = waiting(queue, "heavy")
+    await settle()
+    light = waiting(queue, "light")
+    await settle()
+    clock.now += 0.01
+    queue.ended(A)  # one slot frees: the light tenant, holding none, goes first
+    queue.finished("heavy", MODEL)
+    await settle()
+    assert light.done()
+    assert not heavy.done()
+    await queue.close()
+    heavy.cancel()

@@ -27,7 +27,9 @@ class Usage:
 class ResponseTracker:
     """Accumulates what is needed from a response's headers and body chunks."""
 
-    __slots__ = ("_chunks", "_kept", "_tail", "connect_failed", "first_body_at", "status", "streaming")
+    __slots__ = (
+        "_chunks", "_kept", "_tail", "connect_failed", "ended", "first_body_at", "status", "streaming"
+    )
 
     def __init__(self) -> None:
         self.status = 0
@@ -39,6 +41,8 @@ class ResponseTracker:
         self._tail = b""
         # time.perf_counter() when the first body chunk was seen (0.0: none yet).
         self.first_body_at = 0.0
+        # The response's end came through this stream: the endpoint is done with the request.
+        self.ended = False
 
     def on_headers(self, headers: dict[str, str]) -> None:
         try:

@@ -494,6 +494,7 @@ class _Stream(Generic[S]):
         response = exchange.response
         response.on_headers(headers_to_dict(headers))
         if headers.end_of_stream:
+            response.ended = True
             self.complete()
             await self.write(self._headers_reply(CONTINUE_RESPONSE_HEADERS))
             return True
@@ -521,7 +522,9 @@ class _Stream(Generic[S]):
         return True
 
     async def response_body(self, message: HttpBody) -> bool:
-        self.exchange.response.on_body(message.body)
+        response = self.exchange.response
+        response.on_body(message.body)
+        response.ended = message.end_of_stream
         if self.response_mode == _FULL_DUPLEX:
             if message.end_of_stream:
                 self.complete()
@@ -536,6 +539,7 @@ class _Stream(Generic[S]):
         return bool(over)
 
     async def response_trailers(self) -> bool:
+        self.exchange.response.ended = True
         self.complete()
         await self.write(CONTINUE_RESPONSE_TRAILERS)
         return True

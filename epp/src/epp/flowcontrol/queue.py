@@ -9,10 +9,24 @@ then lets requests go as endpoints have room:
 - **fairly within a band**: round robin across fairness ids (tenants: the API key's name, else the
   fairness header) — per tenant and model, so a tenant's requests for a model without room do not
   hold up its requests for another — first come first served within one; one tenant's thousand
-  queued requests do not delay another tenant's next one by more than a turn;
-- **as much as there is room**: an endpoint has room while its metrics are fresh, its KV cache under
-  the detector's threshold and its waiting queue, plus the requests sent to it since its last scrape
-  (which the scrape cannot count yet), at most the detector's queue depth.
+  queued requests do not delay another tenant's next one by more than a turn, and a tenant new to
+  the queue takes the next turn;
+- **a slot kept for the lighter tenant**: a model's last free slot goes only to a tenant holding
+  less than its share of the model's slots (their learnt total over the tenants active for it), so
+  a tenant alone uses them all, and with another active it leaves one free for the other's next
+  request;
+- **as much as there is room**: an endpoint has room while its metrics are fresh and its KV cache is
+  under the detector's threshold, and then as many requests as it has free slots (plus the detector's
+  queue depth): its slots are learnt from its metrics (``running`` seen unchanged in two successive
+  scrapes while requests wait there is the slot count, vLLM's ``max_num_seqs`` or what its KV cache
+  holds), its busy slots are ``running + waiting`` from its last scrape, plus the requests sent to it
+  that the scrape cannot show yet, less the answers that ended since (the EPP follows a held
+  request's answer to its end, so its slot is free at once rather than at the next scrape). Until
+  its slots are known, an endpoint has room while its waiting queue plus the unseen sends is at
+  most the queue depth.
+
+Without the slot rule every pod keeps one more request waiting in its own FIFO queue than it can
+run, and a light tenant's request, let go first, still lands behind a heavy tenant's in that queue.
 
 Bounds: a band holds at most its ``maxRequests``/``maxBytes``, the queue at most the global ones;
 a request that finds its band full sheds the newest request of a lower band, or is itself refused
@@ -42,8 +56,15 @@ from epp.scheduling.saturation import SaturationDetector
 Clock = Callable[[], float]
 # How often the dispatcher looks again while requests wait (metrics change without an event).
 TICK_SECONDS = 0.005
-# Sends remembered per endpoint to count those its metrics cannot show yet.
-_MAX_SENDS = 256
+# A request sent this long before a scrape may still not show in it (it is on its way through the
+# proxy): it counts as unseen. Counted twice at worst, which only delays the next dispatch.
+SEND_SHOWS_AFTER = 0.025
+# Answer ends remembered per endpoint to free their slots before the next scrape shows it.
+_MAX_ENDS = 256
+# A tenant counts as active for a model while it has requests queued or in flight, and this long after.
+ACTIVE_SECONDS = 1.0
+# Idle tenants are forgotten once more than this many are remembered.
+_MAX_TENANTS = 1024
 
 
 @dataclass(eq=False, slots=True)
@@ -58,6 +79,45 @@ class Waiter:
     deadline: float = math.inf
     no_endpoint: bool = False
     done: bool = False
+    # Where it was let go: the endpoints that had a free slot, and the one counted as taken (until it
+    # is routed, when its send counts instead).
+    where: frozenset[str] = frozenset()
+    taken: str = ""
+
+
+@dataclass(slots=True)
+class _Pod:
+    """What the queue learnt of one endpoint: its slots (0: not known yet), the last scrape it looked
+    at, and when the answers it followed there ended."""
+
+    slots: int = 0
+    scraped_at: float = 0.0
+    running: int = 0
+    waiting: int = 0
+    ends: deque[float] = field(default_factory=lambda: deque(maxlen=_MAX_ENDS))
+
+    def learn(self, running: int, waiting: int, scraped_at: float) -> None:
+        """A scrape: ``running`` unchanged across two successive scrapes with requests waiting at
+        the pod is as many as it can run (the largest such reading is kept)."""
+        if scraped_at == self.scraped_at:
+            return
+        if waiting > 0 and self.waiting > 0 and running == self.running and self.scraped_at:
+            self.slots = max(self.slots, running)
+        self.scraped_at, self.running, self.waiting = scraped_at, running, waiting
+
+    def ended_since(self, t: float) -> int:
+        ends = self.ends
+        while ends and ends[0] <= t:
+            ends.popleft()
+        return len(ends)
+
+
+@dataclass(slots=True)
+class _Tenant:
+    """One tenant's requests for one model that this EPP let go and whose answers have not ended."""
+
+    in_flight: int = 0
+    last_seen: float = 0.0
 
 
 @dataclass(slots=True)
@@ -102,42 +162,135 @@ class FlowController:
         self._by_model: dict[str, int] = {}
         self.count = 0
         self.bytes = 0
-        # When requests were last sent to each address (to count those its metrics cannot show yet).
-        self._sends: dict[str, deque[float]] = {}
+        # What was learnt of each address: its slots, its answers that ended since its last scrape.
+        self._pods: dict[str, _Pod] = {}
+        # Slots counted as taken by let-go requests not routed yet, by address.
+        self._taken: dict[str, int] = {}
+        # (fairness id, model) -> its requests in flight; for the slot kept for a tenant under its share.
+        self._tenants: dict[tuple[str, str], _Tenant] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     # -- what the director asks ------------------------------------------------------------------
-    def must_wait(self, model: str, subset: frozenset[str] | None) -> bool:
+    def free(self, model: str, subset: frozenset[str] | None, fairness_id: str = "") -> dict[str, int]:
+        """Where a request of ``fairness_id`` for ``model`` may go now: its endpoints' free slots by
+        address (those with none left out); empty when it must wait (others for it wait already, or
+        none has room, or only the slot kept for a tenant under its share is free and this one is not)."""
+        if self._by_model.get(model):
+            return {}
+        now = self._clock()
+        candidates = self._candidates(model, subset)
+        rooms = {e.address: self._endpoint_room(e, now) for e in candidates}
+        if not self._may_take(fairness_id, model, candidates, sum(rooms.values()), now):
+            return {}
+        return {address: room for address, room in rooms.items() if room > 0}
+
+    def must_wait(self, model: str, subset: frozenset[str] | None, fairness_id: str = "") -> bool:
         """Whether a request for ``model`` waits: others for it wait already, or it has no room."""
-        return bool(self._by_model.get(model)) or self._room(model, subset) <= 0
+        return not self.free(model, subset, fairness_id)
+
+    def started(self, fairness_id: str, model: str) -> None:
+        """A request of ``fairness_id`` for ``model`` was let go (or needed no wait)."""
+        tenant = self._tenants.get((fairness_id, model))
+        if tenant is None:
+            tenant = self._tenants[(fairness_id, model)] = _Tenant()
+        tenant.in_flight += 1
+        tenant.last_seen = self._clock()
+
+    def finished(self, fairness_id: str, model: str) -> None:
+        """That request's exchange is over (answered, refused or gone)."""
+        tenant = self._tenants.get((fairness_id, model))
+        if tenant is None:
+            return
+        tenant.in_flight -= 1
+        tenant.last_seen = now = self._clock()
+        if len(self._tenants) > _MAX_TENANTS:
+            self._forget_idle_tenants(now)
+
+    def _forget_idle_tenants(self, now: float) -> None:
+        idle = [key for key, t in self._tenants.items()
+                if t.in_flight <= 0 and now - t.last_seen > ACTIVE_SECONDS]
+        for key in idle:
+            del self._tenants[key]
+
+    def _may_take(self, fairness_id: str, model: str, candidates: Sequence[Endpoint], room: int,
+                  now: float) -> bool:
+        """Whether ``fairness_id`` may take one of ``room`` free slots of ``model``: any but the last,
+        which is kept for a tenant holding less than its share of the model's slots (their learnt
+        total over the tenants active for the model: in flight, queued, or seen within
+        ``ACTIVE_SECONDS``). A tenant alone takes every slot; with a second one active, the first
+        leaves one free for it, so the second's next request finds a slot at once instead of waiting
+        for one of the first's answers to end."""
+        if room > 1:
+            return True
+        total = 0
+        for endpoint in candidates:
+            pod = self._pods.get(endpoint.address)
+            if pod is None or not pod.slots:
+                return True  # slots not known: nothing is kept
+            total += pod.slots
+        active = {fairness_id}
+        for (tenant_id, tenant_model), tenant in self._tenants.items():
+            if tenant_model == model and (tenant.in_flight > 0 or now - tenant.last_seen <= ACTIVE_SECONDS):
+                active.add(tenant_id)
+        for band in self._bands.values():
+            active.update(tenant_id for tenant_id, flow_model in band.flows if flow_model == model)
+        mine = self._tenants.get((fairness_id, model))
+        held = 0 if mine is None else mine.in_flight
+        return held * len(active) < total
 
     async def admit(self, model: str, subset: frozenset[str] | None, fairness_id: str, priority: int,
-                    size: int) -> None:
-        """Return when the request may be scheduled; raise the 429/503 ``RequestError`` otherwise."""
-        if self.must_wait(model, subset):
-            await self.wait(model, subset, fairness_id, priority, size)
+                    size: int) -> frozenset[str]:
+        """Return where the request may be scheduled (the endpoints with a free slot) once it may;
+        raise the 429/503 ``RequestError`` otherwise. Route it before the next ``await``."""
+        free = self.free(model, subset, fairness_id)
+        if free:
+            return frozenset(free)
+        return await self.wait(model, subset, fairness_id, priority, size)
 
     async def wait(self, model: str, subset: frozenset[str] | None, fairness_id: str, priority: int,
-                   size: int) -> None:
-        """Queue the request and return when it is let go (``must_wait`` said it waits)."""
+                   size: int) -> frozenset[str]:
+        """Queue the request and return where it may go when it is let go (``free`` was empty).
+        The caller routes it before its next ``await``: its slot is held for it until then."""
         waiter = self._enqueue(model, subset, fairness_id, priority, size)
+        self.dispatch()  # a slot kept for this tenant, or a turn that is its own, goes at once
         try:
             await waiter.future
         except asyncio.CancelledError:
             if not waiter.done:
                 self._leave(waiter, "cancelled")
             raise
+        finally:
+            self._untake(waiter)
+        return waiter.where
 
-    def sent(self, address: str) -> None:
-        """A request was routed to ``address`` (its metrics will show it from their next scrape)."""
-        sends = self._sends.get(address)
-        if sends is None:
-            sends = self._sends[address] = deque(maxlen=_MAX_SENDS)
-        sends.append(self._clock())
+    def _untake(self, waiter: Waiter) -> None:
+        """The let-go ``waiter`` is routed (or gone): its send, if any, counts from now on."""
+        if waiter.taken:
+            left = self._taken.get(waiter.taken, 0) - 1
+            if left > 0:
+                self._taken[waiter.taken] = left
+            else:
+                self._taken.pop(waiter.taken, None)
+            waiter.taken = ""
+
+    def ended(self, address: str) -> None:
+        """An answer from ``address`` ended (the EPP saw its last byte): its slot is free now; a
+        waiting request may take it at once, before the next scrape shows it."""
+        pod = self._pods.get(address)
+        if pod is None:
+            pod = self._pods[address] = _Pod()
+        pod.ends.append(self._clock())
+        if self.count:
+            self.dispatch()
+
+    def slots(self, address: str) -> int:
+        """The slots learnt for ``address`` (0: not known yet)."""
+        pod = self._pods.get(address)
+        return 0 if pod is None else pod.slots
 
     def forget(self, address: str) -> None:
-        self._sends.pop(address, None)
+        self._pods.pop(address, None)
 
     # -- capacity -----------------------------------------------------------------------------------
     def _candidates(self, model: str, subset: frozenset[str] | None) -> Sequence[Endpoint]:
@@ -146,27 +299,22 @@ class FlowController:
             serving = tuple(e for e in serving if e.address in subset)
         return serving
 
-    def _unseen(self, endpoint: Endpoint) -> int:
-        """Requests sent to ``endpoint`` after its last scrape."""
-        sends = self._sends.get(endpoint.address)
-        if not sends:
-            return 0
-        scraped = endpoint.metrics.updated_at
-        while sends and sends[0] <= scraped:
-            sends.popleft()
-        return len(sends)
-
-    def _room(self, model: str, subset: frozenset[str] | None, now: float | None = None) -> int:
-        """How many more requests for ``model`` its endpoints can take now (0: saturated or none)."""
-        now = self._clock() if now is None else now
+    def _endpoint_room(self, endpoint: Endpoint, now: float) -> int:
+        """How many more requests ``endpoint`` can take now: its free slots (plus the queue depth)."""
+        metrics = endpoint.metrics
+        pod = self._pods.get(endpoint.address)
+        if pod is None:
+            pod = self._pods[endpoint.address] = _Pod()
+        pod.learn(metrics.running, metrics.waiting, metrics.updated_at)
         detector = self._detector
-        room = 0
-        for endpoint in self._candidates(model, subset):
-            if not detector.has_capacity(endpoint, now):
-                continue
-            waiting = endpoint.metrics.waiting + self._unseen(endpoint)
-            room += max(0, detector.queue_depth_threshold + 1 - waiting)
-        return room
+        if not detector.has_capacity(endpoint, now):
+            return 0
+        unseen = endpoint.load.sent_since(metrics.updated_at - SEND_SHOWS_AFTER)
+        unseen += self._taken.get(endpoint.address, 0)
+        if not pod.slots:
+            return max(0, detector.queue_depth_threshold + 1 - metrics.waiting - unseen)
+        busy = metrics.running + metrics.waiting + unseen - pod.ended_since(metrics.updated_at)
+        return max(0, pod.slots + detector.queue_depth_threshold - busy)
 
     # -- the queue ----------------------------------------------------------------------------------
     def _band(self, priority: int) -> _Band:
@@ -190,7 +338,9 @@ class FlowController:
                         asyncio.get_running_loop().create_future(), now + ttl, no_endpoint)
         flow = band.flows.get((fairness_id, model))
         if flow is None:
+            # A tenant with nothing queued takes the next turn: it waited for none of the others'.
             flow = band.flows[(fairness_id, model)] = deque()
+            band.flows.move_to_end((fairness_id, model), last=False)
         flow.append(waiter)
         band.count += 1
         band.bytes += size
@@ -289,7 +439,7 @@ class FlowController:
         now = self._clock()
         self._expire(now)
         let_go = 0
-        rooms: dict[tuple[str, frozenset[str] | None], int] = {}
+        rooms: dict[str, int] = {}
         for priority in self._order:
             band = self._bands[priority]
             let_go += self._dispatch_band(band, rooms, now)
@@ -297,10 +447,10 @@ class FlowController:
             self._metrics.saturation(bool(self.count))
         return let_go
 
-    def _dispatch_band(self, band: _Band, rooms: dict[tuple[str, frozenset[str] | None], int],
-                       now: float) -> int:
-        """Round robin across the band's flows: each turn, a flow's first request goes if its model
-        has room; a flow whose first request cannot go waits for a later pass."""
+    def _dispatch_band(self, band: _Band, rooms: dict[str, int], now: float) -> int:
+        """Round robin across the band's flows: each turn, a flow's first request goes if one of its
+        model's endpoints has a free slot (``rooms``: by address, as this pass found them); a flow
+        whose first request cannot go waits for a later pass."""
         let_go = 0
         blocked: set[tuple[str, str]] = set()
         while len(blocked) < len(band.flows):
@@ -310,14 +460,27 @@ class FlowController:
                     continue
                 flow = band.flows[flow_key]
                 waiter = flow[0]
-                key = (waiter.model, waiter.subset)
-                room = rooms.get(key)
-                if room is None:
-                    room = rooms[key] = self._room(waiter.model, waiter.subset, now)
-                if room <= 0:
+                free: list[str] = []
+                most = 0
+                for endpoint in self._candidates(waiter.model, waiter.subset):
+                    address = endpoint.address
+                    room = rooms.get(address)
+                    if room is None:
+                        room = rooms[address] = self._endpoint_room(endpoint, now)
+                    if room > 0:
+                        free.append(address)
+                        if room > most:
+                            most, waiter.taken = room, address
+                if not free or not self._may_take(
+                    waiter.fairness_id, waiter.model, self._candidates(waiter.model, waiter.subset),
+                    sum(rooms[a] for a in free), now,
+                ):
                     blocked.add(flow_key)
                     continue
-                rooms[key] = room - 1
+                # The slot most likely taken (the freest endpoint) counts as taken until it is routed.
+                rooms[waiter.taken] -= 1
+                self._taken[waiter.taken] = self._taken.get(waiter.taken, 0) + 1
+                waiter.where = frozenset(free)
                 self._finish(waiter, "dispatched")
                 let_go += 1
                 progressed = True

@@ -4,7 +4,8 @@
 
 1. **parse**: the body's ``model`` and prompt; a model no pod serves or is configured for is a 404,
    an empty endpoint subset hint from the proxy a 503;
-2. **admit**: every :class:`~epp.requestcontrol.plugins.Admitter` in turn may refuse (or hold) it;
+2. **admit**: every :class:`~epp.requestcontrol.plugins.Admitter` in turn may refuse (or hold) it,
+   or narrow the endpoints it may go to;
 3. **schedule**: the scheduler picks among the pool's routable endpoints; none is a 503. The pick's
    in-flight count is acquired (the datastore owns it) and the ``PreRequest`` plugins see it.
 
@@ -72,7 +73,9 @@ class Director:
         view = self._datastore.view
         request = self._parse(exchange, body, view)
         for admitter in self.plugins.admitters:
-            await admitter.admit(request, view)
+            narrowed = await admitter.admit(request, view)
+            if narrowed is not None:
+                request = exchange.state.request = narrowed
         return self._schedule(exchange, request)
 
     def _parse(self, exchange: EppExchange, body: bytes, view: PoolView) -> LLMRequest:

@@ -48,8 +48,9 @@ EppExchange = Exchange[EppState]
 
 
 class Admitter(Protocol):
-    async def admit(self, request: LLMRequest, view: PoolView) -> None:
-        """Let ``request`` on to scheduling, or raise a ``RequestError`` (may wait first)."""
+    async def admit(self, request: LLMRequest, view: PoolView) -> LLMRequest | None:
+        """Let ``request`` on to scheduling (None), or the same request narrowed (its ``subset``: the
+        endpoints it may go to), or raise a ``RequestError`` (may wait first)."""
         ...
 
 
