@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import aiohttp
 import pytest
 from aiohttp import web
 from epp.datastore import Datastore, Endpoint
@@ -54,10 +53,9 @@ class FakeVllm:
 
 @asynccontextmanager
 async def scraping(datastore: Datastore, interval: float = 0.02) -> AsyncIterator[MetricsScraper]:
-    async with aiohttp.ClientSession() as session:
-        scraper = MetricsScraper(datastore, session, interval=interval, timeout=1.0)
-        async with running(scraper):
-            yield scraper
+    scraper = MetricsScraper(datastore, interval=interval, timeout=1.0)
+    async with running(scraper):
+        yield scraper
 
 
 async def test_every_endpoint_is_scraped_and_follows_its_load() -> None:
@@ -154,8 +152,8 @@ async def test_a_bug_met_while_scraping_is_counted_logged_once_and_scraping_goes
     server = FakeVllm(waiting=5)
     datastore = Datastore()
     kinds: list[str] = []
-    async with serve(server.app()) as port, aiohttp.ClientSession() as session:
-        scraper = MetricsScraper(datastore, session, interval=0.02, timeout=1.0, on_error=kinds.append)
+    async with serve(server.app()) as port:
+        scraper = MetricsScraper(datastore, interval=0.02, timeout=1.0, on_error=kinds.append)
         async with running(scraper):
             endpoint = await pod_appears(datastore, port)
             await eventually(lambda: endpoint.metrics.waiting == 5, what="a scrape after the bugs")
