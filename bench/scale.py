@@ -78,7 +78,7 @@ class ScaleResult:
     idle_cores: float
     idle_scrapes_per_s: float
     requests: int
-    failed: int
+    failed: dict[str, int]
     load_seconds: float
     epp_load_cores: float
     others_cores: dict[str, float] = field(default_factory=dict)  # envoy, simulator, load generator
@@ -106,7 +106,7 @@ class ScaleResult:
     def passed(self) -> bool:
         per_core = self.rate_per_core
         return (
-            self.failed == 0
+            not self.failed
             and self.idle_cores <= IDLE_TARGET_CORES
             and per_core is not None
             and per_core >= RATE_PER_CORE_TARGET
@@ -176,29 +176,34 @@ def _bodies(settings: ScaleSettings) -> Callable[[int], bytes]:
 
 async def _load(
     url: str, settings: ScaleSettings, stop_at: float, body: Callable[[int], bytes]
-) -> tuple[int, int]:
-    """Closed loop until ``stop_at`` (loop time): (requests answered 200, other answers or errors)."""
+) -> tuple[int, dict[str, int]]:
+    """Closed loop until ``stop_at`` (loop time): requests answered 200, and the others by status
+    (or error) with the first answer's text."""
     counter = iter(range(1 << 62))
-    ok = failed = 0
+    ok = 0
+    failed: dict[str, int] = {}
     loop = asyncio.get_running_loop()
     timeout = aiohttp.ClientTimeout(total=60)
     connector = aiohttp.TCPConnector(limit=settings.concurrency)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
 
         async def worker() -> None:
-            nonlocal ok, failed
+            nonlocal ok
             headers = {"Content-Type": "application/json"}
             while loop.time() < stop_at:
                 try:
                     async with session.post(f"{url}/v1/completions", data=body(next(counter)),
                                             headers=headers) as response:  # fmt: skip
-                        await response.read()
+                        answer = await response.read()
                         if response.status == 200:
                             ok += 1
-                        else:
-                            failed += 1
-                except (aiohttp.ClientError, TimeoutError):
-                    failed += 1
+                            continue
+                        what = f"HTTP {response.status}"
+                        if what not in failed:
+                            what += f" ({answer[:120].decode(errors='replace')})"
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    what = type(exc).__name__
+                failed[what] = failed.get(what, 0) + 1
 
         await asyncio.gather(*(worker() for _ in range(settings.concurrency)))
     return ok, failed
@@ -250,6 +255,9 @@ def format_scale(result: ScaleResult) -> str:
     s = result.settings
     busiest = max(result.others_cores.items(), key=lambda kv: kv[1], default=("", 0.0))
     per_core, per_request = result.rate_per_core, result.cpu_per_request
+    failed = f"{sum(result.failed.values())} failed"
+    if result.failed:
+        failed += ": " + ", ".join(f"{what} x{count}" for what, count in result.failed.items())
     lines = [
         f"scale row: {s.pods} simulated pods in one InferencePool (one vllmsim process), EPP scraping "
         f"every {result.interval_s * 1000:.0f} ms; {s.prompt_kb} KB prompts "
@@ -258,7 +266,7 @@ def format_scale(result: ScaleResult) -> str:
         f"  EPP idle            {result.idle_cores:.3f} cores ({result.idle_scrapes_per_s:,.0f} scrapes/s of "
         f"{result.wanted_scrapes_per_s:,.0f} wanted)   target <= {IDLE_TARGET_CORES}   "
         f"upstream ~{UPSTREAM_IDLE_CORES} cores",
-        f"  under load          {result.rate:,.1f} req/s ({result.requests} ok, {result.failed} failed), "
+        f"  under load          {result.rate:,.1f} req/s ({result.requests} ok, {failed}), "
         f"EPP {result.epp_load_cores:.3f} cores, {_num(None if per_request is None else per_request * 1000)} "
         "ms EPP CPU per request",
         f"  req/s per EPP core  {_num(per_core, 1)}   target >= {RATE_PER_CORE_TARGET:.0f}   upstream "
