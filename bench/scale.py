@@ -61,7 +61,7 @@ class ScaleSettings:
     pods: int = 100
     prompt_kb: int = 400
     output_tokens: int = 1000
-    concurrency: int = 16
+    concurrency: int = 4
     idle_seconds: float = 10.0
     load_seconds: float = 20.0
     settle_seconds: float = 3.0
