@@ -1,9 +1,10 @@
 """``python -m bench scale``: the EPP at 100 pods, beside the upstream picker's published sizing.
 
-One box (``onebox``) with one InferencePool of ``--pods`` simulated pods, all served by one
-``vllmsim --pods`` process (``one_process: true``), one EPP scraping each pod's ``/metrics`` every
-50 ms (its default, upstream's too), and Envoy in front (unified-pool mode: no BBR). The simulator
-answers at once (time-scale 0), so the EPP, not the model, is what is measured. Two phases:
+One box (``onebox``) with one InferencePool of ``--pods`` simulated pods, served by a few
+``vllmsim --pods`` processes (``one_process: true``, ``sim_processes``), one EPP scraping each
+pod's ``/metrics`` every 50 ms (its default, upstream's too), and Envoy in front (unified-pool
+mode: no BBR). The simulator answers at once (time-scale 0), so the EPP, not the model, is what
+is measured. Two phases:
 
 1. **idle**: no traffic; the EPP's CPU from ``/proc/PID/stat`` (user + system) over ``--idle-seconds``,
    and the scrapes it made meanwhile (``epp_metrics_scrapes_total``) against the ``pods / interval``
@@ -59,6 +60,7 @@ Output = Callable[[str], None]
 @dataclass(frozen=True)
 class ScaleSettings:
     pods: int = 100
+    sim_processes: int = 4
     prompt_kb: int = 400
     output_tokens: int = 1000
     concurrency: int = 4
@@ -67,8 +69,8 @@ class ScaleSettings:
     settle_seconds: float = 3.0
 
 
-QUICK = ScaleSettings(pods=10, prompt_kb=40, output_tokens=16, concurrency=4, idle_seconds=2.0,
-                      load_seconds=3.0, settle_seconds=1.0)  # fmt: skip
+QUICK = ScaleSettings(pods=10, sim_processes=2, prompt_kb=40, output_tokens=16, concurrency=4,
+                      idle_seconds=2.0, load_seconds=3.0, settle_seconds=1.0)  # fmt: skip
 
 
 @dataclass
@@ -81,6 +83,7 @@ class ScaleResult:
     failed: dict[str, int]
     load_seconds: float
     epp_load_cores: float
+    load_scrapes_per_s: float = 0.0
     others_cores: dict[str, float] = field(default_factory=dict)  # envoy, simulator, load generator
     load_average: float = 0.0
     cpus: int = 0
@@ -117,7 +120,8 @@ class ScaleResult:
             "settings": asdict(self.settings), "interval_s": self.interval_s, "idle_cores": self.idle_cores,
             "idle_scrapes_per_s": self.idle_scrapes_per_s, "wanted_scrapes_per_s": self.wanted_scrapes_per_s,
             "requests": self.requests, "failed": self.failed, "rate": self.rate,
-            "epp_load_cores": self.epp_load_cores, "cpu_per_request": self.cpu_per_request,
+            "epp_load_cores": self.epp_load_cores, "load_scrapes_per_s": self.load_scrapes_per_s,
+            "cpu_per_request": self.cpu_per_request,
             "rate_per_core": self.rate_per_core, "others_cores": self.others_cores,
             "load_average": self.load_average, "cpus": self.cpus, "upstream": UPSTREAM_WORKLOAD,
             "passed": self.passed,
@@ -125,11 +129,14 @@ class ScaleResult:
 
 
 def scale_topology(settings: ScaleSettings) -> Topology:
-    """One model, ``pods`` replicas from one simulator process, room for ~100k-token prompts."""
+    """One model, ``pods`` replicas from ``sim_processes`` simulator processes, room for the prompts."""
     tokens = settings.prompt_kb * 1024 // 4 + settings.output_tokens + 1024
     blocks = -(-tokens // 16) * 2
     sim = SimOptions(kv_cache_blocks=blocks, max_model_len=tokens, max_num_seqs=64)
-    model = ModelSpec(name="big", served_name=MODEL, replicas=settings.pods, one_process=True, sim=sim)
+    model = ModelSpec(
+        name="big", served_name=MODEL, replicas=settings.pods, one_process=True,
+        sim_processes=settings.sim_processes, sim=sim,
+    )  # fmt: skip
     return Topology(name="scale", models=[model])
 
 
@@ -211,11 +218,10 @@ async def _load(
 
 async def run_scale(settings: ScaleSettings, out: Output = print) -> ScaleResult:
     topology = scale_topology(settings)
-    out(f"scale: starting {settings.pods} simulated pods (one process), one EPP, Envoy ...")
+    out(f"scale: starting {settings.pods} simulated pods ({settings.sim_processes} processes), EPP, Envoy")
     async with OneBox(topology, mode="unified-pool", time_scale=0.0, startup_timeout=120.0) as box:
         epp = box.epps["unified"][0].child
-        sim = box.pods[0].child
-        assert sim is not None
+        sims = list({pod.child.pid: pod.child for pod in box.pods if pod.child is not None}.values())
         envoy = box.child("envoy")
         metrics_url = f"http://127.0.0.1:{epp.ports['metrics']}/metrics"
         interval = 0.05  # the EPP's default --metrics-interval, as the box runs it
@@ -230,19 +236,25 @@ async def run_scale(settings: ScaleSettings, out: Output = print) -> ScaleResult
         out(f"scale: idle {idle_cores:.3f} EPP cores, {(scrapes1 - scrapes0) / (t1 - t0):.0f} scrapes/s")
 
         body = _bodies(settings)
-        pids = {"envoy": envoy.pid, "simulator": sim.pid}
-        before = {name: group_cpu_seconds(pid) for name, pid in pids.items()}
+        groups = {"envoy": [envoy.pid], "simulator": [sim.pid for sim in sims]}
+        async with aiohttp.ClientSession() as session:
+            load_scrapes0 = await _epp_scrapes(session, metrics_url)
+        before = {name: sum(map(group_cpu_seconds, pids)) for name, pids in groups.items()}
         epp0, own0, start = group_cpu_seconds(epp.pid), time.process_time(), time.monotonic()
         stop_at = asyncio.get_running_loop().time() + settings.load_seconds
         ok, failed = await _load(box.gateway_url, settings, stop_at, body)
         elapsed = time.monotonic() - start
         epp1, own1 = group_cpu_seconds(epp.pid), time.process_time()
-        others = {name: (group_cpu_seconds(pid) - before[name]) / elapsed for name, pid in pids.items()}
+        after = {name: sum(map(group_cpu_seconds, pids)) for name, pids in groups.items()}
+        others = {name: (after[name] - before[name]) / elapsed for name in groups}
         others["load generator"] = (own1 - own0) / elapsed
+        async with aiohttp.ClientSession() as session:
+            load_scrapes = (await _epp_scrapes(session, metrics_url) - load_scrapes0) / elapsed
     return ScaleResult(
         settings=settings, interval_s=interval, idle_cores=idle_cores,
         idle_scrapes_per_s=(scrapes1 - scrapes0) / (t1 - t0), requests=ok, failed=failed,
-        load_seconds=elapsed, epp_load_cores=(epp1 - epp0) / elapsed, others_cores=others,
+        load_seconds=elapsed, epp_load_cores=(epp1 - epp0) / elapsed, load_scrapes_per_s=load_scrapes,
+        others_cores=others,
         load_average=os.getloadavg()[0], cpus=os.cpu_count() or 0,
     )  # fmt: skip
 
@@ -259,7 +271,8 @@ def format_scale(result: ScaleResult) -> str:
     if result.failed:
         failed += ": " + ", ".join(f"{what} x{count}" for what, count in result.failed.items())
     lines = [
-        f"scale row: {s.pods} simulated pods in one InferencePool (one vllmsim process), EPP scraping "
+        f"scale row: {s.pods} simulated pods in one InferencePool ({s.sim_processes} vllmsim processes), "
+        "EPP scraping "
         f"every {result.interval_s * 1000:.0f} ms; {s.prompt_kb} KB prompts "
         f"(~{s.prompt_kb * 1024 // 4 // 1000}k tokens), {s.output_tokens} output tokens, "
         f"closed loop c={s.concurrency} through Envoy, simulator at time-scale 0",
@@ -267,8 +280,8 @@ def format_scale(result: ScaleResult) -> str:
         f"{result.wanted_scrapes_per_s:,.0f} wanted)   target <= {IDLE_TARGET_CORES}   "
         f"upstream ~{UPSTREAM_IDLE_CORES} cores",
         f"  under load          {result.rate:,.1f} req/s ({result.requests} ok, {failed}), "
-        f"EPP {result.epp_load_cores:.3f} cores, {_num(None if per_request is None else per_request * 1000)} "
-        "ms EPP CPU per request",
+        f"EPP {result.epp_load_cores:.3f} cores ({result.load_scrapes_per_s:,.0f} scrapes/s meanwhile), "
+        f"{_num(None if per_request is None else per_request * 1000)} ms EPP CPU per request",
         f"  req/s per EPP core  {_num(per_core, 1)}   target >= {RATE_PER_CORE_TARGET:.0f}   upstream "
         f"~{UPSTREAM_RATE_PER_CORE:.1f} ({UPSTREAM_RATE:.0f} req/s on {UPSTREAM_PEAK_CORES[0]:.0f}-"
         f"{UPSTREAM_PEAK_CORES[1]:.0f} cores)",
@@ -285,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = ScaleSettings()
     p = argparse.ArgumentParser(prog="python -m bench scale", description=__doc__.split("\n")[0])
     p.add_argument("--pods", type=int, default=d.pods)
+    p.add_argument("--sim-processes", type=int, default=d.sim_processes, help="simulator processes")
     p.add_argument("--prompt-kb", type=int, default=d.prompt_kb)
     p.add_argument("--output-tokens", type=int, default=d.output_tokens)
     p.add_argument("--concurrency", type=int, default=d.concurrency)
@@ -298,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = QUICK if args.quick else ScaleSettings(
-        pods=args.pods, prompt_kb=args.prompt_kb, output_tokens=args.output_tokens,
-        concurrency=args.concurrency, idle_seconds=args.idle_seconds, load_seconds=args.load_seconds,
+        pods=args.pods, sim_processes=args.sim_processes, prompt_kb=args.prompt_kb,
+        output_tokens=args.output_tokens, concurrency=args.concurrency, idle_seconds=args.idle_seconds,
+        load_seconds=args.load_seconds,
     )  # fmt: skip
     result = asyncio.run(run_scale(settings))
     print(format_scale(result))

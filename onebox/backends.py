@@ -87,10 +87,20 @@ async def start_pods(supervisor: Supervisor, spec: ModelSpec, *, time_scale: flo
             for i, url in enumerate(spec.endpoints)
         ]
     if spec.one_process:
-        child = await supervisor.launch(
-            children.simulator_pool(spec.name, HOST, _sim_args(spec, 0, time_scale), spec.replicas)
-        )
-        return [Starting(f"{spec.name}-{i}", child, port_key=f"http-{i}") for i in range(spec.replicas)]
+        starting: list[Starting] = []
+        share, extra = divmod(spec.replicas, spec.sim_processes)
+        first = 0
+        for k in range(spec.sim_processes):
+            pods = share + (1 if k < extra else 0)
+            name = spec.name if spec.sim_processes == 1 else f"{spec.name}-sims-{k}"
+            child = await supervisor.launch(children.simulator_pool(
+                name, HOST, _sim_args(spec, 0, time_scale), pods, pod_name=spec.name, first=first
+            ))  # fmt: skip
+            starting += [
+                Starting(f"{spec.name}-{first + i}", child, port_key=f"http-{i}") for i in range(pods)
+            ]
+            first += pods
+        return starting
     return [
         await start_replica(supervisor, spec, i, time_scale=time_scale) for i in range(spec.initial_replicas)
     ]

@@ -69,9 +69,12 @@ def simulator_pool_ports(line: str) -> Ports | None:
     return {f"http-{i}": int(port) for i, port in enumerate(match["ports"].split(","))}
 
 
-def simulator_pool(name: str, host: str, args: Sequence[str], pods: int) -> ChildSpec:
-    """``pods`` simulated pods ``<name>-0``.. in one process (``vllmsim --pods``); a restart asks
-    for the same ports; ready when the first pod's ``GET /health`` answers 200 (all start together)."""
+def simulator_pool(
+    name: str, host: str, args: Sequence[str], pods: int, *, pod_name: str | None = None, first: int = 0
+) -> ChildSpec:
+    """The child ``name``: ``pods`` simulated pods ``<pod_name>-<first>``.. (``pod_name`` defaults to
+    ``name``) in one process (``vllmsim --pods``); a restart asks for the same ports; ready when the
+    first pod's ``GET /health`` answers 200 (all start together)."""
 
     def argv(ports: Ports) -> list[str]:
         where = ["--base-port", "0"]
@@ -79,7 +82,7 @@ def simulator_pool(name: str, host: str, args: Sequence[str], pods: int) -> Chil
             where = ["--ports", ",".join(str(ports[f"http-{i}"]) for i in range(pods))]
         return [
             sys.executable, "-m", "vllmsim", "--host", host, "--pods", str(pods), *where,
-            "--pod-name", name, *args,
+            "--first-pod", str(first), "--pod-name", pod_name or name, *args,
         ]  # fmt: skip
 
     return ChildSpec(

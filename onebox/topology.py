@@ -24,7 +24,8 @@ Loaded from YAML and validated with pydantic; the presets live in ``onebox/prese
       - name: big
         served_name: big/model
         replicas: 100
-        one_process: true                # every replica from one `vllmsim --pods 100` (bench.scale)
+        one_process: true                # replicas from `vllmsim --pods` processes (bench.scale)
+        sim_processes: 4                 # 25 pods each (default 1: all in one)
 """
 
 from __future__ import annotations
@@ -133,7 +134,10 @@ class ModelSpec(BaseModel):
     replicas: int = Field(default=1, ge=1, le=MAX_ONE_PROCESS_REPLICAS)
     one_process: bool = Field(
         default=False,
-        description="serve every replica from one simulator process (`vllmsim --pods N`): large pools",
+        description="serve the replicas from few simulator processes (`vllmsim --pods N`): large pools",
+    )
+    sim_processes: int = Field(
+        default=1, ge=1, le=64, description="with one_process: how many processes share the replicas"
     )
     pool: str | None = Field(default=None, description="InferencePool name; default: the name")
     sim: SimOptions = Field(default_factory=SimOptions)
@@ -155,6 +159,10 @@ class ModelSpec(BaseModel):
             if not _DNS_LABEL.match(value):
                 raise ValueError(f"model {what} {value!r} must be a DNS label (a-z, 0-9, '-')")
         backends.check_sources(self)
+        if self.sim_processes > 1 and not self.one_process:
+            raise ValueError(f"model {self.name}: sim_processes needs one_process: true")
+        if self.sim_processes > self.replicas:
+            raise ValueError(f"model {self.name}: more sim_processes ({self.sim_processes}) than replicas")
         if self.one_process:
             for field in ("autoscaling", "pods"):
                 if field in self.model_fields_set:  # one configuration for all

@@ -17,15 +17,15 @@ from vllmsim.server import Simulator
 
 
 def pod_configs(config: SimConfig, layout: PodLayout) -> list[SimConfig]:
-    """The configuration of each pod of ``layout``: its port, name (``<pod_name>-<i>``) and seed."""
+    """The configuration of each pod of ``layout``: its port, name (``<pod_name>-<first + i>``) and seed."""
     if layout.pods == 1:
         return [config.model_copy(update={"port": layout.port_of(0)})]
     return [
         config.model_copy(
             update={
                 "port": layout.port_of(i),
-                "pod_name": f"{config.pod_name}-{i}" if config.pod_name else None,
-                "seed": None if config.seed is None else config.seed + i,
+                "pod_name": f"{config.pod_name}-{layout.first + i}" if config.pod_name else None,
+                "seed": None if config.seed is None else config.seed + layout.first + i,
             }
         )
         for i in range(layout.pods)

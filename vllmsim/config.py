@@ -94,11 +94,13 @@ class PodLayout(BaseModel):
     ``x-inference-pod``) sharing only the process and its configuration: a pool of 100 pods costs
     one Python process, not 100. With several pods, pod ``i`` is named ``<pod_name>-<i>`` and listens
     on ``ports[i]`` when given, else on ``base_port + i`` (``base_port`` 0: each picks a free port).
+    ``first`` shifts the names (``<pod_name>-<first + i>``), for a pool split over several processes.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     pods: int = Field(default=1, ge=1, le=1024)
+    first: int = Field(default=0, ge=0, description="the first pod's index in its name")
     base_port: int = Field(default=0, ge=0, le=65535)
     ports: list[int] | None = Field(default=None, description="one port per pod (a restart's old ports)")
 
@@ -160,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pods", type=int, default=1,
                         help="simulated pods served by this one process, each on its own port "
                              "(names <pod-name>-0..; seeds seed+i)")
+    parser.add_argument("--first-pod", type=int, default=0,
+                        help="with --pods: the first pod's index (pods <pod-name>-FIRST..)")
     parser.add_argument("--base-port", type=int, default=0,
                         help="with --pods: pod i listens on BASE+i (0: each picks a free port)")
     parser.add_argument("--ports", type=_port_list, default=None, metavar="P0,P1,...",
@@ -186,7 +190,9 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[SimConfig, PodLayo
     if args.pods > 1 and args.port:
         parser.error("--port names one pod's port; with --pods give --base-port or --ports")
     try:
-        layout = PodLayout(pods=args.pods, base_port=args.base_port or args.port, ports=args.ports)
+        layout = PodLayout(
+            pods=args.pods, first=args.first_pod, base_port=args.base_port or args.port, ports=args.ports
+        )
     except ValidationError as exc:
         parser.error(describe(exc))
     loras: dict[str, str] = {}
