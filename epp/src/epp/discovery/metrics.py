@@ -145,7 +145,12 @@ class MetricsScraper(PollErrors):
             connection.close()  # abandoned or dropped meanwhile
             return
         target.connection = connection
-        connection.get(target.request)
+        try:
+            connection.get(target.request)
+        except Exception:  # a bug, not a bad answer: counted, logged once, scraping goes on
+            target.started = 0.0
+            connection.close()
+            self._unexpected(endpoint, "metrics scrape")
 
     def _on_answer(self, target: _Target) -> Callable[[Connection, Response | BaseException], None]:
         def answered(connection: Connection, outcome: Response | BaseException) -> None:
