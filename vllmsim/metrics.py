@@ -6,8 +6,9 @@ first served model) and ``engine``. TTFT and end-to-end latency are measured (th
 inter-token latency records the engine's scaled per-token delays.
 
 Rendering the page costs far more than serving it (a pool of 100 pods scraped every 50 ms asks
-2,000 times a second), so the text is rendered again only when something on it changed: the
-engine's state behind the gauges, or a request admitted or finished.
+2,000 times a second), so the text is rendered again only when something on it changed (the
+engine's state behind the gauges, or a request admitted or finished) or, whatever happened, once
+it is a second old.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
 _E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
                 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 _LABELS = ("model_name", "engine")
+_RENDERED_AT_MOST = 1.0  # seconds a rendered page is served again while nothing seems to change
 _ENGINE_ID = "0"
 
 
@@ -95,7 +97,7 @@ class SimMetrics:
         self.registry.register(self._state)
         # Bumped by every request admitted or finished (the counters and histograms changed).
         self._version = 0
-        self._rendered: tuple[tuple[object, ...], int, bytes] | None = None
+        self._rendered: tuple[tuple[object, ...], int, float, bytes] | None = None
         reg = self.registry
         self.prompt_tokens = Counter(
             "vllm:prompt_tokens", "Number of prefill tokens processed.", _LABELS, registry=reg
@@ -150,12 +152,12 @@ class SimMetrics:
 
     def render(self) -> bytes:
         """The page; the last one again while neither the engine's state nor any request changed."""
-        state = self._state.state()
+        state, now = self._state.state(), time.monotonic()
         last = self._rendered
-        if last is not None and last[0] == state and last[1] == self._version:
-            return last[2]
+        if last is not None and last[:2] == (state, self._version) and now - last[2] < _RENDERED_AT_MOST:
+            return last[3]
         if last is None or last[0] != state:
             self._state.lora_updated_at = time.time()
         page = generate_latest(self.registry)
-        self._rendered = (state, self._version, page)
+        self._rendered = (state, self._version, now, page)
         return page

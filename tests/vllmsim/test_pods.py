@@ -76,3 +76,16 @@ def test_a_bad_pool_is_refused_naming_why(
         parse_command(["--model", GEMMA, *args])
     assert exited.value.code == 2
     assert complaint in capsys.readouterr().err
+
+
+def test_a_pods_metrics_page_is_rendered_again_only_once_something_on_it_changed() -> None:
+    from vllmsim.config import SimConfig
+    from vllmsim.state import SimState
+
+    pod = SimState(SimConfig(models=[GEMMA], time_scale=0))
+    first = pod.metrics.render()
+    assert pod.metrics.render() is first  # 2,000 scrapes a second at 100 pods: not rendered each time
+    pod.metrics.admitted(pod.engine.new_sequence("cmpl-1", GEMMA, "hello there", 2))
+    second = pod.metrics.render()
+    assert second is not first
+    assert b'vllm:prompt_tokens_total{engine="0",model_name="google/gemma-2b-it"}' in second
