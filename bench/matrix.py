@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 from bench import elastic
 from bench.client import RunResult, run
 from bench.report import Report, cdf_plot, png
+from bench.scale import QUICK, ScaleSettings, format_scale, run_scale
 from bench.stats import RunSummary, ratio, summarize
 from bench.workloads import Workload, WorkloadConfig, bursty_arrivals, generate
 from onebox.box import OneBox
@@ -415,15 +416,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if selected:
         results = asyncio.run(run_matrix(selected, time_scale=args.time_scale, progress=args.progress))
     extras = asyncio.run(elastic.run_elastic(extra, quick=args.quick, time_scale=args.time_scale))
+    scaled = asyncio.run(run_scale(QUICK if args.quick else ScaleSettings())) if scale else None
     settings = {
         "quick": args.quick, "time_scale": args.time_scale, "cpus": os.cpu_count(),
         "load_average": os.getloadavg()[0], "seconds": round(time.monotonic() - started, 1),
     }  # fmt: skip
     passed = all(c.passed for r in results for c in r.checks) and all(e.passed for e in extras)
-    if scale:
-        from bench.scale import QUICK, ScaleSettings, format_scale, run_scale
-
-        scaled = asyncio.run(run_scale(QUICK if args.quick else ScaleSettings()))
+    if scaled is not None:
         print()
         print(format_scale(scaled))
         passed = passed and scaled.passed
