@@ -1,6 +1,7 @@
 """``python -m bench``: benchmark any OpenAI-compatible URL (a one-box gateway or a deployed one).
 
-``python -m bench matrix`` runs the workload matrix on the one boxes it starts (``bench.matrix``).
+``python -m bench matrix`` runs the workload matrix on the one boxes it starts (``bench.matrix``);
+``python -m bench scale`` the EPP at 100 pods against the upstream picker's sizing (``bench.scale``).
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.matrix import main as matrix
 
         return matrix(given[1:])
+    if given[:1] == ["scale"]:  # python -m bench scale: the EPP at 100 pods (bench.scale)
+        from bench.scale import main as scale
+
+        return scale(given[1:])
     args = build_parser().parse_args(given)
     try:
         workload = WorkloadConfig(

@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 from bench import elastic
 from bench.client import RunResult, run
 from bench.report import Report, cdf_plot, png
+from bench.scale import QUICK, ScaleSettings, format_scale, run_scale
 from bench.stats import RunSummary, ratio, summarize
 from bench.workloads import Workload, WorkloadConfig, bursty_arrivals, generate
 from onebox.box import OneBox
@@ -381,11 +382,14 @@ def write_reports(
     return json_path, html_path
 
 
+SCALE_ROW = "scale"  # bench.scale: 100 pods in a box of its own, minutes long; run only when named
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench matrix", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the requests (a smoke test)")
     parser.add_argument("--rows", help="comma-separated row names (default: all, the elastic rows "
-                        f"{', '.join(elastic.ROWS)} included)")
+                        f"{', '.join(elastic.ROWS)} included; the long '{SCALE_ROW}' row only when named)")
     parser.add_argument("--time-scale", type=float, default=1.0, help="simulator delay multiplier")
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
     parser.add_argument("--progress", action="store_true", help="progress bars")
@@ -396,9 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     selected = rows(args.quick)
     extra = list(elastic.ROWS)  # the elastic rows (bench.elastic): their own boxes and figures
+    scale = False
     if args.rows:
         wanted = [name.strip() for name in args.rows.split(",") if name.strip()]
-        unknown = sorted(set(wanted) - {r.name for r in selected} - set(elastic.ROWS))
+        scale = SCALE_ROW in wanted
+        unknown = sorted(set(wanted) - {r.name for r in selected} - set(elastic.ROWS) - {SCALE_ROW})
         if unknown:
             print(f"bench matrix: unknown rows {', '.join(unknown)}; rows: "
                   f"{', '.join([*(r.name for r in selected), *elastic.ROWS])}", file=sys.stderr)  # fmt: skip
@@ -410,11 +416,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if selected:
         results = asyncio.run(run_matrix(selected, time_scale=args.time_scale, progress=args.progress))
     extras = asyncio.run(elastic.run_elastic(extra, quick=args.quick, time_scale=args.time_scale))
+    scaled = asyncio.run(run_scale(QUICK if args.quick else ScaleSettings())) if scale else None
     settings = {
         "quick": args.quick, "time_scale": args.time_scale, "cpus": os.cpu_count(),
         "load_average": os.getloadavg()[0], "seconds": round(time.monotonic() - started, 1),
     }  # fmt: skip
     passed = all(c.passed for r in results for c in r.checks) and all(e.passed for e in extras)
+    if scaled is not None:
+        print()
+        print(format_scale(scaled))
+        passed = passed and scaled.passed
     if results:
         print()
         print(format_matrix(results))

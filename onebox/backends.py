@@ -1,6 +1,7 @@
 """Where a topology model's pods come from, and how each kind starts.
 
-- ``sim`` (the default): one ``python -m vllmsim`` per replica, ready on ``GET /health``;
+- ``sim`` (the default): one ``python -m vllmsim`` per replica, ready on ``GET /health``; with
+  ``one_process`` one ``python -m vllmsim --pods N`` for every replica (a large pool on a small box);
 - ``vllm``: one real vLLM server per replica from the vLLM environment (:mod:`onebox.realvllm`),
   ready on ``GET /health`` within ``vllm.startup_timeout``; a server that dies or is not ready in
   time is reported with its last log lines;
@@ -53,6 +54,8 @@ def check_sources(spec: ModelSpec) -> None:
         raise ValueError(f"model {spec.name}: 'pods' (per-replica simulator options) need backend: sim")
     if other in given:
         raise ValueError(f"model {spec.name}: '{other}' options need backend: {other}")
+    if kind != "sim" and spec.one_process:
+        raise ValueError(f"model {spec.name}: one_process needs backend: sim")
 
 
 def lora_parents(spec: ModelSpec) -> dict[str, str]:
@@ -73,6 +76,7 @@ class Starting:
     endpoint: tuple[str, int] | None = None  # (host, port) of a bring-your-own server
     probe: Probe | None = None  # bring-your-own only; a child has its spec's probe
     within: float | None = None  # bound on readiness; None: the box's startup timeout
+    port_key: str = "http"  # the child's port of this pod (one_process: "http-<i>")
 
 
 async def start_pods(supervisor: Supervisor, spec: ModelSpec, *, time_scale: float) -> list[Starting]:
@@ -82,9 +86,28 @@ async def start_pods(supervisor: Supervisor, spec: ModelSpec, *, time_scale: flo
             Starting(f"{spec.name}-{i}", None, (url.host, url.port), http_ok(f"{url.url}/v1/models"))
             for i, url in enumerate(spec.endpoints)
         ]
+    if spec.one_process:
+        starting: list[Starting] = []
+        share, extra = divmod(spec.replicas, spec.sim_processes)
+        first = 0
+        for k in range(spec.sim_processes):
+            pods = share + (1 if k < extra else 0)
+            name = spec.name if spec.sim_processes == 1 else f"{spec.name}-sims-{k}"
+            child = await supervisor.launch(children.simulator_pool(
+                name, HOST, _sim_args(spec, 0, time_scale), pods, pod_name=spec.name, first=first
+            ))  # fmt: skip
+            starting += [
+                Starting(f"{spec.name}-{first + i}", child, port_key=f"http-{i}") for i in range(pods)
+            ]
+            first += pods
+        return starting
     return [
         await start_replica(supervisor, spec, i, time_scale=time_scale) for i in range(spec.initial_replicas)
     ]
+
+
+def _sim_args(spec: ModelSpec, index: int, time_scale: float) -> list[str]:
+    return ["--model", spec.served_name, "--time-scale", str(time_scale), *spec.sim_for(index).flags()]
 
 
 async def start_replica(
@@ -99,5 +122,5 @@ async def start_replica(
             name, python, spec.vllm, served_name=spec.served_name, host=HOST, tiny=tiny
         )
         return Starting(name, await supervisor.launch(child_spec), within=spec.vllm.startup_timeout)
-    args = ["--model", spec.served_name, "--time-scale", str(time_scale), *spec.sim_for(index).flags()]
+    args = _sim_args(spec, index, time_scale)
     return Starting(name, await supervisor.launch(children.simulator(name, HOST, args)))

@@ -98,6 +98,7 @@ class Pod:
     pool: str
     child: Child | None
     endpoint: tuple[str, int] | None = None  # (host, port) of a bring-your-own server
+    port_key: str = "http"  # which of the child's ports (a one-process pool's pods share a child)
 
     @property
     def host(self) -> str:
@@ -108,7 +109,7 @@ class Pod:
         if self.endpoint:
             return self.endpoint[1]
         assert self.child is not None
-        return self.child.ports["http"]
+        return self.child.ports[self.port_key]
 
     @property
     def pid(self) -> int | None:
@@ -332,7 +333,9 @@ class OneBox:
         starting = []
         for spec in self.topology.models:
             for pod in await backends.start_pods(self.supervisor, spec, time_scale=self.time_scale):
-                self.pods.append(Pod(pod.name, spec.served_name, spec.pool_name, pod.child, pod.endpoint))
+                self.pods.append(
+                    Pod(pod.name, spec.served_name, spec.pool_name, pod.child, pod.endpoint, pod.port_key)
+                )
                 starting.append(pod)
         return starting
 
@@ -352,7 +355,9 @@ class OneBox:
                     f"{pod.name}: {address} did not answer GET /v1/models within {within:.0f} s"
                 ) from None
 
-        await asyncio.gather(*(wait(pod) for pod in starting))
+        # The pods of a one-process pool share their child: wait for it once.
+        once = {id(pod.child) if pod.child is not None else id(pod): pod for pod in starting}
+        await asyncio.gather(*(wait(pod) for pod in once.values()))
 
     def _ext_proc(self, name: str, settings: ServerSettings) -> ChildSpec:
         return children.ext_proc_server(name, HOST, self.log_level, settings)

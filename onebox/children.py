@@ -4,7 +4,8 @@ Every child binds port 0 on its first start and prints the ports it got; a resta
 ports again, so what points at the child (Envoy's clusters, an EPP's endpoints file) stays right.
 
 - a simulated vLLM pod (``python -m vllmsim``) prints ``vllmsim NAME serving MODELS at URL``;
-  ready when ``GET /health`` answers 200;
+  ready when ``GET /health`` answers 200; a pool of them in one process (``--pods N``) then prints
+  ``vllmsim pods serving at ports P0,P1,...``;
 - the EPP and the BBR (``epp``, ``bbr``) log ``{"message": "serving", "grpc_port": ...}``; ready
   when gRPC health ``readiness`` is SERVING. They log at ``info`` at least, for that line.
 """
@@ -25,6 +26,7 @@ from onebox.probes import grpc_serving, http_ok
 from onebox.supervisor import ChildSpec, Ports, announced
 
 _SIMULATOR_LINE = re.compile(r"^vllmsim \S+ serving \S+ at http://(?P<host>.+):(?P<port>\d+)$")
+_POOL_LINE = re.compile(r"^vllmsim pods serving at ports (?P<ports>\d+(?:,\d+)*)$")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -57,6 +59,36 @@ def ext_proc_ports(line: str) -> Ports | None:
         return None
     return {"grpc": int(entry["grpc_port"]), "health": int(entry["health_port"]),
             "metrics": int(entry["metrics_port"])}
+
+
+def simulator_pool_ports(line: str) -> Ports | None:
+    """``{"http-0": PORT, "http-1": ...}`` from the last line of ``vllmsim --pods N``."""
+    match = _POOL_LINE.match(line.strip())
+    if match is None:
+        return None
+    return {f"http-{i}": int(port) for i, port in enumerate(match["ports"].split(","))}
+
+
+def simulator_pool(
+    name: str, host: str, args: Sequence[str], pods: int, *, pod_name: str | None = None, first: int = 0
+) -> ChildSpec:
+    """The child ``name``: ``pods`` simulated pods ``<pod_name>-<first>``.. (``pod_name`` defaults to
+    ``name``) in one process (``vllmsim --pods``); a restart asks for the same ports; ready when the
+    first pod's ``GET /health`` answers 200 (all start together)."""
+
+    def argv(ports: Ports) -> list[str]:
+        where = ["--base-port", "0"]
+        if ports:
+            where = ["--ports", ",".join(str(ports[f"http-{i}"]) for i in range(pods))]
+        return [
+            sys.executable, "-m", "vllmsim", "--host", host, "--pods", str(pods), *where,
+            "--first-pod", str(first), "--pod-name", pod_name or name, *args,
+        ]  # fmt: skip
+
+    return ChildSpec(
+        name, argv, ports=announced(simulator_pool_ports),
+        probe=lambda ports: http_ok(f"http://{join_host_port(host, ports['http-0'])}/health"),
+    )  # fmt: skip
 
 
 def simulator(name: str, host: str, args: Sequence[str]) -> ChildSpec:

@@ -21,6 +21,11 @@ Loaded from YAML and validated with pydantic; the presets live in ``onebox/prese
       - name: cold
         served_name: tiny/cold
         autoscaling: {minReplicas: 0, maxReplicas: 2, idleSeconds: 20}  # onebox.scaler, KEDA's way
+      - name: big
+        served_name: big/model
+        replicas: 100
+        one_process: true                # replicas from `vllmsim --pods` processes (bench.scale)
+        sim_processes: 4                 # 25 pods each (default 1: all in one)
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from onebox.endpoints import EndpointURL, check_public
 from onebox.realvllm import VllmOptions
 
 PRESETS = ("gpu", "tpu", "scaleout", "elastic")
+MAX_REPLICAS = 16  # one process each
+MAX_ONE_PROCESS_REPLICAS = 256  # simulated pods of one `vllmsim --pods` process
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -124,7 +131,14 @@ class ModelSpec(BaseModel):
 
     name: str = Field(description="short id (a DNS label): pod names are <name>-<i>")
     served_name: str = Field(min_length=1, description="the model name clients send")
-    replicas: int = Field(default=1, ge=1, le=16)
+    replicas: int = Field(default=1, ge=1, le=MAX_ONE_PROCESS_REPLICAS)
+    one_process: bool = Field(
+        default=False,
+        description="serve the replicas from few simulator processes (`vllmsim --pods N`): large pools",
+    )
+    sim_processes: int = Field(
+        default=1, ge=1, le=64, description="with one_process: how many processes share the replicas"
+    )
     pool: str | None = Field(default=None, description="InferencePool name; default: the name")
     sim: SimOptions = Field(default_factory=SimOptions)
     backend: backends.Backend = Field(default="sim", description="sim: vllmsim; vllm: real vLLM (CPU)")
@@ -145,6 +159,19 @@ class ModelSpec(BaseModel):
             if not _DNS_LABEL.match(value):
                 raise ValueError(f"model {what} {value!r} must be a DNS label (a-z, 0-9, '-')")
         backends.check_sources(self)
+        if self.sim_processes > 1 and not self.one_process:
+            raise ValueError(f"model {self.name}: sim_processes needs one_process: true")
+        if self.sim_processes > self.replicas:
+            raise ValueError(f"model {self.name}: more sim_processes ({self.sim_processes}) than replicas")
+        if self.one_process:
+            for field in ("autoscaling", "pods"):
+                if field in self.model_fields_set:  # one configuration for all
+                    raise ValueError(f"model {self.name}: one_process takes no {field}")
+        elif self.replicas > MAX_REPLICAS:
+            raise ValueError(
+                f"model {self.name}: replicas {self.replicas} > {MAX_REPLICAS} need one_process: true "
+                "(one simulator process serving them all)"
+            )
         if self.autoscaling is not None:
             if "replicas" in self.model_fields_set:
                 raise ValueError(

@@ -87,6 +87,41 @@ class SimConfig(BaseModel):
         return self.loras.get(model)
 
 
+class PodLayout(BaseModel):
+    """How many simulated pods one process serves, and on which ports.
+
+    Each pod is a whole simulated server (its own listener, engine, ``/metrics``, ``/v1/models`` and
+    ``x-inference-pod``) sharing only the process and its configuration: a pool of 100 pods costs
+    one Python process, not 100. With several pods, pod ``i`` is named ``<pod_name>-<i>`` and listens
+    on ``ports[i]`` when given, else on ``base_port + i`` (``base_port`` 0: each picks a free port).
+    ``first`` shifts the names (``<pod_name>-<first + i>``), for a pool split over several processes.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pods: int = Field(default=1, ge=1, le=1024)
+    first: int = Field(default=0, ge=0, description="the first pod's index in its name")
+    base_port: int = Field(default=0, ge=0, le=65535)
+    ports: list[int] | None = Field(default=None, description="one port per pod (a restart's old ports)")
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> PodLayout:
+        if self.ports is not None:
+            if len(self.ports) != self.pods:
+                raise ValueError(f"--ports lists {len(self.ports)} ports for {self.pods} pods")
+            if any(not 0 <= port <= 65535 for port in self.ports):
+                raise ValueError(f"--ports has a port outside 0..65535: {self.ports}")
+        elif self.base_port and self.base_port + self.pods - 1 > 65535:
+            raise ValueError(f"--base-port {self.base_port} + {self.pods} pods runs past port 65535")
+        return self
+
+    def port_of(self, index: int) -> int:
+        """The port pod ``index`` asks for (0: any free port)."""
+        if self.ports is not None:
+            return self.ports[index]
+        return self.base_port + index if self.base_port else 0
+
+
 def _lora_pair(text: str) -> tuple[str, str]:
     adapter, sep, base = text.partition("=")
     if not sep or not adapter or not base:
@@ -124,20 +159,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--startup-delay", type=float, default=0.0,
                         help="real seconds during which every route, /health included, answers 503")
     parser.add_argument("--seed", type=int, default=None, help="seed for jitter and failure injection")
+    parser.add_argument("--pods", type=int, default=1,
+                        help="simulated pods served by this one process, each on its own port "
+                             "(names <pod-name>-0..; seeds seed+i)")
+    parser.add_argument("--first-pod", type=int, default=0,
+                        help="with --pods: the first pod's index (pods <pod-name>-FIRST..)")
+    parser.add_argument("--base-port", type=int, default=0,
+                        help="with --pods: pod i listens on BASE+i (0: each picks a free port)")
+    parser.add_argument("--ports", type=_port_list, default=None, metavar="P0,P1,...",
+                        help="with --pods: the port of each pod (instead of --base-port)")
     return parser
+
+
+def _port_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ports, got {text!r}") from None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
     """Parse the command line into a SimConfig; exits with a usage error naming the bad value."""
+    return parse_command(argv)[0]
+
+
+def parse_command(argv: Sequence[str] | None = None) -> tuple[SimConfig, PodLayout]:
+    """The server's configuration and how many pods serve it on which ports (``--pods``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.pods > 1 and args.port:
+        parser.error("--port names one pod's port; with --pods give --base-port or --ports")
+    try:
+        layout = PodLayout(
+            pods=args.pods, first=args.first_pod, base_port=args.base_port or args.port, ports=args.ports
+        )
+    except ValidationError as exc:
+        parser.error(describe(exc))
     loras: dict[str, str] = {}
     for adapter, base in args.loras:
         if adapter in loras:
             parser.error(f"--lora {adapter} is given twice")
         loras[adapter] = base
     try:
-        return SimConfig(
+        config = SimConfig(
             host=args.host,
             port=args.port,
             models=args.models,
@@ -160,3 +224,4 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
         )
     except ValidationError as exc:
         parser.error(describe(exc))
+    return config, layout

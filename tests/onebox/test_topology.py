@@ -104,3 +104,51 @@ def test_per_pod_simulator_options_on_bring_your_own_endpoints_are_refused() -> 
     )
     with pytest.raises(TopologyError, match="'pods'"):
         parse_topology(text)
+
+
+def test_a_pool_of_a_hundred_simulated_pods_runs_in_one_process() -> None:
+    topology = parse_topology("models: [{name: big, served_name: x, replicas: 100, one_process: true}]")
+    assert topology.models[0].replicas == 100
+    assert topology.models[0].one_process
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("models: [{name: a, served_name: x, replicas: 17}]", "need one_process: true"),
+        ("models: [{name: a, served_name: x, replicas: 2, one_process: true, pods: {0: {itl_ms: 1}}}]",
+         "one_process takes no pods"),
+        ("models: [{name: a, served_name: x, backend: vllm, one_process: true}]",
+         "one_process needs backend: sim"),
+        ("models: [{name: a, served_name: x, one_process: true, autoscaling: {maxReplicas: 2}}]",
+         "one_process takes no autoscaling"),
+    ],
+)
+def test_one_process_pools_are_refused_where_they_cannot_work(text: str, reason: str) -> None:
+    with pytest.raises(TopologyError, match=reason):
+        parse_topology(text)
+
+
+def test_a_one_process_pool_announces_every_pods_port_and_restarts_on_them() -> None:
+    from onebox.children import simulator_pool, simulator_pool_ports
+
+    assert simulator_pool_ports("vllmsim pods serving at ports 9100,9205") == {"http-0": 9100, "http-1": 9205}
+    assert simulator_pool_ports("vllmsim big-0 serving x at http://127.0.0.1:9100") is None
+    spec = simulator_pool("big-sims-1", "127.0.0.1", ["--model", "x"], pods=2, pod_name="big", first=3)
+    first = spec.argv({})
+    flags = dict(zip(first[3::2], first[4::2], strict=False))
+    assert {k: flags[k] for k in ("--pods", "--base-port", "--first-pod", "--pod-name", "--model")} == {
+        "--pods": "2", "--base-port": "0", "--first-pod": "3", "--pod-name": "big", "--model": "x",
+    }  # fmt: skip
+    again = spec.argv({"http-0": 9100, "http-1": 9205})
+    assert again[again.index("--ports") + 1] == "9100,9205"
+    assert "--base-port" not in again
+
+
+def test_a_pool_split_over_processes_names_its_pods_in_one_sequence() -> None:
+    text = "models: [{name: big, served_name: x, replicas: 5, one_process: true, sim_processes: 2}]"
+    assert parse_topology(text).models[0].sim_processes == 2
+    with pytest.raises(TopologyError, match="sim_processes needs one_process"):
+        parse_topology("models: [{name: a, served_name: x, replicas: 2, sim_processes: 2}]")
+    with pytest.raises(TopologyError, match="more sim_processes"):
+        parse_topology("models: [{name: a, served_name: x, replicas: 2, one_process: yes, sim_processes: 3}]")

@@ -152,6 +152,7 @@ async def serve_epp(
         metrics_timeout=settings.metrics_timeout, on_error=on_error, ejection=settings.ejection,
         on_eject=telemetry.ejected,
     ) as runner:
+        telemetry.count_scrapes(lambda: runner.scraper.scrapes)
         flow_control = config.flow_control_config()
         admission: FlowControlAdmission | None = None
         if flow_control is not None:

@@ -3,7 +3,6 @@ answers again; a flapping pod stays out longer each time."""
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 from aiohttp import web
 from epp.datastore import Datastore, Endpoint
@@ -131,20 +130,19 @@ def test_an_ejection_policy_whose_shortest_ejection_exceeds_its_longest_is_refus
 async def test_the_scraper_ejects_a_pod_that_refuses_connections_and_readmits_it_once_it_answers() -> None:
     datastore = Datastore()
     outliers = Ejector(datastore, EjectionPolicy(base_ejection=0.05))
-    async with aiohttp.ClientSession() as session:
-        scraper = MetricsScraper(datastore, session, interval=0.01, timeout=0.5, ejector=outliers)
-        async with running(scraper):
-            port = closed_port()
-            pod = await pod_appears(datastore, port)
-            datastore.set_models(pod.address, frozenset({GEMMA}), {})
-            await eventually(lambda: pod.ejected, what="the ejection")
-            assert datastore.view.endpoints == ()
-            assert scraper.errors >= 3
-            runner = web.AppRunner(FakeVllm().app())
-            await runner.setup()
-            try:
-                await web.TCPSite(runner, "127.0.0.1", port).start()
-                await eventually(lambda: not pod.ejected, what="the readmission")
-            finally:
-                await runner.cleanup()
-            assert datastore.view.endpoints == (pod,)
+    scraper = MetricsScraper(datastore, interval=0.01, timeout=0.5, ejector=outliers)
+    async with running(scraper):
+        port = closed_port()
+        pod = await pod_appears(datastore, port)
+        datastore.set_models(pod.address, frozenset({GEMMA}), {})
+        await eventually(lambda: pod.ejected, what="the ejection")
+        assert datastore.view.endpoints == ()
+        assert scraper.errors >= 3
+        runner = web.AppRunner(FakeVllm().app())
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            await eventually(lambda: not pod.ejected, what="the readmission")
+        finally:
+            await runner.cleanup()
+        assert datastore.view.endpoints == (pod,)

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import aiohttp
 import pytest
 from aiohttp import web
 from epp.datastore import Datastore, Endpoint
@@ -54,10 +53,9 @@ class FakeVllm:
 
 @asynccontextmanager
 async def scraping(datastore: Datastore, interval: float = 0.02) -> AsyncIterator[MetricsScraper]:
-    async with aiohttp.ClientSession() as session:
-        scraper = MetricsScraper(datastore, session, interval=interval, timeout=1.0)
-        async with running(scraper):
-            yield scraper
+    scraper = MetricsScraper(datastore, interval=interval, timeout=1.0)
+    async with running(scraper):
+        yield scraper
 
 
 async def test_every_endpoint_is_scraped_and_follows_its_load() -> None:
@@ -154,8 +152,8 @@ async def test_a_bug_met_while_scraping_is_counted_logged_once_and_scraping_goes
     server = FakeVllm(waiting=5)
     datastore = Datastore()
     kinds: list[str] = []
-    async with serve(server.app()) as port, aiohttp.ClientSession() as session:
-        scraper = MetricsScraper(datastore, session, interval=0.02, timeout=1.0, on_error=kinds.append)
+    async with serve(server.app()) as port:
+        scraper = MetricsScraper(datastore, interval=0.02, timeout=1.0, on_error=kinds.append)
         async with running(scraper):
             endpoint = await pod_appears(datastore, port)
             await eventually(lambda: endpoint.metrics.waiting == 5, what="a scrape after the bugs")
@@ -164,3 +162,82 @@ async def test_a_bug_met_while_scraping_is_counted_logged_once_and_scraping_goes
     logged = [r for r in caplog.records if "unexpected" in r.getMessage()]
     assert len(logged) == 1
     assert logged[0].exc_info is not None
+
+
+async def test_an_unchanged_page_is_not_parsed_again_yet_its_metrics_stay_fresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import epp.discovery.metrics as metrics_module
+
+    parse = metrics_module.parse_vllm_metrics
+    parsed: list[str] = []
+
+    def counting(text: str, now: float):  # type: ignore[no-untyped-def]
+        parsed.append(text)
+        return parse(text, now)
+
+    monkeypatch.setattr(metrics_module, "parse_vllm_metrics", counting)
+    server = FakeVllm(waiting=2)
+    datastore = Datastore()
+    async with serve(server.app()) as port, scraping(datastore):
+        endpoint = await pod_appears(datastore, port)
+        await eventually(lambda: server.calls >= 5, what="several scrapes of one page")
+        first = endpoint.metrics.updated_at
+        await eventually(lambda: endpoint.metrics.updated_at > first, what="a fresher scrape")
+        assert len(parsed) == 1
+        server.waiting = 7
+        await eventually(lambda: endpoint.metrics.waiting == 7, what="the changed page")
+        assert len(parsed) == 2
+
+
+async def test_a_pod_that_never_answers_times_out_while_the_others_are_scraped() -> None:
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    good = FakeVllm(waiting=1)
+    datastore = Datastore()
+    async with serve(good.app()) as good_port, serve(one_route_app("/metrics", hang)) as stuck_port:
+        scraper = MetricsScraper(datastore, interval=0.02, timeout=0.1)
+        async with running(scraper):
+            ok = await pod_appears(datastore, good_port, "ok")
+            stuck = datastore.upsert(Endpoint(name="stuck", ip="127.0.0.1", port=stuck_port))
+            await eventually(lambda: scraper.errors >= 2, what="timed-out scrapes")
+            calls = good.calls
+            await eventually(lambda: good.calls >= calls + 5, what="the good pod scraped meanwhile")
+            assert ok.metrics.waiting == 1
+            assert stuck.metrics.age() == float("inf")
+
+
+async def test_pages_sent_chunked_or_ended_by_the_close_are_read() -> None:
+    page = PAGE.format(waiting=6, running=1, kv=0.5).encode()
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(page[:40])
+        await response.write(page[40:])
+        await response.write_eof()
+        return response
+
+    async def closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + page)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(closing, "127.0.0.1", 0)
+    close_port = server.sockets[0].getsockname()[1]
+    datastore = Datastore()
+    try:
+        async with serve(one_route_app("/metrics", chunked)) as chunked_port, scraping(datastore) as scraper:
+            a = await pod_appears(datastore, chunked_port, "chunked")
+            b = datastore.upsert(Endpoint(name="closing", ip="127.0.0.1", port=close_port))
+            await eventually(lambda: a.metrics.waiting == 6 and b.metrics.waiting == 6, what="both pages")
+            scrapes = scraper.scrapes
+            await eventually(lambda: scraper.scrapes >= scrapes + 6, what="more scrapes")
+            assert scraper.errors == 0
+    finally:
+        server.close()
+        await server.wait_closed()

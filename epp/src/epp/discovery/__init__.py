@@ -180,7 +180,7 @@ reports (``connect_failed`` / ``answered``), per ``ejection``.
         # Ejection follows the scraper (active) and, through ``ejector``, routed requests (passive).
         self.ejector = Ejector(datastore, ejection, on_eject=on_eject)
         self.scraper = MetricsScraper(
-            datastore, session, interval=metrics_interval, timeout=metrics_timeout, on_error=on_error,
+            datastore, interval=metrics_interval, timeout=metrics_timeout, on_error=on_error,
             ejector=self.ejector,
         )
         self.failure: BaseException | None = None

@@ -1,8 +1,9 @@
 """One background task per endpoint, started when the endpoint appears and cancelled when it goes.
 
-The model prober and the metrics scraper both follow the datastore's membership this way, so a
-slow or dead endpoint only ever delays its own task; :class:`EndpointPoller` is their shared base
-(HTTP session, interval, timeout, error counting, one worker per endpoint). A poll that fails in
+The model prober follows the datastore's membership this way, so a slow or dead endpoint only ever
+delays its own task; :class:`EndpointPoller` is its base (HTTP session, interval, timeout, one worker
+per endpoint) and :class:`PollErrors` the error counting it shares with the metrics scraper (which
+runs no task per endpoint: ``epp.discovery.metrics``). A poll that fails in
 an unexpected way (a bug, not a bad answer) is counted as ``<name>_unexpected``, logged once per
 endpoint with its traceback, and polling goes on; a worker task that dies anyway is restarted.
 """
@@ -129,13 +130,45 @@ def endpoint_url(endpoint: Endpoint, path: str) -> str:
     return f"http://{join_host_port(endpoint.ip, endpoint.port)}{path}"
 
 
-class EndpointPoller(ABC):
-    """Polls an HTTP path of every endpoint in the datastore, each from its own :meth:`_follow` task.
-
-    ``errors`` counts failed polls (each also reported as ``on_error(name)``).
-    """
+class PollErrors:
+    """Error counting shared by the pollers: ``errors`` counts failed polls (each also reported as
+    ``on_error(name)``); a poll that fails in an unexpected way is logged once per endpoint."""
 
     name: ClassVar[str]
+
+    def __init__(self, on_error: ErrorCallback | None) -> None:
+        self._on_error = on_error
+        self._unexpected_logged: set[str] = set()
+        self.errors = 0
+
+    def _count_error(self) -> None:
+        self.errors += 1
+        if self._on_error is not None:
+            self._on_error(self.name)
+
+    def _count_unexpected(self) -> None:
+        self.errors += 1
+        if self._on_error is not None:
+            self._on_error(f"{self.name}_unexpected")
+
+    def _unexpected(self, endpoint: Endpoint, what: str) -> None:
+        """A poll of ``endpoint`` raised what no bad answer raises (a bug): count it, log it with its
+        traceback the first time for this endpoint, and let polling go on. Call from ``except``."""
+        self._count_unexpected()
+        if endpoint.address not in self._unexpected_logged:
+            self._unexpected_logged.add(endpoint.address)
+            log.exception(
+                "%s of %s (%s) failed unexpectedly; polling goes on, later failures are only counted",
+                what, endpoint.address, endpoint.name,
+            )
+
+    def _forget(self, endpoint: Endpoint) -> None:
+        """The endpoint's polling ended."""
+        self._unexpected_logged.discard(endpoint.address)
+
+
+class EndpointPoller(PollErrors, ABC):
+    """Polls an HTTP path of every endpoint in the datastore, each from its own :meth:`_follow` task."""
 
     def __init__(
         self,
@@ -146,14 +179,12 @@ class EndpointPoller(ABC):
         on_error: ErrorCallback | None,
         task_name: str,
     ) -> None:
+        super().__init__(on_error)
         self._datastore = datastore
         self._session = session
         self._interval = interval
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._on_error = on_error
         self._workers = EndpointWorkers(datastore, self._follow, task_name, on_crash=self._count_unexpected)
-        self._unexpected_logged: set[str] = set()
-        self.errors = 0
 
     async def run(self) -> None:
         """Poll every endpoint (present and future) until cancelled."""
@@ -179,28 +210,3 @@ class EndpointPoller(ABC):
             if response.status != 200:
                 raise error(f"HTTP {response.status}")
             return await read(response)
-
-    def _count_error(self) -> None:
-        self.errors += 1
-        if self._on_error is not None:
-            self._on_error(self.name)
-
-    def _count_unexpected(self) -> None:
-        self.errors += 1
-        if self._on_error is not None:
-            self._on_error(f"{self.name}_unexpected")
-
-    def _unexpected(self, endpoint: Endpoint, what: str) -> None:
-        """A poll of ``endpoint`` raised what no bad answer raises (a bug): count it, log it with its
-        traceback the first time for this endpoint, and let polling go on. Call from ``except``."""
-        self._count_unexpected()
-        if endpoint.address not in self._unexpected_logged:
-            self._unexpected_logged.add(endpoint.address)
-            log.exception(
-                "%s of %s (%s) failed unexpectedly; polling goes on, later failures are only counted",
-                what, endpoint.address, endpoint.name,
-            )
-
-    def _forget(self, endpoint: Endpoint) -> None:
-        """The endpoint's polling loop ended."""
-        self._unexpected_logged.discard(endpoint.address)
