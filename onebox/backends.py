@@ -99,5 +99,7 @@ async def start_replica(
             name, python, spec.vllm, served_name=spec.served_name, host=HOST, tiny=tiny
         )
         return Starting(name, await supervisor.launch(child_spec), within=spec.vllm.startup_timeout)
-    args = ["--model", spec.served_name, "--time-scale", str(time_scale), *spec.sim_for(index).flags()]
+    # Like the box's real vLLM servers, every simulated pod reports the cached tokens of each answer.
+    args = ["--model", spec.served_name, "--time-scale", str(time_scale), "--enable-prompt-tokens-details",
+            *spec.sim_for(index).flags()]
     return Starting(name, await supervisor.launch(children.simulator(name, HOST, args)))
