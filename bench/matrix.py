@@ -392,6 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _extra_report(
+    name: str, text: str, rows: Sequence[object], settings: dict[str, Any], directory: Path
+) -> None:
+    """Print the table of rows that are not gateway-vs-round-robin ones, and write their JSON."""
+    print()
+    print(text)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    print(f"\nreport: {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     selected = rows(args.quick)
@@ -424,20 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_matrix(results))
         json_path, html_path = write_reports(results, settings, args.reports_dir)
         print(f"\nreports: {json_path}  {html_path}")
+    where = args.reports_dir
     if extras:
-        print()
-        print(elastic.format_elastic(extras))
-        args.reports_dir.mkdir(parents=True, exist_ok=True)
-        path = args.reports_dir / f"elastic-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps({"settings": settings, "rows": elastic.to_dict(extras)}, indent=2) + "\n")
-        print(f"\nreport: {path}")
+        _extra_report("elastic", elastic.format_elastic(extras), elastic.to_dict(extras), settings, where)
     if flushed:
-        print()
-        print(flush.format_flush(flushed))
-        args.reports_dir.mkdir(parents=True, exist_ok=True)
-        path = args.reports_dir / f"flush-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps({"settings": settings, "rows": flush.to_dict(flushed)}, indent=2) + "\n")
-        print(f"\nreport: {path}")
+        _extra_report("flush", flush.format_flush(flushed), flush.to_dict(flushed), settings, where)
     print(f"matrix took {settings['seconds']} s on {os.cpu_count()} CPUs (1-min load average at the end "
           f"{settings['load_average']:.1f}: other work on this machine moves the figures)")  # fmt: skip
     return 0 if passed else 1
