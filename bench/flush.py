@@ -12,11 +12,13 @@ home pod comes from a rendezvous hash, the index only chooses among the other po
 the learned index decides (``prefix-cache-scorer`` weighted 3 against ``queue-scorer`` and
 ``kv-cache-utilization-scorer`` at 2, in the style of upstream's examples).
 
-Figures of the measured phase, for each run: the pods' prefix-cache hit rate (``vllm:prefix_cache_hits``
-over ``vllm:prefix_cache_queries``, in tokens, summed over the four pods), TTFT p50 and p90, requests
-per second, gateway accuracy, and what the EPP's index learnt (predicted hits confirmed, found stale,
-entries dropped). Only the accuracy has a target (100 %); the rest is the measured effect of the
-correction, which moves from run to run on a shared machine.
+Figures of the measured phase, for each run: the pods' prefix-cache hit rate
+(``vllm:prefix_cache_hits`` over ``vllm:prefix_cache_queries``, in tokens, summed over the four
+pods), TTFT p50 and p90, requests per second, gateway accuracy, the EPP's CPU per request
+(``process_cpu_seconds_total``: following every stream of a predicted hit to its usage event is what
+learning costs), and what the EPP's index learnt (predicted hits confirmed, found stale, entries
+dropped). Only the accuracy has a target (100 %); the rest is the measured effect of the correction,
+which moves from run to run on a shared machine.
 """
 
 from __future__ import annotations
@@ -83,7 +85,12 @@ class Phase:
     ttft_p90: float | None
     hit_tokens: float
     queried_tokens: float
-    feedback: dict[str, float]  # epp_cached_tokens_feedback by outcome, and "stale entries"
+    feedback: dict[str, float]  # epp_cached_tokens_feedback by outcome, "stale entries", the EPP's "cpu s"
+
+    @property
+    def epp_cpu_ms_per_request(self) -> float | None:
+        requests = self.summary.requests
+        return self.feedback["cpu s"] * 1000 / requests if requests else None
 
     @property
     def hit_rate(self) -> float | None:
@@ -126,7 +133,8 @@ async def _cache_counters(client: httpx.AsyncClient, box: OneBox) -> tuple[float
 async def _epp_counters(client: httpx.AsyncClient, box: OneBox) -> dict[str, float]:
     pages = [await _scrape(client, f"http://127.0.0.1:{e.metrics_port}/metrics")
              for servers in box.epps.values() for e in servers]  # fmt: skip
-    out = {"stale entries": sum(p.get("epp_prefix_index_stale_entries_total", 0.0) for p in pages)}
+    out = {"stale entries": sum(p.get("epp_prefix_index_stale_entries_total", 0.0) for p in pages),
+           "cpu s": sum(p.get("process_cpu_seconds_total", 0.0) for p in pages)}
     for outcome in ("confirmed", "stale", "unreported"):
         out[outcome] = sum(p.get(f"epp_cached_tokens_feedback_total:{outcome}", 0.0) for p in pages)
     return out
@@ -215,11 +223,13 @@ def format_flush(results: Sequence[FlushResult]) -> str:
                      "be back in rotation); figures of the measured phase")  # fmt: skip
         for label, phase in (("learning from cached tokens", r.learning), ("not learning", r.not_learning)):
             s = phase.summary
-            learnt = ", ".join(f"{k} {v:g}" for k, v in phase.feedback.items())
+            learnt = ", ".join(f"{k} {v:g}" for k, v in phase.feedback.items() if k != "cpu s")
+            cpu = phase.epp_cpu_ms_per_request
             lines.append(
                 f"  {label:28s} hit rate {_pct(phase.hit_rate):>6s}  TTFT p50 {_ms(s.ttft.p50):>7s}  "
                 f"p90 {_ms(phase.ttft_p90):>7s}  {s.requests_per_s:.1f} req/s  accuracy "
-                f"{s.accuracy * 100:.1f}%  EPP: {learnt}"
+                f"{s.accuracy * 100:.1f}%  EPP CPU {'-' if cpu is None else f'{cpu:.2f}'} ms/request; "
+                f"{learnt}"
             )
         lines.append(f"  verdict: {'PASS' if r.passed else 'FAIL'} (target: 100% accuracy in both runs)")
     return "\n".join(lines)
