@@ -14,7 +14,7 @@ vocabularies cut them:
 * a run of whitespace not taken by the word after it.
 
 Measured against OpenAI's ``cl100k_base`` encoding (the ``gpt-tokenizer`` npm package, offline;
-``python -m vllmsim.calibrate DIR`` reruns it) on 190 samples cut from this repository and
+``python -m bench.tokencount DIR`` reruns it) on 190 samples cut from this repository and
 generated, the counts were, as a ratio of cl100k_base's: Markdown docs 1.02, English docstrings
 1.02, Python source 1.10, the bench workloads' prompts 1.00, numbers 1.00, JSON 1.00, random
 alphanumeric strings 0.87 (characters divided by four: 0.94, 1.06, 1.08, 1.00, 0.48, 0.55 and 0.35).

@@ -1,4 +1,4 @@
-"""``python -m vllmsim.calibrate DIR``: the simulator's token counts against a real BPE tokenizer's.
+"""``python -m bench.tokencount DIR``: the simulator's token counts against a real BPE tokenizer's.
 
 ``DIR`` holds the ``gpt-tokenizer`` npm package (``npm install --prefix DIR gpt-tokenizer@4.0.0``:
 OpenAI's ``cl100k_base`` and ``o200k_base`` encodings, bundled, counted offline by ``node``). The
