@@ -27,7 +27,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from bench import elastic
+from bench import elastic, flush
 from bench.client import RunResult, run
 from bench.report import Report, cdf_plot, png
 from bench.scale import QUICK, ScaleSettings, format_scale, run_scale
@@ -389,11 +389,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench matrix", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the requests (a smoke test)")
     parser.add_argument("--rows", help="comma-separated row names (default: all, the elastic rows "
-                        f"{', '.join(elastic.ROWS)} included; the long '{SCALE_ROW}' row only when named)")
+                        f"{', '.join(elastic.ROWS)} included; the long '{SCALE_ROW}' row and "
+                        f"{', '.join(flush.ROWS)} only when named)")
     parser.add_argument("--time-scale", type=float, default=1.0, help="simulator delay multiplier")
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
     parser.add_argument("--progress", action="store_true", help="progress bars")
     return parser
+
+
+def _extra_report(
+    name: str, text: str, rows: Sequence[object], settings: dict[str, Any], directory: Path
+) -> None:
+    """Print the table of rows that are not gateway-vs-round-robin ones, and write their JSON."""
+    print()
+    print(text)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    print(f"\nreport: {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -401,27 +414,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     selected = rows(args.quick)
     extra = list(elastic.ROWS)  # the elastic rows (bench.elastic): their own boxes and figures
     scale = False
+    flushes: list[str] = []  # the cache-flush row (bench.flush), only when named
     if args.rows:
         wanted = [name.strip() for name in args.rows.split(",") if name.strip()]
         scale = SCALE_ROW in wanted
-        unknown = sorted(set(wanted) - {r.name for r in selected} - set(elastic.ROWS) - {SCALE_ROW})
+        unknown = sorted(set(wanted) - {r.name for r in selected} - set(elastic.ROWS) - set(flush.ROWS)
+                         - {SCALE_ROW})
         if unknown:
             print(f"bench matrix: unknown rows {', '.join(unknown)}; rows: "
                   f"{', '.join([*(r.name for r in selected), *elastic.ROWS])}", file=sys.stderr)  # fmt: skip
             return 2
         selected = [r for r in selected if r.name in wanted]
         extra = [name for name in elastic.ROWS if name in wanted]
+        flushes = [name for name in flush.ROWS if name in wanted]
     started = time.monotonic()
     results = []
     if selected:
         results = asyncio.run(run_matrix(selected, time_scale=args.time_scale, progress=args.progress))
     extras = asyncio.run(elastic.run_elastic(extra, quick=args.quick, time_scale=args.time_scale))
     scaled = asyncio.run(run_scale(QUICK if args.quick else ScaleSettings())) if scale else None
+    flushed = asyncio.run(flush.run_flush(flushes, quick=args.quick, time_scale=args.time_scale))
     settings = {
         "quick": args.quick, "time_scale": args.time_scale, "cpus": os.cpu_count(),
         "load_average": os.getloadavg()[0], "seconds": round(time.monotonic() - started, 1),
     }  # fmt: skip
-    passed = all(c.passed for r in results for c in r.checks) and all(e.passed for e in extras)
+    passed = (all(c.passed for r in results for c in r.checks) and all(e.passed for e in extras)
+              and all(f.passed for f in flushed))
     if scaled is not None:
         print()
         print(format_scale(scaled))
@@ -431,13 +449,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_matrix(results))
         json_path, html_path = write_reports(results, settings, args.reports_dir)
         print(f"\nreports: {json_path}  {html_path}")
+    where = args.reports_dir
     if extras:
-        print()
-        print(elastic.format_elastic(extras))
-        args.reports_dir.mkdir(parents=True, exist_ok=True)
-        path = args.reports_dir / f"elastic-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps({"settings": settings, "rows": elastic.to_dict(extras)}, indent=2) + "\n")
-        print(f"\nreport: {path}")
+        _extra_report("elastic", elastic.format_elastic(extras), elastic.to_dict(extras), settings, where)
+    if flushed:
+        _extra_report("flush", flush.format_flush(flushed), flush.to_dict(flushed), settings, where)
     print(f"matrix took {settings['seconds']} s on {os.cpu_count()} CPUs (1-min load average at the end "
           f"{settings['load_average']:.1f}: other work on this machine moves the figures)")  # fmt: skip
     return 0 if passed else 1

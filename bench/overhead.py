@@ -827,6 +827,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--answer-check-rate", type=float,
                         help="the EPP's --answer-check-rate (default: the EPP's); run with 0 and without "
                         "to see what the answer check costs")
+    parser.add_argument("--cached-tokens-feedback-rate", type=float,
+                        help="the EPP's --cached-tokens-feedback-rate (default: the EPP's, 0): with 1, every "
+                        "answer to a predicted prefix-cache hit is read for its cached tokens")
     parser.add_argument("--serve-backend", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_backend:
@@ -840,6 +843,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         WrkLoad(wrk, args.seconds) if wrk is not None and args.load != "python" else PythonLoad()
     )
     rate_args = {} if args.answer_check_rate is None else {"answer_check_rate": args.answer_check_rate}
+    if args.cached_tokens_feedback_rate is not None:
+        rate_args["cached_tokens_feedback_rate"] = args.cached_tokens_feedback_rate
     cases = [
         Case(concurrency, size, args.requests if size <= SMALL_BODY else max(200, args.requests // 4))
         for concurrency in (1, 8)

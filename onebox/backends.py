@@ -107,7 +107,9 @@ async def start_pods(supervisor: Supervisor, spec: ModelSpec, *, time_scale: flo
 
 
 def _sim_args(spec: ModelSpec, index: int, time_scale: float) -> list[str]:
-    return ["--model", spec.served_name, "--time-scale", str(time_scale), *spec.sim_for(index).flags()]
+    # Like the box's real vLLM servers, every simulated pod reports the cached tokens of each answer.
+    return ["--model", spec.served_name, "--time-scale", str(time_scale), "--enable-prompt-tokens-details",
+            *spec.sim_for(index).flags()]
 
 
 async def start_replica(

@@ -37,10 +37,12 @@ Leaving the context (or ``stop()``) stops every child and removes the working di
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -187,10 +189,12 @@ class OneBox:
         bbr_buffered_bytes: int | None = None,
         monitoring: BoxPrometheus | None = None,
         epp_config: Path | None = None,
+        epp_settings: dict[str, Any] | None = None,
     ) -> None:
         """``bbr_buffered_bytes``: the request body bytes each BBR replica may hold at once (its
         default: half its memory limit, or 1 GiB). ``epp_config``: an EndpointPickerConfig file for
-        every EPP (instead of ``epp_profile``)."""
+        every EPP (instead of ``epp_profile``). ``epp_settings``: more EPP settings (``EppSettings``
+        fields, e.g. ``{"cached_tokens_feedback_rate": 1.0}``) for every EPP."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
         if log_level not in children.LOG_LEVELS:
@@ -208,6 +212,7 @@ class OneBox:
         timeouts = _timeouts_for(autoscaled, timeouts, _queue_holds(autoscaled, epp_profile, epp_config))
         self.topology = topology
         self.epp_config = epp_config
+        self.epp_settings = dict(epp_settings or {})
         # Checked now: a bad entry is the caller's error (KeysFileError, a ValueError), before any start.
         self.keys: BoxKeys | None = None
         if api_keys is not None:
@@ -406,6 +411,7 @@ class OneBox:
                     "endpoints_file": endpoints,
                     "pool_models": sorted(served | {p.model for p in pods}),
                     **self._epp_config(pool),
+                    **self.epp_settings,
                 }
             )
             base = f"epp-{pool.name}" if pool.by_model else "epp"
@@ -468,6 +474,26 @@ class OneBox:
                 self._write_endpoints()
                 await asyncio.sleep(_DRAIN_SECONDS)
                 await asyncio.gather(*(self.supervisor.retire(p.child) for p in leaving if p.child))
+
+    async def restart_pod(self, name: str, within: float = 60.0) -> None:
+        """Kill pod ``name``'s server (as a crash would) and wait until the box's supervisor has
+        started it again, on the same port, and it answers ``/health``: it comes back with an empty
+        KV cache, and the EPPs, which never saw it leave, still believe it holds what it held."""
+        pod = next((p for p in self.pods if p.name == name), None)
+        if pod is None or pod.child is None or self.supervisor.restart is None:
+            raise ValueError(f"no pod {name!r} that this box supervises and restarts")
+        child, restarts = pod.child, pod.child.restarts
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while True:
+                if child.restarts > restarts and child.running:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"{pod.url}/health")).status_code == 200:
+                            return
+                if time.monotonic() > deadline:
+                    raise ChildDied(name, None, child.tail, reason=f"was not back after {within:.0f} s")
+                await asyncio.sleep(0.05)
 
     def _write_endpoints(self) -> None:
         for pool in self.pools:

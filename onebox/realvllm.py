@@ -119,6 +119,9 @@ def server_argv(
         "--model", str(model), "--served-model-name", served_name,
         "--max-model-len", str(options.max_model_len), "--dtype", options.dtype,
         "--disable-uvicorn-access-log",
+        # usage.prompt_tokens_details.cached_tokens in every answer: the EPP's prefix index learns
+        # from it (epp.requestcontrol.cached_tokens), and the simulator's honesty test compares it.
+        "--enable-prompt-tokens-details",
     ]  # fmt: skip
     if options.max_num_seqs is not None:
         argv += ["--max-num-seqs", str(options.max_num_seqs)]

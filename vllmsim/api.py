@@ -21,6 +21,7 @@ from vllmsim.protocol import (
     DONE,
     GenerationRequest,
     Kind,
+    PromptUsage,
     RequestError,
     ResponseWriter,
     dumps,
@@ -128,7 +129,7 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
         return error_response(status, f"{reason} (failure injected by the simulator)")
 
     engine = sim.engine
-    writer = ResponseWriter(gen)
+    writer = ResponseWriter(gen, details=sim.config.enable_prompt_tokens_details)
     seq = engine.new_sequence(writer.id, gen.model, gen.prompt, gen.max_tokens)
     total = seq.prompt_tokens + gen.max_tokens
     if total > sim.config.context_limit:
@@ -150,12 +151,16 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
             async for _ in engine.tokens(seq, streaming=False):
                 timing.first_token_seen()
                 words.append(word(seq.generated - 1, seq.prompt_tokens))
-            body_out = writer.whole("".join(words), seq.prompt_tokens, seq.generated, seq.cached_tokens)
+            body_out = writer.whole("".join(words), prompt_usage(seq), seq.generated)
             return web.json_response(body_out, dumps=dumps)
     finally:
         if timing.admitted:
             ttft = None if timing.first_token is None else timing.first_token - timing.arrived
             sim.metrics.finished(seq, ttft, time.monotonic() - timing.arrived)
+
+
+def prompt_usage(seq: Sequence) -> PromptUsage:
+    return PromptUsage(seq.prompt_tokens, seq.cached_tokens, seq.created_cache_tokens)
 
 
 @dataclass(slots=True)
@@ -193,7 +198,7 @@ async def _stream(
                     chunk = writer.role_chunk() + chunk
             await response.write(chunk)
         if gen.include_usage:
-            await response.write(writer.usage_chunk(seq.prompt_tokens, seq.generated, seq.cached_tokens))
+            await response.write(writer.usage_chunk(prompt_usage(seq), seq.generated))
         await response.write(DONE)
         await response.write_eof()
     except ConnectionResetError:

@@ -34,9 +34,15 @@ class SimConfig(BaseModel):
     time_factor_under_load: float = Field(default=2.0, ge=1.0)
     kv_cache_blocks: int = Field(default=4096, ge=1)
     block_size: int = Field(default=16, ge=1)
-    chars_per_token: int = Field(default=4, ge=1)
+    chars_per_token: int = Field(
+        default=4, ge=1, description="the prefix cache hashes blocks of block_size x this many characters"
+    )
     max_model_len: int | None = Field(
         default=None, ge=1, description="prompt + output token limit; default: min(32768, KV capacity)"
+    )
+
+    enable_prompt_tokens_details: bool = Field(
+        default=False, description="usage.prompt_tokens_details.cached_tokens in answers, as vLLM's flag"
     )
 
     time_scale: float = Field(default=1.0, ge=0)
@@ -152,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     parser.add_argument("--max-model-len", type=int, default=None,
                         help="prompt + output token limit (default: min(32768, KV capacity))")
+    parser.add_argument("--enable-prompt-tokens-details", action=argparse.BooleanOptionalAction,
+                        default=False, help="report usage.prompt_tokens_details.cached_tokens (as vLLM)")
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="multiplies every simulated delay; 0 answers instantly")
     parser.add_argument("--failure-rate", type=float, default=0.0, help="probability of an injected error")
@@ -216,6 +224,7 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[SimConfig, PodLayo
             kv_cache_blocks=args.kv_cache_blocks,
             block_size=args.block_size,
             max_model_len=args.max_model_len,
+            enable_prompt_tokens_details=args.enable_prompt_tokens_details,
             time_scale=args.time_scale,
             failure_rate=args.failure_rate,
             failure_kind=args.failure_kind,

@@ -4,10 +4,13 @@ How a request flows, as in vLLM:
 
 * It waits in a FIFO queue until one of ``max_num_seqs`` slots is free and the KV cache can hold its
   whole sequence (prompt + requested output; reserved up front, so nothing is ever preempted).
-* Its prompt is split into blocks of ``block_size`` tokens (a token is ``chars_per_token`` characters).
-  Full blocks get chained hashes (each hash covers the block and everything before it); leading blocks
-  already resident in the cache are prefix-cache hits. Released blocks stay cached until evicted,
-  least recently used first, when a new request needs room.
+* Its prompt's tokens are counted as a real BPE tokenizer would about count them
+  (``vllmsim.tokens``). For the prefix cache the prompt is cut into blocks of ``block_size x
+  chars_per_token`` characters; full blocks get chained hashes (each hash covers the block and
+  everything before it); leading blocks already resident in the cache are prefix-cache hits, and
+  the tokens they hold, in whole blocks of ``block_size`` tokens and never the prompt's last token,
+  are its cached tokens (as vLLM reports them in ``prompt_tokens_details.cached_tokens``). Released
+  blocks stay cached until evicted, least recently used first, when a new request needs room.
 * Time to first token = (prefill overhead + per-token time x uncached prompt tokens) x load factor;
   every later token comes after a normally distributed inter-token latency x load factor. The load
   factor grows linearly from 1 (one running request) to ``time_factor_under_load`` (all slots busy).
@@ -25,6 +28,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from vllmsim.config import SimConfig
+from vllmsim.tokens import count_tokens
 
 # A non-streaming response is only sent at the end, so its token deadlines are slept in chunks of at
 # least this many real seconds: same finish time, far fewer wake-ups.
@@ -147,12 +151,14 @@ class Sequence:
     request_id: str
     model: str  # the name the client asked for (a base model or a LoRA adapter)
     lora: str | None
+    prompt: str
     prompt_tokens: int
     max_tokens: int
     hashes: list[int]
     anonymous_blocks: int
     waited: bool = False
     cached_tokens: int = 0
+    created_cache_tokens: int = 0  # prompt tokens in full blocks newly written to the cache
     generated: int = 0
     ttft_model_s: float = 0.0  # computed time to first token, unscaled, excluding queueing
     itl_model_s: list[float] = field(default_factory=list)  # computed inter-token latencies, unscaled
@@ -187,17 +193,15 @@ class Engine:
 
     # --- building a sequence -------------------------------------------------------------------
 
-    def count_tokens(self, text: str) -> int:
-        return max(1, math.ceil(len(text) / self.config.chars_per_token))
-
     def new_sequence(self, request_id: str, model: str, prompt: str, max_tokens: int) -> Sequence:
-        prompt_tokens = self.count_tokens(prompt)
+        prompt_tokens = count_tokens(prompt)
         hashes = block_hashes(prompt, self._chars_per_block)
         total_blocks = math.ceil((prompt_tokens + max_tokens) / self.config.block_size)
         return Sequence(
             request_id=request_id,
             model=model,
             lora=model if model in self.config.loras else None,
+            prompt=prompt,
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,
             hashes=hashes,
@@ -239,9 +243,26 @@ class Engine:
 
     def _start(self, seq: Sequence) -> None:
         hit_blocks = self.pool.acquire(seq.hashes, seq.anonymous_blocks)
-        # As in vLLM, at least the last prompt token is always computed.
-        seq.cached_tokens = min(hit_blocks * self.config.block_size, seq.prompt_tokens - 1)
+        size = self.config.block_size
+        if hit_blocks:
+            # The tokens of the cached characters, in whole KV blocks; as in vLLM, the prompt's last
+            # token is always computed.
+            hit_tokens = self._tokens_before(seq, hit_blocks * self._chars_per_block)
+            seq.cached_tokens = min(hit_tokens, seq.prompt_tokens - 1) // size * size
+        # The full blocks' tokens now in the cache that were not before (vLLM's created_cache_tokens).
+        cacheable = self._tokens_before(seq, len(seq.hashes) * self._chars_per_block)
+        seq.created_cache_tokens = max(0, cacheable // size * size - seq.cached_tokens)
         self.running.append(seq)
+
+    @staticmethod
+    def _tokens_before(seq: Sequence, chars: int) -> int:
+        """The prompt's tokens in its first ``chars`` characters, counting the shorter side."""
+        prompt = seq.prompt
+        if chars >= len(prompt):
+            return seq.prompt_tokens
+        if 2 * chars < len(prompt):
+            return count_tokens(prompt[:chars])
+        return max(0, seq.prompt_tokens - count_tokens(prompt[chars:]))
 
     def _schedule(self) -> None:
         """Start waiting sequences in FIFO order while the head fits."""

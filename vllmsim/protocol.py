@@ -160,20 +160,49 @@ def word(index: int, prompt_tokens: int) -> str:
     return _WORDS[(index + prompt_tokens) % len(_WORDS)] + " "
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+@dataclass(frozen=True, slots=True)
+class PromptUsage:
+    """What an answer's usage says of its prompt."""
+
+    prompt_tokens: int
+    cached_tokens: int
+    created_cache_tokens: int
+
+
+def usage(
+    kind: Kind, prompt: PromptUsage, completion_tokens: int, *, details: bool, streamed: bool
+) -> dict[str, Any]:
+    """``usage`` as vLLM 0.32 writes it. A whole answer lists every field, unset ones as null; a
+    stream's usage event leaves the null ones out. ``prompt_tokens_details`` is only filled with
+    ``--enable-prompt-tokens-details``: chat answers also give ``created_cache_tokens`` (the prompt
+    tokens, in full blocks, newly written to the cache), completions answers do not."""
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt.prompt_tokens,
+        "total_tokens": prompt.prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
+    prompt_details: dict[str, Any] | None = None
+    if details:
+        prompt_details = {"cached_tokens": prompt.cached_tokens}
+        created = prompt.created_cache_tokens if kind == "chat" else None
+        if not streamed:
+            prompt_details.update(created_cache_tokens=created, multimodal_tokens=None)
+        elif created is not None:
+            prompt_details["created_cache_tokens"] = created
+    if not streamed:
+        out.update(prompt_tokens_details=prompt_details, completion_tokens_details=None)
+    elif prompt_details is not None:
+        out["prompt_tokens_details"] = prompt_details
+    return out
 
 
 class ResponseWriter:
     """Builds the bodies of one generation response (whole or as SSE chunks)."""
 
-    def __init__(self, request: GenerationRequest) -> None:
+    def __init__(self, request: GenerationRequest, *, details: bool = False) -> None:
+        """``details``: fill ``usage.prompt_tokens_details`` (``--enable-prompt-tokens-details``)."""
         self.request = request
+        self.details = details
         self.created = int(time.time())
         if request.kind == "chat":
             self.id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -194,9 +223,7 @@ class ResponseWriter:
     def _chunk_object(self) -> str:
         return "chat.completion.chunk" if self.request.kind == "chat" else "text_completion"
 
-    def whole(
-        self, text: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int
-    ) -> dict[str, Any]:
+    def whole(self, text: str, prompt: PromptUsage, completion_tokens: int) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0}
         if self.request.kind == "chat":
             choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
@@ -209,7 +236,9 @@ class ResponseWriter:
             "created": self.created,
             "model": self.request.model,
             "choices": [choice],
-            "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
+            "usage": usage(
+                self.request.kind, prompt, completion_tokens, details=self.details, streamed=False
+            ),
         }
 
     def role_chunk(self) -> bytes:
@@ -235,8 +264,9 @@ class ResponseWriter:
             tail = f',"logprobs":null,"finish_reason":{finish},"stop_reason":null}}]}}\n\n'
         return self._token_prefix + json.dumps(text).encode() + tail.encode()
 
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> bytes:
-        chunk = {**self._head, "choices": [], "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}
+    def usage_chunk(self, prompt: PromptUsage, completion_tokens: int) -> bytes:
+        summary = usage(self.request.kind, prompt, completion_tokens, details=self.details, streamed=True)
+        chunk = {**self._head, "choices": [], "usage": summary}
         return f"data: {dumps(chunk)}\n\n".encode()
 
 

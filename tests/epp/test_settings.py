@@ -32,6 +32,7 @@ EVERY_EPP_FLAG = EppSettings(
     shed_on_saturation=True,
     objectives={"chat": 10, "batch": -1},
     answer_check_rate=0.5,
+    cached_tokens_feedback_rate=0.25,
     bind="127.0.0.1",
     log_level="debug",
     event_loop="asyncio",

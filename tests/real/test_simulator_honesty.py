@@ -1,11 +1,14 @@
 """vllmsim against the real server on the same requests: what the EPP relies on must be the same.
 
-If vLLM changes its /v1/models cards, the metric names or labels the EPP reads, or its error body,
-this fails here instead of in a production pool.
+If vLLM changes its /v1/models cards, the metric names or labels the EPP reads, its error body, or
+the cached tokens its usage reports (which the EPP's prefix index learns from), this fails here
+instead of in a production pool.
 """
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -36,7 +39,7 @@ async def urls(vllm_box: OneBox) -> AsyncIterator[dict[str, str]]:
     """The real server of tiny/a and a simulator configured like it: which -> base URL."""
     supervisor = Supervisor()
     try:
-        args = ["--model", A, "--lora", f"{LORA}={A}", "--time-scale", "0"]
+        args = ["--model", A, "--lora", f"{LORA}={A}", "--time-scale", "0", "--enable-prompt-tokens-details"]
         child = await supervisor.launch(children.simulator("vllmsim", "127.0.0.1", args))
         ports = await supervisor.wait_ready(child, within=30)
         yield {"real": server(vllm_box, A).url, "sim": f"http://127.0.0.1:{ports['http']}"}
@@ -89,3 +92,45 @@ async def test_an_unknown_model_gets_the_same_error_shape(urls: dict[str, str]) 
     for field in ("type", "param", "code"):
         assert errors["sim"][field] == errors["real"][field], field
     assert all("meta/llama-9000" in e["message"] for e in errors.values())
+
+
+# About 290 tokens for the tiny model's tokenizer: more than two of the CPU backend's 128-token blocks.
+_SENTENCES = (
+    "the gateway routes a request. the picker serves every token on the CPU. a pod answers the "
+    "metrics quickly. each model lists its adapters by name. the router streams one reply in order. "
+) * 7
+
+
+async def _cached_tokens_story(client: httpx.AsyncClient, url: str, block_size: int) -> list[object]:
+    """A prompt sent twice whole and once streamed: the three usages' prompt_tokens_details."""
+    prompt = f"{uuid.uuid4().hex[:8]} {_SENTENCES}"  # never sent before, to either server
+    ask = chat(A, max_tokens=2, messages=[{"role": "user", "content": prompt}])
+    first, again = [(await client.post(f"{url}/v1/chat/completions", json=ask)).json()["usage"] for _ in "12"]
+    streamed = {**ask, "stream": True, "stream_options": {"include_usage": True}}
+    text = (await client.post(f"{url}/v1/chat/completions", json=streamed)).text
+    events = [line[6:] for line in text.splitlines() if line.startswith("data: {")]
+    event = json.loads(events[-1])["usage"]
+    assert first["prompt_tokens_details"]["cached_tokens"] == 0, url
+    for usage in (again, event):
+        cached = usage["prompt_tokens_details"]["cached_tokens"]
+        assert cached > 0, url
+        assert cached % block_size == 0, url  # whole KV blocks
+        assert cached < usage["prompt_tokens"], url  # the last token is always computed
+    return [first, again, event]
+
+
+async def test_a_repeated_prompt_reports_cached_tokens_in_the_same_shape(urls: dict[str, str]) -> None:
+    async with httpx.AsyncClient(timeout=60) as client:
+        blocks = {}
+        for which, url in urls.items():
+            config = (await scrape(client, f"{url}/metrics"))[vllm_metrics.CACHE_CONFIG_INFO][0][0]
+            blocks[which] = int(config["block_size"])
+        usages = {k: await _cached_tokens_story(client, u, blocks[k]) for k, u in urls.items()}
+
+    def shape(usage: object) -> object:
+        if isinstance(usage, dict):
+            return {key: shape(value) for key, value in usage.items()}
+        return type(usage).__name__
+
+    # The same fields, nested alike, with values of the same types: whole answers and stream events.
+    assert [shape(u) for u in usages["sim"]] == [shape(u) for u in usages["real"]]

@@ -80,29 +80,49 @@ async def test_a_request_waits_for_kv_blocks_even_when_a_slot_is_free() -> None:
 
 async def test_a_repeated_prompt_hits_the_prefix_cache_and_has_a_shorter_computed_ttft() -> None:
     engine = make_engine()
-    prompt = "You are a helpful assistant. " * 40  # 1160 chars, 290 tokens, 18 full blocks
+    # 1160 characters, 241 tokens (six a sentence and the trailing space); its 18 full blocks of 64
+    # characters hold 238 of them, which vLLM counts in whole 16-token blocks: 224 cached tokens.
+    prompt = "You are a helpful assistant. " * 40
     first, second = seq(engine, "a", prompt), seq(engine, "b", prompt)
     for s in (first, second):
         async with engine.serve(s):
             async for _ in engine.tokens(s, streaming=True):
                 pass
+    assert first.prompt_tokens == second.prompt_tokens == 241
     assert first.cached_tokens == 0
-    assert second.cached_tokens == 18 * 16
+    assert second.cached_tokens == 224
+    assert (first.created_cache_tokens, second.created_cache_tokens) == (224, 0)
     assert second.ttft_model_s < first.ttft_model_s
     # TTFT = 30 ms + 250 us x uncached tokens, with one running request (load factor 1).
-    assert first.ttft_model_s == pytest.approx((30 + 290 * 0.25) / 1000)
-    assert second.ttft_model_s == pytest.approx((30 + (290 - 288) * 0.25) / 1000)
-    assert [r.cached_tokens for r in engine.history] == [0, 288]
+    assert first.ttft_model_s == pytest.approx((30 + 241 * 0.25) / 1000)
+    assert second.ttft_model_s == pytest.approx((30 + (241 - 224) * 0.25) / 1000)
+    assert [r.cached_tokens for r in engine.history] == [0, 224]
     assert [r.completion_tokens for r in engine.history] == [4, 4]
+
+
+async def test_a_prompt_held_whole_in_the_cache_still_computes_its_last_block() -> None:
+    engine = make_engine()
+    prompt = " ".join(["abc"] * 255) + " abcx"  # 1024 characters (16 blocks), 256 tokens (16 blocks)
+    for name in ("a", "b"):
+        async with engine.serve(seq(engine, name, prompt)):
+            pass
+    # As in vLLM, the last prompt token is always computed: 255 tokens could be cached, 240 are
+    # in whole blocks.
+    assert [r.prompt_tokens for r in engine.history] == [256, 256]
+    assert len(prompt) == 1024
+    assert [r.cached_tokens for r in engine.history] == [0, 240]
 
 
 async def test_a_shared_system_prompt_hits_only_its_own_full_blocks() -> None:
     engine = make_engine()
-    system = "s" * 640  # 10 blocks of 64 characters
-    for name, question in (("a", "What is the capital of France?"), ("b", "How tall is Everest? " * 4)):
+    # 10 blocks of 64 characters, 143 tokens (it ends inside "assistant": " ass" is one more).
+    system = ("You are a terse assistant. " * 24)[:640]
+    questions = (("a", "istant. What is the capital of France?"), ("b", "How tall is Everest? " * 4))
+    for name, question in questions:
         async with engine.serve(seq(engine, name, system + question)):
             pass
-    assert [r.cached_tokens for r in engine.history] == [0, 160]
+    # The second prompt shares the 10 blocks, whose 143 tokens make 8 whole blocks of 16 tokens.
+    assert [r.cached_tokens for r in engine.history] == [0, 128]
 
 
 def test_released_blocks_are_evicted_least_recently_used_first_and_held_blocks_never() -> None:

@@ -13,6 +13,7 @@ from tests.vllmsim.conftest import GEMMA, PHI, eventually, labels_of, scrape, va
 from vllmsim import SimConfig, running
 
 FAST = {"time_scale": 0, "seed": 1}
+PROMPT_8 = "the gateway routes a request to a pod"  # 8 tokens
 # One token per second at full scale: requests stay in flight until the test cancels them.
 SLOW = {"time_scale": 1, "itl_ms": 1000, "itl_sd_ms": 0, "prefill_overhead_ms": 0, "per_token_us": 0}
 
@@ -45,7 +46,7 @@ async def test_models_lists_base_models_and_lora_adapters_with_their_parent(
 async def test_a_completion_names_the_model_and_pod_that_served_it(client: aiohttp.ClientSession) -> None:
     async with running(config(loras={"gemma-sql": GEMMA})) as sim:
         status, body, headers = await post(
-            client, sim.url, "/v1/completions", {"model": "gemma-sql", "prompt": "x" * 40, "max_tokens": 6}
+            client, sim.url, "/v1/completions", {"model": "gemma-sql", "prompt": PROMPT_8, "max_tokens": 6}
         )
     assert status == 200
     assert body["model"] == "gemma-sql"
@@ -54,9 +55,9 @@ async def test_a_completion_names_the_model_and_pod_that_served_it(client: aioht
     assert body["object"] == "text_completion"
     assert len(body["choices"][0]["text"].split()) == 6
     assert body["choices"][0]["finish_reason"] == "length"
-    assert body["usage"]["prompt_tokens"] == 10
+    assert body["usage"]["prompt_tokens"] == 8
     assert body["usage"]["completion_tokens"] == 6
-    assert body["usage"]["total_tokens"] == 16
+    assert body["usage"]["total_tokens"] == 14
 
 
 async def test_an_unknown_model_gets_a_404_openai_error_that_still_names_the_pod(
@@ -84,7 +85,7 @@ async def test_an_unknown_model_gets_a_404_openai_error_that_still_names_the_pod
         ("/v1/chat/completions", json.dumps({"model": GEMMA}).encode(), "'messages'"),
         ("/v1/completions", json.dumps({"model": GEMMA, "prompt": "hi", "max_tokens": 0}).encode(),
          "'max_tokens'"),
-        ("/v1/completions", json.dumps({"model": GEMMA, "prompt": "x" * 200_000}).encode(),
+        ("/v1/completions", json.dumps({"model": GEMMA, "prompt": "one " * 40_000}).encode(),
          "maximum context length"),
     ],
 )
@@ -164,9 +165,10 @@ async def test_requests_beyond_max_num_seqs_show_up_as_waiting_in_metrics(
 
         await eventually(two_running_three_waiting, "2 running and 3 waiting")
         samples = await scrape(client, sim.url)
-        # Each running request needs 16 blocks (150 prompt + 100 output tokens): the 9 full prompt
-        # blocks are the same for both and held once, the other 7 are their own: 23 of 4096.
-        assert value(samples, "vllm:kv_cache_usage_perc") == pytest.approx(23 / 4096)
+        # Each running request needs 13 blocks (101 prompt + 100 output tokens): the 9 full prompt
+        # blocks (of 64 characters) are the same for both and held once, the other 4 are their own:
+        # 17 of 4096.
+        assert value(samples, "vllm:kv_cache_usage_perc") == pytest.approx(17 / 4096)
 
         for task in in_flight:
             task.cancel()
@@ -207,7 +209,7 @@ async def test_metrics_count_tokens_requests_and_latencies_and_describe_the_cach
 ) -> None:
     async with running(config(kv_cache_blocks=512, block_size=32)) as sim:
         usages = []
-        for prompt in ("a" * 40, "b" * 400, "c" * 4):
+        for prompt in (" ".join(["word"] * 10), " ".join(["word"] * 100), "hi"):
             _, body, _ = await post(client, sim.url, "/v1/completions",
                                     {"model": GEMMA, "prompt": prompt, "max_tokens": 5})
             usages.append(body["usage"])
@@ -234,7 +236,7 @@ async def test_a_repeated_prefix_raises_cache_hits_and_lowers_the_computed_ttft(
     client: aiohttp.ClientSession,
 ) -> None:
     system = {"role": "system", "content": "You are a terse assistant who answers in one line. " * 30}
-    async with running(config()) as sim:
+    async with running(config(enable_prompt_tokens_details=True)) as sim:
         cached = []
         for question in ("What is 2 + 2?", "Name a colour."):
             _, body, _ = await post(client, sim.url, "/v1/chat/completions", {
@@ -245,6 +247,7 @@ async def test_a_repeated_prefix_raises_cache_hits_and_lowers_the_computed_ttft(
         first, second = sim.engine.history
     assert cached[0] == 0
     assert cached[1] > 300
+    assert cached[1] % 16 == 0  # whole KV blocks
     assert value(samples, "vllm:prefix_cache_hits_total") == cached[1]
     assert (first.cached_tokens, second.cached_tokens) == tuple(cached)
     assert second.ttft_model_s < first.ttft_model_s
@@ -287,3 +290,45 @@ async def test_health_turns_200_once_the_startup_delay_has_elapsed(client: aioht
                 return health.status == 200
 
         await eventually(healthy, "/health to answer 200")
+
+
+async def _usages(client: aiohttp.ClientSession, url: str, path: str, body: dict[str, Any]) -> list[Any]:
+    """The usage of a whole answer to ``body``, then of a stream's usage event, twice each."""
+    usages: list[Any] = []
+    for _ in range(2):
+        _, whole, _ = await post(client, url, path, body)
+        usages.append(whole["usage"])
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    for _ in range(2):
+        async with client.post(f"{url}{path}", json=streamed) as response:
+            events = [line[6:] for line in (await response.text()).splitlines() if line.startswith("data: {")]
+        usages.append(json.loads(events[-1])["usage"])
+    return usages
+
+
+async def test_cached_tokens_are_reported_only_with_enable_prompt_tokens_details_as_vllm_does(
+    client: aiohttp.ClientSession,
+) -> None:
+    long = "You are a terse assistant who answers in one line. " * 30  # 300 tokens
+    chat = {"model": GEMMA, "messages": [{"role": "user", "content": long}], "max_tokens": 2}
+    completion = {"model": GEMMA, "prompt": long, "max_tokens": 2}
+    async with running(config()) as plain:
+        quiet = await _usages(client, plain.url, "/v1/chat/completions", chat)
+    # Without the flag: null in a whole answer, left out of a stream's usage event.
+    assert [u.get("prompt_tokens_details", "absent") for u in quiet] == [None, None, "absent", "absent"]
+    assert quiet[0]["completion_tokens_details"] is None
+    async with running(config(enable_prompt_tokens_details=True)) as sim:
+        chats = await _usages(client, sim.url, "/v1/chat/completions", chat)
+        completions = await _usages(client, sim.url, "/v1/completions", completion)
+    first, again, streamed, _ = (u["prompt_tokens_details"] for u in chats)
+    assert first == {"cached_tokens": 0, "created_cache_tokens": first["created_cache_tokens"],
+                     "multimodal_tokens": None}
+    assert first["created_cache_tokens"] > 0
+    assert again["cached_tokens"] == first["created_cache_tokens"] > 0
+    assert again["created_cache_tokens"] == 0
+    assert set(streamed) == {"cached_tokens", "created_cache_tokens"}
+    # Completions answers leave created_cache_tokens unset (null, or left out of a stream).
+    whole, _, event, _ = (u["prompt_tokens_details"] for u in completions)
+    assert whole["created_cache_tokens"] is None
+    assert set(event) == {"cached_tokens"}
+    assert event["cached_tokens"] > 0

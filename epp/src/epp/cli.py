@@ -36,6 +36,7 @@ from epp.flowcontrol.metrics import FlowControlMetrics
 from epp.flowcontrol.queue import FlowController
 from epp.health import Health
 from epp.memory import return_large_blocks
+from epp.requestcontrol.cached_tokens import CachedTokensFeedback
 from epp.requestcontrol.flow_control import FlowControlAdmission
 from epp.scheduling import (
     ConfigError,
@@ -160,6 +161,11 @@ async def serve_epp(
             admission = FlowControlAdmission(
                 FlowController(flow_control, datastore, detector, metrics), settings.objectives
             )
+        feedback_rate = settings.cached_tokens_feedback_rate
+        feedback = (
+            CachedTokensFeedback(feedback_rate, telemetry)
+            if feedback_rate and scheduler.learn_from_cached_tokens() else None
+        )
         picker = EndpointPicker(
             datastore,
             scheduler,
@@ -173,6 +179,7 @@ async def serve_epp(
             max_body_bytes=settings.max_body_bytes,
             routes=settings.routes,
             answer_check=AnswerCheck(rate, telemetry) if (rate := settings.answer_check_rate) else None,
+            cached_tokens=feedback,
         )
 
         def on_endpoint(event: DatastoreEvent) -> None:

@@ -313,6 +313,9 @@ class EppSettings(ServerSettings):
              name="--objective", metavar="NAME=PRIORITY"),
         Flag("answer_check_rate", "share (0-1) of answers whose model is checked against the request's; "
              "0: off"),
+        Flag("cached_tokens_feedback_rate", "share (0-1) of predicted prefix-cache hits whose answer's "
+             "usage.prompt_tokens_details.cached_tokens corrects the prefix index (pods run vLLM with "
+             "--enable-prompt-tokens-details); 0: off"),
         *_SERVER_FLAGS,
     )  # fmt: skip
 
@@ -336,6 +339,9 @@ class EppSettings(ServerSettings):
     objectives: dict[str, int] = Field(default_factory=dict)
     # Share of routed answers whose model is checked against the request's (epp.answer_check).
     answer_check_rate: float = Field(default=DEFAULT_ANSWER_CHECK_RATE, ge=0, le=1)
+    # Share of predicted prefix-cache hits whose answer's cached tokens settle the prediction
+    # (epp.requestcontrol.cached_tokens); 0: the prefix index is never corrected.
+    cached_tokens_feedback_rate: float = Field(default=0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _one_source_and_one_config(self) -> Self:

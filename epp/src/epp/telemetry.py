@@ -244,6 +244,16 @@ class Telemetry:
             "by the model asked for and the pod that answered.", ["model", "model_server_pod"],
             registry=self.registry,
         )
+        # The prefix index settled by the cached tokens the pods report (epp.requestcontrol.cached_tokens).
+        self.cache_feedback = Counter(
+            f"{component}_cached_tokens_feedback", "Predicted prefix-cache hits settled by the cached "
+            "tokens their answer reported: confirmed, stale (the pod did not have them) or unreported.",
+            ["outcome"], registry=self.registry,
+        )
+        self.stale_entries = Counter(
+            f"{component}_prefix_index_stale_entries", "Prefix index entries dropped because a pod's "
+            "answer showed it no longer held them.", registry=self.registry,
+        )
         if datastore is not None:
             self.registry.register(_EndpointCollector(datastore))
             self.registry.register(_PoolCollector(datastore, pool or component))
@@ -273,6 +283,11 @@ class Telemetry:
 
     def answer_misrouted(self, model: str, pod: str) -> None:
         self.misrouted.labels(model, pod).inc()
+
+    def cached_tokens_feedback(self, outcome: str, stale_entries: int = 0) -> None:
+        self.cache_feedback.labels(outcome).inc()
+        if stale_entries:
+            self.stale_entries.inc(stale_entries)
 
     def latency(self, model: str, ttft: float, duration: float) -> None:
         for ttfts, durations in zip(self._upstream_ttft, self._upstream_durations, strict=True):

@@ -14,6 +14,8 @@ class ParsedBody:
     model: str | None
     # Text used for prefix-cache hashing: `prompt`, or the chat messages' contents concatenated.
     prompt: str
+    # The answer carries ``usage``: not streamed, or streamed with ``stream_options.include_usage``.
+    usage_reported: bool = True
 
 
 def parse_body(body: bytes) -> ParsedBody:
@@ -38,7 +40,14 @@ def parse_body(body: bytes) -> ParsedBody:
     model = document.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise RequestError(400, "The 'model' field must be a non-empty string.", "model", "no_model")
-    return ParsedBody(model=model, prompt=_prompt_text(document))
+    return ParsedBody(model=model, prompt=_prompt_text(document), usage_reported=_usage_reported(document))
+
+
+def _usage_reported(document: dict[str, Any]) -> bool:
+    if document.get("stream") is not True:
+        return True
+    options = document.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def require_model(parsed: ParsedBody) -> str:

@@ -25,6 +25,7 @@ from epp.extproc.errors import bodyless
 from epp.extproc.messages import destination_metadata, header_option
 from epp.extproc.models import ModelList
 from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES
+from epp.requestcontrol.cached_tokens import CachedTokensFeedback
 from epp.requestcontrol.director import Director, Plugins, Scheduler
 from epp.requestcontrol.ejection_evidence import OutlierObserver
 from epp.requestcontrol.model_refresh import ModelRefresher
@@ -66,10 +67,12 @@ class EndpointPicker:
         plugins: Plugins | None = None,
         routes: ApiRoutes = DEFAULT_ROUTES,
         answer_check: AnswerCheck | None = None,
+        cached_tokens: CachedTokensFeedback | None = None,
     ) -> None:
         """``plugins``: request-control plugins beyond the standard ones (they run after them);
         ``routes``: the API endpoints forwarded to pods (anything else is refused on its headers);
-        ``answer_check``: check a sample of answers for the model that answered."""
+        ``answer_check``: check a sample of answers for the model that answered; ``cached_tokens``:
+        settle the prefix index's predicted hits by the cached tokens the pods report."""
         self.max_body_bytes = max_body_bytes
         self._routes = routes
         self._datastore = datastore
@@ -77,7 +80,7 @@ class EndpointPicker:
             datastore, scheduler, telemetry,
             standard_plugins(datastore, telemetry, saturation=saturation,
                              shed_on_saturation=shed_on_saturation, refresher=refresher, outliers=outliers,
-                             answer_check=answer_check, extra=plugins),
+                             answer_check=answer_check, cached_tokens=cached_tokens, extra=plugins),
         )
         self._models = ModelList()
         # Prebuilt routing answers: by address, and by the ranked addresses when fallbacks are sent.

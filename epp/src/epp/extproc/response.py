@@ -22,6 +22,9 @@ SSE_TAIL = 8192
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    # ``prompt_tokens_details.cached_tokens``: prompt tokens the server found in its prefix cache;
+    # None when the answer has no details (vLLM reports them with --enable-prompt-tokens-details).
+    cached_tokens: int | None = None
 
 
 class ResponseTracker:
@@ -107,9 +110,13 @@ def _usage_from(value: object) -> Usage | None:
     if not isinstance(value, dict):
         return None
     prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
-    if isinstance(prompt, int) and isinstance(completion, int):
-        return Usage(prompt, completion)
-    return None
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    details = value.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if not isinstance(cached, int) or isinstance(cached, bool):
+        cached = None
+    return Usage(prompt, completion, cached)
 
 
 def _usage_from_sse(tail: bytes) -> Usage | None:

@@ -88,7 +88,7 @@ class Director:
             raise RequestError(503, "The gateway's endpoint subset hint is empty.", None, "empty_subset")
         request = exchange.state.request = LLMRequest(
             request_id=exchange.request_id, model=model, prompt=parsed.prompt, headers=exchange.headers,
-            subset=subset, body_size=len(body),
+            subset=subset, body_size=len(body), usage_reported=parsed.usage_reported,
         )
         return request
 
@@ -110,6 +110,7 @@ class Director:
         state.address = endpoint.address
         state.started = started
         state.count = self._datastore.acquire(endpoint.address)
+        state.cycle = result.cycle
         exchange.outcome = "routed"
         for plugin in self.plugins.pre_request:
             plugin.pre_request(exchange, endpoint)

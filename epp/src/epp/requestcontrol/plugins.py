@@ -19,13 +19,13 @@ from typing import Protocol
 
 from epp.datastore import Endpoint, InFlight, PoolView
 from epp.extproc.stream import Exchange
-from epp.scheduling.types import LLMRequest
+from epp.scheduling.types import CycleState, LLMRequest
 
 
 class EppState:
     """The EPP's per-request state: what a routed request holds until its exchange is over."""
 
-    __slots__ = ("address", "checked", "count", "request", "started")
+    __slots__ = ("address", "checked", "count", "cycle", "learning", "request", "started")
 
     def __init__(self) -> None:
         # The parsed request, once parsed.
@@ -38,6 +38,10 @@ class EppState:
         self.started = 0.0
         # Sampled by the answer check: its answer is read and the model that answered checked.
         self.checked = False
+        # The scheduling cycle's scratch space, kept while the prefix index learns from answers
+        # (``SchedulingResult.cycle``), and whether this answer's cached tokens are to be read.
+        self.cycle: CycleState | None = None
+        self.learning = False
 
     @property
     def routed(self) -> bool:

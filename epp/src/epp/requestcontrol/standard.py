@@ -2,8 +2,8 @@
 
 Admission: saturation shedding (when asked for). After each answer, in this order: in-flight release
 (first, so nothing that follows can delay it), ejection evidence, model refresh, usage metering, the
-answer check (with a rate), then the request metrics (last: they count the exchange as the others
-left it). ``extra`` plugins, for
+answer check (with a rate), the cached-tokens feedback to the prefix index (with a rate), then the
+request metrics (last: they count the exchange as the others left it). ``extra`` plugins, for
 what later features add, run after the standard ones of their kind.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from epp.answer_check import AnswerCheck
 from epp.datastore import Datastore
 from epp.requestcontrol.answer_checking import AnswerChecking
+from epp.requestcontrol.cached_tokens import CachedTokensFeedback
 from epp.requestcontrol.director import Plugins
 from epp.requestcontrol.ejection_evidence import EjectionEvidence, OutlierObserver
 from epp.requestcontrol.inflight import InFlightRelease
@@ -32,6 +33,7 @@ def standard_plugins(
     refresher: ModelRefresher | None = None,
     outliers: OutlierObserver | None = None,
     answer_check: AnswerCheck | None = None,
+    cached_tokens: CachedTokensFeedback | None = None,
     extra: Plugins | None = None,
 ) -> Plugins:
     extra = extra or Plugins()
@@ -49,6 +51,10 @@ def standard_plugins(
         pre_request.append(checking)
         readers.append(checking)
         complete.append(checking)
+    if cached_tokens is not None:
+        pre_request.append(cached_tokens)
+        readers.append(cached_tokens)
+        complete.append(cached_tokens)
     complete.extend(extra.complete)
     complete.append(RequestMetrics(telemetry, datastore))
     admitters = (SaturationShedding(saturation),) if shed_on_saturation and saturation is not None else ()

@@ -83,6 +83,16 @@ class PostPick(ABC):
     def post_pick(self, state: CycleState, request: LLMRequest, endpoint: Endpoint) -> None: ...
 
 
+class CacheFeedback:
+    """Implemented by plugins that guess which endpoints hold a prompt's prefix in their KV cache (the
+    learned prefix index). While ``learns_from_cached_tokens`` is set (the EPP's
+    ``--cached-tokens-feedback-rate``), their post-pick hook keeps what it predicted for the picked
+    endpoint in the cycle state (``prefix_index.keep_prediction``), for the answer's
+    ``cached_tokens`` to confirm or correct."""
+
+    learns_from_cached_tokens: bool = False
+
+
 class EndpointStateful(ABC):
     """Implemented by plugins that keep per-endpoint state."""
 

@@ -12,7 +12,14 @@ from collections.abc import Sequence
 
 from epp.datastore import Endpoint
 from epp.scheduling.config import EndpointPickerConfig
-from epp.scheduling.framework import EndpointStateful, Handle, Plugin, ProfileHandler, ProfileOutcome
+from epp.scheduling.framework import (
+    CacheFeedback,
+    EndpointStateful,
+    Handle,
+    Plugin,
+    ProfileHandler,
+    ProfileOutcome,
+)
 from epp.scheduling.plan import PluginPlan, PluginT, SchedulingPlan
 from epp.scheduling.profile import SchedulingProfile
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
@@ -26,11 +33,16 @@ class Scheduler:
         self.handler = handler
         self._profile_names = tuple(self.profiles)
         stateful: dict[int, EndpointStateful] = {}
+        feedback: dict[int, CacheFeedback] = {}
         for profile in profiles:
             for plugin in (*profile.filters, *(s for s, _ in profile.scorers), profile.picker):
                 if isinstance(plugin, EndpointStateful):
                     stateful[id(plugin)] = plugin
+                if isinstance(plugin, CacheFeedback):
+                    feedback[id(plugin)] = plugin
         self._stateful = tuple(stateful.values())
+        self._feedback = tuple(feedback.values())
+        self._keep_cycle = False
 
     @classmethod
     def from_plan(cls, plan: SchedulingPlan, rng: random.Random | None = None) -> Scheduler:
@@ -80,7 +92,16 @@ class Scheduler:
             scores=outcome.scores,
             profile=primary,
             rejected_by=outcome.rejected_by,
+            cycle=state if self._keep_cycle else None,
         )
+
+    def learn_from_cached_tokens(self) -> bool:
+        """Have the plugins that keep a learned prefix index predict each pick's cache hit, for the
+        answer's ``cached_tokens`` to settle; False when no plugin keeps one."""
+        for plugin in self._feedback:
+            plugin.learns_from_cached_tokens = True
+        self._keep_cycle = bool(self._feedback)
+        return self._keep_cycle
 
     def forget(self, address: str) -> None:
         """The endpoint at ``address`` left the pool: drop every plugin's state about it."""

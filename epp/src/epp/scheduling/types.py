@@ -27,6 +27,9 @@ class LLMRequest:
     subset: frozenset[str] | None = None
     # The request body's size in bytes (what a queue holds for it).
     body_size: int = 0
+    # Whether the answer will carry ``usage`` (not streamed, or streamed with
+    # ``stream_options.include_usage``): the pod's ``cached_tokens`` can then be read from it.
+    usage_reported: bool = True
 
 
 @dataclass(slots=True)
@@ -44,3 +47,6 @@ class SchedulingResult:
     # When ``endpoint`` is None: the stage that left no candidate — "model" (none serves the model),
     # "subset" (none is in the subset hint) or the name of the filter plugin that removed the rest.
     rejected_by: str | None = None
+    # The cycle's scratch space, kept only while a plugin learns from the answer's cached tokens
+    # (``framework.CacheFeedback``): it holds the predicted hits to settle.
+    cycle: CycleState | None = None

@@ -50,7 +50,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from epp.datastore import Endpoint
-from epp.scheduling.framework import EndpointStateful, Handle, PostPick, Scorer
+from epp.scheduling.framework import CacheFeedback, EndpointStateful, Handle, PostPick, Scorer
 from epp.scheduling.params import Duration, PositiveInt
 from epp.scheduling.prefix_index import (
     DEFAULT_BLOCK_SIZE,
@@ -59,6 +59,7 @@ from epp.scheduling.prefix_index import (
     PrefixIndex,
     PrefixIndexParameters,
     block_hashes,
+    keep_prediction,
 )
 from epp.scheduling.registry import register
 from epp.scheduling.types import CycleState, LLMRequest
@@ -124,7 +125,7 @@ class _Prompt:
 
 
 @register
-class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful):
+class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
     type_name = "prefix-affinity-scorer"
     Parameters = PrefixAffinityParameters
 
@@ -247,6 +248,10 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful):
     def post_pick(self, state: CycleState, request: LLMRequest, endpoint: Endpoint) -> None:
         hashes = self._prompt(state, request).hashes
         if hashes:
+            if self.learns_from_cached_tokens and request.usage_reported:
+                keep_prediction(
+                    state, self.index.predict(endpoint.address, hashes, self.block_size, len(request.prompt))
+                )
             self.index.add(endpoint.address, hashes)
 
     def forget(self, address: str) -> None:

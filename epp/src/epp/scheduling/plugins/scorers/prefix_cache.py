@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from epp.datastore import Endpoint
-from epp.scheduling.framework import EndpointStateful, Handle, PostPick, Scorer
+from epp.scheduling.framework import CacheFeedback, EndpointStateful, Handle, PostPick, Scorer
 from epp.scheduling.prefix_index import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_LRU_CAPACITY_PER_SERVER,
@@ -19,13 +19,14 @@ from epp.scheduling.prefix_index import (
     PrefixIndex,
     PrefixIndexParameters,
     block_hashes,
+    keep_prediction,
 )
 from epp.scheduling.registry import register
 from epp.scheduling.types import CycleState, LLMRequest
 
 
 @register
-class PrefixCacheScorer(Scorer, PostPick, EndpointStateful):
+class PrefixCacheScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
     type_name = "prefix-cache-scorer"
     Parameters = PrefixIndexParameters
 
@@ -69,6 +70,10 @@ class PrefixCacheScorer(Scorer, PostPick, EndpointStateful):
     def post_pick(self, state: CycleState, request: LLMRequest, endpoint: Endpoint) -> None:
         hashes = self._hashes(state, request)
         if hashes:
+            if self.learns_from_cached_tokens and request.usage_reported:
+                keep_prediction(
+                    state, self.index.predict(endpoint.address, hashes, self.block_size, len(request.prompt))
+                )
             self.index.add(endpoint.address, hashes)
 
     def forget(self, address: str) -> None:
