@@ -156,6 +156,7 @@ class Row:
     min_throughput: float | None = 1.0
     ttft_targets: tuple[tuple[float, float], ...] = PLAIN_TTFT
     ceiling_groups: int | None = None
+    ceiling_warmup: int = 96  # requests of the ceiling's warm pass (every pod sees every group)
     min_of_ceiling: float = 0.9
     # (row name, least fraction of that row's throughput ratio this row's must reach)
     relative_to: tuple[str, float] | None = None
@@ -199,25 +200,25 @@ def rows(quick: bool = False) -> list[Row]:
     fair_ttft = "TTFT compared open loop, at equal offered load"
     return [
         Row("random-mixed", f"random prompts, two models (one pool each); {fair_ttft}", "mixed",
-            WorkloadConfig(models=[GEMMA, PHI], requests=n(240), max_tokens=32, seed=1), concurrency=16,
-            open_requests=n(160)),
+            WorkloadConfig(models=[GEMMA, PHI], requests=n(160), max_tokens=32, seed=1), concurrency=16,
+            open_requests=n(120)),
         Row("prefix-fits", f"4 groups x 2,000-token system prompt: fits in every pod's cache; {fair_ttft}",
-            "cache", prefix(4, 240), concurrency=16, open_requests=n(160)),
+            "cache", prefix(4, 160), concurrency=16, open_requests=n(120)),
         Row("prefix-exceeds", "16 groups x 2,000 tokens: more than one pod's cache (cache-bound); rate "
             f"against the box's warm-cache ceiling; {fair_ttft}", "cache",
-            cache_bound, concurrency=16, open_requests=n(160), min_throughput=None,
-            ttft_targets=((1.0, 0.15),), ceiling_groups=4),
+            cache_bound, concurrency=16, open_requests=n(120), min_throughput=None,
+            ttft_targets=((1.0, 0.15),), ceiling_groups=4, ceiling_warmup=n(96)),
         Row("long-prompt", f"50,000-token prompts (~200 KB bodies); {fair_ttft}", "long",
             WorkloadConfig(workload=Workload.LONG_PROMPT, models=[GEMMA], requests=n(48), prompt_len=50_000,
                            max_tokens=16, seed=4), concurrency=8, open_requests=n(48)),
         Row("bursty", "throughput closed loop at the pods' 16 slots; TTFT over the same Poisson arrivals "
             "to both sides, with a burst above round robin's measured rate", "long",
-            WorkloadConfig(models=[GEMMA], requests=n(160), max_tokens=32, seed=5), concurrency=16,
+            WorkloadConfig(models=[GEMMA], requests=n(120), max_tokens=32, seed=5), concurrency=16,
             offered=None, bursty=burst, open_requests=n(208)),
         Row("heterogeneous", "one pod with half the slots, twice as slow: throughput closed loop, "
             f"{fair_ttft}", "hetero",
-            WorkloadConfig(models=[GEMMA], requests=n(300), max_tokens=32, seed=6), concurrency=32,
-            open_requests=n(200), min_throughput=2.0, ttft_targets=((1.0, 1.0),)),
+            WorkloadConfig(models=[GEMMA], requests=n(200), max_tokens=32, seed=6), concurrency=32,
+            open_requests=n(120), min_throughput=2.0, ttft_targets=((1.0, 1.0),)),
         Row("prefix-exceeds-2epp", "the cache-bound row with 2 EPP replicas (closed loop: its "
             "throughput ratio against the single replica's)", "cache-2epp",
             cache_bound, concurrency=16, offered=None, min_throughput=None, ttft_targets=(),
@@ -393,7 +394,7 @@ async def run_row(
     if row.ceiling_groups is not None:
         fits = {"groups": row.ceiling_groups}
         await _one_side(row, f"{rr} warm-up", round_robin_url, salt="ceiling ", concurrency=row.concurrency,
-                        progress=progress, update=fits)  # fmt: skip
+                        progress=progress, update={**fits, "requests": row.ceiling_warmup})  # fmt: skip
         result.ceiling = await _one_side(row, f"{rr} ceiling", round_robin_url, salt="ceiling ",
                                          concurrency=row.concurrency, progress=progress,
                                          update=fits)  # fmt: skip
