@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import html
 import json
+import math
 import os
 import sys
 import time
@@ -110,22 +111,32 @@ def target_at(targets: Sequence[tuple[float, float]], time_scale: float) -> floa
 @dataclass(frozen=True)
 class Bursty:
     """Poisson arrivals at ``base`` x round robin's measured rate, at ``burst`` x that rate from
-    ``start`` s for ``seconds`` s (seconds at time scale 1: the window stretches with the time scale)."""
+    ``start`` s for ``seconds`` s, then at ``base`` again for ``after`` s: every arrival within that
+    window, however many (seconds at time scale 1: the window stretches with the time scale, as the
+    measured rate shrinks, so a run holds about as many requests at any time scale)."""
 
     base: float
     burst: float
     start: float
     seconds: float
+    after: float
 
-    def arrivals(self, capacity: float, time_scale: float, count: int, seed: int) -> list[float]:
+    def arrivals(self, capacity: float, time_scale: float, seed: int) -> list[float]:
+        if capacity <= 0:
+            raise ValueError(f"round robin's rate must be > 0 requests/s, got {capacity}")
         stretch = max(time_scale, 1e-9)
-        return bursty_arrivals(self.base * capacity, self.burst * capacity, self.start * stretch,
-                               self.seconds * stretch, count, seed)  # fmt: skip
+        end = (self.start + self.seconds + self.after) * stretch
+        # Enough draws to pass the window's end (its expected count, four times over, and some).
+        count = 4 * math.ceil(capacity * (self.base * (self.start + self.after) + self.burst * self.seconds)
+                              * stretch) + 16  # fmt: skip
+        offsets = bursty_arrivals(self.base * capacity, self.burst * capacity, self.start * stretch,
+                                  self.seconds * stretch, count, seed)  # fmt: skip
+        return [t for t in offsets if t < end]
 
     def describe(self) -> str:
         return (
             f"Poisson {self.base:g}x round robin's rate, {self.burst:g}x from {self.start:g} s for "
-            f"{self.seconds:g} s (x time scale)"
+            f"{self.seconds:g} s, then {self.base:g}x for {self.after:g} s (seconds x time scale)"
         )
 
 
@@ -152,7 +163,9 @@ class Row:
     concurrency: int
     offered: float | None = OFFERED_FRACTION
     bursty: Bursty | None = None
-    open_requests: int | None = None  # requests per side in the open-loop phase (default: the workload's)
+    # Requests per side in the Poisson open-loop phase (default: the workload's); a bursty row sends
+    # every arrival of its window.
+    open_requests: int | None = None
     min_throughput: float | None = 1.0
     ttft_targets: tuple[tuple[float, float], ...] = PLAIN_TTFT
     ceiling_groups: int | None = None
@@ -196,7 +209,9 @@ def rows(quick: bool = False) -> list[Row]:
         )  # fmt: skip
 
     cache_bound = prefix(16, 320)
-    burst = Bursty(base=0.25, burst=1.25, start=3, seconds=4) if not quick else Bursty(0.25, 1.25, 1, 1.5)
+    burst = Bursty(base=0.5, burst=1.5, start=2, seconds=4, after=2)
+    if quick:
+        burst = Bursty(base=0.5, burst=1.5, start=1, seconds=1.5, after=1)
     fair_ttft = "TTFT compared open loop, at equal offered load"
     return [
         Row("random-mixed", f"random prompts, two models (one pool each); {fair_ttft}", "mixed",
@@ -214,11 +229,11 @@ def rows(quick: bool = False) -> list[Row]:
         Row("bursty", "throughput closed loop at the pods' 16 slots; TTFT over the same Poisson arrivals "
             "to both sides, with a burst above round robin's measured rate", "long",
             WorkloadConfig(models=[GEMMA], requests=n(120), max_tokens=32, seed=5), concurrency=16,
-            offered=None, bursty=burst, open_requests=n(208)),
+            offered=None, bursty=burst),
         Row("heterogeneous", "one pod with half the slots, twice as slow: throughput closed loop, "
             f"{fair_ttft}", "hetero",
-            WorkloadConfig(models=[GEMMA], requests=n(200), max_tokens=32, seed=6), concurrency=32,
-            open_requests=n(120), min_throughput=2.0, ttft_targets=((1.0, 1.0),)),
+            WorkloadConfig(models=[GEMMA], requests=n(160), max_tokens=32, seed=6), concurrency=32,
+            open_requests=n(96), min_throughput=2.0, ttft_targets=((1.0, 1.0),)),
         Row("prefix-exceeds-2epp", "the cache-bound row with 2 EPP replicas (closed loop: its "
             "throughput ratio against the single replica's)", "cache-2epp",
             cache_bound, concurrency=16, offered=None, min_throughput=None, ttft_targets=(),
@@ -378,13 +393,14 @@ async def run_row(
                                progress=progress)  # fmt: skip
     result = RowResult(row, time_scale, Pair(gateway, capacity))
     if row.open_loop:
-        count = row.open_requests or row.workload.requests
-        rr_rate = summarize(capacity).overall.requests_per_s
         if row.bursty is not None:
-            arrivals = row.bursty.arrivals(rr_rate, time_scale, count, row.workload.seed)
-            rate = count / max(arrivals[-1], 1e-9) if len(arrivals) > 1 else rr_rate
+            arrivals = row.bursty.arrivals(summarize(capacity).overall.requests_per_s, time_scale,
+                                           row.workload.seed)  # fmt: skip
+            count = len(arrivals)
+            rate = count / max(arrivals[-1], 1e-9) if count > 1 else float(count)  # the mean offered
         else:
             assert row.offered is not None
+            count = row.open_requests or row.workload.requests
             rate = offered_rate(summarize(capacity), row.offered)
             arrivals = poisson_arrivals(rate, count, row.workload.seed)
         sides = [await _one_side(row, label, url, salt=f"{label} open ", arrivals=arrivals, requests=count,

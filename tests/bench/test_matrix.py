@@ -60,22 +60,28 @@ def test_time_scales_parse_as_a_list_and_reject_nonsense() -> None:
 def test_a_row_cannot_be_both_poisson_and_bursty() -> None:
     workload = WorkloadConfig(models=[GEMMA], requests=4)
     with pytest.raises(ValueError, match="offered or bursty"):
-        matrix.Row("x", "", "mixed", workload, 2, bursty=matrix.Bursty(0.5, 1.5, 0, 1))
+        matrix.Row("x", "", "mixed", workload, 2, bursty=matrix.Bursty(0.5, 1.5, 0, 1, 1))
 
 
 def test_the_bursty_arrivals_are_fractions_of_the_measured_rate_stretched_with_the_time_scale() -> None:
-    burst = matrix.Bursty(base=0.25, burst=2.0, start=2, seconds=1)
-    fast = burst.arrivals(capacity=40.0, time_scale=1.0, count=400, seed=5)
-    slow = burst.arrivals(capacity=40.0 / 3, time_scale=3.0, count=400, seed=5)
+    burst = matrix.Bursty(base=0.25, burst=2.0, start=2, seconds=1, after=1)
+    fast = burst.arrivals(capacity=40.0, time_scale=1.0, seed=5)
+    slow = burst.arrivals(capacity=40.0 / 3, time_scale=3.0, seed=5)
 
-    def in_burst(offsets: list[float], start: float, end: float) -> int:
+    def within(offsets: list[float], start: float, end: float) -> int:
         return sum(start <= t < end for t in offsets)
 
-    # At 3x slower pods, the measured rate is a third and the window three times longer: the same
-    # number of requests before and within the burst (the same seed draws the same gaps).
-    assert in_burst(fast, 0, 2) == in_burst(slow, 0, 6)
-    assert in_burst(fast, 2, 3) == in_burst(slow, 6, 9)
-    assert in_burst(fast, 2, 3) > 4 * in_burst(fast, 1, 2)  # 80/s in the burst against 10/s before
+    # Every arrival lies in the window (4 s at time scale 1, three times longer at 3).
+    assert 3.0 < fast[-1] < 4.0
+    assert 9.0 < slow[-1] < 12.0
+    # At 3x slower pods the measured rate is a third and the window three times longer: the same
+    # requests before, within and after the burst (the same seed draws the same gaps).
+    assert len(fast) == len(slow)
+    assert within(fast, 0, 2) == within(slow, 0, 6)
+    assert within(fast, 2, 3) == within(slow, 6, 9)
+    assert within(fast, 2, 3) > 4 * within(fast, 1, 2)  # 80/s in the burst against 10/s before
+    with pytest.raises(ValueError, match="> 0"):
+        burst.arrivals(capacity=0.0, time_scale=1.0, seed=5)
 
 
 def test_the_long_prompt_row_sends_bodies_of_about_200_kb() -> None:
