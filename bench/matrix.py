@@ -669,6 +669,15 @@ def parse_time_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
+def chosen_time_scales(quick: bool, one: float | None, many: tuple[float, ...] | None) -> tuple[float, ...]:
+    """``--time-scale`` if given, else ``--time-scales``, else 1 and 3 (a quick run: 1 only)."""
+    if one is not None:
+        return parse_time_scales(str(one))
+    if many is not None:
+        return many
+    return (1.0,) if quick else DEFAULT_TIME_SCALES
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench matrix", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -689,12 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     selected = rows(args.quick)
-    if args.time_scale is not None:
-        time_scales: tuple[float, ...] = parse_time_scales(str(args.time_scale))
-    elif args.time_scales is not None:
-        time_scales = args.time_scales
-    else:
-        time_scales = (1.0,) if args.quick else DEFAULT_TIME_SCALES
+    time_scales = chosen_time_scales(args.quick, args.time_scale, args.time_scales)
     suites = {suite.name: [n for n in suite.rows] for suite in SUITES if suite.default}
     if args.rows:
         wanted = [name.strip() for name in args.rows.split(",") if name.strip()]

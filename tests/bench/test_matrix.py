@@ -57,6 +57,15 @@ def test_time_scales_parse_as_a_list_and_reject_nonsense() -> None:
             matrix.parse_time_scales(bad)
 
 
+def test_the_matrix_runs_at_time_scales_1_and_3_unless_told_and_a_quick_run_at_1() -> None:
+    assert matrix.chosen_time_scales(False, None, None) == (1.0, 3.0)
+    assert matrix.chosen_time_scales(True, None, None) == (1.0,)
+    assert matrix.chosen_time_scales(True, None, (1.0, 3.0)) == (1.0, 3.0)
+    assert matrix.chosen_time_scales(False, 3.0, (1.0,)) == (3.0,)
+    args = matrix.build_parser().parse_args(["--time-scales", "3,1"])
+    assert matrix.chosen_time_scales(args.quick, args.time_scale, args.time_scales) == (3.0, 1.0)
+
+
 def test_a_row_cannot_be_both_poisson_and_bursty() -> None:
     workload = WorkloadConfig(models=[GEMMA], requests=4)
     with pytest.raises(ValueError, match="offered or bursty"):
