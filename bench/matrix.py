@@ -501,6 +501,28 @@ def format_matrix(results: Sequence[RowResult]) -> str:
     return "\n".join(text)
 
 
+def _pct(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{fraction * 100:.0f}%"
+
+
+def ceiling_lines(results: Sequence[RowResult]) -> list[str]:
+    """For each cache-bound row: its ceiling's rate and how much of the prompts the pods found cached
+    (the ceiling should be all hits; the sides' closed-loop figures beside it)."""
+    lines = []
+    for r in results:
+        if r.ceiling is None:
+            continue
+        ceiling = summarize(r.ceiling).overall
+        gateway, rr = r.summaries
+        lines.append(
+            f"{_label(r)}: ceiling {ceiling.requests_per_s:.1f} req/s, TTFT p50 {_ms(ceiling.ttft.p50)} ms, "
+            f"{_pct(ceiling.cached_prompt_fraction)} of prompt tokens cached (closed loop: gateway "
+            f"{_pct(gateway.overall.cached_prompt_fraction)}, round robin "
+            f"{_pct(rr.overall.cached_prompt_fraction)})"
+        )
+    return lines
+
+
 def machine() -> dict[str, Any]:
     """The machine the figures came from: CPUs and the load averages (1, 5, 15 min) now."""
     one, five, fifteen = os.getloadavg()
@@ -591,6 +613,7 @@ def render_html(results: Sequence[RowResult], settings: dict[str, Any]) -> str:
             for s in (gateway, rr)
         )
         checks = "".join(f"<li>{esc(str(c))}</li>" for c in r.checks)
+        checks += "".join(f"<li>{esc(line)}</li>" for line in ceiling_lines([r]))
         sections.append(
             f"<h3>{esc(_label(r))}</h3><p>{esc(r.row.about)}; box {esc(r.row.box)}; time scale "
             f"{r.time_scale:g}; {esc(r.row.pacing())}; {r.row.workload.requests} requests per closed-loop "
@@ -734,6 +757,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(describe_machine(before, after))
         print(format_matrix(results))
+        for line in ceiling_lines(results):
+            print(line)
         json_path, html_path = write_reports(results, settings, args.reports_dir)
         print(f"\nreports: {json_path}  {html_path}")
     for suite in SUITES:

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from bench import matrix
-from bench.client import Attempt, RequestResult, RunResult
+from bench.client import Attempt, RequestResult, RunResult, run
 from bench.stats import summarize
-from bench.workloads import WorkloadConfig
+from bench.workloads import Workload, WorkloadConfig, generate
 from tests.bench.fake_openai import FakeOpenAI, serving
+from vllmsim import SimConfig, running
 
 GEMMA, PHI = "google/gemma-2b-it", "microsoft/Phi-3-mini-4k-instruct"
 
@@ -152,6 +153,8 @@ def test_the_cache_bound_row_is_judged_against_its_ceiling_and_ttft_at_equal_off
     assert reached.of_ceiling == pytest.approx(20 / 21)
     assert reached.checks[0].passed
     assert all(c.passed for c in reached.checks)
+    [line] = matrix.ceiling_lines([short])
+    assert line.startswith("prefix-exceeds @1: ceiling 23.0 req/s, TTFT p50 100 ms, n/a of prompt tokens")
 
 
 def test_a_row_is_judged_at_each_time_scale_against_that_time_scales_targets() -> None:
@@ -233,3 +236,22 @@ def test_a_check_passes_only_on_its_side_of_the_target() -> None:
 def test_an_unknown_row_is_refused_naming_the_rows(capsys: pytest.CaptureFixture[str]) -> None:
     assert matrix.main(["--rows", "nope"]) == 2
     assert "unknown rows nope; rows: random-mixed," in capsys.readouterr().err
+
+
+async def test_the_ceiling_can_be_checked_for_hits_the_pods_report_cached_prompt_tokens() -> None:
+    # One simulated pod; the same shared-prefix request twice in a row: the second finds the first's
+    # prompt in the pod's prefix cache and says so (usage.prompt_tokens_details.cached_tokens).
+    config = SimConfig(models=[GEMMA], pod_name="gemma-0", time_scale=0.05)
+    workload = WorkloadConfig(workload=Workload.SHARED_PREFIX, models=[GEMMA], requests=1, groups=1,
+                              prompts_per_group=1, system_prompt_len=256, max_tokens=4)  # fmt: skip
+    async with running(config) as sim:
+        for stream in (True, False):
+            salted = generate(workload.model_copy(update={"prefix_salt": f"{stream} "})) * 2
+            result = await run(sim.url, salted, concurrency=1, stream=stream, progress=False)
+            first, second = result.results
+            assert first.cached_tokens == 0
+            assert 0 < second.cached_tokens <= second.prompt_tokens
+            summary = summarize(result).overall
+            assert summary.cached_prompt_fraction == pytest.approx(
+                second.cached_tokens / (first.prompt_tokens + second.prompt_tokens)
+            )
