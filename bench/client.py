@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from epp.contract import MODEL_HEADER, POD_HEADER
@@ -59,6 +60,9 @@ class RequestResult:
     itl: list[float] = field(default_factory=list)
     output_tokens: int = 0
     prompt_tokens: int = 0
+    # usage.prompt_tokens_details.cached_tokens (vLLM with --enable-prompt-tokens-details, and the
+    # simulator): the prompt tokens the pod found in its prefix cache; 0 when not reported.
+    cached_tokens: int = 0
 
     @property
     def final(self) -> Attempt:
@@ -120,6 +124,13 @@ def _error_message(payload: bytes) -> str:
         return str(err.get("message", payload[:200].decode(errors="replace")))
     except (ValueError, AttributeError):
         return payload[:200].decode(errors="replace")
+
+
+def _prompt_usage(result: RequestResult, usage: dict[str, Any]) -> None:
+    """The prompt's tokens and, where the server reports them, how many came from its prefix cache."""
+    result.prompt_tokens = int(usage.get("prompt_tokens", 0))
+    details = usage.get("prompt_tokens_details")
+    result.cached_tokens = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
 
 
 class Runner:
@@ -198,7 +209,7 @@ class Runner:
             return Attempt(response.status_code, pod=pod, error="response is not a JSON object")
         usage = payload.get("usage") or {}
         result.output_tokens = int(usage.get("completion_tokens", 0))
-        result.prompt_tokens = int(usage.get("prompt_tokens", 0))
+        _prompt_usage(result, usage)
         return Attempt(response.status_code, model=payload.get("model"), pod=pod)
 
     async def _stream_once(
@@ -221,7 +232,7 @@ class Runner:
         model: str | None = None
         last_token: float | None = None
         content_chunks = 0
-        usage: dict[str, int] = {}
+        usage: dict[str, Any] = {}
         async for line in response.aiter_lines():
             if not line.startswith("data:"):
                 continue
@@ -249,7 +260,7 @@ class Runner:
                 last_token = now
                 content_chunks += 1
         result.output_tokens = int(usage.get("completion_tokens", content_chunks))
-        result.prompt_tokens = int(usage.get("prompt_tokens", 0))
+        _prompt_usage(result, usage)
         return Attempt(response.status_code, model=model, pod=pod)
 
 

@@ -66,6 +66,9 @@ class Summary(BaseModel):
     ttft: Distribution
     itl: Distribution
     e2e: Distribution
+    # Of the answered requests' prompt tokens, the fraction the pods reported cached
+    # (usage.prompt_tokens_details.cached_tokens); None when no server reported prompt tokens.
+    cached_prompt_fraction: float | None = None
     pods: dict[str, int]  # x-inference-pod of final answers -> count
     statuses: dict[str, int]  # final outcome ("200", "404", "200+error", "no answer") -> count
 
@@ -88,6 +91,7 @@ def summarize_results(results: Sequence[RequestResult], duration: float) -> Summ
     ok = [r for r in results if r.ok]
     attempts = sum(len(r.attempts) for r in results)
     tokens = sum(r.output_tokens for r in ok)
+    prompt_tokens = sum(r.prompt_tokens for r in ok)
     return Summary(
         requests=n,
         successes=len(ok),
@@ -105,6 +109,7 @@ def summarize_results(results: Sequence[RequestResult], duration: float) -> Summ
         ttft=Distribution.of([r.ttft for r in ok if r.ttft is not None]),
         itl=Distribution.of([gap for r in ok for gap in r.itl]),
         e2e=Distribution.of([r.e2e for r in ok if r.e2e is not None]),
+        cached_prompt_fraction=sum(r.cached_tokens for r in ok) / prompt_tokens if prompt_tokens else None,
         pods=dict(sorted(Counter(r.final.pod for r in results if r.final.pod).items())),
         statuses=dict(sorted(Counter(r.final.outcome for r in results).items())),
     )
