@@ -3,6 +3,9 @@ free pages are given back once the bodies of a burst are released, not on every 
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 from epp.extproc.stream import BodyBudget
 from epp.memory import Trimmer, malloc_trim, return_large_blocks
 
@@ -53,3 +56,24 @@ def test_this_c_library_can_give_memory_back() -> None:
     trim = malloc_trim()
     assert trim is not None
     trim()
+
+
+async def test_on_an_event_loop_the_trim_runs_beside_it_one_at_a_time() -> None:
+    started = threading.Event()
+    finish = threading.Event()
+    threads: list[str] = []
+
+    def slow_trim() -> bool:
+        threads.append(threading.current_thread().name)
+        started.set()
+        finish.wait(5)
+        return True
+
+    trimmer = Trimmer(slow_trim, after=MIB)
+    trimmer(MIB, 0)  # a burst's worth released: a trim starts, and this returns at once
+    assert await asyncio.to_thread(started.wait, 5)
+    trimmer(MIB, 0)  # another burst's worth while it runs: not a second trim
+    finish.set()
+    assert len(threads) == 1
+    assert threads[0] != threading.current_thread().name  # not on the loop's thread
+    assert trimmer.trims == 1
