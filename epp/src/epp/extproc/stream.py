@@ -2,7 +2,8 @@
 
 One gRPC stream carries one HTTP request. :class:`StreamDriver` (the gRPC servicer) owns everything
 about the stream itself: the processing modes Envoy announces, buffering the request body (sent in
-FULL_DUPLEX_STREAMED mode) up to its size limit, streaming it back once the request is decided,
+FULL_DUPLEX_STREAMED mode) up to its size limit and within the server's ``BodyBudget`` (room for it
+reserved before gRPC is asked for it), streaming it back once the request is decided,
 echoing the response, turning refusals into answers (``errors.refusal_response``) and completing
 each exchange exactly once. What a request *means* is the :class:`Handler`'s business; the EPP
 (``picker.EndpointPicker``) and the BBR (``bbr.BodyBasedRouter``) are two handlers. The driver calls
