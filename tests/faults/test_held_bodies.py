@@ -23,11 +23,12 @@ ATTACKER = "sk-attacker-0123456789abcdefghijklmnop"
 LIGHT = "sk-light-user-0123456789abcdefghijklmn"
 BUDGET = 64 << 20
 # What the BBR may hold beyond the budget while the bodies are held (docs/security.md, "Memory"): the
-# message in hand, copied twice on its way to Python (2 x 1 MiB chunk), gRPC's 64 KB window of each
-# of the 40 streams (2.5 MiB), and the allocator's free space left between blocks during the burst
-# (measured 6 to 10 MiB). Measured growth on this 2-core machine: +61 to +69 MiB (the budget holds 4
-# of the 15 MB bodies, 58.6 MiB), also with the BBR at nice 19; before gRPC's window was bounded and
-# bodies counted from their headers, +70 to +420 MiB (gRPC took whole bodies in ahead of the reads).
+# message in hand, copied twice on its way to Python (2 x 1 MiB chunk), the allocator's free space
+# left between blocks during the burst (measured 6 to 10 MiB), and what gRPC took into the 256 KB
+# windows of streams not refused yet (dropped as each is refused). Measured growth on this 2-core
+# machine: +61 to +69 MiB (the budget holds 4 of the 15 MB bodies, 58.6 MiB), also with the BBR at
+# nice 19; before gRPC's window was bounded and bodies counted from their headers, +70 to +420 MiB
+# (gRPC took whole bodies in ahead of the reads).
 MARGIN_KIB = 16 * 1024
 # What may stay resident after they closed: measured +1 to +5 MiB (+6 to +140 MiB before the free
 # memory was given back after a burst).

@@ -258,7 +258,7 @@ class StreamDriver(external_processor_pb2_grpc.ExternalProcessorServicer, Generi
         try:
             while True:
                 # A body chunk is taken off the connection only while a read is pending (gRPC's
-                # flow-control window is otherwise 64 KB with BDP probing off): room for it first.
+                # window is otherwise its 256 KB lookahead, ``server._OPTIONS``): room for it first.
                 if not stream.room_for_next_chunk():
                     await stream.refuse_over_budget()
                     return
