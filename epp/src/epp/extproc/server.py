@@ -28,7 +28,7 @@ _OPTIONS = [
     # gRPC took whole bodies in ahead of the reads, outside any budget (measured: 40 held 15 MB
     # bodies put ~530 MB in gRPC's buffers of a slowed BBR with a 64 MiB budget). 256 KB, not
     # gRPC's 64 KB: a 200 KB prompt then needs no window update (through Envoy, 200 KB bodies at
-    # 64 KB ran at 0.56-0.89x the rate of BDP probing; at 256 KB, 0.97x).
+    # 64 KB ran at 0.56-0.89x the rate of BDP probing; at 256 KB, 0.97-1.14x).
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", 256 << 10),
 ]
