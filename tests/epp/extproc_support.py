@@ -143,9 +143,11 @@ class EnvoyStream:
         metadata: Metadata | None = None,
         chunk_size: int = 16_384,
         trailers: bool = False,
+        content_length: bool = True,
     ) -> Outcome:
+        """``content_length=False``: a chunked upload, whose length the headers do not tell."""
         all_headers = {":method": method, ":path": path, ":authority": "gateway", "x-request-id": "req-1"}
-        if body is not None:
+        if body is not None and content_length:
             all_headers["content-length"] = str(len(body))
             all_headers["content-type"] = "application/json"
         all_headers.update(headers or {})

@@ -197,8 +197,23 @@ async def test_a_body_over_the_size_limit_is_a_413() -> None:
     router = BodyBasedRouter(Telemetry("bbr"), max_body_bytes=100)
     async with serving(router) as stub:
         body = json.dumps({"model": GEMMA, "prompt": "x" * 200}).encode()
-        code, _ = (await EnvoyStream(stub).send_request(body, chunk_size=50)).error()
+        code, _ = (await EnvoyStream(stub).send_request(body, chunk_size=50, content_length=False)).error()
     assert code == 413
+
+
+async def test_a_body_declared_over_the_size_limit_is_a_413_on_its_headers() -> None:
+    router = BodyBasedRouter(Telemetry("bbr"), max_body_bytes=100)
+    async with serving(router) as stub:
+        call = stub.Process()
+        headers = {":method": "POST", ":path": "/v1/completions", "content-length": "101"}
+        await call.write(ProcessingRequest(
+            request_headers=HttpHeaders(headers=header_map(headers), end_of_stream=False),
+            protocol_config=ProtocolConfiguration(request_body_mode=ProcessingMode.FULL_DUPLEX_STREAMED),
+        ))
+        async with asyncio.timeout(5):  # no body byte is sent: the answer comes on the headers
+            answer = await call.read()
+        call.cancel()
+    assert answer.immediate_response.status.code == 413
 
 
 async def test_the_front_door_answers_the_retrieval_of_one_model() -> None:

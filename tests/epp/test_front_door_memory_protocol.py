@@ -25,7 +25,7 @@ from epp.auth.keys import parse_api_keys
 from epp.auth.store import KeyStore
 from epp.extproc import ExtProcServer, StreamDriver
 from epp.extproc.bbr import BodyBasedRouter
-from epp.extproc.stream import BodyBudget, buffered_budget
+from epp.extproc.stream import CHUNK_ROOM, BodyBudget, buffered_budget
 from epp.health import Health
 from epp.telemetry import Telemetry
 
@@ -63,10 +63,12 @@ def padded_first(model: str, filler: int) -> bytes:
     return json.dumps({"prompt": "x" * filler, "model": model}).encode()
 
 
-async def open_stream(stub, key: str, size: int):  # type: ignore[no-untyped-def]
+async def open_stream(stub, key: str, size: int | None):  # type: ignore[no-untyped-def]
+    """A request's headers (``size``: its content-length; None: none, a chunked upload)."""
     call = stub.Process()
-    headers = {":method": "POST", ":path": "/v1/completions", "content-length": str(size),
-               "x-api-key": key, "x-request-id": "r"}
+    headers = {":method": "POST", ":path": "/v1/completions", "x-api-key": key, "x-request-id": "r"}
+    if size is not None:
+        headers["content-length"] = str(size)
     await call.write(ProcessingRequest(
         request_headers=HttpHeaders(headers=header_map(headers), end_of_stream=False),
         protocol_config=ProtocolConfiguration(
@@ -143,8 +145,15 @@ async def test_an_allowed_model_in_many_chunks_is_routed_whole() -> None:
     assert b"".join(chunk for chunk, _ in outcome.body_chunks) == body
 
 
+async def until_held(budget: BodyBudget, size: int) -> None:
+    """Wait (bounded) until the server's streams hold ``size`` bytes of the budget."""
+    async with asyncio.timeout(5):
+        while budget.held != size:  # noqa: ASYNC110 - the server's stream tasks take and give back
+            await asyncio.sleep(0.01)
+
+
 async def test_bodies_over_the_budget_get_a_503_with_retry_after_and_the_budget_comes_back() -> None:
-    budget = BodyBudget(100_000)
+    budget = BodyBudget(1_500_000)
     router = front_door()
     server = ExtProcServer(StreamDriver(router, budget), Health(), bind="127.0.0.1", grpc_port=0,
                            health_port=0)
@@ -152,26 +161,52 @@ async def test_bodies_over_the_budget_get_a_503_with_retry_after_and_the_budget_
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
             stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
-            held = await open_stream(stub, KEY_B, 1_000_000)
-            await held.write(ProcessingRequest(request_body=HttpBody(body=b'{"prompt": "' + b"x" * 90_000,
-                                                                     end_of_stream=False)))
-            second = await open_stream(stub, KEY_B, 1_000_000)
-            await second.write(
-                ProcessingRequest(request_body=HttpBody(body=b"x" * 20_000, end_of_stream=False))
-            )
+            held = await open_stream(stub, KEY_B, 1_200_000)
+            await held.write(ProcessingRequest(request_body=HttpBody(
+                body=b'{"prompt": "' + b"x" * 999_988, end_of_stream=False)))
+            # What it sent is held, and so is the room for the rest of it (its content-length says
+            # 200,000 bytes more), before gRPC is asked for that chunk.
+            await until_held(budget, 1_200_000)
+            # No room for another body: refused on its headers, before any body byte is taken in.
+            second = await open_stream(stub, KEY_B, 600_000)
             refused = await answer_of(second)
             assert status(refused) == 503
             options = refused.immediate_response.headers.set_headers
             headers = {o.header.key: o.header.raw_value for o in options}
             assert headers["retry-after"] == b"1"
-            assert budget.held == 90_012
+            assert budget.held == 1_200_000
             held.cancel()
-            # The held stream's bytes come back when it ends.
-            async with asyncio.timeout(5):
-                while budget.held:  # noqa: ASYNC110 - the server's stream task gives it back
-                    await asyncio.sleep(0.01)
+            # The held stream's bytes and room come back when it ends.
+            await until_held(budget, 0)
             fine = await EnvoyStream(stub).send_request(completion(GEMMA), headers={"x-api-key": KEY_B})
             assert fine.immediate is None
+    finally:
+        await server.stop(0)
+
+
+async def test_a_body_of_unknown_length_is_given_room_for_a_whole_chunk_before_each_read() -> None:
+    budget = BodyBudget(CHUNK_ROOM + 100_000)
+    server = ExtProcServer(StreamDriver(front_door(), budget), Health(), bind="127.0.0.1", grpc_port=0,
+                           health_port=0)
+    ports = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+            stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
+            chunked = await open_stream(stub, KEY_B, None)  # no content-length: chunked upload
+            await until_held(budget, CHUNK_ROOM)
+            await chunked.write(ProcessingRequest(request_body=HttpBody(body=b'{"prompt": "xx',
+                                                                        end_of_stream=False)))
+            await until_held(budget, CHUNK_ROOM + 14)
+            # A small body whose content-length fits the room left still gets in.
+            small = completion(GEMMA)
+            assert len(small) < 100_000 - 14
+            fine = await EnvoyStream(stub).send_request(small, headers={"x-api-key": KEY_B})
+            assert fine.immediate is None
+            # One that does not is refused on its headers.
+            refused = await answer_of(await open_stream(stub, KEY_B, 100_000))
+            assert status(refused) == 503
+            chunked.cancel()
+            await until_held(budget, 0)
     finally:
         await server.stop(0)
 

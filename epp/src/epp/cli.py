@@ -35,7 +35,7 @@ from epp.extproc.stream import BodyBudget, buffered_budget
 from epp.flowcontrol.metrics import FlowControlMetrics
 from epp.flowcontrol.queue import FlowController
 from epp.health import Health
-from epp.memory import return_large_blocks
+from epp.memory import Trimmer, malloc_trim, return_large_blocks
 from epp.requestcontrol.cached_tokens import CachedTokensFeedback
 from epp.requestcontrol.flow_control import FlowControlAdmission
 from epp.scheduling import (
@@ -191,7 +191,7 @@ async def serve_epp(
         datastore.subscribe(on_endpoint)
         server = ExtProcServer(picker, health, bind=settings.bind, grpc_port=settings.grpc_port,
                                health_port=settings.health_port, credentials=settings.credentials("epp"),
-                               budget=BodyBudget(buffered_budget(settings.max_buffered_bytes)))
+                               budget=_body_budget(settings))
         try:
             await _serve(server, telemetry, settings, stop, _EppHealth(datastore, health, runner).run, bound)
         finally:
@@ -211,7 +211,7 @@ async def serve_bbr(
     health = Health()
     server = ExtProcServer(router, health, bind=settings.bind, grpc_port=settings.grpc_port,
                            health_port=settings.health_port, credentials=settings.credentials("bbr"),
-                           budget=BodyBudget(buffered_budget(settings.max_buffered_bytes)))
+                           budget=_body_budget(settings))
 
     async def ready_then_watch_keys() -> None:
         await health.set_ready(True)
@@ -279,6 +279,11 @@ async def _serve(
 
 
 Settings = TypeVar("Settings", bound=ServerSettings)
+
+
+def _body_budget(settings: ServerSettings) -> BodyBudget:
+    """The server's body budget; the allocator's free memory goes back to the system after a burst."""
+    return BodyBudget(buffered_budget(settings.max_buffered_bytes), on_release=Trimmer(malloc_trim()))
 
 
 def _run(serve: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings) -> int:

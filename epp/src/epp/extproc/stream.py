@@ -2,7 +2,8 @@
 
 One gRPC stream carries one HTTP request. :class:`StreamDriver` (the gRPC servicer) owns everything
 about the stream itself: the processing modes Envoy announces, buffering the request body (sent in
-FULL_DUPLEX_STREAMED mode) up to its size limit, streaming it back once the request is decided,
+FULL_DUPLEX_STREAMED mode) up to its size limit and within the server's ``BodyBudget`` (room for it
+reserved before gRPC is asked for it), streaming it back once the request is decided,
 echoing the response, turning refusals into answers (``errors.refusal_response``) and completing
 each exchange exactly once. What a request *means* is the :class:`Handler`'s business; the EPP
 (``picker.EndpointPicker``) and the BBR (``bbr.BodyBasedRouter``) are two handlers. The driver calls
@@ -163,20 +164,25 @@ class Handler(Protocol[S]):
 
 
 class BodyBudget:
-    """The request body bytes all of a server's streams may hold at once.
+    """The request body bytes all of a server's streams may hold at once, or are about to receive.
 
-    Each stream reserves what it buffers and gives it back when the body has gone back to Envoy (or
-    the stream ends); a chunk that would take the total over ``limit`` gets its request refused with
-    a 503 and ``Retry-After`` instead of more memory.
+    A body is counted from its headers on, at the size its ``content-length`` declares (a body without
+    one: room for its next chunk before each read), and given back when it has gone back to Envoy (or
+    the stream ends). Room is reserved *before* gRPC is asked for a chunk: a pending read is what lets
+    gRPC take a message off the connection (``server._OPTIONS``), so what gRPC holds is counted too.
+    A request that finds no room is refused with a 503 and ``Retry-After`` instead of more memory,
+    on its headers when it declares its length. ``on_release`` (if any) is told each release, with
+    what is still held (``epp.memory.Trimmer`` gives freed memory back to the system after a burst).
     """
 
-    __slots__ = ("held", "limit")
+    __slots__ = ("held", "limit", "on_release")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_release: Callable[[int, int], None] | None = None) -> None:
         if limit <= 0:
             raise ValueError(f"the buffered body budget must be positive, got {limit}")
         self.limit = limit
         self.held = 0
+        self.on_release = on_release
 
     def reserve(self, size: int) -> bool:
         if self.held + size > self.limit:
@@ -186,6 +192,15 @@ class BodyBudget:
 
     def release(self, size: int) -> None:
         self.held -= size
+        if self.on_release is not None:
+            self.on_release(size, self.held)
+
+
+# The room a stream reserves for its next body chunk when its body's length is unknown (no
+# content-length): Envoy's per-connection buffer limit (1 MiB by default) is the most it reads from
+# a client before passing a chunk on, so about the most one ext_proc body message carries (a larger
+# chunk is counted at its size once it is in, or refused).
+CHUNK_ROOM = 1 << 20
 
 
 _CGROUP_MEMORY_MAX = "/sys/fs/cgroup/memory.max"
@@ -242,6 +257,11 @@ class StreamDriver(external_processor_pb2_grpc.ExternalProcessorServicer, Generi
         read = context.read
         try:
             while True:
+                # A body chunk is taken off the connection only while a read is pending (gRPC's
+                # window is otherwise its 256 KB lookahead, ``server._OPTIONS``): room for it first.
+                if not stream.room_for_next_chunk():
+                    await stream.refuse_over_budget()
+                    return
                 request = await read()
                 if request is grpc.aio.EOF:
                     return
@@ -274,6 +294,7 @@ class _Stream(Generic[S]):
     over (nothing more to see: the servicer returns and gRPC closes the stream with OK)."""
 
     __slots__ = (
+        "body_open",
         "budget",
         "completed",
         "decided",
@@ -281,8 +302,10 @@ class _Stream(Generic[S]):
         "handler",
         "limit",
         "parts",
+        "remaining",
         "request_mode",
         "response_mode",
+        "room",
         "set_request_id",
         "size",
         "write",
@@ -296,6 +319,11 @@ class _Stream(Generic[S]):
         self.parts: list[bytes] = []
         self.size = 0
         self.limit = handler.max_body_bytes
+        # A body is still to come (full duplex, not yet decided), and what its content-length says is
+        # left of it (None: no content-length); ``room``: the budget held for its next chunk.
+        self.body_open = False
+        self.remaining: int | None = None
+        self.room = 0
         self.decided = False
         self.completed = False
         # This stream made the request's id up: it sets it on the request it passes on.
@@ -404,7 +432,48 @@ class _Stream(Generic[S]):
         if self.request_mode != _FULL_DUPLEX:
             await self._refuse(_MISCONFIGURED)
             return True
+        declared = exchange.headers.get("content-length", "")
+        self.remaining = int(declared) if declared.isdigit() else None
+        if self.remaining is not None and self.remaining > self.limit:
+            await self._refuse(body_too_large(self.limit))
+            return True
+        self.body_open = True
         return False
+
+    def room_for_next_chunk(self) -> bool:
+        """Reserve the budget for what the next read may bring: the rest of the body its
+        content-length declares, or ``CHUNK_ROOM`` without one. False when there is no room (the
+        request is to be refused); a body that declares its length is so refused on its headers,
+        before gRPC takes any of it in, and is never refused for want of room later."""
+        if self.budget is None or not self.body_open or self.decided:
+            return True
+        want = CHUNK_ROOM if self.remaining is None else self.remaining
+        if self.room >= want:
+            return True
+        if not self.budget.reserve(want - self.room):
+            return False
+        self.room = want
+        return True
+
+    async def refuse_over_budget(self) -> None:
+        await self._refuse(over_budget())
+
+    def _count(self, size: int) -> bool:
+        """Count a chunk that came in: out of its room, the rest of the room kept for what is to come
+        (more only for a chunk larger than its room); False when that does not fit the budget."""
+        if self.budget is None:
+            return True
+        if size <= self.room:
+            self.room -= size
+            return True
+        extra, self.room = size - self.room, 0
+        return self.budget.reserve(extra)
+
+    def _release_room(self) -> None:
+        if self.room:
+            assert self.budget is not None
+            self.budget.release(self.room)
+            self.room = 0
 
     async def request_body(self, message: HttpBody) -> bool:
         write = self.write
@@ -416,11 +485,13 @@ class _Stream(Generic[S]):
             return False
         chunk = message.body
         size = len(chunk)
+        if self.remaining is not None:
+            self.remaining = max(self.remaining - size, 0)
         if self.size + size > self.limit:
             self._drop_body()
             await self._refuse(body_too_large(self.limit))
             return True
-        if self.budget is not None and not self.budget.reserve(size):
+        if not self._count(size):
             self._drop_body()
             await self._refuse(over_budget())
             return True
@@ -434,6 +505,7 @@ class _Stream(Generic[S]):
                 await self._refuse(refusal)
                 return True
             return False
+        self.body_open = False
         body = self._take_body()
         if not await self._answer_request():
             return True
@@ -445,6 +517,7 @@ class _Stream(Generic[S]):
         return self._request_done()
 
     async def request_trailers(self) -> bool:
+        self.body_open = False
         if not self.decided:
             body = self._take_body()
             if not await self._answer_request():
@@ -469,6 +542,8 @@ class _Stream(Generic[S]):
 
     def _drop_body(self) -> None:
         """The body went back to Envoy (or never will): let go of it and of its budget."""
+        self._release_room()
+        self.body_open = False
         self.parts = []
         self.exchange.body = None
         if self.budget is not None and self.size:
