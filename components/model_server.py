@@ -162,6 +162,9 @@ def _container(model: ModelSpec, image: pulumi.Input[str], hf_secret_name: str |
             "0.0.0.0",
             "--port",
             str(VLLM_PORT),
+            # usage.prompt_tokens_details.cached_tokens in answers: what the EPP's prefix index is
+            # corrected by (--cached-tokens-feedback-rate); the flag only adds the field.
+            "--enable-prompt-tokens-details",
             *model.args,
         ],
         "ports": [{"name": "http", "containerPort": VLLM_PORT, "protocol": "TCP"}],

@@ -35,6 +35,8 @@ def test_the_gpu_stack_serves_gemma_and_phi3_on_one_t4_each_in_us_central1_a(gpu
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
         assert container["args"][container["args"].index("--served-model-name") + 1] == served
+        # Answers carry usage.prompt_tokens_details.cached_tokens, for the EPP's prefix index.
+        assert "--enable-prompt-tokens-details" in container["args"]
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         assert named(gpu, DEPLOYMENT, f"vllm-{model}").props["spec"]["replicas"] == 1
 
