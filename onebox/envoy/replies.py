@@ -28,7 +28,8 @@ HEALTH_PATH = "/health"
 
 # Response flags (Envoy access-log names) and what they mean for the client.
 _OVERFLOW = ["UO"]  # a circuit breaker's budget is used up
-_TIMED_OUT = ["UT", "SI"]  # the pod went silent (per-try idle timeout), or the stream idled
+_POD_SILENT = ["UT"]  # the pod went silent (the per-try idle timeout)
+_STREAM_IDLE = ["SI"]  # nothing in either direction for the stream idle timeout
 _CONNECT_FAILED = ["UF"]  # the connection to the pod failed: nothing was sent
 _UNREACHABLE = ["URX", "UC", "UR", "UPE"]  # reset, or broke the protocol
 _NO_UPSTREAM = ["UH", "NR", "NC"]  # no healthy host, no route, no cluster
@@ -103,8 +104,12 @@ def local_reply_config(limits: GatewayLimits, timeouts: GatewayTimeouts) -> dict
             f"The gateway is at capacity ({limits.max_requests} requests in flight); retry shortly.", retry,
         ),
         _mapper(
-            _flags(_TIMED_OUT), 504,
+            _flags(_POD_SILENT), 504,
             f"The model server sent nothing for {timeouts.upstream_idle:g} s; the request was ended.",
+        ),
+        _mapper(
+            _flags(_STREAM_IDLE), 504,
+            f"Nothing was sent or received on this request for {timeouts.stream_idle:g} s; it was ended.",
         ),
         # The picking EPP reads the header on the response path and ejects a pod refusing connections.
         # Envoy cannot retry such a request on another pod itself: ORIGINAL_DST takes the host from

@@ -179,3 +179,20 @@ def test_the_overhead_benchmarks_front_door_is_the_bbr_alone_before_the_clients_
     ]  # fmt: skip
     assert {c["name"] for c in door["static_resources"]["clusters"]} == {"bbr", "original-destination"}
     assert [f["name"] for f in manager(passthrough_config())["http_filters"]] == ["envoy.filters.http.router"]
+
+
+def test_a_request_ended_by_the_stream_idle_timeout_is_not_blamed_on_a_silent_pod() -> None:
+    mappers = manager(per_model())["local_reply_config"]["mappers"]
+
+    def body_for(flag: str) -> str:
+        flags = [m.get("filter", {}).get("response_flag_filter", {}).get("flags") for m in mappers]
+        [mapper] = [m for m, f in zip(mappers, flags, strict=True) if f == [flag]]
+        assert mapper["status_code"] == 504
+        body = json.loads(mapper["body_format_override"]["text_format_source"]["inline_string"])
+        return str(body["error"]["message"])
+
+    timeouts = GatewayTimeouts()
+    silent = f"The model server sent nothing for {timeouts.upstream_idle:g} s; the request was ended."
+    assert body_for("UT") == silent
+    assert f"for {timeouts.stream_idle:g} s" in body_for("SI")
+    assert "model server" not in body_for("SI")
