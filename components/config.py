@@ -350,6 +350,12 @@ class EppSettings(_Model):
     replica sees the pods' metrics (every replica scrapes every pod) but counts in flight only the
     requests it picked itself; the first choice for a prompt prefix is a rendezvous hash over the
     pool's endpoints, the same in every replica, so their placements agree without shared state."""
+    follow_answers_up_to: Annotated[int, Field(ge=0)] = 0
+    """Answers each replica follows to their last byte, so a pod's load drops as soon as one ends
+    rather than at its next scrape (the EPP's ``--follow-answers-up-to``): those not streamed and
+    streams of at most this many tokens; 0 (the default): none. It pays where clients send their next
+    request as soon as an answer ends and a pool has one replica, and costs the EPP about 0.2 ms of
+    CPU per chunk of each followed answer (docs/scheduling.md, "Answer ends")."""
     resources: Resources = Resources(cpu="500m", memory="512Mi", ephemeral_storage="256Mi")
 
     @field_validator("config")

@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -196,6 +197,10 @@ class InferencePool(pulumi.ComponentResource):
             data={CONFIG_FILE: endpoint_picker_config(args.epp, args.wake_timeout_sec)},
             opts=child,
         )
+        # Written only when set: the EPP's own default is off.
+        follow: dict[str, Any] = (
+            {"follow_answers_up_to": args.epp.follow_answers_up_to} if args.epp.follow_answers_up_to else {}
+        )
         command = EppCommand(
             pool_name=args.pool_name,
             pool_namespace=args.namespace,
@@ -205,6 +210,7 @@ class InferencePool(pulumi.ComponentResource):
             metrics_port=METRICS_PORT,
             pool_models=args.models,
             objectives=args.objectives,
+            **follow,
         )
         # Active-active: the load balancer spreads ext_proc streams over the replicas; each picks
         # on its own view (see EppSettings.replicas), and their first choices agree.

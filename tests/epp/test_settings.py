@@ -33,6 +33,7 @@ EVERY_EPP_FLAG = EppSettings(
     objectives={"chat": 10, "batch": -1},
     answer_check_rate=0.5,
     cached_tokens_feedback_rate=0.25,
+    follow_answers_up_to=32,
     bind="127.0.0.1",
     log_level="debug",
     event_loop="asyncio",

@@ -11,7 +11,8 @@ from epp.scheduling.errors import ConfigError as PickerConfigError
 
 from components.config import ConfigError, endpoint_picker_yaml
 from render import render_stack
-from tests.infra.conftest import named
+from render.harness import StackRun
+from tests.infra.conftest import DEPLOYMENT, named, pod_spec
 
 CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
 API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
@@ -89,3 +90,17 @@ def test_a_profile_the_epp_does_not_ship_is_refused_by_name() -> None:
     [message] = run.error.errors
     assert message.startswith("platform.epp.profile: 'fastest' is not allowed")
     assert "proxy-performance" in message
+
+
+def _epp_args(run: StackRun) -> list[str]:
+    [container] = pod_spec(named(run, DEPLOYMENT, "gemma-pool-epp"))["containers"]
+    return list(container["args"])
+
+
+def test_answer_ends_are_followed_only_when_the_stack_asks() -> None:
+    assert "--follow-answers-up-to" not in _epp_args(render_stack("gpu"))
+    args = _epp_args(render_stack("gpu", {"epp": {"followAnswersUpTo": 32}}))
+    assert args[args.index("--follow-answers-up-to") + 1] == "32"
+    run = render_stack("gpu", {"epp": {"followAnswersUpTo": -1}}, check=False)
+    assert isinstance(run.error, ConfigError)
+    assert run.error.errors[0].startswith("platform.epp.followAnswersUpTo")

@@ -180,6 +180,7 @@ async def serve_epp(
             routes=settings.routes,
             answer_check=AnswerCheck(rate, telemetry) if (rate := settings.answer_check_rate) else None,
             cached_tokens=feedback,
+            follow_answers_up_to=settings.follow_answers_up_to,
         )
 
         def on_endpoint(event: DatastoreEvent) -> None:

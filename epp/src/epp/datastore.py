@@ -53,39 +53,55 @@ class InFlight:
     running from then on), or at the end of a metered answer, or when the request fails or is
     cancelled. Only this EPP's requests: another replica's are not counted.
 
-    It also keeps when the latest requests were routed (at most :data:`SEND_LOG`), so that a load
-    read from a scrape can add what the scrape cannot have seen yet (:meth:`sent_since`).
+    It also keeps when the latest requests were routed (at most :data:`SEND_LOG`), and when the
+    latest answers it followed to their last byte ended, so that a load read from a scrape can add
+    what the scrape cannot have seen yet (:meth:`sent_since`) and take off what ended since
+    (:meth:`ended_since`).
 
     The :class:`Datastore` owns one per address and hands the same one to every :class:`Endpoint`
     on that address, so the count survives the endpoint leaving and coming back (a readiness flap, an
     IP reused by a new pod).
     """
 
-    __slots__ = ("count", "sends")
+    __slots__ = ("count", "ends", "sends")
 
     def __init__(self, count: int = 0) -> None:
         self.count = count
         self.sends: deque[float] = deque(maxlen=SEND_LOG)
+        self.ends: deque[float] = deque(maxlen=SEND_LOG)
 
     def routed(self, now: float) -> None:
         """One more request routed here, at monotonic time ``now``."""
         self.count += 1
         self.sends.append(now)
 
+    def answer_ended(self, now: float) -> None:
+        """An answer from here was seen to its last byte at monotonic time ``now``."""
+        self.ends.append(now)
+
     def sent_since(self, t: float) -> int:
         """Requests routed here after monotonic time ``t``. Send times older than ``t`` by more than
         :data:`SEND_KEEP` are dropped as read: another reader may ask from a little earlier (the
         flow-control queue counts a send as unseen by a scrape for a while after it)."""
-        sends = self.sends
-        oldest = t - SEND_KEEP
-        while sends and sends[0] <= oldest:
-            sends.popleft()
-        count = 0
-        for sent in reversed(sends):
-            if sent <= t:
-                break
-            count += 1
-        return count
+        return _after(self.sends, t)
+
+    def ended_since(self, t: float) -> int:
+        """Answers from here seen to their end after monotonic time ``t`` (kept as :meth:`sent_since`
+        keeps sends)."""
+        return _after(self.ends, t)
+
+
+def _after(times: deque[float], t: float) -> int:
+    """How many of ``times`` (ascending) are after ``t``; those before ``t - SEND_KEEP`` are dropped."""
+    oldest = t - SEND_KEEP
+    while times and times[0] <= oldest:
+        times.popleft()
+    count = 0
+    for at in reversed(times):
+        if at <= t:
+            break
+        count += 1
+    return count
 
 
 def canonical_ip(ip: str) -> str:
@@ -129,18 +145,24 @@ class Endpoint:
 
     def estimated_load(self, oldest: float) -> int:
         """Requests on the endpoint now, as this EPP best knows: ``waiting + running`` from its last
-        scrape plus the requests routed to it since that scrape (which it cannot have counted), when
-        the scrape is no older than monotonic time ``oldest``; else this EPP's in-flight count. Never
-        below the in-flight count.
+        scrape, plus the requests routed to it since that scrape (which it cannot have counted), less
+        the answers from it this EPP saw end since (which it still counted), when the scrape is no
+        older than monotonic time ``oldest``; else this EPP's in-flight count. Never below the
+        in-flight count.
 
-        Between two scrapes the scraped figures stand still while requests keep arriving: without the
+        Between two scrapes the scraped figures stand still while requests come and go: without the
         routed-since term every pick in the interval would see the same loads and herd onto the pod
-        that looked least loaded at the scrape.
+        that looked least loaded at the scrape; without the ended-since term a pod whose answer just
+        ended looks busier than it is until the next scrape, and a client that sends its next
+        request as soon as an answer ends is sent elsewhere, onto a busier pod.
         """
-        m, own = self.metrics, self.load.count
+        m, load = self.metrics, self.load
+        own = load.count
         if m.updated_at == 0.0 or m.updated_at < oldest:
             return own
-        seen = m.waiting + m.running + self.load.sent_since(m.updated_at)
+        seen = m.waiting + m.running + load.sent_since(m.updated_at)
+        if load.ends:
+            seen -= load.ended_since(m.updated_at)
         return seen if seen > own else own
 
     def serves(self, model: str) -> bool:
@@ -327,6 +349,13 @@ class Datastore:
         count.count -= 1
         if count.count <= 0 and address not in self._endpoints and self._in_flight.get(address) is count:
             del self._in_flight[address]
+
+    def answer_ended(self, address: str, now: float | None = None) -> None:
+        """An answer from ``address`` was seen to its last byte (at monotonic time ``now``): loads
+        estimated from an older scrape no longer count it (:meth:`Endpoint.estimated_load`)."""
+        count = self._in_flight.get(address)
+        if count is not None:
+            count.answer_ended(time.monotonic() if now is None else now)
 
     def in_flight_addresses(self) -> int:
         """How many addresses have a count kept (members, and former ones with requests running)."""

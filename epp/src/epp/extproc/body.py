@@ -16,6 +16,11 @@ class ParsedBody:
     prompt: str
     # The answer carries ``usage``: not streamed, or streamed with ``stream_options.include_usage``.
     usage_reported: bool = True
+    # The answer is a stream of server-sent events (``"stream": true``).
+    streamed: bool = False
+    # The most tokens the answer may have (``max_completion_tokens``, else ``max_tokens``); None: not
+    # given (or not a positive integer: the model server judges that).
+    max_tokens: int | None = None
 
 
 def parse_body(body: bytes) -> ParsedBody:
@@ -40,7 +45,18 @@ def parse_body(body: bytes) -> ParsedBody:
     model = document.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise RequestError(400, "The 'model' field must be a non-empty string.", "model", "no_model")
-    return ParsedBody(model=model, prompt=_prompt_text(document), usage_reported=_usage_reported(document))
+    return ParsedBody(
+        model=model, prompt=_prompt_text(document), usage_reported=_usage_reported(document),
+        streamed=document.get("stream") is True, max_tokens=_max_tokens(document),
+    )
+
+
+def _max_tokens(document: dict[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = document.get(name)
+        if type(value) is int and value > 0:
+            return value
+    return None
 
 
 def _usage_reported(document: dict[str, Any]) -> bool:

@@ -68,11 +68,14 @@ class EndpointPicker:
         routes: ApiRoutes = DEFAULT_ROUTES,
         answer_check: AnswerCheck | None = None,
         cached_tokens: CachedTokensFeedback | None = None,
+        follow_answers_up_to: int = 0,
     ) -> None:
         """``plugins``: request-control plugins beyond the standard ones (they run after them);
         ``routes``: the API endpoints forwarded to pods (anything else is refused on its headers);
         ``answer_check``: check a sample of answers for the model that answered; ``cached_tokens``:
-        settle the prefix index's predicted hits by the cached tokens the pods report."""
+        settle the prefix index's predicted hits by the cached tokens the pods report;
+        ``follow_answers_up_to``: follow answers not streamed and streams of at most this many tokens
+        to their end, which then comes off the pod's load (0: none)."""
         self.max_body_bytes = max_body_bytes
         self._routes = routes
         self._datastore = datastore
@@ -80,7 +83,8 @@ class EndpointPicker:
             datastore, scheduler, telemetry,
             standard_plugins(datastore, telemetry, saturation=saturation,
                              shed_on_saturation=shed_on_saturation, refresher=refresher, outliers=outliers,
-                             answer_check=answer_check, cached_tokens=cached_tokens, extra=plugins),
+                             answer_check=answer_check, cached_tokens=cached_tokens,
+                             follow_answers_up_to=follow_answers_up_to, extra=plugins),
         )
         self._models = ModelList()
         # Prebuilt routing answers: by address, and by the ranked addresses when fallbacks are sent.

@@ -89,6 +89,7 @@ class Director:
         request = exchange.state.request = LLMRequest(
             request_id=exchange.request_id, model=model, prompt=parsed.prompt, headers=exchange.headers,
             subset=subset, body_size=len(body), usage_reported=parsed.usage_reported,
+            streamed=parsed.streamed, max_tokens=parsed.max_tokens,
         )
         return request
 

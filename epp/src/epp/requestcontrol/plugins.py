@@ -25,7 +25,7 @@ from epp.scheduling.types import CycleState, LLMRequest
 class EppState:
     """The EPP's per-request state: what a routed request holds until its exchange is over."""
 
-    __slots__ = ("address", "checked", "count", "cycle", "learning", "request", "started")
+    __slots__ = ("address", "checked", "count", "cycle", "learning", "request", "started", "to_end")
 
     def __init__(self) -> None:
         # The parsed request, once parsed.
@@ -42,6 +42,8 @@ class EppState:
         # (``SchedulingResult.cycle``), and whether this answer's cached tokens are to be read.
         self.cycle: CycleState | None = None
         self.learning = False
+        # Its answer is followed to its last byte, which then comes off the pod's load (answer ends).
+        self.to_end = False
 
     @property
     def routed(self) -> bool:

@@ -2,9 +2,10 @@
 
 Admission: saturation shedding (when asked for). After each answer, in this order: in-flight release
 (first, so nothing that follows can delay it), ejection evidence, model refresh, usage metering, the
-answer check (with a rate), the cached-tokens feedback to the prefix index (with a rate), then the
-request metrics (last: they count the exchange as the others left it). ``extra`` plugins, for
-what later features add, run after the standard ones of their kind.
+answer check (with a rate), the cached-tokens feedback to the prefix index (with a rate), answer
+ends (when short answers are followed), then the request metrics (last: they count the exchange as
+the others left it). ``extra`` plugins, for what later features add, run after the standard ones of
+their kind.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from epp.answer_check import AnswerCheck
 from epp.datastore import Datastore
 from epp.requestcontrol.answer_checking import AnswerChecking
+from epp.requestcontrol.answer_ends import AnswerEnds
 from epp.requestcontrol.cached_tokens import CachedTokensFeedback
 from epp.requestcontrol.director import Plugins
 from epp.requestcontrol.ejection_evidence import EjectionEvidence, OutlierObserver
@@ -34,6 +36,7 @@ def standard_plugins(
     outliers: OutlierObserver | None = None,
     answer_check: AnswerCheck | None = None,
     cached_tokens: CachedTokensFeedback | None = None,
+    follow_answers_up_to: int = 0,
     extra: Plugins | None = None,
 ) -> Plugins:
     extra = extra or Plugins()
@@ -55,6 +58,11 @@ def standard_plugins(
         pre_request.append(cached_tokens)
         readers.append(cached_tokens)
         complete.append(cached_tokens)
+    if follow_answers_up_to:
+        ends = AnswerEnds(datastore, follow_answers_up_to)
+        pre_request.append(ends)
+        readers.append(ends)
+        complete.append(ends)
     complete.extend(extra.complete)
     complete.append(RequestMetrics(telemetry, datastore))
     admitters = (SaturationShedding(saturation),) if shed_on_saturation and saturation is not None else ()

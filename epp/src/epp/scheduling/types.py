@@ -30,6 +30,9 @@ class LLMRequest:
     # Whether the answer will carry ``usage`` (not streamed, or streamed with
     # ``stream_options.include_usage``): the pod's ``cached_tokens`` can then be read from it.
     usage_reported: bool = True
+    # The answer is streamed (server-sent events), and the most tokens it may have (None: not given).
+    streamed: bool = False
+    max_tokens: int | None = None
 
 
 @dataclass(slots=True)

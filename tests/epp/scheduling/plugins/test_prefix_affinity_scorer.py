@@ -166,6 +166,33 @@ def test_requests_routed_before_the_last_scrape_are_not_counted_twice():
     assert affinity.loads([pod]) == [2]
 
 
+def test_a_client_that_sends_as_soon_as_its_answer_ends_goes_to_the_pod_that_just_freed():
+    # At the last scrape, 10 ms ago, pod 0 ran 2 requests and pod 1 one. Both of pod 0's answers
+    # were followed to their end since: pod 0 is idle now, though the scrape still counts them.
+    affinity, pool = scorer(), pods(2)
+    loaded(pool[0], running=2)
+    loaded(pool[1], running=1)
+    for pod in pool:
+        pod.metrics.updated_at = NOW - 0.01
+    pool[0].load.answer_ended(NOW - 0.005)
+    pool[0].load.answer_ended(NOW - 0.002)
+    assert affinity.loads(pool) == [0, 1]
+    for i in range(4):  # whichever pod is the prompt's home
+        prompt = f"one-off question {i}: " + "why does my chain skip? " * (3 + i)
+        assert pick(affinity, prompt, pool) is pool[0]
+
+
+def test_answers_that_ended_before_the_last_scrape_are_not_taken_off_twice():
+    affinity, (pod,) = scorer(), pods(1)
+    pod.load.answer_ended(NOW - 0.05)  # ended, then not counted by the scrape below
+    loaded(pod, running=2)
+    pod.metrics.updated_at = NOW - 0.03
+    pod.load.answer_ended(NOW - 0.01)  # after the scrape: still in its figures
+    assert affinity.loads([pod]) == [1]
+    pod.load.count = 3  # never below this EPP's own requests in flight
+    assert affinity.loads([pod]) == [3]
+
+
 def test_an_idle_pool_does_not_flap_one_request_in_flight_is_within_the_bound():
     affinity, pool = scorer(), pods(4)
     prompt = group_prompt(11)
