@@ -420,17 +420,18 @@ async def run_row(
 
 async def run_matrix(
     selected: Sequence[Row], *, time_scales: Sequence[float] = (1.0,), progress: bool = False,
-    out: Callable[[str], None] = print,
+    out: Callable[[str], None] = print, epp_settings: dict[str, Any] | None = None,
 ) -> list[RowResult]:
     """Every row at every time scale, box by box (each box started once per time scale, with its
-    round-robin twin, then stopped). Results in row order, each row's time scales in the given order."""
+    round-robin twin, then stopped). Results in row order, each row's time scales in the given order.
+    ``epp_settings``: more settings for every EPP (``EppSettings`` fields)."""
     results: dict[tuple[str, float], RowResult] = {}
     for time_scale in time_scales:
         for box_name in dict.fromkeys(r.box for r in selected):
             spec = BOXES[box_name]
             started = time.monotonic()
             async with OneBox(spec.topology, round_robin=True, time_scale=time_scale,
-                              epp_replicas=spec.epp_replicas) as box:  # fmt: skip
+                              epp_replicas=spec.epp_replicas, epp_settings=epp_settings) as box:  # fmt: skip
                 out(f"box {box_name} ({spec.about}) at time scale {time_scale:g} up in "
                     f"{time.monotonic() - started:.1f} s")  # fmt: skip
                 for row in (r for r in selected if r.box == box_name):
@@ -737,7 +738,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one time scale (same as --time-scales X)")
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
     parser.add_argument("--progress", action="store_true", help="progress bars")
+    parser.add_argument("--epp-setting", action="append", default=[], type=parse_epp_setting,
+                        metavar="NAME=VALUE", help="an EPP setting for the matrix's boxes, e.g. "
+                        "follow_answers_up_to=32 (repeatable; EppSettings field names)")
     return parser  # fmt: skip
+
+
+def parse_epp_setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    from epp.settings import EppSettings
+
+    if name.strip() not in EppSettings.model_fields:
+        raise argparse.ArgumentTypeError(f"{name.strip()!r} is not an EPP setting")
+    return name.strip(), value.strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -761,7 +776,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     results = []
     if selected:
-        results = asyncio.run(run_matrix(selected, time_scales=time_scales, progress=args.progress))
+        epp_settings = dict(args.epp_setting) or None
+        if epp_settings:
+            print(f"EPP settings: {', '.join(f'{k}={v}' for k, v in epp_settings.items())}")
+        results = asyncio.run(run_matrix(selected, time_scales=time_scales, progress=args.progress,
+                                         epp_settings=epp_settings))
     outcomes: list[tuple[Suite, float, SuiteOutcome]] = []
     for suite in SUITES:
         names = suites.get(suite.name) or []
@@ -773,6 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {
         "quick": args.quick, "time_scales": list(time_scales), "machine_before": before,
         "machine_after": after, "seconds": round(time.monotonic() - started, 1),
+        "epp_settings": dict(args.epp_setting),
     }  # fmt: skip
     passed = all(c.passed for r in results for c in r.checks) and all(o.passed for _, _, o in outcomes)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")

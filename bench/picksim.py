@@ -7,7 +7,9 @@ simulated pods in *virtual* time: the simulator's own KV block pool (``vllmsim.e
 its slots, FIFO queue and latency model (inter-token jitter from a seeded generator), with the same
 defaults. Each replica scrapes every pod's
 ``waiting``/``running`` every ``scrape`` seconds (replicas out of phase), counts its own requests from
-the pick to the first token, and the clients run a closed loop, request ``i`` through replica
+the pick to the first token (to the last one for the answers it follows to their end, which then
+come off the pod's load: ``--follow-up-to``, off by default as in the EPP), and the clients run a closed
+loop, request ``i`` through replica
 ``i % replicas``. Nothing sleeps and every random draw is seeded: the same arguments give
 the same figures, on any machine.
 
@@ -144,6 +146,7 @@ def simulate(
     specs: Sequence[RequestSpec], *, pods: int = 4, replicas: int = 1, concurrency: int = 16,
     sim: SimConfig | None = None, config: EndpointPickerConfig | None = None, scrape: float = 0.05,
     place: Callable[[int, RequestSpec], int] | None = None, warmup: Sequence[RequestSpec] = (),
+    follow_up_to: int = 0,
 ) -> SimResult:  # fmt: skip
     """Serve ``specs`` (closed loop at ``concurrency``) through ``replicas`` EPPs onto ``pods`` pods;
     ``place(n, spec)``, if given, picks the pod index instead of the EPP (a baseline). ``warmup`` is
@@ -206,12 +209,16 @@ def simulate(
         elif kind == "first":
             assert isinstance(payload, _Seq)
             _, endpoint, _ = owner[id(payload)]
-            endpoint.load.count -= 1  # the answer began: the pod's own metrics count it from here
+            if payload.spec.max_tokens > follow_up_to:
+                endpoint.load.count -= 1  # the answer began: the pod's own metrics count it from here
             if id(payload.spec) in measured:
                 ttfts.append(now - payload.sent)
         else:
             assert isinstance(payload, _Seq)
-            _, _, pod = owner.pop(id(payload))
+            _, endpoint, pod = owner.pop(id(payload))
+            if payload.spec.max_tokens <= follow_up_to:  # followed to its end: the EPP saw it end
+                endpoint.load.count -= 1
+                endpoint.load.answer_ended(now)
             started(pod.finish(payload, now))
             finished += 1
             if finished == len(warmup):  # the measured part starts: its own counters
@@ -288,13 +295,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workload", choices=sorted(SETUPS), default="cache-bound")
     parser.add_argument("--replicas", default="1,2", help="comma-separated EPP replica counts")
     parser.add_argument("--salts", type=int, default=12, help="workload variants (prefix salts), averaged")
+    parser.add_argument("--follow-up-to", type=int, default=0,
+                        help="the EPP's --follow-answers-up-to: answers of at most this many tokens are "
+                        "followed to their end (default 0: none, the EPP's default)")
     args = parser.parse_args(argv)
     setup = SETUPS[args.workload]
     salts = [f"salt {s} " for s in range(args.salts)]
 
     def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
         return [simulate(setup.specs(salt), replicas=replicas, concurrency=setup.concurrency, sim=setup.sim,
-                         place=place) for salt in salts]  # fmt: skip
+                         place=place, follow_up_to=args.follow_up_to) for salt in salts]  # fmt: skip
 
     print(f"{args.workload} ({setup.about}), virtual time, mean of {args.salts} workload variants")
     rr = runs(1, lambda n, spec: n % 4)

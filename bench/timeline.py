@@ -1,15 +1,17 @@
 """``python -m bench.timeline``: where the picker put each request, against how busy the pods were.
 
-Runs the matrix's random-mixed row (two models, two pods each) against the gateway and against round
-robin over the same pods, and rebuilds every pod's concurrency over time from the client's records
-(each request is on its pod from the moment it is sent until its last byte; the pod is the one named
-by the answer's ``x-inference-pod`` header). For each run it prints:
+Runs one of the matrix's rows (``--row``: random-mixed, two models with two pods each, by default; or
+long-prompt, one model on four pods) against the gateway and against round robin over the same pods,
+and rebuilds every pod's concurrency over time from the client's records (each request is on its pod
+from the moment it is sent until its last byte; the pod is the one named by the answer's
+``x-inference-pod`` header). For each run it prints:
 
-* **busier picks**: the share of requests sent to a pod with more requests on it than its sibling
-  (the other pod of the same model) at that moment; ties are counted apart;
-* **pick gap**: the mean of (requests on the picked pod - requests on its sibling) when sent;
-* **imbalance**: the time-weighted mean of |pod A - pod B| per model;
-* **TTFT p50** and the mean concurrency a request found on its pod.
+* **busier picks**: the share of requests sent to a pod with more requests on it than the mean of its
+  siblings (the other pods of the same model) at that moment; ties are counted apart;
+* **pick gap**: the mean of (requests on the picked pod - the mean of its siblings') when sent;
+* **imbalance**: the time-weighted mean of (the busiest pod - the least busy) per model;
+* **TTFT p50** and the mean concurrency a request found on its pod;
+* for the gateway, the EPPs' CPU per request (user + system, from ``/proc``, over the run).
 
 A picker that knows the pods' loads picks the less busy pod (a negative gap); round robin alternates
 blindly (a gap near 0). ``--csv DIR`` writes each run's per-request records for plotting.
@@ -29,9 +31,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.client import RequestResult, RunResult, run
-from bench.matrix import BOXES, rows
+from bench.matrix import BOXES, parse_epp_setting, rows
+from bench.scale import group_cpu_seconds
 from bench.workloads import generate
 from onebox.box import OneBox
 
@@ -89,12 +93,14 @@ class _Occupancy:
         return bisect.bisect_left(self.starts, t) - bisect.bisect_right(self.ends, t)
 
 
-def _time_weighted_gap(a: _Occupancy, b: _Occupancy) -> float:
-    events = sorted({*a.starts, *a.ends, *b.starts, *b.ends})
+def _time_weighted_gap(pods: Sequence[_Occupancy]) -> float:
+    """The time-weighted mean of (the busiest pod's requests - the least busy pod's)."""
+    events = sorted({t for pod in pods for t in (*pod.starts, *pod.ends)})
     total = weighted = 0.0
     for t0, t1 in itertools.pairwise(events):
         mid = (t0 + t1) / 2
-        weighted += abs(a.at(mid) - b.at(mid)) * (t1 - t0)
+        counts = [pod.at(mid) for pod in pods]
+        weighted += (max(counts) - min(counts)) * (t1 - t0)
         total += t1 - t0
     return weighted / total if total else 0.0
 
@@ -122,9 +128,8 @@ def pick_stats(label: str, result: RunResult) -> PickStats:
         ties += mine == other
     imbalances = []
     for pods in pods_of.values():
-        ordered = sorted(pods)
-        if len(ordered) == 2:
-            imbalances.append(_time_weighted_gap(occupancy[ordered[0]], occupancy[ordered[1]]))
+        if len(pods) >= 2:
+            imbalances.append(_time_weighted_gap([occupancy[pod] for pod in sorted(pods)]))
     ttfts = sorted(p.ttft for p in done if p.ttft is not None)
     n = max(1, len(gaps))
     return PickStats(
@@ -149,32 +154,51 @@ def write_csv(path: Path, result: RunResult) -> None:
                             f"{r.start + r.e2e:.6f}", "" if r.ttft is None else f"{r.ttft:.6f}"])  # fmt: skip
 
 
-async def measure(*, time_scale: float, requests: int | None, rounds: int) -> list[tuple[str, RunResult]]:
-    """``rounds`` x (gateway, round robin) runs of random-mixed on one box, each printed as it ends."""
-    row = next(r for r in rows() if r.name == "random-mixed")
+ROWS = ("random-mixed", "long-prompt")
+
+
+async def measure(
+    *, time_scale: float, requests: int | None, rounds: int, row_name: str = "random-mixed",
+    epp_settings: dict[str, Any] | None = None,
+) -> list[tuple[str, RunResult]]:  # fmt: skip
+    """``rounds`` x (gateway, round robin) runs of a matrix row on one box, each printed as it ends."""
+    row = next(r for r in rows() if r.name == row_name)
     workload = row.workload if requests is None else row.workload.model_copy(update={"requests": requests})
     runs = []
-    async with OneBox(BOXES[row.box].topology, round_robin=True, time_scale=time_scale) as box:
+    async with OneBox(BOXES[row.box].topology, round_robin=True, time_scale=time_scale,
+                      epp_settings=epp_settings) as box:  # fmt: skip
         for i in range(rounds):
             for label, url in (("gateway", box.gateway_url), ("round-robin", box.round_robin_url)):
                 specs = generate(workload.model_copy(update={"prefix_salt": f"{label}{i} "}))
+                epps = [c.pid for c in box.children if c.name.startswith("epp")]
+                cpu = sum(group_cpu_seconds(pid) for pid in epps)
                 result = await run(url, specs, concurrency=row.concurrency, stream=True,
                                    request_timeout=120.0, label=label,
                                    model_header=label == "round-robin")  # fmt: skip
-                print(pick_stats(label, result).line(), flush=True)
+                cpu = sum(group_cpu_seconds(pid) for pid in epps) - cpu
+                line = pick_stats(label, result).line()
+                if label == "gateway":
+                    line += f"  EPP CPU {cpu / max(1, len(result.results)) * 1000:.2f} ms/request"
+                print(line, flush=True)
                 runs.append((f"{label}-{i}", result))
     return runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.timeline", description=__doc__.splitlines()[0])
+    p.add_argument("--row", choices=ROWS, default="random-mixed")
+    p.add_argument("--epp-setting", action="append", default=[], type=parse_epp_setting,
+                   metavar="NAME=VALUE", help="an EPP setting (repeatable), as bench matrix takes it")
     p.add_argument("--time-scale", type=float, default=1.0)
     p.add_argument("--requests", type=int, help="requests per run (default: the row's)")
     p.add_argument("--rounds", type=int, default=2, help="alternating gateway / round-robin runs")
     p.add_argument("--csv", type=Path, help="write each run's per-request records here")
     args = p.parse_args(argv)
-    print(f"random-mixed, time scale {args.time_scale:g}, {os.cpu_count()} CPUs", flush=True)
-    runs = asyncio.run(measure(time_scale=args.time_scale, requests=args.requests, rounds=args.rounds))
+    settings = dict(args.epp_setting)
+    about = f", EPP settings {settings}" if settings else ""
+    print(f"{args.row}, time scale {args.time_scale:g}, {os.cpu_count()} CPUs{about}", flush=True)
+    runs = asyncio.run(measure(time_scale=args.time_scale, requests=args.requests, rounds=args.rounds,
+                               row_name=args.row, epp_settings=settings or None))
     if args.csv is not None:
         args.csv.mkdir(parents=True, exist_ok=True)
         for name, result in runs:

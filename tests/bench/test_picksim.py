@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from bench.picksim import GEMMA, SETUPS, SimPod, cache_bound, main, simulate
+from bench.picksim import GEMMA, SETUPS, SimPod, cache_bound, long_prompt, main, simulate
 from bench.workloads import RequestSpec
 from vllmsim.config import SimConfig
 
@@ -22,6 +22,22 @@ def test_two_epp_replicas_keep_the_cache_bound_rate_of_one() -> None:
     # Each replica learns its own index; a prefix new to a replica must still go where the other
     # replica sent it (its home), not to a second pod, or the pods' caches hold fewer groups.
     assert rate(2) >= 0.95 * rate(1)
+
+
+def test_one_off_long_prompts_keep_round_robins_rate_when_answer_ends_are_followed() -> None:
+    # A closed loop sends the next prompt as soon as an answer ends: seen to its end, the freed pod's
+    # load drops at once, and the prompt goes there rather than onto a pod still busy with two.
+    setup = SETUPS["long-prompt"]
+    rates: dict[str, list[float]] = {"rr": [], "followed": [], "scraped only": []}
+    for s in range(3):
+        specs = long_prompt(salt=f"salt {s} ")
+        for label, follow, place in (("rr", 0, lambda n, spec: n % 4), ("followed", 32, None),
+                                     ("scraped only", 0, None)):  # fmt: skip
+            result = simulate(specs, concurrency=8, sim=setup.sim, follow_up_to=follow, place=place)
+            rates[label].append(result.requests_per_s)
+    rr, followed, scraped = (statistics.mean(rates[k]) for k in ("rr", "followed", "scraped only"))
+    assert followed >= 0.99 * rr
+    assert scraped < 0.95 * rr  # what the scrapes alone give (the matrix's row before answer ends)
 
 
 def test_the_gateway_beats_round_robin_and_stays_under_the_pinned_ceiling() -> None:
