@@ -746,7 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_epp_setting(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
-    if not sep or not name.strip():
+    if not sep or not name.strip() or not value.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     from epp.settings import EppSettings
 

@@ -354,8 +354,9 @@ class EppSettings(_Model):
     """Answers each replica follows to their last byte, so a pod's load drops as soon as one ends
     rather than at its next scrape (the EPP's ``--follow-answers-up-to``): those not streamed and
     streams of at most this many tokens; 0 (the default): none. It pays where clients send their next
-    request as soon as an answer ends and a pool has one replica, and costs the EPP about 0.2 ms of
-    CPU per chunk of each followed answer (docs/scheduling.md, "Answer ends")."""
+    request as soon as an answer ends and a pool has one replica (set ``replicas: 1``: with several,
+    each sees only its own answers end, which placed worse than not following), and costs the EPP
+    about 0.2 ms of CPU per chunk of each followed answer (docs/scheduling.md, "Answer ends")."""
     resources: Resources = Resources(cpu="500m", memory="512Mi", ephemeral_storage="256Mi")
 
     @field_validator("config")

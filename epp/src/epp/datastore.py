@@ -48,10 +48,11 @@ class Metrics:
 
 class InFlight:
     """**In flight**, the one definition: requests this EPP routed to an address whose answers have
-    not begun, plus those whose answer it still reads to meter its usage. Acquired when the request is
-    routed; released when its response headers are back (the endpoint's own metrics count it as
-    running from then on), or at the end of a metered answer, or when the request fails or is
-    cancelled. Only this EPP's requests: another replica's are not counted.
+    not begun, plus those whose answer it still reads (to meter its usage, check its model, follow it
+    to its end). Acquired when the request is routed; released when its response headers are back
+    (the endpoint's own metrics count it as running from then on), or at the end of an answer it
+    reads, or when the request fails or is cancelled. Only this EPP's requests: another replica's are
+    not counted.
 
     It also keeps when the latest requests were routed (at most :data:`SEND_LOG`), and when the
     latest answers it followed to their last byte ended, so that a load read from a scrape can add

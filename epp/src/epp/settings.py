@@ -316,9 +316,9 @@ class EppSettings(ServerSettings):
         Flag("cached_tokens_feedback_rate", "share (0-1) of predicted prefix-cache hits whose answer's "
              "usage.prompt_tokens_details.cached_tokens corrects the prefix index (pods run vLLM with "
              "--enable-prompt-tokens-details); 0: off"),
-        Flag("follow_answers_up_to", "follow answers that are not streamed, and streams of at most this "
-             "many tokens (max_tokens), to their last byte, so a pod's load drops as soon as one ends "
-             "rather than at its next scrape; 0: off", metavar="TOKENS"),
+        Flag("follow_answers_up_to", "follow (chat) completions not streamed, and streams of at most this "
+             "many tokens (max_completion_tokens or max_tokens), to their last byte, so a pod's load "
+             "drops as soon as one ends rather than at its next scrape; 0: off", metavar="TOKENS"),
         *_SERVER_FLAGS,
     )  # fmt: skip
 

@@ -25,8 +25,9 @@ def asked(ex: EppExchange, *, streamed: bool, max_tokens: int | None) -> EppExch
 
 
 def followed(datastore: Datastore, *, streamed: bool = True, max_tokens: int | None = 16) -> EppExchange:
-    """A request routed to POD and seen by the plugin's pre-request hook."""
+    """A chat completion routed to POD (the plugin's pre-request hook not run yet)."""
     ex = asked(routed(exchange(status=200), datastore, POD), streamed=streamed, max_tokens=max_tokens)
+    ex.headers[":path"] = "/v1/chat/completions"
     return ex
 
 
@@ -53,9 +54,11 @@ def test_an_answer_seen_to_its_end_comes_off_the_pods_load_at_once() -> None:
     ends, release = AnswerEnds(datastore, 32), InFlightRelease(datastore)
     ex = followed(datastore)
     ends.pre_request(ex, endpoint)
-    scraped = time.monotonic()
-    endpoint.metrics.running, endpoint.metrics.updated_at = 1, scraped  # the scrape saw it running
+    scraped = endpoint.load.sends[-1]  # a scrape at the moment it was routed saw it running
+    endpoint.metrics.running, endpoint.metrics.updated_at = 1, scraped
     assert endpoint.estimated_load(0.0) == 1
+    while time.monotonic() <= scraped:  # its end comes later (a no-op on any real clock)
+        time.sleep(0)
     ex.response.ended = True
     release.response_complete(ex)
     ends.response_complete(ex)
@@ -100,3 +103,12 @@ def test_the_request_says_whether_its_answer_streams_and_how_long_it_may_be() ->
     assert parsed(stream="yes", max_tokens=True) == (False, None)  # not a boolean true, not an integer
     assert parsed(max_tokens=0) == (False, None)  # the model server judges values like that
     assert parsed(max_tokens=12.0) == (False, None)
+
+
+def test_embeddings_are_never_followed() -> None:
+    datastore = pool(("10.0.0.1", 8000, ["m"]))
+    ends = AnswerEnds(datastore, 32)
+    ex = followed(datastore, streamed=False, max_tokens=None)
+    ex.headers[":path"] = "/v1/embeddings"
+    ends.pre_request(ex, datastore.get(POD))  # type: ignore[arg-type]
+    assert not ends.wants_body(ex)

@@ -9,9 +9,16 @@ busier one. Followed to its end, the answer is taken off the pod's load at once.
 
 Following costs a message and its reply per chunk of the answer: one or two for an answer that is not
 streamed, about one per token for a stream, about 0.2 ms of the EPP's CPU each on a small machine. So
-only answers that are cheap to follow are: every answer that is not streamed, and streams whose
-``max_tokens`` (or ``max_completion_tokens``) is at most the limit. A followed answer keeps the EPP on
-its path to the end (a replica lost meanwhile cuts it).
+only completions and chat completions whose answers are cheap to follow are: every one that is not
+streamed, and streams whose ``max_tokens`` (or ``max_completion_tokens``) is at most the limit. What
+passes through is also metered (``usage_metering`` parses a followed answer's usage), and the
+request stays in flight (``InFlight``, ``active-request-scorer``) until its end. A followed answer
+keeps the EPP on its path to the end (a replica lost meanwhile cuts it).
+
+A known bias: an end is taken off a load read from a scrape taken after the request was routed; if
+that scrape did not count the request yet (its body still on its way, or being tokenized) or no
+longer counted it (its last byte still on its way through Envoy), the pod looks one request lighter
+until the next scrape.
 
 Off (0) by default: measured on the one box (``python -m bench.timeline``), it brought the
 long-prompt row's pods back to round robin's balance but multiplied the EPP's CPU per request by 1.5
@@ -47,7 +54,11 @@ class AnswerEnds:
 
     def pre_request(self, exchange: EppExchange, endpoint: Endpoint) -> None:
         request = exchange.state.request
-        exchange.state.to_end = request is not None and cheap_to_follow(request, self.up_to_tokens)
+        exchange.state.to_end = (
+            request is not None
+            and exchange.path.endswith("completions")  # not embeddings: no slot held while decoding
+            and cheap_to_follow(request, self.up_to_tokens)
+        )
 
     def wants_body(self, exchange: EppExchange) -> bool:
         return exchange.state.to_end

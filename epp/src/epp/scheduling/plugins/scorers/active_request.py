@@ -1,6 +1,7 @@
 """active-request-scorer: fewer requests in flight from this EPP score higher (llm-d semantics).
 
-Reads ``Endpoint.in_flight``: this EPP's requests to the endpoint whose answers have not begun. With
+Reads ``Endpoint.in_flight``: this EPP's requests to the endpoint whose answers have not begun, or
+whose answers it still reads (``datastore.InFlight``). With
 ``most`` the largest count among the candidates, an endpoint with ``n`` in flight scores
 ``(most - n) / most``; idle endpoints (and everyone, when all are idle) score 1.
 """

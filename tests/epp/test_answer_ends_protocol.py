@@ -1,0 +1,61 @@
+"""Answer ends over a real ext_proc stream: with --follow-answers-up-to, a short stream is read to
+its last event and the pod's load drops then; a long one, and every answer with the flag off, is left
+at its response headers."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingRequest
+from epp.datastore import Datastore
+from epp.extproc.picker import EndpointPicker
+from epp.scheduling import Scheduler, load_profile
+from epp.telemetry import Telemetry
+
+from tests.epp.extproc_support import EnvoyStream, pool, serving
+
+GEMMA = "google/gemma-2b-it"
+POD = "10.0.0.1:8000"
+
+
+def picker(follow_up_to: int) -> tuple[EndpointPicker, Datastore]:
+    datastore = pool(("10.0.0.1", 8000, [GEMMA]))
+    scheduler = Scheduler.from_config(load_profile("default"), rng=random.Random(1))
+    telemetry = Telemetry("epp", datastore)
+    servicer = EndpointPicker(datastore, scheduler, telemetry, follow_answers_up_to=follow_up_to)
+    return servicer, datastore
+
+
+async def _stream(servicer: EndpointPicker, datastore: Datastore, max_tokens: int) -> tuple[int, int, int]:
+    """A streamed chat completion answered in two events: (requests in flight while it streams, in
+    flight after its last event, answer ends recorded)."""
+    body = json.dumps({"model": GEMMA, "stream": True, "max_tokens": max_tokens,
+                       "messages": [{"role": "user", "content": "hello"}]}).encode()  # fmt: skip
+    endpoint = datastore.get(POD)
+    assert endpoint is not None
+    async with serving(servicer) as stub:
+        stream = EnvoyStream(stub, response_mode=ProcessingMode.STREAMED)
+        await stream.send_request(body, path="/v1/chat/completions")
+        await stream.send_response_headers(200, content_type="text/event-stream")
+        during = endpoint.in_flight
+        for last, event in ((False, b'data: {"choices": []}\n\n'), (True, b"data: [DONE]\n\n")):
+            await stream.write(ProcessingRequest(response_body=HttpBody(body=event, end_of_stream=last)))
+            if during:  # followed: every chunk is answered
+                assert (await stream.call.read()).HasField("response_body")
+        after = endpoint.in_flight
+    return during, after, endpoint.load.ended_since(time.monotonic() - 60)
+
+
+async def test_a_short_stream_is_followed_to_its_end_and_then_leaves_the_pods_load() -> None:
+    servicer, datastore = picker(32)
+    assert await _stream(servicer, datastore, max_tokens=16) == (1, 0, 1)
+
+
+async def test_a_long_stream_and_any_stream_with_the_flag_off_are_left_at_their_headers() -> None:
+    servicer, datastore = picker(32)
+    assert await _stream(servicer, datastore, max_tokens=500) == (0, 0, 0)
+    servicer, datastore = picker(0)
+    assert await _stream(servicer, datastore, max_tokens=16) == (0, 0, 0)
