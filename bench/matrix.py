@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+from epp.settings import EppSettings
 
 from bench import elastic, flush
 from bench.client import RunResult, run
@@ -748,8 +749,6 @@ def parse_epp_setting(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip() or not value.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    from epp.settings import EppSettings
-
     if name.strip() not in EppSettings.model_fields:
         raise argparse.ArgumentTypeError(f"{name.strip()!r} is not an EPP setting")
     return name.strip(), value.strip()

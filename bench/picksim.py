@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from epp.datastore import Endpoint, InFlight
+from epp.requestcontrol.answer_ends import cheap_to_follow
 from epp.scheduling import LLMRequest, Scheduler, load_profile
 from epp.scheduling.config import EndpointPickerConfig
 
@@ -168,7 +169,8 @@ def simulate(
     total, started_at = len(warmup) + len(specs), 0.0
     served: dict[int, Counter[str]] = defaultdict(Counter)
     ttfts: list[float] = []
-    owner: dict[int, tuple[_Replica, Endpoint, SimPod]] = {}
+    # A sequence's endpoint (as its replica sees it), its pod, and whether the EPP follows its answer.
+    owner: dict[int, tuple[Endpoint, SimPod, bool]] = {}
     sent = itertools.count()
     measured = {id(spec) for spec in specs}
 
@@ -179,7 +181,7 @@ def simulate(
         n = next(sent)
         epp = epps[n % replicas]
         prompt = "".join(content for _, content in spec.messages)
-        request = LLMRequest(f"r{spec.index}", spec.model, prompt)
+        request = LLMRequest(f"r{spec.index}", spec.model, prompt, streamed=True, max_tokens=spec.max_tokens)
         picked = (epp.endpoints[place(n, spec)] if place is not None
                   else epp.scheduler.schedule(request, epp.endpoints).endpoint)  # fmt: skip
         assert picked is not None
@@ -187,7 +189,7 @@ def simulate(
         endpoint.load.routed(now)
         pod = next(p for p in pool if p.address == endpoint.address)
         seq = pod.sequence(spec, prompt, now)
-        owner[id(seq)] = (epp, endpoint, pod)
+        owner[id(seq)] = (endpoint, pod, follow_up_to > 0 and cheap_to_follow(request, follow_up_to))
         served[spec.group if spec.group is not None else -1][pod.address] += 1
         started(pod.admit(seq, now))
 
@@ -208,15 +210,15 @@ def simulate(
             heapq.heappush(events, (now + scrape, next(tick), "scrape", payload))
         elif kind == "first":
             assert isinstance(payload, _Seq)
-            _, endpoint, _ = owner[id(payload)]
-            if payload.spec.max_tokens > follow_up_to:
+            endpoint, _, followed = owner[id(payload)]
+            if not followed:
                 endpoint.load.count -= 1  # the answer began: the pod's own metrics count it from here
             if id(payload.spec) in measured:
                 ttfts.append(now - payload.sent)
         else:
             assert isinstance(payload, _Seq)
-            _, endpoint, pod = owner.pop(id(payload))
-            if payload.spec.max_tokens <= follow_up_to:  # followed to its end: the EPP saw it end
+            endpoint, pod, followed = owner.pop(id(payload))
+            if followed:  # followed to its end: the EPP saw it end
                 endpoint.load.count -= 1
                 endpoint.load.answer_ended(now)
             started(pod.finish(payload, now))

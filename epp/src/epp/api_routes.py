@@ -28,6 +28,10 @@ API_ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = get_args(ApiEndpoint)
 # model and responses a recent vLLM, so they are opt-in.
 DEFAULT_API_ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = ("completions", "chat/completions")
 
+# The forwarded paths whose request says how long its answer may be (``max_tokens``): the answers the
+# EPP may follow to their end (``epp.requestcontrol.answer_ends``).
+MAX_TOKENS_PATHS: Final = frozenset(API_PREFIX + endpoint for endpoint in DEFAULT_API_ENDPOINTS)
+
 MODELS_PATH: Final = "/v1/models"
 MODEL_PATH_PREFIX: Final = MODELS_PATH + "/"
 FORWARD_METHOD: Final = "POST"

@@ -351,12 +351,12 @@ class Datastore:
         if count.count <= 0 and address not in self._endpoints and self._in_flight.get(address) is count:
             del self._in_flight[address]
 
-    def answer_ended(self, address: str, now: float | None = None) -> None:
-        """An answer from ``address`` was seen to its last byte (at monotonic time ``now``): loads
-        estimated from an older scrape no longer count it (:meth:`Endpoint.estimated_load`)."""
+    def answer_ended(self, address: str) -> None:
+        """An answer from ``address`` was seen to its last byte, now: loads estimated from an older
+        scrape no longer count it (:meth:`Endpoint.estimated_load`)."""
         count = self._in_flight.get(address)
         if count is not None:
-            count.answer_ended(time.monotonic() if now is None else now)
+            count.answer_ended(time.monotonic())
 
     def in_flight_addresses(self) -> int:
         """How many addresses have a count kept (members, and former ones with requests running)."""

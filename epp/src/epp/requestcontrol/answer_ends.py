@@ -30,6 +30,7 @@ worse than uniformly stale ones (cache-bound, ``python -m bench.picksim``: 2 rep
 
 from __future__ import annotations
 
+from epp.api_routes import MAX_TOKENS_PATHS
 from epp.datastore import Datastore, Endpoint
 from epp.requestcontrol.plugins import EppExchange
 from epp.scheduling.types import LLMRequest
@@ -56,7 +57,7 @@ class AnswerEnds:
         request = exchange.state.request
         exchange.state.to_end = (
             request is not None
-            and exchange.path.endswith("completions")  # not embeddings: no slot held while decoding
+            and exchange.path in MAX_TOKENS_PATHS  # not embeddings: no slot held while decoding
             and cheap_to_follow(request, self.up_to_tokens)
         )
 
