@@ -1,8 +1,9 @@
 """``python -m bench.timeline``: where the picker put each request, against how busy the pods were.
 
-Runs one of the matrix's rows (``--row``: random-mixed, two models with two pods each, by default; or
-long-prompt, one model on four pods) against the gateway and against round robin over the same pods,
-and rebuilds every pod's concurrency over time from the client's records (each request is on its pod
+Runs one of the matrix's rows (``--row``: random-mixed, two models with two pods each, by default;
+long-prompt, one model on four pods; or prefix-fits, one model on four pods, four shared prompts)
+against the gateway and against round robin over the same pods, and rebuilds every pod's concurrency
+over time from the client's records (each request is on its pod
 from the moment it is sent until its last byte; the pod is the one named by the answer's
 ``x-inference-pod`` header). For each run it prints:
 
@@ -11,7 +12,10 @@ from the moment it is sent until its last byte; the pod is the one named by the 
 * **pick gap**: the mean of (requests on the picked pod - the mean of its siblings') when sent;
 * **imbalance**: the time-weighted mean of (the busiest pod - the least busy) per model;
 * **TTFT p50** and the mean concurrency a request found on its pod;
-* for the gateway, the EPPs' CPU per request (user + system, from ``/proc``, over the run).
+* for the gateway, the EPPs' CPU per request (user + system, from ``/proc``, over the run);
+
+and at the end, both sides' TTFT p50 by the number of requests a request found on its pod (rounds
+pooled): a gap at equal occupancy is a cost per request, the rest of the overall gap is placement.
 
 A picker that knows the pods' loads picks the less busy pod (a negative gap); round robin alternates
 blindly (a gap near 0). ``--csv DIR`` writes each run's per-request records for plotting.
@@ -61,6 +65,8 @@ class PickStats:
     found: float
     imbalance: float
     ttft_p50: float | None
+    # TTFTs (s) by the number of requests each found on its pod when sent.
+    ttft_by_found: dict[int, list[float]]
 
     def line(self) -> str:
         ttft = "-" if self.ttft_p50 is None else f"{self.ttft_p50 * 1000:.0f} ms"
@@ -116,10 +122,13 @@ def pick_stats(label: str, result: RunResult) -> PickStats:
     busier = ties = 0
     gaps: list[float] = []
     found: list[int] = []
+    ttft_by_found: dict[int, list[float]] = defaultdict(list)
     for p in done:
         siblings = [s for s in pods_of[p.model] if s != p.pod]
         mine = occupancy[p.pod].at(p.start)
         found.append(mine)
+        if p.ttft is not None:
+            ttft_by_found[mine].append(p.ttft)
         if not siblings:
             continue
         other = statistics.fmean(occupancy[s].at(p.start) for s in siblings)
@@ -141,7 +150,37 @@ def pick_stats(label: str, result: RunResult) -> PickStats:
         statistics.fmean(found) if found else 0.0,
         statistics.fmean(imbalances) if imbalances else 0.0,
         statistics.median(ttfts) if ttfts else None,
+        dict(ttft_by_found),
     )
+
+
+SIDES = ("gateway", "round-robin")
+
+
+def ttft_by_occupancy(stats: Sequence[PickStats]) -> list[str]:
+    """TTFT p50 by the requests a request found on its pod, gateway against round robin (rounds pooled).
+
+    At equal occupancy the pods are as busy on both sides, so a gap there is a cost per request (the
+    gateway's hops); the rest of the gap in the overall p50 comes from where the requests were put.
+    """
+    pooled: dict[str, dict[int, list[float]]] = {side: defaultdict(list) for side in SIDES}
+    for s in stats:
+        for found, ttfts in s.ttft_by_found.items():
+            pooled[s.label][found].extend(ttfts)
+    lines = []
+    for found in sorted(set(pooled["gateway"]) | set(pooled["round-robin"])):
+        p50: dict[str, float] = {}
+        cells = []
+        for side in SIDES:
+            ttfts = pooled[side].get(found, [])
+            if ttfts:
+                p50[side] = statistics.median(ttfts)
+                cells.append(f"{p50[side] * 1000:6.1f} ms (n={len(ttfts)})")
+            else:
+                cells.append(f"{'-':>6}")
+        gap = f"  gap {(p50['gateway'] - p50['round-robin']) * 1000:+.1f} ms" if len(p50) == 2 else ""
+        lines.append(f"found {found:2d} on the pod: gateway {cells[0]:<17}  round robin {cells[1]:<17}{gap}")
+    return lines
 
 
 def write_csv(path: Path, result: RunResult) -> None:
@@ -154,7 +193,7 @@ def write_csv(path: Path, result: RunResult) -> None:
                             f"{r.start + r.e2e:.6f}", "" if r.ttft is None else f"{r.ttft:.6f}"])  # fmt: skip
 
 
-ROWS = ("random-mixed", "long-prompt")
+ROWS = ("random-mixed", "long-prompt", "prefix-fits")
 
 
 async def measure(
@@ -199,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.row}, time scale {args.time_scale:g}, {os.cpu_count()} CPUs{about}", flush=True)
     runs = asyncio.run(measure(time_scale=args.time_scale, requests=args.requests, rounds=args.rounds,
                                row_name=args.row, epp_settings=settings or None))
+    print("TTFT p50 by the requests found on the picked pod when sent:")
+    for line in ttft_by_occupancy([pick_stats(name.rsplit("-", 1)[0], result) for name, result in runs]):
+        print(line)
     if args.csv is not None:
         args.csv.mkdir(parents=True, exist_ok=True)
         for name, result in runs:

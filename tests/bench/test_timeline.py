@@ -1,0 +1,37 @@
+"""bench.timeline: where requests went and what their first token cost, from the client's records."""
+
+from __future__ import annotations
+
+from bench.client import Attempt, RequestResult, RunResult
+from bench.timeline import pick_stats, ttft_by_occupancy
+
+
+def run(label: str, requests: list[tuple[float, str, float]]) -> RunResult:
+    """``requests``: (sent at, pod, TTFT) of one model's requests, each on its pod for one second."""
+    results = [
+        RequestResult(i, "m", start, [Attempt(200, "m", pod)], e2e=1.0, ttft=ttft)
+        for i, (start, pod, ttft) in enumerate(requests)
+    ]
+    return RunResult(label, "http://127.0.0.1:1", "", 10.0, True, results)
+
+
+def test_a_request_stacked_on_a_busy_pod_counts_as_finding_one_there() -> None:
+    stacked = pick_stats("gateway", run("gateway", [(0.0, "p0", 0.06), (0.1, "p0", 0.09), (5.0, "p1", 0.06)]))
+    assert stacked.ttft_by_found == {0: [0.06, 0.06], 1: [0.09]}
+    assert stacked.busier == 1 / 3  # the second request went to the pod that had one, its sibling none
+
+
+def test_the_table_compares_first_tokens_at_equal_occupancy_and_shows_where_only_one_side_went() -> None:
+    gateway = pick_stats("gateway", run("gateway", [(0.0, "p0", 0.06), (0.1, "p0", 0.09), (5.0, "p1", 0.06)]))
+    robin = pick_stats("round-robin", run("round-robin", [(0.0, "p0", 0.05), (0.1, "p1", 0.05)]))
+    again = pick_stats("round-robin", run("round-robin", [(0.0, "p0", 0.04), (0.1, "p1", 0.06)]))
+    lines = ttft_by_occupancy([gateway, robin, again])
+    assert len(lines) == 2
+    # Found idle pods: the gateway's 60 ms against round robin's 50 ms, both of its rounds pooled.
+    assert lines[0].startswith("found  0 on the pod: gateway   60.0 ms (n=2)")
+    assert "round robin   50.0 ms (n=4)" in lines[0]
+    assert lines[0].endswith("gap +10.0 ms")
+    # Only the gateway sent a request to a pod that had one: no gap to state.
+    assert lines[1].startswith("found  1 on the pod: gateway   90.0 ms (n=1)")
+    assert "round robin      -" in lines[1]
+    assert "gap" not in lines[1]
