@@ -274,6 +274,11 @@ SETUPS = {
         lambda salt: cache_bound(salt=salt), 16, SimConfig(models=[GEMMA], kv_cache_blocks=1024),
         (("groups pinned 4 per pod (the best placement)", lambda n, spec: (spec.group or 0) % 4),),
     ),
+    "prefix-fits": Setup(
+        "4 groups x 2,000-token prefix, 160 requests, 4 pods of 16k tokens (each holds all 4), c=16",
+        lambda salt: cache_bound(salt=salt, groups=4, requests=160), 16,
+        SimConfig(models=[GEMMA], kv_cache_blocks=1024),
+    ),
     "long-prompt": Setup(
         "48 one-off 50,000-token prompts, 4 pods of 4 slots, c=8",
         lambda salt: long_prompt(salt=salt), 8,
@@ -292,6 +297,18 @@ def _line(label: str, runs: Sequence[SimResult]) -> str:
     )
 
 
+def with_load_bound(config: EndpointPickerConfig, bound: float) -> EndpointPickerConfig:
+    """``config`` with every prefix-affinity-scorer's ``loadBound`` set to ``bound``."""
+    plugins = [
+        p.model_copy(update={"parameters": {**(p.parameters or {}), "loadBound": bound}})
+        if p.type == "prefix-affinity-scorer" else p
+        for p in config.plugins
+    ]
+    return EndpointPickerConfig.model_validate(
+        config.model_copy(update={"plugins": plugins}).model_dump(by_alias=True)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.picksim", description=__doc__.split("\n")[0])
     parser.add_argument("--workload", choices=sorted(SETUPS), default="cache-bound")
@@ -300,15 +317,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--follow-up-to", type=int, default=0,
                         help="the EPP's --follow-answers-up-to: answers of at most this many tokens are "
                         "followed to their end (default 0: none, the EPP's default)")
+    parser.add_argument("--load-bound", type=float,
+                        help="run the default profile with this prefix-affinity-scorer loadBound")
     args = parser.parse_args(argv)
     setup = SETUPS[args.workload]
+    config = None if args.load_bound is None else with_load_bound(load_profile("default"), args.load_bound)
     salts = [f"salt {s} " for s in range(args.salts)]
 
     def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
         return [simulate(setup.specs(salt), replicas=replicas, concurrency=setup.concurrency, sim=setup.sim,
-                         place=place, follow_up_to=args.follow_up_to) for salt in salts]  # fmt: skip
+                         place=place, follow_up_to=args.follow_up_to, config=config)
+                for salt in salts]  # fmt: skip
 
-    print(f"{args.workload} ({setup.about}), virtual time, mean of {args.salts} workload variants")
+    about = "" if args.load_bound is None else f", loadBound {args.load_bound:g}"
+    print(f"{args.workload} ({setup.about}), virtual time, mean of {args.salts} workload variants{about}")
     rr = runs(1, lambda n, spec: n % 4)
     print(_line("round robin", rr))
     best = []

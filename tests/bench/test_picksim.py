@@ -5,8 +5,10 @@ from __future__ import annotations
 import statistics
 
 import pytest
+from epp.scheduling import load_profile
+from epp.scheduling.config import EndpointPickerConfig
 
-from bench.picksim import GEMMA, SETUPS, SimPod, cache_bound, long_prompt, main, simulate
+from bench.picksim import GEMMA, SETUPS, SimPod, cache_bound, long_prompt, main, simulate, with_load_bound
 from bench.workloads import RequestSpec
 from vllmsim.config import SimConfig
 
@@ -71,3 +73,17 @@ def test_the_command_prints_both_replica_counts_and_their_ratio(capsys: pytest.C
     for line in ("round robin:", "the ceiling", "gateway, 1 EPP replica:", "gateway, 2 EPP replicas:",
                  "2 replicas / 1 replica:"):  # fmt: skip
         assert line in out
+
+
+def test_a_tighter_load_bound_spreads_the_prefix_fits_groups_over_more_pods() -> None:
+    setup = SETUPS["prefix-fits"]
+    tight = with_load_bound(load_profile("default"), 1.1)
+    scorer = next(p for p in tight.plugins if p.type == "prefix-affinity-scorer")
+    assert (scorer.parameters or {})["loadBound"] == 1.1
+
+    def pods_per_group(config: EndpointPickerConfig | None) -> float:
+        runs = [simulate(setup.specs(f"salt {s} "), concurrency=16, sim=setup.sim, config=config)
+                for s in range(3)]  # fmt: skip
+        return statistics.mean(r.pods_per_group for r in runs)
+
+    assert pods_per_group(tight) > pods_per_group(None)
