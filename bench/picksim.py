@@ -33,6 +33,7 @@ from epp.datastore import Endpoint, InFlight
 from epp.requestcontrol.answer_ends import cheap_to_follow
 from epp.scheduling import LLMRequest, Scheduler, load_profile
 from epp.scheduling.config import EndpointPickerConfig
+from epp.scheduling.errors import ConfigError
 
 from bench.workloads import RequestSpec, Workload, WorkloadConfig, generate
 from vllmsim.config import SimConfig
@@ -242,7 +243,8 @@ def simulate(
 
 
 def cache_bound(seed: int = 3, salt: str = "", groups: int = 16, requests: int = 320) -> list[RequestSpec]:
-    """The matrix's cache-bound row: 16 groups of a 2,000-token system prompt, 320 requests."""
+    """The matrix's cache-bound row (16 groups of a 2,000-token system prompt, 320 requests); with
+    ``groups=4, requests=160`` its prefix-fits row."""
     return generate(WorkloadConfig(
         workload=Workload.SHARED_PREFIX, models=[GEMMA], requests=requests, groups=groups,
         prompts_per_group=16, system_prompt_len=2000, question_len=32, max_tokens=16, seed=seed,
@@ -298,15 +300,16 @@ def _line(label: str, runs: Sequence[SimResult]) -> str:
 
 
 def with_load_bound(config: EndpointPickerConfig, bound: float) -> EndpointPickerConfig:
-    """``config`` with every prefix-affinity-scorer's ``loadBound`` set to ``bound``."""
+    """``config`` with every prefix-affinity-scorer's ``loadBound`` set to ``bound``; ConfigError (from
+    the scorer's own check) when ``bound`` is not one it takes."""
     plugins = [
         p.model_copy(update={"parameters": {**(p.parameters or {}), "loadBound": bound}})
         if p.type == "prefix-affinity-scorer" else p
         for p in config.plugins
     ]
-    return EndpointPickerConfig.model_validate(
-        config.model_copy(update={"plugins": plugins}).model_dump(by_alias=True)
-    )
+    changed = config.model_copy(update={"plugins": plugins})
+    _ = changed.plan  # compiled now, so a bad bound is refused before anything runs
+    return changed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -321,7 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run the default profile with this prefix-affinity-scorer loadBound")
     args = parser.parse_args(argv)
     setup = SETUPS[args.workload]
-    config = None if args.load_bound is None else with_load_bound(load_profile("default"), args.load_bound)
+    config = None
+    try:
+        if args.load_bound is not None:
+            config = with_load_bound(load_profile("default"), args.load_bound)
+    except ConfigError as e:
+        parser.error(f"--load-bound: {e}")
     salts = [f"salt {s} " for s in range(args.salts)]
 
     def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:

@@ -238,13 +238,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.row}, time scale {args.time_scale:g}, {os.cpu_count()} CPUs{about}", flush=True)
     runs = asyncio.run(measure(time_scale=args.time_scale, requests=args.requests, rounds=args.rounds,
                                row_name=args.row, epp_settings=settings or None))
-    print("TTFT p50 by the requests found on the picked pod when sent:")
-    for line in ttft_by_occupancy([pick_stats(name.rsplit("-", 1)[0], result) for name, result in runs]):
-        print(line)
     if args.csv is not None:
         args.csv.mkdir(parents=True, exist_ok=True)
         for name, result in runs:
             write_csv(args.csv / f"{name}.csv", result)
+    print("TTFT p50 by the requests found on the picked pod when sent:")
+    for line in ttft_by_occupancy([pick_stats(result.label, result) for _, result in runs]):
+        print(line)
     return 0
 
 

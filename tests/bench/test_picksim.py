@@ -7,6 +7,7 @@ import statistics
 import pytest
 from epp.scheduling import load_profile
 from epp.scheduling.config import EndpointPickerConfig
+from epp.scheduling.errors import ConfigError
 
 from bench.picksim import GEMMA, SETUPS, SimPod, cache_bound, long_prompt, main, simulate, with_load_bound
 from bench.workloads import RequestSpec
@@ -80,6 +81,8 @@ def test_a_tighter_load_bound_spreads_the_prefix_fits_groups_over_more_pods() ->
     tight = with_load_bound(load_profile("default"), 1.1)
     scorer = next(p for p in tight.plugins if p.type == "prefix-affinity-scorer")
     assert (scorer.parameters or {})["loadBound"] == 1.1
+    with pytest.raises(ConfigError, match="loadBound"):  # the scorer's own check, before anything runs
+        with_load_bound(load_profile("default"), 0.5)
 
     def pods_per_group(config: EndpointPickerConfig | None) -> float:
         runs = [simulate(setup.specs(f"salt {s} "), concurrency=16, sim=setup.sim, config=config)
