@@ -144,6 +144,10 @@ class SimResult:
     groups_per_pod: list[int]
 
 
+# The matrix's cache box: pods of 16k tokens of KV cache (1,024 blocks of 16).
+_SMALL_CACHE = SimConfig(models=[GEMMA], kv_cache_blocks=1024)
+
+
 def simulate(
     specs: Sequence[RequestSpec], *, pods: int = 4, replicas: int = 1, concurrency: int = 16,
     sim: SimConfig | None = None, config: EndpointPickerConfig | None = None, scrape: float = 0.05,
@@ -153,7 +157,7 @@ def simulate(
     """Serve ``specs`` (closed loop at ``concurrency``) through ``replicas`` EPPs onto ``pods`` pods;
     ``place(n, spec)``, if given, picks the pod index instead of the EPP (a baseline). ``warmup`` is
     sent first, in the same closed loop, and left out of the figures."""
-    sim = sim or SimConfig(models=[GEMMA], kv_cache_blocks=1024)
+    sim = sim or _SMALL_CACHE
     config = config or load_profile("default")
     now = 0.0
 
@@ -273,13 +277,12 @@ class Setup:
 SETUPS = {
     "cache-bound": Setup(
         "16 groups x 2,000-token prefix, 4 pods of 16k tokens, c=16",
-        lambda salt: cache_bound(salt=salt), 16, SimConfig(models=[GEMMA], kv_cache_blocks=1024),
+        lambda salt: cache_bound(salt=salt), 16, _SMALL_CACHE,
         (("groups pinned 4 per pod (the best placement)", lambda n, spec: (spec.group or 0) % 4),),
     ),
     "prefix-fits": Setup(
         "4 groups x 2,000-token prefix, 160 requests, 4 pods of 16k tokens (each holds all 4), c=16",
-        lambda salt: cache_bound(salt=salt, groups=4, requests=160), 16,
-        SimConfig(models=[GEMMA], kv_cache_blocks=1024),
+        lambda salt: cache_bound(salt=salt, groups=4, requests=160), 16, _SMALL_CACHE,
     ),
     "long-prompt": Setup(
         "48 one-off 50,000-token prompts, 4 pods of 4 slots, c=8",
@@ -325,11 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup = SETUPS[args.workload]
     config = None
-    try:
-        if args.load_bound is not None:
+    if args.load_bound is not None:
+        try:
             config = with_load_bound(load_profile("default"), args.load_bound)
-    except ConfigError as e:
-        parser.error(f"--load-bound: {e}")
+        except ConfigError as e:
+            parser.error(f"--load-bound: {e}")
     salts = [f"salt {s} " for s in range(args.salts)]
 
     def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:

@@ -168,7 +168,7 @@ def ttft_by_occupancy(stats: Sequence[PickStats]) -> list[str]:
         for found, ttfts in s.ttft_by_found.items():
             pooled[s.label][found].extend(ttfts)
     lines = []
-    for found in sorted(set(pooled["gateway"]) | set(pooled["round-robin"])):
+    for found in sorted(set().union(*pooled.values())):
         p50: dict[str, float] = {}
         cells = []
         for side in SIDES:
@@ -199,7 +199,7 @@ ROWS = ("random-mixed", "long-prompt", "prefix-fits")
 async def measure(
     *, time_scale: float, requests: int | None, rounds: int, row_name: str = "random-mixed",
     epp_settings: dict[str, Any] | None = None,
-) -> list[tuple[str, RunResult]]:  # fmt: skip
+) -> list[tuple[str, RunResult, PickStats]]:  # fmt: skip
     """``rounds`` x (gateway, round robin) runs of a matrix row on one box, each printed as it ends."""
     row = next(r for r in rows() if r.name == row_name)
     workload = row.workload if requests is None else row.workload.model_copy(update={"requests": requests})
@@ -215,11 +215,12 @@ async def measure(
                                    request_timeout=120.0, label=label,
                                    model_header=label == "round-robin")  # fmt: skip
                 cpu = sum(group_cpu_seconds(pid) for pid in epps) - cpu
-                line = pick_stats(label, result).line()
+                stats = pick_stats(label, result)
+                line = stats.line()
                 if label == "gateway":
                     line += f"  EPP CPU {cpu / max(1, len(result.results)) * 1000:.2f} ms/request"
                 print(line, flush=True)
-                runs.append((f"{label}-{i}", result))
+                runs.append((f"{label}-{i}", result, stats))
     return runs
 
 
@@ -240,10 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                row_name=args.row, epp_settings=settings or None))
     if args.csv is not None:
         args.csv.mkdir(parents=True, exist_ok=True)
-        for name, result in runs:
+        for name, result, _ in runs:
             write_csv(args.csv / f"{name}.csv", result)
     print("TTFT p50 by the requests found on the picked pod when sent:")
-    for line in ttft_by_occupancy([pick_stats(result.label, result) for _, result in runs]):
+    for line in ttft_by_occupancy([stats for _, _, stats in runs]):
         print(line)
     return 0
 
