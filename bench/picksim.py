@@ -5,13 +5,14 @@ change to the picker does to placement. This runs the EPP's real scheduler (its 
 one instance per replica, each with its own endpoints, in-flight counts and learned index) against
 simulated pods in *virtual* time: the simulator's own KV block pool (``vllmsim.engine.BlockPool``),
 its slots, FIFO queue and latency model (inter-token jitter from a seeded generator), with the same
-defaults. Each replica scrapes every pod's
-``waiting``/``running`` every ``scrape`` seconds (replicas out of phase), counts its own requests from
-the pick to the first token (to the last one for the answers it follows to their end, which then
-come off the pod's load: ``--follow-up-to``, off by default as in the EPP), and the clients run a closed
-loop, request ``i`` through replica
-``i % replicas``. Nothing sleeps and every random draw is seeded: the same arguments give
-the same figures, on any machine.
+defaults. Each replica scrapes every pod's ``waiting``/``running`` every ``scrape`` seconds (replicas
+out of phase) and counts the requests it sent since. The answers are streams, as ``bench`` sends
+them: a replica counts its own in flight to the first token and sees an answer end only when it
+follows the stream there (``--follow-up-to``, off by default as in the EPP); an end it sees comes
+off the pod's load. With ``--not-streamed`` the answers come whole, as many API clients ask for
+them: their headers come at their end, which each replica sees for its own requests. The clients
+run a closed loop, request ``i`` through replica ``i % replicas``. Nothing sleeps and every random
+draw is seeded: the same arguments give the same figures, on any machine.
 
 It prints, per replica count: the pods' prefix-cache hit rate (tokens), requests per virtual second,
 TTFT p50, how many pods each prefix group was served by, and the groups per pod.
@@ -30,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from epp.datastore import Endpoint, InFlight
-from epp.requestcontrol.answer_ends import cheap_to_follow
+from epp.requestcontrol.answer_ends import follows_stream
 from epp.scheduling import LLMRequest, Scheduler, load_profile
 from epp.scheduling.config import EndpointPickerConfig
 from epp.scheduling.errors import ConfigError
@@ -112,9 +113,9 @@ class _Replica:
     """One EPP replica: its scheduler, its own view of the endpoints and its own in-flight counts."""
 
     def __init__(
-        self, config: EndpointPickerConfig, pods: Sequence[SimPod], clock: Callable[[], float]
+        self, config: EndpointPickerConfig, pods: Sequence[SimPod], clock: Callable[[], float], replicas: int
     ) -> None:
-        self.scheduler = Scheduler.from_config(config, rng=random.Random(0))
+        self.scheduler = Scheduler.from_config(config, rng=random.Random(0), replicas=replicas)
         for profile in self.scheduler.profiles.values():
             for scorer, _ in profile.scorers:
                 if hasattr(scorer, "_clock"):  # the scorers read the virtual clock, not the machine's
@@ -152,11 +153,12 @@ def simulate(
     specs: Sequence[RequestSpec], *, pods: int = 4, replicas: int = 1, concurrency: int = 16,
     sim: SimConfig | None = None, config: EndpointPickerConfig | None = None, scrape: float = 0.05,
     place: Callable[[int, RequestSpec], int] | None = None, warmup: Sequence[RequestSpec] = (),
-    follow_up_to: int = 0,
+    follow_up_to: int = 0, streamed: bool = True,
 ) -> SimResult:  # fmt: skip
     """Serve ``specs`` (closed loop at ``concurrency``) through ``replicas`` EPPs onto ``pods`` pods;
     ``place(n, spec)``, if given, picks the pod index instead of the EPP (a baseline). ``warmup`` is
-    sent first, in the same closed loop, and left out of the figures."""
+    sent first, in the same closed loop, and left out of the figures. ``streamed``: the answers are
+    streams, which the EPP sees end only when it follows them (``follow_up_to``)."""
     sim = sim or _SMALL_CACHE
     config = config or load_profile("default")
     now = 0.0
@@ -165,7 +167,7 @@ def simulate(
         return now
 
     pool = [SimPod(f"10.0.0.{i + 1}:8000", sim, rng=random.Random(i)) for i in range(pods)]
-    epps = [_Replica(config, pool, clock) for _ in range(replicas)]
+    epps = [_Replica(config, pool, clock, replicas) for _ in range(replicas)]
     events: list[tuple[float, int, str, object]] = []  # (time, tiebreak, kind, payload)
     tick = itertools.count()
     for r in range(replicas):
@@ -174,7 +176,7 @@ def simulate(
     total, started_at = len(warmup) + len(specs), 0.0
     served: dict[int, Counter[str]] = defaultdict(Counter)
     ttfts: list[float] = []
-    # A sequence's endpoint (as its replica sees it), its pod, and whether the EPP follows its answer.
+    # A sequence's endpoint (as its replica sees it), its pod, and whether the EPP sees its answer end.
     owner: dict[int, tuple[Endpoint, SimPod, bool]] = {}
     sent = itertools.count()
     measured = {id(spec) for spec in specs}
@@ -186,7 +188,9 @@ def simulate(
         n = next(sent)
         epp = epps[n % replicas]
         prompt = "".join(content for _, content in spec.messages)
-        request = LLMRequest(f"r{spec.index}", spec.model, prompt, streamed=True, max_tokens=spec.max_tokens)
+        request = LLMRequest(
+            f"r{spec.index}", spec.model, prompt, streamed=streamed, max_tokens=spec.max_tokens
+        )
         picked = (epp.endpoints[place(n, spec)] if place is not None
                   else epp.scheduler.schedule(request, epp.endpoints).endpoint)  # fmt: skip
         assert picked is not None
@@ -194,7 +198,7 @@ def simulate(
         endpoint.load.routed(now)
         pod = next(p for p in pool if p.address == endpoint.address)
         seq = pod.sequence(spec, prompt, now)
-        owner[id(seq)] = (endpoint, pod, follow_up_to > 0 and cheap_to_follow(request, follow_up_to))
+        owner[id(seq)] = (endpoint, pod, not streamed or follows_stream(request, follow_up_to))
         served[spec.group if spec.group is not None else -1][pod.address] += 1
         started(pod.admit(seq, now))
 
@@ -217,13 +221,13 @@ def simulate(
             assert isinstance(payload, _Seq)
             endpoint, _, followed = owner[id(payload)]
             if not followed:
-                endpoint.load.count -= 1  # the answer began: the pod's own metrics count it from here
+                endpoint.load.count -= 1  # the stream began: the pod's own metrics count it from here
             if id(payload.spec) in measured:
                 ttfts.append(now - payload.sent)
         else:
             assert isinstance(payload, _Seq)
             endpoint, pod, followed = owner.pop(id(payload))
-            if followed:  # followed to its end: the EPP saw it end
+            if followed:  # the EPP saw it end: its headers, or a stream's last byte
                 endpoint.load.count -= 1
                 endpoint.load.answer_ended(now)
             started(pod.finish(payload, now))
@@ -320,12 +324,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workload", choices=sorted(SETUPS), default="cache-bound")
     parser.add_argument("--replicas", default="1,2", help="comma-separated EPP replica counts")
     parser.add_argument("--salts", type=int, default=12, help="workload variants (prefix salts), averaged")
+    parser.add_argument("--not-streamed", action="store_true",
+                        help="the answers come whole, their headers at their end (default: streams, as "
+                        "bench sends them)")
     parser.add_argument("--follow-up-to", type=int, default=0,
-                        help="the EPP's --follow-answers-up-to: answers of at most this many tokens are "
+                        help="the EPP's --follow-answers-up-to: streams of at most this many tokens are "
                         "followed to their end (default 0: none, the EPP's default)")
     parser.add_argument("--load-bound", type=float,
                         help="run the default profile with this prefix-affinity-scorer loadBound")
     args = parser.parse_args(argv)
+    if args.follow_up_to and args.not_streamed:
+        parser.error("--follow-up-to is for streams: an answer that is not streamed ends at its headers")
     setup = SETUPS[args.workload]
     config = None
     if args.load_bound is not None:
@@ -337,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
         return [simulate(setup.specs(salt), replicas=replicas, concurrency=setup.concurrency, sim=setup.sim,
-                         place=place, follow_up_to=args.follow_up_to, config=config)
+                         place=place, follow_up_to=args.follow_up_to, streamed=not args.not_streamed,
+                         config=config)
                 for salt in salts]  # fmt: skip
 
     about = "" if args.load_bound is None else f", loadBound {args.load_bound:g}"

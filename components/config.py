@@ -351,12 +351,12 @@ class EppSettings(_Model):
     requests it picked itself; the first choice for a prompt prefix is a rendezvous hash over the
     pool's endpoints, the same in every replica, so their placements agree without shared state."""
     follow_answers_up_to: Annotated[int, Field(ge=0)] = 0
-    """Answers each replica follows to their last byte, so a pod's load drops as soon as one ends
-    rather than at its next scrape (the EPP's ``--follow-answers-up-to``): those not streamed and
-    streams of at most this many tokens; 0 (the default): none. It pays where clients send their next
-    request as soon as an answer ends and a pool has one replica (set ``replicas: 1``: with several,
-    each sees only its own answers end, which placed worse than not following), and costs the EPP
-    about 0.2 ms of CPU per chunk of each followed answer (docs/scheduling.md, "Answer ends")."""
+    """Streams each replica follows to their last byte, so a pod's load drops as soon as one ends
+    rather than at its next scrape (the EPP's ``--follow-answers-up-to``): those of at most this many
+    tokens; 0 (the default): none. An answer that is not streamed ends at its headers and needs no
+    following. It pays where clients stream short answers and send their next request as soon as one
+    ends, and costs the EPP about 0.2 ms of CPU per chunk of each followed stream
+    (docs/scheduling.md, "Answer ends")."""
     resources: Resources = Resources(cpu="500m", memory="512Mi", ephemeral_storage="256Mi")
 
     @field_validator("config")

@@ -210,6 +210,7 @@ class InferencePool(pulumi.ComponentResource):
             metrics_port=METRICS_PORT,
             pool_models=args.models,
             objectives=args.objectives,
+            replicas=args.epp.replicas,
             **follow,
         )
         # Active-active: the load balancer spreads ext_proc streams over the replicas; each picks

@@ -411,6 +411,7 @@ class OneBox:
                     "endpoints_file": endpoints,
                     "pool_models": sorted(served | {p.model for p in pods}),
                     **self._epp_config(pool),
+                    "replicas": self.epp_replicas,
                     **self.epp_settings,
                 }
             )

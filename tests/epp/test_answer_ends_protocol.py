@@ -1,6 +1,7 @@
-"""Answer ends over a real ext_proc stream: with --follow-answers-up-to, a short stream is read to
-its last event and the pod's load drops then; a long one, and every answer with the flag off, is left
-at its response headers."""
+"""Answer ends over a real ext_proc stream: an answer that is not streamed leaves the pod's load at
+its response headers, flag or not; with --follow-answers-up-to, a short stream is read to its last
+event and the pod's load drops then; a long one, and every stream with the flag off, is left at its
+response headers with no end recorded."""
 
 from __future__ import annotations
 
@@ -59,3 +60,17 @@ async def test_a_long_stream_and_any_stream_with_the_flag_off_are_left_at_their_
     assert await _stream(servicer, datastore, max_tokens=500) == (0, 0, 0)
     servicer, datastore = picker(0)
     assert await _stream(servicer, datastore, max_tokens=16) == (0, 0, 0)
+
+
+async def test_an_answer_not_streamed_leaves_the_pods_load_at_its_headers_with_the_flag_off() -> None:
+    servicer, datastore = picker(0)
+    endpoint = datastore.get(POD)
+    assert endpoint is not None
+    body = json.dumps({"model": GEMMA, "messages": [{"role": "user", "content": "hello"}]}).encode()
+    async with serving(servicer) as stub:
+        stream = EnvoyStream(stub, response_mode=ProcessingMode.STREAMED)
+        await stream.send_request(body, path="/v1/chat/completions")
+        assert (endpoint.in_flight, endpoint.load.ended_since(0.0)) == (1, 0)
+        await stream.send_response_headers(200)  # the model server sends them with the whole answer
+        assert (endpoint.in_flight, endpoint.load.ended_since(0.0)) == (0, 1)
+        await stream.expect_end()  # the EPP leaves the exchange there: nothing more to read

@@ -34,6 +34,7 @@ EVERY_EPP_FLAG = EppSettings(
     answer_check_rate=0.5,
     cached_tokens_feedback_rate=0.25,
     follow_answers_up_to=32,
+    replicas=3,
     bind="127.0.0.1",
     log_level="debug",
     event_loop="asyncio",

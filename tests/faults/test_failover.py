@@ -49,6 +49,14 @@ async def all_routed_right(box: OneBox, requests: int = 40) -> list[failover.Exc
 KILLS = [("epp-gemma-0", True), ("epp-gemma-0", False), ("bbr-0", True)]
 
 
+async def test_each_epp_replica_knows_how_many_replicas_serve_its_pool(box: OneBox) -> None:
+    # A prefix new to one replica goes home, where the other may have sent it (prefix-affinity-scorer).
+    for replicas in box.epps.values():
+        for epp in replicas:
+            argv = list(epp.child.spec.argv({}))
+            assert argv[argv.index("--replicas") + 1] == "2"
+
+
 @pytest.mark.parametrize(("replica", "stream"), KILLS)
 async def test_killing_one_replica_fails_at_most_its_open_streams_and_routes_every_other_request_right(
     box: OneBox, replica: str, stream: bool

@@ -185,7 +185,9 @@ def test_the_epp_watches_its_own_pool_with_the_contract_command_line(gpu: StackR
         "--health-port", "9003",
         "--metrics-port", "9090",
         "--pool-models", "google/gemma-2b-it",  # scaled to zero it answers 503, not 404
+        "--replicas", "2",  # as many as the Deployment runs: a prefix new to one goes home
     ]  # fmt: skip
+    assert deployment.props["spec"]["replicas"] == 2
     assert container["readinessProbe"]["grpc"] == {"port": 9003, "service": "readiness"}
     assert container["livenessProbe"]["grpc"] == {"port": 9003, "service": "liveness"}
     assert pod_spec(deployment)["securityContext"]["runAsUser"] == 65532

@@ -131,7 +131,7 @@ async def serve_epp(
 ) -> None:
     """Run the EPP until ``stop`` is set; ``bound`` gets the ports once serving."""
     config = _scheduler_config(settings)
-    scheduler = Scheduler.from_config(config)
+    scheduler = Scheduler.from_config(config, replicas=settings.replicas)
     detector = SaturationDetector.from_config(config)
     datastore = Datastore(pool_models=settings.pool_models)
     telemetry = Telemetry("epp", datastore, pool=settings.pool_name or "")

@@ -55,9 +55,9 @@ class InFlight:
     not counted.
 
     It also keeps when the latest requests were routed (at most :data:`SEND_LOG`), and when the
-    latest answers it followed to their last byte ended, so that a load read from a scrape can add
-    what the scrape cannot have seen yet (:meth:`sent_since`) and take off what ended since
-    (:meth:`ended_since`).
+    latest answers it saw end did (``epp.requestcontrol.answer_ends``), so that a load read from a
+    scrape can add what the scrape cannot have seen yet (:meth:`sent_since`) and take off what ended
+    since (:meth:`ended_since`).
 
     The :class:`Datastore` owns one per address and hands the same one to every :class:`Endpoint`
     on that address, so the count survives the endpoint leaving and coming back (a readiness flap, an
@@ -77,7 +77,7 @@ class InFlight:
         self.sends.append(now)
 
     def answer_ended(self, now: float) -> None:
-        """An answer from here was seen to its last byte at monotonic time ``now``."""
+        """An answer from here was seen to end at monotonic time ``now``."""
         self.ends.append(now)
 
     def sent_since(self, t: float) -> int:
@@ -87,7 +87,7 @@ class InFlight:
         return _after(self.sends, t)
 
     def ended_since(self, t: float) -> int:
-        """Answers from here seen to their end after monotonic time ``t`` (kept as :meth:`sent_since`
+        """Answers from here seen to end after monotonic time ``t`` (kept as :meth:`sent_since`
         keeps sends)."""
         return _after(self.ends, t)
 
@@ -144,12 +144,12 @@ class Endpoint:
         """This EPP's in-flight requests to the endpoint's address (see :class:`InFlight`)."""
         return self.load.count
 
-    def estimated_load(self, oldest: float) -> int:
+    def estimated_load(self, oldest: float, less_ended: bool = True) -> int:
         """Requests on the endpoint now, as this EPP best knows: ``waiting + running`` from its last
         scrape, plus the requests routed to it since that scrape (which it cannot have counted), less
-        the answers from it this EPP saw end since (which it still counted), when the scrape is no
-        older than monotonic time ``oldest``; else this EPP's in-flight count. Never below the
-        in-flight count.
+        (with ``less_ended``) the answers from it this EPP saw end since (which it still counted), when
+        the scrape is no older than monotonic time ``oldest``; else this EPP's in-flight count. Never
+        below the in-flight count.
 
         Between two scrapes the scraped figures stand still while requests come and go: without the
         routed-since term every pick in the interval would see the same loads and herd onto the pod
@@ -162,7 +162,7 @@ class Endpoint:
         if m.updated_at == 0.0 or m.updated_at < oldest:
             return own
         seen = m.waiting + m.running + load.sent_since(m.updated_at)
-        if load.ends:
+        if less_ended and load.ends:
             seen -= load.ended_since(m.updated_at)
         return seen if seen > own else own
 
@@ -352,7 +352,7 @@ class Datastore:
             del self._in_flight[address]
 
     def answer_ended(self, address: str) -> None:
-        """An answer from ``address`` was seen to its last byte, now: loads estimated from an older
+        """An answer from ``address`` was seen to end, now: loads estimated from an older
         scrape no longer count it (:meth:`Endpoint.estimated_load`)."""
         count = self._in_flight.get(address)
         if count is not None:

@@ -316,9 +316,12 @@ class EppSettings(ServerSettings):
         Flag("cached_tokens_feedback_rate", "share (0-1) of predicted prefix-cache hits whose answer's "
              "usage.prompt_tokens_details.cached_tokens corrects the prefix index (pods run vLLM with "
              "--enable-prompt-tokens-details); 0: off"),
-        Flag("follow_answers_up_to", "follow (chat) completions not streamed, and streams of at most this "
-             "many tokens (max_completion_tokens or max_tokens), to their last byte, so a pod's load "
-             "drops as soon as one ends rather than at its next scrape; 0: off", metavar="TOKENS"),
+        Flag("follow_answers_up_to", "follow (chat) completion streams of at most this many tokens "
+             "(max_completion_tokens or max_tokens) to their last byte, so a pod's load drops as soon as "
+             "one ends rather than at its next scrape (an answer not streamed ends at its headers, "
+             "followed or not); 0: off", metavar="TOKENS"),
+        Flag("replicas", "how many EPP replicas serve this pool: with several, a prefix new to this "
+             "one goes to its home pod, where another may have sent it", metavar="N"),
         *_SERVER_FLAGS,
     )  # fmt: skip
 
@@ -345,9 +348,11 @@ class EppSettings(ServerSettings):
     # Share of predicted prefix-cache hits whose answer's cached tokens settle the prediction
     # (epp.requestcontrol.cached_tokens); 0: the prefix index is never corrected.
     cached_tokens_feedback_rate: float = Field(default=0.0, ge=0, le=1)
-    # Answers followed to their end for the pods' loads (epp.requestcontrol.answer_ends): those not
-    # streamed, and streams of at most this many tokens; 0: none.
+    # Streams followed to their end for the pods' loads (epp.requestcontrol.answer_ends): those of at
+    # most this many tokens; 0: none (an answer not streamed ends at its headers anyway).
     follow_answers_up_to: int = Field(default=0, ge=0)
+    # The EPP replicas serving the pool (epp.scheduling.framework.Handle.replicas).
+    replicas: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _one_source_and_one_config(self) -> Self:

@@ -1,4 +1,5 @@
-"""Answer ends: short answers are followed to their last byte, which comes off the pod's load."""
+"""Answer ends: every answer's end the EPP sees comes off the pod's load at once; an answer that is not
+streamed ends at its headers, a short stream is followed to its last byte when asked."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import json
 import time
 
 import pytest
-from epp.datastore import Datastore
+from epp.contract import UPSTREAM_CONNECT_FAILURE, UPSTREAM_FAILURE_HEADER
+from epp.datastore import Datastore, Endpoint
 from epp.extproc.body import parse_body
-from epp.requestcontrol.answer_ends import AnswerEnds, cheap_to_follow
+from epp.requestcontrol.answer_ends import AnswerEnds, follows_stream
 from epp.requestcontrol.inflight import InFlightRelease
 from epp.requestcontrol.plugins import EppExchange
 from epp.scheduling.types import LLMRequest
@@ -17,48 +19,87 @@ from tests.epp.extproc_support import pool
 from tests.epp.requestcontrol.support import exchange, routed
 
 POD = "10.0.0.1:8000"
+SSE = {"content-type": "text/event-stream"}
+JSON = {"content-type": "application/json"}
 
 
-def asked(ex: EppExchange, *, streamed: bool, max_tokens: int | None) -> EppExchange:
+def chat(
+    datastore: Datastore,
+    *,
+    streamed: bool,
+    max_tokens: int | None = 16,
+    status: int = 200,
+    response_headers: dict[str, str] | None = None,
+) -> EppExchange:
+    """A chat completion routed to POD whose answer's headers came (the plugin's hooks not run yet)."""
+    headers = response_headers if response_headers is not None else (SSE if streamed else JSON)
+    ex = routed(exchange(status=status, response_headers=headers), datastore, POD)
     ex.state.request = LLMRequest("r1", "m", "hello", streamed=streamed, max_tokens=max_tokens)
-    return ex
-
-
-def followed(datastore: Datastore, *, streamed: bool = True, max_tokens: int | None = 16) -> EppExchange:
-    """A chat completion routed to POD (the plugin's pre-request hook not run yet)."""
-    ex = asked(routed(exchange(status=200), datastore, POD), streamed=streamed, max_tokens=max_tokens)
     ex.headers[":path"] = "/v1/chat/completions"
     return ex
 
 
-@pytest.mark.parametrize(
-    ("streamed", "max_tokens", "follow"),
-    [(False, None, True), (False, 4096, True), (True, 32, True), (True, 33, False), (True, None, False)],
-)
-def test_only_answers_of_a_message_or_two_or_short_streams_are_followed(
-    streamed: bool, max_tokens: int | None, follow: bool
-) -> None:
-    assert cheap_to_follow(LLMRequest("r", "m", streamed=streamed, max_tokens=max_tokens), 32) is follow
+def one_pod() -> tuple[Datastore, Endpoint]:
     datastore = pool(("10.0.0.1", 8000, ["m"]))
-    ends = AnswerEnds(datastore, 32)
-    ex = followed(datastore, streamed=streamed, max_tokens=max_tokens)
-    ends.pre_request(ex, datastore.get(POD))  # type: ignore[arg-type]
+    endpoint = datastore.get(POD)
+    assert endpoint is not None
+    return datastore, endpoint
+
+
+def scraped_running(endpoint: Endpoint) -> float:
+    """A scrape at the moment of the last send saw that request running; returns its time, once the
+    clock has moved past it (a no-op on any real clock)."""
+    scraped = endpoint.load.sends[-1]
+    endpoint.metrics.running, endpoint.metrics.updated_at = 1, scraped
+    while time.monotonic() <= scraped:
+        time.sleep(0)
+    return scraped
+
+
+@pytest.mark.parametrize(
+    ("streamed", "max_tokens", "up_to", "follow"),
+    [
+        (False, None, 32, False),  # not streamed: its headers are its end, nothing to follow
+        (False, 4096, 32, False),
+        (True, 32, 32, True),
+        (True, 33, 32, False),
+        (True, None, 32, False),
+        (True, 16, 0, False),  # the default: no stream is followed
+    ],
+)
+def test_only_short_streams_are_followed_and_only_when_asked(
+    streamed: bool, max_tokens: int | None, up_to: int, follow: bool
+) -> None:
+    assert follows_stream(LLMRequest("r", "m", streamed=streamed, max_tokens=max_tokens), up_to) is follow
+    datastore, endpoint = one_pod()
+    ends = AnswerEnds(datastore, up_to)
+    ex = chat(datastore, streamed=streamed, max_tokens=max_tokens)
+    ends.pre_request(ex, endpoint)
     assert ends.wants_body(ex) is follow
     assert ends.wants_more(ex) is follow
 
 
-def test_an_answer_seen_to_its_end_comes_off_the_pods_load_at_once() -> None:
-    datastore = pool(("10.0.0.1", 8000, ["m"]))
-    endpoint = datastore.get(POD)
-    assert endpoint is not None
-    ends, release = AnswerEnds(datastore, 32), InFlightRelease(datastore)
-    ex = followed(datastore)
+def test_an_answer_not_streamed_comes_off_the_pods_load_at_its_headers_without_following_it() -> None:
+    datastore, endpoint = one_pod()
+    ends, release = AnswerEnds(datastore), InFlightRelease(datastore)  # the defaults
+    ex = chat(datastore, streamed=False, max_tokens=None)
     ends.pre_request(ex, endpoint)
-    scraped = endpoint.load.sends[-1]  # a scrape at the moment it was routed saw it running
-    endpoint.metrics.running, endpoint.metrics.updated_at = 1, scraped
+    assert not ends.wants_body(ex)
+    scraped = scraped_running(endpoint)
     assert endpoint.estimated_load(0.0) == 1
-    while time.monotonic() <= scraped:  # its end comes later (a no-op on any real clock)
-        time.sleep(0)
+    release.response_complete(ex)  # at the headers: the answer's body passes the EPP by
+    ends.response_complete(ex)
+    assert endpoint.load.ended_since(scraped) == 1
+    assert endpoint.estimated_load(0.0) == 0
+    assert endpoint.estimated_load(0.0, less_ended=False) == 1  # what the prefix scorer's bound reads
+
+
+def test_a_followed_stream_comes_off_the_pods_load_at_its_last_byte() -> None:
+    datastore, endpoint = one_pod()
+    ends, release = AnswerEnds(datastore, 32), InFlightRelease(datastore)
+    ex = chat(datastore, streamed=True)
+    ends.pre_request(ex, endpoint)
+    scraped = scraped_running(endpoint)
     ex.response.ended = True
     release.response_complete(ex)
     ends.response_complete(ex)
@@ -66,28 +107,35 @@ def test_an_answer_seen_to_its_end_comes_off_the_pods_load_at_once() -> None:
     assert endpoint.estimated_load(0.0) == 0
 
 
-def test_an_answer_cut_short_or_not_followed_records_no_end() -> None:
-    datastore = pool(("10.0.0.1", 8000, ["m"]))
-    endpoint = datastore.get(POD)
-    assert endpoint is not None
+def test_no_end_is_recorded_where_the_pod_may_still_be_working_or_never_was() -> None:
+    datastore, endpoint = one_pod()
     ends = AnswerEnds(datastore, 32)
-    cut = followed(datastore)
-    ends.pre_request(cut, endpoint)
-    ends.response_complete(cut)  # the client went away: the pod may still be working on it
-    long = followed(datastore, max_tokens=500)
-    ends.pre_request(long, endpoint)
-    long.response.ended = True
-    ends.response_complete(long)
-    never_routed = asked(exchange(), streamed=False, max_tokens=None)
-    ends.pre_request(never_routed, endpoint)
-    never_routed.response.ended = True
-    ends.response_complete(never_routed)
+    cut = chat(datastore, streamed=True)  # followed, but the client went away before its end
+    unfollowed = chat(datastore, streamed=True, max_tokens=500)  # its last byte passes unseen
+    unfollowed.response.ended = True
+    no_answer = chat(datastore, streamed=False, status=0)  # reset before any header came
+    failed = {UPSTREAM_FAILURE_HEADER: UPSTREAM_CONNECT_FAILURE}
+    unreached = chat(datastore, streamed=False, status=503, response_headers=failed)
+    never_routed = exchange(status=200, response_headers=JSON)
+    never_routed.state.request = LLMRequest("r1", "m", "hello")
+    for ex in (cut, unfollowed, no_answer, unreached, never_routed):
+        ends.pre_request(ex, endpoint)
+        ends.response_complete(ex)
     assert endpoint.load.ended_since(0.0) == 0
 
 
-def test_a_limit_of_zero_is_refused() -> None:
-    with pytest.raises(ValueError, match="up_to_tokens must be positive"):
-        AnswerEnds(pool(), 0)
+def test_an_error_answer_ends_too() -> None:
+    datastore, endpoint = one_pod()
+    ends = AnswerEnds(datastore)
+    ex = chat(datastore, streamed=False, status=400)  # the model server refused it: no slot held
+    ends.pre_request(ex, endpoint)
+    ends.response_complete(ex)
+    assert endpoint.load.ended_since(0.0) == 1
+
+
+def test_a_negative_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="follow_streams_up_to must be 0 or more"):
+        AnswerEnds(pool(), -1)
 
 
 def test_the_request_says_whether_its_answer_streams_and_how_long_it_may_be() -> None:
@@ -106,9 +154,9 @@ def test_the_request_says_whether_its_answer_streams_and_how_long_it_may_be() ->
 
 
 def test_embeddings_are_never_followed() -> None:
-    datastore = pool(("10.0.0.1", 8000, ["m"]))
+    datastore, endpoint = one_pod()
     ends = AnswerEnds(datastore, 32)
-    ex = followed(datastore, streamed=False, max_tokens=None)
+    ex = chat(datastore, streamed=True, max_tokens=16)
     ex.headers[":path"] = "/v1/embeddings"
-    ends.pre_request(ex, datastore.get(POD))  # type: ignore[arg-type]
+    ends.pre_request(ex, endpoint)
     assert not ends.wants_body(ex)

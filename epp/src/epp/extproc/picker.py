@@ -74,8 +74,8 @@ class EndpointPicker:
         ``routes``: the API endpoints forwarded to pods (anything else is refused on its headers);
         ``answer_check``: check a sample of answers for the model that answered; ``cached_tokens``:
         settle the prefix index's predicted hits by the cached tokens the pods report;
-        ``follow_answers_up_to``: follow answers not streamed and streams of at most this many tokens
-        to their end, which then comes off the pod's load (0: none)."""
+        ``follow_answers_up_to``: follow streams of at most this many tokens to their end, which then
+        comes off the pod's load (0: none; an answer not streamed comes off at its headers)."""
         self.max_body_bytes = max_body_bytes
         self._routes = routes
         self._datastore = datastore

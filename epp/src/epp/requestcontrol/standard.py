@@ -3,9 +3,9 @@
 Admission: saturation shedding (when asked for). After each answer, in this order: in-flight release
 (first, so nothing that follows can delay it), ejection evidence, model refresh, usage metering, the
 answer check (with a rate), the cached-tokens feedback to the prefix index (with a rate), answer
-ends (when short answers are followed), then the request metrics (last: they count the exchange as
-the others left it). ``extra`` plugins, for what later features add, run after the standard ones of
-their kind.
+ends (every answer's end the EPP sees; short streams followed there when asked), then the request
+metrics (last: they count the exchange as the others left it). ``extra`` plugins, for what later
+features add, run after the standard ones of their kind.
 """
 
 from __future__ import annotations
@@ -58,11 +58,10 @@ def standard_plugins(
         pre_request.append(cached_tokens)
         readers.append(cached_tokens)
         complete.append(cached_tokens)
-    if follow_answers_up_to:
-        ends = AnswerEnds(datastore, follow_answers_up_to)
-        pre_request.append(ends)
-        readers.append(ends)
-        complete.append(ends)
+    ends = AnswerEnds(datastore, follow_answers_up_to)
+    pre_request.append(ends)
+    readers.append(ends)
+    complete.append(ends)
     complete.extend(extra.complete)
     complete.append(RequestMetrics(telemetry, datastore))
     admitters = (SaturationShedding(saturation),) if shed_on_saturation and saturation is not None else ()

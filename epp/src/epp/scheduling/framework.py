@@ -28,9 +28,12 @@ from epp.scheduling.types import CycleState, LLMRequest
 
 @dataclass(slots=True)
 class Handle:
-    """What plugin factories get besides their parameters: shared services such as the RNG."""
+    """What plugin factories get besides their parameters: shared services such as the RNG, and
+    facts of the deployment: ``replicas``, how many EPP replicas serve the pool (each routes, and
+    sees, only its share of the requests; 1: this one sees them all)."""
 
     rng: random.Random = field(default_factory=random.Random)
+    replicas: int = 1
 
 
 class Plugin(ABC):

@@ -45,9 +45,14 @@ class Scheduler:
         self._keep_cycle = False
 
     @classmethod
-    def from_plan(cls, plan: SchedulingPlan, rng: random.Random | None = None) -> Scheduler:
-        """One instance of every plugin of ``plan``, arranged as it says (the plan is already checked)."""
-        built = _Instances(Handle(rng if rng is not None else random.Random()))
+    def from_plan(
+        cls, plan: SchedulingPlan, rng: random.Random | None = None, *, replicas: int = 1
+    ) -> Scheduler:
+        """One instance of every plugin of ``plan``, arranged as it says (the plan is already checked);
+        ``replicas``: how many EPP replicas serve the pool (``Handle.replicas``)."""
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, got {replicas}")
+        built = _Instances(Handle(rng if rng is not None else random.Random(), replicas))
         profiles = [
             SchedulingProfile(
                 profile.name,
@@ -60,9 +65,11 @@ class Scheduler:
         return cls(profiles, built.get(plan.handler))
 
     @classmethod
-    def from_config(cls, config: EndpointPickerConfig, rng: random.Random | None = None) -> Scheduler:
+    def from_config(
+        cls, config: EndpointPickerConfig, rng: random.Random | None = None, *, replicas: int = 1
+    ) -> Scheduler:
         """The scheduler of ``config``'s plan (ConfigError when the config is unusable)."""
-        return cls.from_plan(config.plan, rng)
+        return cls.from_plan(config.plan, rng, replicas=replicas)
 
     def schedule(
         self, request: LLMRequest, candidates: Sequence[Endpoint], *, explain: bool = False

@@ -22,10 +22,13 @@ SYSTEM = "You are a support agent for a bicycle shop; answer briefly and politel
 HEADER = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 
 
-def scorer(**parameters: object) -> PrefixAffinityScorer:
-    """The scorer with these (config-spelled) parameters, on a clock stopped at NOW."""
+def scorer(replicas: int = 1, **parameters: object) -> PrefixAffinityScorer:
+    """The scorer with these (config-spelled) parameters, in an EPP of ``replicas`` replicas, on a
+    clock stopped at NOW."""
     validated = PrefixAffinityParameters.model_validate(parameters)
-    return PrefixAffinityScorer.from_parameters("prefix-affinity-scorer", validated, clock=lambda: NOW)
+    return PrefixAffinityScorer.from_parameters(
+        "prefix-affinity-scorer", validated, clock=lambda: NOW, replicas=replicas
+    )
 
 
 def pods(count: int, prefix: str = "gemma") -> list[Endpoint]:
@@ -385,10 +388,14 @@ def test_per_scorer_scores_are_kept_only_when_asked_for() -> None:
     assert set(explained) == {e.address for e in pool}
 
 
-def test_a_prefix_new_to_this_replica_goes_to_its_home_when_the_home_is_no_busier_than_the_mean():
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_prefix_new_to_a_replica_of_several_goes_home_and_one_new_to_the_only_replica_by_load(
+    replicas: int,
+):
     # Another replica may have sent this group home already: a replica that put its first request on
-    # the pod that looked least loaded to it would hold a second copy of the prefix there.
-    affinity, pool = scorer(), pods(4)
+    # the pod that looked least loaded to it would hold a second copy of the prefix there. A lone EPP
+    # has sent it nowhere: the least loaded pod takes it.
+    affinity, pool = scorer(replicas=replicas), pods(4)
     prompt = group_prompt(12)
     home = affinity.home(request(prompt=prompt), pool)
     assert home is not None
@@ -397,4 +404,31 @@ def test_a_prefix_new_to_this_replica_goes_to_its_home_when_the_home_is_no_busie
     loads = [1, 2, 3]  # mean 2, the home's own load
     for pod, load in zip(others, loads, strict=True):
         loaded(pod, running=load)
-    assert pick(affinity, prompt, pool) is home
+    assert pick(affinity, prompt, pool) is (home if replicas > 1 else others[0])
+
+
+def test_answers_seen_to_end_rank_the_pods_but_do_not_push_a_prefix_out_of_its_home():
+    affinity, pool = scorer(), pods(4)
+    prompt = group_prompt(3)
+    home = pick(affinity, prompt, pool)  # an idle pool: the prefix goes to its home
+    others = [p for p in pool if p is not home]
+    # The last scrape saw the home run 4 and each other pod 2; since, both answers on every other pod
+    # ended. Within the bound on the scraped loads (mean 2.5), the prefix stays; were the bound judged
+    # on the loads less the ends (mean 1), the home would be over it and the group would move.
+    loaded(home, running=4)
+    for pod in others:
+        loaded(pod, running=2)
+        pod.load.answer_ended(NOW + 0.5)
+        pod.load.answer_ended(NOW + 0.5)
+    assert pick(affinity, group_prompt(3, "Do you repair e-bikes?"), pool) is home
+    # A one-off prompt (under one block: no home) goes to a pod whose answers ended, not to one still
+    # busy: the ends rank the pods.
+    loaded(others[0], running=1)
+    others[0].load.ends.clear()
+    assert affinity.loads(pool) == [4 if p is home else 1 if p is others[0] else 0 for p in pool]
+    assert pick(affinity, "hi", pool) in others[1:]
+
+
+def test_a_replica_count_below_one_is_refused():
+    with pytest.raises(ValueError, match="replicas"):
+        Scheduler.from_config(load_profile("default"), replicas=0)

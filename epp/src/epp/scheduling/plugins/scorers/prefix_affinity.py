@@ -12,8 +12,10 @@ Where a prefix goes, in order:
    flapping (a home with a request or two in flight keeps its prefix). A pod's load is
    ``waiting + running`` from its metrics plus the requests this EPP routed to it since that scrape
    (or this EPP's in-flight count to it, if larger), and the in-flight count alone where its metrics
-   are older than ``metricsStalenessThreshold`` or were never scraped. With ``loadBound`` ≥ 1 the
-   least-loaded pod is always within the bound.
+   are older than ``metricsStalenessThreshold`` or were never scraped. The answers this EPP saw end
+   since the scrape (``epp.requestcontrol.answer_ends``) come off the loads that rank the pods, not
+   off those the bound is judged on: with them there a prefix left its pod more often. With
+   ``loadBound`` ≥ 1 the least-loaded pod is always within the bound.
 3. **Learned index.** Every pick records the prompt's chained block hashes (at most
    ``maxPrefixBlocksToMatch``) in the picked pod's LRU (``lruCapacityPerServer`` hashes): the
    ``epp.scheduling.prefix_index`` that ``prefix-cache-scorer`` uses too. When the home is over the
@@ -26,10 +28,11 @@ blocks gains little from a cache, so its load counts for more); a pod within the
 part of the prefix by the index gets 0.9 x that x the fraction of the prompt's blocks it holds, so it
 takes over from a home over the bound, and from one within it only by being clearly less loaded;
 pods over the bound get none. A prefix the index holds nowhere yet (a prompt seen for the first time
-by this EPP) goes to its home when the home is at most as loaded as the mean (another replica may
-well have sent it there already: placed by load alone, it would get a second copy on another pod);
-otherwise its home gets a tenth of the credit and only breaks ties between equally loaded pods, so
-one-off prompts stay balanced by load. The load term ranks the rest, least loaded first.
+by this EPP) is placed by load, its home getting a tenth of the credit to break ties between equally
+loaded pods, so one-off prompts stay balanced; but where the pool has several EPP replicas (the EPP's
+``--replicas``), it goes to its home when the home is at most as loaded as the mean: another replica
+may well have sent it there already, and placed by load alone it would get a second copy on another
+pod. The load term ranks the rest, least loaded first.
 
 ``loadBound`` must be at least 1 (default 1.5). In a pool of ``n`` pods no load exceeds ``n`` x the
 mean, so a bound of ``n`` or more never binds: 2 would let one pod of a two-pod pool take everything.
@@ -139,6 +142,7 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         lru_capacity_per_server: int = DEFAULT_LRU_CAPACITY_PER_SERVER,
         metrics_staleness_threshold: float = DEFAULT_METRICS_STALENESS,
         clock: Callable[[], float] = time.monotonic,
+        replicas: int = 1,
     ) -> None:
         super().__init__(name)
         if load_bound < 1.0:
@@ -150,12 +154,15 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         self.staleness = metrics_staleness_threshold
         self.index = PrefixIndex(lru_capacity_per_server)
         self._clock = clock
+        # Other replicas may have sent a prefix new to this one home already (see score).
+        self.has_peers = replicas > 1
         # Stable hash of each address seen (the rendezvous node ids); dropped when a pod leaves.
         self._node_ids: dict[str, int] = {}
 
     @classmethod
     def from_parameters(
-        cls, name: str, parameters: PrefixAffinityParameters, clock: Callable[[], float] = time.monotonic
+        cls, name: str, parameters: PrefixAffinityParameters, clock: Callable[[], float] = time.monotonic,
+        replicas: int = 1,
     ) -> PrefixAffinityScorer:
         return cls(
             name,
@@ -166,13 +173,14 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
             lru_capacity_per_server=parameters.lru_capacity_per_server,
             metrics_staleness_threshold=parameters.metrics_staleness_threshold,
             clock=clock,
+            replicas=replicas,
         )
 
     @classmethod
     def configure(
         cls, name: str, parameters: PrefixAffinityParameters, handle: Handle
     ) -> PrefixAffinityScorer:
-        return cls.from_parameters(name, parameters)
+        return cls.from_parameters(name, parameters, replicas=handle.replicas)
 
     def _prompt(self, state: CycleState, request: LLMRequest) -> _Prompt:
         cached = state.get(self.name)
@@ -207,41 +215,46 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
                 best, winner = weight, i
         return winner
 
-    def loads(self, endpoints: Sequence[Endpoint]) -> list[int]:
+    def loads(self, endpoints: Sequence[Endpoint], less_ended: bool = True) -> list[int]:
         """Each endpoint's load (:meth:`Endpoint.estimated_load`): waiting + running from fresh
-        metrics plus the requests routed to it since, or the in-flight count where the metrics are
-        stale or absent."""
+        metrics plus the requests routed to it since (less, with ``less_ended``, the answers seen to
+        end since), or the in-flight count where the metrics are stale or absent."""
         oldest = self._clock() - self.staleness
-        return [e.estimated_load(oldest) for e in endpoints]
+        return [e.estimated_load(oldest, less_ended) for e in endpoints]
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         parsed = self._prompt(state, request)
         loads = self.loads(endpoints)
         n = len(loads)
         highest = max(loads)
-        mean = sum(loads) / n
-        # Within the bound: at most loadBound x the mean load, plus one (an idle pool keeps its homes).
-        limit = self.load_bound * mean + 1.0
         spread = 0.5 / (highest + 1)
         scores = [0.5 - spread * load for load in loads]
         if parsed.home is None:  # under one block: no home, no credit
             return scores
+        # The bound is judged on loads without the answers seen to end since the scrape: the freshest
+        # loads rank the pods, but on them a prefix left its pod for another more often (virtual time,
+        # ``python -m bench.picksim``: the groups of the cache-bound row on more pods, fewer hits).
+        bounded = self.loads(endpoints, less_ended=False)
+        mean = sum(bounded) / n
+        # Within the bound: at most loadBound x the mean load, plus one (an idle pool keeps its homes).
+        limit = self.load_bound * mean + 1.0
         home = self._rendezvous(parsed.home, endpoints)
         hashes = parsed.hashes
         matches = self.index.leading_matches
         held = [matches(hashes, e.address) for e in endpoints]
-        # A prefix this EPP has never sent anywhere may never come back: unless its home is at most as
-        # loaded as the mean, the home only breaks ties. Another replica may well have sent it home
-        # already; a replica that placed it by load alone would put a second copy on another pod.
-        first_sight = not any(held) and loads[home] > mean
+        # A prefix this EPP has never sent anywhere may never come back. Alone, this EPP has sent it
+        # nowhere: its load places it, and its home only breaks ties. With peers, unless its home is
+        # more loaded than the mean, it goes home: another replica may well have sent it there
+        # already, and placed by load alone it would get a second copy on another pod.
+        first_sight = not any(held) and (not self.has_peers or bounded[home] > mean)
         credit = 0.5 * parsed.credit * (_FIRST_SIGHT if first_sight else 1.0)
-        if loads[home] <= limit:
+        if bounded[home] <= limit:
             scores[home] += credit
         # Pods within the bound that hold part of the prefix (by this EPP's index) compete with the
         # home at a discount, and take over from a home over the bound.
         share = _HELD_CREDIT * credit / len(hashes)
         for i, count in enumerate(held):
-            if count and i != home and loads[i] <= limit:
+            if count and i != home and bounded[i] <= limit:
                 scores[i] += share * count
         return scores
 
