@@ -153,12 +153,14 @@ def simulate(
     specs: Sequence[RequestSpec], *, pods: int = 4, replicas: int = 1, concurrency: int = 16,
     sim: SimConfig | None = None, config: EndpointPickerConfig | None = None, scrape: float = 0.05,
     place: Callable[[int, RequestSpec], int] | None = None, warmup: Sequence[RequestSpec] = (),
-    follow_up_to: int = 0, streamed: bool = True,
+    follow_up_to: int = 0, streamed: bool = True, told_replicas: int | None = None,
 ) -> SimResult:  # fmt: skip
     """Serve ``specs`` (closed loop at ``concurrency``) through ``replicas`` EPPs onto ``pods`` pods;
     ``place(n, spec)``, if given, picks the pod index instead of the EPP (a baseline). ``warmup`` is
     sent first, in the same closed loop, and left out of the figures. ``streamed``: the answers are
-    streams, which the EPP sees end only when it follows them (``follow_up_to``)."""
+    streams, which the EPP sees end only when it follows them (``follow_up_to``). ``told_replicas``: the
+replica count each EPP is told (``--replicas``; default ``replicas``), which picks its first-sight
+rule."""
     sim = sim or _SMALL_CACHE
     config = config or load_profile("default")
     now = 0.0
@@ -167,7 +169,7 @@ def simulate(
         return now
 
     pool = [SimPod(f"10.0.0.{i + 1}:8000", sim, rng=random.Random(i)) for i in range(pods)]
-    epps = [_Replica(config, pool, clock, replicas) for _ in range(replicas)]
+    epps = [_Replica(config, pool, clock, told_replicas or replicas) for _ in range(replicas)]
     events: list[tuple[float, int, str, object]] = []  # (time, tiebreak, kind, payload)
     tick = itertools.count()
     for r in range(replicas):

@@ -10,6 +10,7 @@ index, the served models and the ``/v1/models`` answer) once; the request path o
 from __future__ import annotations
 
 import ipaddress
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -79,6 +80,12 @@ class InFlight:
     def answer_ended(self, now: float) -> None:
         """An answer from here was seen to end at monotonic time ``now``."""
         self.ends.append(now)
+
+    def last_sent(self) -> float:
+        """Monotonic time of the latest request routed here that is still logged; ``-inf`` if none
+        (none for a while: :meth:`sent_since` drops old send times)."""
+        sends = self.sends
+        return sends[-1] if sends else -math.inf
 
     def sent_since(self, t: float) -> int:
         """Requests routed here after monotonic time ``t``. Send times older than ``t`` by more than

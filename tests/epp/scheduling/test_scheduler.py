@@ -166,7 +166,8 @@ def test_prefix_affinity_sends_a_repeated_long_prompt_back_to_the_same_endpoint(
     for _ in range(20):
         result = pick.schedule(request(prompt=LONG_PROMPT), pods, explain=True)
         assert result.endpoint is first
-        assert result.scores[first.address]["prefix-affinity-scorer"] == 1.0
+        scores = {address: plugins["prefix-affinity-scorer"] for address, plugins in result.scores.items()}
+        assert scores[first.address] > 0.9 > max(v for a, v in scores.items() if a != first.address)
 
 
 def test_prefix_affinity_gives_way_when_the_warm_endpoint_is_overloaded():

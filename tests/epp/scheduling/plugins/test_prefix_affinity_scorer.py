@@ -60,7 +60,7 @@ def group_prompt(group: int, question: str = "Where is my order?") -> str:
 
 
 def test_every_prompt_of_a_group_goes_to_its_home_pod_in_an_idle_pool():
-    affinity, pool = scorer(), pods(4)
+    affinity, pool = scorer(replicas=2), pods(4)
     home = affinity.home(request(prompt=group_prompt(1)), pool)
     assert home is not None
     for question in ("Where is my order?", "Do you sell tandems?", "Can I pay in cash?"):
@@ -68,7 +68,7 @@ def test_every_prompt_of_a_group_goes_to_its_home_pod_in_an_idle_pool():
 
 
 def test_a_hot_home_pod_loses_the_prefix_and_a_cool_one_keeps_it():
-    affinity, pool = scorer(loadBound=1.5), pods(4)
+    affinity, pool = scorer(replicas=2, loadBound=1.5), pods(4)
     prompt = group_prompt(7)
     home = pick(affinity, prompt, pool)  # an idle pool: the prefix goes to its home
     assert home is affinity.home(request(prompt=prompt), pool)
@@ -96,7 +96,7 @@ def test_in_a_two_pod_pool_a_long_queue_still_loses_the_prefix():
 
 
 def test_a_prompt_never_seen_goes_to_the_least_loaded_pod_its_home_only_breaks_ties():
-    affinity, pool = scorer(), pods(4)
+    affinity, pool = scorer(replicas=2), pods(4)
     prompt = group_prompt(9)
     home = affinity.home(request(prompt=prompt), pool)
     assert home is not None
@@ -232,8 +232,8 @@ def test_block_hashes_are_computed_once_per_cycle_and_reused_by_the_post_pick():
     assert affinity.index.size(pool[0].address) == len(group_prompt(2)) // 64
 
 
-def default_scheduler(seed: int) -> Scheduler:
-    return Scheduler.from_config(load_profile("default"), rng=random.Random(seed))
+def default_scheduler(seed: int, replicas: int = 2) -> Scheduler:
+    return Scheduler.from_config(load_profile("default"), rng=random.Random(seed), replicas=replicas)
 
 
 def test_two_replicas_fed_different_requests_place_every_prefix_on_the_same_pod():
@@ -432,3 +432,55 @@ def test_answers_seen_to_end_rank_the_pods_but_do_not_push_a_prefix_out_of_its_h
 def test_a_replica_count_below_one_is_refused():
     with pytest.raises(ValueError, match="replicas"):
         Scheduler.from_config(load_profile("default"), replicas=0)
+
+
+def sent_in_order(pods_: list[Endpoint]) -> None:
+    """Each pod got one request before the last scrape, the first pod longest ago (its scraped load
+    already counts it)."""
+    for i, pod in enumerate(pods_):
+        pod.load.routed(NOW - 1.0 + 0.1 * i)
+
+
+def test_a_lone_epp_breaks_a_tie_towards_the_pod_it_sent_a_request_to_least_recently():
+    # Under a closed loop a pod's oldest request is the likeliest to have ended since the last scrape,
+    # while its scraped load still counts it: of equally loaded pods, that one most likely has room.
+    affinity, pool = scorer(), pods(4)
+    for pod in pool:
+        loaded(pod, running=2)
+    prompt = group_prompt(21)
+    home = affinity.home(request(prompt=prompt), pool)
+    order = [p for p in pool if p is not home] + [home]  # the home was sent to last
+    sent_in_order(order)
+    assert affinity.loads(pool) == [2, 2, 2, 2]
+    assert pick(affinity, prompt, pool) is order[0]
+    assert pick(affinity, "hi", pool) is order[0]  # under one block: no home either way
+    loaded(order[0], running=3)  # a load difference is never outweighed
+    assert pick(affinity, "hi", pool) is order[1]
+
+
+def test_a_replica_of_several_breaks_the_same_tie_by_the_prompts_home():
+    affinity, pool = scorer(replicas=2), pods(4)
+    for pod in pool:
+        loaded(pod, running=2)
+    prompt = group_prompt(21)
+    home = affinity.home(request(prompt=prompt), pool)
+    sent_in_order([p for p in pool if p is not home] + [home])
+    assert pick(affinity, prompt, pool) is home
+
+
+def test_a_lone_epp_keeps_a_group_where_it_sent_it_rather_than_copy_it_to_its_home():
+    affinity, pool = scorer(), pods(4)
+    prompt = group_prompt(22)
+    home = affinity.home(request(prompt=prompt), pool)
+    elsewhere = next(p for p in pool if p is not home)
+    for pod in pool:
+        loaded(pod, running=0 if pod is elsewhere else 1)
+    assert pick(affinity, prompt, pool) is elsewhere  # new: placed by load
+    for pod in pool:
+        loaded(pod, running=1)
+    # Equal loads, home within the bound: the pod holding the prefix keeps it (a pair of replicas
+    # would send it home, where the other may have sent it).
+    assert pick(affinity, group_prompt(22, "Do you sell bells?"), pool) is elsewhere
+    paired = scorer(replicas=2)
+    paired.index = affinity.index
+    assert pick(paired, group_prompt(22, "Do you rent bikes?"), pool) is home
