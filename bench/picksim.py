@@ -158,9 +158,9 @@ def simulate(
     """Serve ``specs`` (closed loop at ``concurrency``) through ``replicas`` EPPs onto ``pods`` pods;
     ``place(n, spec)``, if given, picks the pod index instead of the EPP (a baseline). ``warmup`` is
     sent first, in the same closed loop, and left out of the figures. ``streamed``: the answers are
-    streams, which the EPP sees end only when it follows them (``follow_up_to``). ``told_replicas``: the
-replica count each EPP is told (``--replicas``; default ``replicas``), which picks its first-sight
-rule."""
+    streams, which the EPP sees end only when it follows them (``follow_up_to``). ``told_replicas``:
+    the replica count each EPP is told (``--replicas``; default ``replicas``), which picks its
+    placement rule (a lone replica's or the peers')."""
     sim = sim or _SMALL_CACHE
     config = config or load_profile("default")
     now = 0.0

@@ -484,3 +484,21 @@ def test_a_lone_epp_keeps_a_group_where_it_sent_it_rather_than_copy_it_to_its_ho
     paired = scorer(replicas=2)
     paired.index = affinity.index
     assert pick(paired, group_prompt(22, "Do you rent bikes?"), pool) is home
+
+
+def test_a_lone_epp_places_groups_behind_a_system_message_every_pod_holds_as_if_it_were_not_there():
+    # Real chat traffic shares a leading system message: every pod holds its blocks, so holding them
+    # says nothing about where a group's own prefix is.
+    affinity, pool = scorer(), pods(4)
+    shared = "You are a helpful assistant of the Example Corporation. Answer in English. " * 4
+    for pod in pool:
+        pick(affinity, shared + f"warm-up {pod.name}", [pod])  # each pod got the message once
+    prompt = shared + group_prompt(23)
+    home = affinity.home(request(prompt=prompt), pool)
+    elsewhere = next(p for p in pool if p is not home)
+    for pod in pool:
+        loaded(pod, running=0 if pod is elsewhere else 1)
+    assert pick(affinity, prompt, pool) is elsewhere  # new beyond the message: placed by load
+    for pod in pool:
+        loaded(pod, running=1)
+    assert pick(affinity, shared + group_prompt(23, "Do you sell bells?"), pool) is elsewhere

@@ -34,14 +34,16 @@ and placed by load alone it would get a second copy on another pod; otherwise it
 of the credit and only breaks ties. The load term ranks the rest, least loaded first.
 
 **A lone replica** (``--replicas 1``, the default) knows every pod it sent a prefix to, so it drops
-the home where the index says better: a prefix it has sent nowhere is placed by load alone, and one
-it has sent elsewhere stays with the pods that hold it (its home gets no credit unless it holds it
-too). Ties between equally loaded pods (one-off prompts under a closed loop, most often) go to the
-pod it sent a request to least recently: between scrapes, its oldest request is the likeliest to
-have ended while its scraped load still counts it (at most 0.4 of one load unit's score, so never
-against a load difference). Measured in virtual time (``python -m bench.picksim``, streamed
-answers, one replica placing by this rule or by the peers' rule): long-prompt 8.4 against 7.4 req/s
-(round robin 8.4), cache-bound 50.9 against 49.8, prefix-fits 55.3 against 53.0. Given up: after a
+the home: the pods within the bound that hold part of the prompt's prefix by its index get the
+holder's credit for the blocks they hold (a leading system message every pod holds counts the same
+everywhere), a prefix it has sent nowhere is placed by load alone, and one it has sent elsewhere
+stays with the pods that hold it rather than get a second copy at its home. Ties between equally
+loaded pods (one-off prompts under a closed loop, most often) go to the pod it sent a request to
+least recently: between scrapes, its oldest request is the likeliest to have ended while its
+scraped load still counts it (at most 0.4 of one load unit's score, so never against a load
+difference). Measured in virtual time (``python -m bench.picksim``, streamed answers, one replica
+placing by this rule or by the peers' rule): long-prompt 8.4 against 7.4 req/s (round robin 8.4),
+cache-bound 51.1 against 49.8, prefix-fits 55.2 against 53.0. Given up: after a
 restart, a lone replica no longer sends a group back to the pod that held it before (its index is
 empty; the home would have been the same pod unless the group had spilled).
 
@@ -168,6 +170,8 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         self.staleness = metrics_staleness_threshold
         self.index = PrefixIndex(lru_capacity_per_server)
         self._clock = clock
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, got {replicas}")
         # Other replicas may have sent a prefix new to this one home already (see score).
         self.has_peers = replicas > 1
         # Stable hash of each address seen (the rendezvous node ids); dropped when a pod leaves.
@@ -255,26 +259,29 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         matches = self.index.leading_matches
         held = [matches(hashes, e.address) for e in endpoints]
         credit = 0.5 * parsed.credit
+        share = _HELD_CREDIT * credit / len(hashes)
+        if not self.has_peers:
+            # Alone, this EPP's index knows every pod it sent the prefix to: the pods within the bound
+            # that hold part of it compete by how much they hold (a leading system message every pod
+            # holds counts the same everywhere), the load ranks them, and ties go to the pod sent a
+            # request least recently. The home has no part: placing there would make a second copy.
+            for i, count in enumerate(held):
+                if count and bounded[i] <= limit:
+                    scores[i] += share * count
+            return _least_recent_first(scores, endpoints, spread)
+        home = self._rendezvous(parsed.home, endpoints)
         if not any(held):
-            # A prefix this EPP has never sent anywhere. Alone, it is in no pod's cache: its load
-            # places it. With peers, unless its home is more loaded than the mean, it goes home:
-            # another replica may well have sent it there already, and placed by load alone it would
-            # get a second copy on another pod; otherwise its home only breaks ties.
-            if not self.has_peers:
-                return _least_recent_first(scores, endpoints, spread)
-            home = self._rendezvous(parsed.home, endpoints)
+            # A prefix this EPP has never sent anywhere: unless its home is more loaded than the mean,
+            # it goes home (another replica may well have sent it there already, and placed by load
+            # alone it would get a second copy on another pod); otherwise its home only breaks ties.
             if bounded[home] <= limit:
                 scores[home] += credit if bounded[home] <= mean else credit * _FIRST_SIGHT
             return scores
-        home = self._rendezvous(parsed.home, endpoints)
-        # The home's credit: with peers, always (another replica may have sent the prefix there);
-        # alone, only where this EPP sent it (elsewhere the holders take it, and the home would hold
-        # a second copy).
-        if (self.has_peers or held[home]) and bounded[home] <= limit:
+        # The home within the bound gets the credit (another replica may have sent the prefix there);
+        # pods within the bound that hold part of it (by this EPP's index) compete with the home at a
+        # discount, and take over from a home over the bound.
+        if bounded[home] <= limit:
             scores[home] += credit
-        # Pods within the bound that hold part of the prefix (by this EPP's index) compete with the
-        # home at a discount, and take over from a home over the bound.
-        share = _HELD_CREDIT * credit / len(hashes)
         for i, count in enumerate(held):
             if count and i != home and bounded[i] <= limit:
                 scores[i] += share * count
