@@ -118,7 +118,9 @@ def test_no_end_is_recorded_where_the_pod_may_still_be_working_or_never_was() ->
     unreached = chat(datastore, streamed=False, status=503, response_headers=failed)
     never_routed = exchange(status=200, response_headers=JSON)
     never_routed.state.request = LLMRequest("r1", "m", "hello")
-    for ex in (cut, unfollowed, no_answer, unreached, never_routed):
+    background = chat(datastore, streamed=False)  # the Responses API may answer before the work ends
+    background.headers[":path"] = "/v1/responses"
+    for ex in (cut, unfollowed, no_answer, unreached, never_routed, background):
         ends.pre_request(ex, endpoint)
         ends.response_complete(ex)
     assert endpoint.load.ended_since(0.0) == 0
@@ -151,6 +153,16 @@ def test_the_request_says_whether_its_answer_streams_and_how_long_it_may_be() ->
     assert parsed(stream="yes", max_tokens=True) == (False, None)  # not a boolean true, not an integer
     assert parsed(max_tokens=0) == (False, None)  # the model server judges values like that
     assert parsed(max_tokens=12.0) == (False, None)
+
+
+def test_an_embedding_ends_at_its_headers() -> None:
+    datastore, endpoint = one_pod()
+    ends = AnswerEnds(datastore)
+    ex = chat(datastore, streamed=False)
+    ex.headers[":path"] = "/v1/embeddings"
+    ends.pre_request(ex, endpoint)
+    ends.response_complete(ex)
+    assert endpoint.load.ended_since(0.0) == 1
 
 
 def test_embeddings_are_never_followed() -> None:

@@ -6,9 +6,11 @@ still counted, so a client that sends its next request as soon as an answer ends
 agent, a batch worker) would find the pod it just left looking busier than the others and be sent to
 a busier one. So every end the EPP sees comes off the pod's load at once:
 
-- **An answer that is not streamed** ends at its response headers: the model server sends them with
-  the whole answer, once the request has left its batch (vLLM, the simulator). The EPP reads those
-  headers for every request anyway (the in-flight count ends there), so this costs nothing.
+- **An answer that is not streamed** (completions, chat completions, embeddings) ends at its
+  response headers: the model server sends them with the whole answer, once the request has left its
+  batch (vLLM, the simulator). Not ``/v1/responses``, which may answer at once and work on after
+  (``"background": true``). The EPP reads those headers for every request anyway (the in-flight
+  count ends there), so this costs nothing.
 - **A stream** ends at its last byte, which the EPP sees only if it follows the stream to it: a
   message and its reply per chunk, about one per token, some 0.2 ms of the EPP's CPU each on a small
   machine. Only completions and chat completions streamed with ``max_tokens`` (or
@@ -29,10 +31,16 @@ loads without the ends (``epp.scheduling.plugins.scorers.prefix_affinity``). Fig
 
 from __future__ import annotations
 
+from typing import Final
+
 from epp.api_routes import MAX_TOKENS_PATHS
+from epp.contract import API_PREFIX
 from epp.datastore import Datastore, Endpoint
 from epp.requestcontrol.plugins import EppExchange
 from epp.scheduling.types import LLMRequest
+
+# The paths whose answer, when not streamed, comes whole once the pod is done with the request.
+ENDS_AT_HEADERS: Final = MAX_TOKENS_PATHS | {API_PREFIX + "embeddings"}
 
 
 def follows_stream(request: LLMRequest, up_to_tokens: int) -> bool:
@@ -70,6 +78,10 @@ class AnswerEnds:
         state, response = exchange.state, exchange.response
         if not state.address or not response.status or response.connect_failed:
             return  # never routed, no answer began, or the pod was never reached
-        if response.streaming and not (state.to_end and response.ended):
-            return  # a stream ends at its last byte, seen only when followed there
+        if response.streaming:
+            if not (state.to_end and response.ended):
+                return  # a stream ends at its last byte, seen only when followed there
+        elif exchange.path not in ENDS_AT_HEADERS:
+            return  # e.g. /v1/responses with "background": answered at once, worked on after
+
         self._datastore.answer_ended(state.address)
