@@ -164,14 +164,18 @@ class Endpoint:
         ended looks busier than it is until the next scrape, and a client that sends its next
         request as soon as an answer ends is sent elsewhere, onto a busier pod.
         """
+        less, without = self.estimated_loads(oldest)
+        return less if less_ended else without
+
+    def estimated_loads(self, oldest: float) -> tuple[int, int]:
+        """:meth:`estimated_load` less the answers seen to end, and without them, from one read."""
         m, load = self.metrics, self.load
         own = load.count
         if m.updated_at == 0.0 or m.updated_at < oldest:
-            return own
+            return own, own
         seen = m.waiting + m.running + load.sent_since(m.updated_at)
-        if less_ended and load.ends:
-            seen -= load.ended_since(m.updated_at)
-        return seen if seen > own else own
+        less = seen - load.ended_since(m.updated_at) if load.ends else seen
+        return (less if less > own else own), (seen if seen > own else own)
 
     def serves(self, model: str) -> bool:
         """True when the endpoint serves ``model`` as a base model or as a LoRA adapter."""

@@ -205,9 +205,11 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         if isinstance(cached, _Prompt):
             return cached
         prompt, size = request.prompt, self.block_size
-        home = home_key(request.model, prompt, size, self.home_blocks)
-        hashes = block_hashes(request.model, prompt, size, self.max_blocks) if home is not None else []
-        credit = min(len(prompt) // size, self.home_blocks) / self.home_blocks
+        blocks = len(prompt) // size
+        # A lone replica never places by the home: no key to hash.
+        home = home_key(request.model, prompt, size, self.home_blocks) if self.has_peers else None
+        hashes = block_hashes(request.model, prompt, size, self.max_blocks) if blocks else []
+        credit = min(blocks, self.home_blocks) / self.home_blocks
         parsed = state[self.name] = _Prompt(home, hashes, credit)
         return parsed
 
@@ -220,7 +222,7 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
     def home(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> Endpoint | None:
         """The request's home among ``endpoints`` (None for a prompt under one block): what every
         replica picks first."""
-        key = self._prompt({}, request).home
+        key = home_key(request.model, request.prompt, self.block_size, self.home_blocks)
         if key is None or not endpoints:
             return None
         return endpoints[self._rendezvous(key, endpoints)]
@@ -242,20 +244,23 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         parsed = self._prompt(state, request)
-        loads = self.loads(endpoints)
+        # Both loads in one read of each endpoint. The ranking's are less the answers seen to end since
+        # the scrape; the bound is judged on those without them: on the freshest loads a prefix left
+        # its pod for another more often (virtual time, ``python -m bench.picksim``: the groups of the
+        # cache-bound row on more pods, fewer hits).
+        oldest = self._clock() - self.staleness
+        both = [e.estimated_loads(oldest) for e in endpoints]
+        loads = [less for less, _ in both]
         n = len(loads)
         spread = 0.5 / (max(loads) + 1)
         scores = [0.5 - spread * load for load in loads]
-        if parsed.home is None:  # under one block: no home, no credit
+        hashes = parsed.hashes
+        if not hashes:  # under one block: no home, no credit
             return scores if self.has_peers else _least_recent_first(scores, endpoints, spread)
-        # The bound is judged on loads without the answers seen to end since the scrape: the freshest
-        # loads rank the pods, but on them a prefix left its pod for another more often (virtual time,
-        # ``python -m bench.picksim``: the groups of the cache-bound row on more pods, fewer hits).
-        bounded = self.loads(endpoints, less_ended=False)
+        bounded = [without for _, without in both]
         mean = sum(bounded) / n
         # Within the bound: at most loadBound x the mean load, plus one (an idle pool keeps its homes).
         limit = self.load_bound * mean + 1.0
-        hashes = parsed.hashes
         matches = self.index.leading_matches
         held = [matches(hashes, e.address) for e in endpoints]
         credit = 0.5 * parsed.credit
@@ -269,6 +274,7 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
                 if count and bounded[i] <= limit:
                     scores[i] += share * count
             return _least_recent_first(scores, endpoints, spread)
+        assert parsed.home is not None  # with peers, a prompt of a block or more has one
         home = self._rendezvous(parsed.home, endpoints)
         if not any(held):
             # A prefix this EPP has never sent anywhere: unless its home is more loaded than the mean,
