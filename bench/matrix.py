@@ -526,6 +526,31 @@ def ceiling_lines(results: Sequence[RowResult]) -> list[str]:
     return lines
 
 
+def _ttft_mean(s: RunSummary) -> float | None:
+    return s.overall.ttft.mean
+
+
+def _ttft_p95(s: RunSummary) -> float | None:
+    return s.overall.ttft.p95
+
+
+def tail_lines(results: Sequence[RowResult]) -> list[str]:
+    """For each row with an open loop: both sides' TTFT mean and p95 there, and the ratios. The p50
+    alone hides where the picks differ when most requests find an idle pod on either side (the
+    heterogeneous row: the median request is on a fast pod under round robin too); not a target."""
+    lines = []
+    for r in results:
+        if r.open is None:
+            continue
+        gateway, rr = r.open.summaries
+        lines.append(
+            f"{_label(r)}: open loop TTFT mean {_ms(_ttft_mean(gateway))} vs {_ms(_ttft_mean(rr))} ms "
+            f"({_x(r.open.ratio(_ttft_mean))}), p95 {_ms(_ttft_p95(gateway))} vs {_ms(_ttft_p95(rr))} ms "
+            f"({_x(r.open.ratio(_ttft_p95))}), gateway vs round robin"
+        )
+    return lines
+
+
 def machine() -> dict[str, Any]:
     """The machine the figures came from: CPUs and the load averages (1, 5, 15 min) now."""
     one, five, fifteen = os.getloadavg()
@@ -557,6 +582,8 @@ def to_dict(results: Sequence[RowResult], settings: dict[str, Any]) -> dict[str,
             "box": r.row.box, "box_about": BOXES[r.row.box].about if r.row.box in BOXES else "",
             "pacing": r.row.pacing(), "workload": r.row.workload.model_dump(mode="json"),
             "ratios": {"requests_per_s": r.throughput, "ttft_p50": r.ttft_p50, "e2e_p50": r.e2e_p50,
+                       "ttft_mean": r.latency_pair.ratio(_ttft_mean),
+                       "ttft_p95": r.latency_pair.ratio(_ttft_p95),
                        "of_ceiling": r.of_ceiling},
             "checks": [{"what": c.what, "value": c.value, "target": c.target,
                         "at_least": c.at_least, "passed": c.passed} for c in r.checks],
@@ -616,7 +643,7 @@ def render_html(results: Sequence[RowResult], settings: dict[str, Any]) -> str:
             for s in (gateway, rr)
         )
         checks = "".join(f"<li>{esc(str(c))}</li>" for c in r.checks)
-        checks += "".join(f"<li>{esc(line)}</li>" for line in ceiling_lines([r]))
+        checks += "".join(f"<li>{esc(line)}</li>" for line in (*ceiling_lines([r]), *tail_lines([r])))
         sections.append(
             f"<h3>{esc(_label(r))}</h3><p>{esc(r.row.about)}; box {esc(r.row.box)}; time scale "
             f"{r.time_scale:g}; {esc(r.row.pacing())}; {r.row.workload.requests} requests per closed-loop "
@@ -799,7 +826,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(describe_machine(before, after))
         print(format_matrix(results))
-        for line in ceiling_lines(results):
+        for line in (*ceiling_lines(results), *tail_lines(results)):
             print(line)
         json_path, html_path = write_reports(results, settings, args.reports_dir)
         print(f"\nreports: {json_path}  {html_path}")

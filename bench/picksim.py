@@ -27,7 +27,7 @@ import math
 import random
 import statistics
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from epp.datastore import Endpoint, InFlight
@@ -36,7 +36,7 @@ from epp.scheduling import LLMRequest, Scheduler, load_profile
 from epp.scheduling.config import EndpointPickerConfig
 from epp.scheduling.errors import ConfigError
 
-from bench.workloads import RequestSpec, Workload, WorkloadConfig, generate
+from bench.workloads import RequestSpec, Workload, WorkloadConfig, generate, poisson_arrivals
 from vllmsim.config import SimConfig
 from vllmsim.engine import BlockPool, block_hashes, load_factor
 
@@ -143,6 +143,7 @@ class SimResult:
     ttft_p50: float
     pods_per_group: float
     groups_per_pod: list[int]
+    ttft_p90: float = 0.0
 
 
 # The matrix's cache box: pods of 16k tokens of KV cache (1,024 blocks of 16).
@@ -154,21 +155,29 @@ def simulate(
     sim: SimConfig | None = None, config: EndpointPickerConfig | None = None, scrape: float = 0.05,
     place: Callable[[int, RequestSpec], int] | None = None, warmup: Sequence[RequestSpec] = (),
     follow_up_to: int = 0, streamed: bool = True, told_replicas: int | None = None,
+    sims: Sequence[SimConfig] = (), arrivals: Sequence[float] | None = None,
 ) -> SimResult:  # fmt: skip
     """Serve ``specs`` (closed loop at ``concurrency``) through ``replicas`` EPPs onto ``pods`` pods;
     ``place(n, spec)``, if given, picks the pod index instead of the EPP (a baseline). ``warmup`` is
     sent first, in the same closed loop, and left out of the figures. ``streamed``: the answers are
     streams, which the EPP sees end only when it follows them (``follow_up_to``). ``told_replicas``:
     the replica count each EPP is told (``--replicas``; default ``replicas``), which picks its
-    placement rule (a lone replica's or the peers')."""
+    placement rule (a lone replica's or the peers'). ``sims``: one configuration per pod (``pods``
+    then follows its length). ``arrivals``: an open loop instead, each spec sent at its offset
+    (virtual seconds), whatever is still in flight."""
     sim = sim or _SMALL_CACHE
+    if sims:
+        pods = len(sims)
+    configs = list(sims) if sims else [sim] * pods
+    if arrivals is not None and (warmup or len(arrivals) != len(specs)):
+        raise ValueError("an open loop takes one arrival per spec and no warmup")
     config = config or load_profile("default")
     now = 0.0
 
     def clock() -> float:
         return now
 
-    pool = [SimPod(f"10.0.0.{i + 1}:8000", sim, rng=random.Random(i)) for i in range(pods)]
+    pool = [SimPod(f"10.0.0.{i + 1}:8000", configs[i], rng=random.Random(i)) for i in range(pods)]
     epps = [_Replica(config, pool, clock, told_replicas or replicas) for _ in range(replicas)]
     events: list[tuple[float, int, str, object]] = []  # (time, tiebreak, kind, payload)
     tick = itertools.count()
@@ -210,12 +219,18 @@ def simulate(
             heapq.heappush(events, (seq.first_token, next(tick), "first", seq))
             heapq.heappush(events, (finish, next(tick), "done", seq))
 
-    for _ in range(concurrency):
-        send()
+    if arrivals is None:
+        for _ in range(concurrency):
+            send()
+    else:
+        for at in arrivals:
+            heapq.heappush(events, (at, next(tick), "arrive", None))
     finished = 0
     while events and finished < total:
         now, _, kind, payload = heapq.heappop(events)
-        if kind == "scrape":
+        if kind == "arrive":
+            send()
+        elif kind == "scrape":
             assert isinstance(payload, int)
             epps[payload].scrape(pool, now)
             heapq.heappush(events, (now + scrape, next(tick), "scrape", payload))
@@ -239,7 +254,8 @@ def simulate(
                 for p in pool:
                     p.queried = p.hit = 0
                 served.clear()
-            send()
+            if arrivals is None:
+                send()
     groups = {g: c for g, c in served.items() if g >= 0}
     mains = Counter(c.most_common(1)[0][0] for c in groups.values())
     return SimResult(
@@ -247,6 +263,7 @@ def simulate(
         hit_rate=sum(p.hit for p in pool) / max(1, sum(p.queried for p in pool)),
         requests_per_s=len(specs) / (now - started_at) if now > started_at else 0.0,
         ttft_p50=statistics.median(ttfts) if ttfts else 0.0,
+        ttft_p90=statistics.quantiles(ttfts, n=10)[-1] if len(ttfts) > 1 else 0.0,
         pods_per_group=statistics.mean(len(c) for c in groups.values()) if groups else 0.0,
         groups_per_pod=sorted(mains.get(p.address, 0) for p in pool),
     )
@@ -270,6 +287,24 @@ def long_prompt(seed: int = 4, salt: str = "") -> list[RequestSpec]:
     ))  # fmt: skip
 
 
+def heterogeneous(seed: int = 6, salt: str = "") -> list[RequestSpec]:
+    """The matrix's heterogeneous row: 160 random prompts of one model."""
+    return generate(WorkloadConfig(models=[GEMMA], requests=160, max_tokens=32, seed=seed, prefix_salt=salt))
+
+
+# The matrix's hetero box: three pods of 8 slots and one (the first) with 4, twice as slow.
+_FAST = SimConfig(models=[GEMMA], max_num_seqs=8)
+_SLOW_HALF = SimConfig(models=[GEMMA], max_num_seqs=4, itl_ms=24, prefill_overhead_ms=60, per_token_us=500)
+# Of round robin's closed-loop rate, the open loop's arrival rate (bench.matrix.OFFERED_FRACTION).
+OFFERED = 0.8
+
+
+def scaled(sim: SimConfig, time_scale: float) -> SimConfig:
+    """``sim`` with every delay multiplied by ``time_scale`` (the simulator's --time-scale)."""
+    fields = ("itl_ms", "itl_sd_ms", "prefill_overhead_ms", "per_token_us")
+    return sim.model_copy(update={name: getattr(sim, name) * time_scale for name in fields})
+
+
 @dataclass(frozen=True)
 class Setup:
     about: str
@@ -278,6 +313,11 @@ class Setup:
     sim: SimConfig
     # The baselines: (label, placement) besides round robin; a placement maps (n, spec) to a pod.
     baselines: tuple[tuple[str, Callable[[int, RequestSpec], int]], ...] = ()
+    # One configuration per pod, when they differ (``sim`` is then unused).
+    sims: tuple[SimConfig, ...] = ()
+    # Requests of an open-loop phase (Poisson arrivals at OFFERED x round robin's closed-loop rate,
+    # TTFT compared), as the matrix runs it; 0: none.
+    open_requests: int = 0
 
 
 SETUPS = {
@@ -295,6 +335,13 @@ SETUPS = {
         lambda salt: long_prompt(salt=salt), 8,
         SimConfig(models=[GEMMA], max_num_seqs=4, kv_cache_blocks=8192, max_model_len=65536, per_token_us=10),
     ),
+    "heterogeneous": Setup(
+        "160 random prompts, 3 pods of 8 slots and one with 4, twice as slow; closed loop c=32, then "
+        f"96 Poisson arrivals at {OFFERED:g} x round robin's rate",
+        lambda salt: heterogeneous(salt=salt), 32, _FAST,
+        (("round robin over the three fast pods (never the slow one)", lambda n, spec: 1 + n % 3),),
+        sims=(_SLOW_HALF, _FAST, _FAST, _FAST), open_requests=96,
+    ),
 }
 
 
@@ -308,17 +355,61 @@ def _line(label: str, runs: Sequence[SimResult]) -> str:
     )
 
 
-def with_load_bound(config: EndpointPickerConfig, bound: float) -> EndpointPickerConfig:
-    """``config`` with every prefix-affinity-scorer's ``loadBound`` set to ``bound``; ConfigError (from
-    the scorer's own check) when ``bound`` is not one it takes."""
+def with_scorer_parameters(config: EndpointPickerConfig, **parameters: object) -> EndpointPickerConfig:
+    """``config`` with these parameters (config spelling) set on every prefix-affinity-scorer;
+    ConfigError (from the scorer's own checks) when one is not a value it takes."""
     plugins = [
-        p.model_copy(update={"parameters": {**(p.parameters or {}), "loadBound": bound}})
+        p.model_copy(update={"parameters": {**(p.parameters or {}), **parameters}})
         if p.type == "prefix-affinity-scorer" else p
         for p in config.plugins
     ]
     changed = config.model_copy(update={"plugins": plugins})
-    _ = changed.plan  # compiled now, so a bad bound is refused before anything runs
+    _ = changed.plan  # compiled now, so a bad value is refused before anything runs
     return changed
+
+
+def with_load_bound(config: EndpointPickerConfig, bound: float) -> EndpointPickerConfig:
+    """``config`` with every prefix-affinity-scorer's ``loadBound`` set to ``bound``."""
+    return with_scorer_parameters(config, loadBound=bound)
+
+
+def _open_loop(
+    setup: Setup, salts: Sequence[str], capacities: Sequence[float], sim: SimConfig,
+    sims: tuple[SimConfig, ...], replicas: Iterable[int], args: argparse.Namespace,
+    config: EndpointPickerConfig | None,
+) -> None:  # fmt: skip
+    """The matrix's open-loop phase: each variant's Poisson arrivals at OFFERED x round robin's
+    closed-loop rate in that variant, the same to every side; TTFT p50 and p90, and the ratios."""
+    offered = [OFFERED * c for c in capacities]
+
+    def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
+        out = []
+        for i, (salt, rate) in enumerate(zip(salts, offered, strict=True)):
+            specs = setup.specs(salt)[: setup.open_requests]
+            arrivals = poisson_arrivals(rate, len(specs), seed=i)
+            out.append(simulate(specs, replicas=replicas, sim=sim, sims=sims, arrivals=arrivals, place=place,
+                                follow_up_to=args.follow_up_to, streamed=not args.not_streamed,
+                                config=config))  # fmt: skip
+        return out
+
+    def line(label: str, results: Sequence[SimResult], against: Sequence[SimResult] | None = None) -> str:
+        p50 = statistics.mean(r.ttft_p50 for r in results)
+        p90 = statistics.mean(r.ttft_p90 for r in results)
+        text = f"  {label}: TTFT p50 {p50 * 1000:.1f} ms, p90 {p90 * 1000:.1f} ms"
+        if against is not None:
+            base50 = statistics.mean(r.ttft_p50 for r in against)
+            base90 = statistics.mean(r.ttft_p90 for r in against)
+            text += f" ({p50 / base50:.2f}x, {p90 / base90:.2f}x round robin's)"
+        return text
+
+    print(f"open loop, {setup.open_requests} arrivals at {statistics.mean(offered):.1f} req/s "
+          f"({OFFERED:g} x round robin's closed-loop rate):")
+    rr = runs(1, lambda n, spec: n % len(sims or (sim,) * 4))
+    print(line("round robin", rr))
+    for label, place in setup.baselines:
+        print(line(label, runs(1, place), rr))
+    for count in replicas:
+        print(line(f"gateway, {count} EPP replica{'s' if count > 1 else ''}", runs(count), rr))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -334,25 +425,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "followed to their end (default 0: none, the EPP's default)")
     parser.add_argument("--load-bound", type=float,
                         help="run the default profile with this prefix-affinity-scorer loadBound")
+    parser.add_argument("--waiting-weight", type=int,
+                        help="run the default profile with this prefix-affinity-scorer waitingWeight")
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="every simulated delay times this, as the simulator's --time-scale (the "
+                        "scrape interval stays 50 ms)")
     args = parser.parse_args(argv)
+    if args.time_scale <= 0:
+        parser.error("--time-scale must be > 0")
     if args.follow_up_to and args.not_streamed:
         parser.error("--follow-up-to is for streams: an answer that is not streamed ends at its headers")
     setup = SETUPS[args.workload]
     config = None
-    if args.load_bound is not None:
+    changes = {name: value for name, value in (("loadBound", args.load_bound),
+                                               ("waitingWeight", args.waiting_weight)) if value is not None}
+    if changes:
         try:
-            config = with_load_bound(load_profile("default"), args.load_bound)
+            config = with_scorer_parameters(load_profile("default"), **changes)
         except ConfigError as e:
-            parser.error(f"--load-bound: {e}")
+            parser.error(str(e))
     salts = [f"salt {s} " for s in range(args.salts)]
+    sim = scaled(setup.sim, args.time_scale)
+    sims = tuple(scaled(s, args.time_scale) for s in setup.sims)
 
     def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
-        return [simulate(setup.specs(salt), replicas=replicas, concurrency=setup.concurrency, sim=setup.sim,
-                         place=place, follow_up_to=args.follow_up_to, streamed=not args.not_streamed,
-                         config=config)
+        return [simulate(setup.specs(salt), replicas=replicas, concurrency=setup.concurrency, sim=sim,
+                         sims=sims, place=place, follow_up_to=args.follow_up_to,
+                         streamed=not args.not_streamed, config=config)
                 for salt in salts]  # fmt: skip
 
-    about = "" if args.load_bound is None else f", loadBound {args.load_bound:g}"
+    about = "".join(f", {name} {value:g}" for name, value in changes.items())
+    about += "" if args.time_scale == 1 else f", time scale {args.time_scale:g}"
     print(f"{args.workload} ({setup.about}), virtual time, mean of {args.salts} workload variants{about}")
     rr = runs(1, lambda n, spec: n % 4)
     print(_line("round robin", rr))
@@ -364,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workload == "cache-bound":
         # bench matrix's ceiling: round robin over warm caches with the 4 groups that fit every pod.
         fits = cache_bound(salt="ceiling ", groups=4, requests=96 + 320)
-        ceiling = simulate(fits[96:], warmup=fits[:96], sim=setup.sim, place=lambda n, spec: n % 4)
+        ceiling = simulate(fits[96:], warmup=fits[:96], sim=sim, place=lambda n, spec: n % 4)
         print(_line("4 groups that fit, warm caches (bench matrix's ceiling)", [ceiling]))
         ceiling_rate = ceiling.requests_per_s
     rates = {}
@@ -376,6 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for replicas, rate in rates.items():
             if replicas != 1:
                 print(f"  {replicas} replicas / 1 replica: {rate / rates[1]:.3f}")
+    if setup.open_requests:
+        _open_loop(setup, salts, [r.requests_per_s for r in rr], sim, sims, rates, args, config)
     if ceiling_rate:
         placed = statistics.mean(r.requests_per_s for r in best)
         print(f"  of the ceiling: best placement {placed / ceiling_rate:.2f}, "

@@ -256,3 +256,17 @@ async def test_the_ceiling_can_be_checked_for_hits_the_pods_report_cached_prompt
             assert summary.cached_prompt_fraction == pytest.approx(
                 second.cached_tokens / (first.prompt_tokens + second.prompt_tokens)
             )
+
+
+def test_an_open_loop_row_prints_its_ttft_tail_beside_the_p50() -> None:
+    # The heterogeneous row's median request finds a fast idle pod on either side; where the picks
+    # differ shows in the mean and the tail, printed beside the table (no target).
+    [row] = [r for r in matrix.rows() if r.name == "heterogeneous"]
+    closed = matrix.Pair(_run("gateway", 100, 5.0, 0.1), _run("round-robin", 100, 10.0, 0.1))
+    slow_tail = _run("round-robin", 80, 10.0, 0.05)
+    for r in slow_tail.results[-20:]:  # a quarter of round robin's requests on the slow pod
+        r.ttft = 0.4
+    open_loop = matrix.Pair(_run("gateway", 80, 10.0, 0.05), slow_tail, 8.0)
+    [line] = matrix.tail_lines([matrix.RowResult(row, 1.0, closed, open_loop)])
+    assert line.startswith("heterogeneous @1: open loop TTFT mean 50 vs 138 ms (0.36x), p95 50 vs 400 ms")
+    assert matrix.tail_lines([matrix.RowResult(row, 1.0, closed)]) == []

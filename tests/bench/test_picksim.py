@@ -9,7 +9,18 @@ from epp.scheduling import load_profile
 from epp.scheduling.config import EndpointPickerConfig
 from epp.scheduling.errors import ConfigError
 
-from bench.picksim import GEMMA, SETUPS, SimPod, cache_bound, long_prompt, main, simulate, with_load_bound
+from bench.picksim import (
+    GEMMA,
+    SETUPS,
+    SimPod,
+    cache_bound,
+    heterogeneous,
+    long_prompt,
+    main,
+    simulate,
+    with_load_bound,
+    with_scorer_parameters,
+)
 from bench.workloads import RequestSpec
 from vllmsim.config import SimConfig
 
@@ -115,3 +126,46 @@ def test_a_tighter_load_bound_spreads_the_prefix_fits_groups_over_more_pods() ->
         return statistics.mean(r.pods_per_group for r in runs)
 
     assert pods_per_group(tight) > pods_per_group(None)
+
+
+def hetero_rate(config: EndpointPickerConfig | None = None, **how: object) -> float:
+    setup = SETUPS["heterogeneous"]
+    runs = [simulate(heterogeneous(salt=f"salt {s} "), concurrency=32, sims=setup.sims, config=config,
+                     **how)  # type: ignore[arg-type]
+            for s in range(2)]  # fmt: skip
+    return statistics.mean(r.requests_per_s for r in runs)
+
+
+def test_a_slow_pod_with_half_the_slots_gets_no_queue_while_the_fast_ones_have_room() -> None:
+    # Counted as running, a request that waits for a slot made the slow pod look as busy as a fast
+    # pod holding as many requests, all running: the slow pod kept a queue while the fast ones had
+    # free slots. Counted twice (waitingWeight 2, the default), the gateway's closed-loop rate rises
+    # by more than a tenth; round robin stays far below.
+    once = with_scorer_parameters(load_profile("default"), waitingWeight=1)
+    default, counted_once = hetero_rate(), hetero_rate(once)
+    assert default >= 1.1 * counted_once
+    assert default >= 2 * hetero_rate(place=lambda n, spec: n % 4)
+
+
+def test_an_open_loop_sends_each_request_at_its_arrival_whatever_is_in_flight() -> None:
+    specs = heterogeneous()[:8]
+    sim = SimConfig(models=[GEMMA], max_num_seqs=8)
+    # Arrivals far apart: each request finds an idle pod, so every TTFT is an unloaded one.
+    apart = simulate(specs, sim=sim, arrivals=[10.0 * i for i in range(8)], place=lambda n, spec: 0)
+    # All at once on one pod: they share its batch, and their first tokens come later.
+    together = simulate(specs, sim=sim, arrivals=[0.0] * 8, place=lambda n, spec: 0)
+    assert together.ttft_p50 > 1.5 * apart.ttft_p50
+    assert apart.requests_per_s < 0.2  # 8 requests over 70 virtual seconds and a little
+    with pytest.raises(ValueError, match="one arrival per spec"):
+        simulate(specs, sim=sim, arrivals=[0.0])
+
+
+def test_the_heterogeneous_command_compares_ttft_at_equal_offered_load(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--workload", "heterogeneous", "--salts", "1", "--replicas", "1", "--time-scale", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "time scale 3" in out
+    assert "open loop, 96 arrivals at" in out
+    for side in ("round robin", "(never the slow one)", "gateway, 1 EPP replica"):
+        assert f"{side}: TTFT p50" in out

@@ -151,12 +151,12 @@ class Endpoint:
         """This EPP's in-flight requests to the endpoint's address (see :class:`InFlight`)."""
         return self.load.count
 
-    def estimated_load(self, oldest: float, less_ended: bool = True) -> int:
-        """Requests on the endpoint now, as this EPP best knows: ``waiting + running`` from its last
-        scrape, plus the requests routed to it since that scrape (which it cannot have counted), less
-        (with ``less_ended``) the answers from it this EPP saw end since (which it still counted), when
-        the scrape is no older than monotonic time ``oldest``; else this EPP's in-flight count. Never
-        below the in-flight count.
+    def estimated_load(self, oldest: float, less_ended: bool = True, waiting_weight: int = 1) -> int:
+        """Requests on the endpoint now, as this EPP best knows: ``waiting x waiting_weight +
+        running`` from its last scrape, plus the requests routed to it since that scrape (which it
+        cannot have counted), less (with ``less_ended``) the answers from it this EPP saw end since
+        (which it still counted), when the scrape is no older than monotonic time ``oldest``; else
+        this EPP's in-flight count. Never below the in-flight count.
 
         Between two scrapes the scraped figures stand still while requests come and go: without the
         routed-since term every pick in the interval would see the same loads and herd onto the pod
@@ -164,16 +164,16 @@ class Endpoint:
         ended looks busier than it is until the next scrape, and a client that sends its next
         request as soon as an answer ends is sent elsewhere, onto a busier pod.
         """
-        less, without = self.estimated_loads(oldest)
+        less, without = self.estimated_loads(oldest, waiting_weight)
         return less if less_ended else without
 
-    def estimated_loads(self, oldest: float) -> tuple[int, int]:
+    def estimated_loads(self, oldest: float, waiting_weight: int = 1) -> tuple[int, int]:
         """:meth:`estimated_load` less the answers seen to end, and without them, from one read."""
         m, load = self.metrics, self.load
         own = load.count
         if m.updated_at == 0.0 or m.updated_at < oldest:
             return own, own
-        seen = m.waiting + m.running + load.sent_since(m.updated_at)
+        seen = m.waiting * waiting_weight + m.running + load.sent_since(m.updated_at)
         less = seen - load.ended_since(m.updated_at) if load.ends else seen
         return (less if less > own else own), (seen if seen > own else own)
 

@@ -43,9 +43,10 @@ def test_default_sends_a_prefix_away_from_its_home_only_when_the_home_is_over_th
     assert home is not None
     for pod in pods:
         pod.metrics.running = 4
-    home.metrics.waiting = 3  # 7 against a mean of 4.75 (bound 8.1): keeps the prefix
+    # A waiting request counts twice (the scorer's waitingWeight).
+    home.metrics.waiting = 2  # 4 + 2 x 2 = 8 against a mean of 5 (bound 8.5): keeps the prefix
     assert pick.schedule(request(prompt=prompt), pods).endpoint is home
-    home.metrics.waiting = 6  # 10 against a mean of 5.5 (bound 9.25): loses it
+    home.metrics.waiting = 4  # 12 against a mean of 6 (bound 10): loses it
     assert pick.schedule(request(prompt=prompt), pods).endpoint is not home
 
 

@@ -138,9 +138,31 @@ def test_load_is_the_in_flight_count_where_metrics_are_stale_and_at_least_it_whe
     loaded(stale, waiting=40)
     for pod, in_flight in ((fresh, 1), (stale, 4), (never, 2)):
         pod.load.count = in_flight
-    assert affinity.loads([fresh, stale, never]) == [5, 4, 2]
+    # A waiting request counts twice (waitingWeight 2): 2 x 2 + 3.
+    assert affinity.loads([fresh, stale, never]) == [7, 4, 2]
     fresh.load.count = 9  # this EPP sent more than the last scrape saw
     assert affinity.loads([fresh]) == [9]
+    assert scorer(waitingWeight=1).loads([loaded(endpoint("plain", updated_at=NOW), 2, 3)]) == [5]
+
+
+def test_a_pod_with_a_queue_is_busier_than_one_with_as_many_requests_all_running():
+    # A pod of few slots (or a slower one) queues what a larger pod would run. Both pods hold six
+    # requests; on the small one two of them wait for a slot, so a request sent there waits too:
+    # one-off prompts go to the pod whose requests all run, until it holds two more.
+    affinity, (small, large) = scorer(), pods(2)
+    for pod in (small, large):
+        pod.metrics.updated_at = NOW - 0.01
+    loaded(small, waiting=2, running=4)
+    loaded(large, running=6)
+    for i in range(2):
+        prompt = f"one-off question {i}: " + "how do I fit a chain? " * (3 + i)
+        chosen = pick(affinity, prompt, [small, large])
+        assert chosen is large
+        chosen.load.routed(NOW)
+    assert affinity.loads([small, large]) == [8, 8]
+    # Counted once, as before: the tie would go to the small pod half of the time.
+    plain = scorer(waitingWeight=1)
+    assert plain.loads([small, large]) == [6, 8]
 
 
 def test_a_burst_between_two_scrapes_goes_to_the_pod_with_fewer_requests_as_the_counts_say():
@@ -352,6 +374,7 @@ def test_the_parameters_have_documented_defaults_and_upstream_block_size_spellin
     assert affinity.max_blocks == 256
     assert affinity.index.capacity == 31250
     assert affinity.staleness == 0.2
+    assert affinity.waiting_weight == 2
     spelled = {"hashBlockSize": 32, "metricsStalenessThreshold": "1s"}
     upstream_spelling = plugin("prefix-affinity-scorer", spelled)
     assert (upstream_spelling.block_size, upstream_spelling.staleness) == (32, 1.0)
@@ -370,6 +393,7 @@ def test_the_parameters_have_documented_defaults_and_upstream_block_size_spellin
         ({"maxPrefixBlocksToMatch": 1.5}, "parameter 'maxPrefixBlocksToMatch': must be a positive integer"),
         ({"lruCapacityPerServer": 0}, "parameter 'lruCapacityPerServer': must be a positive integer, got 0"),
         ({"metricsStalenessThreshold": "soon"}, "parameter 'metricsStalenessThreshold': must be a positive"),
+        ({"waitingWeight": 0}, "parameter 'waitingWeight': must be a positive integer, got 0"),
         ({"loadbound": 2}, "parameter 'loadbound': unknown parameter"),
     ],
 )

@@ -10,11 +10,14 @@ Where a prefix goes, in order:
 2. **Bound.** A pod may take the request only while its load is at most ``loadBound x the mean load
    of the candidates + 1`` — consistent hashing with bounded loads; the +1 keeps an idle pool from
    flapping (a home with a request or two in flight keeps its prefix). A pod's load is
-   ``waiting + running`` from its metrics plus the requests this EPP routed to it since that scrape
-   (or this EPP's in-flight count to it, if larger), and the in-flight count alone where its metrics
-   are older than ``metricsStalenessThreshold`` or were never scraped. The answers this EPP saw end
-   since the scrape (``epp.requestcontrol.answer_ends``) come off the loads that rank the pods, not
-   off those the bound is judged on: with them there a prefix left its pod more often. With
+   ``waitingWeight x waiting + running`` from its metrics (a request waiting for a slot counts twice
+   by default: a pod queues only when it has no slot free, so one sent there waits too, where a pod
+   with as many requests, all running, starts it at once; a pod with fewer slots, or a slower one,
+   no longer keeps a queue while others have room) plus the requests this EPP routed to it since
+   that scrape (or this EPP's in-flight count to it, if larger), and the in-flight count alone where
+   its metrics are older than ``metricsStalenessThreshold`` or were never scraped. The answers this
+   EPP saw end since the scrape (``epp.requestcontrol.answer_ends``) come off the loads that rank the
+   pods, not off those the bound is judged on: with them there a prefix left its pod more often. With
    ``loadBound`` ≥ 1 the least-loaded pod is always within the bound.
 3. **Learned index.** Every pick records the prompt's chained block hashes (at most
    ``maxPrefixBlocksToMatch``) in the picked pod's LRU (``lruCapacityPerServer`` hashes): the
@@ -84,6 +87,7 @@ from epp.scheduling.types import CycleState, LLMRequest
 DEFAULT_LOAD_BOUND = 1.5
 DEFAULT_HOME_PREFIX_BLOCKS = 16
 DEFAULT_METRICS_STALENESS = 0.2
+DEFAULT_WAITING_WEIGHT = 2
 # A pod holding the prefix (not its home) gets this share of the home's credit.
 _HELD_CREDIT = 0.9
 # The home's share of its credit for a prefix no pod holds yet (by this EPP's index): a tie-break.
@@ -102,6 +106,7 @@ class PrefixAffinityParameters(PrefixIndexParameters):
     metrics_staleness_threshold: Duration = Field(
         DEFAULT_METRICS_STALENESS, alias="metricsStalenessThreshold"
     )
+    waiting_weight: PositiveInt = Field(DEFAULT_WAITING_WEIGHT, alias="waitingWeight")
 
     @field_validator("load_bound", mode="before")
     @classmethod
@@ -159,6 +164,7 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         metrics_staleness_threshold: float = DEFAULT_METRICS_STALENESS,
         clock: Callable[[], float] = time.monotonic,
         replicas: int = 1,
+        waiting_weight: int = DEFAULT_WAITING_WEIGHT,
     ) -> None:
         super().__init__(name)
         if load_bound < 1.0:
@@ -168,6 +174,9 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         self.home_blocks = home_prefix_blocks
         self.max_blocks = max_prefix_blocks_to_match
         self.staleness = metrics_staleness_threshold
+        if waiting_weight < 1:
+            raise ValueError(f"waitingWeight must be at least 1, got {waiting_weight!r}")
+        self.waiting_weight = waiting_weight
         self.index = PrefixIndex(lru_capacity_per_server)
         self._clock = clock
         if replicas < 1:
@@ -192,6 +201,7 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
             metrics_staleness_threshold=parameters.metrics_staleness_threshold,
             clock=clock,
             replicas=replicas,
+            waiting_weight=parameters.waiting_weight,
         )
 
     @classmethod
@@ -240,7 +250,7 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         metrics plus the requests routed to it since (less, with ``less_ended``, the answers seen to
         end since), or the in-flight count where the metrics are stale or absent."""
         oldest = self._clock() - self.staleness
-        return [e.estimated_load(oldest, less_ended) for e in endpoints]
+        return [e.estimated_load(oldest, less_ended, self.waiting_weight) for e in endpoints]
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         parsed = self._prompt(state, request)
@@ -249,7 +259,8 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         # its pod for another more often (virtual time, ``python -m bench.picksim``: the groups of the
         # cache-bound row on more pods, fewer hits).
         oldest = self._clock() - self.staleness
-        both = [e.estimated_loads(oldest) for e in endpoints]
+        weight = self.waiting_weight
+        both = [e.estimated_loads(oldest, weight) for e in endpoints]
         loads = [less for less, _ in both]
         n = len(loads)
         spread = 0.5 / (max(loads) + 1)
