@@ -16,6 +16,9 @@ from the moment it is sent until its last byte; the pod is the one named by the 
 
 and at the end, both sides' TTFT p50 by the number of requests a request found on its pod (rounds
 pooled): a gap at equal occupancy is a cost per request, the rest of the overall gap is placement.
+``--phases`` also prints, per run, where Envoy saw the requests' time go (``onebox.envoy.phases``):
+to the pod (the BBR's and the EPP's request calls), the pod's time to its first byte, the EPP's
+response-headers call, each call's p50 and mean; round robin's to-the-pod is Envoy alone.
 
 A picker that knows the pods' loads picks the less busy pod (a negative gap); round robin alternates
 blindly (a gap near 0). ``--csv DIR`` writes each run's per-request records for plotting.
@@ -31,6 +34,7 @@ import itertools
 import os
 import statistics
 import sys
+import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +46,7 @@ from bench.matrix import BOXES, parse_epp_setting, rows
 from bench.scale import group_cpu_seconds
 from bench.workloads import generate
 from onebox.box import OneBox
+from onebox.envoy.phases import phase_summary, read_phases
 
 
 @dataclass(frozen=True)
@@ -194,18 +199,35 @@ def write_csv(path: Path, result: RunResult) -> None:
 
 
 ROWS = ("random-mixed", "long-prompt", "prefix-fits")
+# Seconds to wait for an Envoy's phase log to be flushed (the box flushes it every 100 ms).
+_FLUSHED = 0.5
+
+
+def phase_lines(label: str, requests: Sequence[Any]) -> list[str]:
+    """The run's phases as Envoy timed them: p50 and mean of each, in ms."""
+    figures = phase_summary(requests)
+    if not figures:
+        return [f"{label:<12} phases: none logged"]
+    cells = [f"{f.phase} {f.p50 * 1000:.2f}/{f.mean * 1000:.2f}" for f in figures if f.phase != "total"]
+    return [f"{label:<12} phases p50/mean ms: " + ", ".join(cells)]
 
 
 async def measure(
     *, time_scale: float, requests: int | None, rounds: int, row_name: str = "random-mixed",
-    epp_settings: dict[str, Any] | None = None,
+    epp_settings: dict[str, Any] | None = None, phases: Path | None = None,
 ) -> list[tuple[str, RunResult, PickStats]]:  # fmt: skip
-    """``rounds`` x (gateway, round robin) runs of a matrix row on one box, each printed as it ends."""
+    """``rounds`` x (gateway, round robin) runs of a matrix row on one box, each printed as it ends;
+    with ``phases`` (a directory for the Envoys' phase logs), each run's phases too."""
     row = next(r for r in rows() if r.name == row_name)
     workload = row.workload if requests is None else row.workload.model_copy(update={"requests": requests})
     runs = []
+    offsets = {"gateway": 0, "round-robin": 0}
     async with OneBox(BOXES[row.box].topology, round_robin=True, time_scale=time_scale,
-                      epp_settings=epp_settings) as box:  # fmt: skip
+                      epp_settings=epp_settings, phase_log_dir=phases) as box:  # fmt: skip
+        if phases is not None:  # the box's own readiness checks are not a run's
+            await asyncio.sleep(_FLUSHED)
+            for label, envoy in (("gateway", "envoy"), ("round-robin", "envoy-round-robin")):
+                _, offsets[label] = read_phases(box.phase_log(envoy))
         for i in range(rounds):
             for label, url in (("gateway", box.gateway_url), ("round-robin", box.round_robin_url)):
                 specs = generate(workload.model_copy(update={"prefix_salt": f"{label}{i} "}))
@@ -220,6 +242,12 @@ async def measure(
                 if label == "gateway":
                     line += f"  EPP CPU {cpu / max(1, len(result.results)) * 1000:.2f} ms/request"
                 print(line, flush=True)
+                if phases is not None:
+                    await asyncio.sleep(_FLUSHED)
+                    envoy = "envoy" if label == "gateway" else "envoy-round-robin"
+                    logged, offsets[label] = read_phases(box.phase_log(envoy), offsets[label])
+                    for text in phase_lines(label, logged):
+                        print(text, flush=True)
                 runs.append((f"{label}-{i}", result, stats))
     return runs
 
@@ -233,12 +261,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--requests", type=int, help="requests per run (default: the row's)")
     p.add_argument("--rounds", type=int, default=2, help="alternating gateway / round-robin runs")
     p.add_argument("--csv", type=Path, help="write each run's per-request records here")
+    p.add_argument("--phases", action="store_true",
+                   help="log each request's phases in both Envoys and print them per run")
     args = p.parse_args(argv)
     settings = dict(args.epp_setting)
     about = f", EPP settings {settings}" if settings else ""
     print(f"{args.row}, time scale {args.time_scale:g}, {os.cpu_count()} CPUs{about}", flush=True)
-    runs = asyncio.run(measure(time_scale=args.time_scale, requests=args.requests, rounds=args.rounds,
-                               row_name=args.row, epp_settings=settings or None))
+    with tempfile.TemporaryDirectory(prefix="timeline-phases-") as logs:
+        runs = asyncio.run(measure(time_scale=args.time_scale, requests=args.requests, rounds=args.rounds,
+                                   row_name=args.row, epp_settings=settings or None,
+                                   phases=Path(logs) if args.phases else None))  # fmt: skip
     if args.csv is not None:
         args.csv.mkdir(parents=True, exist_ok=True)
         for name, result, _ in runs:

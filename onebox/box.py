@@ -61,6 +61,7 @@ from pydantic import ValidationError
 from onebox import backends, children
 from onebox.envoy import bootstrap
 from onebox.envoy.limits import GatewayLimits, GatewayTimeouts
+from onebox.envoy.phases import with_phase_log
 from onebox.envoy.process import admin_socket, envoy_child, envoy_log_level
 from onebox.envoy.replicas import Replica
 from onebox.keys import BoxKeys, load_keys
@@ -80,6 +81,8 @@ MAX_REPLICAS = 8  # EPP or BBR replicas per group: each is a Python process on a
 _WAKE_MARGIN = 5.0
 # After a pod leaves the endpoints file, the EPP re-reads it within its poll interval (0.5 s).
 _DRAIN_SECONDS = 1.0
+# How often an Envoy with a phase log flushes it (a benchmark reads it between its runs).
+_PHASE_FLUSH_MS = 100
 
 _log = logging.getLogger("onebox.box")
 
@@ -190,11 +193,14 @@ class OneBox:
         monitoring: BoxPrometheus | None = None,
         epp_config: Path | None = None,
         epp_settings: dict[str, Any] | None = None,
+        phase_log_dir: Path | None = None,
     ) -> None:
         """``bbr_buffered_bytes``: the request body bytes each BBR replica may hold at once (its
         default: half its memory limit, or 1 GiB). ``epp_config``: an EndpointPickerConfig file for
         every EPP (instead of ``epp_profile``). ``epp_settings``: more EPP settings (``EppSettings``
-        fields, e.g. ``{"cached_tokens_feedback_rate": 1.0}``) for every EPP."""
+        fields, e.g. ``{"cached_tokens_feedback_rate": 1.0}``) for every EPP. ``phase_log_dir``: each
+        Envoy (``envoy``, ``envoy-round-robin``) also writes every request's phases to
+        ``<name>.phases.jsonl`` there (``onebox.envoy.phases``), flushed every 100 ms."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
         if log_level not in children.LOG_LEVELS:
@@ -242,12 +248,19 @@ class OneBox:
         self._workdir: Path | None = None
         # A Prometheus scraping every child, started last (``onebox.prometheus``).
         self.monitoring = monitoring
+        self.phase_log_dir = phase_log_dir
         self._scaling = asyncio.Lock()
 
     # -- public surface -------------------------------------------------------------------
     @property
     def gateway_url(self) -> str:
         return f"http://{HOST}:{self.gateway_port}"
+
+    def phase_log(self, envoy: str = "envoy") -> Path:
+        """Where the Envoy ``envoy`` writes each request's phases (with ``phase_log_dir``)."""
+        if self.phase_log_dir is None:
+            raise RuntimeError("this box was started without phase_log_dir")
+        return self.phase_log_dir / f"{envoy}.phases.jsonl"
 
     @property
     def round_robin_url(self) -> str:
@@ -506,16 +519,21 @@ class OneBox:
         if level != self.log_level:
             _log.warning("Envoy runs at log level %s, not %s: its debug log prints every request's "
                          "headers, API keys included, and this box checks API keys", level, self.log_level)
-        specs = [envoy_child("envoy", self._gateway_config(), self._workdir, log_level=level)]
+        configs = [("envoy", self._gateway_config())]
         if self.with_round_robin:
             by_model: dict[str, list[str]] = {}
             for pod in self.pods:
                 by_model.setdefault(pod.model, []).append(pod.address)
-            config = bootstrap.round_robin_config(
+            configs.append(("envoy-round-robin", bootstrap.round_robin_config(
                 [p.address for p in self.pods], host=HOST, limits=self.limits, timeouts=self.timeouts,
                 by_model=by_model,
-            )
-            specs.append(envoy_child("envoy-round-robin", config, self._workdir, log_level=level))
+            )))  # fmt: skip
+        specs = []
+        for name, config in configs:
+            flush = None
+            if self.phase_log_dir is not None:
+                config, flush = with_phase_log(config, self.phase_log(name)), _PHASE_FLUSH_MS
+            specs.append(envoy_child(name, config, self._workdir, log_level=level, file_flush_ms=flush))
         gateways = [await self._launch(spec) for spec in specs]
         await self._wait_ready(gateways)
         self.gateway_port = gateways[0].ports["listener"]

@@ -70,9 +70,11 @@ def envoy_log_level(level: str, *, keys: bool) -> str:
 
 
 def envoy_child(
-    name: str, config: dict[str, Any], directory: Path, *, concurrency: int = 1, log_level: str = "warning"
-) -> ChildSpec:
-    """Envoy running ``config`` (files in ``directory``): port ``listener``; admin on ``admin_socket``."""
+    name: str, config: dict[str, Any], directory: Path, *, concurrency: int = 1, log_level: str = "warning",
+    file_flush_ms: int | None = None,
+) -> ChildSpec:  # fmt: skip
+    """Envoy running ``config`` (files in ``directory``): port ``listener``; admin on ``admin_socket``.
+    ``file_flush_ms``: how often Envoy flushes its file access logs (its default: every 10 s)."""
     binary = envoy_binary()
     config_path = directory / f"{name}.yaml"
     socket = admin_socket(directory, name)
@@ -85,6 +87,7 @@ def envoy_child(
         return [
             str(binary), "--config-path", str(config_path), "--concurrency", str(concurrency),
             "--log-level", log_level, "--disable-hot-restart",
+            *(["--file-flush-interval-msec", str(file_flush_ms)] if file_flush_ms else []),
         ]  # fmt: skip
 
     async def ports(child: Child) -> Ports:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from bench.client import Attempt, RequestResult, RunResult
-from bench.timeline import pick_stats, ttft_by_occupancy
+from bench.timeline import phase_lines, pick_stats, ttft_by_occupancy
+from onebox.envoy.phases import RequestPhases
 
 
 def run(label: str, requests: list[tuple[float, str, float]]) -> RunResult:
@@ -35,3 +36,12 @@ def test_the_table_compares_first_tokens_at_equal_occupancy_and_shows_where_only
     assert lines[1].startswith("found  1 on the pod: gateway   90.0 ms (n=1)")
     assert "round robin      -" in lines[1]
     assert "gap" not in lines[1]
+
+
+def test_a_runs_phases_print_as_p50_and_mean_without_the_total() -> None:
+    served = [RequestPhases("POST", 200, "10.0.0.1:8000", {"to_pod": t, "headers_out": 0.001, "total": 1.0})
+              for t in (0.004, 0.005, 0.009)]  # fmt: skip
+    assert phase_lines("gateway", served) == [
+        "gateway      phases p50/mean ms: to_pod 5.00/6.00, headers_out 1.00/1.00"
+    ]
+    assert phase_lines("round-robin", []) == ["round-robin  phases: none logged"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,6 +13,7 @@ import pytest_asyncio
 from epp.contract import MODEL_HEADER
 
 from onebox.box import OneBox
+from onebox.envoy.phases import phase_summary, read_phases
 from onebox.topology import load_preset
 from tests.onebox.procs import alive
 
@@ -29,8 +32,10 @@ def chat(model: str | None, max_tokens: int = 2) -> dict[str, object]:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def gpu_box() -> AsyncIterator[OneBox]:
-    async with OneBox(load_preset("gpu"), time_scale=0, round_robin=True) as box:
-        yield box
+    with tempfile.TemporaryDirectory(prefix="box-phases-") as logs:
+        box = OneBox(load_preset("gpu"), time_scale=0, round_robin=True, phase_log_dir=Path(logs))
+        async with box:
+            yield box
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -83,6 +88,33 @@ async def test_round_robin_told_the_model_in_a_header_stays_on_that_models_pods(
         ]
     assert [a.status_code for a in answers] == [200] * 8
     assert [a.headers["x-inference-pod"] for a in answers] == ["gemma-0", "phi3-0"] * 4
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_phase_logs_show_the_gateways_ext_proc_calls_and_none_on_round_robin(
+    gpu_box: OneBox,
+) -> None:
+    # Where the gateway's time goes, as Envoy timed it (bench.timeline --phases reads the same logs).
+    await asyncio.sleep(0.5)  # the box has Envoy flush these logs every 100 ms: the other tests' first
+    _, gateway_from = read_phases(gpu_box.phase_log("envoy"))
+    _, rr_from = read_phases(gpu_box.phase_log("envoy-round-robin"))
+    async with httpx.AsyncClient(timeout=10) as client:
+        for url in (gpu_box.gateway_url, gpu_box.round_robin_url):
+            for _ in range(3):
+                answer = await client.post(f"{url}/v1/chat/completions", json=chat(GEMMA),
+                                           headers={MODEL_HEADER: GEMMA})  # fmt: skip
+                assert answer.status_code == 200
+        await client.get(f"{gpu_box.gateway_url}/v1/models")  # answered by the gateway: not counted
+    await asyncio.sleep(0.5)
+    gateway, _ = read_phases(gpu_box.phase_log("envoy"), gateway_from)
+    rr, _ = read_phases(gpu_box.phase_log("envoy-round-robin"), rr_from)
+    through_gateway = {f.phase: f for f in phase_summary(gateway)}
+    assert {"to_pod", "pod_to_headers", "headers_out", "bbr.request_headers", "bbr.request_body",
+            "epp.request_headers", "epp.request_body", "epp.response_headers"} <= set(through_gateway)
+    assert all(f.count == 3 for f in through_gateway.values())
+    assert through_gateway["to_pod"].p50 > 0
+    assert {f.phase for f in phase_summary(rr)} == {"to_pod", "pod_to_headers", "headers_out", "total"}
+    assert [r.pod for r in rr] == [gpu_box.pods[0].address] * 3
 
 
 @pytest.mark.asyncio(loop_scope="module")
