@@ -151,12 +151,15 @@ class Endpoint:
         """This EPP's in-flight requests to the endpoint's address (see :class:`InFlight`)."""
         return self.load.count
 
-    def estimated_load(self, oldest: float, less_ended: bool = True, waiting_weight: int = 1) -> int:
+    def estimated_load(self, oldest: float, less_ended: bool = True, *, waiting_weight: int = 1) -> int:
         """Requests on the endpoint now, as this EPP best knows: ``waiting x waiting_weight +
         running`` from its last scrape, plus the requests routed to it since that scrape (which it
         cannot have counted), less (with ``less_ended``) the answers from it this EPP saw end since
         (which it still counted), when the scrape is no older than monotonic time ``oldest``; else
-        this EPP's in-flight count. Never below the in-flight count.
+        this EPP's in-flight count (unweighted: it cannot tell which of them wait). Never below the
+        in-flight count. On a pod whose scrape showed a queue, each request routed since and each
+        answer ended since counts ``waiting_weight`` times: the one waits, the other let a waiting
+        request start.
 
         Between two scrapes the scraped figures stand still while requests come and go: without the
         routed-since term every pick in the interval would see the same loads and herd onto the pod
@@ -164,17 +167,20 @@ class Endpoint:
         ended looks busier than it is until the next scrape, and a client that sends its next
         request as soon as an answer ends is sent elsewhere, onto a busier pod.
         """
-        less, without = self.estimated_loads(oldest, waiting_weight)
+        less, without = self.estimated_loads(oldest, waiting_weight=waiting_weight)
         return less if less_ended else without
 
-    def estimated_loads(self, oldest: float, waiting_weight: int = 1) -> tuple[int, int]:
+    def estimated_loads(self, oldest: float, *, waiting_weight: int = 1) -> tuple[int, int]:
         """:meth:`estimated_load` less the answers seen to end, and without them, from one read."""
         m, load = self.metrics, self.load
         own = load.count
         if m.updated_at == 0.0 or m.updated_at < oldest:
             return own, own
-        seen = m.waiting * waiting_weight + m.running + load.sent_since(m.updated_at)
-        less = seen - load.ended_since(m.updated_at) if load.ends else seen
+        # On a pod that was queuing, a request routed since waits too, and an answer that ended since
+        # let a waiting one start: each is worth a waiting request.
+        unit = waiting_weight if m.waiting else 1
+        seen = m.waiting * waiting_weight + m.running + load.sent_since(m.updated_at) * unit
+        less = seen - load.ended_since(m.updated_at) * unit if load.ends else seen
         return (less if less > own else own), (seen if seen > own else own)
 
     def serves(self, model: str) -> bool:

@@ -1,10 +1,11 @@
 """Answer ends: a pod's load drops as soon as the EPP sees one of its answers end, not at its next scrape.
 
-Between two scrapes the EPP estimates a pod's load as the scraped ``waiting + running`` plus the
-requests it routed there since (``Endpoint.estimated_load``). An answer that ends in that interval is
-still counted, so a client that sends its next request as soon as an answer ends (a closed loop: an
-agent, a batch worker) would find the pod it just left looking busier than the others and be sent to
-a busier one. So every end the EPP sees comes off the pod's load at once:
+Between two scrapes the EPP estimates a pod's load as the scraped ``waiting + running`` (a waiting
+request counted ``waitingWeight`` times by the prefix-affinity-scorer) plus the requests it routed
+there since (``Endpoint.estimated_load``). An answer that ends in that interval is still counted,
+so a client that sends its next request as soon as an answer ends (a closed loop: an agent, a batch
+worker) would find the pod it just left looking busier than the others and be sent to a busier one.
+So every end the EPP sees comes off the pod's load at once:
 
 - **An answer that is not streamed** (completions, chat completions, embeddings) ends at its
   response headers: the model server sends them with the whole answer, once the request has left its

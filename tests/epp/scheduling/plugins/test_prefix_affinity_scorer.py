@@ -145,24 +145,42 @@ def test_load_is_the_in_flight_count_where_metrics_are_stale_and_at_least_it_whe
     assert scorer(waitingWeight=1).loads([loaded(endpoint("plain", updated_at=NOW), 2, 3)]) == [5]
 
 
+def queuing_and_running(waiting: int, running: int, others: int) -> tuple[Endpoint, Endpoint]:
+    """Two pods scraped 10 ms ago: one with ``waiting`` requests queued beside ``running``, the
+    other with ``others`` running and none queued."""
+    queuing, busy = pods(2)
+    for pod in (queuing, busy):
+        pod.metrics.updated_at = NOW - 0.01
+    return loaded(queuing, waiting=waiting, running=running), loaded(busy, running=others)
+
+
 def test_a_pod_with_a_queue_is_busier_than_one_with_as_many_requests_all_running():
     # A pod of few slots (or a slower one) queues what a larger pod would run. Both pods hold six
     # requests; on the small one two of them wait for a slot, so a request sent there waits too:
     # one-off prompts go to the pod whose requests all run, until it holds two more.
-    affinity, (small, large) = scorer(), pods(2)
-    for pod in (small, large):
-        pod.metrics.updated_at = NOW - 0.01
-    loaded(small, waiting=2, running=4)
-    loaded(large, running=6)
+    affinity, (small, large) = scorer(), queuing_and_running(2, 4, 6)
+    plain = scorer(waitingWeight=1)  # counted once, as before: a tie, which either pod may win
+    assert plain.loads([small, large]) == [6, 6]
+    assert affinity.loads([small, large]) == [8, 6]
     for i in range(2):
         prompt = f"one-off question {i}: " + "how do I fit a chain? " * (3 + i)
         chosen = pick(affinity, prompt, [small, large])
         assert chosen is large
         chosen.load.routed(NOW)
     assert affinity.loads([small, large]) == [8, 8]
-    # Counted once, as before: the tie would go to the small pod half of the time.
-    plain = scorer(waitingWeight=1)
-    assert plain.loads([small, large]) == [6, 8]
+
+
+def test_on_a_queuing_pod_a_request_sent_since_the_scrape_waits_and_an_answer_ended_lets_one_start():
+    # The scrape showed a queue: what was routed there since waits too (counts as a waiting request),
+    # and an answer that ended since let a waiting one take its slot (one waiting request fewer).
+    affinity, (queuing, busy) = scorer(), queuing_and_running(1, 4, 6)
+    queuing.load.routed(NOW - 0.005)
+    busy.load.routed(NOW - 0.005)
+    assert affinity.loads([queuing, busy]) == [2 + 4 + 2, 6 + 1]
+    queuing.load.answer_ended(NOW - 0.002)
+    busy.load.answer_ended(NOW - 0.002)
+    assert affinity.loads([queuing, busy]) == [2 + 4 + 2 - 2, 6 + 1 - 1]
+    assert scorer(waitingWeight=1).loads([queuing, busy]) == [5, 6]
 
 
 def test_a_burst_between_two_scrapes_goes_to_the_pod_with_fewer_requests_as_the_counts_say():

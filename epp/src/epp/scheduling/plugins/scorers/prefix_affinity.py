@@ -246,11 +246,11 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         return winner
 
     def loads(self, endpoints: Sequence[Endpoint], less_ended: bool = True) -> list[int]:
-        """Each endpoint's load (:meth:`Endpoint.estimated_load`): waiting + running from fresh
-        metrics plus the requests routed to it since (less, with ``less_ended``, the answers seen to
-        end since), or the in-flight count where the metrics are stale or absent."""
+        """Each endpoint's load (:meth:`Endpoint.estimated_load`): ``waitingWeight x waiting +
+        running`` from fresh metrics plus the requests routed to it since (less, with ``less_ended``,
+        the answers seen to end since), or the in-flight count where the metrics are stale or absent."""
         oldest = self._clock() - self.staleness
-        return [e.estimated_load(oldest, less_ended, self.waiting_weight) for e in endpoints]
+        return [e.estimated_load(oldest, less_ended, waiting_weight=self.waiting_weight) for e in endpoints]
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         parsed = self._prompt(state, request)
@@ -260,7 +260,7 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         # cache-bound row on more pods, fewer hits).
         oldest = self._clock() - self.staleness
         weight = self.waiting_weight
-        both = [e.estimated_loads(oldest, weight) for e in endpoints]
+        both = [e.estimated_loads(oldest, waiting_weight=weight) for e in endpoints]
         loads = [less for less, _ in both]
         n = len(loads)
         spread = 0.5 / (max(loads) + 1)
