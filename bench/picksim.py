@@ -11,11 +11,14 @@ them: a replica counts its own in flight to the first token and sees an answer e
 follows the stream there (``--follow-up-to``, off by default as in the EPP); an end it sees comes
 off the pod's load. With ``--not-streamed`` the answers come whole, as many API clients ask for
 them: their headers come at their end, which each replica sees for its own requests. The clients
-run a closed loop, request ``i`` through replica ``i % replicas``. Nothing sleeps and every random
-draw is seeded: the same arguments give the same figures, on any machine.
+run a closed loop, request ``i`` through replica ``i % replicas``; the heterogeneous workload (pods
+of their own configurations, as the matrix's hetero box) then runs an open loop as the matrix does:
+Poisson arrivals at 0.8 x round robin's closed-loop rate, the same to every side. Nothing sleeps and
+every random draw is seeded: the same arguments give the same figures, on any machine.
 
 It prints, per replica count: the pods' prefix-cache hit rate (tokens), requests per virtual second,
-TTFT p50, how many pods each prefix group was served by, and the groups per pod.
+TTFT p50, how many pods each prefix group was served by, and the groups per pod; for an open loop,
+each side's TTFT p50 and p95 and their ratios to round robin's.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from epp.scheduling import LLMRequest, Scheduler, load_profile
 from epp.scheduling.config import EndpointPickerConfig
 from epp.scheduling.errors import ConfigError
 
+from bench.stats import percentile
 from bench.workloads import RequestSpec, Workload, WorkloadConfig, generate, poisson_arrivals
 from vllmsim.config import SimConfig
 from vllmsim.engine import BlockPool, block_hashes, load_factor
@@ -143,7 +147,7 @@ class SimResult:
     ttft_p50: float
     pods_per_group: float
     groups_per_pod: list[int]
-    ttft_p90: float = 0.0
+    ttft_p95: float = 0.0
 
 
 # The matrix's cache box: pods of 16k tokens of KV cache (1,024 blocks of 16).
@@ -162,12 +166,12 @@ def simulate(
     sent first, in the same closed loop, and left out of the figures. ``streamed``: the answers are
     streams, which the EPP sees end only when it follows them (``follow_up_to``). ``told_replicas``:
     the replica count each EPP is told (``--replicas``; default ``replicas``), which picks its
-    placement rule (a lone replica's or the peers'). ``sims``: one configuration per pod (``pods``
-    then follows its length). ``arrivals``: an open loop instead, each spec sent at its offset
+    placement rule (a lone replica's or the peers'). ``sims``: one configuration per pod, ``pods``
+    of them. ``arrivals``: an open loop instead, each spec sent at its offset
     (virtual seconds), whatever is still in flight."""
     sim = sim or _SMALL_CACHE
-    if sims:
-        pods = len(sims)
+    if sims and pods != len(sims):
+        raise ValueError(f"{len(sims)} pod configurations for {pods} pods")
     configs = list(sims) if sims else [sim] * pods
     if arrivals is not None and (warmup or len(arrivals) != len(specs)):
         raise ValueError("an open loop takes one arrival per spec and no warmup")
@@ -263,7 +267,7 @@ def simulate(
         hit_rate=sum(p.hit for p in pool) / max(1, sum(p.queried for p in pool)),
         requests_per_s=len(specs) / (now - started_at) if now > started_at else 0.0,
         ttft_p50=statistics.median(ttfts) if ttfts else 0.0,
-        ttft_p90=statistics.quantiles(ttfts, n=10)[-1] if len(ttfts) > 1 else 0.0,
+        ttft_p95=percentile(ttfts, 95) or 0.0,
         pods_per_group=statistics.mean(len(c) for c in groups.values()) if groups else 0.0,
         groups_per_pod=sorted(mains.get(p.address, 0) for p in pool),
     )
@@ -292,7 +296,8 @@ def heterogeneous(seed: int = 6, salt: str = "") -> list[RequestSpec]:
     return generate(WorkloadConfig(models=[GEMMA], requests=160, max_tokens=32, seed=seed, prefix_salt=salt))
 
 
-# The matrix's hetero box: three pods of 8 slots and one (the first) with 4, twice as slow.
+# The matrix's hetero box: three pods of 8 slots and one (the first) with 4, twice as slow
+# (bench.matrix's _EIGHT_SLOTS and _SLOW_HALF: a test checks they agree).
 _FAST = SimConfig(models=[GEMMA], max_num_seqs=8)
 _SLOW_HALF = SimConfig(models=[GEMMA], max_num_seqs=4, itl_ms=24, prefill_overhead_ms=60, per_token_us=500)
 # Of round robin's closed-loop rate, the open loop's arrival rate (bench.matrix.OFFERED_FRACTION).
@@ -379,7 +384,7 @@ def _open_loop(
     config: EndpointPickerConfig | None,
 ) -> None:  # fmt: skip
     """The matrix's open-loop phase: each variant's Poisson arrivals at OFFERED x round robin's
-    closed-loop rate in that variant, the same to every side; TTFT p50 and p90, and the ratios."""
+    closed-loop rate in that variant, the same to every side; TTFT p50 and p95, and the ratios."""
     offered = [OFFERED * c for c in capacities]
 
     def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
@@ -394,12 +399,12 @@ def _open_loop(
 
     def line(label: str, results: Sequence[SimResult], against: Sequence[SimResult] | None = None) -> str:
         p50 = statistics.mean(r.ttft_p50 for r in results)
-        p90 = statistics.mean(r.ttft_p90 for r in results)
-        text = f"  {label}: TTFT p50 {p50 * 1000:.1f} ms, p90 {p90 * 1000:.1f} ms"
+        p95 = statistics.mean(r.ttft_p95 for r in results)
+        text = f"  {label}: TTFT p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms"
         if against is not None:
             base50 = statistics.mean(r.ttft_p50 for r in against)
-            base90 = statistics.mean(r.ttft_p90 for r in against)
-            text += f" ({p50 / base50:.2f}x, {p90 / base90:.2f}x round robin's)"
+            base95 = statistics.mean(r.ttft_p95 for r in against)
+            text += f" ({p50 / base50:.2f}x, {p95 / base95:.2f}x round robin's)"
         return text
 
     print(f"open loop, {setup.open_requests} arrivals at {statistics.mean(offered):.1f} req/s "

@@ -46,7 +46,7 @@ from bench.matrix import BOXES, parse_epp_setting, rows
 from bench.scale import group_cpu_seconds
 from bench.workloads import generate
 from onebox.box import OneBox
-from onebox.envoy.phases import phase_summary, read_phases
+from onebox.envoy.phases import RequestPhases, phase_summary, read_phases, wait_for_served
 
 
 @dataclass(frozen=True)
@@ -199,11 +199,12 @@ def write_csv(path: Path, result: RunResult) -> None:
 
 
 ROWS = ("random-mixed", "long-prompt", "prefix-fits")
-# Seconds to wait for an Envoy's phase log to be flushed (the box flushes it every 100 ms).
+# Seconds to let the box's readiness checks reach its Envoys' phase logs (flushed every 100 ms)
+# before a run's lines are read.
 _FLUSHED = 0.5
 
 
-def phase_lines(label: str, requests: Sequence[Any]) -> list[str]:
+def phase_lines(label: str, requests: Sequence[RequestPhases]) -> list[str]:
     """The run's phases as Envoy timed them: p50 and mean of each, in ms."""
     figures = phase_summary(requests)
     if not figures:
@@ -243,9 +244,11 @@ async def measure(
                     line += f"  EPP CPU {cpu / max(1, len(result.results)) * 1000:.2f} ms/request"
                 print(line, flush=True)
                 if phases is not None:
-                    await asyncio.sleep(_FLUSHED)
                     envoy = "envoy" if label == "gateway" else "envoy-round-robin"
-                    logged, offsets[label] = read_phases(box.phase_log(envoy), offsets[label])
+                    answered = sum(1 for r in result.results if r.ok)
+                    logged, offsets[label] = await wait_for_served(
+                        box.phase_log(envoy), offsets[label], answered
+                    )
                     for text in phase_lines(label, logged):
                         print(text, flush=True)
                 runs.append((f"{label}-{i}", result, stats))

@@ -529,6 +529,8 @@ class OneBox:
                 by_model=by_model,
             )))  # fmt: skip
         specs = []
+        if self.phase_log_dir is not None:
+            self.phase_log_dir.mkdir(parents=True, exist_ok=True)
         for name, config in configs:
             flush = None
             if self.phase_log_dir is not None:

@@ -4,28 +4,38 @@
 JSON line per request: the durations between Envoy's stream timestamps (``%COMMON_DURATION%``, in
 microseconds) and, for each ext_proc filter (the BBR, the EPP), the latency of its calls as Envoy
 timed them (the filter's logging info, ``%FILTER_STATE(<filter>:FIELD:...)%``). A gateway without
-ext_proc filters (round robin) logs the same phases, its ext_proc fields empty. ``read_phases``
-reads such a log back; ``phase_summary`` gives each phase's p50 and mean.
+ext_proc filters (round robin) logs the same phases and no ext_proc fields. ``read_phases`` reads
+such a log back (``wait_for_served`` until a run's requests are all there); ``phase_summary`` gives
+each phase's p50 and mean.
 
 The phases, for a request the gateway routed to a pod:
 
-* ``to_pod``: from its first byte in to its first byte sent to the pod (the processors' request
-  phase: the BBR's and the EPP's calls, one after the other, each on the whole body);
-* ``pod_to_headers``: from its last byte sent to the pod to the pod's first byte back (the pod's
-  queue and prefill: a stream's headers come with its first token from vLLM and the simulator);
+* ``body_in``: from its first byte in to its last (the client sending its body);
+* ``to_pod``: from its first byte in to its first byte sent to the pod. Through the gateway that is
+  the body coming in and the processors' request calls, one filter after the other, each answering
+  once it has read the whole body; round robin streams the body on as it comes, so its ``to_pod``
+  is Envoy alone and the body's upload falls in its later phases (compare ``body_in`` for large
+  bodies);
+* ``pod_to_headers``: from its last byte sent to the pod to the pod's first byte back: the pod's
+  queue and prefill where the pod sends a stream's headers with its first token (the simulator);
+  vLLM (a Starlette ``StreamingResponse``, by its source) sends them before the first token, and the
+  prefill then falls after them;
 * ``headers_out``: from the pod's first byte to the first byte sent to the client (the EPP's
   response-headers call);
-* ``<filter>.request_headers`` / ``.request_body`` / ``.response_headers``: that filter's calls.
+* ``<filter>.request_headers`` / ``.request_body`` / ``.response_headers``: that filter's calls
+  (with the request body streamed in full duplex, a filter answers the headers only once it has
+  read the body: its two request calls overlap).
 
-Debugging only: the log holds no header values, but it is a file per request.
+Debugging only: the log holds no header values, but it is a line per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +43,7 @@ from typing import Any
 _FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 # Envoy's stream timestamps: downstream (client) and upstream (pod), receive and send, begin and end.
 _DURATIONS = {
+    "body_in": "DS_RX_BEG:DS_RX_END",
     "to_pod": "DS_RX_BEG:US_TX_BEG",
     "pod_to_headers": "US_TX_END:US_RX_BEG",
     "headers_out": "US_RX_BEG:DS_TX_BEG",
@@ -101,9 +112,13 @@ def _seconds(value: object) -> float | None:
     return None if micros is None else micros / 1e6
 
 
+_NOT_PHASES = ("method", "status", "pod")
+
+
 def parse_line(line: str) -> RequestPhases:
+    """One log line; every duration in it (an ext_proc filter of any name included) is a phase."""
     record = json.loads(line)
-    phases = {p: s for p in PHASES if (s := _seconds(record.get(p))) is not None}
+    phases = {p: s for p, v in record.items() if p not in _NOT_PHASES and (s := _seconds(v)) is not None}
     pod = record.get("pod")
     return RequestPhases(
         method=str(record.get("method") or ""),
@@ -121,8 +136,28 @@ def read_phases(path: Path, offset: int = 0) -> tuple[list[RequestPhases], int]:
         f.seek(offset)
         data = f.read()
     complete = data[: data.rfind(b"\n") + 1]
-    lines = complete.decode().splitlines()
-    return [parse_line(line) for line in lines if line.strip()], offset + len(complete)
+    lines = complete.split(b"\n")
+    return [parse_line(line.decode()) for line in lines if line.strip()], offset + len(complete)
+
+
+def served(requests: Iterable[RequestPhases]) -> list[RequestPhases]:
+    """The answered POSTs a pod served (not the model list, not the gateway's own answers)."""
+    return [r for r in requests if r.method == "POST" and r.status == 200 and r.pod is not None]
+
+
+async def wait_for_served(
+    path: Path, offset: int, count: int, *, patience: float = 5.0, poll: float = 0.05
+) -> tuple[list[RequestPhases], int]:
+    """Read ``path`` from ``offset`` until at least ``count`` served requests are in (Envoy writes
+    its file logs in batches) or ``patience`` seconds pass; what was read, and the offset after it."""
+    deadline = asyncio.get_running_loop().time() + patience
+    requests: list[RequestPhases] = []
+    while True:
+        more, offset = read_phases(path, offset)
+        requests.extend(more)
+        if len(served(requests)) >= count or asyncio.get_running_loop().time() >= deadline:
+            return requests, offset
+        await asyncio.sleep(poll)
 
 
 @dataclass(frozen=True)
@@ -133,13 +168,14 @@ class PhaseFigure:
     mean: float
 
 
-def phase_summary(requests: Iterable[RequestPhases], phases: Sequence[str] = PHASES) -> list[PhaseFigure]:
-    """Each phase's p50 and mean over the answered POSTs a pod served (the model list and the
-    gateway's own answers left out); phases no such request had are left out."""
-    served = [r for r in requests if r.method == "POST" and r.status == 200 and r.pod is not None]
+def phase_summary(requests: Iterable[RequestPhases]) -> list[PhaseFigure]:
+    """Each phase's p50 and mean over the answered POSTs a pod served (:func:`served`), in the order
+    of :data:`PHASES` (then any other filter's, by name); phases no such request had are left out."""
+    kept = served(requests)
+    seen = {phase for r in kept for phase in r.phases}
     figures = []
-    for phase in phases:
-        values = [r.phases[phase] for r in served if phase in r.phases]
+    for phase in (*PHASES, *sorted(seen.difference(PHASES))):
+        values = [r.phases[phase] for r in kept if phase in r.phases]
         if values:
             median, mean = statistics.median(values), statistics.fmean(values)
             figures.append(PhaseFigure(phase, len(values), median, mean))

@@ -9,6 +9,7 @@ from epp.scheduling import load_profile
 from epp.scheduling.config import EndpointPickerConfig
 from epp.scheduling.errors import ConfigError
 
+from bench import picksim
 from bench.picksim import (
     GEMMA,
     SETUPS,
@@ -136,7 +137,7 @@ def hetero_rate(config: EndpointPickerConfig | None = None, **how: object) -> fl
     return statistics.mean(r.requests_per_s for r in runs)
 
 
-def test_a_slow_pod_with_half_the_slots_gets_no_queue_while_the_fast_ones_have_room() -> None:
+def test_on_heterogeneous_pods_the_closed_loop_rate_rises_once_a_queued_request_counts_twice() -> None:
     # Counted as running, a request that waits for a slot made the slow pod look as busy as a fast
     # pod holding as many requests, all running: the slow pod kept a queue while the fast ones had
     # free slots. Counted twice (waitingWeight 2, the default), the gateway's closed-loop rate rises
@@ -152,15 +153,16 @@ def test_an_open_loop_sends_each_request_at_its_arrival_whatever_is_in_flight() 
     sim = SimConfig(models=[GEMMA], max_num_seqs=8)
     # Arrivals far apart: each request finds an idle pod, so every TTFT is an unloaded one.
     apart = simulate(specs, sim=sim, arrivals=[10.0 * i for i in range(8)], place=lambda n, spec: 0)
-    # All at once on one pod: they share its batch, and their first tokens come later.
-    together = simulate(specs, sim=sim, arrivals=[0.0] * 8, place=lambda n, spec: 0)
+    # All at once on one pod, whatever the closed loop's concurrency: they share its batch, and their
+    # first tokens come later.
+    together = simulate(specs, sim=sim, arrivals=[0.0] * 8, place=lambda n, spec: 0, concurrency=1)
     assert together.ttft_p50 > 1.5 * apart.ttft_p50
     assert apart.requests_per_s < 0.2  # 8 requests over 70 virtual seconds and a little
     with pytest.raises(ValueError, match="one arrival per spec"):
         simulate(specs, sim=sim, arrivals=[0.0])
 
 
-def test_the_heterogeneous_command_compares_ttft_at_equal_offered_load(
+def test_the_heterogeneous_command_prints_each_sides_ttft_at_equal_offered_load(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["--workload", "heterogeneous", "--salts", "1", "--replicas", "1", "--time-scale", "3"]) == 0
@@ -169,3 +171,17 @@ def test_the_heterogeneous_command_compares_ttft_at_equal_offered_load(
     assert "open loop, 96 arrivals at" in out
     for side in ("round robin", "(never the slow one)", "gateway, 1 EPP replica"):
         assert f"{side}: TTFT p50" in out
+
+
+def test_the_heterogeneous_setup_is_the_matrixs_hetero_box_and_offered_load() -> None:
+    from bench import matrix  # the matrix's own figures, imported only here (it loads matplotlib)
+
+    [model] = matrix.BOXES["hetero"].topology.models
+    setup = SETUPS["heterogeneous"]
+    assert len(setup.sims) == model.replicas == 4
+    for index, sim in enumerate(setup.sims):
+        options = model.sim_for(index).model_dump(exclude_unset=True)
+        assert {name: getattr(sim, name) for name in options} == options
+    assert picksim.OFFERED == matrix.OFFERED_FRACTION
+    with pytest.raises(ValueError, match="4 pod configurations for 3 pods"):
+        simulate(heterogeneous()[:4], pods=3, sims=setup.sims)
