@@ -24,6 +24,7 @@ each side's TTFT p50 and p95 and their ratios to round robin's.
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import itertools
 import math
@@ -373,28 +374,21 @@ def with_scorer_parameters(config: EndpointPickerConfig, **parameters: object) -
     return changed
 
 
-def with_load_bound(config: EndpointPickerConfig, bound: float) -> EndpointPickerConfig:
-    """``config`` with every prefix-affinity-scorer's ``loadBound`` set to ``bound``."""
-    return with_scorer_parameters(config, loadBound=bound)
-
-
 def _open_loop(
-    setup: Setup, salts: Sequence[str], capacities: Sequence[float], sim: SimConfig,
-    sims: tuple[SimConfig, ...], replicas: Iterable[int], args: argparse.Namespace,
-    config: EndpointPickerConfig | None,
+    setup: Setup, salts: Sequence[str], capacities: Sequence[float], replicas: Iterable[int],
+    serve: Callable[..., SimResult],
 ) -> None:  # fmt: skip
     """The matrix's open-loop phase: each variant's Poisson arrivals at OFFERED x round robin's
-    closed-loop rate in that variant, the same to every side; TTFT p50 and p95, and the ratios."""
+    closed-loop rate in that variant, the same to every side; TTFT p50 and p95, and the ratios.
+    ``serve``: :func:`simulate` with the pods and the EPP's settings given."""
     offered = [OFFERED * c for c in capacities]
 
     def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
         out = []
         for i, (salt, rate) in enumerate(zip(salts, offered, strict=True)):
             specs = setup.specs(salt)[: setup.open_requests]
-            arrivals = poisson_arrivals(rate, len(specs), seed=i)
-            out.append(simulate(specs, replicas=replicas, sim=sim, sims=sims, arrivals=arrivals, place=place,
-                                follow_up_to=args.follow_up_to, streamed=not args.not_streamed,
-                                config=config))  # fmt: skip
+            out.append(serve(specs, replicas=replicas, arrivals=poisson_arrivals(rate, len(specs), seed=i),
+                             place=place))  # fmt: skip
         return out
 
     def line(label: str, results: Sequence[SimResult], against: Sequence[SimResult] | None = None) -> str:
@@ -409,7 +403,7 @@ def _open_loop(
 
     print(f"open loop, {setup.open_requests} arrivals at {statistics.mean(offered):.1f} req/s "
           f"({OFFERED:g} x round robin's closed-loop rate):")
-    rr = runs(1, lambda n, spec: n % len(sims or (sim,) * 4))
+    rr = runs(1, lambda n, spec: n % 4)
     print(line("round robin", rr))
     for label, place in setup.baselines:
         print(line(label, runs(1, place), rr))
@@ -453,10 +447,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim = scaled(setup.sim, args.time_scale)
     sims = tuple(scaled(s, args.time_scale) for s in setup.sims)
 
+    serve = functools.partial(simulate, sim=sim, sims=sims, follow_up_to=args.follow_up_to,
+                              streamed=not args.not_streamed, config=config)  # fmt: skip
+
     def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
-        return [simulate(setup.specs(salt), replicas=replicas, concurrency=setup.concurrency, sim=sim,
-                         sims=sims, place=place, follow_up_to=args.follow_up_to,
-                         streamed=not args.not_streamed, config=config)
+        return [serve(setup.specs(salt), replicas=replicas, concurrency=setup.concurrency, place=place)
                 for salt in salts]  # fmt: skip
 
     about = "".join(f", {name} {value:g}" for name, value in changes.items())
@@ -485,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if replicas != 1:
                 print(f"  {replicas} replicas / 1 replica: {rate / rates[1]:.3f}")
     if setup.open_requests:
-        _open_loop(setup, salts, [r.requests_per_s for r in rr], sim, sims, rates, args, config)
+        _open_loop(setup, salts, [r.requests_per_s for r in rr], rates, serve)
     if ceiling_rate:
         placed = statistics.mean(r.requests_per_s for r in best)
         print(f"  of the ceiling: best placement {placed / ceiling_rate:.2f}, "

@@ -19,7 +19,6 @@ from bench.picksim import (
     long_prompt,
     main,
     simulate,
-    with_load_bound,
     with_scorer_parameters,
 )
 from bench.workloads import RequestSpec
@@ -115,11 +114,11 @@ def test_following_answers_that_are_not_streams_is_refused_before_anything_runs(
 
 def test_a_tighter_load_bound_spreads_the_prefix_fits_groups_over_more_pods() -> None:
     setup = SETUPS["prefix-fits"]
-    tight = with_load_bound(load_profile("default"), 1.1)
+    tight = with_scorer_parameters(load_profile("default"), loadBound=1.1)
     scorer = next(p for p in tight.plugins if p.type == "prefix-affinity-scorer")
     assert (scorer.parameters or {})["loadBound"] == 1.1
     with pytest.raises(ConfigError, match="loadBound"):  # the scorer's own check, before anything runs
-        with_load_bound(load_profile("default"), 0.5)
+        with_scorer_parameters(load_profile("default"), loadBound=0.5)
 
     def pods_per_group(config: EndpointPickerConfig | None) -> float:
         runs = [simulate(setup.specs(f"salt {s} "), concurrency=16, sim=setup.sim, config=config)

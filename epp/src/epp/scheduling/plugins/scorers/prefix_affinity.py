@@ -245,12 +245,17 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
                 best, winner = weight, i
         return winner
 
-    def loads(self, endpoints: Sequence[Endpoint], less_ended: bool = True) -> list[int]:
+    def loads(self, endpoints: Sequence[Endpoint]) -> list[int]:
         """Each endpoint's load (:meth:`Endpoint.estimated_load`): ``waitingWeight x waiting +
-        running`` from fresh metrics plus the requests routed to it since (less, with ``less_ended``,
-        the answers seen to end since), or the in-flight count where the metrics are stale or absent."""
+        running`` from fresh metrics plus the requests routed to it since, less the answers seen to end
+        since, or the in-flight count where the metrics are stale or absent."""
+        return [less for less, _ in self._both_loads(endpoints)]
+
+    def _both_loads(self, endpoints: Sequence[Endpoint]) -> list[tuple[int, int]]:
+        """Each endpoint's load less the answers seen to end since its scrape, and without them."""
         oldest = self._clock() - self.staleness
-        return [e.estimated_load(oldest, less_ended, waiting_weight=self.waiting_weight) for e in endpoints]
+        weight = self.waiting_weight
+        return [e.estimated_loads(oldest, waiting_weight=weight) for e in endpoints]
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         parsed = self._prompt(state, request)
@@ -258,9 +263,7 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         # the scrape; the bound is judged on those without them: on the freshest loads a prefix left
         # its pod for another more often (virtual time, ``python -m bench.picksim``: the groups of the
         # cache-bound row on more pods, fewer hits).
-        oldest = self._clock() - self.staleness
-        weight = self.waiting_weight
-        both = [e.estimated_loads(oldest, waiting_weight=weight) for e in endpoints]
+        both = self._both_loads(endpoints)
         loads = [less for less, _ in both]
         n = len(loads)
         spread = 0.5 / (max(loads) + 1)
