@@ -141,12 +141,16 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
         )
 
     timing = _Timing(arrived=time.monotonic())
+    # vLLM answers a stream with its status line and headers at once (Starlette's StreamingResponse
+    # starts before its first chunk), while the request still waits for a slot and its prefill;
+    # the first token follows in the body. A whole answer's headers come with its body.
+    stream = await _start_stream(request) if gen.stream else None
     try:
         async with engine.serve(seq):
             timing.admitted = True
             sim.metrics.admitted(seq)
-            if gen.stream:
-                return await _stream(request, gen, seq, writer, sim, timing)
+            if stream is not None:
+                return await _stream(stream, gen, seq, writer, sim, timing)
             words: list[str] = []
             async for _ in engine.tokens(seq, streaming=False):
                 timing.first_token_seen()
@@ -177,32 +181,34 @@ class _Timing:
         return True
 
 
+async def _start_stream(request: web.Request) -> web.StreamResponse:
+    """A stream's response, its headers sent now (a StreamResponse does not hold them back)."""
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    return response
+
+
 async def _stream(
-    request: web.Request,
+    response: web.StreamResponse,
     gen: GenerationRequest,
     seq: Sequence,
     writer: ResponseWriter,
     sim: SimState,
     timing: _Timing,
 ) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
-    )
     try:
         async for _ in sim.engine.tokens(seq, streaming=True):
             index = seq.generated - 1
             chunk = writer.token_chunk(word(index, seq.prompt_tokens), last=index == gen.max_tokens - 1)
-            if timing.first_token_seen():
-                await response.prepare(request)
-                if gen.kind == "chat":
-                    chunk = writer.role_chunk() + chunk
+            if timing.first_token_seen() and gen.kind == "chat":
+                chunk = writer.role_chunk() + chunk
             await response.write(chunk)
         if gen.include_usage:
             await response.write(writer.usage_chunk(prompt_usage(seq), seq.generated))
         await response.write(DONE)
         await response.write_eof()
     except ConnectionResetError:
-        # The client went away mid-stream; leaving the engine's context frees the slot.
-        if not response.prepared:
-            raise
+        pass  # the client went away mid-stream; leaving the engine's context frees the slot
     return response

@@ -16,12 +16,11 @@ The phases, for a request the gateway routed to a pod:
   once it has read the whole body; round robin streams the body on as it comes, so its ``to_pod``
   is Envoy alone and the body's upload falls in its later phases (compare ``body_in`` for large
   bodies);
-* ``pod_to_headers``: from its last byte sent to the pod to the pod's first byte back: the pod's
-  queue and prefill where the pod sends a stream's headers with its first token (the simulator);
-  vLLM (a Starlette ``StreamingResponse``, by its source) sends them before the first token, and the
-  prefill then falls after them;
+* ``pod_to_headers``: from its last byte sent to the pod to the pod's first byte back: for a
+  stream, vLLM (and the simulator, as it) sends its headers at once, and the request's queue and
+  prefill come after them; for a whole answer, its whole generation;
 * ``headers_out``: from the pod's first byte to the first byte sent to the client (the EPP's
-  response-headers call);
+  response-headers call; for a stream it overlaps the pod's queue and prefill);
 * ``<filter>.request_headers`` / ``.request_body`` / ``.response_headers``: that filter's calls
   (with the request body streamed in full duplex, a filter answers the headers only once it has
   read the body: its two request calls overlap).

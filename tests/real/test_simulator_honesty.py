@@ -7,6 +7,7 @@ instead of in a production pool.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from epp.discovery.models import parse_model_list
 from onebox import children
 from onebox.box import OneBox
 from onebox.supervisor import Supervisor
-from tests.real.conftest import LORA, A, chat, scrape, server
+from tests.real.conftest import LORA, MAX_NUM_SEQS, A, chat, scrape, server
 
 pytestmark = [pytest.mark.real, pytest.mark.asyncio(loop_scope="session")]
 
@@ -134,3 +135,48 @@ async def test_a_repeated_prompt_reports_cached_tokens_in_the_same_shape(urls: d
 
     # The same fields, nested alike, with values of the same types: whole answers and stream events.
     assert [shape(u) for u in usages["sim"]] == [shape(u) for u in usages["real"]]
+
+
+async def test_a_stream_answers_its_headers_while_it_still_waits_for_a_slot(vllm_box: OneBox) -> None:
+    """Both servers send a stream's status line before its first token: while it waits behind
+    requests holding every slot. The EPP's response-headers call then overlaps that wait on both,
+    and the benchmarks' first-token times mean the same with the simulator as with vLLM."""
+    supervisor = Supervisor()
+    try:
+        args = ["--model", A, "--max-num-seqs", str(MAX_NUM_SEQS), "--itl-ms", "20", "--itl-sd-ms", "0"]
+        child = await supervisor.launch(children.simulator("vllmsim", "127.0.0.1", args))
+        sim = f"http://127.0.0.1:{(await supervisor.wait_ready(child, within=30))['http']}"
+        async with httpx.AsyncClient(timeout=120) as client:
+            for url in (server(vllm_box, A).url, sim):
+                await _headers_come_while_waiting(client, url)
+    finally:
+        await supervisor.stop()
+
+
+async def _headers_come_while_waiting(client: httpx.AsyncClient, url: str) -> None:
+    """Every slot held by a stream that has begun its answer; then a stream's headers come while
+    all of those are still answering (so before it could have a slot and a first token)."""
+    started = [asyncio.Event() for _ in range(MAX_NUM_SEQS)]
+    ended = [asyncio.Event() for _ in range(MAX_NUM_SEQS)]
+
+    async def hold(index: int) -> None:
+        ask = chat(A, max_tokens=480, ignore_eos=True, stream=True)
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=ask) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    started[index].set()
+        ended[index].set()
+
+    holders = [asyncio.create_task(hold(i)) for i in range(MAX_NUM_SEQS)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), timeout=60)
+        ask = chat(A, max_tokens=2, stream=True)
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=ask) as response:
+            assert response.status_code == 200, url
+            assert response.headers["content-type"].startswith("text/event-stream"), url
+            assert not any(e.is_set() for e in ended), f"{url}: the headers came once a slot was free"
+            await response.aread()
+    finally:
+        for task in holders:
+            task.cancel()
+        await asyncio.gather(*holders, return_exceptions=True)

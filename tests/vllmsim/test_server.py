@@ -183,6 +183,30 @@ async def test_requests_beyond_max_num_seqs_show_up_as_waiting_in_metrics(
         assert sim.engine.pool.used == 0
 
 
+async def test_a_stream_answers_its_headers_while_it_still_waits_for_a_slot_as_vllm_does(
+    client: aiohttp.ClientSession,
+) -> None:
+    """vLLM sends a stream's status line before its prefill, so a proxy's work on the response
+    headers overlaps the wait for the first token rather than adding to it (checked against the
+    real server in tests/real/test_simulator_honesty.py)."""
+    async with running(config(max_num_seqs=1, **SLOW)) as sim:
+        body = {"model": GEMMA, "prompt": PROMPT_8, "max_tokens": 100, "stream": True}
+        holder = asyncio.create_task(post(client, sim.url, "/v1/completions", {**body, "stream": False}))
+        await eventually(lambda: _running_is(client, sim.url, 1), "the slot taken")
+        async with client.post(f"{sim.url}/v1/completions", json=body) as response:
+            assert response.status == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["x-inference-model"] == GEMMA
+            samples = await scrape(client, sim.url)
+            assert value(samples, "vllm:num_requests_waiting") == 1  # no token of it exists yet
+        holder.cancel()
+        await asyncio.gather(holder, return_exceptions=True)
+
+
+async def _running_is(client: aiohttp.ClientSession, url: str, count: int) -> bool:
+    return value(await scrape(client, url), "vllm:num_requests_running") == count
+
+
 async def test_lora_requests_info_names_running_and_waiting_adapters(client: aiohttp.ClientSession) -> None:
     cfg = config(max_num_seqs=1, loras={"sql": GEMMA, "chat": GEMMA}, **SLOW)
     async with running(cfg) as sim:
