@@ -23,6 +23,10 @@ from epp.model_list import model_list_body
 SEND_LOG = 1024
 # How much older than the time asked about a send time is kept (see InFlight.sent_since).
 SEND_KEEP = 1.0
+# A request routed this long before a scrape was sent may still not show in it: it is on its way
+# through the proxy, or the pod has not queued it yet (vLLM tokenizes the prompt first). Such a
+# request counts as routed since the scrape: counted twice at worst, rather than nowhere.
+SEND_SHOWS_AFTER = 0.025
 
 
 @dataclass(slots=True)
@@ -37,7 +41,8 @@ class Metrics:
     max_loras: int = 0
     block_size: int = 16
     num_gpu_blocks: int = 0
-    # time.monotonic() of the last successful scrape; 0.0 means never scraped.
+    # time.monotonic() when the last successful scrape was sent (its figures count what the pod had
+    # by then); 0.0 means never scraped.
     updated_at: float = 0.0
 
     def age(self, now: float | None = None) -> float:
@@ -153,13 +158,14 @@ class Endpoint:
 
     def estimated_load(self, oldest: float, less_ended: bool = True, *, waiting_weight: int = 1) -> int:
         """Requests on the endpoint now, as this EPP best knows: ``waiting x waiting_weight +
-        running`` from its last scrape, plus the requests routed to it since that scrape (which it
-        cannot have counted), less (with ``less_ended``) the answers from it this EPP saw end since
-        (which it still counted), when the scrape is no older than monotonic time ``oldest``; else
-        this EPP's in-flight count (unweighted: it cannot tell which of them wait). Never below the
-        in-flight count. On a pod whose scrape showed a queue, each request routed since and each
-        answer ended since counts ``waiting_weight`` times: the one waits, the other let a waiting
-        request start.
+        running`` from its last scrape, plus the requests routed to it since that scrape was sent
+        (which it cannot have counted) or up to ``SEND_SHOWS_AFTER`` before (which it may have
+        missed: on their way to the pod), less (with ``less_ended``) the answers from it this EPP
+        saw end since (which it still counted), when the scrape is no older than monotonic time
+        ``oldest``; else this EPP's in-flight count (unweighted: it cannot tell which of them wait).
+        Never below the in-flight count. On a pod whose scrape showed a queue, each request routed
+        since and each answer ended since counts ``waiting_weight`` times: the one waits, the other
+        let a waiting request start.
 
         Between two scrapes the scraped figures stand still while requests come and go: without the
         routed-since term every pick in the interval would see the same loads and herd onto the pod
@@ -179,7 +185,8 @@ class Endpoint:
         # On a pod that was queuing, a request routed since waits too, and an answer that ended since
         # let a waiting one start: each is worth a waiting request.
         unit = waiting_weight if m.waiting else 1
-        seen = m.waiting * waiting_weight + m.running + load.sent_since(m.updated_at) * unit
+        unseen = load.sent_since(m.updated_at - SEND_SHOWS_AFTER)
+        seen = m.waiting * waiting_weight + m.running + unseen * unit
         less = seen - load.ended_since(m.updated_at) * unit if load.ends else seen
         return (less if less > own else own), (seen if seen > own else own)
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
 from aiohttp import web
-from epp.datastore import Datastore, Endpoint
+from epp.datastore import SEND_SHOWS_AFTER, Datastore, Endpoint
 from epp.discovery import MetricsScraper
 
 from .support import eventually, one_route_app, pod_appears, running, serve
@@ -241,3 +242,34 @@ async def test_pages_sent_chunked_or_ended_by_the_close_are_read() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_request_routed_while_a_scrape_is_answered_counts_on_top_of_it() -> None:
+    # The pod reads its queue, then its page takes a while to reach the EPP; a request routed meanwhile
+    # is not in the page. Stamped with when its answer came, the scrape would hide that request (the
+    # pod would look one request lighter until the next scrape); stamped with when it was sent, the
+    # request counts as routed since.
+    read, release = asyncio.Event(), asyncio.Event()
+    answered = 0
+
+    async def slow_page(request: web.Request) -> web.Response:
+        nonlocal answered
+        body = PAGE.format(waiting=0, running=1, kv=0.1)
+        read.set()
+        if answered:  # later scrapes never answer: the first one's figures stay
+            await asyncio.sleep(3600)
+        await release.wait()
+        answered += 1
+        return web.Response(text=body, content_type="text/plain")
+
+    datastore = Datastore()
+    async with serve(one_route_app("/metrics", slow_page)) as port, scraping(datastore):
+        endpoint = await pod_appears(datastore, port)
+        await asyncio.wait_for(read.wait(), 5.0)
+        await asyncio.sleep(2 * SEND_SHOWS_AFTER)  # routed well after the scrape was sent
+        endpoint.load.routed(time.monotonic())
+        await asyncio.sleep(2 * SEND_SHOWS_AFTER)
+        release.set()
+        await eventually(lambda: endpoint.metrics.updated_at > 0, what="the first scrape")
+        assert endpoint.metrics.running == 1
+        assert endpoint.estimated_load(time.monotonic() - 1.0) == 2

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from epp.contract import UPSTREAM_CONNECT_FAILURE, UPSTREAM_FAILURE_HEADER
-from epp.datastore import Datastore, Endpoint
+from epp.datastore import SEND_SHOWS_AFTER, Datastore, Endpoint
 from epp.extproc.body import parse_body
 from epp.requestcontrol.answer_ends import AnswerEnds, follows_stream
 from epp.requestcontrol.inflight import InFlightRelease
@@ -47,12 +47,12 @@ def one_pod() -> tuple[Datastore, Endpoint]:
 
 
 def scraped_running(endpoint: Endpoint) -> float:
-    """A scrape at the moment of the last send saw that request running; returns its time, once the
-    clock has moved past it (a no-op on any real clock)."""
-    scraped = endpoint.load.sends[-1]
+    """A scrape sent once the last request had had time to reach the pod (``SEND_SHOWS_AFTER``) saw
+    it running; returns the scrape's time, once the clock has moved past it."""
+    scraped = endpoint.load.sends[-1] + SEND_SHOWS_AFTER
     endpoint.metrics.running, endpoint.metrics.updated_at = 1, scraped
     while time.monotonic() <= scraped:
-        time.sleep(0)
+        time.sleep(0.001)
     return scraped
 
 

@@ -46,6 +46,9 @@ class _Target:
     connection: Connection | None = None
     connecting: asyncio.Task[None] | None = None
     started: float = 0.0  # loop time the scrape under way began; 0.0: none under way
+    # time.monotonic() when the scrape under way (or the last one) was sent: what it reads counts
+    # every request the pod had by then, so the requests routed since are counted on top of it.
+    sent_at: float = 0.0
     last_body: bytes | None = None
     last_metrics: Metrics | None = None
 
@@ -121,6 +124,7 @@ class MetricsScraper(PollErrors):
     def _begin(self, target: _Target, now: float, loop: asyncio.AbstractEventLoop) -> None:
         self.scrapes += 1
         target.started = now
+        target.sent_at = time.monotonic()
         connection = target.connection
         if connection is not None and not connection.closed:
             connection.get(target.request)
@@ -168,11 +172,13 @@ class MetricsScraper(PollErrors):
             self._failed(target, MetricsParseError(f"HTTP {outcome.status}"))
             return
         body, endpoint = outcome.body, target.endpoint
+        # Stamped with when the scrape was sent, not when its answer came: a request routed while the
+        # answer was on its way is not in it, and must count as routed since (Endpoint.estimated_loads).
         if target.last_metrics is not None and body == target.last_body:
-            metrics = dataclasses.replace(target.last_metrics, updated_at=time.monotonic())
+            metrics = dataclasses.replace(target.last_metrics, updated_at=target.sent_at)
         else:
             try:
-                metrics = parse_vllm_metrics(body.decode("utf-8", "replace"), time.monotonic())
+                metrics = parse_vllm_metrics(body.decode("utf-8", "replace"), target.sent_at)
             except MetricsParseError as exc:
                 self._failed(target, exc)
                 return

@@ -47,7 +47,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from epp.datastore import Datastore, Endpoint
+from epp.datastore import SEND_SHOWS_AFTER, Datastore, Endpoint
 from epp.flowcontrol.config import FlowControlConfig
 from epp.flowcontrol.metrics import FlowControlMetrics
 from epp.refusals import RequestError
@@ -56,9 +56,6 @@ from epp.scheduling.saturation import SaturationDetector
 Clock = Callable[[], float]
 # How often the dispatcher looks again while requests wait (metrics change without an event).
 TICK_SECONDS = 0.005
-# A request sent this long before a scrape may still not show in it (it is on its way through the
-# proxy): it counts as unseen. Counted twice at worst, which only delays the next dispatch.
-SEND_SHOWS_AFTER = 0.025
 # Answer ends remembered per endpoint to free their slots before the next scrape shows it.
 _MAX_ENDS = 256
 # A tenant counts as active for a model while it has requests queued or in flight, and this long after.
