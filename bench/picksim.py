@@ -5,11 +5,14 @@ change to the picker does to placement. This runs the EPP's real scheduler (its 
 one instance per replica, each with its own endpoints, in-flight counts and learned index) against
 simulated pods in *virtual* time: the simulator's own KV block pool (``vllmsim.engine.BlockPool``),
 its slots, FIFO queue and latency model (inter-token jitter from a seeded generator), with the same
-defaults. Each replica scrapes every pod's ``waiting``/``running`` every ``scrape`` seconds (replicas
-out of phase) and counts the requests it sent since. The answers are streams, as ``bench`` sends
-them: a replica counts its own in flight to the first token and sees an answer end only when it
-follows the stream there (``--follow-up-to``, off by default as in the EPP); an end it sees comes
-off the pod's load. With ``--not-streamed`` the answers come whole, as many API clients ask for
+defaults. Each replica scrapes every pod's ``waiting``/``running`` before the first request (a real
+EPP is ready only once it has), then every ``scrape`` seconds (replicas out of phase), and counts the
+requests it sent since. The answers are streams, as ``bench`` sends
+them, their headers sent as soon as the pod takes the request, as vLLM and the simulator send them
+(``--headers-at-first-token``: with the first token instead, as the simulator did before): a
+replica counts its own in flight to the headers and sees an answer end only when it follows the
+stream there (``--follow-up-to``, off by default as in the EPP); an end it sees comes off the pod's
+load. With ``--not-streamed`` the answers come whole, as many API clients ask for
 them: their headers come at their end, which each replica sees for its own requests. The clients
 run a closed loop, request ``i`` through replica ``i % replicas``; the heterogeneous workload (pods
 of their own configurations, as the matrix's hetero box) then runs an open loop as the matrix does:
@@ -151,6 +154,9 @@ class SimResult:
     ttft_p95: float = 0.0
 
 
+# When each replica first scrapes the pool: at the start, before the first request (a scrape stamped
+# 0.0 would read as never scraped).
+_FIRST_SCRAPE = 1e-9
 # The matrix's cache box: pods of 16k tokens of KV cache (1,024 blocks of 16).
 _SMALL_CACHE = SimConfig(models=[GEMMA], kv_cache_blocks=1024)
 
@@ -161,6 +167,7 @@ def simulate(
     place: Callable[[int, RequestSpec], int] | None = None, warmup: Sequence[RequestSpec] = (),
     follow_up_to: int = 0, streamed: bool = True, told_replicas: int | None = None,
     sims: Sequence[SimConfig] = (), arrivals: Sequence[float] | None = None,
+    headers_at_first_token: bool = False,
 ) -> SimResult:  # fmt: skip
     """Serve ``specs`` (closed loop at ``concurrency``) through ``replicas`` EPPs onto ``pods`` pods;
     ``place(n, spec)``, if given, picks the pod index instead of the EPP (a baseline). ``warmup`` is
@@ -169,7 +176,9 @@ def simulate(
     the replica count each EPP is told (``--replicas``; default ``replicas``), which picks its
     placement rule (a lone replica's or the peers'). ``sims``: one configuration per pod, ``pods``
     of them. ``arrivals``: an open loop instead, each spec sent at its offset
-    (virtual seconds), whatever is still in flight."""
+    (virtual seconds), whatever is still in flight. A stream's headers come as soon as its pod takes
+    it (vLLM's way), or with its first token where ``headers_at_first_token``; an EPP that does not
+    follow the stream counts it in flight until then."""
     sim = sim or _SMALL_CACHE
     if sims and pods != len(sims):
         raise ValueError(f"{len(sims)} pod configurations for {pods} pods")
@@ -186,8 +195,11 @@ def simulate(
     epps = [_Replica(config, pool, clock, told_replicas or replicas) for _ in range(replicas)]
     events: list[tuple[float, int, str, object]] = []  # (time, tiebreak, kind, payload)
     tick = itertools.count()
-    for r in range(replicas):
-        heapq.heappush(events, (scrape * r / replicas, next(tick), "scrape", r))
+    # Every replica has scraped the idle pool before it takes a request (a real EPP is ready only
+    # then); the scrapes go on every ``scrape`` seconds, the replicas out of phase.
+    for r, epp in enumerate(epps):
+        epp.scrape(pool, _FIRST_SCRAPE)
+        heapq.heappush(events, (scrape * (r + 1) / replicas, next(tick), "scrape", r))
     queue = deque([*warmup, *specs])
     total, started_at = len(warmup) + len(specs), 0.0
     served: dict[int, Counter[str]] = defaultdict(Counter)
@@ -214,7 +226,10 @@ def simulate(
         endpoint.load.routed(now)
         pod = next(p for p in pool if p.address == endpoint.address)
         seq = pod.sequence(spec, prompt, now)
-        owner[id(seq)] = (endpoint, pod, not streamed or follows_stream(request, follow_up_to))
+        followed = not streamed or follows_stream(request, follow_up_to)
+        owner[id(seq)] = (endpoint, pod, followed)
+        if not followed and not headers_at_first_token:
+            endpoint.load.count -= 1  # its headers came back at once: the pod's own metrics count it
         served[spec.group if spec.group is not None else -1][pod.address] += 1
         started(pod.admit(seq, now))
 
@@ -242,7 +257,7 @@ def simulate(
         elif kind == "first":
             assert isinstance(payload, _Seq)
             endpoint, _, followed = owner[id(payload)]
-            if not followed:
+            if not followed and headers_at_first_token:
                 endpoint.load.count -= 1  # the stream began: the pod's own metrics count it from here
             if id(payload.spec) in measured:
                 ttfts.append(now - payload.sent)
@@ -292,11 +307,18 @@ def long_prompt(seed: int = 4, salt: str = "") -> list[RequestSpec]:
     ))  # fmt: skip
 
 
+def random_prompts(seed: int = 5, salt: str = "") -> list[RequestSpec]:
+    """The matrix's bursty row, its closed loop: 120 random prompts of one model."""
+    return generate(WorkloadConfig(models=[GEMMA], requests=120, max_tokens=32, seed=seed, prefix_salt=salt))
+
+
 def heterogeneous(seed: int = 6, salt: str = "") -> list[RequestSpec]:
     """The matrix's heterogeneous row: 160 random prompts of one model."""
     return generate(WorkloadConfig(models=[GEMMA], requests=160, max_tokens=32, seed=seed, prefix_salt=salt))
 
 
+# The matrix's long box (bench.matrix's _LONG): four pods of 4 slots, 64k-token context.
+_LONG = SimConfig(models=[GEMMA], max_num_seqs=4, kv_cache_blocks=8192, max_model_len=65536, per_token_us=10)
 # The matrix's hetero box: three pods of 8 slots and one (the first) with 4, twice as slow
 # (bench.matrix's _EIGHT_SLOTS and _SLOW_HALF: a test checks they agree).
 _FAST = SimConfig(models=[GEMMA], max_num_seqs=8)
@@ -338,8 +360,11 @@ SETUPS = {
     ),
     "long-prompt": Setup(
         "48 one-off 50,000-token prompts, 4 pods of 4 slots, c=8",
-        lambda salt: long_prompt(salt=salt), 8,
-        SimConfig(models=[GEMMA], max_num_seqs=4, kv_cache_blocks=8192, max_model_len=65536, per_token_us=10),
+        lambda salt: long_prompt(salt=salt), 8, _LONG,
+    ),
+    "bursty": Setup(
+        "120 random prompts, 4 pods of 4 slots, c=16 (as many as the slots: the bursty row's closed loop)",
+        lambda salt: random_prompts(salt=salt), 16, _LONG,
     ),
     "heterogeneous": Setup(
         "160 random prompts, 3 pods of 8 slots and one with 4, twice as slow; closed loop c=32, then "
@@ -422,6 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--follow-up-to", type=int, default=0,
                         help="the EPP's --follow-answers-up-to: streams of at most this many tokens are "
                         "followed to their end (default 0: none, the EPP's default)")
+    parser.add_argument("--headers-at-first-token", action="store_true",
+                        help="a stream's headers come with its first token, as the simulator sent them "
+                        "before (default: as soon as the pod takes it, as vLLM sends them)")
     parser.add_argument("--load-bound", type=float,
                         help="run the default profile with this prefix-affinity-scorer loadBound")
     parser.add_argument("--waiting-weight", type=int,
@@ -434,6 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--time-scale must be > 0")
     if args.follow_up_to and args.not_streamed:
         parser.error("--follow-up-to is for streams: an answer that is not streamed ends at its headers")
+    if args.headers_at_first_token and args.not_streamed:
+        parser.error("--headers-at-first-token is for streams: an answer that is not streamed sends its "
+                     "headers at its end")
     setup = SETUPS[args.workload]
     config = None
     changes = {name: value for name, value in (("loadBound", args.load_bound),
@@ -448,7 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sims = tuple(scaled(s, args.time_scale) for s in setup.sims)
 
     serve = functools.partial(simulate, sim=sim, sims=sims, follow_up_to=args.follow_up_to,
-                              streamed=not args.not_streamed, config=config)  # fmt: skip
+                              streamed=not args.not_streamed, config=config,
+                              headers_at_first_token=args.headers_at_first_token)  # fmt: skip
 
     def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
         return [serve(setup.specs(salt), replicas=replicas, concurrency=setup.concurrency, place=place)

@@ -112,6 +112,12 @@ def test_following_answers_that_are_not_streams_is_refused_before_anything_runs(
     assert "--follow-up-to is for streams" in capsys.readouterr().err
 
 
+def test_headers_at_the_first_token_are_for_streams_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--not-streamed", "--headers-at-first-token"])
+    assert "--headers-at-first-token is for streams" in capsys.readouterr().err
+
+
 def test_a_tighter_load_bound_spreads_the_prefix_fits_groups_over_more_pods() -> None:
     setup = SETUPS["prefix-fits"]
     tight = with_scorer_parameters(load_profile("default"), loadBound=1.1)
@@ -145,6 +151,17 @@ def test_on_heterogeneous_pods_the_closed_loop_rate_rises_once_a_queued_request_
     default, counted_once = hetero_rate(), hetero_rate(once)
     assert default >= 1.1 * counted_once
     assert default >= 2 * hetero_rate(place=lambda n, spec: n % 4)
+
+
+def test_an_epp_that_sees_a_streams_headers_at_once_places_as_well_as_one_that_saw_them_late() -> None:
+    # vLLM sends a stream's headers as soon as it takes the request, so the EPP's in-flight count ends
+    # there and its picks rest on the scrapes and the requests it routed since. An EPP is ready only
+    # once it has scraped its pods: counting from that scrape, its first burst spreads as evenly as
+    # when the count lasted to the first token (without it, that burst went by the stale path and
+    # the heterogeneous closed loop lost a tenth of its rate).
+    at_once = hetero_rate()
+    late = hetero_rate(headers_at_first_token=True)
+    assert at_once >= 0.97 * late
 
 
 def test_an_open_loop_sends_each_request_at_its_arrival_whatever_is_in_flight() -> None:
