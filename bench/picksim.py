@@ -16,7 +16,8 @@ load. With ``--not-streamed`` the answers come whole, as many API clients ask fo
 them: their headers come at their end, which each replica sees for its own requests. The clients
 run a closed loop, request ``i`` through replica ``i % replicas``; the heterogeneous workload (pods
 of their own configurations, as the matrix's hetero box) then runs an open loop as the matrix does:
-Poisson arrivals at 0.8 x round robin's closed-loop rate, the same to every side. Nothing sleeps and
+Poisson arrivals at 0.8 x round robin's closed-loop rate, the same to every side, and the bursty
+workload the bursty row's arrivals (a burst above round robin's rate). Nothing sleeps and
 every random draw is seeded: the same arguments give the same figures, on any machine.
 
 It prints, per replica count: the pods' prefix-cache hit rate (tokens), requests per virtual second,
@@ -307,9 +308,10 @@ def long_prompt(seed: int = 4, salt: str = "") -> list[RequestSpec]:
     ))  # fmt: skip
 
 
-def random_prompts(seed: int = 5, salt: str = "") -> list[RequestSpec]:
-    """The matrix's bursty row, its closed loop: 120 random prompts of one model."""
-    return generate(WorkloadConfig(models=[GEMMA], requests=120, max_tokens=32, seed=seed, prefix_salt=salt))
+def random_prompts(seed: int = 5, salt: str = "", requests: int = 120) -> list[RequestSpec]:
+    """The matrix's bursty row: random prompts of one model (its closed loop: 120)."""
+    return generate(WorkloadConfig(models=[GEMMA], requests=requests, max_tokens=32, seed=seed,
+                                   prefix_salt=salt))  # fmt: skip
 
 
 def heterogeneous(seed: int = 6, salt: str = "") -> list[RequestSpec]:
@@ -346,6 +348,9 @@ class Setup:
     # Requests of an open-loop phase (Poisson arrivals at OFFERED x round robin's closed-loop rate,
     # TTFT compared), as the matrix runs it; 0: none.
     open_requests: int = 0
+    # Instead, the open loop of the matrix's bursty row: its arrivals, shaped from round robin's
+    # closed-loop rate, as many as they come to (the specs, for a salt and a count).
+    bursty: Callable[[str, int], list[RequestSpec]] | None = None
 
 
 SETUPS = {
@@ -363,8 +368,10 @@ SETUPS = {
         lambda salt: long_prompt(salt=salt), 8, _LONG,
     ),
     "bursty": Setup(
-        "120 random prompts, 4 pods of 4 slots, c=16 (as many as the slots: the bursty row's closed loop)",
+        "120 random prompts, 4 pods of 4 slots, c=16 (as many as the slots), then the matrix's bursty "
+        "arrivals (a burst above round robin's rate)",
         lambda salt: random_prompts(salt=salt), 16, _LONG,
+        bursty=lambda salt, count: random_prompts(salt=salt, requests=count),
     ),
     "heterogeneous": Setup(
         "160 random prompts, 3 pods of 8 slots and one with 4, twice as slow; closed loop c=32, then "
@@ -399,22 +406,36 @@ def with_scorer_parameters(config: EndpointPickerConfig, **parameters: object) -
     return changed
 
 
+def bursty_arrivals(capacity: float, time_scale: float, seed: int) -> list[float]:
+    """The matrix's bursty row's arrivals (``bench.matrix``'s own shape) for round robin's
+    closed-loop rate ``capacity``."""
+    from bench.matrix import rows  # the matrix pulls in its report's plotting: only when asked
+
+    shape = next(r.bursty for r in rows() if r.name == "bursty")
+    assert shape is not None
+    return shape.arrivals(capacity, time_scale, seed)
+
+
 def _open_loop(
     setup: Setup, salts: Sequence[str], capacities: Sequence[float], replicas: Iterable[int],
-    serve: Callable[..., SimResult],
+    serve: Callable[..., SimResult], time_scale: float = 1.0,
 ) -> None:  # fmt: skip
     """The matrix's open-loop phase: each variant's Poisson arrivals at OFFERED x round robin's
-    closed-loop rate in that variant, the same to every side; TTFT p50 and p95, and the ratios.
-    ``serve``: :func:`simulate` with the pods and the EPP's settings given."""
+    closed-loop rate in that variant (or, for the bursty setup, the bursty row's arrivals), the same
+    to every side; TTFT p50 and p95, and the ratios. ``serve``: :func:`simulate` with the pods and
+    the EPP's settings given."""
     offered = [OFFERED * c for c in capacities]
+    loads: list[tuple[list[RequestSpec], list[float]]] = []
+    for i, (salt, capacity) in enumerate(zip(salts, capacities, strict=True)):
+        if setup.bursty is not None:
+            arrivals = bursty_arrivals(capacity, time_scale, seed=i)
+            loads.append((setup.bursty(salt, len(arrivals)), arrivals))
+        else:
+            specs = setup.specs(salt)[: setup.open_requests]
+            loads.append((specs, poisson_arrivals(offered[i], len(specs), seed=i)))
 
     def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
-        out = []
-        for i, (salt, rate) in enumerate(zip(salts, offered, strict=True)):
-            specs = setup.specs(salt)[: setup.open_requests]
-            out.append(serve(specs, replicas=replicas, arrivals=poisson_arrivals(rate, len(specs), seed=i),
-                             place=place))  # fmt: skip
-        return out
+        return [serve(specs, replicas=replicas, arrivals=arrivals, place=place) for specs, arrivals in loads]
 
     def line(label: str, results: Sequence[SimResult], against: Sequence[SimResult] | None = None) -> str:
         p50 = statistics.mean(r.ttft_p50 for r in results)
@@ -426,8 +447,12 @@ def _open_loop(
             text += f" ({p50 / base50:.2f}x, {p95 / base95:.2f}x round robin's)"
         return text
 
-    print(f"open loop, {setup.open_requests} arrivals at {statistics.mean(offered):.1f} req/s "
-          f"({OFFERED:g} x round robin's closed-loop rate):")
+    if setup.bursty is not None:
+        print(f"bursty open loop, {statistics.mean(len(a) for _, a in loads):.0f} arrivals (the matrix's "
+              "bursty row's shape, from round robin's closed-loop rate):")
+    else:
+        print(f"open loop, {setup.open_requests} arrivals at {statistics.mean(offered):.1f} req/s "
+              f"({OFFERED:g} x round robin's closed-loop rate):")
     rr = runs(1, lambda n, spec: n % 4)
     print(line("round robin", rr))
     for label, place in setup.baselines:
@@ -511,8 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for replicas, rate in rates.items():
             if replicas != 1:
                 print(f"  {replicas} replicas / 1 replica: {rate / rates[1]:.3f}")
-    if setup.open_requests:
-        _open_loop(setup, salts, [r.requests_per_s for r in rr], rates, serve)
+    if setup.open_requests or setup.bursty is not None:
+        _open_loop(setup, salts, [r.requests_per_s for r in rr], rates, serve, args.time_scale)
     if ceiling_rate:
         placed = statistics.mean(r.requests_per_s for r in best)
         print(f"  of the ceiling: best placement {placed / ceiling_rate:.2f}, "

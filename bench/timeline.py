@@ -1,7 +1,8 @@
 """``python -m bench.timeline``: where the picker put each request, against how busy the pods were.
 
 Runs one of the matrix's rows (``--row``: random-mixed, two models with two pods each, by default;
-long-prompt, one model on four pods; or prefix-fits, one model on four pods, four shared prompts)
+long-prompt, one model on four pods; bursty, its closed loop on the same four pods; or prefix-fits,
+one model on four pods, four shared prompts)
 against the gateway and against round robin over the same pods, and rebuilds every pod's concurrency
 over time from the client's records (each request is on its pod
 from the moment it is sent until its last byte; the pod is the one named by the answer's
@@ -198,7 +199,7 @@ def write_csv(path: Path, result: RunResult) -> None:
                             f"{r.start + r.e2e:.6f}", "" if r.ttft is None else f"{r.ttft:.6f}"])  # fmt: skip
 
 
-ROWS = ("random-mixed", "long-prompt", "prefix-fits")
+ROWS = ("random-mixed", "long-prompt", "bursty", "prefix-fits")
 # Seconds to let the box's readiness checks reach its Envoys' phase logs (flushed every 100 ms)
 # before a run's lines are read.
 _FLUSHED = 0.5

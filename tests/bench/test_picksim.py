@@ -189,6 +189,23 @@ def test_the_heterogeneous_command_prints_each_sides_ttft_at_equal_offered_load(
         assert f"{side}: TTFT p50" in out
 
 
+def test_the_bursty_setup_runs_the_matrixs_long_box_and_its_burst_above_round_robins_rate(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench import matrix
+
+    [model] = matrix.BOXES["long"].topology.models
+    options = model.sim_for(0).model_dump(exclude_unset=True)
+    assert {name: getattr(SETUPS["bursty"].sim, name) for name in options} == options
+    row = next(r for r in matrix.rows() if r.name == "bursty")
+    assert row.bursty is not None
+    assert picksim.bursty_arrivals(19.0, 3.0, 1) == row.bursty.arrivals(19.0, 3.0, 1)
+    assert main(["--workload", "bursty", "--salts", "1", "--replicas", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "bursty open loop, " in out
+    assert "gateway, 1 EPP replica: TTFT p50" in out
+
+
 def test_the_heterogeneous_setup_is_the_matrixs_hetero_box_and_offered_load() -> None:
     from bench import matrix  # the matrix's own figures, imported only here (it loads matplotlib)
 
