@@ -14,6 +14,10 @@ from the moment it is sent until its last byte; the pod is the one named by the 
 * **imbalance**: the time-weighted mean of (the busiest pod - the least busy) per model;
 * **TTFT p50** and the mean concurrency a request found on its pod;
 * for the gateway, the EPPs' CPU per request (user + system, from ``/proc``, over the run);
+* **pods**: what the pods themselves measured over the run (their histograms, read before and after
+  it): the mean time to first token from a request's arrival (its wait for a slot included), and
+  the decode lag, their end-to-end time less that and the modelled inter-token delays (a pod slowed
+  by a busy machine shows it there);
 
 and at the end, both sides' TTFT p50 by the number of requests a request found on its pod (rounds
 pooled): a gap at equal occupancy is a cost per request, the rest of the overall gap is placement.
@@ -41,6 +45,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.client import RequestResult, RunResult, run
 from bench.matrix import BOXES, parse_epp_setting, rows
@@ -200,6 +207,49 @@ def write_csv(path: Path, result: RunResult) -> None:
 
 
 ROWS = ("random-mixed", "long-prompt", "bursty", "prefix-fits")
+
+# The pods' own histograms (vLLM's names): (sum, count) of each, summed over the pods.
+_POD_HISTOGRAMS = ("vllm:e2e_request_latency_seconds", "vllm:time_to_first_token_seconds",
+                   "vllm:inter_token_latency_seconds")  # fmt: skip
+
+
+Totals = dict[str, tuple[float, float]]
+
+
+def pod_totals(pages: Sequence[str]) -> Totals:
+    """(sum, count) of each of ``_POD_HISTOGRAMS`` over the pods' ``/metrics`` pages."""
+    totals = dict.fromkeys(_POD_HISTOGRAMS, (0.0, 0.0))
+    for page in pages:
+        for family in text_string_to_metric_families(page):
+            if family.name not in totals:
+                continue
+            total, count = totals[family.name]
+            for sample in family.samples:
+                if sample.name.endswith("_sum"):
+                    total += sample.value
+                elif sample.name.endswith("_count"):
+                    count += sample.value
+            totals[family.name] = (total, count)
+    return totals
+
+
+def pods_line(label: str, before: Totals, after: Totals) -> str:
+    """The pods' own view of one run, from their histograms before and after it."""
+    e2e, ttft, itl = ((after[n][0] - before[n][0], after[n][1] - before[n][1]) for n in _POD_HISTOGRAMS)
+    answered = e2e[1]
+    if not answered:
+        return f"{label:<12} pods: no answer ended"
+    lag = (e2e[0] - ttft[0] - itl[0]) / answered
+    return (f"{label:<12} pods: TTFT mean {ttft[0] / answered * 1000:.1f} ms from arrival (slot wait "
+            f"included), decode lag {lag * 1000:.2f} ms/request over {answered:.0f} answers")
+
+
+async def read_pods(session: aiohttp.ClientSession, addresses: Sequence[str]) -> Totals:
+    pages = []
+    for address in addresses:
+        async with session.get(f"http://{address}/metrics") as response:
+            pages.append(await response.text())
+    return pod_totals(pages)
 # Seconds to let the box's readiness checks reach its Envoys' phase logs (flushed every 100 ms)
 # before a run's lines are read.
 _FLUSHED = 0.5
@@ -224,8 +274,10 @@ async def measure(
     workload = row.workload if requests is None else row.workload.model_copy(update={"requests": requests})
     runs = []
     offsets = {"gateway": 0, "round-robin": 0}
-    async with OneBox(BOXES[row.box].topology, round_robin=True, time_scale=time_scale,
-                      epp_settings=epp_settings, phase_log_dir=phases) as box:  # fmt: skip
+    box = OneBox(BOXES[row.box].topology, round_robin=True, time_scale=time_scale, epp_settings=epp_settings,
+                 phase_log_dir=phases)
+    async with box, aiohttp.ClientSession() as session:
+        pods = [pod.address for pod in box.pods]
         if phases is not None:  # the box's own readiness checks are not a run's
             await asyncio.sleep(_FLUSHED)
             for label, envoy in (("gateway", "envoy"), ("round-robin", "envoy-round-robin")):
@@ -235,15 +287,18 @@ async def measure(
                 specs = generate(workload.model_copy(update={"prefix_salt": f"{label}{i} "}))
                 epps = [c.pid for c in box.children if c.name.startswith("epp")]
                 cpu = sum(group_cpu_seconds(pid) for pid in epps)
+                pods_before = await read_pods(session, pods)
                 result = await run(url, specs, concurrency=row.concurrency, stream=True,
                                    request_timeout=120.0, label=label,
                                    model_header=label == "round-robin")  # fmt: skip
                 cpu = sum(group_cpu_seconds(pid) for pid in epps) - cpu
+                pods_after = await read_pods(session, pods)
                 stats = pick_stats(label, result)
                 line = stats.line()
                 if label == "gateway":
                     line += f"  EPP CPU {cpu / max(1, len(result.results)) * 1000:.2f} ms/request"
                 print(line, flush=True)
+                print(pods_line(label, pods_before, pods_after), flush=True)
                 if phases is not None:
                     envoy = "envoy" if label == "gateway" else "envoy-round-robin"
                     answered = sum(1 for r in result.results if r.ok)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.client import Attempt, RequestResult, RunResult
-from bench.timeline import phase_lines, pick_stats, ttft_by_occupancy
+from bench.timeline import phase_lines, pick_stats, pod_totals, pods_line, ttft_by_occupancy
 from onebox.envoy.phases import RequestPhases
 
 
@@ -45,3 +45,27 @@ def test_a_runs_phases_print_as_p50_and_mean_without_the_total() -> None:
         "gateway      phases p50/mean ms: to_pod 5.00/6.00, headers_out 1.00/1.00"
     ]
     assert phase_lines("round-robin", []) == ["round-robin  phases: none logged"]
+
+
+def page(e2e: float, ttft: float, itl: float, answers: int) -> str:
+    """A pod's /metrics page with the three histograms vLLM names, as sums and counts."""
+    lines = []
+    for name, total, count in (("e2e_request_latency_seconds", e2e, answers),
+                               ("time_to_first_token_seconds", ttft, answers),
+                               ("inter_token_latency_seconds", itl, answers * 31)):  # fmt: skip
+        lines += [f"# TYPE vllm:{name} histogram",
+                  f'vllm:{name}_bucket{{model_name="m",le="+Inf"}} {count}',
+                  f'vllm:{name}_count{{model_name="m"}} {count}',
+                  f'vllm:{name}_sum{{model_name="m"}} {total}']  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def test_the_pods_own_view_of_a_run_is_their_histograms_difference_summed_over_pods() -> None:
+    before = pod_totals([page(1.0, 0.1, 0.8, 1), page(0.0, 0.0, 0.0, 0)])
+    # Over the run: four answers, 3.2 s end to end, 0.4 s to first tokens (slot waits included),
+    # 2.76 s of modelled inter-token delays: 10 ms a request the pods took beyond their model.
+    after = pod_totals([page(3.0, 0.3, 2.4, 3), page(1.2, 0.2, 1.16, 2)])
+    line = pods_line("gateway", before, after)
+    assert line.startswith("gateway      pods: TTFT mean 100.0 ms from arrival")
+    assert "decode lag 10.00 ms/request over 4 answers" in line
+    assert pods_line("round-robin", after, after) == "round-robin  pods: no answer ended"
