@@ -7,7 +7,9 @@ simulated pods in *virtual* time: the simulator's own KV block pool (``vllmsim.e
 its slots, FIFO queue and latency model (inter-token jitter from a seeded generator), with the same
 defaults. Each replica scrapes every pod's ``waiting``/``running`` before the first request (a real
 EPP is ready only once it has), then every ``scrape`` seconds (replicas out of phase), and counts the
-requests it sent since. The answers are streams, as ``bench`` sends
+requests it sent since. A request reaches its pod the moment it is routed and a scrape reads the
+pods at once, so the EPP's window for sends a scrape may have missed (``SEND_SHOWS_AFTER``, 25 ms)
+only counts some of them twice here. The answers are streams, as ``bench`` sends
 them, their headers sent as soon as the pod takes the request, as vLLM and the simulator send them
 (``--headers-at-first-token``: with the first token instead, as the simulator did before): a
 replica counts its own in flight to the headers and sees an answer end only when it follows the
@@ -141,7 +143,7 @@ class _Replica:
             m = endpoint.metrics
             m.waiting, m.running = len(pod.waiting), len(pod.running)
             m.kv_cache_usage = pod.pool.usage()
-            m.updated_at = now
+            m.updated_at = m.sent_at = now  # sent and answered at once, no request on its way
 
 
 @dataclass
@@ -155,9 +157,9 @@ class SimResult:
     ttft_p95: float = 0.0
 
 
-# When each replica first scrapes the pool: at the start, before the first request (a scrape stamped
-# 0.0 would read as never scraped).
-_FIRST_SCRAPE = 1e-9
+# When each replica first scrapes the pool: just before the first request, sent at 0.0 (a scrape
+# stamped 0.0 would read as never scraped).
+_FIRST_SCRAPE = -1e-9
 # The matrix's cache box: pods of 16k tokens of KV cache (1,024 blocks of 16).
 _SMALL_CACHE = SimConfig(models=[GEMMA], kv_cache_blocks=1024)
 

@@ -16,8 +16,9 @@ from the moment it is sent until its last byte; the pod is the one named by the 
 * for the gateway, the EPPs' CPU per request (user + system, from ``/proc``, over the run);
 * **pods**: what the pods themselves measured over the run (their histograms, read before and after
   it): the mean time to first token from a request's arrival (its wait for a slot included), and
-  the decode lag, their end-to-end time less that and the modelled inter-token delays (a pod slowed
-  by a busy machine shows it there);
+  the decode lag, their end-to-end time less that and their inter-token delays (the simulator
+  records its modelled delays there, so a simulated pod slowed by a busy machine shows it as lag;
+  vLLM records the delays it measured, and its lag is about 0 by construction);
 
 and at the end, both sides' TTFT p50 by the number of requests a request found on its pod (rounds
 pooled): a gap at equal occupancy is a cost per request, the rest of the overall gap is placement.
@@ -236,18 +237,22 @@ def pod_totals(pages: Sequence[str]) -> Totals:
 def pods_line(label: str, before: Totals, after: Totals) -> str:
     """The pods' own view of one run, from their histograms before and after it."""
     e2e, ttft, itl = ((after[n][0] - before[n][0], after[n][1] - before[n][1]) for n in _POD_HISTOGRAMS)
-    answered = e2e[1]
-    if not answered:
+    answered, first_tokens = e2e[1], ttft[1]
+    if not answered or not first_tokens:
         return f"{label:<12} pods: no answer ended"
+    mean = ttft[0] / first_tokens * 1000
+    text = f"{label:<12} pods: TTFT mean {mean:.1f} ms from arrival (slot wait included)"
+    if first_tokens != answered:  # some ended before their first token: their time has no split
+        return text + f"; {answered - first_tokens:.0f} of {answered:.0f} answers cut short, no decode lag"
     lag = (e2e[0] - ttft[0] - itl[0]) / answered
-    return (f"{label:<12} pods: TTFT mean {ttft[0] / answered * 1000:.1f} ms from arrival (slot wait "
-            f"included), decode lag {lag * 1000:.2f} ms/request over {answered:.0f} answers")
+    return text + f", decode lag {lag * 1000:.2f} ms/request over {answered:.0f} answers"
 
 
 async def read_pods(session: aiohttp.ClientSession, addresses: Sequence[str]) -> Totals:
     pages = []
     for address in addresses:
         async with session.get(f"http://{address}/metrics") as response:
+            response.raise_for_status()
             pages.append(await response.text())
     return pod_totals(pages)
 # Seconds to let the box's readiness checks reach its Envoys' phase logs (flushed every 100 ms)

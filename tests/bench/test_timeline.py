@@ -69,3 +69,12 @@ def test_the_pods_own_view_of_a_run_is_their_histograms_difference_summed_over_p
     assert line.startswith("gateway      pods: TTFT mean 100.0 ms from arrival")
     assert "decode lag 10.00 ms/request over 4 answers" in line
     assert pods_line("round-robin", after, after) == "round-robin  pods: no answer ended"
+
+
+def test_answers_cut_before_their_first_token_leave_the_ttft_mean_alone_and_no_decode_lag() -> None:
+    before = pod_totals([page(0.0, 0.0, 0.0, 0)])
+    after = pod_totals([page(1.0, 0.2, 0.6, 2)])
+    after["vllm:e2e_request_latency_seconds"] = (1.5, 3.0)  # a third answer, cut before its first token
+    line = pods_line("gateway", before, after)
+    assert "TTFT mean 100.0 ms from arrival" in line
+    assert line.endswith("1 of 3 answers cut short, no decode lag")

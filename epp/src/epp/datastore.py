@@ -41,9 +41,18 @@ class Metrics:
     max_loras: int = 0
     block_size: int = 16
     num_gpu_blocks: int = 0
-    # time.monotonic() when the last successful scrape was sent (its figures count what the pod had
-    # by then); 0.0 means never scraped.
+    # time.monotonic() when the last successful scrape's answer came (its age, and the answers seen to
+    # end since it); 0.0 means never scraped.
     updated_at: float = 0.0
+    # time.monotonic() when that scrape was sent: its figures count every request the pod had by
+    # then, so the requests routed since (or a little before: SEND_SHOWS_AFTER) count on top of them.
+    # 0.0: as ``updated_at``.
+    sent_at: float = 0.0
+
+    @property
+    def counts_sends_until(self) -> float:
+        """The time up to which the scrape can have counted the requests routed to the pod."""
+        return self.sent_at or self.updated_at
 
     def age(self, now: float | None = None) -> float:
         """Seconds since the last successful scrape (infinite when never scraped)."""
@@ -161,11 +170,11 @@ class Endpoint:
         running`` from its last scrape, plus the requests routed to it since that scrape was sent
         (which it cannot have counted) or up to ``SEND_SHOWS_AFTER`` before (which it may have
         missed: on their way to the pod), less (with ``less_ended``) the answers from it this EPP
-        saw end since (which it still counted), when the scrape is no older than monotonic time
-        ``oldest``; else this EPP's in-flight count (unweighted: it cannot tell which of them wait).
-        Never below the in-flight count. On a pod whose scrape showed a queue, each request routed
-        since and each answer ended since counts ``waiting_weight`` times: the one waits, the other
-        let a waiting request start.
+        saw end since its answer came (which it still counted), when the scrape is no older than
+        monotonic time ``oldest``; else this EPP's in-flight count (unweighted: it cannot tell which
+        of them wait). Never below the in-flight count. On a pod whose scrape showed a queue, each
+        request routed since and each answer ended since counts ``waiting_weight`` times: the one
+        waits, the other let a waiting request start.
 
         Between two scrapes the scraped figures stand still while requests come and go: without the
         routed-since term every pick in the interval would see the same loads and herd onto the pod
@@ -185,7 +194,7 @@ class Endpoint:
         # On a pod that was queuing, a request routed since waits too, and an answer that ended since
         # let a waiting one start: each is worth a waiting request.
         unit = waiting_weight if m.waiting else 1
-        unseen = load.sent_since(m.updated_at - SEND_SHOWS_AFTER)
+        unseen = load.sent_since(m.counts_sends_until - SEND_SHOWS_AFTER)
         seen = m.waiting * waiting_weight + m.running + unseen * unit
         less = seen - load.ended_since(m.updated_at) * unit if load.ends else seen
         return (less if less > own else own), (seen if seen > own else own)

@@ -273,3 +273,5 @@ async def test_a_request_routed_while_a_scrape_is_answered_counts_on_top_of_it()
         await eventually(lambda: endpoint.metrics.updated_at > 0, what="the first scrape")
         assert endpoint.metrics.running == 1
         assert endpoint.estimated_load(time.monotonic() - 1.0) == 2
+        # Its age runs from its answer, not its sending: a slow page is not stale on arrival.
+        assert endpoint.metrics.updated_at - endpoint.metrics.sent_at > 2 * SEND_SHOWS_AFTER

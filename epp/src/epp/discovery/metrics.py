@@ -46,8 +46,8 @@ class _Target:
     connection: Connection | None = None
     connecting: asyncio.Task[None] | None = None
     started: float = 0.0  # loop time the scrape under way began; 0.0: none under way
-    # time.monotonic() when the scrape under way (or the last one) was sent: what it reads counts
-    # every request the pod had by then, so the requests routed since are counted on top of it.
+    # time.monotonic() when the scrape under way (or the last one) was sent (its request written): what
+    # it reads counts every request the pod had by then; the requests routed since count on top.
     sent_at: float = 0.0
     last_body: bytes | None = None
     last_metrics: Metrics | None = None
@@ -124,9 +124,9 @@ class MetricsScraper(PollErrors):
     def _begin(self, target: _Target, now: float, loop: asyncio.AbstractEventLoop) -> None:
         self.scrapes += 1
         target.started = now
-        target.sent_at = time.monotonic()
         connection = target.connection
         if connection is not None and not connection.closed:
+            target.sent_at = time.monotonic()
             connection.get(target.request)
         else:
             target.connection = None
@@ -150,6 +150,7 @@ class MetricsScraper(PollErrors):
             return
         target.connection = connection
         try:
+            target.sent_at = time.monotonic()
             connection.get(target.request)
         except Exception:  # a bug, not a bad answer: counted, logged once, scraping goes on
             target.started = 0.0
@@ -172,19 +173,21 @@ class MetricsScraper(PollErrors):
             self._failed(target, MetricsParseError(f"HTTP {outcome.status}"))
             return
         body, endpoint = outcome.body, target.endpoint
-        # Stamped with when the scrape was sent, not when its answer came: a request routed while the
-        # answer was on its way is not in it, and must count as routed since (Endpoint.estimated_loads).
+        # Aged from when its answer came; but a request routed while the answer was on its way is not
+        # in it, and counts as routed since its sending (Metrics.sent_at, Endpoint.estimated_loads).
         if target.last_metrics is not None and body == target.last_body:
-            metrics = dataclasses.replace(target.last_metrics, updated_at=target.sent_at)
+            metrics = dataclasses.replace(target.last_metrics, updated_at=time.monotonic(),
+                                          sent_at=target.sent_at)  # fmt: skip
         else:
             try:
-                metrics = parse_vllm_metrics(body.decode("utf-8", "replace"), target.sent_at)
+                metrics = parse_vllm_metrics(body.decode("utf-8", "replace"), time.monotonic())
             except MetricsParseError as exc:
                 self._failed(target, exc)
                 return
             except Exception:
                 self._unexpected(endpoint, "metrics scrape")
                 return
+            metrics.sent_at = target.sent_at
             target.last_body, target.last_metrics = body, metrics
         if endpoint.address in self._failing:
             self._failing.discard(endpoint.address)

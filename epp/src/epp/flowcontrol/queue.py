@@ -306,7 +306,7 @@ class FlowController:
         detector = self._detector
         if not detector.has_capacity(endpoint, now):
             return 0
-        unseen = endpoint.load.sent_since(metrics.updated_at - SEND_SHOWS_AFTER)
+        unseen = endpoint.load.sent_since(metrics.counts_sends_until - SEND_SHOWS_AFTER)
         unseen += self._taken.get(endpoint.address, 0)
         if not pod.slots:
             return max(0, detector.queue_depth_threshold + 1 - metrics.waiting - unseen)

@@ -214,10 +214,11 @@ def test_a_request_routed_just_before_a_scrape_counts_though_the_scrape_may_have
     # when the pod read its queue. Counted on top of the scrape, twice at worst, never nowhere: a pod
     # that looks a request lighter than it is takes the next one too.
     affinity, (pod,) = scorer(), pods(1)
+    loaded(pod, running=1)  # another request, which the scrape saw
     pod.load.routed(NOW - 0.04)
     pod.metrics.updated_at = NOW - 0.03
     assert SEND_SHOWS_AFTER > 0.01
-    assert affinity.loads([pod]) == [1]  # the scrape saw nothing running
+    assert affinity.loads([pod]) == [2]
 
 
 def test_a_client_that_sends_as_soon_as_its_answer_ends_goes_to_the_pod_that_just_freed():
