@@ -114,6 +114,7 @@ class FailoverResult:
         verdicts = "; ".join(f"{'PASS' if ok else 'FAIL'} {what}" for what, ok in self.verdicts.items())
         failed = ", ".join(
             f"{e.status or 'no answer'} sent {e.sent - k:+.3f} s ended {e.ended - k:+.3f} s"
+            + (f" ({e.error})" if e.error else "")
             for k in [self.killed_at]
             for e in self.failures[:8]
         )
@@ -213,7 +214,8 @@ async def send_chat(
             exchange.status = response.status
             exchange.pod = response.headers.get(POD_HEADER)
             if response.status != 200:
-                await response.read()
+                # The gateway's JSON error says which part answered and why (kept for the report).
+                exchange.error = (await response.text())[:300]
             elif not stream:
                 exchange.began = clock() - t0
                 exchange.answered_by = (await response.json()).get("model")
