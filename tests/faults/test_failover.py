@@ -2,7 +2,8 @@
 
 The gpu box with two EPPs per pool and two BBRs; 8 clients for a few seconds while one replica is
 killed and the supervisor restarts it. Every request that failed was one of the streams the
-replica had open at that instant; none sent a second after the kill failed; no answer that had
+replica had open at that instant or that Envoy gave it, or tried to, before it took the replica out
+of rotation; none sent a second after the kill failed; no answer that had
 begun was cut (the EPP is done with a stream at its response headers); no answer named another
 model; and once the replica is back, every request is routed right.
 """
