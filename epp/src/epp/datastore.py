@@ -50,9 +50,9 @@ class Metrics:
     sent_at: float = 0.0
 
     @property
-    def counts_sends_until(self) -> float:
-        """The time up to which the scrape can have counted the requests routed to the pod."""
-        return self.sent_at or self.updated_at
+    def unseen_sends_after(self) -> float:
+        """The requests routed to the pod after this monotonic time may not be in these figures."""
+        return (self.sent_at or self.updated_at) - SEND_SHOWS_AFTER
 
     def age(self, now: float | None = None) -> float:
         """Seconds since the last successful scrape (infinite when never scraped)."""
@@ -194,7 +194,7 @@ class Endpoint:
         # On a pod that was queuing, a request routed since waits too, and an answer that ended since
         # let a waiting one start: each is worth a waiting request.
         unit = waiting_weight if m.waiting else 1
-        unseen = load.sent_since(m.counts_sends_until - SEND_SHOWS_AFTER)
+        unseen = load.sent_since(m.unseen_sends_after)
         seen = m.waiting * waiting_weight + m.running + unseen * unit
         less = seen - load.ended_since(m.updated_at) * unit if load.ends else seen
         return (less if less > own else own), (seen if seen > own else own)

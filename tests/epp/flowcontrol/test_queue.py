@@ -7,10 +7,10 @@ import asyncio
 import math
 
 import pytest
-from epp.datastore import Datastore, Endpoint, Metrics
+from epp.datastore import SEND_SHOWS_AFTER, Datastore, Endpoint, Metrics
 from epp.flowcontrol.config import FlowControlConfig
 from epp.flowcontrol.metrics import FlowControlMetrics
-from epp.flowcontrol.queue import ACTIVE_SECONDS, SEND_SHOWS_AFTER, FlowController
+from epp.flowcontrol.queue import ACTIVE_SECONDS, FlowController
 from epp.refusals import RequestError
 from epp.scheduling.saturation import SaturationDetector
 from prometheus_client import CollectorRegistry

@@ -53,6 +53,12 @@ class _Target:
     last_metrics: Metrics | None = None
 
 
+def _send(target: _Target, connection: Connection) -> None:
+    """Ask ``target`` for its page on ``connection``, noting when (``_Target.sent_at``)."""
+    target.sent_at = time.monotonic()
+    connection.get(target.request)
+
+
 class MetricsScraper(PollErrors):
     """Keeps ``Endpoint.metrics`` of every endpoint in the datastore fresh.
 
@@ -126,8 +132,7 @@ class MetricsScraper(PollErrors):
         target.started = now
         connection = target.connection
         if connection is not None and not connection.closed:
-            target.sent_at = time.monotonic()
-            connection.get(target.request)
+            _send(target, connection)
         else:
             target.connection = None
             target.connecting = loop.create_task(self._connect(target, loop))
@@ -150,8 +155,7 @@ class MetricsScraper(PollErrors):
             return
         target.connection = connection
         try:
-            target.sent_at = time.monotonic()
-            connection.get(target.request)
+            _send(target, connection)
         except Exception:  # a bug, not a bad answer: counted, logged once, scraping goes on
             target.started = 0.0
             connection.close()
@@ -176,8 +180,7 @@ class MetricsScraper(PollErrors):
         # Aged from when its answer came; but a request routed while the answer was on its way is not
         # in it, and counts as routed since its sending (Metrics.sent_at, Endpoint.estimated_loads).
         if target.last_metrics is not None and body == target.last_body:
-            metrics = dataclasses.replace(target.last_metrics, updated_at=time.monotonic(),
-                                          sent_at=target.sent_at)  # fmt: skip
+            metrics = dataclasses.replace(target.last_metrics, updated_at=time.monotonic())
         else:
             try:
                 metrics = parse_vllm_metrics(body.decode("utf-8", "replace"), time.monotonic())
@@ -187,8 +190,8 @@ class MetricsScraper(PollErrors):
             except Exception:
                 self._unexpected(endpoint, "metrics scrape")
                 return
-            metrics.sent_at = target.sent_at
             target.last_body, target.last_metrics = body, metrics
+        metrics.sent_at = target.sent_at
         if endpoint.address in self._failing:
             self._failing.discard(endpoint.address)
             log.info("metrics scrape of %s (%s) recovered", endpoint.address, endpoint.name)

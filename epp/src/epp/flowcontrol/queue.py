@@ -47,7 +47,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from epp.datastore import SEND_SHOWS_AFTER, Datastore, Endpoint
+from epp.datastore import Datastore, Endpoint
 from epp.flowcontrol.config import FlowControlConfig
 from epp.flowcontrol.metrics import FlowControlMetrics
 from epp.refusals import RequestError
@@ -306,7 +306,7 @@ class FlowController:
         detector = self._detector
         if not detector.has_capacity(endpoint, now):
             return 0
-        unseen = endpoint.load.sent_since(metrics.counts_sends_until - SEND_SHOWS_AFTER)
+        unseen = endpoint.load.sent_since(metrics.unseen_sends_after)
         unseen += self._taken.get(endpoint.address, 0)
         if not pod.slots:
             return max(0, detector.queue_depth_threshold + 1 - metrics.waiting - unseen)
