@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.client import RunResult, run
-from bench.stats import Summary, percentile, summarize_results
+from bench.stats import Summary, percentile, sample_totals, summarize_results
 from bench.workloads import Workload, WorkloadConfig, generate
 from onebox.box import OneBox
 from onebox.topology import ModelSpec, SimOptions, Topology
@@ -112,15 +111,9 @@ class FlushResult:
 
 
 async def _scrape(client: httpx.AsyncClient, url: str) -> dict[str, float]:
-    """Each sample of a /metrics page summed over its labels, by sample name."""
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families((await client.get(url)).text):
-        for sample in family.samples:
-            key = sample.name
-            if sample.name == "epp_cached_tokens_feedback_total":
-                key = f"{sample.name}:{sample.labels.get('outcome', '')}"
-            totals[key] = totals.get(key, 0.0) + sample.value
-    return totals
+    """Each sample of a /metrics page summed over its labels, by sample name (the feedback counter
+    by outcome)."""
+    return sample_totals((await client.get(url)).text, {"epp_cached_tokens_feedback_total": "outcome"})
 
 
 async def _cache_counters(client: httpx.AsyncClient, box: OneBox) -> tuple[float, float]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from bench.client import RequestResult, RunResult
@@ -25,6 +26,21 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     rank = (len(ordered) - 1) * q / 100
     low, high = math.floor(rank), math.ceil(rank)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def sample_totals(page: str, split_by: Mapping[str, str] | None = None) -> dict[str, float]:
+    """Each sample of a ``/metrics`` page summed over its labels, by sample name (a histogram's
+    ``_sum`` and ``_count`` apart); a sample named in ``split_by`` is summed per value of that label
+    instead, as ``name:value``."""
+    split_by = split_by or {}
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            key = sample.name
+            if key in split_by:
+                key = f"{key}:{sample.labels.get(split_by[key], '')}"
+            totals[key] = totals.get(key, 0.0) + sample.value
+    return totals
 
 
 class Distribution(BaseModel):

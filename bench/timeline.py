@@ -48,11 +48,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.client import RequestResult, RunResult, run
 from bench.matrix import BOXES, parse_epp_setting, rows
 from bench.scale import group_cpu_seconds
+from bench.stats import sample_totals
 from bench.workloads import generate
 from onebox.box import OneBox
 from onebox.envoy.phases import RequestPhases, phase_summary, read_phases, wait_for_served
@@ -219,19 +219,10 @@ Totals = dict[str, tuple[float, float]]
 
 def pod_totals(pages: Sequence[str]) -> Totals:
     """(sum, count) of each of ``_POD_HISTOGRAMS`` over the pods' ``/metrics`` pages."""
-    totals = dict.fromkeys(_POD_HISTOGRAMS, (0.0, 0.0))
-    for page in pages:
-        for family in text_string_to_metric_families(page):
-            if family.name not in totals:
-                continue
-            total, count = totals[family.name]
-            for sample in family.samples:
-                if sample.name.endswith("_sum"):
-                    total += sample.value
-                elif sample.name.endswith("_count"):
-                    count += sample.value
-            totals[family.name] = (total, count)
-    return totals
+    samples = [sample_totals(page) for page in pages]
+    return {name: (sum(s.get(f"{name}_sum", 0.0) for s in samples),
+                   sum(s.get(f"{name}_count", 0.0) for s in samples))
+            for name in _POD_HISTOGRAMS}  # fmt: skip
 
 
 def pods_line(label: str, before: Totals, after: Totals) -> str:
@@ -255,6 +246,8 @@ async def read_pods(session: aiohttp.ClientSession, addresses: Sequence[str]) ->
             response.raise_for_status()
             pages.append(await response.text())
     return pod_totals(pages)
+
+
 # Seconds to let the box's readiness checks reach its Envoys' phase logs (flushed every 100 ms)
 # before a run's lines are read.
 _FLUSHED = 0.5
