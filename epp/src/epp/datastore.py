@@ -9,20 +9,21 @@ index, the served models and the ``/v1/models`` answer) once; the request path o
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from epp.contract import join_host_port
 from epp.model_list import model_list_body
 
-# The send times an InFlight keeps: far more than a pod's requests in one scrape interval.
+# The send (and seen end) times an InFlight keeps, the latest ones, however old: more than a pod's
+# requests in one scrape interval, and more than it runs at once (``unseen_ends`` reads those a scrape
+# counted, and the tie-break to the pod sent a request least recently the latest one).
 SEND_LOG = 1024
-# How much older than the time asked about a send time is kept (see InFlight.sent_since).
-SEND_KEEP = 1.0
 # A request routed this long before a scrape was sent may still not show in it: it is on its way
 # through the proxy, or the pod has not queued it yet (vLLM tokenizes the prompt first). Such a
 # request counts as routed since the scrape: counted twice at worst, rather than nowhere.
@@ -72,7 +73,8 @@ class InFlight:
     It also keeps when the latest requests were routed (at most :data:`SEND_LOG`), and when the
     latest answers it saw end did (``epp.requestcontrol.answer_ends``), so that a load read from a
     scrape can add what the scrape cannot have seen yet (:meth:`sent_since`) and take off what ended
-    since (:meth:`ended_since`).
+    since (:meth:`ended_since`), and guess which of the requests it counted have ended
+    (:func:`unseen_ends`).
 
     The :class:`Datastore` owns one per address and hands the same one to every :class:`Endpoint`
     on that address, so the count survives the endpoint leaving and coming back (a readiness flap, an
@@ -96,28 +98,101 @@ class InFlight:
         self.ends.append(now)
 
     def last_sent(self) -> float:
-        """Monotonic time of the latest request routed here that is still logged; ``-inf`` if none
-        (none for a while: :meth:`sent_since` drops old send times)."""
+        """Monotonic time of the latest request routed here; ``-inf`` if none yet."""
         sends = self.sends
         return sends[-1] if sends else -math.inf
 
     def sent_since(self, t: float) -> int:
-        """Requests routed here after monotonic time ``t``. Send times older than ``t`` by more than
-        :data:`SEND_KEEP` are dropped as read: another reader may ask from a little earlier (the
-        flow-control queue counts a send as unseen by a scrape for a while after it)."""
+        """Requests routed here after monotonic time ``t`` (of the latest :data:`SEND_LOG`)."""
         return _after(self.sends, t)
 
     def ended_since(self, t: float) -> int:
-        """Answers from here seen to end after monotonic time ``t`` (kept as :meth:`sent_since`
-        keeps sends)."""
+        """Answers from here seen to end after monotonic time ``t`` (of the latest :data:`SEND_LOG`)."""
         return _after(self.ends, t)
 
 
+def unseen_ends(endpoints: Sequence[Endpoint], oldest: float) -> list[int]:
+    """How many of each endpoint's requests have probably ended since its scrape, unseen by this EPP.
+
+    A stream's end is seen only where the EPP follows it (``epp.requestcontrol.answer_ends``); the
+    others end unseen until the next scrape. Guessed from two facts:
+
+    * **How many.** About as many answers end as requests arrive (a closed loop ends one for each
+      it sends; any steady load ends as many as arrive): each request routed since the scrapes (to
+      any of these endpoints) stands for one end, less the ends this EPP saw since.
+    * **Where.** On the endpoint holding the oldest of the requests its scrape counted, among those
+      scraped before that request was routed (a scrape sent after it shows the end already). The
+      requests a scrape counted (``running + waiting``) are taken to be the endpoint's latest ones
+      routed before the scrape could see them. No endpoint is given more ends than its scrape
+      counted, so a pool idle at its scrapes is given none; nor any where its scrape showed a queue:
+      a queue is load measured to last (fewer slots, a slower pod), which guessed ends would wash
+      out (measured on the heterogeneous row, docs/scheduling.md).
+
+    Without it, requests routed since a scrape count on top of it while the ends that made room for
+    them do not come off: measured on a closed loop of equal requests (``python -m bench.timeline
+    --row bursty``), the picks then left the pods whose answers had just ended and stacked others
+    past their slots (docs/scheduling.md, "Ends no one saw"). Endpoints whose scrape is older than
+    monotonic time ``oldest``, or missing, get 0 (their load is this EPP's in-flight count).
+    """
+    ends = [0] * len(endpoints)
+    scraped: list[tuple[float, int, deque[float], int, int]] = []
+    seen = 0
+    for i, e in enumerate(endpoints):
+        m = e.metrics
+        if m.updated_at == 0.0 or m.updated_at < oldest:
+            continue
+        load = e.load
+        sends = load.sends
+        stop = len(sends) - load.sent_since(m.unseen_sends_after)
+        if m.waiting:  # a queue is measured load (fewer slots, a slower pod): no guess washes it out
+            continue
+        begin = max(0, stop - m.running - m.waiting)
+        scraped.append((m.sent_at or m.updated_at, i, sends, begin, stop))
+        if load.ends:
+            seen += load.ended_since(m.updated_at)
+    if not scraped:
+        return ends
+    scraped.sort(key=_first)
+    first = scraped[0][0]
+    # Each request routed since the first of the scrapes was sent stands for an end, in their order.
+    routed = sorted(t for _, _, sends, _, _ in scraped for t in _latest_after(sends, first))
+    budget = len(routed) - seen
+    heap: list[tuple[float, int, int, int, deque[float]]] = []
+    due = 0
+    for at in routed:
+        if budget <= 0:
+            break
+        while due < len(scraped) and scraped[due][0] < at:  # scraped before this request was routed
+            _, i, sends, begin, stop = scraped[due]
+            if begin < stop:
+                heapq.heappush(heap, (sends[begin], i, begin, stop, sends))
+            due += 1
+        if not heap:
+            continue
+        _, i, begin, stop, sends = heap[0]
+        ends[i] += 1
+        budget -= 1
+        if begin + 1 < stop:
+            heapq.heapreplace(heap, (sends[begin + 1], i, begin + 1, stop, sends))
+        else:
+            heapq.heappop(heap)
+    return ends
+
+
+def _first(entry: tuple[float, int, deque[float], int, int]) -> float:
+    return entry[0]
+
+
+def _latest_after(times: deque[float], t: float) -> Iterator[float]:
+    """The ``times`` (ascending) after ``t``, latest first."""
+    for at in reversed(times):
+        if at <= t:
+            return
+        yield at
+
+
 def _after(times: deque[float], t: float) -> int:
-    """How many of ``times`` (ascending) are after ``t``; those before ``t - SEND_KEEP`` are dropped."""
-    oldest = t - SEND_KEEP
-    while times and times[0] <= oldest:
-        times.popleft()
+    """How many of ``times`` (ascending) are after ``t``: read from the latest, as far as ``t``."""
     count = 0
     for at in reversed(times):
         if at <= t:

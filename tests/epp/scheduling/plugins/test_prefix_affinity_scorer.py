@@ -40,6 +40,18 @@ def loaded(pod: Endpoint, waiting: int = 0, running: int = 0) -> Endpoint:
     return pod
 
 
+def answered(
+    pod: Endpoint, *sent: float, waiting: int = 0, running: int = 0, scraped: float = NOW - 0.03
+) -> Endpoint:
+    """``pod`` after this EPP routed requests to it at ``sent`` (monotonic times) and saw all their
+    answers begin (none in flight), scraped at ``scraped`` showing ``waiting`` and ``running``."""
+    for at in sent:
+        pod.load.routed(at)
+    pod.load.count = 0
+    pod.metrics.updated_at = scraped
+    return loaded(pod, waiting, running)
+
+
 def best(scores: list[float], candidates: list[Endpoint]) -> Endpoint:
     return candidates[max(range(len(scores)), key=scores.__getitem__)]
 
@@ -53,6 +65,15 @@ def pick(
     chosen = best(affinity.score(state, req, candidates), candidates)
     affinity.post_pick(state, req, chosen)
     return chosen
+
+
+def one_offs_go_to(affinity: PrefixAffinityScorer, pool: list[Endpoint], count: int = 4) -> list[Endpoint]:
+    """Where ``count`` one-off prompts of different lengths (whichever pod each one's home is) go,
+    none of them routed (the loads stay as they are)."""
+    return [
+        pick(affinity, f"one-off question {i}: " + "why does my chain skip? " * (3 + i), pool)
+        for i in range(count)
+    ]
 
 
 def group_prompt(group: int, question: str = "Where is my order?") -> str:
@@ -232,9 +253,48 @@ def test_a_client_that_sends_as_soon_as_its_answer_ends_goes_to_the_pod_that_jus
     pool[0].load.answer_ended(NOW - 0.005)
     pool[0].load.answer_ended(NOW - 0.002)
     assert affinity.loads(pool) == [0, 1]
-    for i in range(4):  # whichever pod is the prompt's home
-        prompt = f"one-off question {i}: " + "why does my chain skip? " * (3 + i)
-        assert pick(affinity, prompt, pool) is pool[0]
+    assert one_offs_go_to(affinity, pool) == [pool[0]] * 4
+
+
+def test_in_a_closed_loop_the_pod_whose_requests_are_the_oldest_gets_the_next_one():
+    # The scrape, 30 ms ago: pod 0 ran three requests, routed long ago; pod 1 two newer ones. Since,
+    # two requests came, one to each pod. In a closed loop they came because two answers ended,
+    # unseen (streams are not followed): most likely the two oldest, on pod 0. Pod 0 now holds two,
+    # pod 1 three. Counting the sends but not the ends, pod 0 looked the busier (4 against 3) until
+    # the next scrape.
+    affinity, pool = scorer(), pods(2)
+    answered(pool[0], NOW - 0.9, NOW - 0.85, NOW - 0.8, NOW - 0.01, running=3)
+    answered(pool[1], NOW - 0.5, NOW - 0.45, NOW - 0.02, running=2)
+    assert affinity.loads(pool) == [2, 3]
+    assert one_offs_go_to(affinity, pool) == [pool[0]] * 4
+
+
+def test_a_replica_of_several_guesses_no_unseen_end():
+    # The scrapes count the other replicas' requests too: which of them ended, one cannot tell.
+    affinity, pool = scorer(replicas=2), pods(2)
+    answered(pool[0], NOW - 0.9, NOW - 0.85, NOW - 0.8, NOW - 0.01, running=3)
+    answered(pool[1], NOW - 0.5, NOW - 0.45, NOW - 0.02, running=2)
+    assert affinity.loads(pool) == [4, 3]
+
+
+def test_a_pod_that_queued_at_its_scrape_keeps_its_queue_no_end_is_guessed_there():
+    # Pod 0's scrape: three running, one queued (2 x 1 + 3 = 5), all routed long ago; pod 1's: one
+    # running. The two requests routed since (to pod 1) stand for two ends, but not on pod 0: a queue
+    # is load measured to last (a pod with fewer slots, or a slower one). Pod 1's one request is the
+    # only one left to have ended.
+    affinity, pool = scorer(), pods(2)
+    answered(pool[0], NOW - 0.9, NOW - 0.85, NOW - 0.8, NOW - 0.75, waiting=1, running=3)
+    answered(pool[1], NOW - 0.3, NOW - 0.01, NOW - 0.005, running=1)
+    assert affinity.loads(pool) == [5, 2]
+
+
+def test_a_lone_epp_remembers_the_pod_it_sent_a_request_to_least_recently_across_a_lull():
+    # Both pods idle at a fresh scrape; the last requests went to pod 1 three seconds ago and to pod 0
+    # two seconds ago (a long answer, a quiet client). The tie still goes to pod 1.
+    affinity, pool = scorer(), pods(2)
+    answered(pool[1], NOW - 3, scraped=NOW - 0.01)
+    answered(pool[0], NOW - 2, scraped=NOW - 0.01)
+    assert one_offs_go_to(affinity, pool) == [pool[1]] * 4
 
 
 def test_answers_that_ended_before_the_last_scrape_are_not_taken_off_twice():

@@ -17,8 +17,10 @@ Where a prefix goes, in order:
    that scrape (or this EPP's in-flight count to it, if larger), and the in-flight count alone where
    its metrics are older than ``metricsStalenessThreshold`` or were never scraped. The answers this
    EPP saw end since the scrape (``epp.requestcontrol.answer_ends``) come off the loads that rank the
-   pods, not off those the bound is judged on: with them there a prefix left its pod more often. With
-   ``loadBound`` ≥ 1 the least-loaded pod is always within the bound.
+   pods, not off those the bound is judged on: with them there a prefix left its pod more often. A
+   lone replica also guesses the ends it could not see (streams not followed), as many as it routed
+   since the scrapes, its oldest requests first (``epp.datastore.unseen_ends``); they come off both.
+   With ``loadBound`` ≥ 1 the least-loaded pod is always within the bound.
 3. **Learned index.** Every pick records the prompt's chained block hashes (at most
    ``maxPrefixBlocksToMatch``) in the picked pod's LRU (``lruCapacityPerServer`` hashes): the
    ``epp.scheduling.prefix_index`` that ``prefix-cache-scorer`` uses too. When the home is over the
@@ -69,7 +71,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from epp.datastore import Endpoint
+from epp.datastore import Endpoint, unseen_ends
 from epp.scheduling.framework import CacheFeedback, EndpointStateful, Handle, PostPick, Scorer
 from epp.scheduling.params import Duration, PositiveInt
 from epp.scheduling.prefix_index import (
@@ -247,15 +249,27 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
 
     def loads(self, endpoints: Sequence[Endpoint]) -> list[int]:
         """Each endpoint's load (:meth:`Endpoint.estimated_load`): ``waitingWeight x waiting +
-        running`` from fresh metrics plus the requests routed to it since, less the answers seen to end
-        since, or the in-flight count where the metrics are stale or absent."""
+        running`` from fresh metrics plus the requests routed to it since, less the answers seen (or
+        guessed, ``unseen_ends``) to end since, or the in-flight count where the metrics are stale or
+        absent."""
         return [less for less, _ in self._both_loads(endpoints)]
 
     def _both_loads(self, endpoints: Sequence[Endpoint]) -> list[tuple[int, int]]:
-        """Each endpoint's load less the answers seen to end since its scrape, and without them."""
+        """Each endpoint's load less the answers seen to end since its scrape, and without them; a
+        lone replica's guessed unseen ends (``unseen_ends``) come off both."""
         oldest = self._clock() - self.staleness
         weight = self.waiting_weight
-        return [e.estimated_loads(oldest, waiting_weight=weight) for e in endpoints]
+        both = [e.estimated_loads(oldest, waiting_weight=weight) for e in endpoints]
+        if self.has_peers:
+            # The scrapes count the other replicas' requests too, which this one cannot tell apart.
+            return both
+        ends = unseen_ends(endpoints, oldest)
+        for i, gone in enumerate(ends):
+            if gone:  # each a running request (none is guessed where a scrape showed a queue)
+                own = endpoints[i].load.count
+                less, without = both[i]
+                both[i] = max(less - gone, own), max(without - gone, own)
+        return both
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         parsed = self._prompt(state, request)
