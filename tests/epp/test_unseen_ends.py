@@ -43,11 +43,11 @@ def test_the_counted_requests_are_the_latest_routed_before_the_scrape_could_see_
     # The scrape counts one request: of the two routed before it, the later one (the earlier ended
     # before the scrape). A request routed just before the scrape was sent may have been missed by
     # it: it counts as routed since (SEND_SHOWS_AFTER), not as one the scrape counted.
-    # One request routed since (to b) stands for one end: b's request from 0.6 s ago is older than
-    # the one a's scrape counted (0.4 s ago), though not than a's first one.
+    # One request routed since (to b) stands for one end: a's counted request (0.4 s ago) is older
+    # than b's (0.2 s ago); the one routed just before a's scrape, newer than b's, is not counted.
     a = pod("a", NOW - 0.9, NOW - 0.4, SCRAPED - SEND_SHOWS_AFTER / 2, running=1)
-    b = pod("bb", NOW - 0.6, NOW - 0.01, running=1)
-    assert unseen_ends([a, b], FRESH) == [0, 1]
+    b = pod("bb", NOW - 0.2, NOW - 0.01, running=1)
+    assert unseen_ends([a, b], FRESH) == [1, 0]
 
 
 def test_a_request_routed_before_the_scrapes_were_sent_stands_for_no_end():
@@ -63,6 +63,21 @@ def test_an_end_is_not_put_on_a_pod_scraped_after_the_request_it_stands_for_was_
     a = pod("a", NOW - 0.5, running=1, scraped=NOW - 0.04)
     b = pod("bb", NOW - 0.9, NOW - 0.01, running=1, scraped=NOW - 0.002)
     assert unseen_ends([a, b], FRESH) == [1, 0]
+
+
+def test_an_end_this_epp_saw_is_not_guessed_again_on_the_same_request():
+    # Two requests routed since (to b) stand for two ends; one was seen, a's oldest. The other is
+    # guessed on the oldest request left: b's, from 0.85 s ago, not a's seen one from 0.9 s ago.
+    a = pod("a", NOW - 0.9, NOW - 0.8, running=2)
+    a.load.answer_ended(NOW - 0.02)
+    b = pod("bb", NOW - 0.85, NOW - 0.01, NOW - 0.005, running=1)
+    assert unseen_ends([a, b], FRESH) == [0, 1]
+
+
+def test_a_request_routed_to_a_queuing_pod_stands_for_an_end_elsewhere():
+    queuing = pod("a", NOW - 0.9, NOW - 0.8, NOW - 0.01, running=1, waiting=1)
+    b = pod("bb", NOW - 0.5, running=1)
+    assert unseen_ends([queuing, b], FRESH) == [0, 1]
 
 
 def test_ends_this_epp_saw_come_off_the_guess():

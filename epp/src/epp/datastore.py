@@ -119,7 +119,9 @@ def unseen_ends(endpoints: Sequence[Endpoint], oldest: float) -> list[int]:
 
     * **How many.** About as many answers end as requests arrive (a closed loop ends one for each
       it sends; any steady load ends as many as arrive): each request routed since the scrapes (to
-      any of these endpoints) stands for one end, less the ends this EPP saw since.
+      any of these endpoints with a fresh scrape, a queuing one included) stands for one end, less
+      the ends this EPP saw since (taken to be of their endpoints' oldest counted requests, and not
+      guessed again).
     * **Where.** On the endpoint holding the oldest of the requests its scrape counted, among those
       scraped before that request was routed (a scrape sent after it shows the end already). The
       requests a scrape counted (``running + waiting``) are taken to be the endpoint's latest ones
@@ -135,7 +137,9 @@ def unseen_ends(endpoints: Sequence[Endpoint], oldest: float) -> list[int]:
     monotonic time ``oldest``, or missing, get 0 (their load is this EPP's in-flight count).
     """
     ends = [0] * len(endpoints)
-    scraped: list[tuple[float, int, deque[float], int, int]] = []
+    scraped: list[tuple[float, int, deque[float], int, int]] = []  # the pods that may be given ends
+    logs: list[deque[float]] = []  # every freshly scraped pod's sends: each one since stands for an end
+    first = math.inf
     seen = 0
     for i, e in enumerate(endpoints):
         m = e.metrics
@@ -143,19 +147,23 @@ def unseen_ends(endpoints: Sequence[Endpoint], oldest: float) -> list[int]:
             continue
         load = e.load
         sends = load.sends
-        stop = len(sends) - load.sent_since(m.unseen_sends_after)
+        at = m.sent_at or m.updated_at
+        first = min(first, at)
+        logs.append(sends)
+        seen_here = load.ended_since(m.updated_at) if load.ends else 0
+        seen += seen_here
         if m.waiting:  # a queue is measured load (fewer slots, a slower pod): no guess washes it out
             continue
-        begin = max(0, stop - m.running - m.waiting)
-        scraped.append((m.sent_at or m.updated_at, i, sends, begin, stop))
-        if load.ends:
-            seen += load.ended_since(m.updated_at)
+        stop = len(sends) - load.sent_since(m.unseen_sends_after)
+        # The ends it saw since are taken to be of its oldest counted requests: not guessed again.
+        begin = max(0, stop - m.running) + seen_here
+        if begin < stop:
+            scraped.append((at, i, sends, begin, stop))
     if not scraped:
         return ends
     scraped.sort(key=_first)
-    first = scraped[0][0]
     # Each request routed since the first of the scrapes was sent stands for an end, in their order.
-    routed = sorted(t for _, _, sends, _, _ in scraped for t in _latest_after(sends, first))
+    routed = sorted(t for sends in logs for t in _latest_after(sends, first))
     budget = len(routed) - seen
     heap: list[tuple[float, int, int, int, deque[float]]] = []
     due = 0

@@ -20,8 +20,8 @@ So every end the EPP sees comes off the pod's load at once:
   ``active-request-scorer``) to its end, its usage is metered, and it keeps the EPP on its path to the
   end (a replica lost meanwhile cuts it).
 
-A lone EPP guesses the ends of streams not followed instead, pool-wide, from the requests routed
-since the scrapes (``epp.datastore.unseen_ends``).
+A lone EPP guesses the ends of streams not followed instead, over the picker's candidates, from the
+requests routed since the scrapes (``epp.datastore.unseen_ends``).
 
 A stream cut short (the client went away) records no end: the pod may still be working on it. Nor
 does a request the gateway could not connect to the pod for: it never took a slot.

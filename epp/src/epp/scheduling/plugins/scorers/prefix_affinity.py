@@ -19,7 +19,8 @@ Where a prefix goes, in order:
    EPP saw end since the scrape (``epp.requestcontrol.answer_ends``) come off the loads that rank the
    pods, not off those the bound is judged on: with them there a prefix left its pod more often. A
    lone replica also guesses the ends it could not see (streams not followed), as many as it routed
-   since the scrapes, its oldest requests first (``epp.datastore.unseen_ends``); they come off both.
+   since the scrapes, its oldest requests first, never on a pod whose scrape showed a queue
+   (``epp.datastore.unseen_ends``); they come off both.
    With ``loadBound`` ≥ 1 the least-loaded pod is always within the bound.
 3. **Learned index.** Every pick records the prompt's chained block hashes (at most
    ``maxPrefixBlocksToMatch``) in the picked pod's LRU (``lruCapacityPerServer`` hashes): the
