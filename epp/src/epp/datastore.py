@@ -161,7 +161,7 @@ def unseen_ends(endpoints: Sequence[Endpoint], oldest: float) -> list[int]:
             scraped.append((at, i, sends, begin, stop))
     if not scraped:
         return ends
-    scraped.sort(key=_first)
+    scraped.sort()  # by scrape time (ties by index: a deque is never compared)
     # Each request routed since the first of the scrapes was sent stands for an end, in their order.
     routed = sorted(t for sends in logs for t in _latest_after(sends, first))
     budget = len(routed) - seen
@@ -172,8 +172,7 @@ def unseen_ends(endpoints: Sequence[Endpoint], oldest: float) -> list[int]:
             break
         while due < len(scraped) and scraped[due][0] < at:  # scraped before this request was routed
             _, i, sends, begin, stop = scraped[due]
-            if begin < stop:
-                heapq.heappush(heap, (sends[begin], i, begin, stop, sends))
+            heapq.heappush(heap, (sends[begin], i, begin, stop, sends))
             due += 1
         if not heap:
             continue
@@ -185,10 +184,6 @@ def unseen_ends(endpoints: Sequence[Endpoint], oldest: float) -> list[int]:
         else:
             heapq.heappop(heap)
     return ends
-
-
-def _first(entry: tuple[float, int, deque[float], int, int]) -> float:
-    return entry[0]
 
 
 def _latest_after(times: deque[float], t: float) -> Iterator[float]:
