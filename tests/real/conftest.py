@@ -77,8 +77,16 @@ def server(box: OneBox, model: str) -> Pod:
 
 
 async def scrape(client: httpx.AsyncClient, url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Metric name -> [(labels, value)] of a Prometheus /metrics page (parsed by prometheus_client)."""
-    text = (await client.get(url)).text
+    """Metric name -> [(labels, value)] of a Prometheus /metrics page (parsed by prometheus_client).
+
+    Asked again once if the server closed the connection instead of answering: vLLM closes a
+    connection idle for 5 s (uvicorn's keep-alive), and on a 2-CPU machine a busy vLLM server or this
+    test's own loop has been seen not to run for up to 7 s, so a scrape can go out on a connection the
+    server is closing. A GET is safe to repeat."""
+    try:
+        text = (await client.get(url)).text
+    except httpx.RemoteProtocolError:
+        text = (await client.get(url)).text
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

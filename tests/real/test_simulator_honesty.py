@@ -8,7 +8,9 @@ instead of in a production pool.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -146,9 +148,8 @@ async def test_a_stream_answers_its_headers_while_it_still_waits_for_a_slot(vllm
         args = ["--model", A, "--max-num-seqs", str(MAX_NUM_SEQS), "--itl-ms", "20", "--itl-sd-ms", "0"]
         child = await supervisor.launch(children.simulator("vllmsim", "127.0.0.1", args))
         sim = f"http://127.0.0.1:{(await supervisor.wait_ready(child, within=30))['http']}"
-        async with httpx.AsyncClient(timeout=120) as client:
-            for url in (server(vllm_box, A).url, sim):
-                await _headers_come_while_waiting(client, url)
+        for url in (server(vllm_box, A).url, sim):
+            await _headers_come_while_waiting(url)
     finally:
         await supervisor.stop()
 
@@ -157,41 +158,93 @@ async def test_a_stream_answers_its_headers_while_it_still_waits_for_a_slot(vllm
 # only once QUEUED + 1 of them have ended. The tiny model answers 480 tokens in a fraction of a
 # second on a warm CPU (a make test-real saw four of them end within 0.2 s), so the queue is long.
 QUEUED = 6
+# From the first holder's headers to the probe's the holders stream without a pause, and none has
+# ended when the probe is sent. Otherwise the client or the server did not run for a while, and then
+# read or sent what had piled up at once, in no telling order (the probe even sent once the queue
+# was gone): that attempt says nothing and is made again. On a 2-CPU machine with both vLLM servers
+# busy, the test's loop was seen not to run for 6.7 s (then reading all eight holders' ends before
+# the probe's headers), the real server's answers to pause for 4.0 s, and an unrelated process not to
+# run for up to 3.9 s.
+STALL = 0.1
+ATTEMPTS = 10
 
 
-async def _headers_come_while_waiting(client: httpx.AsyncClient, url: str) -> None:
+async def _headers_come_while_waiting(url: str) -> None:
     """Every slot held by a stream that has begun its answer and QUEUED more waiting; then a stream's
     headers come while it still waits behind them: before QUEUED of them have ended, well before it
-    could have a slot and a first token."""
+    could have a slot and a first token. Judged on the first attempt without a pause."""
+    attempts = []
+    for _ in range(ATTEMPTS):
+        async with httpx.AsyncClient(timeout=120) as client:
+            done, seen, stalled = await _probe_behind_a_queue(client, url)
+        attempts.append(f"{done} ended before; {seen}")
+        if stalled:
+            print(f"{url}: a pause in the streams or no queue, attempt made again: {attempts[-1]}")
+            continue
+        # A slot for the probe takes QUEUED + 1 ends; the last ends as the probe starts, and its
+        # reader may hear of it after the probe's headers: QUEUED ends before them is too many.
+        assert done < QUEUED, f"{url}: the headers came once a slot was free ({attempts[-1]})"
+        return
+    pytest.fail(f"{url}: a pause in the streams or no queue in all {ATTEMPTS} attempts: "
+                f"{attempts}")  # fmt: skip
+
+
+Seen = list[tuple[float, str]]  # what the client saw when (seconds since the holders were sent)
+
+
+async def _probe_behind_a_queue(client: httpx.AsyncClient, url: str) -> tuple[int, Seen, bool]:
+    """How many holders had ended when the probe's headers came, what the client saw when, and whether
+    the attempt says nothing: the holders' streams paused before those headers, or one had ended before
+    the probe was sent."""
     holders_count = MAX_NUM_SEQS + QUEUED
     started = [asyncio.Event() for _ in range(holders_count)]
     ended = [asyncio.Event() for _ in range(holders_count)]
+    began = time.monotonic()
+    seen: Seen = []
+    lines: list[float] = []  # when the holders' headers and each line of their streams were read
+
+    def now() -> float:
+        return time.monotonic() - began
+
+    def note(what: str) -> None:
+        seen.append((round(now(), 3), what))
 
     async def hold(index: int) -> None:
         ask = chat(A, max_tokens=480, ignore_eos=True, stream=True)
         async with client.stream("POST", f"{url}/v1/chat/completions", json=ask) as response:
+            lines.append(now())
+            note(f"holder {index} headers {response.status_code}")
             async for line in response.aiter_lines():
-                if line.startswith("data: {"):
+                lines.append(now())
+                if line.startswith("data: {") and not started[index].is_set():
                     started[index].set()
+                    note(f"holder {index} first token")
         ended[index].set()
+        note(f"holder {index} ended")
 
     async def slots_held() -> None:
         while sum(e.is_set() for e in started) < MAX_NUM_SEQS:  # noqa: ASYNC110 - a few events
             await asyncio.sleep(0.005)
 
-    holders = [asyncio.create_task(hold(i)) for i in range(holders_count)]
+    tasks = [asyncio.create_task(hold(i)) for i in range(holders_count)]
     try:
         await asyncio.wait_for(slots_held(), timeout=60)
         await asyncio.sleep(0.02)  # the queued ones have reached the server
         ask = chat(A, max_tokens=2, stream=True)
+        gone = sum(e.is_set() for e in ended)  # holders that ended before the probe was sent
+        note("probe sent")
         async with client.stream("POST", f"{url}/v1/chat/completions", json=ask) as response:
+            headers = now()
+            note("probe headers")
             assert response.status_code == 200, url
             assert response.headers["content-type"].startswith("text/event-stream"), url
             done = sum(e.is_set() for e in ended)
-            # A slot for the probe takes QUEUED + 1 ends; the last ends as the probe starts, and its
-            # reader may hear of it after the probe's headers: QUEUED ends before them is too many.
-            assert done < QUEUED, f"{url}: the headers came once a slot was free ({done} ended before)"
+        between = [*(t for t in lines if t < headers), headers]  # from the first holder's headers
+        pause = max(b - a for a, b in itertools.pairwise(between))
+        if pause > STALL:
+            note(f"the holders' streams paused {pause:.2f} s")
+        return done, seen, pause > STALL or gone > 0
     finally:
-        for task in holders:
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*holders, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
