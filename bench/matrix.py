@@ -156,6 +156,10 @@ class Row:
       cut to the groups that fit in every pod, a warm pass then a measured one: the box's rate when
       every request hits at balanced load. The gateway's closed-loop rate must reach
       ``min_of_ceiling`` of it.
+
+    ``warmup``: each side's closed loop follows an unmeasured warm pass of that many of the row's
+    requests, as the ceiling's does, so both are steady-state rates: from cold, each group's first
+    request misses whatever the picker does.
     """
 
     name: str
@@ -172,6 +176,7 @@ class Row:
     ttft_targets: tuple[tuple[float, float], ...] = PLAIN_TTFT
     ceiling_groups: int | None = None
     ceiling_warmup: int = 96  # requests of the ceiling's warm pass (every pod sees every group)
+    warmup: int = 0
     min_of_ceiling: float = 0.9
     # (row name, least fraction of that row's throughput ratio this row's must reach)
     relative_to: tuple[str, float] | None = None
@@ -193,6 +198,8 @@ class Row:
             parts.append(self.bursty.describe())
         elif self.offered is not None:
             parts.append(f"open loop: Poisson at {self.offered:g}x round robin's closed-loop rate")
+        if self.warmup:
+            parts[0] += f" after a warm pass of {self.warmup} requests"
         if self.ceiling_groups is not None:
             parts.append(f"ceiling: round robin, warm caches, {self.ceiling_groups} groups")
         return "; ".join(parts)
@@ -224,7 +231,7 @@ def rows(quick: bool = False) -> list[Row]:
         Row("prefix-exceeds", "16 groups x 2,000 tokens: more than one pod's cache (cache-bound); rate "
             f"against the box's warm-cache ceiling; {fair_ttft}", "cache",
             cache_bound, concurrency=16, open_requests=n(120), min_throughput=None,
-            ttft_targets=((1.0, 0.15),), ceiling_groups=4, ceiling_warmup=n(96)),
+            ttft_targets=((1.0, 0.15),), ceiling_groups=4, ceiling_warmup=n(96), warmup=n(96)),
         Row("long-prompt", f"50,000-token prompts (~200 KB bodies); {fair_ttft}", "long",
             WorkloadConfig(workload=Workload.LONG_PROMPT, models=[GEMMA], requests=n(48), prompt_len=50_000,
                            max_tokens=16, seed=4), concurrency=8, open_requests=n(48)),
@@ -239,7 +246,7 @@ def rows(quick: bool = False) -> list[Row]:
         Row("prefix-exceeds-2epp", "the cache-bound row with 2 EPP replicas (closed loop: its "
             "throughput ratio against the single replica's)", "cache-2epp",
             cache_bound, concurrency=16, offered=None, min_throughput=None, ttft_targets=(),
-            relative_to=("prefix-exceeds", 0.95)),
+            warmup=n(96), relative_to=("prefix-exceeds", 0.95)),
     ]  # fmt: skip
 
 
@@ -389,10 +396,16 @@ async def run_row(
     """The row's phases, each against the gateway then round robin, the same requests with each run's own
     prefix salt (no run finds another's prompts in a pod's cache)."""
     rr = "round-robin"
-    gateway = await _one_side(row, "gateway", gateway_url, salt="gateway ", concurrency=row.concurrency,
-                              progress=progress)  # fmt: skip
-    capacity = await _one_side(row, rr, round_robin_url, salt=f"{rr} ", concurrency=row.concurrency,
+
+    async def closed_loop(label: str, url: str) -> RunResult:
+        if row.warmup:
+            await _one_side(row, f"{label} warm-up", url, salt=f"{label} ", concurrency=row.concurrency,
+                            progress=progress, update={"requests": row.warmup})  # fmt: skip
+        return await _one_side(row, label, url, salt=f"{label} ", concurrency=row.concurrency,
                                progress=progress)  # fmt: skip
+
+    gateway = await closed_loop("gateway", gateway_url)
+    capacity = await closed_loop(rr, round_robin_url)
     result = RowResult(row, time_scale, Pair(gateway, capacity))
     if row.open_loop:
         if row.bursty is not None:

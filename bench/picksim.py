@@ -353,6 +353,9 @@ class Setup:
     # Instead, the open loop of the matrix's bursty row: its arrivals, shaped from round robin's
     # closed-loop rate, as many as they come to (the specs, for a salt and a count).
     bursty: Callable[[str, int], list[RequestSpec]] | None = None
+    # Every closed loop first sends this many of its requests unmeasured, as the matrix's cache-bound
+    # rows do (their ceiling is measured warm, so the sides are too).
+    warmup: int = 0
 
 
 SETUPS = {
@@ -360,6 +363,7 @@ SETUPS = {
         "16 groups x 2,000-token prefix, 4 pods of 16k tokens, c=16",
         lambda salt: cache_bound(salt=salt), 16, _SMALL_CACHE,
         (("groups pinned 4 per pod (the best placement)", lambda n, spec: (spec.group or 0) % 4),),
+        warmup=96,
     ),
     "prefix-fits": Setup(
         "4 groups x 2,000-token prefix, 160 requests, 4 pods of 16k tokens (each holds all 4), c=16",
@@ -510,10 +514,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                               headers_at_first_token=args.headers_at_first_token)  # fmt: skip
 
     def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
-        return [serve(setup.specs(salt), replicas=replicas, concurrency=setup.concurrency, place=place)
-                for salt in salts]  # fmt: skip
+        return [serve(specs, replicas=replicas, concurrency=setup.concurrency, place=place,
+                      warmup=specs[: setup.warmup])
+                for specs in map(setup.specs, salts)]  # fmt: skip
 
     about = "".join(f", {name} {value:g}" for name, value in changes.items())
+    about += f", closed loops after a warm pass of {setup.warmup} requests" if setup.warmup else ""
     about += "" if args.time_scale == 1 else f", time scale {args.time_scale:g}"
     print(f"{args.workload} ({setup.about}), virtual time, mean of {args.salts} workload variants{about}")
     rr = runs(1, lambda n, spec: n % 4)

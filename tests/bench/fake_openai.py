@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -23,6 +24,7 @@ class FakeOpenAI:
     break_stream: bool = False  # send an error event after the first token
     api_key: str | None = None  # required as "Authorization: Bearer <key>" when set
     calls: list[str] = field(default_factory=list)
+    bodies: list[dict[str, Any]] = field(default_factory=list)  # the requests' JSON bodies, in order
     authorizations: list[str | None] = field(default_factory=list)
     url: str = ""
 
@@ -33,6 +35,7 @@ class FakeOpenAI:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        self.bodies.append(body)
         self.authorizations.append(request.headers.get("Authorization"))
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             error = {"message": "bad key", "type": "authentication_error", "param": None, "code": 401}

@@ -226,6 +226,27 @@ async def test_a_row_runs_its_phases_against_both_urls_and_is_judged(tmp_path: P
     assert "data:image/png;base64," in html_path.read_text()
 
 
+async def test_a_cache_bound_rows_closed_loops_are_measured_after_a_warm_pass_like_its_ceiling() -> None:
+    # From cold, each group's first request misses whatever the picker does, while the ceiling is
+    # measured warm: each side first sends the row's first requests unmeasured, on its own prompts.
+    workload = WorkloadConfig(workload=Workload.SHARED_PREFIX, models=[GEMMA], requests=12, groups=3,
+                              prompts_per_group=2, system_prompt_len=8, max_tokens=4)  # fmt: skip
+    row = matrix.Row("warm", "cache-bound", "cache", workload, concurrency=2, offered=None, warmup=5)
+    assert "after a warm pass of 5 requests" in row.pacing()
+    gateway, rr = FakeOpenAI([("gemma-0", GEMMA)]), FakeOpenAI([("gemma-1", GEMMA)])
+    async with serving(gateway), serving(rr):
+        result = await matrix.run_row(row, gateway.url, rr.url)
+        for side, run_result in ((gateway, result.closed.gateway), (rr, result.closed.round_robin)):
+            assert len(side.calls) == 5 + 12
+            assert len(run_result.results) == 12  # the warm pass is not in the figures
+            systems = [body["messages"][0]["content"] for body in side.bodies]
+            assert set(systems[:5]) <= set(systems[5:])  # it warmed the measured pass's prefixes
+        assert not {b["messages"][0]["content"] for b in gateway.bodies} & {
+            b["messages"][0]["content"] for b in rr.bodies
+        }  # each side's own salt: neither finds the other's prompts cached
+    assert result.of_ceiling is None
+
+
 def test_a_check_passes_only_on_its_side_of_the_target() -> None:
     assert matrix.Check("throughput", 1.3, 1.3, at_least=True).passed
     assert not matrix.Check("throughput", 0.99, 1.0, at_least=True).passed
