@@ -25,12 +25,21 @@ from bench.workloads import RequestSpec
 from vllmsim.config import SimConfig
 
 
-def rate(replicas: int, salts: int = 6, told: int | None = None) -> float:
+def rate(replicas: int, salts: int = 6, told: int | None = None, warmup: int = 0) -> float:
     setup = SETUPS["cache-bound"]
-    runs = [simulate(setup.specs(f"salt {s} "), replicas=replicas, concurrency=16, sim=setup.sim,
-                     told_replicas=told)
-            for s in range(salts)]  # fmt: skip
+    specs = [setup.specs(f"salt {s} ") for s in range(salts)]
+    runs = [simulate(s, replicas=replicas, concurrency=16, sim=setup.sim, told_replicas=told,
+                     warmup=s[:warmup])
+            for s in specs]  # fmt: skip
     return statistics.mean(r.requests_per_s for r in runs)
+
+
+def test_two_epp_replicas_keep_095_of_a_lone_ones_warm_cache_bound_rate() -> None:
+    # The bar for replicas that agree, on the matrix's measure (both after a warm pass). Each
+    # replica deals the recurring groups out evenly over the pods, alike (epp.scheduling.
+    # balanced_homes), and keeps a group at its home while that is within the bound; with rendezvous
+    # homes alone the groups crowded some pods and spilled where each replica's own view said: 0.93.
+    assert rate(2, warmup=96) >= 0.95 * rate(1, warmup=96)
 
 
 def test_two_epp_replicas_keep_the_cache_bound_rate_of_one_that_places_as_they_do() -> None:

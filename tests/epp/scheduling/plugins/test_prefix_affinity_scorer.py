@@ -134,13 +134,20 @@ def test_a_prompt_never_seen_goes_to_the_least_loaded_pod_its_home_only_breaks_t
     assert pick(affinity, another, pool) is home  # equal loads: every replica picks the home
 
 
+def spilled_once(affinity: PrefixAffinityScorer, pool: list[Endpoint], group: int) -> tuple[Endpoint, ...]:
+    """The group's (rendezvous) home, the pod it spilled to once (the only candidate then), and the
+    rest of ``pool``."""
+    home = affinity.home(request(prompt=group_prompt(group)), pool)
+    assert home is not None
+    spill, *rest = [p for p in pool if p is not home]
+    pick(affinity, group_prompt(group), [spill])
+    return home, spill, *rest
+
+
 def test_a_spilled_prefix_goes_where_it_was_cached_before_rather_than_to_the_least_loaded_pod():
     affinity, pool = scorer(loadBound=1.5), pods(4)
     prompt = group_prompt(3)
-    home = affinity.home(request(prompt=prompt), pool)
-    assert home is not None
-    spill, *rest = [p for p in pool if p is not home]
-    pick(affinity, prompt, [spill])  # the spill pod got this prefix once (it was the only candidate)
+    home, spill, *rest = spilled_once(affinity, pool, 3)
 
     loaded(home, waiting=20)
     loaded(spill, running=2)  # busier than the others, but within the bound and holding the prefix
@@ -519,6 +526,20 @@ def test_a_prefix_new_to_a_replica_of_several_goes_home_and_one_new_to_the_only_
     for pod, load in zip(others, loads, strict=True):
         loaded(pod, running=load)
     assert pick(affinity, prompt, pool) is (home if replicas > 1 else others[0])
+
+
+def test_a_replica_of_several_keeps_a_group_at_its_home_within_the_bound_not_at_its_own_spill():
+    # The other replicas keep sending the group home; were this one to keep its own spill pod alive
+    # beside it (less loaded, holding the prefix by this replica's index), the group would be cached
+    # on two pods. Only over the bound does the spill pod take it.
+    affinity, pool = scorer(replicas=2), pods(4)
+    home, spill, *rest = spilled_once(affinity, pool, 5)
+    loaded(home, running=2)
+    for pod in rest:
+        loaded(pod, running=2)
+    assert pick(affinity, group_prompt(5, "Another question?"), pool) is home
+    loaded(home, waiting=20)
+    assert pick(affinity, group_prompt(5, "And another?"), pool) is spill
 
 
 def test_answers_seen_to_end_rank_the_pods_but_do_not_push_a_prefix_out_of_its_home():

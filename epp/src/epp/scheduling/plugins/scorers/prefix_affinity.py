@@ -6,7 +6,11 @@ Where a prefix goes, in order:
    rendezvous (highest-random-weight) winner over the candidates' addresses of a stable hash
    (BLAKE2b, the same in every process) of the model and the prompt's first ``homePrefixBlocks``
    blocks. Any EPP replica, restarted or new, computes the same home from the same pool, without
-   talking to the others; a pod joining or leaving moves only the prefixes it wins or held.
+   talking to the others; a pod joining or leaving moves only the prefixes it wins or held. A prefix
+   that recurs (an active group of its model) has a balanced home instead: every replica deals its
+   model's active groups out evenly over the pods, in the same order, each to the first pod of its
+   rendezvous order with room (``epp.scheduling.balanced_homes``), so no pod is home to many more
+   groups than another.
 2. **Bound.** A pod may take the request only while its load is at most ``loadBound x the mean load
    of the candidates + 1`` — consistent hashing with bounded loads; the +1 keeps an idle pool from
    flapping (a home with a request or two in flight keeps its prefix). A pod's load is
@@ -30,14 +34,16 @@ Where a prefix goes, in order:
 
 The score, in [0, 1], is ``0.5 x credit + 0.5 x (1 - load / (highest load + 1))``. The home within
 the bound gets the credit ``min(blocks, homePrefixBlocks) / homePrefixBlocks`` (a prompt of a few
-blocks gains little from a cache, so its load counts for more); a pod within the bound that holds
-part of the prefix by the index gets 0.9 x that x the fraction of the prompt's blocks it holds, so it
-takes over from a home over the bound, and from one within it only by being clearly less loaded;
-pods over the bound get none. A prefix the index holds nowhere yet (a prompt seen for the first time
-by this EPP) goes, where the pool has several EPP replicas (the EPP's ``--replicas``), to its home
-when the home is at most as loaded as the mean: another replica may well have sent it there already,
-and placed by load alone it would get a second copy on another pod; otherwise its home gets a tenth
-of the credit and only breaks ties. The load term ranks the rest, least loaded first.
+blocks gains little from a cache, so its load counts for more). Only when the home is over the
+bound does a pod within the bound that holds part of the prefix by the index get 0.9 x that x the
+fraction of the prompt's blocks it holds: while the home is within it, the other replicas keep
+sending the prefix there, and a replica that kept its own spill pod alive beside it would keep the
+group cached on two pods. Pods over the bound get none. A prefix the index holds nowhere yet (a
+prompt seen for the first time by this EPP) goes, where the pool has several EPP replicas (the
+EPP's ``--replicas``), to its home when the home is at most as loaded as the mean: another replica
+may well have sent it there already, and placed by load alone it would get a second copy on
+another pod; otherwise its home gets a tenth of the credit and only breaks ties. The load term
+ranks the rest, least loaded first.
 
 **A lone replica** (``--replicas 1``, the default) knows every pod it sent a prefix to, so it drops
 the home: the pods within the bound that hold part of the prompt's prefix by its index get the
@@ -59,7 +65,8 @@ mean, so a bound of ``n`` or more never binds: 2 would let one pod of a two-pod 
 Per request: one BLAKE2b of at most ``blockSize x homePrefixBlocks`` characters, the chained built-in
 hashes for the index (per process, like the index itself), both computed once and kept in the cycle
 state for the post-pick hook, and a few integer operations per candidate (a lone replica also sorts
-the candidates' last send times).
+the candidates' last send times; a replica of several records the prefix's sighting and the
+candidates for its balanced homes, and deals them again at most every 0.25 s).
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from epp.datastore import Endpoint, unseen_ends
+from epp.scheduling.balanced_homes import BalancedHomes
 from epp.scheduling.framework import CacheFeedback, EndpointStateful, Handle, PostPick, Scorer
 from epp.scheduling.params import Duration, PositiveInt
 from epp.scheduling.prefix_index import (
@@ -188,6 +196,8 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         self.has_peers = replicas > 1
         # Stable hash of each address seen (the rendezvous node ids); dropped when a pod leaves.
         self._node_ids: dict[str, int] = {}
+        # With peers, a recurring prefix's home: its model's groups dealt out evenly, alike everywhere.
+        self._balanced = BalancedHomes(self._weight)
 
     @classmethod
     def from_parameters(
@@ -233,8 +243,9 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         return node
 
     def home(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> Endpoint | None:
-        """The request's home among ``endpoints`` (None for a prompt under one block): what every
-        replica picks first."""
+        """The request's rendezvous home among ``endpoints`` (None for a prompt under one block): what
+        every replica of several picks first for a prefix it has not seen recur (one that recurs
+        has its balanced home instead)."""
         key = home_key(request.model, request.prompt, self.block_size, self.home_blocks)
         if key is None or not endpoints:
             return None
@@ -247,6 +258,17 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
             if weight > best:
                 best, winner = weight, i
         return winner
+
+    def _weight(self, key: int, address: str) -> int:
+        """The rendezvous weight of ``address`` for ``key``: the highest wins."""
+        return _mix64(key ^ self._node_id(address))
+
+    def _home_of(self, request: LLMRequest, key: int, endpoints: Sequence[Endpoint]) -> int:
+        """With peers: the balanced home of a recurring prefix (``balanced_homes``), else its
+        rendezvous home."""
+        addresses = [e.address for e in endpoints]
+        balanced = self._balanced.home(request.model, key, addresses, self._clock())
+        return addresses.index(balanced) if balanced is not None else self._rendezvous(key, endpoints)
 
     def loads(self, endpoints: Sequence[Endpoint]) -> list[int]:
         """Each endpoint's load (:meth:`Endpoint.estimated_load`): ``waitingWeight x waiting +
@@ -304,7 +326,7 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
                     scores[i] += share * count
             return _least_recent_first(scores, endpoints, spread)
         assert parsed.home is not None  # with peers, a prompt of a block or more has one
-        home = self._rendezvous(parsed.home, endpoints)
+        home = self._home_of(request, parsed.home, endpoints)
         if not any(held):
             # A prefix this EPP has never sent anywhere: unless its home is more loaded than the mean,
             # it goes home (another replica may well have sent it there already, and placed by load
@@ -312,13 +334,15 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
             if bounded[home] <= limit:
                 scores[home] += credit if bounded[home] <= mean else credit * _FIRST_SIGHT
             return scores
-        # The home within the bound gets the credit (another replica may have sent the prefix there);
-        # pods within the bound that hold part of it (by this EPP's index) compete with the home at a
-        # discount, and take over from a home over the bound.
+        # The home within the bound gets the credit (another replica may have sent the prefix there).
+        # Over the bound, pods within it that hold part of the prefix (by this EPP's index) take over,
+        # by how much they hold; while the home is within it they get nothing, or each replica would
+        # keep its own spills alive beside the home.
         if bounded[home] <= limit:
             scores[home] += credit
+            return scores
         for i, count in enumerate(held):
-            if count and i != home and bounded[i] <= limit:
+            if count and bounded[i] <= limit:
                 scores[i] += share * count
         return scores
 
@@ -334,6 +358,7 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
     def forget(self, address: str) -> None:
         self.index.forget(address)
         self._node_ids.pop(address, None)
+        self._balanced.forget(address)
 
 
 def _least_recent_first(scores: list[float], endpoints: Sequence[Endpoint], spread: float) -> list[float]:
