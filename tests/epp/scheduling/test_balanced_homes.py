@@ -104,3 +104,16 @@ def test_the_keys_tracked_per_model_are_bounded(monkeypatch: pytest.MonkeyPatch)
     for n in range(20):
         homes.home(MODEL, stable_hash64(f"one-off {n}".encode()), PODS, 2.0)
     assert set(sighted(homes, GROUPS[:4], 3.0).values()) == {None}  # pushed out by 20 newer keys
+
+
+def test_over_the_most_groups_dealt_replicas_that_saw_them_in_other_orders_deal_the_same_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(balanced_homes, "MAX_ACTIVE", 8)
+    first, second = BalancedHomes(weight), BalancedHomes(weight)
+    for now in (0.0, 1.0, 2.0):
+        sighted(first, GROUPS, now)
+        sighted(second, GROUPS[::-1], now + 0.5)  # the most recent groups differ
+    homes = sighted(first, GROUPS, 3.0), sighted(second, GROUPS[::-1], 3.5)
+    assert homes[0] == homes[1]
+    assert sum(home is not None for home in homes[0].values()) == 8

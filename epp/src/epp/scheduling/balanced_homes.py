@@ -7,25 +7,33 @@ group ends up cached on two pods. Replicas that cannot talk still see nearly the
 prefixes (each gets a share of every group's requests), so each deals them out the same way:
 
 * A prefix key seen at least ``MIN_SIGHTS`` times, the last within ``WINDOW`` seconds, is an
-  *active group* of its model (at most ``MAX_ACTIVE``, the most recent; at most ``MAX_TRACKED`` keys
-  tracked per model, the least recent dropped first).
+  *active group* of its model (at most ``MAX_ACTIVE`` are dealt, the smallest keys: a choice every
+  replica makes alike; at most ``MAX_TRACKED`` keys tracked per model, the least recent dropped
+  first).
 * The active groups, in key order, go each to the first pod of its own rendezvous order that has
   fewer than ``ceil(groups / pods)``: consistent hashing with bounded loads, counted in groups
   rather than requests. The pods are those seen for the model within ``WINDOW`` and not forgotten.
-* Rebuilt at most once per ``REBUILD_EVERY`` seconds, when a group became active, one expired or
+* Dealt again at most once per ``REBUILD_EVERY`` seconds, when a group became active or left, or
   the pods changed. A key not active yet (a one-off prompt, a group's first sight) has no balanced
   home: the scorer uses its rendezvous home.
 
-Two replicas with the same active groups and pods agree on every home; a group that only one of
-them has seen active moves the others dealt after it at most, in that one replica.
+Two replicas with the same active groups and pods agree on every home. A group that only one of
+them has seen active can move others in that one replica: the groups dealt after it, and, where it
+raises ``ceil(groups / pods)``, some dealt before.
 
-Cost: per request two dictionary updates; per rebuild, ``groups x pods`` 64-bit mixes and a sort of
-the pods per group (512 groups over 8 pods: a few milliseconds, at most once a second).
+Cost: per request, the key's sighting and each candidate's address recorded (a few dictionary
+updates per candidate), and at most every ``REBUILD_EVERY`` seconds the expired entries dropped. Per
+deal (only when a group became active or left, or the pods changed), a pass over the tracked keys,
+a sort of the active ones and, per group, its rendezvous weight on each pod (the pods sorted only
+when its first choice is full). Measured on a 2-CPU machine: 1.0 µs per request over 8 pods and
+4.4 µs over 100 (one-off prompts); a deal of 512 groups 2.2 ms over 8 pods and 22.5 ms over 100, a
+stall of the request that triggers it; dropping 8,192 expired keys at once 2.3 ms.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -41,10 +49,11 @@ class _Model:
     """One model's tracked keys (key -> (sights, last seen), least recent first), its pods (address ->
     last seen) and the homes last dealt (key -> address)."""
 
-    seen: dict[int, tuple[int, float]] = field(default_factory=dict)
+    seen: OrderedDict[int, tuple[int, float]] = field(default_factory=OrderedDict)
     pods: dict[str, float] = field(default_factory=dict)
     homes: dict[int, str] = field(default_factory=dict)
-    built: float = -math.inf
+    built: float = -math.inf  # the last deal
+    pruned: float = -math.inf
     changed: bool = False
 
 
@@ -63,21 +72,25 @@ class BalancedHomes:
         if state is None:
             state = self._models[model] = _Model()
         seen = state.seen
-        sights = seen.pop(key, (0, now))[0] + 1  # popped and put back: the dict stays least recent first
+        sights = seen.get(key, (0, now))[0] + 1
         seen[key] = (sights, now)
+        seen.move_to_end(key)  # least recent first
         if sights == MIN_SIGHTS:
             state.changed = True
         if len(seen) > MAX_TRACKED:
-            dropped = next(iter(seen))
-            del seen[dropped]
+            dropped, _ = seen.popitem(last=False)
             state.changed |= dropped in state.homes
         pods = state.pods
         for address in addresses:
             if address not in pods:
                 state.changed = True
             pods[address] = now
-        if now - state.built >= REBUILD_EVERY and (state.changed or self._expired(state, now)):
-            self._deal(state, now)
+        if now - state.pruned >= REBUILD_EVERY:
+            self._prune(state, now)
+            state.pruned = now
+        if state.changed and now - state.built >= REBUILD_EVERY:
+            self._deal(state)
+            state.built = now
         home = state.homes.get(key)
         return home if home is not None and home in addresses else None
 
@@ -88,20 +101,23 @@ class BalancedHomes:
                 state.changed = True
 
     @staticmethod
-    def _expired(state: _Model, now: float) -> bool:
-        oldest_key = next(iter(state.seen), None)
-        if oldest_key is not None and now - state.seen[oldest_key][1] > WINDOW:
-            return True
-        return any(now - seen > WINDOW for seen in state.pods.values())
-
-    def _deal(self, state: _Model, now: float) -> None:
+    def _prune(state: _Model, now: float) -> None:
+        """Drop the keys and pods not seen within ``WINDOW``; a group or pod gone calls for a deal."""
         since = now - WINDOW
-        while state.seen and next(iter(state.seen.values()))[1] < since:
-            del state.seen[next(iter(state.seen))]
-        for address in [a for a, seen in state.pods.items() if seen < since]:
+        seen = state.seen
+        while seen:
+            key, (_, last) = next(iter(seen.items()))
+            if last >= since:
+                break
+            seen.popitem(last=False)
+            state.changed |= key in state.homes
+        for address in [a for a, last in state.pods.items() if last < since]:
             del state.pods[address]
-        recent = [key for key, (sights, _) in reversed(state.seen.items()) if sights >= MIN_SIGHTS]
-        groups = sorted(recent[:MAX_ACTIVE])
+            state.changed = True
+
+    def _deal(self, state: _Model) -> None:
+        seen = state.seen
+        groups = sorted(key for key, (sights, _) in seen.items() if sights >= MIN_SIGHTS)[:MAX_ACTIVE]
         pods = sorted(state.pods)
         state.homes = {}
         if pods:
@@ -109,10 +125,11 @@ class BalancedHomes:
             dealt = dict.fromkeys(pods, 0)
             weight = self._weight
             for key in groups:
-                for address in sorted(pods, key=lambda a: weight(key, a), reverse=True):
-                    if dealt[address] < cap:
-                        dealt[address] += 1
-                        state.homes[key] = address
-                        break
-        state.built = now
+                weights = {address: weight(key, address) for address in pods}
+                first = max(pods, key=weights.__getitem__)
+                if dealt[first] >= cap:  # full: down its rendezvous order to the first with room
+                    order = sorted(pods, key=weights.__getitem__, reverse=True)
+                    first = next(a for a in order if dealt[a] < cap)
+                dealt[first] += 1
+                state.homes[key] = first
         state.changed = False

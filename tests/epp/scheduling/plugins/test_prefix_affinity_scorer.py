@@ -542,6 +542,29 @@ def test_a_replica_of_several_keeps_a_group_at_its_home_within_the_bound_not_at_
     assert pick(affinity, group_prompt(5, "And another?"), pool) is spill
 
 
+def test_two_replicas_fed_different_shares_of_sixteen_groups_put_four_on_each_pod_the_same_ones():
+    # Rendezvous homes alone would crowd some pods with these groups; each replica deals the groups it
+    # has seen recur out evenly, in the same order, so both send every group to the same pod.
+    clock = [NOW]
+    parameters = PrefixAffinityParameters.model_validate({})
+    replicas = [
+        PrefixAffinityScorer.from_parameters("p", parameters, clock=lambda: clock[0], replicas=2)
+        for _ in range(2)
+    ]
+    pool = pods(4)
+    rendezvous = Counter(replicas[0].home(request(prompt=group_prompt(g)), pool) for g in range(16))
+    assert max(rendezvous.values()) > 4
+    rng = random.Random(7)
+    for sight in range(12):  # an idle pool: each request goes to its home
+        clock[0] += 0.3
+        for g in rng.sample(range(16), 16):
+            pick(rng.choice(replicas), group_prompt(g, f"question {sight}"), pool)
+    clock[0] += 1.0
+    placed = [{g: pick(r, group_prompt(g, "and now?"), pool).name for g in range(16)} for r in replicas]
+    assert placed[0] == placed[1]
+    assert sorted(Counter(placed[0].values()).values()) == [4, 4, 4, 4]
+
+
 def test_answers_seen_to_end_rank_the_pods_but_do_not_push_a_prefix_out_of_its_home():
     affinity, pool = scorer(), pods(4)
     prompt = group_prompt(3)
