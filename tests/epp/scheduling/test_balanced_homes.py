@@ -11,7 +11,7 @@ from epp.scheduling import balanced_homes
 from epp.scheduling.balanced_homes import MIN_SIGHTS, REBUILD_EVERY, WINDOW, BalancedHomes
 from epp.scheduling.plugins.scorers.prefix_affinity import stable_hash64
 
-PODS = [f"10.0.0.{i}:8000" for i in range(1, 5)]
+PODS = tuple(f"10.0.0.{i}:8000" for i in range(1, 5))
 GROUPS = [stable_hash64(f"group {g}".encode()) for g in range(16)]
 MODEL = "m"
 
@@ -20,14 +20,14 @@ def weight(key: int, address: str) -> int:
     return stable_hash64(f"{key} {address}".encode())
 
 
-def rendezvous(key: int, pods: list[str]) -> str:
+def rendezvous(key: int, pods: tuple[str, ...]) -> str:
     return max(pods, key=lambda a: weight(key, a))
 
 
 Homes = dict[int, str | None]
 
 
-def sighted(homes: BalancedHomes, keys: list[int], now: float, pods: list[str] = PODS) -> Homes:
+def sighted(homes: BalancedHomes, keys: list[int], now: float, pods: tuple[str, ...] = PODS) -> Homes:
     """Each key's balanced home after a sight of it at ``now`` among ``pods``."""
     return {key: homes.home(MODEL, key, pods, now) for key in keys}
 
@@ -47,7 +47,8 @@ def test_two_replicas_that_see_the_groups_in_another_order_and_at_other_times_ag
     rng = random.Random(1)
     for now in (0.0, 1.0, 2.0):
         for replica, offset in ((first, 0.0), (second, 0.37)):
-            sighted(replica, rng.sample(GROUPS, len(GROUPS)), now + offset, rng.sample(PODS, len(PODS)))
+            shuffled = tuple(rng.sample(PODS, len(PODS)))
+            sighted(replica, rng.sample(GROUPS, len(GROUPS)), now + offset, shuffled)
     assert sighted(first, GROUPS, 3.0) == sighted(second, GROUPS, 3.4)
     assert None not in sighted(first, GROUPS, 3.5).values()
 

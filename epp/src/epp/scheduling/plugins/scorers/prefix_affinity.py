@@ -266,9 +266,11 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
     def _home_of(self, request: LLMRequest, key: int, endpoints: Sequence[Endpoint]) -> int:
         """With peers: the balanced home of a recurring prefix (``balanced_homes``), else its
         rendezvous home."""
-        addresses = [e.address for e in endpoints]
+        addresses = tuple(e.address for e in endpoints)
         balanced = self._balanced.home(request.model, key, addresses, self._clock())
-        return addresses.index(balanced) if balanced is not None else self._rendezvous(key, endpoints)
+        if balanced is not None and balanced in addresses:  # it may be filtered out of this request's
+            return addresses.index(balanced)
+        return self._rendezvous(key, endpoints)
 
     def loads(self, endpoints: Sequence[Endpoint]) -> list[int]:
         """Each endpoint's load (:meth:`Endpoint.estimated_load`): ``waitingWeight x waiting +
