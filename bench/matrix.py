@@ -397,15 +397,19 @@ async def run_row(
     prefix salt (no run finds another's prompts in a pod's cache)."""
     rr = "round-robin"
 
-    async def closed_loop(label: str, url: str) -> RunResult:
-        if row.warmup:
-            await _one_side(row, f"{label} warm-up", url, salt=f"{label} ", concurrency=row.concurrency,
-                            progress=progress, update={"requests": row.warmup})  # fmt: skip
-        return await _one_side(row, label, url, salt=f"{label} ", concurrency=row.concurrency,
-                               progress=progress)  # fmt: skip
+    async def closed_loop(
+        label: str, url: str, salt: str, warmup: int, update: dict[str, Any] | None = None
+    ) -> RunResult:
+        """A closed loop at the row's concurrency, after an unmeasured warm pass of ``warmup`` of
+        its requests (none if 0)."""
+        if warmup:
+            await _one_side(row, f"{label} warm-up", url, salt=salt, concurrency=row.concurrency,
+                            progress=progress, update={**(update or {}), "requests": warmup})  # fmt: skip
+        return await _one_side(row, label, url, salt=salt, concurrency=row.concurrency, progress=progress,
+                               update=update)  # fmt: skip
 
-    gateway = await closed_loop("gateway", gateway_url)
-    capacity = await closed_loop(rr, round_robin_url)
+    gateway = await closed_loop("gateway", gateway_url, "gateway ", row.warmup)
+    capacity = await closed_loop(rr, round_robin_url, f"{rr} ", row.warmup)
     result = RowResult(row, time_scale, Pair(gateway, capacity))
     if row.open_loop:
         if row.bursty is not None:
@@ -423,12 +427,8 @@ async def run_row(
                  for label, url in (("gateway", gateway_url), (rr, round_robin_url))]  # fmt: skip
         result.open = Pair(sides[0], sides[1], offered_rate=rate)
     if row.ceiling_groups is not None:
-        fits = {"groups": row.ceiling_groups}
-        await _one_side(row, f"{rr} warm-up", round_robin_url, salt="ceiling ", concurrency=row.concurrency,
-                        progress=progress, update={**fits, "requests": row.ceiling_warmup})  # fmt: skip
-        result.ceiling = await _one_side(row, f"{rr} ceiling", round_robin_url, salt="ceiling ",
-                                         concurrency=row.concurrency, progress=progress,
-                                         update=fits)  # fmt: skip
+        result.ceiling = await closed_loop(f"{rr} ceiling", round_robin_url, "ceiling ", row.ceiling_warmup,
+                                           {"groups": row.ceiling_groups})  # fmt: skip
     return result
 
 

@@ -247,6 +247,21 @@ async def test_a_cache_bound_rows_closed_loops_are_measured_after_a_warm_pass_li
     assert result.of_ceiling is None
 
 
+async def test_the_ceiling_is_round_robin_over_the_groups_that_fit_after_its_own_warm_pass() -> None:
+    workload = WorkloadConfig(workload=Workload.SHARED_PREFIX, models=[GEMMA], requests=12, groups=3,
+                              prompts_per_group=2, system_prompt_len=8, max_tokens=4)  # fmt: skip
+    row = matrix.Row("ceiling", "cache-bound", "cache", workload, concurrency=2, offered=None,
+                     ceiling_groups=1, ceiling_warmup=4)  # fmt: skip
+    gateway, rr = FakeOpenAI([("gemma-0", GEMMA)]), FakeOpenAI([("gemma-1", GEMMA)])
+    async with serving(gateway), serving(rr):
+        result = await matrix.run_row(row, gateway.url, rr.url)
+    assert result.ceiling is not None
+    assert len(result.ceiling.results) == 12  # its warm pass is not in the figures
+    assert len(rr.calls) == 12 + 4 + 12  # round robin's closed loop, the ceiling's warm and measured passes
+    ceiling_prompts = {body["messages"][0]["content"] for body in rr.bodies[12:]}
+    assert len(ceiling_prompts) == 1  # the one group that fits
+
+
 def test_a_check_passes_only_on_its_side_of_the_target() -> None:
     assert matrix.Check("throughput", 1.3, 1.3, at_least=True).passed
     assert not matrix.Check("throughput", 0.99, 1.0, at_least=True).passed
