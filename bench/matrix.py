@@ -27,7 +27,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import matplotlib.pyplot as plt
 from epp.settings import EppSettings
@@ -39,6 +39,7 @@ from bench.scale import QUICK, ScaleSettings, format_scale, run_scale
 from bench.stats import RunSummary, ratio, summarize
 from bench.workloads import Workload, WorkloadConfig, bursty_arrivals, generate, poisson_arrivals
 from onebox.box import OneBox
+from onebox.envoy import ResponseMode
 from onebox.topology import ModelSpec, SimOptions, Topology
 
 GEMMA, PHI = "google/gemma-2b-it", "microsoft/Phi-3-mini-4k-instruct"
@@ -435,17 +436,20 @@ async def run_row(
 async def run_matrix(
     selected: Sequence[Row], *, time_scales: Sequence[float] = (1.0,), progress: bool = False,
     out: Callable[[str], None] = print, epp_settings: dict[str, Any] | None = None,
+    response_mode: ResponseMode = "streamed",
 ) -> list[RowResult]:
     """Every row at every time scale, box by box (each box started once per time scale, with its
     round-robin twin, then stopped). Results in row order, each row's time scales in the given order.
-    ``epp_settings``: more settings for every EPP (``EppSettings`` fields)."""
+    ``epp_settings``: more settings for every EPP (``EppSettings`` fields); ``response_mode``: how the
+    gateway shows the EPPs the answers (``OneBox``)."""
     results: dict[tuple[str, float], RowResult] = {}
     for time_scale in time_scales:
         for box_name in dict.fromkeys(r.box for r in selected):
             spec = BOXES[box_name]
             started = time.monotonic()
             async with OneBox(spec.topology, round_robin=True, time_scale=time_scale,
-                              epp_replicas=spec.epp_replicas, epp_settings=epp_settings) as box:  # fmt: skip
+                              epp_replicas=spec.epp_replicas, epp_settings=epp_settings,
+                              response_mode=response_mode) as box:  # fmt: skip
                 out(f"box {box_name} ({spec.about}) at time scale {time_scale:g} up in "
                     f"{time.monotonic() - started:.1f} s")  # fmt: skip
                 for row in (r for r in selected if r.box == box_name):
@@ -782,6 +786,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epp-setting", action="append", default=[], type=parse_epp_setting,
                         metavar="NAME=VALUE", help="an EPP setting for the matrix's boxes, e.g. "
                         "follow_answers_up_to=32 (repeatable; EppSettings field names)")
+    parser.add_argument("--response-mode", choices=get_args(ResponseMode), default="streamed",
+                        help="how the gateway's Envoy shows the EPPs the answers: streamed (headers, "
+                        "then the body where an EPP reads it; default) or full-duplex (every chunk, "
+                        "as GKE's gateway sends them)")
     return parser  # fmt: skip
 
 
@@ -818,8 +826,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         epp_settings = dict(args.epp_setting) or None
         if epp_settings:
             print(f"EPP settings: {', '.join(f'{k}={v}' for k, v in epp_settings.items())}")
+        if args.response_mode != "streamed":
+            print(f"responses shown to the EPPs: {args.response_mode}")
         results = asyncio.run(run_matrix(selected, time_scales=time_scales, progress=args.progress,
-                                         epp_settings=epp_settings))
+                                         epp_settings=epp_settings, response_mode=args.response_mode))
     outcomes: list[tuple[Suite, float, SuiteOutcome]] = []
     for suite in SUITES:
         names = suites.get(suite.name) or []
@@ -831,7 +841,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {
         "quick": args.quick, "time_scales": list(time_scales), "machine_before": before,
         "machine_after": after, "seconds": round(time.monotonic() - started, 1),
-        "epp_settings": dict(args.epp_setting),
+        "epp_settings": dict(args.epp_setting), "response_mode": args.response_mode,
     }  # fmt: skip
     passed = all(c.passed for r in results for c in r.checks) and all(o.passed for _, _, o in outcomes)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")

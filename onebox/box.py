@@ -47,7 +47,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import httpx
 import yaml
@@ -194,19 +194,26 @@ class OneBox:
         epp_config: Path | None = None,
         epp_settings: dict[str, Any] | None = None,
         phase_log_dir: Path | None = None,
+        response_mode: bootstrap.ResponseMode = "streamed",
     ) -> None:
         """``bbr_buffered_bytes``: the request body bytes each BBR replica may hold at once (its
         default: half its memory limit, or 1 GiB). ``epp_config``: an EndpointPickerConfig file for
         every EPP (instead of ``epp_profile``). ``epp_settings``: more EPP settings (``EppSettings``
         fields, e.g. ``{"cached_tokens_feedback_rate": 1.0}``) for every EPP. ``phase_log_dir``: each
         Envoy (``envoy``, ``envoy-round-robin``) also writes every request's phases to
-        ``<name>.phases.jsonl`` there (``onebox.envoy.phases``), flushed every 100 ms."""
+        ``<name>.phases.jsonl`` there (``onebox.envoy.phases``), flushed every 100 ms.
+        ``response_mode``: how the gateway's Envoy shows the EPPs the answers: ``streamed`` (their
+        headers, then the body only where an EPP reads it) or ``full-duplex`` (every chunk, as GKE's
+        gateway sends them)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
         if log_level not in children.LOG_LEVELS:
             raise ValueError(f"unknown log level {log_level!r}; levels: {', '.join(children.LOG_LEVELS)}")
         if time_scale < 0:
             raise ValueError(f"time_scale must be >= 0, got {time_scale}")
+        if response_mode not in get_args(bootstrap.ResponseMode):
+            raise ValueError(f"unknown response mode {response_mode!r}; modes: "
+                             f"{', '.join(get_args(bootstrap.ResponseMode))}")
         for what, count in (("epp_replicas", epp_replicas), ("bbr_replicas", bbr_replicas)):
             if not 1 <= count <= MAX_REPLICAS:
                 raise ValueError(f"{what} must be within 1..{MAX_REPLICAS}, got {count}")
@@ -249,6 +256,7 @@ class OneBox:
         # A Prometheus scraping every child, started last (``onebox.prometheus``).
         self.monitoring = monitoring
         self.phase_log_dir = phase_log_dir
+        self.response_mode: bootstrap.ResponseMode = response_mode
         self._scaling = asyncio.Lock()
 
     # -- public surface -------------------------------------------------------------------
@@ -549,6 +557,7 @@ class OneBox:
                 epp=[e.replica for e in self.epps[pool.name]], bbr=[b.replica for b in self.bbrs] or None,
                 host=HOST, port=self.gateway_port,
                 endpoints=[p.address for p in self.pods], limits=self.limits, timeouts=self.timeouts,
+                response_mode=self.response_mode,
             )  # fmt: skip
         pools = [
             bootstrap.PoolRoute(
@@ -561,7 +570,7 @@ class OneBox:
         ]
         return bootstrap.gateway_config(
             bbr=[b.replica for b in self.bbrs], pools=pools, host=HOST, port=self.gateway_port,
-            limits=self.limits, timeouts=self.timeouts,
+            limits=self.limits, timeouts=self.timeouts, response_mode=self.response_mode,
         )  # fmt: skip
 
     async def _check_every_model_is_served(self) -> None:

@@ -67,6 +67,13 @@ def test_the_matrix_runs_at_time_scales_1_and_3_unless_told_and_a_quick_run_at_1
     assert matrix.chosen_time_scales(args.quick, args.time_scale, args.time_scales) == (3.0, 1.0)
 
 
+def test_the_matrix_shows_the_epps_the_answers_as_the_one_box_does_unless_told_gkes_way() -> None:
+    assert matrix.build_parser().parse_args([]).response_mode == "streamed"
+    assert matrix.build_parser().parse_args(["--response-mode", "full-duplex"]).response_mode == "full-duplex"
+    with pytest.raises(SystemExit):
+        matrix.build_parser().parse_args(["--response-mode", "buffered"])
+
+
 def test_a_row_cannot_be_both_poisson_and_bursty() -> None:
     workload = WorkloadConfig(models=[GEMMA], requests=4)
     with pytest.raises(ValueError, match="offered or bursty"):

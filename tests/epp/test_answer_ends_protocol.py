@@ -1,7 +1,8 @@
 """Answer ends over a real ext_proc stream: an answer that is not streamed leaves the pod's load at
 its response headers, flag or not; with --follow-answers-up-to, a short stream is read to its last
 event and the pod's load drops then; a long one, and every stream with the flag off, is left at its
-response headers with no end recorded."""
+response headers with no end recorded, unless the proxy sends every chunk anyway (full duplex, as
+on GKE): then its last chunk ends it."""
 
 from __future__ import annotations
 
@@ -60,6 +61,47 @@ async def test_a_long_stream_and_any_stream_with_the_flag_off_are_left_at_their_
     assert await _stream(servicer, datastore, max_tokens=500) == (0, 0, 0)
     servicer, datastore = picker(0)
     assert await _stream(servicer, datastore, max_tokens=16) == (0, 0, 0)
+
+
+async def test_where_the_proxy_sends_every_chunk_a_streams_end_leaves_the_pods_load_flag_or_not() -> None:
+    """GKE's gateway passes every response chunk through the EPP (full duplex): the end is seen there
+    at no extra cost, so it counts, whether or not the EPP would have followed the stream."""
+    for follow_up_to in (0, 32):
+        servicer, datastore = picker(follow_up_to)
+        endpoint = datastore.get(POD)
+        assert endpoint is not None
+        body = json.dumps({"model": GEMMA, "stream": True, "max_tokens": 500,
+                           "messages": [{"role": "user", "content": "hello"}]}).encode()  # fmt: skip
+        async with serving(servicer) as stub:
+            stream = EnvoyStream(stub)  # full duplex both ways
+            await stream.send_request(body, path="/v1/chat/completions")
+            await stream.send_response_headers(200, content_type="text/event-stream")
+            assert (endpoint.in_flight, endpoint.load.ended_since(0.0)) == (1, 0)
+            await stream.write(ProcessingRequest(response_body=HttpBody(body=b'data: {"choices": []}\n\n')))
+            await stream.call.read()
+            assert endpoint.load.ended_since(0.0) == 0  # still streaming
+            await stream.write(ProcessingRequest(response_body=HttpBody(body=b"data: [DONE]\n\n",
+                                                                        end_of_stream=True)))
+            await stream.call.read()
+            await stream.expect_end()
+        assert (endpoint.in_flight, endpoint.load.ended_since(0.0)) == (0, 1), follow_up_to
+
+
+async def test_a_stream_cut_short_records_no_end_even_where_every_chunk_comes_through() -> None:
+    servicer, datastore = picker(0)
+    endpoint = datastore.get(POD)
+    assert endpoint is not None
+    body = json.dumps({"model": GEMMA, "stream": True,
+                       "messages": [{"role": "user", "content": "hello"}]}).encode()  # fmt: skip
+    async with serving(servicer) as stub:
+        stream = EnvoyStream(stub)
+        await stream.send_request(body, path="/v1/chat/completions")
+        await stream.send_response_headers(200, content_type="text/event-stream")
+        await stream.write(ProcessingRequest(response_body=HttpBody(body=b'data: {"choices": []}\n\n')))
+        await stream.call.read()
+        await stream.done_writing()  # the client went away: Envoy closes the stream mid-answer
+        await stream.expect_end()
+    assert (endpoint.in_flight, endpoint.load.ended_since(0.0)) == (0, 0)
 
 
 async def test_an_answer_not_streamed_leaves_the_pods_load_at_its_headers_with_the_flag_off() -> None:

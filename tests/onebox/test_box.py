@@ -136,3 +136,27 @@ async def test_the_unified_pool_serves_every_model_through_one_epp_and_stops_cle
                 assert {(a.status_code, a.headers["x-inference-pod"]) for a in answers} == {(200, pod)}
     assert box.failure is None
     assert not any(alive(pid) for pid in pids)
+
+
+async def test_a_gateway_that_shows_the_epp_every_chunk_as_gkes_does_answers_whole() -> None:
+    """``response_mode="full-duplex"``: every answer's chunks pass through the EPP and come back
+    unchanged, streamed or not, each model from its own pod."""
+    async with OneBox(load_preset("gpu"), time_scale=0, response_mode="full-duplex") as box:
+        assert box.response_mode == "full-duplex"
+        async with httpx.AsyncClient(base_url=box.gateway_url, timeout=10) as client:
+            for model, pod in ((GEMMA, "gemma-0"), (PHI, "phi3-0")):
+                whole = await client.post("/v1/chat/completions", json=chat(model, max_tokens=8))
+                assert (whole.status_code, whole.json()["model"], whole.headers["x-inference-pod"]) == (
+                    200, model, pod
+                )
+                async with client.stream("POST", "/v1/chat/completions",
+                                         json={**chat(model, max_tokens=8), "stream": True}) as streamed:
+                    events = [line async for line in streamed.aiter_lines() if line.startswith("data:")]
+                assert streamed.status_code == 200
+                assert events[-1] == "data: [DONE]"
+                assert len(events) >= 9
+
+
+def test_an_unknown_response_mode_is_refused_before_anything_starts() -> None:
+    with pytest.raises(ValueError, match="unknown response mode 'duplex'; modes: streamed, full-duplex"):
+        OneBox(load_preset("gpu"), response_mode="duplex")  # type: ignore[arg-type]

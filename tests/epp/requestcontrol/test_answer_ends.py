@@ -107,12 +107,24 @@ def test_a_followed_stream_comes_off_the_pods_load_at_its_last_byte() -> None:
     assert endpoint.estimated_load(0.0) == 0
 
 
+def test_a_stream_not_followed_whose_end_came_through_anyway_comes_off_the_pods_load() -> None:
+    """Full duplex (GKE) sends every chunk through the EPP, and metering reads some streams whole: an
+    end seen is an end, whether or not the EPP chose to follow the stream."""
+    datastore, endpoint = one_pod()
+    ends = AnswerEnds(datastore, 0)
+    ex = chat(datastore, streamed=True, max_tokens=500)
+    ends.pre_request(ex, endpoint)
+    scraped = scraped_running(endpoint)
+    ex.response.ended = True
+    ends.response_complete(ex)
+    assert endpoint.load.ended_since(scraped) == 1
+
+
 def test_no_end_is_recorded_where_the_pod_may_still_be_working_or_never_was() -> None:
     datastore, endpoint = one_pod()
     ends = AnswerEnds(datastore, 32)
     cut = chat(datastore, streamed=True)  # followed, but the client went away before its end
     unfollowed = chat(datastore, streamed=True, max_tokens=500)  # its last byte passes unseen
-    unfollowed.response.ended = True
     no_answer = chat(datastore, streamed=False, status=0)  # reset before any header came
     failed = {UPSTREAM_FAILURE_HEADER: UPSTREAM_CONNECT_FAILURE}
     unreached = chat(datastore, streamed=False, status=503, response_headers=failed)

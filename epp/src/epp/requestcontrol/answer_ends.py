@@ -12,8 +12,11 @@ So every end the EPP sees comes off the pod's load at once:
   batch (vLLM, the simulator). Not ``/v1/responses``, which may answer at once and work on after
   (``"background": true``). The EPP reads those headers for every request anyway (the in-flight
   count ends there), so this costs nothing.
-- **A stream** ends at its last byte, which the EPP sees only if it follows the stream to it: a
-  message and its reply per chunk, about one per token, some 0.2 ms of the EPP's CPU each on a small
+- **A stream** ends at its last byte, which the EPP sees wherever the stream's chunks come through
+  it: always where the proxy sends every response chunk (``FULL_DUPLEX_STREAMED`` responses, what
+  the EPP takes a proxy that does not announce its modes to do); where the proxy lets it choose
+  (``STREAMED``, the one box's default), only for the streams it reads anyway (usage metering, the
+  answer check) and those it follows: a message and its reply per chunk, about one per token, some 0.2 ms of the EPP's CPU each on a small
   machine. Only completions and chat completions streamed with ``max_tokens`` (or
   ``max_completion_tokens``) of at most ``follow_streams_up_to`` are followed
   (``--follow-answers-up-to``, 0 by default: none). A followed stream stays in flight (``InFlight``,
@@ -83,8 +86,8 @@ class AnswerEnds:
         if not state.address or not response.status or response.connect_failed:
             return  # never routed, no answer began, or the pod was never reached
         if response.streaming:
-            if not (state.to_end and response.ended):
-                return  # a stream ends at its last byte, seen only when followed there
+            if not response.ended:
+                return  # a stream ends at its last byte: seen only where its chunks came through here
         elif exchange.path not in ENDS_AT_HEADERS:
             return  # e.g. /v1/responses with "background": answered at once, worked on after
 
