@@ -16,12 +16,12 @@ So every end the EPP sees comes off the pod's load at once:
   it: always where the proxy sends every response chunk (``FULL_DUPLEX_STREAMED`` responses, what
   the EPP takes a proxy that does not announce its modes to do); where the proxy lets it choose
   (``STREAMED``, the one box's default), only for the streams it reads anyway (usage metering, the
-  answer check) and those it follows: a message and its reply per chunk, about one per token, some 0.2 ms of the EPP's CPU each on a small
-  machine. Only completions and chat completions streamed with ``max_tokens`` (or
-  ``max_completion_tokens``) of at most ``follow_streams_up_to`` are followed
-  (``--follow-answers-up-to``, 0 by default: none). A followed stream stays in flight (``InFlight``,
-  ``active-request-scorer``) to its end, its usage is metered, and it keeps the EPP on its path to the
-  end (a replica lost meanwhile cuts it).
+  answer check) and those it follows: a message and its reply per chunk, about one per token, some
+  0.2 ms of the EPP's CPU each on a small machine. Only completions and chat completions streamed
+  with ``max_tokens`` (or ``max_completion_tokens``) of at most ``follow_streams_up_to`` are
+  followed (``--follow-answers-up-to``, 0 by default: none). A followed stream stays in flight
+  (``InFlight``, ``active-request-scorer``) to its end, its usage is metered, and it keeps the EPP on
+  its path to the end (a replica lost meanwhile cuts it).
 
 A lone EPP guesses the ends of streams not followed instead, over the picker's candidates, from the
 requests routed since the scrapes (``epp.datastore.unseen_ends``).
