@@ -114,8 +114,9 @@ class InFlight:
 def unseen_ends(endpoints: Sequence[Endpoint], oldest: float) -> list[int]:
     """How many of each endpoint's requests have probably ended since its scrape, unseen by this EPP.
 
-    A stream's end is seen only where the EPP follows it (``epp.requestcontrol.answer_ends``); the
-    others end unseen until the next scrape. Guessed from two facts:
+    A stream's end is seen only where its chunks pass the EPP (``epp.requestcontrol.answer_ends``:
+    every stream on a full-duplex proxy, else those it reads or follows to their end); the others
+    end unseen until the next scrape. Guessed from two facts:
 
     * **How many.** About as many answers end as requests arrive (a closed loop ends one for each
       it sends; any steady load ends as many as arrive): each request routed since the scrapes (to

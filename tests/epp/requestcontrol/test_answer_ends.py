@@ -120,6 +120,19 @@ def test_a_stream_not_followed_whose_end_came_through_anyway_comes_off_the_pods_
     assert endpoint.load.ended_since(scraped) == 1
 
 
+def test_a_streamed_responses_answer_ends_at_its_last_byte_unlike_one_answered_at_once() -> None:
+    """``/v1/responses`` may answer whole before its work ends (``"background": true``), but a stream
+    of it ends when the work does."""
+    datastore, endpoint = one_pod()
+    ends = AnswerEnds(datastore, 0)
+    ex = chat(datastore, streamed=True)
+    ex.headers[":path"] = "/v1/responses"
+    ends.pre_request(ex, endpoint)
+    ex.response.ended = True
+    ends.response_complete(ex)
+    assert endpoint.load.ended_since(0.0) == 1
+
+
 def test_no_end_is_recorded_where_the_pod_may_still_be_working_or_never_was() -> None:
     datastore, endpoint = one_pod()
     ends = AnswerEnds(datastore, 32)

@@ -15,16 +15,17 @@ So every end the EPP sees comes off the pod's load at once:
 - **A stream** ends at its last byte, which the EPP sees wherever the stream's chunks come through
   it: always where the proxy sends every response chunk (``FULL_DUPLEX_STREAMED`` responses, what
   the EPP takes a proxy that does not announce its modes to do); where the proxy lets it choose
-  (``STREAMED``, the one box's default), only for the streams it reads anyway (usage metering, the
-  answer check) and those it follows: a message and its reply per chunk, about one per token, some
-  0.2 ms of the EPP's CPU each on a small machine. Only completions and chat completions streamed
-  with ``max_tokens`` (or ``max_completion_tokens``) of at most ``follow_streams_up_to`` are
-  followed (``--follow-answers-up-to``, 0 by default: none). A followed stream stays in flight
-  (``InFlight``, ``active-request-scorer``) to its end, its usage is metered, and it keeps the EPP on
-  its path to the end (a replica lost meanwhile cuts it).
+  (``STREAMED``, the one box's default), only for the streams it reads to their end anyway (usage
+  metering, a sampled cached-tokens check, flow control) and those it follows: a message and its
+  reply per chunk, about one per token, some 0.2 ms of the EPP's CPU each on a small machine. Any
+  streamed path counts (``/v1/responses`` too: a stream ends when the work does). Only completions
+  and chat completions streamed with ``max_tokens`` (or ``max_completion_tokens``) of at most
+  ``follow_streams_up_to`` are followed (``--follow-answers-up-to``, 0 by default: none). A followed
+  stream stays in flight (``InFlight``, ``active-request-scorer``) to its end, its usage is metered,
+  and it keeps the EPP on its path to the end (a replica lost meanwhile cuts it).
 
-A lone EPP guesses the ends of streams not followed instead, over the picker's candidates, from the
-requests routed since the scrapes (``epp.datastore.unseen_ends``).
+A lone EPP guesses the ends of the streams it did not see end instead, over the picker's candidates,
+from the requests routed since the scrapes (``epp.datastore.unseen_ends``).
 
 A stream cut short (the client went away) records no end: the pod may still be working on it. Nor
 does a request the gateway could not connect to the pod for: it never took a slot.
