@@ -31,11 +31,20 @@ def picker(follow_up_to: int) -> tuple[EndpointPicker, Datastore]:
     return servicer, datastore
 
 
+def chat_body(*, stream: bool = False, max_tokens: int | None = None) -> bytes:
+    """A chat completion of GEMMA's, streamed or not, with ``max_tokens`` when given."""
+    request: dict[str, object] = {"model": GEMMA, "messages": [{"role": "user", "content": "hello"}]}
+    if stream:
+        request["stream"] = True
+    if max_tokens is not None:
+        request["max_tokens"] = max_tokens
+    return json.dumps(request).encode()
+
+
 async def _stream(servicer: EndpointPicker, datastore: Datastore, max_tokens: int) -> tuple[int, int, int]:
     """A streamed chat completion answered in two events: (requests in flight while it streams, in
     flight after its last event, answer ends recorded)."""
-    body = json.dumps({"model": GEMMA, "stream": True, "max_tokens": max_tokens,
-                       "messages": [{"role": "user", "content": "hello"}]}).encode()  # fmt: skip
+    body = chat_body(stream=True, max_tokens=max_tokens)
     endpoint = datastore.get(POD)
     assert endpoint is not None
     async with serving(servicer) as stub:
@@ -70,8 +79,7 @@ async def test_where_the_proxy_sends_every_chunk_a_streams_end_leaves_the_pods_l
         servicer, datastore = picker(follow_up_to)
         endpoint = datastore.get(POD)
         assert endpoint is not None
-        body = json.dumps({"model": GEMMA, "stream": True, "max_tokens": 500,
-                           "messages": [{"role": "user", "content": "hello"}]}).encode()  # fmt: skip
+        body = chat_body(stream=True, max_tokens=500)
         async with serving(servicer) as stub:
             stream = EnvoyStream(stub)  # full duplex both ways
             await stream.send_request(body, path="/v1/chat/completions")
@@ -91,8 +99,7 @@ async def test_a_stream_cut_short_records_no_end_even_where_every_chunk_comes_th
     servicer, datastore = picker(0)
     endpoint = datastore.get(POD)
     assert endpoint is not None
-    body = json.dumps({"model": GEMMA, "stream": True,
-                       "messages": [{"role": "user", "content": "hello"}]}).encode()  # fmt: skip
+    body = chat_body(stream=True)
     async with serving(servicer) as stub:
         stream = EnvoyStream(stub)
         await stream.send_request(body, path="/v1/chat/completions")
@@ -108,7 +115,7 @@ async def test_an_answer_not_streamed_leaves_the_pods_load_at_its_headers_with_t
     servicer, datastore = picker(0)
     endpoint = datastore.get(POD)
     assert endpoint is not None
-    body = json.dumps({"model": GEMMA, "messages": [{"role": "user", "content": "hello"}]}).encode()
+    body = chat_body()
     async with serving(servicer) as stub:
         stream = EnvoyStream(stub, response_mode=ProcessingMode.STREAMED)
         await stream.send_request(body, path="/v1/chat/completions")

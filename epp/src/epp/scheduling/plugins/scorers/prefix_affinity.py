@@ -252,6 +252,7 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         return endpoints[self._rendezvous(key, endpoints)]
 
     def _rendezvous(self, key: int, endpoints: Sequence[Endpoint]) -> int:
+        # ``_weight`` written out: this loop runs over every candidate of a request.
         node_id, best, winner = self._node_id, -1, 0
         for i, e in enumerate(endpoints):
             weight = _mix64(key ^ node_id(e.address))
@@ -268,8 +269,11 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         rendezvous home."""
         addresses = tuple(e.address for e in endpoints)
         balanced = self._balanced.home(request.model, key, addresses, self._clock())
-        if balanced is not None and balanced in addresses:  # it may be filtered out of this request's
-            return addresses.index(balanced)
+        if balanced is not None:
+            try:
+                return addresses.index(balanced)
+            except ValueError:
+                pass  # filtered out of this request's candidates
         return self._rendezvous(key, endpoints)
 
     def loads(self, endpoints: Sequence[Endpoint]) -> list[int]:
