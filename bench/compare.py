@@ -39,7 +39,14 @@ from onebox.envoy import EnvoyProcess, unified_gateway_config
 from onebox.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parents[1]
-_BOOT = "import sys; from epp.cli import epp_main; sys.exit(epp_main(sys.argv[1:]))"
+# The baseline's ``epp`` command as that revision ships it: through ``epp.launch`` (its gRPC settings)
+# where it has one.
+_BOOT = (
+    "import sys\n"
+    "try:\n    from epp.launch import epp_main\n"
+    "except ImportError:\n    from epp.cli import epp_main\n"
+    "sys.exit(epp_main(sys.argv[1:]))"
+)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,8 @@ request, next to what the EPP costs, is what the gRPC transport alone costs a Py
 processor on this machine, and what is left is the EPP's own work.
 
 ``python -m bench.floor --destination HOST:PORT [--event-loop uvloop|asyncio]`` prints its gRPC port
-on one line once it serves.
+on one line once it serves. ``make bench-overhead`` starts it with the gRPC runtime settings the
+``epp`` command sets (``epp.launch``), so that both sides pay the same transport.
 """
 
 from __future__ import annotations

@@ -70,6 +70,7 @@ from epp.auth.store import KeyStore
 from epp.contract import DESTINATION_HEADER, POD_HEADER
 from epp.extproc import StreamDriver
 from epp.extproc.bbr import BbrState, BodyBasedRouter
+from epp.launch import grpc_environment
 from epp.settings import BbrSettings, EppSettings
 from epp.telemetry import Telemetry
 
@@ -348,10 +349,11 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def _python_child(*args: str) -> AsyncIterator[tuple[int, int]]:
-    """``python -m ARGS``, a server that prints its port on its first line: that port and its pid."""
+async def _python_child(*args: str, env: Mapping[str, str] | None = None) -> AsyncIterator[tuple[int, int]]:
+    """``python -m ARGS``, a server that prints its port on its first line: that port and its pid;
+    ``env``: its environment (default: this one's)."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE, env=None if env is None else dict(env)
     )
     try:
         assert process.stdout is not None
@@ -368,9 +370,12 @@ async def _backend() -> AsyncIterator[int]:
 
 
 def _floor(backend_port: int, event_loop: str) -> contextlib.AbstractAsyncContextManager[tuple[int, int]]:
-    """``bench.floor`` (the EPP's messages, none of its work) routing to the backend: its port and pid."""
+    """``bench.floor`` (the EPP's messages, none of its work) routing to the backend: its port and pid.
+    It runs with the gRPC runtime settings the ``epp`` command sets (``epp.launch``)."""
+    env = dict(os.environ)
+    grpc_environment(env)
     return _python_child(
-        "bench.floor", "--destination", f"127.0.0.1:{backend_port}", "--event-loop", event_loop
+        "bench.floor", "--destination", f"127.0.0.1:{backend_port}", "--event-loop", event_loop, env=env
     )
 
 
