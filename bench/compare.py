@@ -44,7 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 _BOOT = (
     "import sys\n"
     "try:\n    from epp.launch import epp_main\n"
-    "except ImportError:\n    from epp.cli import epp_main\n"
+    "except ModuleNotFoundError as missing:\n"
+    "    if missing.name != 'epp.launch':\n        raise\n"
+    "    from epp.cli import epp_main\n"
     "sys.exit(epp_main(sys.argv[1:]))"
 )
 

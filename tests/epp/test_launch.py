@@ -7,6 +7,7 @@ import subprocess
 import sys
 from importlib.metadata import entry_points
 
+import pytest
 from epp.launch import DEFAULT_GRPC_EXPERIMENTS, GRPC_EXPERIMENTS, grpc_environment
 
 
@@ -38,6 +39,33 @@ def test_the_launcher_loads_no_grpc_before_the_settings_are_made() -> None:
     done = _python("import sys, epp.launch; print('grpc' in sys.modules)", dict(os.environ))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+# Records what GRPC_EXPERIMENTS held when grpc was first imported, then runs a command's --help.
+_WATCH_GRPC_IMPORT = """
+import importlib.abc, os, sys
+seen = []
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "grpc" and not seen:
+            seen.append(os.environ.get("GRPC_EXPERIMENTS"))
+        return None
+sys.meta_path.insert(0, Watch())
+from epp.launch import {command}
+try:
+    {command}(["--help"])
+except SystemExit:
+    pass
+print(seen)
+"""
+
+
+@pytest.mark.parametrize("command", ["epp_main", "bbr_main"])
+def test_each_command_sets_the_default_before_grpc_loads(command: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != GRPC_EXPERIMENTS}
+    done = _python(_WATCH_GRPC_IMPORT.format(command=command), env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == repr([DEFAULT_GRPC_EXPERIMENTS])
 
 
 def test_this_grpc_knows_the_default_experiment() -> None:
