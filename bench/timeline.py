@@ -12,7 +12,8 @@ from the moment it is sent until its last byte; the pod is the one named by the 
   siblings (the other pods of the same model) at that moment; ties are counted apart;
 * **pick gap**: the mean of (requests on the picked pod - the mean of its siblings') when sent;
 * **imbalance**: the time-weighted mean of (the busiest pod - the least busy) per model;
-* **TTFT p50** and the mean concurrency a request found on its pod;
+* **TTFT p50** (and mean), the **E2E mean** (a closed loop's rate is its concurrency over that), and
+  the mean concurrency a request found on its pod;
 * for the gateway, the EPPs' CPU per request (user + system, from ``/proc``, over the run);
 * **pods**: what the pods themselves measured over the run (their histograms, read before and after
   it): the mean time to first token from a request's arrival (its wait for a slot included), and
@@ -20,8 +21,9 @@ from the moment it is sent until its last byte; the pod is the one named by the 
   records its modelled delays there, so a simulated pod slowed by a busy machine shows it as lag;
   vLLM records the delays it measured, and its lag is about 0 by construction);
 
-and at the end, both sides' TTFT p50 by the number of requests a request found on its pod (rounds
-pooled): a gap at equal occupancy is a cost per request, the rest of the overall gap is placement.
+and at the end, both sides' TTFT p50 and mean by the number of requests a request found on its pod
+(rounds pooled): a gap at equal occupancy is a cost per request, the rest of the overall gap is
+placement.
 ``--phases`` also prints, per run, where Envoy saw the requests' time go (``onebox.envoy.phases``):
 to the pod (the BBR's and the EPP's request calls), the pod's time to its first byte, the EPP's
 response-headers call, each call's p50 and mean; round robin's to-the-pod is Envoy alone.
@@ -81,13 +83,18 @@ class PickStats:
     ttft_p50: float | None
     # TTFTs (s) by the number of requests each found on its pod when sent.
     ttft_by_found: dict[int, list[float]]
+    ttft_mean: float | None = None
+    e2e_mean: float | None = None
 
     def line(self) -> str:
         ttft = "-" if self.ttft_p50 is None else f"{self.ttft_p50 * 1000:.0f} ms"
+        if self.ttft_mean is not None:
+            ttft += f" (mean {self.ttft_mean * 1000:.1f})"
+        e2e = "" if self.e2e_mean is None else f"  E2E mean {self.e2e_mean * 1000:.1f} ms"
         return (
             f"{self.label:<12} n={self.requests:<4} busier picks {self.busier * 100:5.1f}%  "
             f"ties {self.ties * 100:5.1f}%  pick gap {self.gap:+.2f}  found on pod {self.found:.2f}  "
-            f"imbalance {self.imbalance:.2f}  TTFT p50 {ttft}"
+            f"imbalance {self.imbalance:.2f}  TTFT p50 {ttft}{e2e}"
         )
 
 
@@ -165,6 +172,8 @@ def pick_stats(label: str, result: RunResult) -> PickStats:
         statistics.fmean(imbalances) if imbalances else 0.0,
         statistics.median(ttfts) if ttfts else None,
         dict(ttft_by_found),
+        statistics.fmean(ttfts) if ttfts else None,
+        statistics.fmean(p.end - p.start for p in done) if done else None,
     )
 
 
@@ -172,10 +181,14 @@ SIDES = ("gateway", "round-robin")
 
 
 def ttft_by_occupancy(stats: Sequence[PickStats]) -> list[str]:
-    """TTFT p50 by the requests a request found on its pod, gateway against round robin (rounds pooled).
+    """TTFT p50 (and mean) by the requests a request found on its pod, gateway against round robin
+    (rounds pooled).
 
     At equal occupancy the pods are as busy on both sides, so a gap there is a cost per request (the
     gateway's hops); the rest of the gap in the overall p50 comes from where the requests were put.
+    The mean shows the waits: a request sent to a pod whose slots are all taken waits for the first
+    of them to end, briefly where that pod's oldest answer was about to end, long where it had just
+    begun.
     """
     pooled: dict[str, dict[int, list[float]]] = {side: defaultdict(list) for side in SIDES}
     for s in stats:
@@ -189,11 +202,12 @@ def ttft_by_occupancy(stats: Sequence[PickStats]) -> list[str]:
             ttfts = pooled[side].get(found, [])
             if ttfts:
                 p50[side] = statistics.median(ttfts)
-                cells.append(f"{p50[side] * 1000:6.1f} ms (n={len(ttfts)})")
+                mean = statistics.fmean(ttfts)
+                cells.append(f"{p50[side] * 1000:6.1f} ms, mean {mean * 1000:6.1f} (n={len(ttfts)})")
             else:
                 cells.append(f"{'-':>6}")
         gap = f"  gap {(p50['gateway'] - p50['round-robin']) * 1000:+.1f} ms" if len(p50) == 2 else ""
-        lines.append(f"found {found:2d} on the pod: gateway {cells[0]:<17}  round robin {cells[1]:<17}{gap}")
+        lines.append(f"found {found:2d} on the pod: gateway {cells[0]:<30}  round robin {cells[1]:<30}{gap}")
     return lines
 
 

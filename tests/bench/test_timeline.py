@@ -22,6 +22,21 @@ def test_a_request_stacked_on_a_busy_pod_counts_as_finding_one_there() -> None:
     assert stacked.busier == 1 / 3  # the second request went to the pod that had one, its sibling none
 
 
+def test_a_run_line_gives_the_mean_first_token_and_answer_beside_the_median() -> None:
+    stats = pick_stats("gateway", run("gateway", [(0.0, "p0", 0.05), (0.1, "p1", 0.05), (2.0, "p0", 0.20)]))
+    assert stats.ttft_mean is not None
+    assert abs(stats.ttft_mean - 0.1) < 1e-9
+    assert stats.e2e_mean == 1.0
+    assert stats.line().endswith("TTFT p50 50 ms (mean 100.0)  E2E mean 1000.0 ms")
+
+
+def test_one_long_wait_shows_in_the_mean_at_its_occupancy_not_in_the_median() -> None:
+    # Each request holds its pod for 1 s: the last three each find one request there.
+    waits = [(0.0, "p0", 0.05), (0.5, "p0", 0.05), (1.2, "p0", 0.06), (1.9, "p0", 0.70)]
+    lines = ttft_by_occupancy([pick_stats("gateway", run("gateway", waits))])
+    assert lines[1].startswith("found  1 on the pod: gateway   60.0 ms, mean  270.0 (n=3)")
+
+
 def test_the_table_compares_first_tokens_at_equal_occupancy_and_shows_where_only_one_side_went() -> None:
     gateway = pick_stats("gateway", run("gateway", [(0.0, "p0", 0.06), (0.1, "p0", 0.09), (5.0, "p1", 0.06)]))
     robin = pick_stats("round-robin", run("round-robin", [(0.0, "p0", 0.05), (0.1, "p1", 0.05)]))
@@ -29,11 +44,11 @@ def test_the_table_compares_first_tokens_at_equal_occupancy_and_shows_where_only
     lines = ttft_by_occupancy([gateway, robin, again])
     assert len(lines) == 2
     # Found idle pods: the gateway's 60 ms against round robin's 50 ms, both of its rounds pooled.
-    assert lines[0].startswith("found  0 on the pod: gateway   60.0 ms (n=2)")
-    assert "round robin   50.0 ms (n=4)" in lines[0]
+    assert lines[0].startswith("found  0 on the pod: gateway   60.0 ms, mean   60.0 (n=2)")
+    assert "round robin   50.0 ms, mean   50.0 (n=4)" in lines[0]
     assert lines[0].endswith("gap +10.0 ms")
     # Only the gateway sent a request to a pod that had one: no gap to state.
-    assert lines[1].startswith("found  1 on the pod: gateway   90.0 ms (n=1)")
+    assert lines[1].startswith("found  1 on the pod: gateway   90.0 ms, mean   90.0 (n=1)")
     assert "round robin      -" in lines[1]
     assert "gap" not in lines[1]
 
