@@ -144,6 +144,7 @@ class _Replica:
             m.waiting, m.running = len(pod.waiting), len(pod.running)
             m.kv_cache_usage = pod.pool.usage()
             m.updated_at = m.sent_at = now  # sent and answered at once, no request on its way
+            m.own_at = endpoint.load.count
 
 
 @dataclass
@@ -233,6 +234,7 @@ def simulate(
         owner[id(seq)] = (endpoint, pod, followed)
         if not followed and not headers_at_first_token:
             endpoint.load.count -= 1  # its headers came back at once: the pod's own metrics count it
+            endpoint.load.last_early = now  # let go of while it runs (epp.requestcontrol.inflight)
         served[spec.group if spec.group is not None else -1][pod.address] += 1
         started(pod.admit(seq, now))
 
@@ -262,6 +264,7 @@ def simulate(
             endpoint, _, followed = owner[id(payload)]
             if not followed and headers_at_first_token:
                 endpoint.load.count -= 1  # the stream began: the pod's own metrics count it from here
+                endpoint.load.last_early = now
             if id(payload.spec) in measured:
                 ttfts.append(now - payload.sent)
         else:

@@ -47,7 +47,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 
@@ -57,6 +57,7 @@ from bench.scale import group_cpu_seconds
 from bench.stats import sample_totals
 from bench.workloads import generate
 from onebox.box import OneBox
+from onebox.envoy import ResponseMode
 from onebox.envoy.phases import RequestPhases, phase_summary, read_phases, wait_for_served
 
 
@@ -279,15 +280,17 @@ def phase_lines(label: str, requests: Sequence[RequestPhases]) -> list[str]:
 async def measure(
     *, time_scale: float, requests: int | None, rounds: int, row_name: str = "random-mixed",
     epp_settings: dict[str, Any] | None = None, phases: Path | None = None,
+    response_mode: ResponseMode = "streamed",
 ) -> list[tuple[str, RunResult, PickStats]]:  # fmt: skip
     """``rounds`` x (gateway, round robin) runs of a matrix row on one box, each printed as it ends;
-    with ``phases`` (a directory for the Envoys' phase logs), each run's phases too."""
+    with ``phases`` (a directory for the Envoys' phase logs), each run's phases too; ``response_mode``:
+    how the gateway's Envoy shows the EPP the answers (as ``bench matrix --response-mode``)."""
     row = next(r for r in rows() if r.name == row_name)
     workload = row.workload if requests is None else row.workload.model_copy(update={"requests": requests})
     runs = []
     offsets = {"gateway": 0, "round-robin": 0}
     box = OneBox(BOXES[row.box].topology, round_robin=True, time_scale=time_scale, epp_settings=epp_settings,
-                 phase_log_dir=phases)
+                 phase_log_dir=phases, response_mode=response_mode)
     async with box, aiohttp.ClientSession() as session:
         pods = [pod.address for pod in box.pods]
         if phases is not None:  # the box's own readiness checks are not a run's
@@ -334,14 +337,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--csv", type=Path, help="write each run's per-request records here")
     p.add_argument("--phases", action="store_true",
                    help="log each request's phases in both Envoys and print them per run")
+    p.add_argument("--response-mode", choices=get_args(ResponseMode), default="streamed",
+                   help="how the gateway's Envoy shows the EPP the answers, as bench matrix takes it")
     args = p.parse_args(argv)
     settings = dict(args.epp_setting)
     about = f", EPP settings {settings}" if settings else ""
+    if args.response_mode != "streamed":
+        about += f", responses {args.response_mode}"
     print(f"{args.row}, time scale {args.time_scale:g}, {os.cpu_count()} CPUs{about}", flush=True)
     with tempfile.TemporaryDirectory(prefix="timeline-phases-") as logs:
         runs = asyncio.run(measure(time_scale=args.time_scale, requests=args.requests, rounds=args.rounds,
                                    row_name=args.row, epp_settings=settings or None,
-                                   phases=Path(logs) if args.phases else None))  # fmt: skip
+                                   phases=Path(logs) if args.phases else None,
+                                   response_mode=args.response_mode))  # fmt: skip
     if args.csv is not None:
         args.csv.mkdir(parents=True, exist_ok=True)
         for name, result, _ in runs:

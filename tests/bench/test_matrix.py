@@ -103,7 +103,7 @@ def test_the_bursty_arrivals_are_fractions_of_the_measured_rate_stretched_with_t
 
 def test_the_long_prompt_row_sends_bodies_of_about_200_kb() -> None:
     [row] = [r for r in matrix.rows() if r.name == "long-prompt"]
-    spec = matrix.generate(row.workload.model_copy(update={"requests": 1}))[0]
+    spec = generate(row.workload.model_copy(update={"requests": 1}))[0]
     assert 180_000 < len(json.dumps(spec.body(True))) < 230_000
 
 

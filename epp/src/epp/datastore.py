@@ -49,6 +49,8 @@ class Metrics:
     # then, so the requests routed since (or a little before: SEND_SHOWS_AFTER) count on top of them.
     # 0.0: as ``updated_at``.
     sent_at: float = 0.0
+    # This EPP's in-flight count to the pod when the scrape was sent; -1: not known.
+    own_at: int = -1
 
     @property
     def unseen_sends_after(self) -> float:
@@ -81,12 +83,15 @@ class InFlight:
     IP reused by a new pod).
     """
 
-    __slots__ = ("count", "ends", "sends")
+    __slots__ = ("count", "ends", "last_early", "sends")
 
     def __init__(self, count: int = 0) -> None:
         self.count = count
         self.sends: deque[float] = deque(maxlen=SEND_LOG)
         self.ends: deque[float] = deque(maxlen=SEND_LOG)
+        # When it last let go of a request whose answer may still run (a stream not followed to its
+        # end): the count is exact to its requests' ends while that was long enough ago.
+        self.last_early = -math.inf
 
     def routed(self, now: float) -> None:
         """One more request routed here, at monotonic time ``now``."""
@@ -264,12 +269,47 @@ class Endpoint:
         less, without = self.estimated_loads(oldest, waiting_weight=waiting_weight)
         return less if less_ended else without
 
+    def counts_own_to_the_end(self) -> bool:
+        """True when this EPP let go of none of its requests to the endpoint before their answers
+        ended since a little before its last scrape was sent (``SEND_SHOWS_AFTER``): its in-flight
+        count is then exact about its own requests, and the scrape counts the rest (other replicas'
+        and clients' requests, and this EPP's streams let go of before). On a full-duplex proxy, or
+        with every stream followed to its end, that is always so; with streams let go of at their
+        first byte, only for a pod sent nothing lately, where it changes nothing."""
+        m = self.metrics
+        return m.own_at >= 0 and self.load.last_early <= m.unseen_sends_after
+
+    def others(self) -> int:
+        """What the last scrape counted beyond this EPP's own in-flight requests then (0 when unknown):
+        the requests whose ends this EPP cannot see."""
+        m = self.metrics
+        if m.own_at < 0:
+            return 0
+        others = m.running + m.waiting - m.own_at
+        return others if others > 0 else 0
+
     def estimated_loads(self, oldest: float, *, waiting_weight: int = 1) -> tuple[int, int]:
-        """:meth:`estimated_load` less the answers seen to end, and without them, from one read."""
+        """:meth:`estimated_load` less the answers seen to end, and without them, from one read.
+
+        Where :meth:`counts_own_to_the_end`, the load is this EPP's in-flight count now plus what
+        the scrape showed beyond its own count then (other replicas' and other clients' requests):
+        no window of doubt about a request routed just before the scrape, no guessed end. A pod that
+        was queuing keeps its queue, grown or drained by this EPP's requests since, at
+        ``waiting_weight``.
+        """
         m, load = self.metrics, self.load
         own = load.count
         if m.updated_at == 0.0 or m.updated_at < oldest:
             return own, own
+        if self.counts_own_to_the_end():
+            exact = own + self.others()
+            unit = 1
+            if m.waiting:
+                queue = m.waiting + own - m.own_at
+                exact += (waiting_weight - 1) * (queue if queue > 0 else 0)
+                unit = waiting_weight
+            ended = load.ended_since(m.sent_at or m.updated_at) if load.ends else 0
+            return exact, exact + ended * unit
         # On a pod that was queuing, a request routed since waits too, and an answer that ended since
         # let a waiting one start: each is worth a waiting request.
         unit = waiting_weight if m.waiting else 1
@@ -457,9 +497,12 @@ class Datastore:
         count.routed(time.monotonic() if now is None else now)
         return count
 
-    def release(self, address: str, count: InFlight) -> None:
-        """A request acquired on ``address`` is no longer in flight."""
+    def release(self, address: str, count: InFlight, *, early: bool = False) -> None:
+        """A request acquired on ``address`` is no longer in flight; ``early``: let go of while its
+        answer may still run (``InFlight.last_early``)."""
         count.count -= 1
+        if early:
+            count.last_early = time.monotonic()
         if count.count <= 0 and address not in self._endpoints and self._in_flight.get(address) is count:
             del self._in_flight[address]
 

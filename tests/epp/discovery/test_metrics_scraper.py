@@ -275,3 +275,18 @@ async def test_a_request_routed_while_a_scrape_is_answered_counts_on_top_of_it()
         assert endpoint.estimated_load(time.monotonic() - 1.0) == 2
         # Its age runs from its answer, not its sending: a slow page is not stale on arrival.
         assert endpoint.metrics.updated_at - endpoint.metrics.sent_at > 2 * SEND_SHOWS_AFTER
+
+
+async def test_each_scrape_notes_this_epps_own_count_when_it_was_sent() -> None:
+    # What the page counts beyond that count is the others' (Endpoint.others), whatever this EPP
+    # routed or saw end since.
+    pod = FakeVllm(running=3)
+    datastore = Datastore()
+    async with serve(pod.app()) as port, scraping(datastore):
+        endpoint = await pod_appears(datastore, port)
+        endpoint.load.routed(time.monotonic())
+        endpoint.load.routed(time.monotonic())
+        sent = time.monotonic()
+        await eventually(lambda: endpoint.metrics.sent_at > sent, what="a scrape sent after the routing")
+        assert endpoint.metrics.own_at == 2
+        assert endpoint.others() == 1

@@ -49,6 +49,8 @@ class _Target:
     # time.monotonic() when the scrape under way (or the last one) was sent (its request written): what
     # it reads counts every request the pod had by then; the requests routed since count on top.
     sent_at: float = 0.0
+    # The endpoint's in-flight count when that scrape was sent (Metrics.own_at).
+    own_at: int = -1
     last_body: bytes | None = None
     last_metrics: Metrics | None = None
 
@@ -56,6 +58,7 @@ class _Target:
 def _send(target: _Target, connection: Connection) -> None:
     """Ask ``target`` for its page on ``connection``, noting when (``_Target.sent_at``)."""
     target.sent_at = time.monotonic()
+    target.own_at = target.endpoint.load.count
     connection.get(target.request)
 
 
@@ -192,6 +195,7 @@ class MetricsScraper(PollErrors):
                 return
             target.last_body, target.last_metrics = body, metrics
         metrics.sent_at = target.sent_at
+        metrics.own_at = target.own_at
         if endpoint.address in self._failing:
             self._failing.discard(endpoint.address)
             log.info("metrics scrape of %s (%s) recovered", endpoint.address, endpoint.name)

@@ -27,6 +27,10 @@ class Usage:
     cached_tokens: int | None = None
 
 
+# The last event of an OpenAI-style stream.
+_DONE_EVENT = b"data: [DONE]"
+
+
 class ResponseTracker:
     """Accumulates what is needed from a response's headers and body chunks."""
 
@@ -80,6 +84,13 @@ class ResponseTracker:
         except (ValueError, UnicodeDecodeError):
             return None
         return document
+
+    @property
+    def finished(self) -> bool:
+        """A streamed answer's last event (``data: [DONE]``, as vLLM and OpenAI end a stream) came
+        through: the endpoint is done with the request, even where the stream's very end did not
+        (a client that leaves once it has the last event)."""
+        return self.streaming and self._tail.rstrip().endswith(_DONE_EVENT)
 
     def sse_tail(self) -> bytes:
         """The last bytes of a streamed answer (up to ``SSE_TAIL``)."""

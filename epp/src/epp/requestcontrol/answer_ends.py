@@ -12,7 +12,8 @@ So every end the EPP sees comes off the pod's load at once:
   batch (vLLM, the simulator). Not ``/v1/responses``, which may answer at once and work on after
   (``"background": true``). The EPP reads those headers for every request anyway (the in-flight
   count ends there), so this costs nothing.
-- **A stream** ends at its last byte, which the EPP sees wherever the stream's chunks come through
+- **A stream** ends at its last byte, or at its last event (``data: [DONE]``) where the client left
+  before the last byte, which the EPP sees wherever the stream's chunks come through
   it: always where the proxy sends every response chunk (``FULL_DUPLEX_STREAMED`` responses, what
   the EPP takes a proxy that does not announce its modes to do); where the proxy lets it choose
   (``STREAMED``, the one box's default), only for the streams it reads to their end anyway (usage
@@ -87,8 +88,8 @@ class AnswerEnds:
         if not state.address or not response.status or response.connect_failed:
             return  # never routed, no answer began, or the pod was never reached
         if response.streaming:
-            if not response.ended:
-                return  # a stream ends at its last byte: seen only where its chunks came through here
+            if not (response.ended or response.finished):
+                return  # a stream ends at its last event: seen only where its chunks came through here
         elif exchange.path not in ENDS_AT_HEADERS:
             return  # e.g. /v1/responses with "background": answered at once, worked on after
 

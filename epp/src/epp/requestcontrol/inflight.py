@@ -1,13 +1,27 @@
 """In-flight release: a routed request's count on its endpoint goes back when its exchange is over.
 
 The count is acquired by the director when the request is routed and is kept by the datastore (see
-``epp.datastore.InFlight`` for what "in flight" means); this plugin gives it back, exactly once.
+``epp.datastore.InFlight`` for what "in flight" means); this plugin gives it back, exactly once, and
+says whether the request may still be running on its pod then (a stream let go of at its first byte):
+while none is, the count is exact and the pod's load is read from it (``Endpoint.estimated_loads``).
 """
 
 from __future__ import annotations
 
 from epp.datastore import Datastore
+from epp.requestcontrol.answer_ends import ENDS_AT_HEADERS
 from epp.requestcontrol.plugins import EppExchange
+
+
+def may_still_run(exchange: EppExchange) -> bool:
+    """The request's answer began and its end was not seen: it may still be on its pod. Not a request
+    that was never answered or never reached its pod, nor an answer that came whole (its headers came
+    once the pod was done: completions, chat completions, embeddings), nor a stream whose last event
+    (``data: [DONE]``) came through even if the client left before the stream's very end."""
+    response = exchange.response
+    if not response.status or response.connect_failed or response.ended or response.finished:
+        return False
+    return response.streaming or exchange.path not in ENDS_AT_HEADERS
 
 
 class InFlightRelease:
@@ -19,4 +33,4 @@ class InFlightRelease:
         count = state.count
         if count is not None:
             state.count = None
-            self._datastore.release(state.address, count)
+            self._datastore.release(state.address, count, early=may_still_run(exchange))
