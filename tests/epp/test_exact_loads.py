@@ -99,6 +99,9 @@ def test_which_answers_may_still_run_when_their_count_goes_back() -> None:
     last_event = chat(datastore, streamed=True)
     last_event.response.on_body(LAST_EVENT)  # the client left before the stream's very end
     assert not may_still_run(last_event)
+    background = chat(datastore, streamed=False, path="/v1/responses")
+    background.response.ended = True  # all of a background answer came: the pod works on
+    assert may_still_run(background)
 
 
 def test_a_stream_is_finished_once_its_last_event_came_through() -> None:
@@ -112,6 +115,10 @@ def test_a_stream_is_finished_once_its_last_event_came_through() -> None:
     whole.on_headers({":status": "200", **JSON})
     whole.on_body(b'{"text": "data: [DONE]"}')
     assert not whole.finished
+    quoted = ResponseTracker()  # a token's text quoting the last event, cut at a chunk's end
+    quoted.on_headers({":status": "200", **SSE})
+    quoted.on_body(b'data: {"choices":[{"delta":{"content":"say data: [DONE]')
+    assert not quoted.finished
 
 
 def test_a_stream_cut_after_its_last_event_counts_as_an_end() -> None:

@@ -275,7 +275,7 @@ class Endpoint:
         count is then exact about its own requests, and the scrape counts the rest (other replicas'
         and clients' requests, and this EPP's streams let go of before). On a full-duplex proxy, or
         with every stream followed to its end, that is always so; with streams let go of at their
-        first byte, only for a pod sent nothing lately, where it changes nothing."""
+        first byte, only for a pod sent no stream lately (only whole answers, say)."""
         m = self.metrics
         return m.own_at >= 0 and self.load.last_early <= m.unseen_sends_after
 

@@ -90,7 +90,13 @@ class ResponseTracker:
         """A streamed answer's last event (``data: [DONE]``, as vLLM and OpenAI end a stream) came
         through: the endpoint is done with the request, even where the stream's very end did not
         (a client that leaves once it has the last event)."""
-        return self.streaming and self._tail.rstrip().endswith(_DONE_EVENT)
+        if not self.streaming:
+            return False
+        tail = self._tail.rstrip()
+        # An event of its own: at the start of a line (inside an event's JSON a line break is
+        # escaped, so "data: [DONE]" quoted in a token's text never follows a raw newline).
+        n = len(_DONE_EVENT)
+        return tail.endswith(_DONE_EVENT) and (len(tail) == n or tail[-n - 1] in b"\r\n")
 
     def sse_tail(self) -> bytes:
         """The last bytes of a streamed answer (up to ``SSE_TAIL``)."""
