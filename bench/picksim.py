@@ -213,6 +213,11 @@ def simulate(
     sent = itertools.count()
     measured = {id(spec) for spec in specs}
 
+    def let_go(endpoint: Endpoint) -> None:
+        """The EPP lets go of a request while its answer runs (``Datastore.release``, early)."""
+        endpoint.load.count -= 1
+        endpoint.load.last_early = now
+
     def send() -> None:
         if not queue:
             return
@@ -233,8 +238,7 @@ def simulate(
         followed = not streamed or follows_stream(request, follow_up_to)
         owner[id(seq)] = (endpoint, pod, followed)
         if not followed and not headers_at_first_token:
-            endpoint.load.count -= 1  # its headers came back at once: the pod's own metrics count it
-            endpoint.load.last_early = now  # let go of while it runs (epp.requestcontrol.inflight)
+            let_go(endpoint)  # its headers came back at once: the pod's own metrics count it
         served[spec.group if spec.group is not None else -1][pod.address] += 1
         started(pod.admit(seq, now))
 
@@ -263,8 +267,7 @@ def simulate(
             assert isinstance(payload, _Seq)
             endpoint, _, followed = owner[id(payload)]
             if not followed and headers_at_first_token:
-                endpoint.load.count -= 1  # the stream began: the pod's own metrics count it from here
-                endpoint.load.last_early = now
+                let_go(endpoint)  # the stream began: the pod's own metrics count it from here
             if id(payload.spec) in measured:
                 ttfts.append(now - payload.sent)
         else:

@@ -134,7 +134,8 @@ def unseen_ends(endpoints: Sequence[Endpoint], oldest: float) -> list[int]:
       routed before the scrape could see them. No endpoint is given more ends than its scrape
       counted, so a pool idle at its scrapes is given none; nor any where its scrape showed a queue:
       a queue is load measured to last (fewer slots, a slower pod), which guessed ends would wash
-      out (measured on the heterogeneous row, docs/scheduling.md).
+      out (measured on the heterogeneous row, docs/scheduling.md); nor more than its scrape counted
+      beyond this EPP's own requests where it saw their ends (``Endpoint.counts_own_to_the_end``).
 
     Without it, requests routed since a scrape count on top of it while the ends that made room for
     them do not come off: measured on a closed loop of equal requests (``python -m bench.timeline
@@ -189,6 +190,11 @@ def unseen_ends(endpoints: Sequence[Endpoint], oldest: float) -> list[int]:
             heapq.heapreplace(heap, (sends[begin + 1], i, begin + 1, stop, sends))
         else:
             heapq.heappop(heap)
+    for i, gone in enumerate(ends):
+        # Where this EPP saw its own requests' ends, only those it cannot see (the scrape's others)
+        # may have ended unseen.
+        if gone and endpoints[i].counts_own_to_the_end():
+            ends[i] = min(gone, endpoints[i].others())
     return ends
 
 

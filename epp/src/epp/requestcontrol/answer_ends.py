@@ -58,6 +58,17 @@ def follows_stream(request: LLMRequest, up_to_tokens: int) -> bool:
     return request.streamed and request.max_tokens is not None and request.max_tokens <= up_to_tokens
 
 
+def end_seen(exchange: EppExchange) -> bool:
+    """The answer (begun) came through this EPP up to its pod's end of the work: a stream to its last
+    event, seen only where its chunks came through here; a whole answer on a path that answers once
+    the work is done (``ENDS_AT_HEADERS``; not ``/v1/responses`` with ``"background"``, answered at
+    once and worked on after)."""
+    response = exchange.response
+    if response.streaming:
+        return response.ended or response.finished
+    return exchange.path in ENDS_AT_HEADERS
+
+
 class AnswerEnds:
     """Pre-request (follow this stream?), response reader (to its end), response complete (the pod's
     load drops)."""
@@ -87,10 +98,5 @@ class AnswerEnds:
         state, response = exchange.state, exchange.response
         if not state.address or not response.status or response.connect_failed:
             return  # never routed, no answer began, or the pod was never reached
-        if response.streaming:
-            if not (response.ended or response.finished):
-                return  # a stream ends at its last event: seen only where its chunks came through here
-        elif exchange.path not in ENDS_AT_HEADERS:
-            return  # e.g. /v1/responses with "background": answered at once, worked on after
-
-        self._datastore.answer_ended(state.address)
+        if end_seen(exchange):
+            self._datastore.answer_ended(state.address)

@@ -9,25 +9,15 @@ while none is, the count is exact and the pod's load is read from it (``Endpoint
 from __future__ import annotations
 
 from epp.datastore import Datastore
-from epp.requestcontrol.answer_ends import ENDS_AT_HEADERS
+from epp.requestcontrol.answer_ends import end_seen
 from epp.requestcontrol.plugins import EppExchange
 
 
 def may_still_run(exchange: EppExchange) -> bool:
-    """The request's answer began and its end was not seen: it may still be on its pod. Not a request
-    that was never answered or never reached its pod, nor an answer that came whole once the pod was
-    done (completions, chat completions, embeddings: ``ENDS_AT_HEADERS``), nor a stream whose last
-    event (``data: [DONE]``) came through even if the client left before the stream's very end. A
-    whole answer on another path (``/v1/responses``, which may answer at once and work on after) may
-    still run even when all of it came through."""
+    """The request's answer began on its pod and its end was not seen here (``end_seen``): it may
+    still be running there."""
     response = exchange.response
-    if not response.status or response.connect_failed:
-        return False
-    if not response.streaming:
-        # A whole answer that came before the work was done (/v1/responses with "background": true)
-        # leaves the pod busy however much of it came through.
-        return exchange.path not in ENDS_AT_HEADERS
-    return not (response.ended or response.finished)
+    return bool(response.status) and not response.connect_failed and not end_seen(exchange)
 
 
 class InFlightRelease:

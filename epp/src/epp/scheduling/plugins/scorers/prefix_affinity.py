@@ -294,13 +294,8 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
             return both
         ends = unseen_ends(endpoints, oldest)
         for i, gone in enumerate(ends):
-            endpoint = endpoints[i]
-            if gone and endpoint.counts_own_to_the_end():
-                # Its own requests' ends it saw: only those it cannot see (the scrape's others) may
-                # have ended unseen.
-                gone = min(gone, endpoint.others())
             if gone:  # each a running request (none is guessed where a scrape showed a queue)
-                own = endpoint.load.count
+                own = endpoints[i].load.count
                 less, without = both[i]
                 both[i] = max(less - gone, own), max(without - gone, own)
         return both
