@@ -72,6 +72,7 @@ _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _BBR_FILTER = "envoy.filters.http.ext_proc.bbr"
 _EPP_FILTER = "envoy.filters.http.ext_proc.epp"
 _ORIGINAL_DST = "original-destination"
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _CONNECTIONS_MONITOR = (
     "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 )
@@ -127,8 +128,20 @@ def _static_cluster(
         "lb_policy": "ROUND_ROBIN",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
         "circuit_breakers": circuit_breakers(limits),
+        "typed_extension_protocol_options": _pod_protocol_options(timeouts),
     }
     return cluster
+
+
+def _pod_protocol_options(timeouts: GatewayTimeouts) -> dict[str, Any]:
+    """HTTP/1.1 to the pods, an idle connection closed before the pod's keep-alive closes it."""
+    return {
+        _HTTP_OPTIONS: {
+            "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
+            "common_http_protocol_options": {"idle_timeout": seconds(timeouts.pod_connection_idle)},
+            "explicit_http_config": {"http_protocol_options": {}},
+        }
+    }
 
 
 def _original_dst_cluster(header: str, limits: GatewayLimits, timeouts: GatewayTimeouts) -> dict[str, Any]:
@@ -139,6 +152,7 @@ def _original_dst_cluster(header: str, limits: GatewayLimits, timeouts: GatewayT
         "connect_timeout": seconds(timeouts.connect),
         "original_dst_lb_config": {"use_http_header": True, "http_header_name": header},
         "circuit_breakers": circuit_breakers(limits),
+        "typed_extension_protocol_options": _pod_protocol_options(timeouts),
     }
 
 

@@ -87,6 +87,12 @@ class GatewayTimeouts(BaseModel):
         description="a client connection with no request in flight is closed after this long; "
         "client pools (httpx, aiohttp, the OpenAI SDK) keep idle connections for less.",
     )  # fmt: skip
+    pod_connection_idle: float = Field(
+        default=4.0, gt=0,
+        description="a connection to a pod with no request on it is closed after this long: under "
+        "vLLM's 5 s keep-alive (uvicorn's), so the gateway closes an idle connection before the pod "
+        "does and never sends a request onto one the pod is closing (a 502 for the client).",
+    )  # fmt: skip
     ext_proc_message: float = Field(
         default=10.0, gt=0,
         description="one answer of the BBR or an EPP to one ext_proc message (it decides in well under "

