@@ -3,13 +3,15 @@ answers again; a flapping pod stays out longer each time."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiohttp import web
 from epp.datastore import Datastore, Endpoint
 from epp.discovery import EjectionPolicy, Ejector, MetricsScraper
 from pydantic import ValidationError
 
-from .support import eventually, pod_appears, running
+from .support import eventually, pod_appears, running, serve
 from .test_metrics_scraper import FakeVllm, closed_port
 
 GEMMA = "google/gemma-2b-it"
@@ -62,6 +64,50 @@ def test_a_successful_scrape_between_failures_starts_the_count_over() -> None:
         outliers.scrape_failed(flaky, "timeout")
         outliers.scrape_succeeded(flaky)
     assert routable(datastore) == ["gemma-0"]
+
+
+def test_a_busy_pod_whose_metrics_come_late_stays_in_rotation_while_it_answers_its_requests() -> None:
+    datastore, (busy, hung) = pool("gemma-0", "gemma-1")
+    clock = Clock()
+    outliers = ejector(datastore, clock)
+    for _ in range(3):  # both pods' scrapes time out, three times in a row...
+        clock.now += 0.5
+        outliers.scrape_failed(busy, "no answer within 0.5 s", timed_out=True)
+        outliers.scrape_failed(hung, "no answer within 0.5 s", timed_out=True)
+        clock.now += 0.05
+        outliers.answered(busy.address)  # ...but one of them goes on answering what is routed to it
+    assert routable(datastore) == ["gemma-0"]
+    assert not busy.ejected
+    assert hung.ejected
+    # Its count started over: three more timeouts with no answer in between take it out.
+    for _ in range(3):
+        clock.now += 0.5
+        outliers.scrape_failed(busy, "no answer within 0.5 s", timed_out=True)
+    assert busy.ejected
+
+
+def test_an_answer_does_not_excuse_scrapes_that_were_refused_or_were_not_metrics() -> None:
+    datastore, (pod,) = pool("gemma-0")
+    clock = Clock()
+    outliers = ejector(datastore, clock)
+    for why in ("refused", "HTTP 500", "not vLLM metrics"):
+        clock.now += 0.05
+        outliers.scrape_failed(pod, why)
+        outliers.answered(pod.address)
+    assert pod.ejected
+
+
+def test_an_answer_from_before_the_scrapes_began_to_fail_does_not_keep_a_hung_pod_in() -> None:
+    datastore, (pod,) = pool("gemma-0")
+    clock = Clock()
+    outliers = ejector(datastore, clock)
+    outliers.scrape_failed(pod, "refused")
+    outliers.answered(pod.address)
+    outliers.scrape_succeeded(pod)  # the count starts over, and the answer is history
+    for _ in range(3):
+        clock.now += 0.5
+        outliers.scrape_failed(pod, "no answer within 0.5 s", timed_out=True)
+    assert pod.ejected
 
 
 def test_an_ejected_pod_comes_back_with_its_first_good_scrape_after_its_ejection_time() -> None:
@@ -146,3 +192,24 @@ async def test_the_scraper_ejects_a_pod_that_refuses_connections_and_readmits_it
         finally:
             await runner.cleanup()
         assert datastore.view.endpoints == (pod,)
+
+
+async def test_the_scraper_keeps_a_pod_that_answers_requests_but_not_its_scrapes_in_time() -> None:
+    async def late(request: web.Request) -> web.Response:
+        await asyncio.sleep(10)  # past every scrape's timeout
+        return web.Response(text="")
+
+    app = web.Application()
+    app.router.add_get("/metrics", late)
+    datastore = Datastore()
+    outliers = Ejector(datastore, EjectionPolicy())
+    scraper = MetricsScraper(datastore, interval=0.01, timeout=0.05, ejector=outliers)
+    async with serve(app) as port, running(scraper):
+        pod = await pod_appears(datastore, port)
+        datastore.set_models(pod.address, frozenset({GEMMA}), {})
+        failed_before = scraper.errors
+        while scraper.errors < failed_before + 9:  # three ejections' worth of timed-out scrapes
+            outliers.answered(pod.address)  # its requests are answered meanwhile
+            await asyncio.sleep(0.01)
+        assert not pod.ejected
+        await eventually(lambda: pod.ejected, what="the ejection once it answers nothing either")

@@ -6,7 +6,10 @@ Two kinds of evidence, one state per endpoint address:
   ``consecutive_failures`` failed scrapes in a row (refused, reset, timed out, not vLLM metrics)
   eject the endpoint, whatever its load score. A refused connection fails a scrape at once, so a
   dead pod is out after about ``consecutive_failures`` x the scrape interval; a hung (stopped) pod
-  after about ``consecutive_failures`` x the scrape timeout.
+  after about ``consecutive_failures`` x the scrape timeout. Scrapes that only *timed out* do not
+  eject a pod that answered a routed request since the first of them: its server is up and
+  serving, only slow to send its metrics (a vLLM short of CPU), so it stays in rotation on stale
+  metrics, and the count starts over. A hung pod answers nothing and is out as before.
 - passive: a routed request whose response says the proxy could not connect to the endpoint
   (``epp.contract.UPSTREAM_FAILURE_HEADER``, which the gateway's local reply adds on a connect
   failure). ``consecutive_connect_failures`` of them in a row eject it; any other answer from the
@@ -61,6 +64,10 @@ class _State:
     ejections: int = 0
     ejected_until: float = 0.0
     readmitted_at: float = float("-inf")
+    # When the scrape failures in a row began, and when a routed request to it was last answered
+    # (recorded only while a state is kept: a healthy endpoint costs its requests nothing here).
+    failing_since: float = 0.0
+    answered_at: float = float("-inf")
 
 
 class Ejector:
@@ -97,11 +104,24 @@ class Ejector:
         return state
 
     # -- active: the scraper -------------------------------------------------------------------
-    def scrape_failed(self, endpoint: Endpoint, why: str) -> None:
+    def scrape_failed(self, endpoint: Endpoint, why: str, *, timed_out: bool = False) -> None:
+        """A scrape of ``endpoint`` failed; ``timed_out``: it got no answer in time (rather than a
+        refused or reset connection, or an answer that is not vLLM's metrics)."""
         state = self._state(endpoint.address)
+        if state.scrape_failures == 0:
+            state.failing_since = self._clock()
         state.scrape_failures += 1
-        if not endpoint.ejected and state.scrape_failures >= self.policy.consecutive_failures:
-            self._eject(endpoint, state, "scrape", f"{state.scrape_failures} failed scrapes in a row ({why})")
+        if endpoint.ejected or state.scrape_failures < self.policy.consecutive_failures:
+            return
+        if timed_out and state.answered_at >= state.failing_since:
+            log.info(
+                "endpoint %s (%s): %d metrics scrapes in a row timed out, but it answers its requests; "
+                "kept in rotation on its last metrics",
+                endpoint.address, endpoint.name, state.scrape_failures,
+            )  # fmt: skip
+            state.scrape_failures = 0
+            return
+        self._eject(endpoint, state, "scrape", f"{state.scrape_failures} failed scrapes in a row ({why})")
 
     def scrape_succeeded(self, endpoint: Endpoint) -> None:
         state = self._states.get(endpoint.address)
@@ -135,6 +155,7 @@ class Ejector:
         state = self._states.get(address)
         if state is not None:
             state.connect_failures = 0
+            state.answered_at = self._clock()
 
     # -------------------------------------------------------------------------------------------
     def _eject(self, endpoint: Endpoint, state: _State, reason: str, why: str) -> None:
