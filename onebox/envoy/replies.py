@@ -16,7 +16,14 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from epp.contract import ERROR_TYPES, UPSTREAM_CONNECT_FAILURE, UPSTREAM_FAILURE_HEADER, error_body
+from epp.contract import (
+    ERROR_TYPES,
+    UPSTREAM_CONNECT_FAILURE,
+    UPSTREAM_FAILURE_HEADER,
+    UPSTREAM_RESET,
+    UPSTREAM_SILENT,
+    error_body,
+)
 
 from onebox.envoy.limits import GatewayLimits, GatewayTimeouts
 
@@ -82,6 +89,12 @@ def _mapper(
     return mapper
 
 
+def _failure(kind: str) -> list[dict[str, Any]]:
+    """The header that tells the EPP on the response path that the gateway answered for the pod."""
+    header = {"key": UPSTREAM_FAILURE_HEADER, "value": kind}
+    return [{"header": header, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+
+
 def _and(*filters: dict[str, Any]) -> dict[str, Any]:
     return {"and_filter": {"filters": list(filters)}}
 
@@ -106,6 +119,7 @@ def local_reply_config(limits: GatewayLimits, timeouts: GatewayTimeouts) -> dict
         _mapper(
             _flags(_POD_SILENT), 504,
             f"The model server sent nothing for {timeouts.upstream_idle:g} s; the request was ended.",
+            _failure(UPSTREAM_SILENT),
         ),
         _mapper(
             _flags(_STREAM_IDLE), 504,
@@ -117,11 +131,11 @@ def local_reply_config(limits: GatewayLimits, timeouts: GatewayTimeouts) -> dict
         _mapper(
             _flags(_CONNECT_FAILED), 502,
             "The gateway could not connect to the model server picked for this request; nothing was sent.",
-            [{"header": {"key": UPSTREAM_FAILURE_HEADER, "value": UPSTREAM_CONNECT_FAILURE},
-              "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+            _failure(UPSTREAM_CONNECT_FAILURE),
         ),
         _mapper(
-            _flags(_UNREACHABLE), 502, "The gateway could not reach the model server picked for this request."
+            _flags(_UNREACHABLE), 502,
+            "The gateway could not reach the model server picked for this request.", _failure(UPSTREAM_RESET),
         ),
         _mapper(
             _flags(_NO_UPSTREAM), 503, "No model server is available for this request; retry shortly.", retry

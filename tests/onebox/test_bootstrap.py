@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from epp.contract import ERROR_TYPES
+from epp.contract import (
+    ERROR_TYPES,
+    UPSTREAM_CONNECT_FAILURE,
+    UPSTREAM_FAILURE_HEADER,
+    UPSTREAM_RESET,
+    UPSTREAM_SILENT,
+)
 
 from onebox.envoy.bootstrap import (
     PoolRoute,
@@ -108,6 +114,21 @@ def test_every_reply_envoy_makes_itself_is_the_contracts_json_error() -> None:
     assert {502, 503, 504, 408, 500} <= statuses
     # last: the processors' own 429/503 answers keep their body and only gain a Retry-After
     assert "body_format_override" not in mappers[-1]
+
+
+def test_the_gateways_answers_for_a_pod_that_did_not_answer_say_so_to_the_epp() -> None:
+    mappers = manager(per_model())["local_reply_config"]["mappers"]
+    said = {}
+    for mapper in mappers:
+        for header in mapper.get("headers_to_add", []):
+            if header["header"]["key"] == UPSTREAM_FAILURE_HEADER:
+                flags = tuple(mapper["filter"]["response_flag_filter"]["flags"])
+                said[flags] = (mapper["status_code"], header["header"]["value"])
+    assert said == {
+        ("UF",): (502, UPSTREAM_CONNECT_FAILURE),
+        ("UT",): (504, UPSTREAM_SILENT),
+        ("URX", "UC", "UR", "UPE"): (502, UPSTREAM_RESET),
+    }
 
 
 def test_health_is_answered_by_envoy_from_the_bbr_every_epp_and_every_pod() -> None:

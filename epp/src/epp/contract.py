@@ -20,11 +20,15 @@ DESTINATION_METADATA_NAMESPACE: Final = "envoy.lb"
 SUBSET_HINT_NAMESPACE: Final = "envoy.lb.subset_hint"
 SUBSET_HINT_KEY: Final = "x-gateway-destination-endpoint-subset"
 
-# The gateway's answer to a request whose picked endpoint refused the connection (nothing was sent)
-# carries this header, so the EPP that picked the endpoint sees the failure on the response path and
-# takes the endpoint out of rotation (passive ejection, ``epp.discovery.ejection``).
+# The gateway's own answer for a picked endpoint that did not answer carries this header: ``connect``
+# where it refused the connection (nothing was sent), so the EPP that picked the endpoint sees the
+# failure on the response path and takes the endpoint out of rotation (passive ejection,
+# ``epp.discovery.ejection``); ``silent`` where it sent nothing for the upstream idle timeout and
+# ``reset`` where its connection broke, neither of which the EPP counts as the endpoint answering.
 UPSTREAM_FAILURE_HEADER: Final = "x-gateway-upstream-failure"
 UPSTREAM_CONNECT_FAILURE: Final = "connect"
+UPSTREAM_SILENT: Final = "silent"
+UPSTREAM_RESET: Final = "reset"
 
 # --- The Body-Based Router --------------------------------------------------------------------------
 # The body's ``model`` and its base model (a LoRA adapter resolves to the model it adapts); the

@@ -35,7 +35,8 @@ class ResponseTracker:
     """Accumulates what is needed from a response's headers and body chunks."""
 
     __slots__ = (
-        "_chunks", "_kept", "_tail", "connect_failed", "ended", "first_body_at", "status", "streaming"
+        "_chunks", "_kept", "_tail", "connect_failed", "ended", "first_body_at", "from_gateway", "status",
+        "streaming",
     )
 
     def __init__(self) -> None:
@@ -43,6 +44,8 @@ class ResponseTracker:
         self.streaming = False
         # The gateway could not connect to the picked endpoint (its local reply says so).
         self.connect_failed = False
+        # The gateway answered for the picked endpoint, which did not (refused, silent or reset).
+        self.from_gateway = False
         self._chunks: list[bytes] = []
         self._kept = 0
         self._tail = b""
@@ -57,7 +60,9 @@ class ResponseTracker:
         except ValueError:
             self.status = 0
         self.streaming = headers.get("content-type", "").startswith("text/event-stream")
-        self.connect_failed = headers.get(UPSTREAM_FAILURE_HEADER) == UPSTREAM_CONNECT_FAILURE
+        failure = headers.get(UPSTREAM_FAILURE_HEADER)
+        self.from_gateway = failure is not None
+        self.connect_failed = failure == UPSTREAM_CONNECT_FAILURE
 
     def on_body(self, chunk: bytes) -> None:
         if not chunk:

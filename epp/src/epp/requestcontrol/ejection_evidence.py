@@ -1,8 +1,11 @@
 """Ejection evidence: what each routed request met at its endpoint, for passive ejection.
 
 An answer that says the gateway could not connect to the picked endpoint (the one box's local reply
-carries ``x-gateway-upstream-failure: connect``) counts against the endpoint; any other answer counts
-for it (``epp.discovery.ejection.Ejector``). A request cancelled before any answer says nothing.
+carries ``x-gateway-upstream-failure: connect``) counts against the endpoint; an answer the endpoint
+sent, whatever its status, counts for it (``epp.discovery.ejection.Ejector``: it is up and serving).
+The gateway's own answer for an endpoint that went silent or broke the connection
+(``x-gateway-upstream-failure: silent`` or ``reset``), and a request cancelled before any answer,
+say nothing.
 """
 
 from __future__ import annotations
@@ -31,5 +34,5 @@ class EjectionEvidence:
             return
         if response.connect_failed:
             self._outliers.connect_failed(address)
-        else:
+        elif not response.from_gateway:
             self._outliers.answered(address)
