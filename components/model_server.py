@@ -50,6 +50,10 @@ from components.podspec import (
 
 VLLM_PORT = 8000
 VLLM_UID = 1000
+# Longer than the 600 s the regional Application Load Balancers (GKE's gke-l7-* Gateways) keep an
+# idle connection to a backend: the balancer, not the pod, closes it.
+LOAD_BALANCER_BACKEND_KEEP_ALIVE_SECONDS = 600
+SERVER_KEEP_ALIVE_SECONDS = 620
 STARTUP_PERIOD_SECONDS = 30
 STARTUP_FAILURES = 90
 """Up to 45 minutes to download the weights and warm up before the pod is killed."""
@@ -140,6 +144,10 @@ def _container(model: ModelSpec, image: pulumi.Input[str], hf_secret_name: str |
         {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/data/cache/torchinductor"},
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
         {"name": "DO_NOT_TRACK", "value": "1"},
+        # The Gateway's load balancer keeps an idle connection to a pod for 600 s, a fixed value;
+        # vLLM's server (uvicorn) closes one after 5 s by default, and a request the balancer sends
+        # as the pod closes it is a 502 for the client. The pod keeps its connections longer.
+        {"name": "VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "value": str(SERVER_KEEP_ALIVE_SECONDS)},
     ]
     if hf_secret_name is not None:
         env.append(

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from epp.contract import BASE_MODEL_HEADER
 
+from components.model_server import LOAD_BALANCER_BACKEND_KEEP_ALIVE_SECONDS
 from render import StackRun
 from tests.infra.conftest import (
     CLUSTER,
@@ -39,6 +40,19 @@ def test_the_gpu_stack_serves_gemma_and_phi3_on_one_t4_each_in_us_central1_a(gpu
         assert "--enable-prompt-tokens-details" in container["args"]
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         assert named(gpu, DEPLOYMENT, f"vllm-{model}").props["spec"]["replicas"] == 1
+
+
+def test_vllm_keeps_idle_connections_longer_than_the_load_balancer_so_it_never_closes_one_under_it(
+    stack_run: StackRun,
+) -> None:
+    """The Gateway's balancer reuses an idle backend connection for up to 600 s (fixed); uvicorn's
+    default 5 s would close it first, and a request sent onto the closing connection is a 502."""
+    servers = [d for d in of_type(stack_run, DEPLOYMENT) if d.props["metadata"]["name"].startswith("vllm-")]
+    assert servers
+    for deployment in servers:
+        [container] = pod_spec(deployment)["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert int(env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"]) > LOAD_BALANCER_BACKEND_KEEP_ALIVE_SECONDS
 
 
 def test_the_gpu_pool_is_n1_standard_4_with_a_t4_its_driver_and_the_gpu_taint(gpu: StackRun) -> None:
