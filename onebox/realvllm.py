@@ -172,7 +172,13 @@ def server_spec(
 
 
 def server_env() -> dict[str, str]:
-    """Environment of a vLLM child: offline, small KV cache, no usage reporting."""
+    """Environment of a vLLM child: offline, small KV cache, no usage reporting, one compute thread
+    left to the kernel to place.
+
+    vLLM's CPU backend otherwise binds each server's compute threads to the cores it does not reserve
+    for its scheduler: on 2 CPUs every server pins its one thread to CPU 0 (its log: ``core ids=[0]``,
+    ``reserved_cpus=[1]``), so two servers queue behind each other on one core while the other is
+    free, and their streams stall for seconds."""
     return {
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(KV_CACHE_GIB)),
         "HF_HUB_OFFLINE": "1",
@@ -180,6 +186,8 @@ def server_env() -> dict[str, str]:
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
         "PYTHONUNBUFFERED": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "OMP_NUM_THREADS": "1",
     }
 
 
