@@ -4,6 +4,7 @@ answers again; a flapping pod stays out longer each time."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from aiohttp import web
@@ -75,7 +76,7 @@ def test_a_busy_pod_whose_metrics_come_late_stays_in_rotation_while_it_answers_i
         outliers.scrape_failed(busy, "no answer within 0.5 s", timed_out=True)
         outliers.scrape_failed(hung, "no answer within 0.5 s", timed_out=True)
         clock.now += 0.05
-        outliers.answered(busy.address)  # ...but one of them goes on answering what is routed to it
+        outliers.answered(busy.address, alive_at=clock.now)  # ...but one goes on answering its requests
     assert routable(datastore) == ["gemma-0"]
     assert not busy.ejected
     assert hung.ejected
@@ -93,20 +94,48 @@ def test_an_answer_does_not_excuse_scrapes_that_were_refused_or_were_not_metrics
     for why in ("refused", "HTTP 500", "not vLLM metrics"):
         clock.now += 0.05
         outliers.scrape_failed(pod, why)
-        outliers.answered(pod.address)
+        outliers.answered(pod.address, alive_at=clock.now)
     assert pod.ejected
 
 
-def test_an_answer_from_before_the_scrapes_began_to_fail_does_not_keep_a_hung_pod_in() -> None:
+def test_a_run_of_failures_is_excused_only_if_every_one_of_them_timed_out() -> None:
     datastore, (pod,) = pool("gemma-0")
     clock = Clock()
     outliers = ejector(datastore, clock)
-    outliers.scrape_failed(pod, "refused")
-    outliers.answered(pod.address)
-    outliers.scrape_succeeded(pod)  # the count starts over, and the answer is history
+    for why, timed_out in (("refused", False), ("refused", False), ("no answer within 0.5 s", True)):
+        clock.now += 0.5
+        outliers.scrape_failed(pod, why, timed_out=timed_out)
+        outliers.answered(pod.address, alive_at=clock.now)
+    assert pod.ejected
+
+
+def test_an_answer_the_pod_sent_before_its_scrapes_began_to_fail_does_not_keep_it_in() -> None:
+    datastore, (pod,) = pool("gemma-0")
+    clock = Clock()
+    outliers = ejector(datastore, clock, base_ejection=1.0)
+    for _ in range(3):  # out once and back: its state (and what it answered) is kept from now on
+        outliers.scrape_failed(pod, "refused")
+    clock.now += 1.5
+    outliers.scrape_succeeded(pod)
+    assert not pod.ejected
+    last_byte = clock.now
+    clock.now += 5.0
     for _ in range(3):
         clock.now += 0.5
         outliers.scrape_failed(pod, "no answer within 0.5 s", timed_out=True)
+        # A stream it had begun before it hung, ended now by its client: its last byte is old news.
+        outliers.answered(pod.address, alive_at=last_byte)
+    assert pod.ejected
+
+
+def test_an_answer_that_proves_nothing_does_not_keep_a_pod_in() -> None:
+    datastore, (pod,) = pool("gemma-0")
+    clock = Clock()
+    outliers = ejector(datastore, clock)
+    for _ in range(3):
+        clock.now += 0.5
+        outliers.scrape_failed(pod, "no answer within 0.5 s", timed_out=True)
+        outliers.answered(pod.address)  # the gateway's 504 for it, or a 5xx: no time it was alive
     assert pod.ejected
 
 
@@ -209,7 +238,7 @@ async def test_the_scraper_keeps_a_pod_that_answers_requests_but_not_its_scrapes
         datastore.set_models(pod.address, frozenset({GEMMA}), {})
         failed_before = scraper.errors
         while scraper.errors < failed_before + 9:  # three ejections' worth of timed-out scrapes
-            outliers.answered(pod.address)  # its requests are answered meanwhile
+            outliers.answered(pod.address, alive_at=time.monotonic())  # its requests are answered
             await asyncio.sleep(0.01)
         assert not pod.ejected
         await eventually(lambda: pod.ejected, what="the ejection once it answers nothing either")

@@ -6,13 +6,14 @@ Two kinds of evidence, one state per endpoint address:
   ``consecutive_failures`` failed scrapes in a row (refused, reset, timed out, not vLLM metrics)
   eject the endpoint, whatever its load score. A refused connection fails a scrape at once, so a
   dead pod is out after about ``consecutive_failures`` x the scrape interval; a hung (stopped) pod
-  after about ``consecutive_failures`` x the scrape timeout. Scrapes that only *timed out* do not
-  eject a pod that answered a routed request since the first of them: its server is up and
-  serving, only slow to send its metrics (a vLLM short of CPU), so it stays in rotation on stale
-  metrics, and the count starts over. A hung pod answers nothing and is out as before.
+  after about ``consecutive_failures`` x the scrape timeout. Scrapes that all *timed out* do not
+  eject a pod that sent a byte of a routed request's answer since the first of them (its own answer,
+  not the gateway's, and not a server error): its server is up and serving, only slow to send its
+  metrics (a vLLM short of CPU), so it stays in rotation on stale metrics, and the count starts
+  over. A hung pod sends nothing and is out as before.
 - passive: a routed request whose response says the proxy could not connect to the endpoint
-  (``epp.contract.UPSTREAM_FAILURE_HEADER``, which the gateway's local reply adds on a connect
-  failure). ``consecutive_connect_failures`` of them in a row eject it; any other answer from the
+  (``epp.contract.UPSTREAM_FAILURE_HEADER: connect``, which the gateway's local reply adds on a
+  connect failure). ``consecutive_connect_failures`` of them in a row eject it; any other answer from the
   endpoint resets the count.
 
 An ejected endpoint stays out for at least its ejection time: ``base_ejection`` seconds, doubled for
@@ -64,9 +65,12 @@ class _State:
     ejections: int = 0
     ejected_until: float = 0.0
     readmitted_at: float = float("-inf")
-    # When the scrape failures in a row began, and when a routed request to it was last answered
+    # When the scrape failures in a row began, whether every one of them timed out, whether this run
+    # has been excused (logged once), and when the endpoint last sent a routed request's answer
     # (recorded only while a state is kept: a healthy endpoint costs its requests nothing here).
     failing_since: float = 0.0
+    only_timeouts: bool = True
+    excused: bool = False
     answered_at: float = float("-inf")
 
 
@@ -110,15 +114,19 @@ class Ejector:
         state = self._state(endpoint.address)
         if state.scrape_failures == 0:
             state.failing_since = self._clock()
+            state.only_timeouts = True
         state.scrape_failures += 1
+        state.only_timeouts &= timed_out
         if endpoint.ejected or state.scrape_failures < self.policy.consecutive_failures:
             return
-        if timed_out and state.answered_at >= state.failing_since:
-            log.info(
-                "endpoint %s (%s): %d metrics scrapes in a row timed out, but it answers its requests; "
-                "kept in rotation on its last metrics",
-                endpoint.address, endpoint.name, state.scrape_failures,
-            )  # fmt: skip
+        if state.only_timeouts and state.answered_at >= state.failing_since:
+            # Slow to send its metrics, not gone: it sent an answer since these scrapes began to fail.
+            if not state.excused:
+                state.excused = True
+                log.warning(
+                    "endpoint %s (%s): its metrics scrapes time out, but it answers its requests; kept in "
+                    "rotation on its last metrics", endpoint.address, endpoint.name,
+                )  # fmt: skip
             state.scrape_failures = 0
             return
         self._eject(endpoint, state, "scrape", f"{state.scrape_failures} failed scrapes in a row ({why})")
@@ -128,6 +136,9 @@ class Ejector:
         if state is None:
             return
         state.scrape_failures = 0
+        if state.excused:
+            state.excused = False
+            log.info("endpoint %s (%s): its metrics scrapes answer again", endpoint.address, endpoint.name)
         now = self._clock()
         if endpoint.ejected and now >= state.ejected_until:
             state.connect_failures = 0
@@ -150,12 +161,15 @@ class Ejector:
         if state.connect_failures >= self.policy.consecutive_connect_failures:
             self._eject(endpoint, state, "connect", f"{state.connect_failures} refused connections in a row")
 
-    def answered(self, address: str) -> None:
-        """A request routed to ``address`` got an answer from it."""
+    def answered(self, address: str, alive_at: float | None = None) -> None:
+        """A request routed to ``address`` reached it (its connection was not refused). ``alive_at``:
+        when the endpoint itself last sent a byte of the answer (the clock's time), where the answer
+        shows it alive: its own, not the gateway's, and not a server error; None where it does not."""
         state = self._states.get(address)
         if state is not None:
             state.connect_failures = 0
-            state.answered_at = self._clock()
+            if alive_at is not None and alive_at > state.answered_at:
+                state.answered_at = alive_at
 
     # -------------------------------------------------------------------------------------------
     def _eject(self, endpoint: Endpoint, state: _State, reason: str, why: str) -> None:

@@ -35,8 +35,8 @@ class ResponseTracker:
     """Accumulates what is needed from a response's headers and body chunks."""
 
     __slots__ = (
-        "_chunks", "_kept", "_tail", "connect_failed", "ended", "first_body_at", "from_gateway", "status",
-        "streaming",
+        "_chunks", "_kept", "_tail", "connect_failed", "ended", "first_body_at", "from_gateway", "last_at",
+        "status", "streaming",
     )
 
     def __init__(self) -> None:
@@ -51,10 +51,13 @@ class ResponseTracker:
         self._tail = b""
         # time.perf_counter() when the first body chunk was seen (0.0: none yet).
         self.first_body_at = 0.0
+        # time.monotonic() when the headers or the latest body chunk came through (0.0: nothing yet).
+        self.last_at = 0.0
         # The response's end came through this stream: the endpoint is done with the request.
         self.ended = False
 
     def on_headers(self, headers: dict[str, str]) -> None:
+        self.last_at = time.monotonic()
         try:
             self.status = int(headers.get(":status", "0"))
         except ValueError:
@@ -67,6 +70,7 @@ class ResponseTracker:
     def on_body(self, chunk: bytes) -> None:
         if not chunk:
             return
+        self.last_at = time.monotonic()
         if not self.first_body_at:
             self.first_body_at = time.perf_counter()
         if self.streaming:

@@ -1,11 +1,12 @@
 """Ejection evidence: what each routed request met at its endpoint, for passive ejection.
 
 An answer that says the gateway could not connect to the picked endpoint (the one box's local reply
-carries ``x-gateway-upstream-failure: connect``) counts against the endpoint; an answer the endpoint
-sent, whatever its status, counts for it (``epp.discovery.ejection.Ejector``: it is up and serving).
-The gateway's own answer for an endpoint that went silent or broke the connection
-(``x-gateway-upstream-failure: silent`` or ``reset``), and a request cancelled before any answer,
-say nothing.
+carries ``x-gateway-upstream-failure: connect``) counts against the endpoint; any other answer resets
+that count (``epp.discovery.ejection.Ejector``). An answer shows the endpoint alive, as of the last
+byte it sent, only where the endpoint made it and it is not a server error: not the gateway's own
+answer for an endpoint that went silent or broke the connection (``x-gateway-upstream-failure:
+silent`` or ``reset``), and not a 5xx, which a load balancer in front (GKE's, whose replies carry no
+such header) may have made for a hung pod. A request cancelled before any answer says nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class OutlierObserver(Protocol):
 
     def connect_failed(self, address: str) -> None: ...
 
-    def answered(self, address: str) -> None: ...
+    def answered(self, address: str, alive_at: float | None = None) -> None: ...
 
 
 class EjectionEvidence:
@@ -34,5 +35,6 @@ class EjectionEvidence:
             return
         if response.connect_failed:
             self._outliers.connect_failed(address)
-        elif not response.from_gateway:
-            self._outliers.answered(address)
+            return
+        alive = not response.from_gateway and response.status < 500
+        self._outliers.answered(address, response.last_at if alive else None)
