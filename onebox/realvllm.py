@@ -178,7 +178,8 @@ def server_env() -> dict[str, str]:
     vLLM's CPU backend otherwise binds each server's compute threads to the cores it does not reserve
     for its scheduler: on 2 CPUs every server pins its one thread to CPU 0 (its log: ``core ids=[0]``,
     ``reserved_cpus=[1]``), so two servers queue behind each other on one core while the other is
-    free, and their streams stall for seconds."""
+    free, and their streams stall for seconds. Each of these settings is taken from the box's own
+    environment where it is set there (a larger machine may want more threads per server)."""
     return {
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(KV_CACHE_GIB)),
         "HF_HUB_OFFLINE": "1",
@@ -186,8 +187,8 @@ def server_env() -> dict[str, str]:
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
         "PYTHONUNBUFFERED": "1",
-        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-        "OMP_NUM_THREADS": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
 
 

@@ -59,6 +59,7 @@ from onebox.envoy.replicas import (
     Replica,
     Replicas,
     ext_proc_cluster,
+    http_options,
     replica_addresses,
     stream_retry,
     to_replicas,
@@ -72,7 +73,6 @@ _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _BBR_FILTER = "envoy.filters.http.ext_proc.bbr"
 _EPP_FILTER = "envoy.filters.http.ext_proc.epp"
 _ORIGINAL_DST = "original-destination"
-_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _CONNECTIONS_MONITOR = (
     "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 )
@@ -135,13 +135,10 @@ def _static_cluster(
 
 def _pod_protocol_options(timeouts: GatewayTimeouts) -> dict[str, Any]:
     """HTTP/1.1 to the pods, an idle connection closed before the pod's keep-alive closes it."""
-    return {
-        _HTTP_OPTIONS: {
-            "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
-            "common_http_protocol_options": {"idle_timeout": seconds(timeouts.pod_connection_idle)},
-            "explicit_http_config": {"http_protocol_options": {}},
-        }
-    }
+    return http_options(
+        common_http_protocol_options={"idle_timeout": seconds(timeouts.pod_connection_idle)},
+        explicit_http_config={"http_protocol_options": {}},
+    )
 
 
 def _original_dst_cluster(header: str, limits: GatewayLimits, timeouts: GatewayTimeouts) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from onebox.envoy.limits import GatewayLimits, GatewayTimeouts, circuit_breakers, seconds
 
-_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _PREVIOUS_HOSTS = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 _READINESS_SERVICE = "readiness"  # the EPP's and BBR's gRPC health service name (epp.health)
 CHECK_INTERVAL = 0.5  # seconds between two health checks of one replica
@@ -74,14 +74,14 @@ def replica_addresses(replicas: Sequence[Replica]) -> list[str]:
     return [r.address for r in replicas]
 
 
+def http_options(**options: Any) -> dict[str, Any]:
+    """A cluster's ``typed_extension_protocol_options``: its upstream ``HttpProtocolOptions``."""
+    return {_HTTP_OPTIONS: {"@type": f"type.googleapis.com/{_HTTP_OPTIONS}", **options}}
+
+
 def http2() -> dict[str, Any]:
     """Cluster protocol options: HTTP/2 upstream (gRPC)."""
-    return {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": _HTTP_OPTIONS,
-            "explicit_http_config": {"http2_protocol_options": {}},
-        }
-    }
+    return http_options(explicit_http_config={"http2_protocol_options": {}})
 
 
 def _endpoint(replica: Replica) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from onebox.envoy.bootstrap import (
     gateway_config,
     listener_port,
     passthrough_config,
+    round_robin_config,
     unified_gateway_config,
     with_ports,
 )
@@ -217,3 +218,11 @@ def test_a_request_ended_by_the_stream_idle_timeout_is_not_blamed_on_a_silent_po
     assert body_for("UT") == silent
     assert f"for {timeouts.stream_idle:g} s" in body_for("SI")
     assert "model server" not in body_for("SI")
+
+
+def test_the_gateway_closes_idle_pod_connections_before_vllms_five_second_keep_alive() -> None:
+    for config in (passthrough_config(), round_robin_config(["127.0.0.1:8000"])):
+        for cluster in config["static_resources"]["clusters"]:
+            options = cluster["typed_extension_protocol_options"]
+            [http] = options.values()
+            assert float(http["common_http_protocol_options"]["idle_timeout"].rstrip("s")) < 5

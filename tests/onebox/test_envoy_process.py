@@ -13,7 +13,6 @@ from epp.contract import DESTINATION_HEADER
 
 from onebox.envoy import EnvoyError, EnvoyProcess, passthrough_config
 from onebox.envoy import process as envoy_process
-from onebox.envoy.bootstrap import round_robin_config
 from onebox.envoy.limits import GatewayTimeouts
 
 pytestmark = pytest.mark.envoy
@@ -102,10 +101,3 @@ async def test_envoy_closes_an_idle_pod_connection_before_the_pods_keep_alive_wo
     assert (first.status_code, second.status_code) == (200, 200)
     assert len(opened) == 2
 
-
-def test_the_gateway_closes_idle_pod_connections_before_vllms_five_second_keep_alive() -> None:
-    for config in (passthrough_config(), round_robin_config(["127.0.0.1:8000"])):
-        for cluster in config["static_resources"]["clusters"]:
-            options = cluster["typed_extension_protocol_options"]
-            [http] = options.values()
-            assert float(http["common_http_protocol_options"]["idle_timeout"].rstrip("s")) < 5
