@@ -48,6 +48,7 @@ from epp.contract import (
     DESTINATION_METADATA_NAMESPACE,
     MODEL_HEADER,
     SUBSET_HINT_NAMESPACE,
+    UPSTREAM_FAILURE_HEADER,
     error_body,
     split_host_port,
 )
@@ -294,7 +295,10 @@ def _listener(
         "http2_protocol_options": {"max_concurrent_streams": limits.max_streams_per_connection},
         "route_config": {
             "name": "gateway",
-            "virtual_hosts": [{"name": "gateway", "domains": ["*"], "routes": routes}],
+            # A pod cannot speak for the gateway: the header that says the gateway answered for a
+            # pod is its own (the local replies add it after this removal).
+            "virtual_hosts": [{"name": "gateway", "domains": ["*"], "routes": routes,
+                               "response_headers_to_remove": [UPSTREAM_FAILURE_HEADER]}],
         },
         "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
         "local_reply_config": local_reply_config(limits, timeouts),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import stat
 import tempfile
 from pathlib import Path
 
 import httpx
 import pytest
-from epp.contract import DESTINATION_HEADER
+from epp.contract import DESTINATION_HEADER, UPSTREAM_CONNECT_FAILURE, UPSTREAM_FAILURE_HEADER
 
 from onebox.envoy import EnvoyError, EnvoyProcess, passthrough_config
 from onebox.envoy import process as envoy_process
@@ -101,3 +102,31 @@ async def test_envoy_closes_an_idle_pod_connection_before_the_pods_keep_alive_wo
     assert (first.status_code, second.status_code) == (200, 200)
     assert len(opened) == 2
 
+
+
+async def test_a_pod_cannot_send_the_header_that_says_the_gateway_answered_for_it() -> None:
+    """``x-gateway-upstream-failure`` is the gateway's: a pod's own is dropped, so a pod can neither
+    have itself ejected nor pass for a failure; the gateway's own reply for a refused pod keeps it."""
+
+    async def pod(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        spoof = UPSTREAM_FAILURE_HEADER.encode() + b": connect\r\n"
+        writer.write(b"HTTP/1.1 200 OK\r\n" + spoof + b"content-length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(pod, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    refusing = socket.socket()
+    refusing.bind(("127.0.0.1", 0))  # bound, never listening: connections to it are refused
+    envoy = EnvoyProcess(passthrough_config())
+    with refusing:
+        closed = f"127.0.0.1:{refusing.getsockname()[1]}"
+        async with server, envoy, httpx.AsyncClient(timeout=5) as client:
+            url = f"http://127.0.0.1:{envoy.port}/v1/models"
+            spoofed = await client.get(url, headers={DESTINATION_HEADER: address})
+            refused = await client.get(url, headers={DESTINATION_HEADER: closed})
+    assert spoofed.status_code == 200
+    assert UPSTREAM_FAILURE_HEADER not in spoofed.headers
+    assert refused.status_code == 502
+    assert refused.headers[UPSTREAM_FAILURE_HEADER] == UPSTREAM_CONNECT_FAILURE
