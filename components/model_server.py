@@ -53,7 +53,7 @@ VLLM_UID = 1000
 # Longer than the 600 s the regional Application Load Balancers (GKE's gke-l7-* Gateways) keep an
 # idle connection to a backend: the balancer, not the pod, closes it.
 LOAD_BALANCER_BACKEND_KEEP_ALIVE_SECONDS = 600
-SERVER_KEEP_ALIVE_SECONDS = 620
+SERVER_KEEP_ALIVE_SECONDS = LOAD_BALANCER_BACKEND_KEEP_ALIVE_SECONDS + 20
 STARTUP_PERIOD_SECONDS = 30
 STARTUP_FAILURES = 90
 """Up to 45 minutes to download the weights and warm up before the pod is killed."""

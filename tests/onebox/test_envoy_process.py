@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import stat
 import tempfile
 from pathlib import Path
@@ -15,6 +14,7 @@ from epp.contract import DESTINATION_HEADER, UPSTREAM_CONNECT_FAILURE, UPSTREAM_
 from onebox.envoy import EnvoyError, EnvoyProcess, passthrough_config
 from onebox.envoy import process as envoy_process
 from onebox.envoy.limits import GatewayTimeouts
+from tests.epp.discovery.test_metrics_scraper import closed_port
 
 pytestmark = pytest.mark.envoy
 
@@ -66,14 +66,17 @@ async def test_no_envoy_binary_is_an_error_and_leaves_no_folder(
     assert left_in(temp_root) == []
 
 
-async def test_envoy_closes_an_idle_pod_connection_before_the_pods_keep_alive_would() -> None:
-    """vLLM (uvicorn) closes a connection idle for 5 s; were Envoy to keep it longer, a request sent
-    as the pod closes it would be a 502. Envoy closes it first, and the next request gets a new one."""
-    opened: list[int] = []
-    closed_by_envoy = asyncio.Event()
+class RawPod:
+    """An HTTP/1.1 server on 127.0.0.1 that answers every request with ``reply`` on a kept-alive
+    connection, counting the connections opened and noting when the other side closes an idle one."""
 
-    async def pod(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        opened.append(1)
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.opened = 0
+        self.closed_idle = asyncio.Event()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.opened += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -82,50 +85,45 @@ async def test_envoy_closes_an_idle_pod_connection_before_the_pods_keep_alive_wo
                      if line.lower().startswith(b"content-length:")), 0,
                 )  # fmt: skip
                 await reader.readexactly(length)
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                writer.write(self.reply)
                 await writer.drain()
         except asyncio.IncompleteReadError as eof:
             if not eof.partial:
-                closed_by_envoy.set()  # the other side closed between two requests
+                self.closed_idle.set()  # the other side closed between two requests
         finally:
             writer.close()
 
-    server = await asyncio.start_server(pod, "127.0.0.1", 0)
+
+async def test_envoy_closes_an_idle_pod_connection_before_the_pods_keep_alive_would() -> None:
+    """vLLM (uvicorn) closes a connection idle for 5 s; were Envoy to keep it longer, a request sent
+    as the pod closes it would be a 502. Envoy closes it first, and the next request gets a new one."""
+    pod = RawPod(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+    server = await asyncio.start_server(pod.serve, "127.0.0.1", 0)
     address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     timeouts = GatewayTimeouts(pod_connection_idle=0.2)
     envoy = EnvoyProcess(passthrough_config(timeouts=timeouts))
     async with server, envoy, httpx.AsyncClient(timeout=5) as client:
         url = f"http://127.0.0.1:{envoy.port}/v1/models"
         first = await client.get(url, headers={DESTINATION_HEADER: address})
-        await asyncio.wait_for(closed_by_envoy.wait(), timeout=10)
+        await asyncio.wait_for(pod.closed_idle.wait(), timeout=10)
         second = await client.get(url, headers={DESTINATION_HEADER: address})
     assert (first.status_code, second.status_code) == (200, 200)
-    assert len(opened) == 2
-
+    assert pod.opened == 2
 
 
 async def test_a_pod_cannot_send_the_header_that_says_the_gateway_answered_for_it() -> None:
     """``x-gateway-upstream-failure`` is the gateway's: a pod's own is dropped, so a pod can neither
     have itself ejected nor pass for a failure; the gateway's own reply for a refused pod keeps it."""
-
-    async def pod(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        spoof = UPSTREAM_FAILURE_HEADER.encode() + b": connect\r\n"
-        writer.write(b"HTTP/1.1 200 OK\r\n" + spoof + b"content-length: 2\r\n\r\n{}")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(pod, "127.0.0.1", 0)
+    spoof = UPSTREAM_FAILURE_HEADER.encode() + b": connect\r\n"
+    pod = RawPod(b"HTTP/1.1 200 OK\r\n" + spoof + b"content-length: 2\r\n\r\n{}")
+    server = await asyncio.start_server(pod.serve, "127.0.0.1", 0)
     address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    refusing = socket.socket()
-    refusing.bind(("127.0.0.1", 0))  # bound, never listening: connections to it are refused
+    refusing = f"127.0.0.1:{closed_port()}"
     envoy = EnvoyProcess(passthrough_config())
-    with refusing:
-        closed = f"127.0.0.1:{refusing.getsockname()[1]}"
-        async with server, envoy, httpx.AsyncClient(timeout=5) as client:
-            url = f"http://127.0.0.1:{envoy.port}/v1/models"
-            spoofed = await client.get(url, headers={DESTINATION_HEADER: address})
-            refused = await client.get(url, headers={DESTINATION_HEADER: closed})
+    async with server, envoy, httpx.AsyncClient(timeout=5) as client:
+        url = f"http://127.0.0.1:{envoy.port}/v1/models"
+        spoofed = await client.get(url, headers={DESTINATION_HEADER: address})
+        refused = await client.get(url, headers={DESTINATION_HEADER: refusing})
     assert spoofed.status_code == 200
     assert UPSTREAM_FAILURE_HEADER not in spoofed.headers
     assert refused.status_code == 502

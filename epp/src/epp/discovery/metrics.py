@@ -123,8 +123,7 @@ class MetricsScraper(PollErrors):
             if target.started:
                 if now - target.started >= self._timeout:
                     self._abandon(target)
-                    late = TimeoutError(f"no answer within {self._timeout:g} s")
-                    self._failed(target, late, timed_out=True)
+                    self._failed(target, TimeoutError(f"no answer within {self._timeout:g} s"))
                 continue
             self._begin(target, now, loop)
         if len(targets) > len(self._datastore):  # endpoints left the pool
@@ -204,7 +203,7 @@ class MetricsScraper(PollErrors):
         if stored and self._ejector is not None:
             self._ejector.scrape_succeeded(endpoint)
 
-    def _failed(self, target: _Target, exc: BaseException, *, timed_out: bool = False) -> None:
+    def _failed(self, target: _Target, exc: BaseException) -> None:
         endpoint = target.endpoint
         if self._targets.get(endpoint.address) is not target:
             return  # it left the pool meanwhile
@@ -217,7 +216,7 @@ class MetricsScraper(PollErrors):
                 endpoint.address, endpoint.name, why,
             )
         if self._ejector is not None:
-            self._ejector.scrape_failed(endpoint, why, timed_out=timed_out)
+            self._ejector.scrape_failed(endpoint, why, timed_out=isinstance(exc, TimeoutError))
 
     def _abandon(self, target: _Target) -> None:
         """Give up the scrape under way: its connection (or connection attempt) is closed."""
