@@ -148,13 +148,9 @@ def test_a_bbr_with_a_bad_key_file_exits_2_naming_the_entry_and_never_the_key(
         keys.write_text(content)
     argv = ["--bind", "127.0.0.1", "--grpc-port", "0", "--health-port", "0", "--metrics-port", "0",
             "--served-models", "a", "--adapter", "a-lora=a", "--api-keys-file", str(keys)]
-    bbr = "import sys; from epp.cli import bbr_main; sys.exit(bbr_main(sys.argv[1:]))"
-    run = subprocess.run([sys.executable, "-c", bbr, *argv], capture_output=True, text=True, timeout=30,
-                         check=False)
-    assert run.returncode == 2, run.stderr
+    run = refused("bbr", argv)
     assert f"error: --api-keys-file {keys}: " in run.stderr
     assert says in run.stderr
-    assert "Traceback" not in run.stderr
     assert "sk-too-short" not in run.stderr
     assert "sk-0123456789" not in run.stderr
 
@@ -164,3 +160,36 @@ def test_both_commands_run_on_uvloop_unless_told_asyncio() -> None:
     assert parse_bbr_args([]).event_loop == "uvloop"
     fallback = parse_epp_args(["--endpoints", "127.0.0.1:8000", "--event-loop", "asyncio"])
     assert fallback.event_loop == "asyncio"
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("short-secret\n", "the peer key must be at least 16 bytes, got 12"),
+        (None, "No such file or directory"),
+    ],
+    ids=["short-key", "missing-file"],
+)
+def test_an_epp_with_a_bad_peer_key_exits_2_naming_the_flag_and_never_the_key(
+    tmp_path: Path, content: str | None, says: str
+) -> None:
+    key = tmp_path / "peer.key"
+    if content is not None:
+        key.write_text(content)
+    argv = ["--bind", "127.0.0.1", "--grpc-port", "0", "--health-port", "0", "--metrics-port", "0",
+            "--endpoints", "127.0.0.1:1", "--replicas", "2", "--peers", "127.0.0.1:9", "--peer-port", "0",
+            "--peer-key-file", str(key)]
+    run = refused("epp", argv)
+    assert f"error: --peer-key-file {key}" in run.stderr
+    assert says in run.stderr
+    assert "short-secret" not in run.stderr
+
+
+def refused(command: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` (epp or bbr) with ``argv``, which must exit 2 without a traceback."""
+    code = f"import sys; from epp.cli import {command}_main; sys.exit({command}_main(sys.argv[1:]))"
+    run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=30,
+                         check=False)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    return run

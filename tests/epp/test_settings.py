@@ -35,6 +35,9 @@ EVERY_EPP_FLAG = EppSettings(
     cached_tokens_feedback_rate=0.25,
     follow_answers_up_to=32,
     replicas=3,
+    peers="epp-peers.llm-gateway.svc.cluster.local:9006,10.0.0.9:9006",
+    peer_port=9006,
+    peer_key_file=Path("/etc/epp-peers/key"),
     bind="127.0.0.1",
     log_level="debug",
     event_loop="asyncio",
@@ -163,3 +166,20 @@ def test_no_flag_of_the_epp_or_bbr_command_is_spelled_outside_epp() -> None:
 
 def test_the_policy_pack_reads_the_key_flag_the_bbr_command_takes() -> None:
     assert BbrSettings.flag("api_keys_file") == rules.API_KEYS_FLAG
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--peers", "10.0.0.9:9006"], "--peers also needs --peer-port, --peer-key-file"),
+        (["--peer-port", "9006", "--peer-key-file", "k"], "--peer-port, --peer-key-file also needs --peers"),
+        (["--peers", "10.0.0.9", "--peer-port", "9006", "--peer-key-file", "k"],
+         "'10.0.0.9' is not HOST:PORT"),
+    ],
+)
+def test_sharing_picks_needs_the_peers_the_port_and_the_key_each_named_when_missing(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        EppSettings.parse_args(["--endpoints", "127.0.0.1:8000", *flags])
+    assert message in capsys.readouterr().err

@@ -36,6 +36,8 @@ from epp.flowcontrol.metrics import FlowControlMetrics
 from epp.flowcontrol.queue import FlowController
 from epp.health import Health
 from epp.memory import Trimmer, malloc_trim, return_large_blocks
+from epp.peers import PeerRun, read_key, start_peers
+from epp.peers.directory import parse_peers
 from epp.requestcontrol.cached_tokens import CachedTokensFeedback
 from epp.requestcontrol.flow_control import FlowControlAdmission
 from epp.scheduling import (
@@ -193,11 +195,37 @@ async def serve_epp(
         server = ExtProcServer(picker, health, bind=settings.bind, grpc_port=settings.grpc_port,
                                health_port=settings.health_port, credentials=settings.credentials("epp"),
                                budget=_body_budget(settings))
+        peers = await _start_peers(settings, scheduler, datastore, telemetry, on_error)
         try:
             await _serve(server, telemetry, settings, stop, _EppHealth(datastore, health, runner).run, bound)
         finally:
+            if peers is not None:
+                await peers.close()
             if admission is not None:
                 await admission.controller.close()
+
+
+async def _start_peers(
+    settings: EppSettings, scheduler: Scheduler, datastore: Datastore, telemetry: Telemetry,
+    on_error: Callable[[str], None],
+) -> PeerRun | None:
+    """The replicas' pick sharing (``epp.peers``) when ``--peers`` is set; None otherwise."""
+    if settings.peers is None or settings.peer_port is None or settings.peer_key_file is None:
+        return None
+    flag = EppSettings.flag("peer_key_file")
+    try:
+        key = read_key(settings.peer_key_file)
+    except OSError as error:
+        raise OSError(f"{flag} {settings.peer_key_file}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise ValueError(f"{flag} {error}") from None
+    run = await start_peers(
+        scheduler.shared, key, lambda address: datastore.get(address) is not None, bind=settings.bind,
+        port=settings.peer_port, peers=parse_peers(settings.peers), registry=telemetry.registry,
+        on_error=lambda: on_error("peers"),
+    )
+    _log.info("sharing picks with peers", extra={"peer_port": run.port, "plugins": sorted(scheduler.shared)})
+    return run
 
 
 async def serve_bbr(

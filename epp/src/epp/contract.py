@@ -75,6 +75,8 @@ EPP_HEALTH_PORT: Final = 9003
 BBR_GRPC_PORT: Final = 9004
 BBR_HEALTH_PORT: Final = 9005
 METRICS_PORT: Final = 9090
+EPP_PEER_PORT: Final = 9006
+"""UDP: where a pool's EPP replicas hear each other's picks (``epp.peers``)."""
 
 # --- The ``epp`` and ``bbr`` command lines -------------------------------------------------------------
 def command_flag(field: str) -> str:

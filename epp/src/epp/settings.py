@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn, Self, Union, get_args, get_origin
 
 import grpc
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from epp.answer_check import DEFAULT_ANSWER_CHECK_RATE
 from epp.api_routes import API_ENDPOINTS, DEFAULT_API_ENDPOINTS, ApiEndpoint, ApiRoutes
@@ -43,6 +43,7 @@ from epp.contract import (
 )
 from epp.discovery import EjectionPolicy, check_endpoint_source
 from epp.extproc.stream import DEFAULT_MAX_BODY_BYTES
+from epp.peers.directory import parse_peers
 from epp.tls import server_credentials
 from epp.validation import problems
 
@@ -322,6 +323,12 @@ class EppSettings(ServerSettings):
              "followed or not); 0: off", metavar="TOKENS"),
         Flag("replicas", "how many EPP replicas serve this pool: with several, a prefix new to this "
              "one goes to its home pod, where another may have sent it", metavar="N"),
+        Flag("peers", "the other replicas' peer ports, HOST:PORT[,HOST:PORT...]; a name (a headless "
+             "Service) is resolved again every 10 s: each replica sends the others its picks, so all "
+             "learn the same prefix placements", metavar="HOST:PORT"),
+        Flag("peer_port", "UDP port this replica hears its peers on"),
+        Flag("peer_key_file", "file with the key the replicas seal their picks with (at least 16 bytes; "
+             "every replica the same)"),
         *_SERVER_FLAGS,
     )  # fmt: skip
 
@@ -353,6 +360,26 @@ class EppSettings(ServerSettings):
     follow_answers_up_to: int = Field(default=0, ge=0)
     # The EPP replicas serving the pool (epp.scheduling.framework.Handle.replicas).
     replicas: int = Field(default=1, ge=1)
+    # The other replicas (epp.peers): where to send this one's picks, where to hear theirs, the key.
+    peers: str | None = None
+    peer_port: int | None = Field(default=None, ge=0, le=65535)
+    peer_key_file: Path | None = None
+
+    @field_validator("peers")
+    @classmethod
+    def _peers_parse(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_peers(value)  # ValueError naming the entry
+        return value
+
+    @model_validator(mode="after")
+    def _peers_need_port_and_key(self) -> Self:
+        given = {name: getattr(self, name) is not None for name in ("peers", "peer_port", "peer_key_file")}
+        if any(given.values()) and not all(given.values()):
+            missing = ", ".join(command_flag(name) for name, set_ in given.items() if not set_)
+            present = ", ".join(command_flag(name) for name, set_ in given.items() if set_)
+            raise ValueError(f"{present} also needs {missing}")
+        return self
 
     @model_validator(mode="after")
     def _one_source_and_one_config(self) -> Self:

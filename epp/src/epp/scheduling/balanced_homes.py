@@ -17,7 +17,9 @@ prefixes (each gets a share of every group's requests), so each deals them out t
   the pods changed. A key not active yet (a one-off prompt, a group's first sight) has no balanced
   home: the scorer uses its rendezvous home.
 
-Two replicas with the same active groups and pods agree on every home. A group that only one of
+Replicas that share their picks (``epp.peers``) pass each other every sighting (:meth:`sight`), so
+they have the same active groups. Two replicas with the same active groups and pods agree on every
+home. A group that only one of
 them has seen active can move others in that one replica: the groups dealt after it, and, where it
 raises ``ceil(groups / pods)``, some dealt before.
 
@@ -74,18 +76,7 @@ class BalancedHomes:
         """Record a sight of ``key`` at ``now`` among ``addresses`` (the request's candidates) and
         return its balanced home if it is an active group (which may not be among ``addresses``);
         else None."""
-        state = self._models.get(model)
-        if state is None:
-            state = self._models[model] = _Model()
-        seen = state.seen
-        sights = seen.get(key, (0, now))[0] + 1
-        seen[key] = (sights, now)
-        seen.move_to_end(key)  # least recent first
-        if sights == MIN_SIGHTS:
-            state.changed = True
-        if len(seen) > MAX_TRACKED:
-            dropped, _ = seen.popitem(last=False)
-            state.changed |= dropped in state.homes
+        state = self._sight(model, key, now)
         if addresses != state.candidates:
             _note_candidates(state)  # the previous ones, at the time they were last the candidates
             state.candidates, state.candidates_at = addresses, now
@@ -99,6 +90,27 @@ class BalancedHomes:
             self._deal(state)
             state.built = now
         return state.homes.get(key)
+
+    def sight(self, model: str, key: int, now: float) -> None:
+        """Record a sight of ``key`` that another replica had (``epp.peers``): replicas that share
+        their sightings have the same active groups, so they deal them alike (the next :meth:`home`
+        deals)."""
+        self._sight(model, key, now)
+
+    def _sight(self, model: str, key: int, now: float) -> _Model:
+        state = self._models.get(model)
+        if state is None:
+            state = self._models[model] = _Model()
+        seen = state.seen
+        sights = seen.get(key, (0, now))[0] + 1
+        seen[key] = (sights, now)
+        seen.move_to_end(key)  # least recent first
+        if sights == MIN_SIGHTS:
+            state.changed = True
+        if len(seen) > MAX_TRACKED:
+            dropped, _ = seen.popitem(last=False)
+            state.changed |= dropped in state.homes
+        return state
 
     def forget(self, address: str) -> None:
         """A pod left the pool: the next rebuild deals its groups out to the others."""

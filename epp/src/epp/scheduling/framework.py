@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -94,6 +94,33 @@ class CacheFeedback:
     ``cached_tokens`` to confirm or correct."""
 
     learns_from_cached_tokens: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SharedPick:
+    """One pick of a plugin whose learned state the pool's EPP replicas share (``epp.peers``): the
+    plugin's name, the request's model, its prefix's home key (``prefix_affinity.home_key``; None for
+    none), the pod picked and the prompt's chained block hashes (``prefix_index.block_hashes``, in
+    the sender's hash space: they mean the same to a peer only under the same ``PYTHONHASHSEED``)."""
+
+    plugin: str
+    model: str
+    key: int | None
+    address: str
+    hashes: Sequence[int]
+
+
+class PeerShared(ABC):
+    """Implemented by plugins that learn from picks and let the other EPP replicas of the pool learn
+    from this one's (``epp.peers``). While ``share`` is set, each post-pick hands the pick to it; a
+    peer's pick comes back through :meth:`apply_shared`."""
+
+    share: Callable[[SharedPick], None] | None = None
+
+    @abstractmethod
+    def apply_shared(self, pick: SharedPick, hashes_agree: bool) -> None:
+        """Learn from a peer's ``pick`` as from this replica's own (its hashes only where
+        ``hashes_agree``: the peer hashes prompts as this process does)."""
 
 
 class EndpointStateful(ABC):

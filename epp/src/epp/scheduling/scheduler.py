@@ -16,6 +16,7 @@ from epp.scheduling.framework import (
     CacheFeedback,
     EndpointStateful,
     Handle,
+    PeerShared,
     Plugin,
     ProfileHandler,
     ProfileOutcome,
@@ -34,14 +35,19 @@ class Scheduler:
         self._profile_names = tuple(self.profiles)
         stateful: dict[int, EndpointStateful] = {}
         feedback: dict[int, CacheFeedback] = {}
+        shared: dict[str, PeerShared] = {}
         for profile in profiles:
             for plugin in (*profile.filters, *(s for s, _ in profile.scorers), profile.picker):
                 if isinstance(plugin, EndpointStateful):
                     stateful[id(plugin)] = plugin
                 if isinstance(plugin, CacheFeedback):
                     feedback[id(plugin)] = plugin
+                if isinstance(plugin, PeerShared):
+                    shared[plugin.name] = plugin
         self._stateful = tuple(stateful.values())
         self._feedback = tuple(feedback.values())
+        self.shared = shared
+        """The plugins whose learned state the replicas share, by name (``epp.peers``)."""
         self._keep_cycle = False
 
     @classmethod

@@ -82,3 +82,17 @@ def test_an_unknown_parameter_is_named_with_the_accepted_ones():
         "plugin 'prefix-cache-scorer': parameter 'blocksize': unknown parameter "
         "(accepted: blockSize, maxPrefixBlocksToMatch, lruCapacityPerServer)"
     )
+
+
+def test_a_replica_scores_the_pod_its_peer_sent_the_prompt_to_as_if_it_had_sent_it_itself():
+    mine, peers = plugin("prefix-cache-scorer"), plugin("prefix-cache-scorer")
+    warm, cold = endpoint("warm"), endpoint("cold")
+    shared = []
+    peers.share = shared.append
+    picked(peers, request(prompt=PROMPT), warm)
+    [pick] = shared
+    assert (pick.plugin, pick.model, pick.address) == ("prefix-cache-scorer", GEMMA, warm.address)
+    mine.apply_shared(pick, hashes_agree=False)  # another hash seed: its hashes mean nothing here
+    assert mine.score({}, request(prompt=PROMPT), [warm, cold]) == [0.0, 0.0]
+    mine.apply_shared(pick, hashes_agree=True)
+    assert mine.score({}, request(prompt=PROMPT), [warm, cold]) == [1.0, 0.0]

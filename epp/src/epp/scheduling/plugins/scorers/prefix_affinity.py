@@ -28,7 +28,9 @@ Where a prefix goes, in order:
    With ``loadBound`` ≥ 1 the least-loaded pod is always within the bound.
 3. **Learned index.** Every pick records the prompt's chained block hashes (at most
    ``maxPrefixBlocksToMatch``) in the picked pod's LRU (``lruCapacityPerServer`` hashes): the
-   ``epp.scheduling.prefix_index`` that ``prefix-cache-scorer`` uses too. When the home is over the
+   ``epp.scheduling.prefix_index`` that ``prefix-cache-scorer`` uses too; replicas that share their
+   picks (``epp.peers``) record each other's, and each other's sightings for the balanced homes
+   (:meth:`PrefixAffinityScorer.apply_shared`). When the home is over the
    bound, a pod within the bound that holds the longest part of the prefix is preferred; with none,
    the least-loaded pod.
 
@@ -81,7 +83,15 @@ from pydantic import Field, field_validator
 
 from epp.datastore import Endpoint, unseen_ends
 from epp.scheduling.balanced_homes import BalancedHomes
-from epp.scheduling.framework import CacheFeedback, EndpointStateful, Handle, PostPick, Scorer
+from epp.scheduling.framework import (
+    CacheFeedback,
+    EndpointStateful,
+    Handle,
+    PeerShared,
+    PostPick,
+    Scorer,
+    SharedPick,
+)
 from epp.scheduling.params import Duration, PositiveInt
 from epp.scheduling.prefix_index import (
     DEFAULT_BLOCK_SIZE,
@@ -160,7 +170,7 @@ class _Prompt:
 
 
 @register
-class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
+class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback, PeerShared):
     type_name = "prefix-affinity-scorer"
     Parameters = PrefixAffinityParameters
 
@@ -353,13 +363,24 @@ class PrefixAffinityScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
         return scores
 
     def post_pick(self, state: CycleState, request: LLMRequest, endpoint: Endpoint) -> None:
-        hashes = self._prompt(state, request).hashes
+        prompt = self._prompt(state, request)
+        hashes = prompt.hashes
         if hashes:
             if self.learns_from_cached_tokens and request.usage_reported:
                 keep_prediction(
                     state, self.index.predict(endpoint.address, hashes, self.block_size, len(request.prompt))
                 )
             self.index.add(endpoint.address, hashes)
+            if self.share is not None:
+                self.share(SharedPick(self.name, request.model, prompt.home, endpoint.address, hashes))
+
+    def apply_shared(self, pick: SharedPick, hashes_agree: bool) -> None:
+        """A peer's pick: its prefix's sighting (the balanced homes' active groups) and, where the peer
+        hashes prompts alike, its blocks on the pod it picked (the learned index)."""
+        if pick.key is not None and self.has_peers:
+            self._balanced.sight(pick.model, pick.key, self._clock())
+        if hashes_agree and pick.hashes:
+            self.index.add(pick.address, pick.hashes)
 
     def forget(self, address: str) -> None:
         self.index.forget(address)

@@ -3,7 +3,8 @@
 Block hashing and the per-endpoint LRU index are ``epp.scheduling.prefix_index``'s: the prompt's
 chained block hashes (at most ``maxPrefixBlocksToMatch`` blocks of ``blockSize`` characters) are
 recorded in the picked endpoint's LRU (``lruCapacityPerServer`` hashes). An endpoint scores the number
-of leading blocks it holds ÷ the prompt's blocks.
+of leading blocks it holds ÷ the prompt's blocks. Replicas that share their picks (``epp.peers``)
+record each other's too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from epp.datastore import Endpoint
-from epp.scheduling.framework import CacheFeedback, EndpointStateful, Handle, PostPick, Scorer
+from epp.scheduling.framework import (
+    CacheFeedback,
+    EndpointStateful,
+    Handle,
+    PeerShared,
+    PostPick,
+    Scorer,
+    SharedPick,
+)
 from epp.scheduling.prefix_index import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_LRU_CAPACITY_PER_SERVER,
@@ -26,7 +35,7 @@ from epp.scheduling.types import CycleState, LLMRequest
 
 
 @register
-class PrefixCacheScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
+class PrefixCacheScorer(Scorer, PostPick, EndpointStateful, CacheFeedback, PeerShared):
     type_name = "prefix-cache-scorer"
     Parameters = PrefixIndexParameters
 
@@ -75,6 +84,13 @@ class PrefixCacheScorer(Scorer, PostPick, EndpointStateful, CacheFeedback):
                     state, self.index.predict(endpoint.address, hashes, self.block_size, len(request.prompt))
                 )
             self.index.add(endpoint.address, hashes)
+            if self.share is not None:
+                self.share(SharedPick(self.name, request.model, None, endpoint.address, hashes))
+
+    def apply_shared(self, pick: SharedPick, hashes_agree: bool) -> None:
+        """A peer's pick: its blocks on the pod it picked, where the peer hashes prompts alike."""
+        if hashes_agree and pick.hashes:
+            self.index.add(pick.address, pick.hashes)
 
     def forget(self, address: str) -> None:
         self.index.forget(address)

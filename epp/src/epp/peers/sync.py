@@ -1,0 +1,182 @@
+"""PeerSync: this replica's picks to the other replicas of the pool, and theirs into this one's plugins.
+
+Each pick of a :class:`~epp.scheduling.framework.PeerShared` plugin (the prefix scorers) is encoded at
+once (``epp.peers.wire``) and sent, with the others of the next ``flush_delay`` seconds, in one UDP
+datagram to every peer. A datagram from a peer is opened (its seal checked), and each of its picks is
+handed to the plugin of the same name, unless it names a pod this replica does not know (not yet
+discovered, or gone: its state would outlive it). Nothing waits on a peer: a lost or late datagram
+costs only placement, never a request. Its own datagrams (its random sender id) it drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from typing import cast
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from epp.peers.wire import ROOM, PeerMessageError, encode_pick, fingerprint, open_datagram, seal
+from epp.scheduling.framework import PeerShared, SharedPick
+
+log = logging.getLogger(__name__)
+
+FLUSH_DELAY = 0.002
+"""Seconds a pick waits for others to share its datagram."""
+
+Peer = tuple[str, int]
+
+
+class PeerMetrics:
+    """What the replica sent and received, under ``{component}_peer_*``."""
+
+    def __init__(self, registry: CollectorRegistry, component: str = "epp") -> None:
+        self.sent = Counter(f"{component}_peer_picks_sent", "Picks sent to the other replicas (each once, "
+                            "to every peer).", registry=registry)
+        self.received = Counter(
+            f"{component}_peer_picks_received", "Peers' picks, by outcome: applied, hashes_differ (the "
+            "peer's hash seed differs: its prefix sightings applied, its block hashes not), unknown_endpoint "
+            "(a pod this replica does not know) or unknown_plugin.", ["outcome"], registry=registry,
+        )
+        self.rejected = Counter(
+            f"{component}_peer_datagrams_rejected", "Datagrams on the peer port that were not a peer's "
+            "batch: auth (not sealed with the pool's peer key) or malformed.", ["reason"], registry=registry,
+        )
+        self.peers = Gauge(f"{component}_peers", "Other replicas this one sends its picks to.",
+                           registry=registry)
+
+
+class PeerSync(asyncio.DatagramProtocol):
+    """Sends this replica's shared picks to its peers and applies theirs (see the module's docstring)."""
+
+    def __init__(
+        self,
+        plugins: Mapping[str, PeerShared],
+        key: bytes,
+        known: Callable[[str], bool],
+        metrics: PeerMetrics | None = None,
+        *,
+        flush_delay: float = FLUSH_DELAY,
+    ) -> None:
+        self._plugins = dict(plugins)
+        self._key = key
+        self._known = known
+        self._metrics = metrics
+        self._delay = flush_delay
+        self.sender = secrets.randbits(63)
+        self.fingerprint = fingerprint()
+        self._peers: tuple[Peer, ...] = ()
+        self._pending: list[bytes] = []
+        self._size = 0
+        self._transport: asyncio.DatagramTransport | None = None
+        self._flush_at: asyncio.TimerHandle | None = None
+        self._told: set[tuple[str, str]] = set()  # (source, problem) already logged
+
+    @property
+    def peers(self) -> tuple[Peer, ...]:
+        return self._peers
+
+    def attach(self) -> None:
+        """Have the plugins hand their picks to this sync."""
+        for plugin in self._plugins.values():
+            plugin.share = self.publish
+
+    def detach(self) -> None:
+        for plugin in self._plugins.values():
+            plugin.share = None
+
+    def set_peers(self, peers: Iterable[Peer]) -> None:
+        """Send to these from now on (this replica's own address left out by the caller)."""
+        chosen = tuple(sorted(set(peers)))
+        if chosen != self._peers:
+            log.info("peers", extra={"peers": [f"{host}:{port}" for host, port in chosen]})
+        self._peers = chosen
+        if self._metrics is not None:
+            self._metrics.peers.set(len(chosen))
+
+    def publish(self, pick: SharedPick) -> None:
+        """Queue one of this replica's picks for the peers (the post-pick hook's ``share``)."""
+        if not self._peers or self._transport is None:
+            return
+        record = encode_pick(pick)
+        if record is None:
+            return
+        if self._size + len(record) > ROOM or len(self._pending) == 0xFFFF:
+            self.flush()
+        self._pending.append(record)
+        self._size += len(record)
+        if self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_later(self._delay, self.flush)
+
+    def flush(self) -> None:
+        """Send the queued picks now."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        pending = self._pending
+        if not pending or self._transport is None:
+            return
+        datagram = seal(self.sender, self.fingerprint, pending, self._key)
+        self._pending, self._size = [], 0
+        for peer in self._peers:
+            self._transport.sendto(datagram, peer)
+        if self._metrics is not None:
+            self._metrics.sent.inc(len(pending))
+
+    # asyncio.DatagramProtocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport is not registered as an asyncio.DatagramTransport, but is one.
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def error_received(self, exc: Exception) -> None:
+        # A peer's port closed (it restarted): the next discovery round or its return mends it.
+        log.debug("peer send failed", extra={"error": str(exc)})
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        source = str(addr[0])
+        try:
+            batch = open_datagram(data, self._key)
+        except PeerMessageError as error:
+            if self._metrics is not None:
+                self._metrics.rejected.labels(error.reason).inc()
+            self._tell(source, error.reason, "peer datagram rejected", reason=error.reason, detail=str(error))
+            return
+        if batch.sender == self.sender:
+            return
+        agree = batch.fingerprint == self.fingerprint
+        if not agree:
+            self._tell(source, "hashes", "a peer hashes prompts differently: start every replica with the "
+                       "same PYTHONHASHSEED; its prefix sightings are used, its block hashes are not")
+        outcomes: dict[str, int] = {}
+        for pick in batch.picks:
+            plugin = self._plugins.get(pick.plugin)
+            if plugin is None:
+                outcome = "unknown_plugin"
+            elif not self._known(pick.address):
+                outcome = "unknown_endpoint"
+            else:
+                plugin.apply_shared(pick, agree)
+                outcome = "applied" if agree else "hashes_differ"
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if self._metrics is not None:
+            for outcome, count in outcomes.items():
+                self._metrics.received.labels(outcome).inc(count)
+
+    def _tell(self, source: str, problem: str, message: str, **extra: str) -> None:
+        """Log a problem once per source (a stranger sending junk must not flood the log)."""
+        if (source, problem) in self._told or len(self._told) >= 256:
+            return
+        self._told.add((source, problem))
+        log.warning(message, extra={"source": source, **extra})
+
+    def close(self) -> None:
+        self.flush()
+        self.detach()
+        if self._transport is not None:
+            self._transport.close()

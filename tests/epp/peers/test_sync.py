@@ -1,0 +1,197 @@
+"""Replicas that tell each other their picks place every recurring prefix alike, over real UDP."""
+
+import asyncio
+import contextlib
+import random
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+
+from epp.peers import PeerRun, start_peers
+from epp.peers.sync import PeerSync
+from epp.scheduling.framework import SharedPick
+from epp.scheduling.plugins.scorers.prefix_affinity import PrefixAffinityParameters, PrefixAffinityScorer
+from prometheus_client import CollectorRegistry
+
+from tests.epp.scheduling.builders import GEMMA, PHI3, endpoint, request
+
+NOW = 1000.0
+KEY = b"the pool's peer key: 32 bytes..."
+SYSTEM = "You are a support agent for a bicycle shop; answer briefly and politely. " * 30
+
+
+def group_prompt(group: int, question: str) -> str:
+    return f"group {group}: {SYSTEM}{question}"
+
+
+class Replica:
+    """One EPP replica's prefix-affinity scorer on a shared manual clock, and its peer sync."""
+
+    def __init__(self, clock: list[float], pool: list, registry: CollectorRegistry | None = None) -> None:
+        parameters = PrefixAffinityParameters.model_validate({})
+        self.scorer = PrefixAffinityScorer.from_parameters(
+            "prefix-affinity-scorer", parameters, clock=lambda: clock[0], replicas=2
+        )
+        self.pool = pool
+        self.registry = registry or CollectorRegistry()
+        self.run: PeerRun | None = None
+
+    async def start(self, known: Callable[[str], bool] | None = None, key: bytes = KEY) -> int:
+        addresses = {e.address for e in self.pool}
+        self.run = await start_peers(
+            {self.scorer.name: self.scorer}, key, known or addresses.__contains__, bind="127.0.0.1",
+            port=0, peers=[], registry=self.registry,
+        )
+        return self.run.port
+
+    def pick(self, prompt: str, model: str = GEMMA) -> str:
+        state: dict[str, object] = {}
+        req = request(model, prompt)
+        scores = self.scorer.score(state, req, self.pool)
+        chosen = self.pool[max(range(len(scores)), key=scores.__getitem__)]
+        self.scorer.post_pick(state, req, chosen)
+        return chosen.name
+
+    def received(self, outcome: str = "applied") -> float:
+        value = self.registry.get_sample_value("epp_peer_picks_received_total", {"outcome": outcome})
+        return value or 0.0
+
+    async def close(self) -> None:
+        if self.run is not None:
+            await self.run.close()
+
+
+async def delivered(replica: Replica, count: int, outcome: str = "applied") -> None:
+    """Wait (at most 5 s) until ``replica`` has received ``count`` picks with ``outcome``."""
+    for _ in range(500):
+        if replica.received(outcome) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{replica.received(outcome)} of {count} picks arrived")
+
+
+@contextlib.asynccontextmanager
+async def pair(
+    pool: list, *, share: bool = True, clock: list[float] | None = None, sender_key: bytes = KEY,
+    receiver_knows: Callable[[str], bool] | None = None,
+) -> AsyncIterator[tuple[Replica, Replica]]:
+    """Two replicas of ``pool``; with ``share`` each sends its picks to the other (the first with
+    ``sender_key``; the second knowing the pods ``receiver_knows`` says)."""
+    clock = clock or [NOW]
+    one, two = Replica(clock, pool), Replica(clock, pool)
+    try:
+        if share:
+            ports = [await one.start(key=sender_key), await two.start(known=receiver_knows)]
+            assert one.run is not None
+            assert two.run is not None
+            one.run.sync.set_peers([("127.0.0.1", ports[1])])
+            two.run.sync.set_peers([("127.0.0.1", ports[0])])
+        yield one, two
+    finally:
+        await one.close()
+        await two.close()
+
+
+def four_pods() -> list:
+    return [endpoint(f"gemma-{i}", updated_at=NOW) for i in range(4)]
+
+
+async def place_sixteen_groups_each_replica_seeing_half(share: bool) -> list[dict[int, str]]:
+    clock = [NOW]
+    async with pair(four_pods(), share=share, clock=clock) as (one, two):
+        rng = random.Random(3)
+        for sight in range(3):
+            clock[0] += 0.3
+            for g in rng.sample(range(16), 16):
+                # Replica one takes the even groups, replica two the odd ones.
+                (one if g % 2 == 0 else two).pick(group_prompt(g, f"question {sight}"))
+        if share:
+            await delivered(one, 24)
+            await delivered(two, 24)
+        clock[0] += 1.0
+        return [{g: r.pick(group_prompt(g, "and now?")) for g in range(16)} for r in (one, two)]
+
+
+async def test_replicas_that_each_see_half_the_groups_place_all_sixteen_alike_four_on_each_pod():
+    placed = await place_sixteen_groups_each_replica_seeing_half(share=True)
+    assert placed[0] == placed[1]
+    assert sorted(Counter(placed[0].values()).values()) == [4, 4, 4, 4]
+
+
+async def test_without_sharing_the_same_replicas_place_some_groups_apart():
+    placed = await place_sixteen_groups_each_replica_seeing_half(share=False)
+    assert placed[0] != placed[1]
+
+
+async def test_a_replica_learns_where_its_peer_sent_a_prefix_it_has_never_seen():
+    pool = four_pods()
+    async with pair(pool) as (one, two):
+        prompt = group_prompt(99, "where is my order?")
+        sent_to = one.pick(prompt)
+        await delivered(two, 1)
+        hashes = one.scorer._prompt({}, request(GEMMA, prompt)).hashes
+        held = {e.name: two.scorer.index.leading_matches(hashes, e.address) for e in pool}
+        assert held[sent_to] == len(hashes)
+        assert sum(held.values()) == len(hashes)
+
+
+async def test_a_peer_with_another_hash_seed_shares_its_sightings_but_not_its_block_hashes():
+    pool = four_pods()
+    async with pair(pool) as (one, two):
+        assert one.run is not None
+        one.run.sync.fingerprint += 1  # as a process started with another PYTHONHASHSEED
+        one.pick(group_prompt(7, "hello?"))
+        await delivered(two, 1, "hashes_differ")
+        assert two.received("applied") == 0
+        assert all(two.scorer.index.size(e.address) == 0 for e in pool)
+        assert two.scorer._balanced._models[GEMMA].seen  # the sighting did arrive
+
+
+async def test_a_pick_naming_a_pod_this_replica_does_not_know_changes_nothing():
+    pool = four_pods()
+    async with pair(pool, receiver_knows=lambda address: False) as (one, two):
+        one.pick(group_prompt(1, "hi"))
+        await delivered(two, 1, "unknown_endpoint")
+        assert all(two.scorer.index.size(e.address) == 0 for e in pool)
+
+
+async def test_a_stranger_without_the_key_is_counted_and_changes_nothing():
+    pool = four_pods()
+    async with pair(pool, sender_key=b"not the pool's key but long enough") as (stranger, replica):
+        assert replica.run is not None
+        stranger.pick(group_prompt(1, "let me in"))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.sendto(b"x" * 100, ("127.0.0.1", replica.run.port))
+        rejected = None
+        for _ in range(500):
+            rejected = replica.registry.get_sample_value(
+                "epp_peer_datagrams_rejected_total", {"reason": "auth"}
+            )
+            if rejected == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert rejected == 2
+        assert replica.received() == 0
+        assert all(replica.scorer.index.size(e.address) == 0 for e in pool)
+
+
+async def test_picks_of_one_loop_turn_travel_in_one_datagram():
+    sent: list[bytes] = []
+
+    class Transport:
+        def sendto(self, data: bytes, addr: object) -> None:
+            sent.append(data)
+
+        def close(self) -> None:
+            pass
+
+    sync = PeerSync({}, KEY, lambda address: True, flush_delay=0.001)
+    sync.connection_made(Transport())  # type: ignore[arg-type]  # a stand-in that records
+    sync.set_peers([("10.0.0.2", 9), ("10.0.0.3", 9)])
+    for i in range(5):
+        sync.publish(SharedPick("p", PHI3, i, "10.0.0.9:8000", (i,)))
+    assert sent == []
+    await asyncio.sleep(0.05)
+    assert len(sent) == 2
+    assert sent[0] == sent[1]
+    sync.close()
