@@ -436,12 +436,13 @@ async def run_row(
 async def run_matrix(
     selected: Sequence[Row], *, time_scales: Sequence[float] = (1.0,), progress: bool = False,
     out: Callable[[str], None] = print, epp_settings: dict[str, Any] | None = None,
-    response_mode: ResponseMode = "streamed",
+    response_mode: ResponseMode = "streamed", share_picks: bool = True,
 ) -> list[RowResult]:
     """Every row at every time scale, box by box (each box started once per time scale, with its
     round-robin twin, then stopped). Results in row order, each row's time scales in the given order.
     ``epp_settings``: more settings for every EPP (``EppSettings`` fields); ``response_mode``: how the
-    gateway shows the EPPs the answers (``OneBox``)."""
+    gateway shows the EPPs the answers (``OneBox``); ``share_picks``: a pool's EPP replicas tell each
+    other their picks (``epp.peers``; False: each learns alone)."""
     results: dict[tuple[str, float], RowResult] = {}
     for time_scale in time_scales:
         for box_name in dict.fromkeys(r.box for r in selected):
@@ -449,7 +450,7 @@ async def run_matrix(
             started = time.monotonic()
             async with OneBox(spec.topology, round_robin=True, time_scale=time_scale,
                               epp_replicas=spec.epp_replicas, epp_settings=epp_settings,
-                              response_mode=response_mode) as box:  # fmt: skip
+                              response_mode=response_mode, share_picks=share_picks) as box:  # fmt: skip
                 out(f"box {box_name} ({spec.about}) at time scale {time_scale:g} up in "
                     f"{time.monotonic() - started:.1f} s")  # fmt: skip
                 for row in (r for r in selected if r.box == box_name):
@@ -790,6 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how the gateway's Envoy shows the EPPs the answers: streamed (headers, "
                         "then the body where an EPP reads it; default) or full-duplex (every chunk, "
                         "as GKE's gateway sends them)")
+    parser.add_argument("--replicas-alone", action="store_true",
+                        help="EPP replicas do not tell each other their picks (each learns from its own "
+                        "alone, as before epp.peers): the 2-replica row without sharing")
     return parser  # fmt: skip
 
 
@@ -828,8 +832,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"EPP settings: {', '.join(f'{k}={v}' for k, v in epp_settings.items())}")
         if args.response_mode != "streamed":
             print(f"responses shown to the EPPs: {args.response_mode}")
+        if args.replicas_alone:
+            print("EPP replicas do not share their picks")
         results = asyncio.run(run_matrix(selected, time_scales=time_scales, progress=args.progress,
-                                         epp_settings=epp_settings, response_mode=args.response_mode))
+                                         epp_settings=epp_settings, response_mode=args.response_mode,
+                                         share_picks=not args.replicas_alone))
     outcomes: list[tuple[Suite, float, SuiteOutcome]] = []
     for suite in SUITES:
         names = suites.get(suite.name) or []

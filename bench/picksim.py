@@ -2,7 +2,8 @@
 
 On a shared 2-core machine a benchmark's figures move by 20% from run to run, which hides what a
 change to the picker does to placement. This runs the EPP's real scheduler (its EndpointPickerConfig,
-one instance per replica, each with its own endpoints, in-flight counts and learned index) against
+one instance per replica, each with its own endpoints, in-flight counts and learned index, and each
+other's picks unless ``--replicas-alone``, as the EPP's replicas share them: ``epp.peers``) against
 simulated pods in *virtual* time: the simulator's own KV block pool (``vllmsim.engine.BlockPool``),
 its slots, FIFO queue and latency model (inter-token jitter from a seeded generator), with the same
 defaults. Each replica scrapes every pod's ``waiting``/``running`` before the first request (a real
@@ -45,6 +46,7 @@ from epp.requestcontrol.answer_ends import follows_stream
 from epp.scheduling import LLMRequest, Scheduler, load_profile
 from epp.scheduling.config import EndpointPickerConfig
 from epp.scheduling.errors import ConfigError
+from epp.scheduling.framework import PeerShared, SharedPick
 
 from bench.stats import percentile
 from bench.workloads import RequestSpec, Workload, WorkloadConfig, generate, poisson_arrivals
@@ -147,6 +149,20 @@ class _Replica:
             m.own_at = endpoint.load.count
 
 
+def _share_picks(epps: Sequence[_Replica]) -> None:
+    """Every replica's picks reach the same plugins of the others at once (one process: the same
+    block hashes)."""
+    for me in epps:
+        for name, plugin in me.scheduler.shared.items():
+            targets = [o.scheduler.shared[name] for o in epps if o is not me]
+
+            def deliver(pick: SharedPick, targets: list[PeerShared] = targets) -> None:
+                for target in targets:
+                    target.apply_shared(pick, True)
+
+            plugin.share = deliver
+
+
 @dataclass
 class SimResult:
     replicas: int
@@ -171,7 +187,7 @@ def simulate(
     place: Callable[[int, RequestSpec], int] | None = None, warmup: Sequence[RequestSpec] = (),
     follow_up_to: int = 0, streamed: bool = True, told_replicas: int | None = None,
     sims: Sequence[SimConfig] = (), arrivals: Sequence[float] | None = None,
-    headers_at_first_token: bool = False,
+    headers_at_first_token: bool = False, shared: bool = True,
 ) -> SimResult:  # fmt: skip
     """Serve ``specs`` (closed loop at ``concurrency``) through ``replicas`` EPPs onto ``pods`` pods;
     ``place(n, spec)``, if given, picks the pod index instead of the EPP (a baseline). ``warmup`` is
@@ -182,7 +198,9 @@ def simulate(
     of them. ``arrivals``: an open loop instead, each spec sent at its offset
     (virtual seconds), whatever is still in flight. A stream's headers come as soon as its pod takes
     it (vLLM's way), or with its first token where ``headers_at_first_token``; an EPP that does not
-    follow the stream counts it in flight until then."""
+    follow the stream counts it in flight until then. ``shared``: several replicas tell each other
+    their picks (``epp.peers``, as the EPP does by default), each pick reaching the others at once
+    (a datagram takes a few ms); False: each learns from its own picks alone."""
     sim = sim or _SMALL_CACHE
     if sims and pods != len(sims):
         raise ValueError(f"{len(sims)} pod configurations for {pods} pods")
@@ -197,6 +215,8 @@ def simulate(
 
     pool = [SimPod(f"10.0.0.{i + 1}:8000", configs[i], rng=random.Random(i)) for i in range(pods)]
     epps = [_Replica(config, pool, clock, told_replicas or replicas) for _ in range(replicas)]
+    if shared and replicas > 1:
+        _share_picks(epps)
     events: list[tuple[float, int, str, object]] = []  # (time, tiebreak, kind, payload)
     tick = itertools.count()
     # Every replica has scraped the idle pool before it takes a request (a real EPP is ready only
@@ -491,6 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run the default profile with this prefix-affinity-scorer loadBound")
     parser.add_argument("--waiting-weight", type=int,
                         help="run the default profile with this prefix-affinity-scorer waitingWeight")
+    parser.add_argument("--replicas-alone", action="store_true",
+                        help="replicas do not tell each other their picks (default: they do, as the "
+                        "EPP's replicas with --peers)")
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="every simulated delay times this, as the simulator's --time-scale (the "
                         "scrape interval stays 50 ms)")
@@ -517,7 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     serve = functools.partial(simulate, sim=sim, sims=sims, follow_up_to=args.follow_up_to,
                               streamed=not args.not_streamed, config=config,
-                              headers_at_first_token=args.headers_at_first_token)  # fmt: skip
+                              headers_at_first_token=args.headers_at_first_token,
+                              shared=not args.replicas_alone)  # fmt: skip
 
     def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
         return [serve(specs, replicas=replicas, concurrency=setup.concurrency, place=place,
@@ -527,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     about = "".join(f", {name} {value:g}" for name, value in changes.items())
     about += f", closed loops after a warm pass of {setup.warmup} requests" if setup.warmup else ""
     about += "" if args.time_scale == 1 else f", time scale {args.time_scale:g}"
+    about += ", replicas alone (no shared picks)" if args.replicas_alone else ""
     print(f"{args.workload} ({setup.about}), virtual time, mean of {args.salts} workload variants{about}")
     rr = runs(1, lambda n, spec: n % 4)
     print(_line("round robin", rr))

@@ -9,7 +9,9 @@ Start order (every child is waited for with its own readiness probe):
    health ``readiness``), ``bbr_replicas`` of them;
 2. once every pod answers: ``epp_replicas`` EPPs per pool (per-model-pools) or over every pod
    (unified-pool), each with a static endpoints file of its pods' reported ports (gRPC health
-   ``readiness``);
+   ``readiness``); a pool's replicas tell each other their picks (``epp.peers``: a UDP port each,
+   chosen before they start, a key file of the run and one ``PYTHONHASHSEED``) unless
+   ``share_picks=False``;
 3. Envoy with the matching gateway configuration, pointing at the EPPs' and BBRs' reported ports,
    each group of replicas one ext_proc cluster, health-checked on their health ports
    (``onebox.envoy.replicas``; admin ``/ready``), plus, if asked, a second Envoy that round-robins
@@ -41,8 +43,10 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -162,6 +166,30 @@ class ExtProcServer:
         return Replica(address=self.grpc_address, health_port=self.health_port)
 
 
+def free_udp_port(host: str) -> int:
+    """A UDP port nothing holds on ``host`` now (a replica binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class _Peers:
+    """A pool's replicas that share picks: the key file, each replica's UDP port, their environment."""
+
+    key: Path
+    ports: list[int]
+    env: dict[str, str]
+
+    def settings(self, settings: EppSettings, index: int) -> EppSettings:
+        """Replica ``index``'s settings: its peer port, the others' and the key."""
+        others = [join_host_port(HOST, port) for i, port in enumerate(self.ports) if i != index]
+        return settings.model_validate({
+            **settings.model_dump(exclude_unset=True),
+            "peer_port": self.ports[index], "peers": ",".join(others), "peer_key_file": self.key,
+        })
+
+
 def replica_name(base: str, index: int, replicas: int) -> str:
     """``epp-gemma`` alone; ``epp-gemma-0``, ``epp-gemma-1``, ... when there are several."""
     return base if replicas == 1 else f"{base}-{index}"
@@ -195,6 +223,7 @@ class OneBox:
         epp_settings: dict[str, Any] | None = None,
         phase_log_dir: Path | None = None,
         response_mode: bootstrap.ResponseMode = "streamed",
+        share_picks: bool = True,
     ) -> None:
         """``bbr_buffered_bytes``: the request body bytes each BBR replica may hold at once (its
         default: half its memory limit, or 1 GiB). ``epp_config``: an EndpointPickerConfig file for
@@ -204,7 +233,8 @@ class OneBox:
         ``<name>.phases.jsonl`` there (``onebox.envoy.phases``), flushed every 100 ms.
         ``response_mode``: how the gateway's Envoy shows the EPPs the answers: ``streamed`` (their
         headers, then the body only where an EPP reads it) or ``full-duplex`` (every chunk, as GKE's
-        gateway sends them)."""
+        gateway sends them). ``share_picks``: a pool's EPP replicas tell each other their picks (as on
+        GKE); False: each learns from its own alone."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
         if log_level not in children.LOG_LEVELS:
@@ -239,6 +269,7 @@ class OneBox:
         self.with_round_robin = round_robin
         self.epp_profile = epp_profile
         self.epp_replicas = epp_replicas
+        self.share_picks = share_picks
         self.bbr_replicas = bbr_replicas
         self.bbr_buffered_bytes = bbr_buffered_bytes
         self.startup_timeout = startup_timeout
@@ -437,12 +468,28 @@ class OneBox:
                 }
             )
             base = f"epp-{pool.name}" if pool.by_model else "epp"
+            peers = self._peers(pool.name)
             for i in range(self.epp_replicas):
                 name = replica_name(base, i, self.epp_replicas)
-                child = await self._launch(self._ext_proc(name, settings))
+                spec = self._ext_proc(name, settings)
+                if peers is not None:
+                    spec = children.ext_proc_server(name, HOST, self.log_level, peers.settings(settings, i),
+                                                    env=peers.env)
+                child = await self._launch(spec)
                 self.epps.setdefault(pool.name, []).append(ExtProcServer(name, child))
                 starting.append(child)
         return starting
+
+    def _peers(self, pool: str) -> _Peers | None:
+        """How the pool's EPP replicas reach each other (None: one replica, or not sharing)."""
+        if self.epp_replicas < 2 or not self.share_picks:
+            return None
+        assert self._workdir is not None
+        key = self._workdir / f"{pool}-peer.key"
+        key.touch(mode=0o600)
+        key.write_text(secrets.token_hex(32))
+        ports = [free_udp_port(HOST) for _ in range(self.epp_replicas)]
+        return _Peers(key, ports, {"PYTHONHASHSEED": str(secrets.randbelow(2**32 - 1) + 1)})
 
     def _epp_config(self, pool: RoutingPool[ModelSpec]) -> dict[str, object]:
         """The EPP's config setting: the profile or config file given, or for a pool with autoscaled

@@ -16,7 +16,7 @@ import json
 import re
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from epp.contract import join_host_port
@@ -106,9 +106,12 @@ def simulator(name: str, host: str, args: Sequence[str]) -> ChildSpec:
     )  # fmt: skip
 
 
-def ext_proc_server(name: str, host: str, log_level: str, settings: ServerSettings) -> ChildSpec:
+def ext_proc_server(
+    name: str, host: str, log_level: str, settings: ServerSettings, env: Mapping[str, str] | None = None
+) -> ChildSpec:
     """The ``epp`` or ``bbr`` command of ``settings`` as ``name`` on ``host``: its command line is the
-    settings' own (``to_argv``), bound to ``host`` on the ports of this start (0 the first time)."""
+    settings' own (``to_argv``), bound to ``host`` on the ports of this start (0 the first time);
+    ``env``: more environment (``PYTHONHASHSEED`` for replicas that share picks)."""
     level = log_level if LOG_LEVELS.index(log_level) <= LOG_LEVELS.index("info") else "info"
     binary = executable(settings.COMMAND)
 
@@ -128,5 +131,5 @@ def ext_proc_server(name: str, host: str, log_level: str, settings: ServerSettin
     return ChildSpec(
         name, argv, ports=announced(ext_proc_ports),
         probe=lambda ports: grpc_serving(join_host_port(host, ports["health"])),
-        env={"PYTHONUNBUFFERED": "1"},
+        env={"PYTHONUNBUFFERED": "1", **(env or {})},
     )  # fmt: skip

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
 import pytest
 
 from onebox.box import OneBox, replica_name
@@ -102,3 +104,40 @@ def test_replicas_are_numbered_only_when_there_are_several() -> None:
 def test_a_box_with_no_picker_replica_is_refused_naming_the_setting(field: str) -> None:
     with pytest.raises(ValueError, match=field):
         OneBox(load_preset("gpu"), **{field: 0})  # type: ignore[arg-type]
+
+
+def _sample(text: str, name: str, labels: str = "") -> float:
+    """The value of ``name{labels}`` in a Prometheus exposition (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(f"{name}{labels} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_two_epp_replicas_each_learn_every_pick_of_the_pool_whichever_replica_made_it() -> None:
+    system = "You answer questions about bicycles, briefly and politely. " * 20
+    async with OneBox(load_preset("gpu"), epp_replicas=2, time_scale=0) as box:
+        replicas = box.epps["gemma"]
+        async with httpx.AsyncClient(base_url=box.gateway_url, timeout=30) as client:
+            for i in range(12):
+                answer = await client.post("/v1/completions", json={
+                    "model": GEMMA, "prompt": f"{system} question {i}?", "max_tokens": 4,
+                })
+                assert answer.status_code == 200
+            counts: list[tuple[float, float]] = []
+            for _ in range(200):  # the datagrams are on their way for a few ms at most
+                counts = []
+                for replica in replicas:
+                    text = (await client.get(f"http://127.0.0.1:{replica.metrics_port}/metrics")).text
+                    sent = _sample(text, "epp_peer_picks_sent_total")
+                    applied = _sample(text, "epp_peer_picks_received_total", '{outcome="applied"}')
+                    counts.append((sent, applied))
+                if all(sent + applied >= 12 for sent, applied in counts):
+                    break
+                await asyncio.sleep(0.05)
+    # Every pick (the box's own start-up request included) is known to both replicas: the one that
+    # made it and, through it, the other; the hash seeds agree, so every pick was applied whole.
+    total = sum(sent for sent, _ in counts)
+    assert total >= 12
+    for sent, applied in counts:
+        assert sent + applied == total
