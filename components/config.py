@@ -349,7 +349,9 @@ class EppSettings(_Model):
     """Two by default, active-active, so losing one (a crash, a drained node) fails no pool. Each
     replica sees the pods' metrics (every replica scrapes every pod) but counts in flight only the
     requests it picked itself; the first choice for a prompt prefix is a rendezvous hash over the
-    pool's endpoints, the same in every replica, so their placements agree without shared state."""
+    pool's endpoints, the same in every replica, and with several the replicas tell each other their
+    picks over UDP (``epp.peers``: a headless Service and a Secret of the pool), so each learns every
+    prefix placement as one replica would."""
     follow_answers_up_to: Annotated[int, Field(ge=0)] = 0
     """Streams each replica follows to their last byte, so a pod's load drops as soon as one ends
     rather than at its next scrape (the EPP's ``--follow-answers-up-to``): those of at most this many

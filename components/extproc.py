@@ -74,10 +74,16 @@ def grpc_health_check_policy(
 
 
 def ext_proc_container(
-    command: ServerSettings, image: Fields, spec: Resources, mounts: Sequence[Fields]
+    command: ServerSettings,
+    image: Fields,
+    spec: Resources,
+    mounts: Sequence[Fields],
+    ports: Sequence[Fields] = (),
+    env: Sequence[Fields] = (),
 ) -> Fields:
-    """The server's container: its command line, ports, gRPC probes, hardening and ``/tmp``."""
-    return {
+    """The server's container: its command line, ports (``ports``: more of them), gRPC probes,
+    hardening, ``/tmp`` and ``env``."""
+    container: Fields = {
         "name": command.COMMAND,
         "image": image,
         "command": [command.COMMAND],
@@ -86,6 +92,7 @@ def ext_proc_container(
             {"name": "grpc", "containerPort": command.grpc_port, "protocol": "TCP"},
             {"name": "grpc-health", "containerPort": command.health_port, "protocol": "TCP"},
             {"name": "metrics", "containerPort": command.metrics_port, "protocol": "TCP"},
+            *ports,
         ],
         "livenessProbe": grpc_probe(command.health_port, "liveness"),
         "readinessProbe": grpc_probe(command.health_port, "readiness", period=2),
@@ -93,6 +100,9 @@ def ext_proc_container(
         "securityContext": container_security_context(),
         "volumeMounts": [*mounts, {"name": TMP_VOLUME, "mountPath": "/tmp"}],
     }
+    if env:
+        container["env"] = list(env)
+    return container
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,9 @@ class ExtProcServiceArgs:
     mounts: Sequence[Fields] = field(default_factory=list)
     """Mounts before the ``/tmp`` scratch mount; each names one of ``volumes``."""
     volumes: Sequence[Fields] = field(default_factory=list)
+    ports: Sequence[Fields] = field(default_factory=list)
+    """Container ports beyond the ext_proc, health and metrics ones (not on the Service)."""
+    env: Sequence[Fields] = field(default_factory=list)
 
 
 class ExtProcService(pulumi.ComponentResource):
@@ -152,7 +165,9 @@ class ExtProcService(pulumi.ComponentResource):
         if args.termination_grace_period_seconds is not None:
             pod["terminationGracePeriodSeconds"] = args.termination_grace_period_seconds
         pod |= {
-            "containers": [ext_proc_container(command, args.image_ref, args.resources, args.mounts)],
+            "containers": [
+                ext_proc_container(command, args.image_ref, args.resources, args.mounts, args.ports, args.env)
+            ],
             "volumes": [*args.volumes, empty_dir(TMP_VOLUME, "64Mi")],
         }
         deployment_spec: Fields = {

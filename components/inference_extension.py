@@ -21,11 +21,12 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 import yaml
-from epp.contract import EPP_GRPC_PORT, EPP_HEALTH_PORT, METRICS_PORT
+from epp.contract import EPP_GRPC_PORT, EPP_HEALTH_PORT, EPP_PEER_PORT, METRICS_PORT
 from epp.scheduling.config import PROFILES_DIR, PROFILES_PACKAGE
 from epp.settings import EppSettings as EppCommand
 
 from components.config import EppSettings, endpoint_picker_yaml
+from components.epp_peers import EppPeers
 from components.extproc import ExtProcService, ExtProcServiceArgs
 from components.podspec import Fields, labels, object_meta
 
@@ -201,6 +202,23 @@ class InferencePool(pulumi.ComponentResource):
         follow: dict[str, Any] = (
             {"follow_answers_up_to": args.epp.follow_answers_up_to} if args.epp.follow_answers_up_to else {}
         )
+        # Several replicas tell each other their picks (epp.peers): a headless Service and a Secret.
+        self.peers: EppPeers | None = None
+        peer_flags: dict[str, Any] = {}
+        if args.epp.replicas > 1:
+            self.peers = EppPeers(
+                f"{epp_name}-peers",
+                namespace=args.namespace,
+                namespace_ref=args.namespace_ref,
+                labels=epp_labels,
+                selector={"app.kubernetes.io/name": "epp", "app.kubernetes.io/instance": epp_name},
+                provider=args.provider,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            wiring = self.peers.wiring
+            peer_flags = {
+                "peers": wiring.peers, "peer_port": EPP_PEER_PORT, "peer_key_file": Path(wiring.key_file)
+            }
         command = EppCommand(
             pool_name=args.pool_name,
             pool_namespace=args.namespace,
@@ -212,9 +230,16 @@ class InferencePool(pulumi.ComponentResource):
             objectives=args.objectives,
             replicas=args.epp.replicas,
             **follow,
+            **peer_flags,
         )
+        mounts: list[Fields] = [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}]
+        volumes: list[Fields] = [{"name": "config", "configMap": {"name": config_map.metadata.name}}]
+        if self.peers is not None:
+            mounts.append(self.peers.wiring.mount)
+            volumes.append(self.peers.wiring.volume)
         # Active-active: the load balancer spreads ext_proc streams over the replicas; each picks
-        # on its own view (see EppSettings.replicas), and their first choices agree.
+        # on its own view of the pods' load, and with the others' picks (epp.peers) the same prefix
+        # placements.
         self.endpoint_picker = ExtProcService(
             epp_name,
             ExtProcServiceArgs(
@@ -228,8 +253,10 @@ class InferencePool(pulumi.ComponentResource):
                 provider=args.provider,
                 service_account=service_account.metadata.name,
                 termination_grace_period_seconds=30,
-                mounts=[{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}],
-                volumes=[{"name": "config", "configMap": {"name": config_map.metadata.name}}],
+                mounts=mounts,
+                volumes=volumes,
+                ports=[self.peers.wiring.port] if self.peers is not None else [],
+                env=[self.peers.wiring.env] if self.peers is not None else [],
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )

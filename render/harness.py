@@ -198,6 +198,13 @@ class PlatformMocks(pulumi_mocks.Mocks):
             ]
         elif token == "gcp:serviceaccount/account:Account":
             outputs["email"] = f"{inputs.get('accountId')}@{inputs.get('project')}.iam.gserviceaccount.com"
+        elif token == "random:index/randomPassword:RandomPassword":
+            length = int(inputs.get("length", 16))
+            outputs["result"] = hashlib.sha256(args.name.encode()).hexdigest()[:length]
+        elif token == "random:index/randomInteger:RandomInteger":
+            low, high = int(inputs.get("min", 0)), int(inputs.get("max", 2**31))
+            drawn = int(hashlib.sha256(args.name.encode()).hexdigest(), 16)
+            outputs["result"] = low + drawn % (high - low + 1)
         elif token == "docker-build:index:Image":
             digest = "sha256:" + hashlib.sha256(args.name.encode()).hexdigest()
             tags = inputs.get("tags") or [f"mock.local/{args.name}:latest"]

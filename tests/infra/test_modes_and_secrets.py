@@ -96,7 +96,8 @@ def _models(stack: str) -> list[dict[str, Any]]:
 def test_without_a_token_no_secret_is_created_and_no_pod_expects_one(tpu: StackRun) -> None:
     # The tpu stack serves no gated model, so it runs without hfToken (the gpu stack's gemma may not).
     secrets = [o["metadata"]["name"] for o in kubernetes_objects(tpu.resources) if o["kind"] == "Secret"]
-    assert secrets == ["api-keys"]
+    # The API keys, and each pool's EPP replicas' peer key (epp.peers): no Hugging Face token.
+    assert sorted(secrets) == ["api-keys", "phi3-pool-epp-peers", "qwen-pool-epp-peers"]
     [container] = pod_spec(named(tpu, DEPLOYMENT, "vllm-qwen"))["containers"]
     assert "HF_TOKEN" not in {env["name"] for env in container["env"]}
 

@@ -200,12 +200,46 @@ def test_the_epp_watches_its_own_pool_with_the_contract_command_line(gpu: StackR
         "--metrics-port", "9090",
         "--pool-models", "google/gemma-2b-it",  # scaled to zero it answers 503, not 404
         "--replicas", "2",  # as many as the Deployment runs: a prefix new to one goes home
+        # ... and the two tell each other their picks (epp.peers)
+        "--peers", "gemma-pool-epp-peers.llm-gateway.svc.cluster.local:9006",
+        "--peer-port", "9006",
+        "--peer-key-file", "/etc/epp-peers/key",
     ]  # fmt: skip
     assert deployment.props["spec"]["replicas"] == 2
     assert container["readinessProbe"]["grpc"] == {"port": 9003, "service": "readiness"}
     assert container["livenessProbe"]["grpc"] == {"port": 9003, "service": "liveness"}
     assert pod_spec(deployment)["securityContext"]["runAsUser"] == 65532
     assert pod_spec(deployment)["serviceAccountName"] == "gemma-pool-epp"
+
+
+def test_the_epp_replicas_reach_each_other_through_a_headless_service_with_a_secret_key_and_hash_seed(
+    stack_run: StackRun,
+) -> None:
+    epps = [r for r in of_type(stack_run, DEPLOYMENT) if r.name.endswith("-pool-epp")]
+    assert len(epps) == 2  # a pool per model
+    for deployment in epps:
+        epp = deployment.name
+        spec = pod_spec(deployment)
+        [container] = spec["containers"]
+        selector = deployment.props["spec"]["selector"]["matchLabels"]
+        # A headless Service over exactly the EPP's pods, with their UDP peer port.
+        service = named(stack_run, SERVICE, f"{epp}-peers").props["spec"]
+        assert service["clusterIP"] == "None"
+        assert service["selector"] == selector
+        assert service["ports"] == [{"name": "peers", "port": 9006, "targetPort": "peers", "protocol": "UDP"}]
+        assert {"name": "peers", "containerPort": 9006, "protocol": "UDP"} in container["ports"]
+        # The key is a file of a Secret, read-only; the hash seed comes from the same Secret.
+        secret = named(stack_run, "kubernetes:core/v1:Secret", f"{epp}-peers")
+        assert set(secret.props["stringData"]) == {"key", "hash-seed"}
+        assert "stringData" in secret.secret_paths  # secret in the state, both values
+        assert len(secret.props["stringData"]["key"]) >= 32
+        assert 1 <= int(secret.props["stringData"]["hash-seed"]) < 2**32
+        volume = next(v for v in spec["volumes"] if v["name"] == "peer-key")
+        assert volume["secret"]["secretName"] == f"{epp}-peers"
+        mount = {"name": "peer-key", "mountPath": "/etc/epp-peers", "readOnly": True}
+        assert mount in container["volumeMounts"]
+        assert container["env"] == [{"name": "PYTHONHASHSEED", "valueFrom": {
+            "secretKeyRef": {"name": f"{epp}-peers", "key": "hash-seed"}}}]
 
 
 def test_the_epp_may_only_read_pods_and_inference_pools(gpu: StackRun) -> None:
