@@ -1,8 +1,8 @@
 """What lets a pool's EPP replicas tell each other their picks (``epp.peers``) on GKE.
 
 * A headless Service, ``<pool>-epp-peers``, over the replicas' pods, with their UDP peer port: its
-  name resolves to every ready replica's pod address (each replica looks it up every 10 s, on
-  ``--peers``, and leaves itself out).
+  name resolves to every replica's pod address, ready or starting (each replica looks it up every
+  10 s, on ``--peers``, and leaves itself out; it takes datagrams only from those addresses).
 * A Secret, ``<pool>-epp-peers``, made of two random values of the stack (``pulumi-random``; secret
   in the state): ``key``, the key the replicas seal their datagrams with (mounted read-only as a file,
   ``--peer-key-file``), and ``hash-seed``, the ``PYTHONHASHSEED`` every replica runs with, so that
@@ -82,13 +82,16 @@ class EppPeers(pulumi.ComponentResource):
         )
         spec: Fields = {
             "clusterIP": "None",
+            # A starting replica is sent picks (and sends its own) before it is ready to serve.
+            "publishNotReadyAddresses": True,
             "selector": selector,
             "ports": [{"name": PEER_PORT_NAME, "port": EPP_PEER_PORT, "targetPort": PEER_PORT_NAME,
                        "protocol": "UDP"}],
         }
         self.service = k8s.core.v1.Service(name, metadata=metadata, spec=spec, opts=child)
         self.wiring = PeerWiring(
-            peers=f"{name}.{namespace}.svc.{CLUSTER_DOMAIN}:{EPP_PEER_PORT}",
+            # Fully qualified (the trailing dot): no walk through the pod's DNS search path.
+            peers=f"{name}.{namespace}.svc.{CLUSTER_DOMAIN}.:{EPP_PEER_PORT}",
             key_file=f"{MOUNT_DIR}/{KEY_FILE}",
             port={"name": PEER_PORT_NAME, "containerPort": EPP_PEER_PORT, "protocol": "UDP"},
             mount={"name": VOLUME, "mountPath": MOUNT_DIR, "readOnly": True},

@@ -201,7 +201,7 @@ def test_the_epp_watches_its_own_pool_with_the_contract_command_line(gpu: StackR
         "--pool-models", "google/gemma-2b-it",  # scaled to zero it answers 503, not 404
         "--replicas", "2",  # as many as the Deployment runs: a prefix new to one goes home
         # ... and the two tell each other their picks (epp.peers)
-        "--peers", "gemma-pool-epp-peers.llm-gateway.svc.cluster.local:9006",
+        "--peers", "gemma-pool-epp-peers.llm-gateway.svc.cluster.local.:9006",
         "--peer-port", "9006",
         "--peer-key-file", "/etc/epp-peers/key",
     ]  # fmt: skip
@@ -225,6 +225,7 @@ def test_the_epp_replicas_reach_each_other_through_a_headless_service_with_a_sec
         # A headless Service over exactly the EPP's pods, with their UDP peer port.
         service = named(stack_run, SERVICE, f"{epp}-peers").props["spec"]
         assert service["clusterIP"] == "None"
+        assert service["publishNotReadyAddresses"] is True  # a starting replica learns before it serves
         assert service["selector"] == selector
         assert service["ports"] == [{"name": "peers", "port": 9006, "targetPort": "peers", "protocol": "UDP"}]
         assert {"name": "peers", "containerPort": 9006, "protocol": "UDP"} in container["ports"]

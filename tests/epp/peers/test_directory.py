@@ -14,6 +14,14 @@ def test_peers_are_host_port_pairs_and_a_bad_one_is_named():
     for bad in ("epp-peers", "a:b", "a:0", "a:70000", ":9"):
         with pytest.raises(ValueError, match="is not HOST:PORT"):
             parse_peers(bad)
+    for bad in ("a..b:9006", f"{'x' * 64}.svc:9006"):  # the resolver would choke on these names
+        with pytest.raises(ValueError, match="is not a host name or address"):
+            parse_peers(bad)
+
+
+async def test_only_addresses_of_the_family_the_replica_sends_on_are_peers():
+    found = await resolve([("127.0.0.1", 9005), ("::1", 9005)], frozenset(), socket.AF_INET)
+    assert found == {("127.0.0.1", 9005)}
 
 
 async def test_a_name_resolves_to_every_replica_but_this_one_which_is_told_by_address_and_port():

@@ -4,11 +4,13 @@ import asyncio
 import contextlib
 import random
 import socket
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 from epp.peers import PeerRun, start_peers
-from epp.peers.sync import PeerSync
+from epp.peers.sync import PeerMetrics, PeerSync
+from epp.peers.wire import encode_pick, seal, seed_tag
 from epp.scheduling.framework import SharedPick
 from epp.scheduling.plugins.scorers.prefix_affinity import PrefixAffinityParameters, PrefixAffinityScorer
 from prometheus_client import CollectorRegistry
@@ -139,7 +141,7 @@ async def test_a_peer_with_another_hash_seed_shares_its_sightings_but_not_its_bl
     pool = four_pods()
     async with pair(pool) as (one, two):
         assert one.run is not None
-        one.run.sync.fingerprint += 1  # as a process started with another PYTHONHASHSEED
+        one.run.sync.seed_tag = b"otherseed"[:8]  # as a process started with another PYTHONHASHSEED
         one.pick(group_prompt(7, "hello?"))
         await delivered(two, 1, "hashes_differ")
         assert two.received("applied") == 0
@@ -173,6 +175,69 @@ async def test_a_stranger_without_the_key_is_counted_and_changes_nothing():
         assert rejected == 2
         assert replica.received() == 0
         assert all(replica.scorer.index.size(e.address) == 0 for e in pool)
+
+
+def rejected(replica: Replica, reason: str) -> float:
+    return replica.registry.get_sample_value("epp_peer_datagrams_rejected_total", {"reason": reason}) or 0.0
+
+
+async def until(check: Callable[[], bool]) -> None:
+    """Wait (at most 5 s) until ``check()`` holds."""
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not within 5 s")
+
+
+async def test_a_captured_datagram_sent_again_or_an_old_one_is_refused():
+    pool = four_pods()
+    async with pair(pool) as (_, two):
+        assert two.run is not None
+        record = encode_pick(SharedPick("prefix-affinity-scorer", GEMMA, 5, pool[0].address, (1, 2, 3)))
+        assert record is not None
+        now_ms = int(time.time() * 1000)
+        fresh = seal(77, 1, now_ms, seed_tag(KEY), [record], KEY)
+        old = seal(78, 1, now_ms - 60_000, seed_tag(KEY), [record], KEY)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            for datagram in (fresh, fresh, old):
+                raw.sendto(datagram, ("127.0.0.1", two.run.port))
+        await until(lambda: rejected(two, "replayed") == 1 and rejected(two, "stale") == 1)
+        assert two.received() == 1  # the first copy only
+        assert two.scorer.index.size(pool[0].address) == 3
+
+
+async def test_a_datagram_from_an_address_that_is_no_peers_is_not_even_opened():
+    async with pair(four_pods()) as (_, two):
+        assert two.run is not None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.bind(("127.0.0.2", 0))  # loopback, but not the address the peers are at
+            raw.sendto(b"EPPs" + b"x" * 200, ("127.0.0.1", two.run.port))
+        await until(lambda: rejected(two, "stranger") == 1)
+        assert rejected(two, "auth") == 0
+
+
+async def test_a_peer_that_cannot_be_sent_to_is_logged_and_the_others_still_get_the_picks():
+    sent: list[tuple[bytes, object]] = []
+
+    class Transport:
+        def sendto(self, data: bytes, addr: object) -> None:
+            if addr == ("::1", 9):
+                raise ValueError("socket family mismatch")  # as uvloop raises it
+            sent.append((data, addr))
+
+        def close(self) -> None:
+            pass
+
+    registry = CollectorRegistry()
+    sync = PeerSync({}, KEY, lambda address: True, PeerMetrics(registry), flush_delay=0.001)
+    sync.connection_made(Transport())  # type: ignore[arg-type]  # a stand-in that records
+    sync.set_peers([("::1", 9), ("10.0.0.3", 9)])
+    sync.publish(SharedPick("p", PHI3, 1, "10.0.0.9:8000", (1,)))
+    sync.flush()  # raises nothing
+    assert [addr for _, addr in sent] == [("10.0.0.3", 9)]
+    assert registry.get_sample_value("epp_peer_send_errors_total") == 1
+    sync.close()
 
 
 async def test_picks_of_one_loop_turn_travel_in_one_datagram():

@@ -10,8 +10,8 @@ then has every sighting and every placement.
 
 Block hashes use Python's ``hash``, which is seeded per process: replicas must run with the same
 ``PYTHONHASHSEED`` (on GKE a random secret of the stack, in the one box one per run). A replica whose
-seed differs is told by the fingerprint in each datagram, logs it, and uses only the peer's prefix
-sightings (their keys are BLAKE2b, alike everywhere).
+seed differs is told by the seed tag in each datagram (an HMAC of its hash of a fixed value), logs
+it, and uses only the peer's prefix sightings (their keys are BLAKE2b, alike everywhere).
 """
 
 from __future__ import annotations
@@ -81,7 +81,10 @@ async def start_peers(
     except OSError as error:
         raise OSError(f"cannot listen for peers on {bind}:{port} (UDP): {error.strerror or error}") from None
     bound = int(transport.get_extra_info("sockname")[1])
+    family = int(transport.get_extra_info("socket").family)  # peers of the other family cannot be sent to
     sync.attach()
     own = await own_addresses(bind, bound)
-    task = asyncio.ensure_future(follow(peers, own, sync.set_peers, interval, on_error)) if peers else None
+    task = None
+    if peers:
+        task = asyncio.ensure_future(follow(peers, own, sync.set_peers, interval, on_error, family))
     return PeerRun(sync, bound, task)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Iterable, Sequence
@@ -27,7 +28,12 @@ def parse_peer(text: str) -> Peer:
     host, sep, port = text.strip().rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    host = host.strip("[]")
+    try:
+        host.encode("idna")  # what the resolver will do with it: empty or over-long labels fail
+    except UnicodeError:
+        raise ValueError(f"{text!r}: {host!r} is not a host name or address") from None
+    return host, int(port)
 
 
 def parse_peers(text: str) -> list[Peer]:
@@ -35,16 +41,31 @@ def parse_peers(text: str) -> list[Peer]:
     return [parse_peer(part) for part in text.split(",") if part.strip()]
 
 
-async def resolve(peers: Sequence[Peer], own: frozenset[Peer]) -> set[Peer]:
-    """Every address of ``peers`` (names resolved) as ``(ip, port)``, but ``own``."""
+async def resolve(
+    peers: Sequence[Peer], own: frozenset[Peer], family: int = socket.AF_UNSPEC
+) -> set[Peer]:
+    """Every address of ``peers`` (names resolved) of the ``family`` this replica's socket sends to,
+    as ``(ip, port)``, but ``own``."""
     loop = asyncio.get_running_loop()
     found: set[Peer] = set()
     for host, port in peers:
-        for *_, sockaddr in await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM):
+        if not _may_be(host, family):
+            continue
+        for *_, sockaddr in await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM):
             peer = (str(sockaddr[0]), port)
             if peer not in own:
                 found.add(peer)
     return found
+
+
+def _may_be(host: str, family: int) -> bool:
+    """False for an address literal of the other family (a name may have addresses of either)."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return True
+    wanted = {socket.AF_INET: 4, socket.AF_INET6: 6}.get(socket.AddressFamily(family))
+    return wanted is None or version == wanted
 
 
 async def own_addresses(bound: str, port: int) -> frozenset[Peer]:
@@ -64,16 +85,18 @@ async def follow(
     apply: Callable[[Iterable[Peer]], None],
     interval: float = DNS_INTERVAL,
     on_error: Callable[[], None] | None = None,
+    family: int = socket.AF_UNSPEC,
 ) -> None:
-    """Resolve ``peers`` now and every ``interval`` seconds, handing each answer to ``apply``."""
+    """Resolve ``peers`` (addresses of ``family``) now and every ``interval`` seconds, handing each
+    answer to ``apply``; a lookup that fails, however, keeps the last answer and is tried again."""
     failing = False
     while True:
         try:
-            apply(await resolve(peers, own))
+            apply(await resolve(peers, own, family))
             if failing:
                 log.info("peer lookup answers again")
             failing = False
-        except OSError as error:
+        except Exception as error:  # whatever the resolver raises (a bad name: UnicodeError), go on
             if on_error is not None:
                 on_error()
             if not failing:

@@ -2,10 +2,13 @@
 
 Each pick of a :class:`~epp.scheduling.framework.PeerShared` plugin (the prefix scorers) is encoded at
 once (``epp.peers.wire``) and sent, with the others of the next ``flush_delay`` seconds, in one UDP
-datagram to every peer. A datagram from a peer is opened (its seal checked), and each of its picks is
-handed to the plugin of the same name, unless it names a pod this replica does not know (not yet
-discovered, or gone: its state would outlive it). Nothing waits on a peer: a lost or late datagram
-costs only placement, never a request. Its own datagrams (its random sender id) it drops.
+datagram to every peer. A datagram is opened only when it comes from a peer's address, and used only
+when its seal checks, it is not older than :data:`MAX_AGE` and its sequence number is past the last
+one seen from its sender (a replayed or reordered datagram is dropped). Each of its picks is handed
+to the plugin of the same name, unless it names a pod this replica does not know (not yet
+discovered, or gone: its state would outlive it). Nothing waits on a peer, and a failed send is
+logged, never raised: a lost datagram costs only placement, never a request. Its own datagrams (its
+random sender id) it drops.
 """
 
 from __future__ import annotations
@@ -13,18 +16,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from epp.peers.wire import ROOM, PeerMessageError, encode_pick, fingerprint, open_datagram, seal
+from epp.peers.wire import ROOM, PeerMessageError, encode_pick, open_datagram, seal, seed_tag
 from epp.scheduling.framework import PeerShared, SharedPick
 
 log = logging.getLogger(__name__)
 
 FLUSH_DELAY = 0.002
 """Seconds a pick waits for others to share its datagram."""
+MAX_AGE = 10.0
+"""Seconds (wall clock, either way: the nodes' clocks are synchronised) a datagram stays usable."""
+_SENDERS = 256  # the senders whose last sequence number is kept
+_TOLD_AGAIN = 600.0  # seconds before the same problem from the same source is logged again
 
 Peer = tuple[str, int]
 
@@ -41,9 +50,13 @@ class PeerMetrics:
             "(a pod this replica does not know) or unknown_plugin.", ["outcome"], registry=registry,
         )
         self.rejected = Counter(
-            f"{component}_peer_datagrams_rejected", "Datagrams on the peer port that were not a peer's "
-            "batch: auth (not sealed with the pool's peer key) or malformed.", ["reason"], registry=registry,
+            f"{component}_peer_datagrams_rejected", "Datagrams on the peer port that were not used: "
+            "stranger (not from a peer's address), auth (not sealed with the pool's peer key), malformed, "
+            "stale (older than 10 s) or replayed (a sequence number already seen).", ["reason"],
+            registry=registry,
         )
+        self.send_errors = Counter(f"{component}_peer_send_errors", "Datagrams that could not be sent to "
+                                   "a peer.", registry=registry)
         self.peers = Gauge(f"{component}_peers", "Other replicas this one sends its picks to.",
                            registry=registry)
 
@@ -59,20 +72,25 @@ class PeerSync(asyncio.DatagramProtocol):
         metrics: PeerMetrics | None = None,
         *,
         flush_delay: float = FLUSH_DELAY,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._plugins = dict(plugins)
         self._key = key
         self._known = known
         self._metrics = metrics
         self._delay = flush_delay
+        self._wall = wall_clock
         self.sender = secrets.randbits(63)
-        self.fingerprint = fingerprint()
+        self.seed_tag = seed_tag(key)
+        self._sequence = 0
+        self._last_seen: OrderedDict[int, int] = OrderedDict()  # sender -> its last sequence number
         self._peers: tuple[Peer, ...] = ()
+        self._peer_hosts: frozenset[str] = frozenset()
         self._pending: list[bytes] = []
         self._size = 0
         self._transport: asyncio.DatagramTransport | None = None
         self._flush_at: asyncio.TimerHandle | None = None
-        self._told: set[tuple[str, str]] = set()  # (source, problem) already logged
+        self._told: dict[tuple[str, str], float] = {}  # (source, problem) -> when last logged
 
     @property
     def peers(self) -> tuple[Peer, ...]:
@@ -93,6 +111,7 @@ class PeerSync(asyncio.DatagramProtocol):
         if chosen != self._peers:
             log.info("peers", extra={"peers": [f"{host}:{port}" for host, port in chosen]})
         self._peers = chosen
+        self._peer_hosts = frozenset(host for host, _ in chosen)
         if self._metrics is not None:
             self._metrics.peers.set(len(chosen))
 
@@ -111,18 +130,29 @@ class PeerSync(asyncio.DatagramProtocol):
             self._flush_at = asyncio.get_running_loop().call_later(self._delay, self.flush)
 
     def flush(self) -> None:
-        """Send the queued picks now."""
+        """Send the queued picks now (a send that fails is logged and counted, never raised)."""
         if self._flush_at is not None:
             self._flush_at.cancel()
             self._flush_at = None
         pending = self._pending
         if not pending or self._transport is None:
             return
-        datagram = seal(self.sender, self.fingerprint, pending, self._key)
         self._pending, self._size = [], 0
+        if not self._peers:
+            return
+        self._sequence += 1
+        datagram = seal(self.sender, self._sequence, int(self._wall() * 1000), self.seed_tag, pending,
+                        self._key)
+        sent = 0
         for peer in self._peers:
-            self._transport.sendto(datagram, peer)
-        if self._metrics is not None:
+            try:
+                self._transport.sendto(datagram, peer)
+                sent += 1
+            except (OSError, ValueError) as error:  # uvloop raises a family mismatch at once
+                if self._metrics is not None:
+                    self._metrics.send_errors.inc()
+                self._tell(peer[0], "send", "cannot send to a peer", error=str(error))
+        if sent and self._metrics is not None:
             self._metrics.sent.inc(len(pending))
 
     # asyncio.DatagramProtocol
@@ -140,16 +170,28 @@ class PeerSync(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         source = str(addr[0])
+        if source not in self._peer_hosts:
+            self._reject("stranger", source, "a datagram from an address that is not a peer's")
+            return
         try:
             batch = open_datagram(data, self._key)
         except PeerMessageError as error:
-            if self._metrics is not None:
-                self._metrics.rejected.labels(error.reason).inc()
-            self._tell(source, error.reason, "peer datagram rejected", reason=error.reason, detail=str(error))
+            self._reject(error.reason, source, "peer datagram rejected", detail=str(error))
             return
         if batch.sender == self.sender:
             return
-        agree = batch.fingerprint == self.fingerprint
+        if abs(self._wall() * 1000 - batch.sent_at_ms) > MAX_AGE * 1000:
+            self._reject("stale", source, "a peer datagram older than 10 s (or a clock that is off)")
+            return
+        last = self._last_seen.get(batch.sender)
+        if last is not None and batch.sequence <= last:
+            self._reject("replayed", source, "a peer datagram seen before, or overtaken")
+            return
+        self._last_seen[batch.sender] = batch.sequence
+        self._last_seen.move_to_end(batch.sender)
+        if len(self._last_seen) > _SENDERS:
+            self._last_seen.popitem(last=False)
+        agree = batch.seed_tag == self.seed_tag
         if not agree:
             self._tell(source, "hashes", "a peer hashes prompts differently: start every replica with the "
                        "same PYTHONHASHSEED; its prefix sightings are used, its block hashes are not")
@@ -168,11 +210,21 @@ class PeerSync(asyncio.DatagramProtocol):
             for outcome, count in outcomes.items():
                 self._metrics.received.labels(outcome).inc(count)
 
+    def _reject(self, reason: str, source: str, message: str, **extra: str) -> None:
+        if self._metrics is not None:
+            self._metrics.rejected.labels(reason).inc()
+        self._tell(source, reason, message, reason=reason, **extra)
+
     def _tell(self, source: str, problem: str, message: str, **extra: str) -> None:
-        """Log a problem once per source (a stranger sending junk must not flood the log)."""
-        if (source, problem) in self._told or len(self._told) >= 256:
+        """Log a problem once per source every 10 minutes (a stranger sending junk must not flood the
+        log, and a problem seen long ago is told again)."""
+        now = time.monotonic()
+        told = self._told.get((source, problem))
+        if told is not None and now - told < _TOLD_AGAIN:
             return
-        self._told.add((source, problem))
+        if len(self._told) >= 256:
+            self._told.clear()
+        self._told[source, problem] = now
         log.warning(message, extra={"source": source, **extra})
 
     def close(self) -> None:

@@ -1,14 +1,18 @@
 """The datagram the pool's EPP replicas send each other: a batch of picks, sealed with the pool's key.
 
-Layout (little-endian): a header (``b"EPPs"``, the version, the sender's random id, its hash
-fingerprint, the number of picks), the picks, and an HMAC-SHA256 of all of that under the key the
-replicas share. Each pick: the lengths of the plugin name, the model and the address, whether it has
-a home key, the key, the number of block hashes; then those three strings (UTF-8) and the hashes (8
-bytes each, signed: Python's ``hash``). A datagram is at most :data:`MAX_DATAGRAM` bytes; a pick with
-more hashes than fit keeps its leading ones (a chain's leading blocks are a valid chain).
+Layout (little-endian): a header (``b"EPPs"``, the version, the sender's random id, its datagram
+sequence number, the wall-clock time it was sealed in milliseconds, its hash-seed tag, the number of
+picks), the picks, and an HMAC-SHA256 of all of that under the key the replicas share. Each pick: the
+lengths of the plugin name, the model and the address, whether it has a home key, the key, the
+number of block hashes; then those three strings (UTF-8) and the hashes (8 bytes each, signed:
+Python's ``hash``). A datagram is at most :data:`MAX_DATAGRAM` bytes; a pick with more hashes than
+fit keeps its leading ones (a chain's leading blocks are a valid chain).
 
-The fingerprint is this process's ``hash`` of a fixed value: replicas started with the same
-``PYTHONHASHSEED`` have the same one, and only then do their block hashes mean the same prefixes.
+The sequence number and the time let a receiver refuse a datagram it has seen, or an old one
+(``epp.peers.sync``): a captured datagram cannot be replayed. The hash-seed tag is an HMAC, under the
+key, of this process's ``hash`` of a fixed value: replicas started with the same ``PYTHONHASHSEED``
+have the same tag, and only then do their block hashes mean the same prefixes; without the key the
+tag says nothing of the seed.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ MAGIC = b"EPPs"
 VERSION = 1
 MAX_DATAGRAM = 60_000  # under UDP's 65,507 over IPv4
 DIGEST_SIZE = 32
-_HEADER = struct.Struct("<4sBQqH")  # magic, version, sender, fingerprint, picks
+TAG_SIZE = 8
+_HEADER = struct.Struct(f"<4sBQQQ{TAG_SIZE}sH")  # magic, version, sender, sequence, sent at (ms), tag, picks
 _PICK = struct.Struct("<BHBBQH")  # plugin, model and address lengths, has key, key, hashes
 ROOM = MAX_DATAGRAM - _HEADER.size - DIGEST_SIZE
 """Bytes of picks one datagram holds."""
@@ -45,13 +50,20 @@ class Batch:
     """A peer's datagram, opened."""
 
     sender: int
-    fingerprint: int
+    sequence: int
+    sent_at_ms: int
+    seed_tag: bytes
     picks: list[SharedPick]
 
 
 def fingerprint() -> int:
     """This process's hash of a fixed value: equal in two processes only under the same hash seed."""
     return hash(("epp-peers", "block-hashes", VERSION))
+
+
+def seed_tag(key: bytes) -> bytes:
+    """What a datagram says of the sender's hash seed: the :func:`fingerprint` under the pool's key."""
+    return hmac.digest(key, b"hash-seed:%d" % fingerprint(), "sha256")[:TAG_SIZE]
 
 
 def encode_pick(pick: SharedPick) -> bytes | None:
@@ -61,6 +73,8 @@ def encode_pick(pick: SharedPick) -> bytes | None:
     if len(plugin) > 0xFF or len(model) > 0xFFFF or len(address) > 0xFF:
         return None
     fixed = _PICK.size + len(plugin) + len(model) + len(address)
+    if fixed > ROOM:
+        return None
     hashes = pick.hashes
     room = (ROOM - fixed) // 8
     if len(hashes) > room:
@@ -70,25 +84,28 @@ def encode_pick(pick: SharedPick) -> bytes | None:
     return b"".join((head, plugin, model, address, struct.pack(f"<{len(hashes)}q", *hashes)))
 
 
-def seal(sender: int, print_: int, picks: Sequence[bytes], key: bytes) -> bytes:
+def seal(
+    sender: int, sequence: int, sent_at_ms: int, tag: bytes, picks: Sequence[bytes], key: bytes
+) -> bytes:
     """A datagram of encoded ``picks`` (together at most :data:`ROOM` bytes, at most 65,535 picks)."""
     if len(picks) > _MAX_PICKS:
         raise ValueError(f"at most {_MAX_PICKS} picks per datagram, got {len(picks)}")
-    body = b"".join((_HEADER.pack(MAGIC, VERSION, sender, print_, len(picks)), *picks))
+    head = _HEADER.pack(MAGIC, VERSION, sender, sequence, sent_at_ms, tag, len(picks))
+    body = b"".join((head, *picks))
     return body + hmac.digest(key, body, "sha256")
 
 
 def open_datagram(data: bytes, key: bytes) -> Batch:
-    """The batch in ``data``; :class:`PeerMessageError` when it is not one sealed with ``key``."""
-    if len(data) < _HEADER.size + DIGEST_SIZE:
-        raise PeerMessageError("auth", f"{len(data)} bytes is shorter than any sealed datagram")
+    """The batch in ``data``; :class:`PeerMessageError` when it is not one sealed with ``key``. The
+    size and the magic are checked before the seal, which costs a pass over the datagram."""
+    if len(data) < _HEADER.size + DIGEST_SIZE or data[:4] != MAGIC:
+        raise PeerMessageError("auth", f"{len(data)} bytes that are not a peer datagram")
     body, tag = data[:-DIGEST_SIZE], data[-DIGEST_SIZE:]
     if not hmac.compare_digest(hmac.digest(key, body, "sha256"), tag):
         raise PeerMessageError("auth", "not sealed with this pool's peer key")
-    magic, version, sender, print_, count = _HEADER.unpack_from(body)
-    if magic != MAGIC or version != VERSION:
-        expected = f"expected {MAGIC!r} {VERSION}"
-        raise PeerMessageError("malformed", f"magic {magic!r} version {version}, {expected}")
+    _, version, sender, sequence, sent_at_ms, seed, count = _HEADER.unpack_from(body)
+    if version != VERSION:
+        raise PeerMessageError("malformed", f"version {version}, expected {VERSION}")
     picks: list[SharedPick] = []
     offset = _HEADER.size
     try:
@@ -108,4 +125,4 @@ def open_datagram(data: bytes, key: bytes) -> Batch:
         raise PeerMessageError("malformed", f"pick {len(picks)}: {error}") from None
     if offset != len(body):
         raise PeerMessageError("malformed", f"{len(body) - offset} bytes after the last of {count} picks")
-    return Batch(sender, print_, picks)
+    return Batch(sender, sequence, sent_at_ms, seed, picks)
