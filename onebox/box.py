@@ -71,7 +71,7 @@ from onebox.envoy.replicas import Replica
 from onebox.keys import BoxKeys, load_keys
 from onebox.probes import until_ready
 from onebox.scaler import Scaler, epp_config_document, with_flow_control
-from onebox.supervisor import Backoff, Child, ChildDied, ChildSpec, Supervisor
+from onebox.supervisor import Backoff, Child, ChildDied, ChildSpec, Supervisor, free_port
 from onebox.topology import ModelSpec, Topology
 
 if TYPE_CHECKING:
@@ -166,13 +166,6 @@ class ExtProcServer:
         return Replica(address=self.grpc_address, health_port=self.health_port)
 
 
-def free_udp_port(host: str) -> int:
-    """A UDP port nothing holds on ``host`` now (a replica binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class _Peers:
     """A pool's replicas that share picks: the key file, each replica's UDP port, their environment."""
@@ -181,13 +174,10 @@ class _Peers:
     ports: list[int]
     env: dict[str, str]
 
-    def settings(self, settings: EppSettings, index: int) -> EppSettings:
-        """Replica ``index``'s settings: its peer port, the others' and the key."""
+    def fields(self, index: int) -> dict[str, object]:
+        """Replica ``index``'s peer settings: its peer port, the others' and the key."""
         others = [join_host_port(HOST, port) for i, port in enumerate(self.ports) if i != index]
-        return settings.model_validate({
-            **settings.model_dump(exclude_unset=True),
-            "peer_port": self.ports[index], "peers": ",".join(others), "peer_key_file": self.key,
-        })
+        return {"peer_port": self.ports[index], "peers": ",".join(others), "peer_key_file": self.key}
 
 
 def replica_name(base: str, index: int, replicas: int) -> str:
@@ -416,8 +406,8 @@ class OneBox:
         once = {id(pod.child) if pod.child is not None else id(pod): pod for pod in starting}
         await asyncio.gather(*(wait(pod) for pod in once.values()))
 
-    def _ext_proc(self, name: str, settings: ServerSettings) -> ChildSpec:
-        return children.ext_proc_server(name, HOST, self.log_level, settings)
+    def _ext_proc(self, name: str, settings: ServerSettings, env: dict[str, str] | None = None) -> ChildSpec:
+        return children.ext_proc_server(name, HOST, self.log_level, settings, env)
 
     async def _spawn_bbrs(self) -> list[Child]:
         adapters = {a: base for model in self.topology.models for a, base in model.lora_parents.items()}
@@ -458,23 +448,22 @@ class OneBox:
             # The pool's models from the topology, not from its pods: a model at zero pods stays
             # listed and is answered 503 (or waits in the queue), never 404.
             served = {m.served_name for m in pool.models}
-            settings = EppSettings.model_validate(
-                {
-                    "endpoints_file": endpoints,
-                    "pool_models": sorted(served | {p.model for p in pods}),
-                    **self._epp_config(pool),
-                    "replicas": self.epp_replicas,
-                    **self.epp_settings,
-                }
-            )
+            fields = {
+                "endpoints_file": endpoints,
+                "pool_models": sorted(served | {p.model for p in pods}),
+                **self._epp_config(pool),
+                "replicas": self.epp_replicas,
+                **self.epp_settings,
+            }
             base = f"epp-{pool.name}" if pool.by_model else "epp"
             peers = self._peers(pool.name)
             for i in range(self.epp_replicas):
                 name = replica_name(base, i, self.epp_replicas)
-                spec = self._ext_proc(name, settings)
-                if peers is not None:
-                    spec = children.ext_proc_server(name, HOST, self.log_level, peers.settings(settings, i),
-                                                    env=peers.env)
+                if peers is None:
+                    spec = self._ext_proc(name, EppSettings.model_validate(fields))
+                else:
+                    settings = EppSettings.model_validate({**fields, **peers.fields(i)})
+                    spec = self._ext_proc(name, settings, env=peers.env)
                 child = await self._launch(spec)
                 self.epps.setdefault(pool.name, []).append(ExtProcServer(name, child))
                 starting.append(child)
@@ -488,7 +477,7 @@ class OneBox:
         key = self._workdir / f"{pool}-peer.key"
         key.touch(mode=0o600)
         key.write_text(secrets.token_hex(32))
-        ports = [free_udp_port(HOST) for _ in range(self.epp_replicas)]
+        ports = [free_port(HOST, socket.SOCK_DGRAM) for _ in range(self.epp_replicas)]
         return _Peers(key, ports, {"PYTHONHASHSEED": str(secrets.randbelow(2**32 - 1) + 1)})
 
     def _epp_config(self, pool: RoutingPool[ModelSpec]) -> dict[str, object]:

@@ -9,7 +9,6 @@ It runs as a supervised child of the box, with its own config, data directory an
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import yaml
 from monitoring.definitions import BBR_JOB, EPP_JOB, VLLM_JOB, Settings
 from monitoring.render import prometheus_config, prometheus_rule_file
 from onebox.probes import http_ok, until_ready
-from onebox.supervisor import Child, ChildSpec, Ports, Supervisor
+from onebox.supervisor import Child, ChildSpec, Ports, Supervisor, free_port
 
 
 class _Server(Protocol):
@@ -80,12 +79,6 @@ def find_binary(name: str) -> str:
     if found is None:
         raise PrometheusMissing(f"{name!r} is not on PATH; {INSTALL_HINT}")
     return found
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

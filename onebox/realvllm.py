@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from onebox import tinymodel
 from onebox.probes import http_ok
-from onebox.supervisor import TAIL_LINES, ChildDied, ChildSpec, Ports, announced
+from onebox.supervisor import TAIL_LINES, ChildDied, ChildSpec, Ports, announced, free_port
 
 PYTHON_ENV = "ONEBOX_VLLM_PYTHON"
 CACHE_ENV = "ONEBOX_CACHE"
@@ -141,13 +140,6 @@ def serving_ports(line: str) -> Ports | None:
     return {"http": int(match["port"])} if match else None
 
 
-def _free_port(host: str) -> int:
-    # vLLM is given a port number (it does not report one it picked itself); a restart reuses it.
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def server_spec(
     name: str,
     python: Path,
@@ -158,7 +150,8 @@ def server_spec(
     tiny: tuple[Path, Path] | None = None,
 ) -> ChildSpec:
     """One real vLLM replica as a supervised child: ready when ``GET /health`` answers 200."""
-    first_port = _free_port(host)
+    # vLLM is given a port number (it does not report one it picked itself); a restart reuses it.
+    first_port = free_port(host)
 
     def argv(ports: Ports) -> list[str]:
         port = ports.get("http", first_port)

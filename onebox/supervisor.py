@@ -25,6 +25,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -76,6 +77,14 @@ def _prepare_child() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port(host: str, kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A port nothing holds on ``host`` now (TCP, or UDP with ``SOCK_DGRAM``), for a child that is told
+    its port rather than reporting one it bound (it binds it a moment later; a restart reuses it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 def announced(parse: LineParser) -> PortReader:
