@@ -29,6 +29,7 @@ from components.podspec import (
     labels,
     object_meta,
     pod_security_context,
+    pod_selector,
     resources,
 )
 
@@ -148,7 +149,7 @@ class ExtProcService(pulumi.ComponentResource):
         self.service_name = name
         command = args.command.model_copy(update={"bind": "0.0.0.0", "secure_serving": True})
         object_labels = labels(args.component, name)
-        selector = {"app.kubernetes.io/name": args.component, "app.kubernetes.io/instance": name}
+        pods = pod_selector(args.component, name)
         metadata: Fields = {"name": name, "namespace": args.namespace_ref, "labels": object_labels}
         moved = [pulumi.Alias(parent=opts.parent)] if opts is not None and opts.parent is not None else []
         child = pulumi.ResourceOptions(parent=self, provider=args.provider, aliases=moved)
@@ -159,7 +160,7 @@ class ExtProcService(pulumi.ComponentResource):
         else:
             pod["automountServiceAccountToken"] = False
         pod |= {
-            "topologySpreadConstraints": spread_over_nodes(selector),
+            "topologySpreadConstraints": spread_over_nodes(pods),
             "securityContext": pod_security_context(EPP_IMAGE_UID),
         }
         if args.termination_grace_period_seconds is not None:
@@ -173,7 +174,7 @@ class ExtProcService(pulumi.ComponentResource):
         deployment_spec: Fields = {
             # Active-active: the load balancer spreads ext_proc streams over the replicas.
             "replicas": args.replicas,
-            "selector": {"matchLabels": selector},
+            "selector": {"matchLabels": pods},
             "strategy": ROLLING_UPDATE,
             "template": {"metadata": {"labels": object_labels}, "spec": pod},
         }
@@ -183,10 +184,10 @@ class ExtProcService(pulumi.ComponentResource):
             spec=deployment_spec,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[args.image])),
         )
-        self.disruption_budget = keep_one_running(name, metadata, selector, child)
+        self.disruption_budget = keep_one_running(name, metadata, pods, child)
         service_spec: Fields = {
             "type": "ClusterIP",
-            "selector": selector,
+            "selector": pods,
             "ports": [
                 {
                     "name": EXT_PROC_PORT_NAME,

@@ -28,7 +28,7 @@ from epp.settings import EppSettings as EppCommand
 from components.config import EppSettings, endpoint_picker_yaml
 from components.epp_peers import EppPeers
 from components.extproc import ExtProcService, ExtProcServiceArgs
-from components.podspec import Fields, labels, object_meta
+from components.podspec import Fields, labels, object_meta, pod_selector
 
 CRD_MANIFEST = Path(__file__).parent / "manifests" / "inferencepool-crd-v1.5.0.yaml"
 
@@ -211,7 +211,7 @@ class InferencePool(pulumi.ComponentResource):
                 namespace=args.namespace,
                 namespace_ref=args.namespace_ref,
                 labels=epp_labels,
-                selector={"app.kubernetes.io/name": "epp", "app.kubernetes.io/instance": epp_name},
+                selector=pod_selector("epp", epp_name),
                 provider=args.provider,
                 opts=pulumi.ResourceOptions(parent=self),
             )

@@ -29,12 +29,16 @@ ROOT_UID = 0
 def labels(component: str, instance: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Recommended ``app.kubernetes.io`` labels, plus ``extra``."""
     base = {
-        "app.kubernetes.io/name": component,
-        "app.kubernetes.io/instance": instance,
+        **pod_selector(component, instance),
         "app.kubernetes.io/part-of": PART_OF,
         "app.kubernetes.io/managed-by": "pulumi",
     }
     return {**base, **(extra or {})}
+
+
+def pod_selector(component: str, instance: str) -> dict[str, str]:
+    """The labels that pick out one instance's pods (a subset of :func:`labels`)."""
+    return {"app.kubernetes.io/name": component, "app.kubernetes.io/instance": instance}
 
 
 def object_meta(name: str, namespace: Fields, component: str, instance: str) -> Fields:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 from epp.peers import PeerRun, start_peers
 from epp.peers.sync import PeerMetrics, PeerSync
-from epp.peers.wire import encode_pick, seal, seed_tag
+from epp.peers.wire import MAX_DATAGRAM, encode_pick, open_datagram, seal, seed_tag
 from epp.scheduling.framework import SharedPick
 from epp.scheduling.plugins.scorers.prefix_affinity import PrefixAffinityParameters, PrefixAffinityScorer
 from prometheus_client import CollectorRegistry
@@ -259,4 +259,27 @@ async def test_picks_of_one_loop_turn_travel_in_one_datagram():
     await asyncio.sleep(0.05)
     assert len(sent) == 2
     assert sent[0] == sent[1]
+    sync.close()
+
+
+async def test_picks_that_do_not_fit_one_datagram_go_in_as_many_as_hold_them():
+    sent: list[bytes] = []
+
+    class Transport:
+        def sendto(self, data: bytes, addr: object) -> None:
+            sent.append(data)
+
+        def close(self) -> None:
+            pass
+
+    sync = PeerSync({}, KEY, lambda address: True)
+    sync.connection_made(Transport())  # type: ignore[arg-type]  # a stand-in that records
+    sync.set_peers([("10.0.0.2", 9)])
+    for i in range(20):  # 8 KB each: 7 fit a datagram
+        sync.publish(SharedPick("p", PHI3, i, "10.0.0.9:8000", tuple(range(1000))))
+    sync.flush()
+    assert len(sent) == 3
+    assert all(len(datagram) <= MAX_DATAGRAM for datagram in sent)
+    picks = [pick for datagram in sent for pick in open_datagram(datagram, KEY).picks]
+    assert [pick.key for pick in picks] == list(range(20))
     sync.close()

@@ -1,14 +1,14 @@
 """PeerSync: this replica's picks to the other replicas of the pool, and theirs into this one's plugins.
 
-Each pick of a :class:`~epp.scheduling.framework.PeerShared` plugin (the prefix scorers) is encoded at
-once (``epp.peers.wire``) and sent, with the others of the next ``flush_delay`` seconds, in one UDP
-datagram to every peer. A datagram is opened only when it comes from a peer's address, and used only
-when its seal checks, it is not older than :data:`MAX_AGE` and its sequence number is past the last
-one seen from its sender (a replayed or reordered datagram is dropped). Each of its picks is handed
-to the plugin of the same name, unless it names a pod this replica does not know (not yet
-discovered, or gone: its state would outlive it). Nothing waits on a peer, and a failed send is
-logged, never raised: a lost datagram costs only placement, never a request. Its own datagrams (its
-random sender id) it drops.
+Each pick of a :class:`~epp.scheduling.framework.PeerShared` plugin (the prefix scorers) is queued
+(the request's path does nothing more) and sent, encoded (``epp.peers.wire``) with the others of the
+next ``flush_delay`` seconds, in one UDP datagram to every peer (more where they do not fit one). A
+datagram is opened only when it comes from a peer's address, and used only when its seal checks, it
+is not older than :data:`MAX_AGE` and its sequence number is past the last one seen from its sender
+(a replayed or reordered datagram is dropped). Each of its picks is handed to the plugin of the same
+name, unless it names a pod this replica does not know (not yet discovered, or gone: its state would
+outlive it). Nothing waits on a peer, and a failed send is logged, never raised: a lost datagram
+costs only placement, never a request. Its own datagrams (its random sender id) it drops.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from epp.peers.wire import ROOM, PeerMessageError, encode_pick, open_datagram, seal, seed_tag
+from epp.peers.wire import MAX_PICKS, ROOM, PeerMessageError, encode_pick, open_datagram, seal, seed_tag
 from epp.scheduling.framework import PeerShared, SharedPick
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,7 @@ class PeerSync(asyncio.DatagramProtocol):
         self._last_seen: OrderedDict[int, int] = OrderedDict()  # sender -> its last sequence number
         self._peers: tuple[Peer, ...] = ()
         self._peer_hosts: frozenset[str] = frozenset()
-        self._pending: list[bytes] = []
-        self._size = 0
+        self._pending: list[SharedPick] = []
         self._transport: asyncio.DatagramTransport | None = None
         self._flush_at: asyncio.TimerHandle | None = None
         self._told: dict[tuple[str, str], float] = {}  # (source, problem) -> when last logged
@@ -116,32 +115,40 @@ class PeerSync(asyncio.DatagramProtocol):
             self._metrics.peers.set(len(chosen))
 
     def publish(self, pick: SharedPick) -> None:
-        """Queue one of this replica's picks for the peers (the post-pick hook's ``share``)."""
+        """Queue one of this replica's picks for the peers (the post-pick hook's ``share``): on the
+        request's path only a list append; :meth:`flush` encodes and sends."""
         if not self._peers or self._transport is None:
             return
-        record = encode_pick(pick)
-        if record is None:
-            return
-        if self._size + len(record) > ROOM or len(self._pending) == 0xFFFF:
-            self.flush()
-        self._pending.append(record)
-        self._size += len(record)
+        self._pending.append(pick)
         if self._flush_at is None:
             self._flush_at = asyncio.get_running_loop().call_later(self._delay, self.flush)
 
     def flush(self) -> None:
-        """Send the queued picks now (a send that fails is logged and counted, never raised)."""
+        """Send the queued picks now, as few datagrams as hold them (a send that fails is logged and
+        counted, never raised)."""
         if self._flush_at is not None:
             self._flush_at.cancel()
             self._flush_at = None
-        pending = self._pending
-        if not pending or self._transport is None:
+        pending, self._pending = self._pending, []
+        if not pending or not self._peers or self._transport is None:
             return
-        self._pending, self._size = [], 0
-        if not self._peers:
-            return
+        batch: list[bytes] = []
+        size = 0
+        for record in map(encode_pick, pending):
+            if record is None:
+                continue
+            if size + len(record) > ROOM or len(batch) == MAX_PICKS:
+                self._send(batch)
+                batch, size = [], 0
+            batch.append(record)
+            size += len(record)
+        if batch:
+            self._send(batch)
+
+    def _send(self, records: list[bytes]) -> None:
+        assert self._transport is not None
         self._sequence += 1
-        datagram = seal(self.sender, self._sequence, int(self._wall() * 1000), self.seed_tag, pending,
+        datagram = seal(self.sender, self._sequence, int(self._wall() * 1000), self.seed_tag, records,
                         self._key)
         sent = 0
         for peer in self._peers:
@@ -153,7 +160,7 @@ class PeerSync(asyncio.DatagramProtocol):
                     self._metrics.send_errors.inc()
                 self._tell(peer[0], "send", "cannot send to a peer", error=str(error))
         if sent and self._metrics is not None:
-            self._metrics.sent.inc(len(pending))
+            self._metrics.sent.inc(len(records))
 
     # asyncio.DatagramProtocol
 

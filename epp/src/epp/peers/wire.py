@@ -33,7 +33,8 @@ _HEADER = struct.Struct(f"<4sBQQQ{TAG_SIZE}sH")  # magic, version, sender, seque
 _PICK = struct.Struct("<BHBBQH")  # plugin, model and address lengths, has key, key, hashes
 ROOM = MAX_DATAGRAM - _HEADER.size - DIGEST_SIZE
 """Bytes of picks one datagram holds."""
-_MAX_PICKS = 0xFFFF
+MAX_PICKS = 0xFFFF
+"""Picks one datagram holds at most (its count is 16 bits)."""
 
 
 class PeerMessageError(ValueError):
@@ -88,8 +89,8 @@ def seal(
     sender: int, sequence: int, sent_at_ms: int, tag: bytes, picks: Sequence[bytes], key: bytes
 ) -> bytes:
     """A datagram of encoded ``picks`` (together at most :data:`ROOM` bytes, at most 65,535 picks)."""
-    if len(picks) > _MAX_PICKS:
-        raise ValueError(f"at most {_MAX_PICKS} picks per datagram, got {len(picks)}")
+    if len(picks) > MAX_PICKS:
+        raise ValueError(f"at most {MAX_PICKS} picks per datagram, got {len(picks)}")
     head = _HEADER.pack(MAGIC, VERSION, sender, sequence, sent_at_ms, tag, len(picks))
     body = b"".join((head, *picks))
     return body + hmac.digest(key, body, "sha256")
