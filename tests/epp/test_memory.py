@@ -4,10 +4,14 @@ free pages are given back once the bodies of a burst are released, not on every 
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+from collections.abc import Iterator
 
+import pytest
+from epp.cli import ServingPorts, _freeze_once_serving
 from epp.extproc.stream import BodyBudget
-from epp.memory import Trimmer, malloc_trim, return_large_blocks
+from epp.memory import Trimmer, freeze_startup_heap, malloc_trim, return_large_blocks
 
 MIB = 1 << 20
 
@@ -77,3 +81,45 @@ async def test_on_an_event_loop_the_trim_runs_beside_it_one_at_a_time() -> None:
     assert len(threads) == 1
     assert threads[0] != threading.current_thread().name  # not on the loop's thread
     assert trimmer.trims == 1
+
+
+@pytest.fixture
+def thawed() -> Iterator[None]:
+    """Each test starts and ends with nothing frozen (the test process is not a server)."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def _walked(thing: object) -> bool:
+    """Whether the cyclic collector's full collections walk ``thing``."""
+    return any(o is thing for o in gc.get_objects())
+
+
+@pytest.mark.usefixtures("thawed")
+def test_what_start_up_built_is_out_of_the_collectors_walks_and_what_comes_after_is_not() -> None:
+    plan = {"profiles": [[] for _ in range(100)]}  # start-up's long-lived state
+    assert _walked(plan)
+    frozen = freeze_startup_heap()
+    assert frozen >= 100
+    assert gc.get_freeze_count() == frozen
+    assert not _walked(plan)
+    assert not any(_walked(p) for p in plan["profiles"])
+    request = {"model": []}  # made while serving
+    assert _walked(request)
+
+
+@pytest.mark.usefixtures("thawed")
+def test_a_server_freezes_its_start_up_heap_once_it_serves_and_not_when_it_failed_to_start() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        failed: asyncio.Future[ServingPorts] = loop.create_future()
+        failed.set_exception(OSError("address in use"))
+        _freeze_once_serving(failed)
+        assert gc.get_freeze_count() == 0
+        serving: asyncio.Future[ServingPorts] = loop.create_future()
+        serving.set_result(ServingPorts(grpc=9002, health=9003, metrics=9090))
+        _freeze_once_serving(serving)
+        assert gc.get_freeze_count() > 0
+    finally:
+        loop.close()

@@ -35,7 +35,7 @@ from epp.extproc.stream import BodyBudget, buffered_budget
 from epp.flowcontrol.metrics import FlowControlMetrics
 from epp.flowcontrol.queue import FlowController
 from epp.health import Health
-from epp.memory import Trimmer, malloc_trim, return_large_blocks
+from epp.memory import Trimmer, freeze_startup_heap, malloc_trim, return_large_blocks
 from epp.peers import PeerRun, read_key, start_peers
 from epp.peers.directory import parse_peers
 from epp.requestcontrol.cached_tokens import CachedTokensFeedback
@@ -315,7 +315,16 @@ def _body_budget(settings: ServerSettings) -> BodyBudget:
     return BodyBudget(buffered_budget(settings.max_buffered_bytes), on_release=Trimmer(malloc_trim()))
 
 
-def _run(serve: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings) -> int:
+def _freeze_once_serving(bound: asyncio.Future[ServingPorts]) -> None:
+    """Once the server serves, what start-up built is out of the cyclic collector's walks."""
+    if not bound.cancelled() and bound.exception() is None:
+        _log.debug("start-up heap frozen", extra={"objects": freeze_startup_heap()})
+
+
+Serve = Callable[[Settings, asyncio.Event, asyncio.Future[ServingPorts]], Awaitable[None]]
+
+
+def _run(serve: Serve[Settings], settings: Settings) -> int:
     configure_logging(settings.log_level)
     return_large_blocks()
 
@@ -324,7 +333,9 @@ def _run(serve: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: 
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await serve(settings, stop)
+        bound: asyncio.Future[ServingPorts] = loop.create_future()
+        bound.add_done_callback(_freeze_once_serving)
+        await serve(settings, stop, bound)
 
     try:
         if settings.event_loop == "uvloop":
