@@ -108,18 +108,54 @@ class SimPod:
             self.hit += seq.cached_tokens
             self.running.append(seq)
             c, factor = self.config, load_factor(self.config, len(self.running))
-            uncached = seq.prompt_tokens - seq.cached_tokens
-            ttft = (c.prefill_overhead_ms + uncached * c.per_token_us / 1000) / 1000
-            seq.first_token = now + ttft * factor
+            seq.first_token = now + self.prefill_s(seq.prompt_tokens - seq.cached_tokens) * factor
             itl = sum(max(0.0, self.rng.gauss(c.itl_ms, c.itl_sd_ms)) for _ in range(seq.spec.max_tokens - 1))
             done = seq.first_token + itl / 1000 * factor
             started.append((done, seq))
         return started
 
+    def prefill_s(self, uncached_tokens: int) -> float:
+        """The simulator's time to a first token for this many uncached prompt tokens, one running."""
+        c = self.config
+        return (c.prefill_overhead_ms + uncached_tokens * c.per_token_us / 1000) / 1000
+
+    def first_token_rank(self, seq: _Seq) -> tuple[int, float]:
+        """How soon ``seq``'s first token would come if it were sent here now, as a rank: (0, the
+        delay) where it would start at once, at the batch it would join and with the prefix this
+        pod's cache holds; (1, the queue ahead of it in slots' worth) where it would wait."""
+        if self.waiting or not self._can_start(seq):
+            return 1, (len(self.waiting) + 1) / self.config.max_num_seqs
+        cached = min(self.pool.cached_prefix(seq.hashes) * self.config.block_size, seq.prompt_tokens - 1)
+        return 0, self.prefill_s(seq.prompt_tokens - cached) * load_factor(self.config, len(self.running) + 1)
+
     def finish(self, seq: _Seq, now: float) -> list[tuple[float, _Seq]]:
         self.running.remove(seq)
         self.pool.release(seq.hashes, seq.anonymous)
         return self._schedule(now)
+
+
+# A baseline's placement: (the request's number, the request, the pods as they are now) -> a pod's index.
+Placement = Callable[[int, RequestSpec, Sequence[SimPod]], int]
+
+
+def _prompt(spec: RequestSpec) -> str:
+    return "".join(content for _, content in spec.messages)
+
+
+def round_robin(n: int, spec: RequestSpec, pods: Sequence[SimPod]) -> int:
+    return n % len(pods)
+
+
+def soonest_first_token(n: int, spec: RequestSpec, pods: Sequence[SimPod]) -> int:
+    """An oracle, not a picker: the pod where ``spec``'s first token would come soonest, read from
+    every pod's own state at this instant (free slots, the batch it would join, the prefix its cache
+    holds, its speed: :meth:`SimPod.first_token_rank`); ties rotate. No EPP can know all that (it
+    sees scrapes, its own sends and the ends it follows), so this bounds what placement can win
+    over round robin on a workload where first tokens or slots are what the picks decide."""
+    prompt = _prompt(spec)
+    ranks = [pod.first_token_rank(pod.sequence(spec, prompt, 0.0)) for pod in pods]
+    count = len(pods)
+    return min(range(count), key=lambda i: (ranks[i], (i - n) % count))
 
 
 class _Replica:
@@ -184,13 +220,13 @@ _SMALL_CACHE = SimConfig(models=[GEMMA], kv_cache_blocks=1024)
 def simulate(
     specs: Sequence[RequestSpec], *, pods: int = 4, replicas: int = 1, concurrency: int = 16,
     sim: SimConfig | None = None, config: EndpointPickerConfig | None = None, scrape: float = 0.05,
-    place: Callable[[int, RequestSpec], int] | None = None, warmup: Sequence[RequestSpec] = (),
+    place: Placement | None = None, warmup: Sequence[RequestSpec] = (),
     follow_up_to: int = 0, streamed: bool = True, told_replicas: int | None = None,
     sims: Sequence[SimConfig] = (), arrivals: Sequence[float] | None = None,
     headers_at_first_token: bool = False, shared: bool = True,
 ) -> SimResult:  # fmt: skip
     """Serve ``specs`` (closed loop at ``concurrency``) through ``replicas`` EPPs onto ``pods`` pods;
-    ``place(n, spec)``, if given, picks the pod index instead of the EPP (a baseline). ``warmup`` is
+    ``place(n, spec, pods)``, if given, picks the pod index instead of the EPP (a baseline). ``warmup`` is
     sent first, in the same closed loop, and left out of the figures. ``streamed``: the answers are
     streams, which the EPP sees end only when it follows them (``follow_up_to``). ``told_replicas``:
     the replica count each EPP is told (``--replicas``; default ``replicas``), which picks its
@@ -244,11 +280,11 @@ def simulate(
         spec = queue.popleft()
         n = next(sent)
         epp = epps[n % replicas]
-        prompt = "".join(content for _, content in spec.messages)
+        prompt = _prompt(spec)
         request = LLMRequest(
             f"r{spec.index}", spec.model, prompt, streamed=streamed, max_tokens=spec.max_tokens
         )
-        picked = (epp.endpoints[place(n, spec)] if place is not None
+        picked = (epp.endpoints[place(n, spec, pool)] if place is not None
                   else epp.scheduler.schedule(request, epp.endpoints).endpoint)  # fmt: skip
         assert picked is not None
         endpoint = picked
@@ -369,8 +405,8 @@ class Setup:
     specs: Callable[[str], list[RequestSpec]]
     concurrency: int
     sim: SimConfig
-    # The baselines: (label, placement) besides round robin; a placement maps (n, spec) to a pod.
-    baselines: tuple[tuple[str, Callable[[int, RequestSpec], int]], ...] = ()
+    # The baselines besides round robin: (label, placement).
+    baselines: tuple[tuple[str, Placement], ...] = ()
     # One configuration per pod, when they differ (``sim`` is then unused).
     sims: tuple[SimConfig, ...] = ()
     # Requests of an open-loop phase (Poisson arrivals at OFFERED x round robin's closed-loop rate,
@@ -384,41 +420,48 @@ class Setup:
     warmup: int = 0
 
 
+# The placement bound on rows where first tokens or free slots decide (not a cache's contents).
+_ORACLE = ("an oracle: the soonest first token by every pod's own state", soonest_first_token)
+
 SETUPS = {
     "cache-bound": Setup(
         "16 groups x 2,000-token prefix, 4 pods of 16k tokens, c=16",
         lambda salt: cache_bound(salt=salt), 16, _SMALL_CACHE,
-        (("groups pinned 4 per pod (the best placement)", lambda n, spec: (spec.group or 0) % 4),),
+        (("groups pinned 4 per pod (the best placement)", lambda n, spec, pods: (spec.group or 0) % 4),),
         warmup=96,
     ),
     "prefix-fits": Setup(
         "4 groups x 2,000-token prefix, 160 requests, 4 pods of 16k tokens (each holds all 4), c=16",
-        lambda salt: cache_bound(salt=salt, groups=4, requests=160), 16, _SMALL_CACHE,
+        lambda salt: cache_bound(salt=salt, groups=4, requests=160), 16, _SMALL_CACHE, (_ORACLE,),
     ),
     "long-prompt": Setup(
         "48 one-off 50,000-token prompts, 4 pods of 4 slots, c=8",
-        lambda salt: long_prompt(salt=salt), 8, _LONG,
+        lambda salt: long_prompt(salt=salt), 8, _LONG, (_ORACLE,),
     ),
     "bursty": Setup(
         "120 random prompts, 4 pods of 4 slots, c=16 (as many as the slots), then the matrix's bursty "
         "arrivals (a burst above round robin's rate)",
-        lambda salt: random_prompts(salt=salt), 16, _LONG,
+        lambda salt: random_prompts(salt=salt), 16, _LONG, (_ORACLE,),
         bursty=lambda salt, count: random_prompts(salt=salt, requests=count),
     ),
     "heterogeneous": Setup(
         "160 random prompts, 3 pods of 8 slots and one with 4, twice as slow; closed loop c=32, then "
         f"96 Poisson arrivals at {OFFERED:g} x round robin's rate",
         lambda salt: heterogeneous(salt=salt), 32, _FAST,
-        (("round robin over the three fast pods (never the slow one)", lambda n, spec: 1 + n % 3),),
+        (("round robin over the three fast pods (never the slow one)", lambda n, spec, pods: 1 + n % 3),
+         _ORACLE),
         sims=(_SLOW_HALF, _FAST, _FAST, _FAST), open_requests=96,
     ),
 }
 
 
-def _line(label: str, runs: Sequence[SimResult]) -> str:
+def _line(label: str, runs: Sequence[SimResult], against: Sequence[SimResult] = ()) -> str:
+    """A closed loop's figures; with ``against`` (round robin's runs), its rate as a ratio to theirs."""
     mean = statistics.mean
+    rate = mean(r.requests_per_s for r in runs)
+    ratio = f" ({rate / mean(r.requests_per_s for r in against):.3f}x round robin's)" if against else ""
     return (
-        f"  {label}: {mean(r.requests_per_s for r in runs):.1f} req/s, hit rate "
+        f"  {label}: {rate:.1f} req/s{ratio}, hit rate "
         f"{mean(r.hit_rate for r in runs):.3f} (min {min(r.hit_rate for r in runs):.3f}), TTFT p50 "
         f"{mean(r.ttft_p50 for r in runs) * 1000:.0f} ms, pods per group "
         f"{mean(r.pods_per_group for r in runs):.2f}"
@@ -466,7 +509,7 @@ def _open_loop(
             specs = setup.specs(salt)[: setup.open_requests]
             loads.append((specs, poisson_arrivals(offered[i], len(specs), seed=i)))
 
-    def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
+    def runs(replicas: int, place: Placement | None = None) -> list[SimResult]:
         return [serve(specs, replicas=replicas, arrivals=arrivals, place=place) for specs, arrivals in loads]
 
     def line(label: str, results: Sequence[SimResult], against: Sequence[SimResult] | None = None) -> str:
@@ -485,7 +528,7 @@ def _open_loop(
     else:
         print(f"open loop, {setup.open_requests} arrivals at {statistics.mean(offered):.1f} req/s "
               f"({OFFERED:g} x round robin's closed-loop rate):")
-    rr = runs(1, lambda n, spec: n % 4)
+    rr = runs(1, round_robin)
     print(line("round robin", rr))
     for label, place in setup.baselines:
         print(line(label, runs(1, place), rr))
@@ -543,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               headers_at_first_token=args.headers_at_first_token,
                               shared=not args.replicas_alone)  # fmt: skip
 
-    def runs(replicas: int, place: Callable[[int, RequestSpec], int] | None = None) -> list[SimResult]:
+    def runs(replicas: int, place: Placement | None = None) -> list[SimResult]:
         return [serve(specs, replicas=replicas, concurrency=setup.concurrency, place=place,
                       warmup=specs[: setup.warmup])
                 for specs in map(setup.specs, salts)]  # fmt: skip
@@ -553,24 +596,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     about += "" if args.time_scale == 1 else f", time scale {args.time_scale:g}"
     about += ", replicas alone (no shared picks)" if args.replicas_alone else ""
     print(f"{args.workload} ({setup.about}), virtual time, mean of {args.salts} workload variants{about}")
-    rr = runs(1, lambda n, spec: n % 4)
+    rr = runs(1, round_robin)
     print(_line("round robin", rr))
     best = []
     for label, place in setup.baselines:
         best = runs(1, place)
-        print(_line(label, best))
+        print(_line(label, best, rr))
     ceiling_rate = None
     if args.workload == "cache-bound":
         # bench matrix's ceiling: round robin over warm caches with the 4 groups that fit every pod.
         fits = cache_bound(salt="ceiling ", groups=4, requests=96 + 320)
-        ceiling = simulate(fits[96:], warmup=fits[:96], sim=sim, place=lambda n, spec: n % 4)
+        ceiling = simulate(fits[96:], warmup=fits[:96], sim=sim, place=round_robin)
         print(_line("4 groups that fit, warm caches (bench matrix's ceiling)", [ceiling]))
         ceiling_rate = ceiling.requests_per_s
     rates = {}
     for replicas in (int(r) for r in args.replicas.split(",")):
         results = runs(replicas)
         rates[replicas] = statistics.mean(r.requests_per_s for r in results)
-        print(_line(f"gateway, {replicas} EPP replica{'s' if replicas > 1 else ''}", results))
+        print(_line(f"gateway, {replicas} EPP replica{'s' if replicas > 1 else ''}", results, rr))
     if 1 in rates:
         for replicas, rate in rates.items():
             if replicas != 1:
