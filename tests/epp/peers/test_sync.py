@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 from epp.peers import PeerRun, start_peers
-from epp.peers.sync import PeerMetrics, PeerSync
+from epp.peers.sync import REPLAY_WINDOW, PeerMetrics, PeerSync, seen_sequence
 from epp.peers.wire import MAX_DATAGRAM, encode_pick, open_datagram, seal, seed_tag
 from epp.scheduling.framework import SharedPick
 from epp.scheduling.plugins.scorers.prefix_affinity import PrefixAffinityParameters, PrefixAffinityScorer
@@ -205,6 +205,42 @@ async def test_a_captured_datagram_sent_again_or_an_old_one_is_refused():
         await until(lambda: rejected(two, "replayed") == 1 and rejected(two, "stale") == 1)
         assert two.received() == 1  # the first copy only
         assert two.scorer.index.size(pool[0].address) == 3
+
+
+async def test_a_datagram_the_network_reordered_is_used_once_and_one_far_behind_is_refused():
+    pool = four_pods()
+    async with pair(pool) as (_, two):
+        assert two.run is not None
+        now_ms = int(time.time() * 1000)
+
+        def datagram(sequence: int) -> bytes:
+            pod = pool[sequence % 4].address
+            record = encode_pick(SharedPick("prefix-affinity-scorer", GEMMA, sequence, pod, (sequence,)))
+            assert record is not None
+            return seal(77, sequence, now_ms, seed_tag(KEY), [record], KEY)
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            for sequence in (1, 3, 2, 2, 200, 136, 137):  # 2 overtaken by 3; 136 is 64 behind 200
+                raw.sendto(datagram(sequence), ("127.0.0.1", two.run.port))
+                await asyncio.sleep(0.005)  # in this order
+        await until(lambda: two.received() == 5 and rejected(two, "replayed") == 2)
+        assert two.scorer.index.size(pool[2].address) == 1  # sequence 2's pick, applied once
+
+
+def test_a_senders_window_takes_each_sequence_number_once_up_to_63_behind_its_highest():
+    window = None
+    for sequence in (5, 7, 6, 4, 10):  # 6 and 4 overtaken, still taken
+        window = seen_sequence(window, sequence)
+        assert window is not None, sequence
+    for seen in (4, 5, 6, 7, 10):
+        assert seen_sequence(window, seen) is None, seen
+    assert seen_sequence(window, 8) is not None
+    window = seen_sequence(window, 7 + REPLAY_WINDOW)
+    assert window is not None
+    assert seen_sequence(window, 8) is not None  # 63 behind: still told apart
+    assert seen_sequence(window, 7) is None  # 64 behind: too far to tell, refused
+    assert seen_sequence(window, 10) is None  # seen, and still within the window
+    assert seen_sequence(window, 7 + 3 * REPLAY_WINDOW) == (7 + 3 * REPLAY_WINDOW, 1)  # a jump forgets it
 
 
 async def test_a_datagram_from_an_address_that_is_no_peers_is_not_even_opened():

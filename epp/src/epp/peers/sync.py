@@ -4,8 +4,9 @@ Each pick of a :class:`~epp.scheduling.framework.PeerShared` plugin (the prefix 
 (the request's path does nothing more) and sent, encoded (``epp.peers.wire``) with the others of the
 next ``flush_delay`` seconds, in one UDP datagram to every peer (more where they do not fit one). A
 datagram is opened only when it comes from a peer's address, and used only when its seal checks, it
-is not older than :data:`MAX_AGE` and its sequence number is past the last one seen from its sender
-(a replayed or reordered datagram is dropped). Each of its picks is handed to the plugin of the same
+is not older than :data:`MAX_AGE` and its sequence number has not been seen from its sender: past
+the highest, or one of the :data:`REPLAY_WINDOW` below it not seen yet (a datagram the network
+reordered is still used, a replayed one is not). Each of its picks is handed to the plugin of the same
 name, unless it names a pod this replica does not know (not yet discovered, or gone: its state would
 outlive it). Nothing waits on a peer, and a failed send is logged, never raised: a lost datagram
 costs only placement, never a request. Its own datagrams (its random sender id) it drops.
@@ -32,7 +33,11 @@ FLUSH_DELAY = 0.002
 """Seconds a pick waits for others to share its datagram."""
 MAX_AGE = 10.0
 """Seconds (wall clock, either way: the nodes' clocks are synchronised) a datagram stays usable."""
-_SENDERS = 256  # the senders whose last sequence number is kept
+REPLAY_WINDOW = 64
+"""Sequence numbers below a sender's highest that may still arrive (reordered), once each; further
+behind, a datagram is dropped as replayed (it cannot be told from one)."""
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
+_SENDERS = 256  # the senders whose sequence windows are kept
 _TOLD_AGAIN = 600.0  # seconds before the same problem from the same source is logged again
 
 Peer = tuple[str, int]
@@ -52,7 +57,8 @@ class PeerMetrics:
         self.rejected = Counter(
             f"{component}_peer_datagrams_rejected", "Datagrams on the peer port that were not used: "
             "stranger (not from a peer's address), auth (not sealed with the pool's peer key), malformed, "
-            "stale (older than 10 s) or replayed (a sequence number already seen).", ["reason"],
+            "stale (older than 10 s) or replayed (a sequence number already seen, or 64 or more behind "
+            "its sender's latest).", ["reason"],
             registry=registry,
         )
         self.send_errors = Counter(f"{component}_peer_send_errors", "Datagrams that could not be sent to "
@@ -83,7 +89,7 @@ class PeerSync(asyncio.DatagramProtocol):
         self.sender = secrets.randbits(63)
         self.seed_tag = seed_tag(key)
         self._sequence = 0
-        self._last_seen: OrderedDict[int, int] = OrderedDict()  # sender -> its last sequence number
+        self._windows: OrderedDict[int, tuple[int, int]] = OrderedDict()  # sender -> seen_sequence's window
         self._peers: tuple[Peer, ...] = ()
         self._peer_hosts: frozenset[str] = frozenset()
         self._pending: list[SharedPick] = []
@@ -190,14 +196,14 @@ class PeerSync(asyncio.DatagramProtocol):
         if abs(self._wall() * 1000 - batch.sent_at_ms) > MAX_AGE * 1000:
             self._reject("stale", source, "a peer datagram older than 10 s (or a clock that is off)")
             return
-        last = self._last_seen.get(batch.sender)
-        if last is not None and batch.sequence <= last:
-            self._reject("replayed", source, "a peer datagram seen before, or overtaken")
+        window = seen_sequence(self._windows.get(batch.sender), batch.sequence)
+        if window is None:
+            self._reject("replayed", source, "a peer datagram seen before, or too far behind its sender's")
             return
-        self._last_seen[batch.sender] = batch.sequence
-        self._last_seen.move_to_end(batch.sender)
-        if len(self._last_seen) > _SENDERS:
-            self._last_seen.popitem(last=False)
+        self._windows[batch.sender] = window
+        self._windows.move_to_end(batch.sender)
+        if len(self._windows) > _SENDERS:
+            self._windows.popitem(last=False)
         agree = batch.seed_tag == self.seed_tag
         if not agree:
             self._tell(source, "hashes", "a peer hashes prompts differently: start every replica with the "
@@ -239,3 +245,19 @@ class PeerSync(asyncio.DatagramProtocol):
         self.detach()
         if self._transport is not None:
             self._transport.close()
+
+
+def seen_sequence(window: tuple[int, int] | None, sequence: int) -> tuple[int, int] | None:
+    """A sender's window after ``sequence`` arrives, or None where it must be dropped (seen before, or
+    :data:`REPLAY_WINDOW` or more behind the sender's highest). A window is (the highest sequence
+    number seen, a mask whose bit ``i`` says ``highest - i`` was seen); None: nothing seen yet."""
+    if window is None:
+        return sequence, 1
+    highest, seen = window
+    if sequence > highest:
+        ahead = sequence - highest
+        return sequence, ((seen << ahead) | 1) & _WINDOW_MASK if ahead < REPLAY_WINDOW else 1
+    behind = highest - sequence
+    if behind >= REPLAY_WINDOW or seen >> behind & 1:
+        return None
+    return highest, seen | 1 << behind
