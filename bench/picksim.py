@@ -65,6 +65,7 @@ class _Seq:
     sent: float
     cached_tokens: int = 0
     first_token: float | None = None
+    done: float | None = None
 
 
 @dataclass(eq=False)
@@ -110,8 +111,8 @@ class SimPod:
             c, factor = self.config, load_factor(self.config, len(self.running))
             seq.first_token = now + self.prefill_s(seq.prompt_tokens - seq.cached_tokens) * factor
             itl = sum(max(0.0, self.rng.gauss(c.itl_ms, c.itl_sd_ms)) for _ in range(seq.spec.max_tokens - 1))
-            done = seq.first_token + itl / 1000 * factor
-            started.append((done, seq))
+            seq.done = seq.first_token + itl / 1000 * factor
+            started.append((seq.done, seq))
         return started
 
     def prefill_s(self, uncached_tokens: int) -> float:
@@ -119,14 +120,28 @@ class SimPod:
         c = self.config
         return (c.prefill_overhead_ms + uncached_tokens * c.per_token_us / 1000) / 1000
 
-    def first_token_rank(self, seq: _Seq) -> tuple[int, float]:
-        """How soon ``seq``'s first token would come if it were sent here now, as a rank: (0, the
-        delay) where it would start at once, at the batch it would join and with the prefix this
-        pod's cache holds; (1, the queue ahead of it in slots' worth) where it would wait."""
-        if self.waiting or not self._can_start(seq):
-            return 1, (len(self.waiting) + 1) / self.config.max_num_seqs
-        cached = min(self.pool.cached_prefix(seq.hashes) * self.config.block_size, seq.prompt_tokens - 1)
-        return 0, self.prefill_s(seq.prompt_tokens - cached) * load_factor(self.config, len(self.running) + 1)
+    def _uncached(self, seq: _Seq) -> int:
+        return seq.prompt_tokens - min(self.pool.cached_prefix(seq.hashes) * self.config.block_size,
+                                       seq.prompt_tokens - 1)  # fmt: skip
+
+    def first_token_at(self, seq: _Seq, now: float) -> float:
+        """When ``seq``'s first token would come if it were sent here at ``now``, from this pod's own
+        state: at once, at the batch it would join and with the prefix its cache holds, where a slot
+        is free; otherwise once a slot frees, the running sequences' ends (known here) taken in turn
+        by the queue ahead of it, each of those running as long as it would at a full batch."""
+        c = self.config
+        prefill = self.prefill_s(self._uncached(seq))
+        if not self.waiting and self._can_start(seq):
+            return now + prefill * load_factor(c, len(self.running) + 1)
+        full = load_factor(c, c.max_num_seqs)
+        ends = [s.done for s in self.running if s.done is not None]
+        heapq.heapify(ends)
+        for ahead in self.waiting:
+            start = heapq.heappop(ends) if ends else now
+            decode = (ahead.spec.max_tokens - 1) * c.itl_ms / 1000
+            heapq.heappush(ends, start + (self.prefill_s(self._uncached(ahead)) + decode) * full)
+        start = heapq.heappop(ends) if ends else now
+        return max(start, now) + prefill * full
 
     def finish(self, seq: _Seq, now: float) -> list[tuple[float, _Seq]]:
         self.running.remove(seq)
@@ -134,28 +149,30 @@ class SimPod:
         return self._schedule(now)
 
 
-# A baseline's placement: (the request's number, the request, the pods as they are now) -> a pod's index.
-Placement = Callable[[int, RequestSpec, Sequence[SimPod]], int]
+# A baseline's placement: (the request's number, the request, the pods as they are, the virtual time
+# now) -> a pod's index.
+Placement = Callable[[int, RequestSpec, Sequence[SimPod], float], int]
 
 
 def _prompt(spec: RequestSpec) -> str:
     return "".join(content for _, content in spec.messages)
 
 
-def round_robin(n: int, spec: RequestSpec, pods: Sequence[SimPod]) -> int:
+def round_robin(n: int, spec: RequestSpec, pods: Sequence[SimPod], now: float) -> int:
     return n % len(pods)
 
 
-def soonest_first_token(n: int, spec: RequestSpec, pods: Sequence[SimPod]) -> int:
+def soonest_first_token(n: int, spec: RequestSpec, pods: Sequence[SimPod], now: float) -> int:
     """An oracle, not a picker: the pod where ``spec``'s first token would come soonest, read from
     every pod's own state at this instant (free slots, the batch it would join, the prefix its cache
-    holds, its speed: :meth:`SimPod.first_token_rank`); ties rotate. No EPP can know all that (it
-    sees scrapes, its own sends and the ends it follows), so this bounds what placement can win
-    over round robin on a workload where first tokens or slots are what the picks decide."""
+    holds, its speed, when its running sequences end: :meth:`SimPod.first_token_at`); ties rotate.
+    No EPP can know all that (it sees scrapes, its own sends and the ends it follows). It is greedy,
+    each request for itself with no look ahead, so it is not a proof of the best placement; it is
+    what full information buys a picker that places one request at a time, as the EPP does."""
     prompt = _prompt(spec)
-    ranks = [pod.first_token_rank(pod.sequence(spec, prompt, 0.0)) for pod in pods]
+    at = [pod.first_token_at(pod.sequence(spec, prompt, now), now) for pod in pods]
     count = len(pods)
-    return min(range(count), key=lambda i: (ranks[i], (i - n) % count))
+    return min(range(count), key=lambda i: (at[i], (i - n) % count))
 
 
 class _Replica:
@@ -226,13 +243,13 @@ def simulate(
     headers_at_first_token: bool = False, shared: bool = True,
 ) -> SimResult:  # fmt: skip
     """Serve ``specs`` (closed loop at ``concurrency``) through ``replicas`` EPPs onto ``pods`` pods;
-    ``place(n, spec, pods)``, if given, picks the pod index instead of the EPP (a baseline). ``warmup`` is
-    sent first, in the same closed loop, and left out of the figures. ``streamed``: the answers are
-    streams, which the EPP sees end only when it follows them (``follow_up_to``). ``told_replicas``:
-    the replica count each EPP is told (``--replicas``; default ``replicas``), which picks its
-    placement rule (a lone replica's or the peers'). ``sims``: one configuration per pod, ``pods``
-    of them. ``arrivals``: an open loop instead, each spec sent at its offset
-    (virtual seconds), whatever is still in flight. A stream's headers come as soon as its pod takes
+    ``place(n, spec, pods, now)``, if given, picks the pod index instead of the EPP (a baseline).
+    ``warmup`` is sent first, in the same closed loop, and left out of the figures. ``streamed``: the
+    answers are streams, which the EPP sees end only when it follows them (``follow_up_to``).
+    ``told_replicas``: the replica count each EPP is told (``--replicas``; default ``replicas``),
+    which picks its placement rule (a lone replica's or the peers'). ``sims``: one configuration per
+    pod, ``pods`` of them. ``arrivals``: an open loop instead, each spec sent at its offset (virtual
+    seconds), whatever is still in flight. A stream's headers come as soon as its pod takes
     it (vLLM's way), or with its first token where ``headers_at_first_token``; an EPP that does not
     follow the stream counts it in flight until then. ``shared``: several replicas tell each other
     their picks (``epp.peers``, as the EPP does by default), each pick reaching the others at once
@@ -284,7 +301,7 @@ def simulate(
         request = LLMRequest(
             f"r{spec.index}", spec.model, prompt, streamed=streamed, max_tokens=spec.max_tokens
         )
-        picked = (epp.endpoints[place(n, spec, pool)] if place is not None
+        picked = (epp.endpoints[place(n, spec, pool, now)] if place is not None
                   else epp.scheduler.schedule(request, epp.endpoints).endpoint)  # fmt: skip
         assert picked is not None
         endpoint = picked
@@ -427,7 +444,7 @@ SETUPS = {
     "cache-bound": Setup(
         "16 groups x 2,000-token prefix, 4 pods of 16k tokens, c=16",
         lambda salt: cache_bound(salt=salt), 16, _SMALL_CACHE,
-        (("groups pinned 4 per pod (the best placement)", lambda n, spec, pods: (spec.group or 0) % 4),),
+        (("groups pinned 4 per pod (the best placement)", lambda n, spec, pods, now: (spec.group or 0) % 4),),
         warmup=96,
     ),
     "prefix-fits": Setup(
@@ -448,7 +465,7 @@ SETUPS = {
         "160 random prompts, 3 pods of 8 slots and one with 4, twice as slow; closed loop c=32, then "
         f"96 Poisson arrivals at {OFFERED:g} x round robin's rate",
         lambda salt: heterogeneous(salt=salt), 32, _FAST,
-        (("round robin over the three fast pods (never the slow one)", lambda n, spec, pods: 1 + n % 3),
+        (("round robin over the three fast pods (never the slow one)", lambda n, spec, pods, now: 1 + n % 3),
          _ORACLE),
         sims=(_SLOW_HALF, _FAST, _FAST, _FAST), open_requests=96,
     ),
