@@ -193,3 +193,31 @@ def refused(command: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr
     return run
+
+
+def test_a_command_freezes_its_start_up_heap_once_it_serves() -> None:
+    # The BBR's own _run, its own serve_bbr: once the ports are bound, what start-up built is frozen
+    # out of the cyclic collector's walks (epp.memory.freeze_startup_heap).
+    code = """
+import asyncio, gc, sys
+from epp import cli
+
+async def serve(settings, stop, bound):
+    async def once_serving():
+        await asyncio.shield(bound)
+        await asyncio.sleep(0)
+        print("frozen", gc.get_freeze_count(), flush=True)
+        stop.set()
+
+    watch = asyncio.ensure_future(once_serving())
+    await cli.serve_bbr(settings, stop, bound)
+    await watch
+
+sys.exit(cli._run(serve, cli.parse_bbr_args(sys.argv[1:])))
+"""
+    argv = ["--bind", "127.0.0.1", "--grpc-port", "0", "--health-port", "0", "--metrics-port", "0"]
+    run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60,
+                         check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    [line] = [line for line in run.stdout.splitlines() if line.startswith("frozen ")]
+    assert int(line.split()[1]) > 10_000  # the modules, descriptors and settings start-up built

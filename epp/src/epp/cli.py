@@ -318,7 +318,8 @@ def _body_budget(settings: ServerSettings) -> BodyBudget:
 def _freeze_once_serving(bound: asyncio.Future[ServingPorts]) -> None:
     """Once the server serves, what start-up built is out of the cyclic collector's walks."""
     if not bound.cancelled() and bound.exception() is None:
-        _log.debug("start-up heap frozen", extra={"objects": freeze_startup_heap()})
+        frozen = freeze_startup_heap()
+        _log.debug("start-up heap frozen", extra={"objects": frozen})
 
 
 Serve = Callable[[Settings, asyncio.Event, asyncio.Future[ServingPorts]], Awaitable[None]]

@@ -18,7 +18,7 @@ Python's own cyclic collector is the third: every full collection walks every tr
 the start-up's tens of thousands (modules, protobuf descriptors, the compiled scheduling plan) each
 time, while requests wait on the one event loop. :func:`freeze_startup_heap` moves them out of its
 reach once the server serves (measured under ``bench.overhead``'s load: a full collection of the
-EPP took about 38 ms, 1-3 ms once frozen).
+EPP while serving took 34-42 ms, 0.4-0.5 ms once frozen).
 """
 
 from __future__ import annotations

@@ -224,7 +224,7 @@ async def test_a_datagram_the_network_reordered_is_used_once_and_one_far_behind_
                 raw.sendto(datagram(sequence), ("127.0.0.1", two.run.port))
                 await asyncio.sleep(0.005)  # in this order
         await until(lambda: two.received() == 5 and rejected(two, "replayed") == 2)
-        assert two.scorer.index.size(pool[2].address) == 1  # sequence 2's pick, applied once
+        assert two.scorer.index.size(pool[2].address) == 1  # sequence 2's pick (its one hash) arrived
 
 
 def test_a_senders_window_takes_each_sequence_number_once_up_to_63_behind_its_highest():

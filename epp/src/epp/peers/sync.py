@@ -5,7 +5,7 @@ Each pick of a :class:`~epp.scheduling.framework.PeerShared` plugin (the prefix 
 next ``flush_delay`` seconds, in one UDP datagram to every peer (more where they do not fit one). A
 datagram is opened only when it comes from a peer's address, and used only when its seal checks, it
 is not older than :data:`MAX_AGE` and its sequence number has not been seen from its sender: past
-the highest, or one of the :data:`REPLAY_WINDOW` below it not seen yet (a datagram the network
+the highest, or one of the ``REPLAY_WINDOW - 1`` below it not seen yet (a datagram the network
 reordered is still used, a replayed one is not). Each of its picks is handed to the plugin of the same
 name, unless it names a pod this replica does not know (not yet discovered, or gone: its state would
 outlive it). Nothing waits on a peer, and a failed send is logged, never raised: a lost datagram
@@ -34,8 +34,9 @@ FLUSH_DELAY = 0.002
 MAX_AGE = 10.0
 """Seconds (wall clock, either way: the nodes' clocks are synchronised) a datagram stays usable."""
 REPLAY_WINDOW = 64
-"""Sequence numbers below a sender's highest that may still arrive (reordered), once each; further
-behind, a datagram is dropped as replayed (it cannot be told from one)."""
+"""The sequence numbers a sender's window holds: its highest and the 63 below it, each of which may
+still arrive (reordered), once; 64 or more behind, a datagram is dropped as replayed (it cannot be
+told from one)."""
 _WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 _SENDERS = 256  # the senders whose sequence windows are kept
 _TOLD_AGAIN = 600.0  # seconds before the same problem from the same source is logged again
