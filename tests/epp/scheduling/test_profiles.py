@@ -30,7 +30,7 @@ def test_default_is_bounded_load_prefix_affinity_with_a_load_bound_of_1_5():
     assert [(s.type_name, w) for s, w in profile.scorers] == [("prefix-affinity-scorer", 1.0)]
     [(affinity, _)] = profile.scorers
     assert isinstance(affinity, PrefixAffinityScorer)
-    assert (affinity.load_bound, affinity.block_size, affinity.home_blocks) == (1.5, 64, 16)
+    assert (affinity.load_bound, affinity.block_size, affinity.home_blocks) == (2.0, 64, 16)
     assert profile.picker.type_name == "max-score-picker"
 
 
@@ -44,9 +44,9 @@ def test_default_sends_a_prefix_away_from_its_home_only_when_the_home_is_over_th
     for pod in pods:
         pod.metrics.running = 4
     # A waiting request counts twice (the scorer's waitingWeight).
-    home.metrics.waiting = 2  # 4 + 2 x 2 = 8 against a mean of 5 (bound 8.5): keeps the prefix
+    home.metrics.waiting = 4  # 4 + 2 x 4 = 12 against a mean of 6 (bound 2 x 6 + 1 = 13): keeps the prefix
     assert pick.schedule(request(prompt=prompt), pods).endpoint is home
-    home.metrics.waiting = 4  # 12 against a mean of 6 (bound 10): loses it
+    home.metrics.waiting = 6  # 16 against a mean of 7 (bound 15): loses it
     assert pick.schedule(request(prompt=prompt), pods).endpoint is not home
 
 

@@ -467,7 +467,7 @@ schedulingProfiles:
 
 def test_the_parameters_have_documented_defaults_and_upstream_block_size_spelling():
     affinity = plugin("prefix-affinity-scorer")
-    assert (affinity.load_bound, affinity.block_size, affinity.home_blocks) == (1.5, 64, 16)
+    assert (affinity.load_bound, affinity.block_size, affinity.home_blocks) == (2.0, 64, 16)
     assert affinity.max_blocks == 256
     assert affinity.index.capacity == 31250
     assert affinity.staleness == 0.2

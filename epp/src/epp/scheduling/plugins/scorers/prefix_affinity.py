@@ -105,7 +105,7 @@ from epp.scheduling.prefix_index import (
 from epp.scheduling.registry import register
 from epp.scheduling.types import CycleState, LLMRequest
 
-DEFAULT_LOAD_BOUND = 1.5
+DEFAULT_LOAD_BOUND = 2.0
 DEFAULT_HOME_PREFIX_BLOCKS = 16
 DEFAULT_METRICS_STALENESS = 0.2
 DEFAULT_WAITING_WEIGHT = 2
