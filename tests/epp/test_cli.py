@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from epp.cli import parse_bbr_args, parse_epp_args
 
+# Loopback, every port chosen by the system.
+LOCAL = ["--bind", "127.0.0.1", "--grpc-port", "0", "--health-port", "0", "--metrics-port", "0"]
+
 
 def test_a_pool_deployment_command_line_becomes_settings() -> None:
     settings = parse_epp_args(
@@ -146,8 +149,7 @@ def test_a_bbr_with_a_bad_key_file_exits_2_naming_the_entry_and_never_the_key(
     keys = tmp_path / "api-keys.yaml"
     if content is not None:
         keys.write_text(content)
-    argv = ["--bind", "127.0.0.1", "--grpc-port", "0", "--health-port", "0", "--metrics-port", "0",
-            "--served-models", "a", "--adapter", "a-lora=a", "--api-keys-file", str(keys)]
+    argv = [*LOCAL, "--served-models", "a", "--adapter", "a-lora=a", "--api-keys-file", str(keys)]
     run = refused("bbr", argv)
     assert f"error: --api-keys-file {keys}: " in run.stderr
     assert says in run.stderr
@@ -176,9 +178,8 @@ def test_an_epp_with_a_bad_peer_key_exits_2_naming_the_flag_and_never_the_key(
     key = tmp_path / "peer.key"
     if content is not None:
         key.write_text(content)
-    argv = ["--bind", "127.0.0.1", "--grpc-port", "0", "--health-port", "0", "--metrics-port", "0",
-            "--endpoints", "127.0.0.1:1", "--replicas", "2", "--peers", "127.0.0.1:9", "--peer-port", "0",
-            "--peer-key-file", str(key)]
+    argv = [*LOCAL, "--endpoints", "127.0.0.1:1", "--replicas", "2", "--peers", "127.0.0.1:9",
+            "--peer-port", "0", "--peer-key-file", str(key)]
     run = refused("epp", argv)
     assert f"error: --peer-key-file {key}" in run.stderr
     assert says in run.stderr
@@ -215,8 +216,7 @@ async def serve(settings, stop, bound):
 
 sys.exit(cli._run(serve, cli.parse_bbr_args(sys.argv[1:])))
 """
-    argv = ["--bind", "127.0.0.1", "--grpc-port", "0", "--health-port", "0", "--metrics-port", "0"]
-    run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60,
+    run = subprocess.run([sys.executable, "-c", code, *LOCAL], capture_output=True, text=True, timeout=60,
                          check=False)  # fmt: skip
     assert run.returncode == 0, run.stderr
     [line] = [line for line in run.stdout.splitlines() if line.startswith("frozen ")]

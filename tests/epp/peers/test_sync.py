@@ -253,67 +253,66 @@ async def test_a_datagram_from_an_address_that_is_no_peers_is_not_even_opened():
         assert rejected(two, "auth") == 0
 
 
+class Recorder:
+    """A stand-in for the UDP transport that records what is sent, and refuses ``refused``."""
+
+    def __init__(self, refused: object = None) -> None:
+        self.sent: list[tuple[bytes, object]] = []
+        self.refused = refused
+
+    def sendto(self, data: bytes, addr: object) -> None:
+        if addr == self.refused:
+            raise ValueError("socket family mismatch")  # as uvloop raises it
+        self.sent.append((data, addr))
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def datagrams(self) -> list[bytes]:
+        return [data for data, _ in self.sent]
+
+
+def recording(sync: PeerSync, refused: object = None) -> Recorder:
+    transport = Recorder(refused)
+    sync.connection_made(transport)  # type: ignore[arg-type]
+    return transport
+
+
 async def test_a_peer_that_cannot_be_sent_to_is_logged_and_the_others_still_get_the_picks():
-    sent: list[tuple[bytes, object]] = []
-
-    class Transport:
-        def sendto(self, data: bytes, addr: object) -> None:
-            if addr == ("::1", 9):
-                raise ValueError("socket family mismatch")  # as uvloop raises it
-            sent.append((data, addr))
-
-        def close(self) -> None:
-            pass
-
     registry = CollectorRegistry()
     sync = PeerSync({}, KEY, lambda address: True, PeerMetrics(registry), flush_delay=0.001)
-    sync.connection_made(Transport())  # type: ignore[arg-type]  # a stand-in that records
+    transport = recording(sync, refused=("::1", 9))
     sync.set_peers([("::1", 9), ("10.0.0.3", 9)])
     sync.publish(SharedPick("p", PHI3, 1, "10.0.0.9:8000", (1,)))
     sync.flush()  # raises nothing
-    assert [addr for _, addr in sent] == [("10.0.0.3", 9)]
+    assert [addr for _, addr in transport.sent] == [("10.0.0.3", 9)]
     assert registry.get_sample_value("epp_peer_send_errors_total") == 1
     sync.close()
 
 
 async def test_picks_of_one_loop_turn_travel_in_one_datagram():
-    sent: list[bytes] = []
-
-    class Transport:
-        def sendto(self, data: bytes, addr: object) -> None:
-            sent.append(data)
-
-        def close(self) -> None:
-            pass
-
     sync = PeerSync({}, KEY, lambda address: True, flush_delay=0.001)
-    sync.connection_made(Transport())  # type: ignore[arg-type]  # a stand-in that records
+    transport = recording(sync)
     sync.set_peers([("10.0.0.2", 9), ("10.0.0.3", 9)])
     for i in range(5):
         sync.publish(SharedPick("p", PHI3, i, "10.0.0.9:8000", (i,)))
-    assert sent == []
+    assert transport.sent == []
     await asyncio.sleep(0.05)
+    sent = transport.datagrams
     assert len(sent) == 2
     assert sent[0] == sent[1]
     sync.close()
 
 
 async def test_picks_that_do_not_fit_one_datagram_go_in_as_many_as_hold_them():
-    sent: list[bytes] = []
-
-    class Transport:
-        def sendto(self, data: bytes, addr: object) -> None:
-            sent.append(data)
-
-        def close(self) -> None:
-            pass
-
     sync = PeerSync({}, KEY, lambda address: True)
-    sync.connection_made(Transport())  # type: ignore[arg-type]  # a stand-in that records
+    transport = recording(sync)
     sync.set_peers([("10.0.0.2", 9)])
     for i in range(20):  # 8 KB each: 7 fit a datagram
         sync.publish(SharedPick("p", PHI3, i, "10.0.0.9:8000", tuple(range(1000))))
     sync.flush()
+    sent = transport.datagrams
     assert len(sent) == 3
     assert all(len(datagram) <= MAX_DATAGRAM for datagram in sent)
     picks = [pick for datagram in sent for pick in open_datagram(datagram, KEY).picks]
