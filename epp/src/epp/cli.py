@@ -13,8 +13,9 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -212,13 +213,8 @@ async def _start_peers(
     """The replicas' pick sharing (``epp.peers``) when ``--peers`` is set; None otherwise."""
     if settings.peers is None or settings.peer_port is None or settings.peer_key_file is None:
         return None
-    flag = EppSettings.flag("peer_key_file")
-    try:
+    with _naming(EppSettings.flag("peer_key_file"), settings.peer_key_file, ValueError):
         key = read_key(settings.peer_key_file)
-    except OSError as error:
-        raise OSError(f"{flag} {settings.peer_key_file}: {error.strerror or error}") from None
-    except ValueError as error:
-        raise ValueError(f"{flag} {error}") from None
     run = await start_peers(
         scheduler.shared, key, lambda address: datastore.get(address) is not None, bind=settings.bind,
         port=settings.peer_port, peers=parse_peers(settings.peers), registry=telemetry.registry,
@@ -250,6 +246,18 @@ async def serve_bbr(
     await _serve(server, telemetry, settings, stop, ready_then_watch_keys, bound)
 
 
+@contextlib.contextmanager
+def _naming(flag: str, path: Path, invalid: type[Exception]) -> Iterator[None]:
+    """A file a flag names that cannot be read (``OSError``) or is ``invalid`` (as ``ValueError``):
+    the error names the flag and the path, never the file's contents."""
+    try:
+        yield
+    except invalid as error:
+        raise ValueError(f"{flag} {path}: {error}") from None
+    except OSError as error:
+        raise OSError(f"{flag} {path}: {error.strerror or error}") from None
+
+
 def _key_file(settings: BbrSettings, telemetry: Telemetry) -> KeyFile | None:
     """The key list, loaded now: a missing or invalid file stops the BBR (``ValueError``/``OSError``)."""
     path = settings.api_keys_file
@@ -262,14 +270,9 @@ def _key_file(settings: BbrSettings, telemetry: Telemetry) -> KeyFile | None:
         telemetry.key_list_degraded.set(1 if status.degraded else 0)
         telemetry.key_list_keys.set(status.keys)
 
-    flag = BbrSettings.flag("api_keys_file")
-    try:
+    with _naming(BbrSettings.flag("api_keys_file"), path, ApiKeyError):
         key_file = KeyFile(path, store, served_models=settings.known_models(),
                            interval=settings.api_keys_poll_interval, on_reload=on_reload)
-    except ApiKeyError as error:
-        raise ValueError(f"{flag} {path}: {error}") from None
-    except OSError as error:
-        raise OSError(f"{flag} {path}: {error.strerror or error}") from None
     _log.info("API keys loaded", extra={"path": str(path), "keys": len(store), "limit_share": store.share})
     telemetry.key_list_keys.set(len(store))
     return key_file

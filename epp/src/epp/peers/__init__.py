@@ -35,10 +35,10 @@ __all__ = ["MIN_KEY_BYTES", "PeerRun", "PeerSync", "read_key", "start_peers"]
 
 def read_key(path: Path) -> bytes:
     """The pool's peer key from ``path`` (surrounding whitespace dropped); ValueError when it is too
-    short to seal anything (the key itself is never quoted)."""
+    short to seal anything (neither the key nor the path is quoted: the caller names the file)."""
     key = path.read_bytes().strip()
     if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"{path}: the peer key must be at least {MIN_KEY_BYTES} bytes, got {len(key)}")
+        raise ValueError(f"the peer key must be at least {MIN_KEY_BYTES} bytes, got {len(key)}")
     return key
 
 
