@@ -104,7 +104,7 @@ class SimPod:
         while self.waiting and self._can_start(self.waiting[0]):
             seq = self.waiting.popleft()
             hits = self.pool.acquire(seq.hashes, seq.anonymous)
-            seq.cached_tokens = min(hits * self.config.block_size, seq.prompt_tokens - 1)
+            seq.cached_tokens = self._cached_tokens(seq, hits)
             self.queried += seq.prompt_tokens
             self.hit += seq.cached_tokens
             self.running.append(seq)
@@ -120,9 +120,12 @@ class SimPod:
         c = self.config
         return (c.prefill_overhead_ms + uncached_tokens * c.per_token_us / 1000) / 1000
 
+    def _cached_tokens(self, seq: _Seq, blocks: int) -> int:
+        """The prompt tokens ``blocks`` cached blocks spare (the last token is always computed)."""
+        return min(blocks * self.config.block_size, seq.prompt_tokens - 1)
+
     def _uncached(self, seq: _Seq) -> int:
-        return seq.prompt_tokens - min(self.pool.cached_prefix(seq.hashes) * self.config.block_size,
-                                       seq.prompt_tokens - 1)  # fmt: skip
+        return seq.prompt_tokens - self._cached_tokens(seq, self.pool.cached_prefix(seq.hashes))
 
     def first_token_at(self, seq: _Seq, now: float) -> float:
         """When ``seq``'s first token would come if it were sent here at ``now``, from this pod's own
