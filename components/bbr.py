@@ -35,7 +35,7 @@ from epp.settings import BbrSettings as BbrCommand
 
 from components.config import BbrSettings
 from components.extproc import ExtProcService, ExtProcServiceArgs
-from components.podspec import Fields, labels
+from components.podspec import Fields, labels, secret_file_volume
 from components.secrets import as_secret
 
 BBR_NAME = "body-based-router"
@@ -102,14 +102,7 @@ class BodyBasedRouter(pulumi.ComponentResource):
             }
             mounts.append({"name": API_KEYS_VOLUME, "mountPath": API_KEYS_MOUNT_DIR, "readOnly": True})
             volumes.append(
-                {
-                    "name": API_KEYS_VOLUME,
-                    "secret": {
-                        "secretName": self.api_keys_secret.metadata.name,
-                        "items": [{"key": API_KEYS_SECRET_KEY, "path": API_KEYS_SECRET_KEY}],
-                        "defaultMode": 0o440,
-                    },
-                }
+                secret_file_volume(API_KEYS_VOLUME, self.api_keys_secret.metadata.name, API_KEYS_SECRET_KEY)
             )
         command = BbrCommand.model_validate(
             {

@@ -21,7 +21,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 from epp.contract import EPP_PEER_PORT
 
-from components.podspec import Fields
+from components.podspec import Fields, secret_env, secret_file_volume
 from components.secrets import as_secret
 
 PEER_PORT_NAME = "peers"
@@ -95,18 +95,8 @@ class EppPeers(pulumi.ComponentResource):
             key_file=f"{MOUNT_DIR}/{KEY_FILE}",
             port={"name": PEER_PORT_NAME, "containerPort": EPP_PEER_PORT, "protocol": "UDP"},
             mount={"name": VOLUME, "mountPath": MOUNT_DIR, "readOnly": True},
-            volume={
-                "name": VOLUME,
-                "secret": {
-                    "secretName": self.secret.metadata.name,
-                    "items": [{"key": KEY_FILE, "path": KEY_FILE}],
-                    "defaultMode": 0o440,
-                },
-            },
-            env={
-                "name": "PYTHONHASHSEED",
-                "valueFrom": {"secretKeyRef": {"name": self.secret.metadata.name, "key": HASH_SEED_KEY}},
-            },
+            volume=secret_file_volume(VOLUME, self.secret.metadata.name, KEY_FILE),
+            env=secret_env("PYTHONHASHSEED", self.secret.metadata.name, HASH_SEED_KEY),
         )
         self.register_outputs({"service": name, "secret": name})
 

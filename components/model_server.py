@@ -46,6 +46,7 @@ from components.podspec import (
     labels,
     pod_security_context,
     resources,
+    secret_env,
 )
 
 VLLM_PORT = 8000
@@ -150,12 +151,7 @@ def _container(model: ModelSpec, image: pulumi.Input[str], hf_secret_name: str |
         {"name": "VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "value": str(SERVER_KEEP_ALIVE_SECONDS)},
     ]
     if hf_secret_name is not None:
-        env.append(
-            {
-                "name": "HF_TOKEN",
-                "valueFrom": {"secretKeyRef": {"name": hf_secret_name, "key": HF_TOKEN_SECRET_KEY}},
-            }
-        )
+        env.append(secret_env("HF_TOKEN", hf_secret_name, HF_TOKEN_SECRET_KEY))
     health = {"httpGet": {"path": "/health", "port": "http"}}
     return {
         "name": "vllm",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, TypeAlias
 
+import pulumi
+
 from components.config import Resources
 
 Fields: TypeAlias = Any
@@ -88,6 +90,20 @@ def empty_dir(name: str, size_limit: str | None = None, memory: bool = False) ->
     if size_limit:
         source["sizeLimit"] = size_limit
     return {"name": name, "emptyDir": source}
+
+
+def secret_file_volume(name: str, secret_name: pulumi.Input[str], key: str) -> Fields:
+    """A volume holding one key of a Secret as a file of the same name, readable by owner and group
+    only (0440: the pod's fsGroup)."""
+    return {
+        "name": name,
+        "secret": {"secretName": secret_name, "items": [{"key": key, "path": key}], "defaultMode": 0o440},
+    }
+
+
+def secret_env(name: str, secret_name: pulumi.Input[str], key: str) -> Fields:
+    """An environment variable set from one key of a Secret."""
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
 
 
 def grpc_probe(port: int, service: str, period: int = 10, failures: int = 3) -> Fields:
